@@ -1,0 +1,175 @@
+"""The encoder contract: PIL images or strings in, L2-normalised float32 vectors out."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from models.errors import ModelLoadError
+from models.loading import ResolvedWeights, resolve_weights
+
+log = logging.getLogger(__name__)
+
+# Very long strings only cost tokenizer time: the tokenizer truncates to the context anyway.
+_CHARS_PER_TOKEN_BOUND = 24
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"invalid device {device!r}: {exc}") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
+    return resolved
+
+
+class ClipEncoder:
+    """An OpenCLIP model with its preprocessing and tokenizer behind a narrow contract."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        preprocess: Any,
+        tokenizer: Any,
+        device: torch.device,
+        model_name: str,
+        version: str,
+    ) -> None:
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.device = device
+        self.model_name = model_name
+        self.version = version
+        cfg = open_clip.get_model_config(model_name) or {}
+        self.dim = int(cfg["embed_dim"])
+        self.context_length = int(getattr(tokenizer, "context_length", 77))
+        if device.type == "cuda":
+            self.autocast_dtype: torch.dtype | None = (
+                torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            )
+        else:
+            self.autocast_dtype = None
+
+    @property
+    def device_name(self) -> str:
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        return "cpu"
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    # --- images -------------------------------------------------------------------------
+    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
+        """Resize/crop/normalise one RGB image into a (3, H, W) tensor (CPU, any thread)."""
+        tensor: torch.Tensor = self.preprocess(image)
+        return tensor
+
+    def encode_image_tensors(self, pixels: Sequence[torch.Tensor] | torch.Tensor) -> np.ndarray:
+        batch = pixels if isinstance(pixels, torch.Tensor) else torch.stack(list(pixels))
+        if batch.ndim != 4 or batch.shape[0] == 0:
+            raise ValueError(f"expected a non-empty (n, 3, H, W) batch, got shape {tuple(batch.shape)}")
+        with torch.inference_mode(), self._autocast():
+            features = self.model.encode_image(batch.to(self.device, non_blocking=True))
+        return _normalised(features)
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.encode_image_tensors([self.preprocess_image(im) for im in images])
+
+    # --- texts --------------------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        bound = self.context_length * _CHARS_PER_TOKEN_BOUND
+        tokens: torch.Tensor = self.tokenizer([t[:bound] for t in texts])
+        return tokens
+
+    def encode_token_batch(self, tokens: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode(), self._autocast():
+            features = self.model.encode_text(tokens.to(self.device, non_blocking=True))
+        return _normalised(features)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.encode_token_batch(self.tokenize(texts))
+
+    # --- checkpoints --------------------------------------------------------------------
+    def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
+        """Write the weights atomically in the layout ``XMODAL_PRETRAINED=path`` loads."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+                torch.save({"state_dict": state, "model_name": self.model_name}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return target
+
+
+def _normalised(features: torch.Tensor) -> np.ndarray:
+    out = F.normalize(features.float(), dim=-1).cpu().numpy()
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed weight initialisation without disturbing the caller's random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def load_encoder(
+    model_name: str,
+    pretrained: str,
+    device: str = "auto",
+    cache_dir: str | os.PathLike[str] = "./data/models",
+    seed: int = 0,
+    weights: ResolvedWeights | None = None,
+) -> ClipEncoder:
+    """Build a ready encoder. ``weights`` may be resolved beforehand (see ``resolve_weights``)."""
+    resolved = weights or resolve_weights(model_name, pretrained, cache_dir, seed=seed)
+    torch_device = resolve_device(device)
+    kwargs: dict[str, Any] = {}
+    if resolved.tag_cfg.get("quick_gelu"):
+        kwargs["force_quick_gelu"] = True
+    preprocess_cfg = {k: v for k, v in resolved.tag_cfg.items() if k != "quick_gelu"}
+    if preprocess_cfg:
+        kwargs["force_preprocess_cfg"] = preprocess_cfg
+    try:
+        with _seeded(seed):
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=resolved.checkpoint, device="cpu", **kwargs
+            )
+    except (RuntimeError, OSError, KeyError, ValueError) as exc:
+        raise ModelLoadError(f"could not load {resolved.version}: {exc}") from exc
+    model = model.to(torch_device)
+    tokenizer = open_clip.get_tokenizer(model_name)
+    encoder = ClipEncoder(model, preprocess, tokenizer, torch_device, model_name, resolved.version)
+    log.info("loaded %s on %s (dim %d)", encoder.version, encoder.device_name, encoder.dim)
+    return encoder

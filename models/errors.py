@@ -1,0 +1,25 @@
+"""Errors raised by the encoder side. The HTTP layer maps each to one status code."""
+
+
+class ModelError(Exception):
+    """Base class for encoder-side errors."""
+
+
+class ModelLoadError(ModelError):
+    """The model or its weights could not be loaded (unknown name, no network, bad file)."""
+
+
+class ImageDecodeError(ModelError):
+    """The bytes are not an image we can decode."""
+
+
+class ImageTooLarge(ModelError):
+    """The image decodes to more pixels than allowed (decompression bomb guard)."""
+
+
+class QueueFull(ModelError):
+    """The encoder queue has no room for the request."""
+
+
+class DeadlineExceeded(ModelError):
+    """The request waited past its deadline before the encoder produced its result."""

@@ -1,0 +1,88 @@
+"""Turning uploaded bytes into RGB images, safely.
+
+Only a fixed set of raster formats is accepted (no EPS/PDF-style formats that call out to
+external programs), the pixel count is checked from the header before any pixel is
+decoded, EXIF orientation is applied and every mode ends up as RGB.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from models.errors import ImageDecodeError, ImageTooLarge
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+MEDIA_TYPES = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image
+    format: str
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES[self.format]
+
+
+def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
+    """Decode ``data`` into an RGB image, refusing non-images and decompression bombs."""
+    if not data:
+        raise ImageDecodeError("empty file: expected an image")
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel cap below is the guard; PIL's global one only warns.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            fmt = img.format or ""
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageTooLarge(
+                    f"image is {width}x{height} = {width * height} pixels; "
+                    f"the limit is {max_pixels} pixels"
+                )
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)  # animated GIF/WebP/TIFF: the first frame stands for the image
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            rgb = _to_rgb(img)
+    except ImageTooLarge:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(
+            f"not a supported image (accepted: {', '.join(ACCEPTED_FORMATS)})"
+        ) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # Truncated or corrupt files surface as any of these from PIL's decoders.
+        raise ImageDecodeError(f"corrupt or truncated image: {exc}") from exc
+    if fmt not in MEDIA_TYPES:
+        raise ImageDecodeError(f"unsupported image format {fmt!r}")
+    return DecodedImage(image=rgb, format=fmt)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        # Flatten onto white rather than dropping alpha, which would expose whatever
+        # colour the transparent pixels happen to carry.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img.convert("RGB")
