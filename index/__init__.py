@@ -1,0 +1,37 @@
+"""Vector storage and the durable state beside it: FAISS indexes, SQLite, snapshots.
+
+NumPy in, NumPy out; no torch and no web imports.
+"""
+
+from index.errors import (
+    CollectionExists,
+    DimensionMismatch,
+    InvalidFilter,
+    InvalidIndexSpec,
+    ModelMismatch,
+    StoreError,
+    UnknownCollection,
+    UnknownItem,
+)
+from index.store import CollectionStore
+from index.types import CollectionInfo, Hit, Item, Modality, NewItem
+from index.vector_index import VectorIndex, gpu_count
+
+__all__ = [
+    "CollectionExists",
+    "CollectionInfo",
+    "CollectionStore",
+    "DimensionMismatch",
+    "Hit",
+    "InvalidFilter",
+    "InvalidIndexSpec",
+    "Item",
+    "ModelMismatch",
+    "Modality",
+    "NewItem",
+    "StoreError",
+    "UnknownCollection",
+    "UnknownItem",
+    "VectorIndex",
+    "gpu_count",
+]

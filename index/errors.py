@@ -1,0 +1,33 @@
+"""Errors raised by the store. The HTTP layer maps each to one status code."""
+
+
+class StoreError(Exception):
+    """Base class for store errors."""
+
+
+class UnknownCollection(StoreError):
+    pass
+
+
+class CollectionExists(StoreError):
+    pass
+
+
+class UnknownItem(StoreError):
+    pass
+
+
+class InvalidIndexSpec(StoreError):
+    """A FAISS factory string that cannot be built for this dimension or metric."""
+
+
+class DimensionMismatch(StoreError):
+    pass
+
+
+class ModelMismatch(StoreError):
+    """The collection's vectors came from another model version than the one offered."""
+
+
+class InvalidFilter(StoreError):
+    pass

@@ -1,0 +1,677 @@
+"""Durable collections: items in SQLite (the source of truth), vectors in FAISS.
+
+Every acknowledged write is committed to SQLite in WAL mode with ``synchronous=FULL``
+before the call returns, so it survives ``kill -9`` (and power loss). The FAISS indexes
+live in memory; snapshots of them are written now and then (temp file, fsync, rename)
+together with two watermarks: the highest item label and the highest tombstone sequence
+they contain. On start each snapshot is loaded and caught up from SQLite (labels added
+and tombstones written after the watermarks); a missing, stale or unreadable snapshot is
+rebuilt from the stored embeddings.
+
+Labels are SQLite AUTOINCREMENT row ids and are never reused: replacing an item inserts a
+new row and leaves a tombstone for the old label, so catch-up needs no ordering.
+
+Concurrency: one lock serialises writers (SQLite has one writer anyway); each collection
+has a readers-writer lock so searches share an index and only index mutations exclude
+them. All methods block; callers on an event loop run them in an executor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.blobs import BlobStore, atomic_write, sha256_hex
+from index.errors import (
+    CollectionExists,
+    DimensionMismatch,
+    InvalidFilter,
+    ModelMismatch,
+    UnknownCollection,
+    UnknownItem,
+)
+from index.rwlock import RWLock
+from index.types import CollectionInfo, Hit, Item, Modality, NewItem
+from index.vector_index import VectorIndex, gpu_count, normalize_spec
+
+log = logging.getLogger(__name__)
+
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_CHUNK = 4096
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS collections (
+    name TEXT PRIMARY KEY,
+    uid TEXT NOT NULL,
+    index_spec TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    model_version TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS items (
+    label INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    text TEXT,
+    content_sha256 TEXT,
+    media_type TEXT,
+    embedding BLOB NOT NULL,
+    model_version TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE (collection, id)
+);
+CREATE INDEX IF NOT EXISTS items_by_modality ON items (collection, modality, label);
+CREATE INDEX IF NOT EXISTS items_by_content ON items (content_sha256);
+CREATE TABLE IF NOT EXISTS tombstones (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    label INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tombstones_by_collection ON tombstones (collection, modality, seq);
+"""
+
+_ITEM_COLUMNS = "id, modality, metadata, text, content_sha256, media_type, model_version, created_at"
+
+
+@dataclass
+class _Side:
+    """One modality of one collection: its index and what the index already contains."""
+
+    index: VectorIndex
+    label_mark: int = 0  # highest item label applied to the index
+    tomb_mark: int = 0  # highest tombstone seq applied to the index
+    dirty: int = 0  # changes since the last snapshot
+    busy: bool = False  # a background snapshot or rebuild owns this side
+
+
+@dataclass
+class _Collection:
+    name: str
+    uid: str
+    spec: str
+    dim: int
+    model_version: str
+    created_at: float
+    sides: dict[Modality, _Side]
+    lock: RWLock = field(default_factory=RWLock)
+    gpu: bool = False
+
+    @contextlib.contextmanager
+    def searching(self) -> Iterator[None]:
+        # FAISS CPU indexes take concurrent searches; GPU resources do not.
+        with self.lock.write() if self.gpu else self.lock.read():
+            yield
+
+
+class CollectionStore:
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        store_images: bool = True,
+        use_gpu: bool | None = None,
+        snapshot_every: int = 10_000,
+        nprobe: int | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.index_dir = self.data_dir / "indexes"
+        self.blobs = BlobStore(self.data_dir / "blobs")
+        self.store_images = store_images
+        self.snapshot_every = snapshot_every
+        self.nprobe = nprobe
+        want_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
+        self._gpu_resources: Any = None
+        if want_gpu:
+            import faiss
+
+            self._gpu_resources = faiss.StandardGpuResources()
+        self._db_path = self.data_dir / "xmodal.sqlite3"
+        self._writer = self._connect()
+        self._writer.executescript(_SCHEMA)
+        self._write_lock = threading.Lock()
+        self._readers = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_conns_lock = threading.Lock()
+        self._collections: dict[str, _Collection] = {}
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        for row in self._writer.execute(
+            "SELECT name, uid, index_spec, dim, model_version, created_at FROM collections"
+        ).fetchall():
+            self._collections[row[0]] = self._open_collection(*row)
+
+    # --- connections ------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._readers.conn = conn
+            with self._reader_conns_lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """Run under ``_write_lock``: one IMMEDIATE transaction, committed durably."""
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Snapshot what changed and release everything."""
+        if self._closed:
+            return
+        for t in list(self._threads):
+            t.join()
+        self.snapshot(only_dirty=True)
+        self._closed = True
+        self._writer.close()
+        with self._reader_conns_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+
+    # --- collections ------------------------------------------------------------------------
+    def create_collection(
+        self, name: str, dim: int, model_version: str, index_spec: str | None = None
+    ) -> CollectionInfo:
+        if not COLLECTION_NAME.match(name):
+            raise ValueError(
+                "collection names are 1-64 characters of letters, digits, '_', '.', '-', "
+                "starting with a letter or digit"
+            )
+        spec = normalize_spec(index_spec)
+        VectorIndex(dim, spec)  # raises InvalidIndexSpec before anything is written
+        with self._write_lock:
+            if name in self._collections:
+                raise CollectionExists(f"collection {name!r} already exists")
+            uid, now = uuid.uuid4().hex, time.time()
+            with self._transaction() as conn:
+                conn.execute(
+                    "INSERT INTO collections (name, uid, index_spec, dim, model_version, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, uid, spec, dim, model_version, now),
+                )
+            self._collections[name] = self._new_collection(name, uid, spec, dim, model_version, now)
+        return self.get_collection(name)
+
+    def list_collections(self) -> list[CollectionInfo]:
+        return [self.get_collection(name) for name in sorted(self._collections)]
+
+    def get_collection(self, name: str) -> CollectionInfo:
+        c = self._get(name)
+        with c.lock.read():
+            return CollectionInfo(
+                name=c.name,
+                index_spec=c.spec,
+                dim=c.dim,
+                model_version=c.model_version,
+                created_at=c.created_at,
+                counts={m: s.index.ntotal for m, s in c.sides.items()},
+                trained={m: s.index.trained for m, s in c.sides.items()},
+            )
+
+    def delete_collection(self, name: str) -> None:
+        with self._write_lock:
+            c = self._get(name)
+            with self._transaction() as conn:
+                digests = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT DISTINCT content_sha256 FROM items"
+                        " WHERE collection = ? AND content_sha256 IS NOT NULL",
+                        (name,),
+                    )
+                ]
+                conn.execute("DELETE FROM items WHERE collection = ?", (name,))
+                conn.execute("DELETE FROM tombstones WHERE collection = ?", (name,))
+                conn.execute("DELETE FROM collections WHERE name = ?", (name,))
+            with c.lock.write():
+                del self._collections[name]
+            self._collect_garbage(digests)
+            for m in Modality:
+                with contextlib.suppress(FileNotFoundError):
+                    self._snapshot_path(name, m).unlink()
+            with contextlib.suppress(OSError):
+                (self.index_dir / name).rmdir()
+
+    def _get(self, name: str) -> _Collection:
+        c = self._collections.get(name)
+        if c is None:
+            raise UnknownCollection(f"collection {name!r} does not exist")
+        return c
+
+    # --- items ------------------------------------------------------------------------------
+    def upsert(
+        self, name: str, items: Sequence[NewItem], vectors: np.ndarray, model_version: str
+    ) -> list[str]:
+        """Store ``items`` with their ``vectors`` (row i belongs to item i); an existing id
+        is replaced. Returns the ids once they are durable and searchable."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        c = self._get(name)
+        if vectors.ndim != 2 or vectors.shape != (len(items), c.dim):
+            raise DimensionMismatch(
+                f"expected {len(items)} vectors of dimension {c.dim}, got shape {vectors.shape}"
+            )
+        self._check_model(c, model_version)
+        if not items:
+            return []
+        now = time.time()
+        digests = [
+            sha256_hex(it.content) if (it.content is not None and self.store_images) else None
+            for it in items
+        ]
+        with self._write_lock:
+            c = self._get(name)  # may have been deleted while we waited
+            for it, digest in zip(items, digests):
+                if digest is not None:
+                    assert it.content is not None
+                    self.blobs.put(it.content, digest)
+            replaced: list[tuple[Modality, int, str | None]] = []
+            added: list[tuple[Modality, int, int]] = []  # modality, label, row in vectors
+            with self._transaction() as conn:
+                for row, (it, digest) in enumerate(zip(items, digests)):
+                    old = conn.execute(
+                        "SELECT label, modality, content_sha256 FROM items WHERE collection = ? AND id = ?",
+                        (name, it.id),
+                    ).fetchone()
+                    if old is not None:
+                        conn.execute("DELETE FROM items WHERE label = ?", (old[0],))
+                        conn.execute(
+                            "INSERT INTO tombstones (collection, modality, label) VALUES (?, ?, ?)",
+                            (name, old[1], old[0]),
+                        )
+                        replaced.append((Modality(old[1]), int(old[0]), old[2]))
+                    cur = conn.execute(
+                        "INSERT INTO items (collection, id, modality, metadata, text, content_sha256,"
+                        " media_type, embedding, model_version, created_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            name,
+                            it.id,
+                            it.modality.value,
+                            json.dumps(it.metadata, ensure_ascii=False, separators=(",", ":")),
+                            it.text,
+                            digest,
+                            it.media_type if digest is not None else None,
+                            vectors[row].tobytes(),
+                            model_version,
+                            now,
+                        ),
+                    )
+                    assert cur.lastrowid is not None
+                    added.append((it.modality, int(cur.lastrowid), row))
+                tomb_mark = self._max_tombstone(conn)
+            with c.lock.write():
+                for m in Modality:
+                    side = c.sides[m]
+                    gone = [label for mod, label, _ in replaced if mod is m]
+                    side.index.remove(np.array(gone, dtype=np.int64))
+                    mine = [(label, row) for mod, label, row in added if mod is m]
+                    if mine:
+                        labels = np.array([label for label, _ in mine], dtype=np.int64)
+                        side.index.add(labels, vectors[[row for _, row in mine]])
+                        side.label_mark = max(side.label_mark, int(labels.max()))
+                    if gone:
+                        side.tomb_mark = max(side.tomb_mark, tomb_mark)
+                    side.dirty += len(gone) + len(mine)
+            self._collect_garbage([d for _, _, d in replaced if d is not None])
+        self._after_write(c)
+        return [it.id for it in items]
+
+    def delete_item(self, name: str, item_id: str) -> None:
+        with self._write_lock:
+            c = self._get(name)
+            with self._transaction() as conn:
+                old = conn.execute(
+                    "SELECT label, modality, content_sha256 FROM items WHERE collection = ? AND id = ?",
+                    (name, item_id),
+                ).fetchone()
+                if old is None:
+                    raise UnknownItem(f"item {item_id!r} is not in collection {name!r}")
+                conn.execute("DELETE FROM items WHERE label = ?", (old[0],))
+                cur = conn.execute(
+                    "INSERT INTO tombstones (collection, modality, label) VALUES (?, ?, ?)",
+                    (name, old[1], old[0]),
+                )
+                assert cur.lastrowid is not None
+            side = c.sides[Modality(old[1])]
+            with c.lock.write():
+                side.index.remove(np.array([old[0]], dtype=np.int64))
+                side.tomb_mark = max(side.tomb_mark, int(cur.lastrowid))
+                side.dirty += 1
+            if old[2] is not None:
+                self._collect_garbage([old[2]])
+        self._after_write(c)
+
+    def get_item(self, name: str, item_id: str) -> Item:
+        self._get(name)
+        row = self._reader().execute(
+            f"SELECT {_ITEM_COLUMNS} FROM items WHERE collection = ? AND id = ?", (name, item_id)
+        ).fetchone()
+        if row is None:
+            raise UnknownItem(f"item {item_id!r} is not in collection {name!r}")
+        return _item(row)
+
+    def get_item_content(self, name: str, item_id: str) -> tuple[bytes, str]:
+        item = self.get_item(name, item_id)
+        if item.content_sha256 is None:
+            raise UnknownItem(f"item {item_id!r} has no stored image")
+        try:
+            return self.blobs.get(item.content_sha256), item.media_type or "application/octet-stream"
+        except FileNotFoundError as exc:
+            raise UnknownItem(f"the stored image of {item_id!r} is missing") from exc
+
+    def _collect_garbage(self, digests: Sequence[str]) -> None:
+        """Remove image files no item refers to any more (call under ``_write_lock``)."""
+        for digest in set(digests):
+            still = self._writer.execute(
+                "SELECT 1 FROM items WHERE content_sha256 = ? LIMIT 1", (digest,)
+            ).fetchone()
+            if still is None:
+                self.blobs.delete(digest)
+
+    @staticmethod
+    def _max_tombstone(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT MAX(seq) FROM tombstones").fetchone()
+        return int(row[0] or 0)
+
+    # --- search -----------------------------------------------------------------------------
+    def search(
+        self,
+        name: str,
+        target: Modality,
+        xq: np.ndarray,
+        k: int,
+        *,
+        model_version: str,
+        where: dict[str, Any] | None = None,
+    ) -> list[list[Hit]]:
+        """Best ``k`` items of modality ``target`` for each query row, best first;
+        ``where`` keeps only items whose metadata has each key equal to its value."""
+        c = self._get(name)
+        self._check_model(c, model_version)
+        allowed = self._filter_labels(name, target, where) if where else None
+        with c.searching():
+            results = c.sides[target].index.search(xq, k, allowed=allowed)
+        wanted = sorted({int(x) for r in results for x in r.labels})
+        rows: dict[int, tuple[Any, ...]] = {}
+        conn = self._reader()
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in conn.execute(
+                f"SELECT label, id, modality, metadata, text FROM items WHERE label IN ({marks})", chunk
+            ):
+                rows[int(row[0])] = row
+        hits: list[list[Hit]] = []
+        for r in results:
+            found = []
+            for label, score in zip(r.labels, r.scores):
+                row = rows.get(int(label))
+                if row is None:  # deleted between the index search and this read
+                    continue
+                found.append(Hit(row[1], float(score), Modality(row[2]), json.loads(row[3]), row[4]))
+            hits.append(found)
+        return hits
+
+    def _filter_labels(self, name: str, modality: Modality, where: dict[str, Any]) -> np.ndarray:
+        clauses, params = [], []
+        for key, value in where.items():
+            path = '$."' + str(key).replace('"', '""') + '"'
+            if value is None:
+                clauses.append("json_type(metadata, ?) = 'null'")
+                params.append(path)
+            elif isinstance(value, (str, int, float, bool)):
+                clauses.append("json_extract(metadata, ?) = ?")
+                params.extend([path, value])
+            else:
+                raise InvalidFilter(f"filter value for {key!r} must be a string, number, boolean or null")
+        sql = (
+            "SELECT label FROM items WHERE collection = ? AND modality = ? AND "
+            + " AND ".join(clauses)
+        )
+        rows = self._reader().execute(sql, [name, modality.value, *params]).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    @staticmethod
+    def _check_model(c: _Collection, model_version: str) -> None:
+        if model_version != c.model_version:
+            raise ModelMismatch(
+                f"collection {c.name!r} holds vectors of model {c.model_version!r}, but the server "
+                f"runs {model_version!r}; serve that model or re-create the collection"
+            )
+
+    # --- snapshots, training, compaction ------------------------------------------------------
+    def _snapshot_path(self, name: str, modality: Modality) -> Path:
+        return self.index_dir / name / f"{modality.value}.xmidx"
+
+    def snapshot(self, only_dirty: bool = False) -> int:
+        """Write every (or every changed) index to disk; returns how many were written."""
+        written = 0
+        for c in list(self._collections.values()):
+            for m, side in c.sides.items():
+                if (only_dirty and not side.dirty) or side.busy:
+                    continue
+                side.busy = True
+                try:
+                    self._snapshot_side(c, m)
+                finally:
+                    side.busy = False
+                written += 1
+        return written
+
+    def _snapshot_side(self, c: _Collection, m: Modality) -> None:
+        with c.lock.read():
+            side = c.sides[m]
+            meta = {"uid": c.uid, "label_mark": side.label_mark, "tomb_mark": side.tomb_mark}
+            data = side.index.to_bytes(meta)
+            dirty_then = side.dirty
+        atomic_write(self._snapshot_path(c.name, m), data)
+        with c.lock.write():
+            side.dirty -= dirty_then
+        with self._write_lock, self._transaction() as conn:
+            # Tombstones the snapshot already reflects are needed by no one.
+            conn.execute(
+                "DELETE FROM tombstones WHERE collection = ? AND modality = ? AND seq <= ?",
+                (c.name, m.value, meta["tomb_mark"]),
+            )
+
+    def _after_write(self, c: _Collection) -> None:
+        for m, side in c.sides.items():
+            if side.busy:
+                continue
+            if side.index.needs_training() or side.index.needs_compaction():
+                side.busy = True
+                self._spawn(self._rebuild_side, c, m)
+            elif side.dirty >= self.snapshot_every:
+                side.busy = True
+                self._spawn(self._snapshot_in_background, c, m)
+
+    def _snapshot_in_background(self, c: _Collection, m: Modality) -> None:
+        try:
+            if self._collections.get(c.name) is c:
+                self._snapshot_side(c, m)
+        except Exception:
+            log.exception("snapshot of %s/%s failed; SQLite still has every item", c.name, m.value)
+        finally:
+            c.sides[m].busy = False
+
+    def _spawn(self, fn: Any, *args: Any) -> None:
+        self._threads = [t for t in self._threads if t.is_alive()]
+        t = threading.Thread(target=fn, args=args, daemon=True, name=f"xmodal-{fn.__name__}")
+        self._threads.append(t)
+        t.start()
+
+    def wait_idle(self) -> None:
+        """Wait for background training and compaction (tests, shutdown)."""
+        for t in list(self._threads):
+            t.join()
+
+    def _rebuild_side(self, c: _Collection, m: Modality) -> None:
+        """Train or compact one index away from the lock, then swap it in caught up."""
+        side = c.sides[m]
+        try:
+            label_mark, tomb_mark = side.label_mark, side.tomb_mark
+            labels, xb = self._load_vectors(c.name, m, c.dim, max_label=label_mark)
+            fresh = VectorIndex.build(
+                c.dim, c.spec, labels, xb, gpu_resources=self._gpu_resources, nprobe=self.nprobe
+            )
+            with self._write_lock, c.lock.write():
+                if self._collections.get(c.name) is not c:
+                    return
+                label_mark, tomb_mark = self._catch_up(
+                    c.name, m, fresh, label_mark, tomb_mark, present=labels
+                )
+                c.sides[m] = _Side(fresh, label_mark, tomb_mark, side.dirty + 1)
+            log.info("rebuilt %s/%s index (%s, %d vectors)", c.name, m.value, c.spec, fresh.ntotal)
+        except Exception:
+            log.exception("rebuilding %s/%s failed; the old index keeps serving", c.name, m.value)
+            side.busy = False
+
+    def _catch_up(
+        self,
+        name: str,
+        m: Modality,
+        index: VectorIndex,
+        label_mark: int,
+        tomb_mark: int,
+        present: np.ndarray | None = None,
+    ) -> tuple[int, int]:
+        """Apply to ``index`` the tombstones after ``tomb_mark`` and the items after
+        ``label_mark``; returns the new marks. ``present``, when known, lists the labels the
+        index holds, so tombstones of rows it never saw are not applied."""
+        conn = self._reader()
+        tombs = conn.execute(
+            "SELECT seq, label FROM tombstones WHERE collection = ? AND modality = ? AND seq > ?",
+            (name, m.value, tomb_mark),
+        ).fetchall()
+        gone = [label for _, label in tombs if label <= label_mark]
+        if present is not None:
+            gone = [int(x) for x in np.intersect1d(np.array(gone, dtype=np.int64), present)]
+        index.remove(np.array(gone, dtype=np.int64))
+        tomb_mark = max([tomb_mark, *(seq for seq, _ in tombs)])
+        labels, xb = self._load_vectors(name, m, index.d, min_label=label_mark)
+        index.add(labels, xb)
+        if len(labels):
+            label_mark = int(labels.max())
+        if index.needs_training():
+            index.install_trained(index.train_template(index.training_sample(index.sample_cap)))
+        return label_mark, tomb_mark
+
+    def _load_vectors(
+        self, name: str, m: Modality, dim: int, *, min_label: int = 0, max_label: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        sql = "SELECT label, embedding FROM items WHERE collection = ? AND modality = ? AND label > ?"
+        params: list[Any] = [name, m.value, min_label]
+        if max_label is not None:
+            sql += " AND label <= ?"
+            params.append(max_label)
+        labels: list[int] = []
+        chunks: list[bytes] = []
+        for label, blob in self._reader().execute(sql + " ORDER BY label", params):
+            labels.append(label)
+            chunks.append(blob)
+        if not labels:
+            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+        xb = np.frombuffer(b"".join(chunks), dtype=np.float32).reshape(len(labels), -1)
+        return np.array(labels, dtype=np.int64), xb
+
+    # --- start-up ---------------------------------------------------------------------------
+    def _new_collection(
+        self, name: str, uid: str, spec: str, dim: int, model_version: str, created_at: float
+    ) -> _Collection:
+        sides = {
+            m: _Side(VectorIndex(dim, spec, gpu_resources=self._gpu_resources, nprobe=self.nprobe))
+            for m in Modality
+        }
+        return _Collection(
+            name, uid, spec, dim, model_version, created_at, sides,
+            gpu=any(s.index.on_gpu for s in sides.values()),
+        )
+
+    def _open_collection(
+        self, name: str, uid: str, spec: str, dim: int, model_version: str, created_at: float
+    ) -> _Collection:
+        c = self._new_collection(name, uid, spec, dim, model_version, created_at)
+        for m in Modality:
+            started = time.monotonic()
+            index, label_mark, tomb_mark, how = self._load_snapshot(c, m)
+            if index is None:
+                labels, xb = self._load_vectors(name, m, dim)
+                index = VectorIndex.build(
+                    dim, spec, labels, xb, gpu_resources=self._gpu_resources, nprobe=self.nprobe,
+                )
+                label_mark = int(labels.max()) if len(labels) else 0
+                tomb_mark = self._max_tombstone(self._writer)
+                how = "rebuilt from SQLite"
+            else:
+                label_mark, tomb_mark = self._catch_up(name, m, index, label_mark, tomb_mark)
+            c.sides[m] = _Side(index, label_mark, tomb_mark, dirty=0 if how == "snapshot" else 1)
+            log.info(
+                "collection %s/%s: %d vectors, %s in %.2f s",
+                name, m.value, index.ntotal, how, time.monotonic() - started,
+            )
+        c.gpu = any(s.index.on_gpu for s in c.sides.values())
+        return c
+
+    def _load_snapshot(
+        self, c: _Collection, m: Modality
+    ) -> tuple[VectorIndex | None, int, int, str]:
+        path = self._snapshot_path(c.name, m)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None, 0, 0, "no snapshot"
+        try:
+            index, meta = VectorIndex.from_bytes(
+                data, gpu_resources=self._gpu_resources, nprobe=self.nprobe
+            )
+        except Exception as exc:  # any unreadable snapshot is rebuilt, never trusted
+            log.warning("snapshot %s unreadable (%s); rebuilding from SQLite", path, exc)
+            return None, 0, 0, "unreadable snapshot"
+        if meta.get("uid") != c.uid or index.spec != c.spec or index.d != c.dim:
+            log.warning("snapshot %s belongs to another collection or spec; rebuilding", path)
+            return None, 0, 0, "stale snapshot"
+        return index, int(meta["label_mark"]), int(meta["tomb_mark"]), "snapshot"
+
+
+def _item(row: Sequence[Any]) -> Item:
+    return Item(
+        id=row[0],
+        modality=Modality(row[1]),
+        metadata=json.loads(row[2]),
+        text=row[3],
+        content_sha256=row[4],
+        media_type=row[5],
+        model_version=row[6],
+        created_at=row[7],
+    )
