@@ -1,0 +1,109 @@
+"""The one settings object. Every field is read from ``XMODAL_<NAME>`` (nested: ``__``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+def _default_decode_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="XMODAL_", env_nested_delimiter="__", extra="ignore", validate_default=True
+    )
+
+    # --- model -------------------------------------------------------------------------------
+    model: str = Field("ViT-B-32", description="OpenCLIP architecture name (or `xmodal-tiny`).")
+    pretrained: str = Field(
+        "laion2b_s34b_b79k",
+        description="OpenCLIP pretrained tag, a path to a local checkpoint, or `none` for "
+        "seeded random weights (only when set explicitly).",
+    )
+    device: str = Field("auto", description="`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`, ...")
+    seed: int = Field(0, description="Seed for random weights (`pretrained=none`).")
+    data_dir: Path = Field(Path("./data"), description="Items, images, indexes and model cache.")
+
+    # --- server ------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address `xmodal serve` binds.")
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(8000, description="Port `xmodal serve` binds.")
+    log_level: str = Field("info", description="Python log level.")
+
+    # --- batching ----------------------------------------------------------------------------
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] = Field(
+        64, description="Most inputs in one encoder call."
+    )
+    max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = Field(
+        5.0, description="How long the first input of a batch waits for others to join."
+    )
+    max_queue: Annotated[int, Field(ge=1)] = Field(
+        2048, description="Inputs waiting per encoder queue before requests get 429."
+    )
+    request_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        30.0, description="Deadline for an input's encoding; past it the request gets 504."
+    )
+    decode_workers: Annotated[int, Field(ge=1)] = Field(
+        default_factory=_default_decode_workers, description="Threads decoding and preprocessing images."
+    )
+
+    # --- limits ------------------------------------------------------------------------------
+    max_upload_bytes: Annotated[int, Field(ge=1)] = Field(
+        20 * MiB, description="Largest single uploaded image file (413 beyond)."
+    )
+    max_request_bytes: Annotated[int, Field(ge=1)] = Field(
+        100 * MiB, description="Largest request body (413 beyond)."
+    )
+    max_files_per_request: Annotated[int, Field(ge=1)] = Field(
+        64, description="Most images in one upload or embed request (413 beyond)."
+    )
+    max_texts_per_request: Annotated[int, Field(ge=1)] = Field(
+        256, description="Most texts in one indexing or embed request (413 beyond)."
+    )
+    max_text_chars: Annotated[int, Field(ge=1)] = Field(
+        65_536, description="Longest text accepted (413 beyond); texts longer than the model's "
+        "context are truncated, not refused.",
+    )
+    max_image_pixels: Annotated[int, Field(ge=1)] = Field(
+        64_000_000, description="Most decoded pixels per image (decompression bombs get 413)."
+    )
+
+    # --- storage -----------------------------------------------------------------------------
+    store_images: bool = Field(True, description="Keep uploaded image bytes (content-addressed).")
+    snapshot_interval_s: Annotated[float, Field(gt=0)] = Field(
+        60.0, description="How often changed FAISS indexes are snapshotted to disk."
+    )
+    snapshot_every: Annotated[int, Field(ge=1)] = Field(
+        10_000, description="Also snapshot an index after this many changes."
+    )
+    nprobe: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="IVF lists probed per search (default: nlist/16, at least 8)."
+    )
+    faiss_gpu: bool | None = Field(
+        None, description="Serve FAISS indexes from the GPU (default: when FAISS reports one)."
+    )
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("set a pretrained tag, a checkpoint path, or `none` explicitly")
+        return value.strip()
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.lower() not in {"critical", "error", "warning", "info", "debug"}:
+            raise ValueError("log_level is one of critical, error, warning, info, debug")
+        return value.lower()
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.data_dir / "models"

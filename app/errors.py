@@ -1,0 +1,116 @@
+"""Every error leaves as ``{"error": {"code", "message"}}`` with one status per kind."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import index
+import models
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error the HTTP layer itself detects (limits, request shape)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class NotReady(ApiError):
+    def __init__(self, message: str) -> None:
+        super().__init__(503, "not_ready", message)
+
+
+def bad_request(message: str, code: str = "bad_request") -> ApiError:
+    return ApiError(400, code, message)
+
+
+def too_large(message: str) -> ApiError:
+    return ApiError(413, "too_large", message)
+
+
+# Domain exceptions -> (status, code). Order matters only for subclasses.
+_DOMAIN: list[tuple[type[Exception], int, str]] = [
+    (index.UnknownCollection, 404, "collection_not_found"),
+    (index.UnknownItem, 404, "item_not_found"),
+    (index.CollectionExists, 409, "collection_exists"),
+    (index.InvalidIndexSpec, 400, "invalid_index"),
+    (index.InvalidFilter, 400, "invalid_filter"),
+    (index.ModelMismatch, 409, "model_mismatch"),
+    (index.DimensionMismatch, 409, "dimension_mismatch"),
+    (models.ImageTooLarge, 413, "image_too_large"),
+    (models.ImageDecodeError, 415, "unsupported_media_type"),
+    (models.QueueFull, 429, "queue_full"),
+    (models.DeadlineExceeded, 504, "deadline_exceeded"),
+    (models.ModelLoadError, 503, "model_unavailable"),
+]
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "too_many_requests",
+}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:10]:
+        if err.get("type") == "json_invalid":
+            position = next((x for x in err.get("loc", ()) if isinstance(x, int)), "?")
+            parts.append(f"body is not valid JSON (error at character {position})")
+            continue
+        where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "malformed request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        headers = {"Retry-After": "5"} if exc.status == 503 else None
+        return error_response(exc.status, exc.code, exc.message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_request", _validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+    for exc_type, status, code in _DOMAIN:
+        app.add_exception_handler(exc_type, _domain_handler(status, code))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal", "internal server error")
+
+
+def _domain_handler(status: int, code: str) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        headers = {"Retry-After": "1"} if status == 429 else None
+        return error_response(status, code, str(exc), headers)
+
+    return handler

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.deps import ServicesDep
+from app.errors import error_response
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up and answering."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=None)
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """The model is loaded and the store is open (503 until then, and while stopping)."""
+    if services.ready and services.engine is not None:
+        engine = services.engine
+        return JSONResponse(
+            {"status": "ready", "model": engine.version, "device": engine.encoder.device_name}
+        )
+    if services.shutting_down:
+        message = "shutting down"
+    else:
+        message = services.load_error or "loading the model and the store"
+    return error_response(503, "not_ready", message, {"Retry-After": "5"})
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(services: ServicesDep) -> Response:
+    """Prometheus text format."""
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

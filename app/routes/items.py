@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Response, UploadFile, status
+from starlette.concurrency import run_in_threadpool
+
+from app.deps import EngineDep, SettingsDep, StoreDep
+from app.errors import ApiError, too_large
+from app.schemas import IndexedOut, ItemOut, TextItemsIn
+from app.uploads import read_upload
+from index import Modality, NewItem
+
+router = APIRouter(prefix="/v1/collections/{name}", tags=["items"])
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(422, "invalid_request", message)
+
+
+def _parse_metadata(raw: list[str] | None, n: int) -> list[dict[str, Any]]:
+    if not raw:
+        return [{} for _ in range(n)]
+    if len(raw) != n:
+        raise _invalid(f"give one metadata field per file: {len(raw)} for {n} files")
+    out = []
+    for i, text in enumerate(raw):
+        try:
+            value = json.loads(text) if text.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise _invalid(f"metadata {i} is not valid JSON: {exc.msg}") from exc
+        if not isinstance(value, dict):
+            raise _invalid(f"metadata {i} must be a JSON object")
+        out.append(value)
+    return out
+
+
+@router.post("/images")
+async def add_images(
+    name: str,
+    files: Annotated[list[UploadFile], File(description="One or more images.")],
+    store: StoreDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+    ids: Annotated[list[str] | None, Form(description="One id per file (default: SHA-256 of its bytes).")] = None,
+    metadata: Annotated[list[str] | None, Form(description="One JSON object per file.")] = None,
+) -> IndexedOut:
+    await run_in_threadpool(store.get_collection, name)  # 404 before any heavy work
+    if len(files) > settings.max_files_per_request:
+        raise too_large(f"{len(files)} files in one request; the limit is {settings.max_files_per_request}")
+    if ids and len(ids) != len(files):
+        raise _invalid(f"give one id per file: {len(ids)} for {len(files)} files")
+    meta = _parse_metadata(metadata, len(files))
+    blobs = [await read_upload(f, settings.max_upload_bytes) for f in files]
+    item_ids = list(ids) if ids else [hashlib.sha256(b).hexdigest() for b in blobs]
+    for item_id in item_ids:
+        if not 0 < len(item_id) <= 512:
+            raise _invalid("ids must be 1 to 512 characters")
+    prepared = await engine.prepare_images(blobs, [f.filename or "" for f in files])
+    vectors = await engine.embed_prepared(prepared)
+    items = [
+        NewItem(item_id, Modality.IMAGE, m, content=b, media_type=p.media_type)
+        for item_id, m, b, p in zip(item_ids, meta, blobs, prepared)
+    ]
+    stored = await run_in_threadpool(store.upsert, name, items, vectors, engine.version)
+    return IndexedOut(ids=stored)
+
+
+@router.post("/texts")
+async def add_texts(name: str, body: TextItemsIn, store: StoreDep, engine: EngineDep, settings: SettingsDep) -> IndexedOut:
+    await run_in_threadpool(store.get_collection, name)
+    if len(body.items) > settings.max_texts_per_request:
+        raise too_large(f"{len(body.items)} texts in one request; the limit is {settings.max_texts_per_request}")
+    for it in body.items:
+        if len(it.text) > settings.max_text_chars:
+            raise too_large(f"text of {it.id!r} has {len(it.text)} characters; the limit is {settings.max_text_chars}")
+    vectors = await engine.embed_texts([it.text for it in body.items])
+    items = [NewItem(it.id, Modality.TEXT, it.metadata, text=it.text) for it in body.items]
+    stored = await run_in_threadpool(store.upsert, name, items, vectors, engine.version)
+    return IndexedOut(ids=stored)
+
+
+# The image route comes first: ids may contain '/', so the item routes match the rest of the path.
+@router.get("/items/{item_id:path}/image", response_class=Response)
+async def get_item_image(name: str, item_id: str, store: StoreDep) -> Response:
+    data, media_type = await run_in_threadpool(store.get_item_content, name, item_id)
+    etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+    return Response(data, media_type=media_type, headers={"ETag": etag, "Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/items/{item_id:path}")
+async def get_item(name: str, item_id: str, store: StoreDep) -> ItemOut:
+    item = await run_in_threadpool(store.get_item, name, item_id)
+    return ItemOut(
+        id=item.id,
+        modality=item.modality,
+        metadata=item.metadata,
+        text=item.text,
+        has_image=item.content_sha256 is not None,
+        model=item.model_version,
+        created_at=item.created_at,
+    )
+
+
+@router.delete("/items/{item_id:path}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_item(name: str, item_id: str, store: StoreDep) -> Response:
+    await run_in_threadpool(store.delete_item, name, item_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,106 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from index.types import Modality
+
+ItemId = str
+FilterValue = str | int | float | bool | None
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+# --- collections ------------------------------------------------------------------------------
+class CollectionCreate(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", examples=["photos"])
+    index: str | None = Field(
+        None,
+        description="FAISS factory string, e.g. `HNSW32` or `IVF1024,PQ32`; default exact `Flat`.",
+        max_length=200,
+    )
+
+
+class CollectionOut(BaseModel):
+    name: str
+    index: str
+    dim: int
+    model: str
+    created_at: float
+    counts: dict[Modality, int]
+    trained: dict[Modality, bool]
+
+
+class CollectionList(BaseModel):
+    collections: list[CollectionOut]
+
+
+# --- items ------------------------------------------------------------------------------------
+class TextItemIn(BaseModel):
+    id: ItemId = Field(min_length=1, max_length=512)
+    text: str = Field(min_length=1)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class TextItemsIn(BaseModel):
+    items: list[TextItemIn] = Field(min_length=1)
+
+
+class IndexedOut(BaseModel):
+    ids: list[ItemId]
+
+
+class ItemOut(BaseModel):
+    id: ItemId
+    modality: Modality
+    metadata: dict[str, Any]
+    text: str | None = None
+    has_image: bool
+    model: str
+    created_at: float
+
+
+# --- search -----------------------------------------------------------------------------------
+class SearchRequest(BaseModel):
+    text: str | None = Field(None, description="Query text (or give `image_base64`).")
+    image_base64: str | None = Field(None, description="Query image, base64-encoded bytes.")
+    target: Modality | None = Field(None, description="Modality to search; default: the other one.")
+    k: int = Field(10, description="How many results, 1 to 1000.")
+    filter: dict[str, FilterValue] | None = Field(
+        None, description="Keep items whose metadata has each key equal to its value."
+    )
+
+
+class SearchHit(BaseModel):
+    id: ItemId
+    score: float
+    modality: Modality
+    metadata: dict[str, Any]
+    text: str | None = None
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit]
+    took_ms: float
+
+
+# --- embed ------------------------------------------------------------------------------------
+class EmbedRequest(BaseModel):
+    texts: list[str] | None = None
+    images_base64: list[str] | None = None
+
+
+class EmbedResponse(BaseModel):
+    vectors: list[list[float]]
+    model: str
+    dim: int
