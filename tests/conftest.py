@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+import httpx
+import pytest
+
+from models import ClipEncoder, load_encoder
+from tests.helpers import ServerProcess
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> ClipEncoder:
+
+    return load_encoder("xmodal-tiny", "none", "cpu", tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the API tests, with small limits so the limit tests stay cheap."""
+    proc = ServerProcess(
+        tmp_path_factory.mktemp("server") / "data",
+        max_upload_bytes=200_000,
+        max_request_bytes=1_000_000,
+        max_files_per_request=8,
+        max_texts_per_request=16,
+        max_text_chars=2000,
+        max_image_pixels=4_000_000,
+    ).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30.0) as c:
+        yield c
+
+
+@pytest.fixture
+def collection(client: httpx.Client, request: pytest.FixtureRequest) -> str:
+    name = request.node.name.replace("[", "-").replace("]", "")[:60]
+    client.delete(f"/v1/collections/{name}")
+    r = client.post("/v1/collections", json={"name": name})
+    assert r.status_code == 201, r.text
+    return name
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
+

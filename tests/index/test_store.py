@@ -1,0 +1,231 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from index import (
+    CollectionExists,
+    CollectionStore,
+    DimensionMismatch,
+    InvalidFilter,
+    InvalidIndexSpec,
+    ModelMismatch,
+    Modality,
+    NewItem,
+    UnknownCollection,
+    UnknownItem,
+)
+
+D = 16
+V = "test-model@v1"
+
+
+def normalised(n: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, D)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def items(n: int, modality: Modality = Modality.IMAGE, start: int = 0) -> list[NewItem]:
+    out = []
+    for i in range(start, start + n):
+        meta = {"n": i, "parity": "even" if i % 2 == 0 else "odd", "big": i >= 50}
+        if modality is Modality.IMAGE:
+            out.append(NewItem(f"img-{i}", modality, meta, content=f"bytes {i}".encode(), media_type="image/png"))
+        else:
+            out.append(NewItem(f"txt-{i}", modality, meta, text=f"caption {i}"))
+    return out
+
+
+def top_ids(store: CollectionStore, name: str, target: Modality, xq: np.ndarray, k: int = 5, **kw: Any) -> list[list[str]]:
+    return [[h.id for h in hits] for hits in store.search(name, target, xq, k, model_version=V, **kw)]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[CollectionStore]:
+    s = CollectionStore(tmp_path / "data", use_gpu=False)
+    yield s
+    s.close()
+
+
+def test_search_returns_nearest_items_of_the_target_modality(store: CollectionStore) -> None:
+    store.create_collection("c", D, V)
+    xb_img, xb_txt = normalised(100, 0), normalised(100, 1)
+    store.upsert("c", items(100, Modality.IMAGE), xb_img, V)
+    store.upsert("c", items(100, Modality.TEXT), xb_txt, V)
+    xq = normalised(3, 2)
+    want = np.argsort(-(xq @ xb_img.T), axis=1)[:, :5]
+    assert top_ids(store, "c", Modality.IMAGE, xq) == [[f"img-{i}" for i in row] for row in want]
+    want = np.argsort(-(xq @ xb_txt.T), axis=1)[:, :5]
+    assert top_ids(store, "c", Modality.TEXT, xq) == [[f"txt-{i}" for i in row] for row in want]
+    hit = store.search("c", Modality.TEXT, xb_txt[7:8], 1, model_version=V)[0][0]
+    assert hit.id == "txt-7" and hit.text == "caption 7" and hit.metadata["n"] == 7
+    assert hit.score == pytest.approx(1.0, abs=1e-5)
+    info = store.get_collection("c")
+    assert info.counts == {Modality.IMAGE: 100, Modality.TEXT: 100}
+
+
+def test_filters_match_metadata_values(store: CollectionStore) -> None:
+    store.create_collection("c", D, V)
+    xb = normalised(100, 0)
+    store.upsert("c", items(100), xb, V)
+    xq = normalised(1, 5)
+    for where, ok in [
+        ({"parity": "odd"}, lambda i: i % 2 == 1),
+        ({"n": 42}, lambda i: i == 42),
+        ({"big": True}, lambda i: i >= 50),
+        ({"parity": "even", "big": False}, lambda i: i % 2 == 0 and i < 50),
+    ]:
+        keep = np.array([i for i in range(100) if ok(i)])
+        want = keep[np.argsort(-(xq @ xb[keep].T)[0])[:5]]
+        assert top_ids(store, "c", Modality.IMAGE, xq, where=where) == [[f"img-{i}" for i in want]]
+    assert top_ids(store, "c", Modality.IMAGE, xq, where={"parity": "none"}) == [[]]
+    with pytest.raises(InvalidFilter):
+        store.search("c", Modality.IMAGE, xq, 5, model_version=V, where={"n": [1, 2]})
+
+
+def test_adding_an_existing_id_replaces_it_even_across_modalities(store: CollectionStore) -> None:
+    store.create_collection("c", D, V)
+    xb = normalised(10, 0)
+    store.upsert("c", items(10), xb, V)
+    new = normalised(1, 9)
+    store.upsert("c", [NewItem("img-3", Modality.TEXT, {"v": 2}, text="now a caption")], new, V)
+    assert store.get_item("c", "img-3").modality is Modality.TEXT
+    assert "img-3" not in top_ids(store, "c", Modality.IMAGE, xb[3:4], k=10)[0]
+    assert top_ids(store, "c", Modality.TEXT, new, k=1) == [["img-3"]]
+    assert store.get_collection("c").counts == {Modality.IMAGE: 9, Modality.TEXT: 1}
+
+
+def test_delete_removes_from_search_at_once_and_frees_the_image(store: CollectionStore) -> None:
+    store.create_collection("c", D, V)
+    xb = normalised(10, 0)
+    store.upsert("c", items(10), xb, V)
+    digest = store.get_item("c", "img-4").content_sha256
+    assert digest and store.blobs.exists(digest)
+    store.delete_item("c", "img-4")
+    assert "img-4" not in top_ids(store, "c", Modality.IMAGE, xb[4:5], k=10)[0]
+    with pytest.raises(UnknownItem):
+        store.get_item("c", "img-4")
+    with pytest.raises(UnknownItem):
+        store.delete_item("c", "img-4")
+    assert not store.blobs.exists(digest)
+
+
+def test_shared_image_bytes_stay_while_any_item_uses_them(store: CollectionStore) -> None:
+    store.create_collection("c", D, V)
+    same = [NewItem(f"dup-{i}", Modality.IMAGE, {}, content=b"same bytes", media_type="image/png") for i in range(2)]
+    store.upsert("c", same, normalised(2, 0), V)
+    digest = store.get_item("c", "dup-0").content_sha256
+    assert digest
+    store.delete_item("c", "dup-0")
+    assert store.get_item_content("c", "dup-1") == (b"same bytes", "image/png")
+    store.delete_item("c", "dup-1")
+    assert not store.blobs.exists(digest)
+
+
+def test_reopening_after_a_clean_close_gives_the_same_results(tmp_path: Path) -> None:
+    xb, xq = normalised(300, 0), normalised(4, 1)
+    s = CollectionStore(tmp_path, use_gpu=False)
+    s.create_collection("c", D, V)
+    s.upsert("c", items(300), xb, V)
+    s.delete_item("c", "img-0")
+    before = top_ids(s, "c", Modality.IMAGE, xq, k=10)
+    s.close()
+    assert (tmp_path / "indexes" / "c" / "image.xmidx").exists()
+    s = CollectionStore(tmp_path, use_gpu=False)
+    assert top_ids(s, "c", Modality.IMAGE, xq, k=10) == before
+    s.close()
+
+
+def test_without_a_final_snapshot_the_index_is_caught_up_from_sqlite(tmp_path: Path) -> None:
+    """Snapshot, keep writing (adds, replaces, deletes), then 'crash' (no close): reopening
+    loads the snapshot and applies everything written after it."""
+    xb, xq = normalised(400, 0), normalised(4, 1)
+    s = CollectionStore(tmp_path, use_gpu=False)
+    s.create_collection("c", D, V)
+    s.upsert("c", items(200), xb[:200], V)
+    s.snapshot()
+    s.upsert("c", items(200, start=200), xb[200:], V)
+    s.delete_item("c", "img-5")
+    s.upsert("c", [NewItem("img-6", Modality.IMAGE, {}, content=b"x")], normalised(1, 77), V)
+    before = top_ids(s, "c", Modality.IMAGE, xq, k=20)
+    counts = s.get_collection("c").counts
+    # No close(): the process "dies" with the snapshot behind the database.
+    s2 = CollectionStore(tmp_path, use_gpu=False)
+    assert top_ids(s2, "c", Modality.IMAGE, xq, k=20) == before
+    assert s2.get_collection("c").counts == counts
+    s2.close()
+
+
+def test_unreadable_snapshot_is_rebuilt_from_sqlite(tmp_path: Path) -> None:
+    xb, xq = normalised(50, 0), normalised(2, 1)
+    s = CollectionStore(tmp_path, use_gpu=False)
+    s.create_collection("c", D, V)
+    s.upsert("c", items(50), xb, V)
+    before = top_ids(s, "c", Modality.IMAGE, xq)
+    s.close()
+    (tmp_path / "indexes" / "c" / "image.xmidx").write_bytes(b"garbage")
+    s = CollectionStore(tmp_path, use_gpu=False)
+    assert top_ids(s, "c", Modality.IMAGE, xq) == before
+    s.close()
+
+
+def test_trainable_spec_trains_in_the_background_and_keeps_answering(tmp_path: Path) -> None:
+    s = CollectionStore(tmp_path, use_gpu=False, nprobe=8)
+    s.create_collection("ivf", D, V, "IVF8,Flat")
+    xb, xq = normalised(1200, 0), normalised(3, 1)
+    s.upsert("ivf", items(600), xb[:600], V)
+    assert s.get_collection("ivf").trained[Modality.IMAGE] is False
+    s.upsert("ivf", items(600, start=600), xb[600:], V)
+    s.wait_idle()
+    assert s.get_collection("ivf").trained[Modality.IMAGE] is True
+    want = np.argsort(-(xq @ xb.T), axis=1)[:, :5]
+    assert top_ids(s, "ivf", Modality.IMAGE, xq) == [[f"img-{i}" for i in row] for row in want]
+    s.close()
+    s = CollectionStore(tmp_path, use_gpu=False, nprobe=8)
+    assert s.get_collection("ivf").trained[Modality.IMAGE] is True
+    assert top_ids(s, "ivf", Modality.IMAGE, xq) == [[f"img-{i}" for i in row] for row in want]
+    s.close()
+
+
+def test_collection_lifecycle_and_errors(store: CollectionStore) -> None:
+    store.create_collection("c", D, V)
+    with pytest.raises(CollectionExists):
+        store.create_collection("c", D, V)
+    with pytest.raises(InvalidIndexSpec):
+        store.create_collection("bad", D, V, "IVF-nonsense")
+    with pytest.raises(ValueError):
+        store.create_collection("../escape", D, V)
+    with pytest.raises(DimensionMismatch):
+        store.upsert("c", items(2), np.zeros((2, D + 1), np.float32), V)
+    with pytest.raises(ModelMismatch):
+        store.upsert("c", items(2), normalised(2, 0), "another-model")
+    with pytest.raises(ModelMismatch):
+        store.search("c", Modality.IMAGE, normalised(1, 0), 3, model_version="another-model")
+    store.upsert("c", items(3), normalised(3, 0), V)
+    store.snapshot()
+    assert [c.name for c in store.list_collections()] == ["c"]
+    digest = store.get_item("c", "img-1").content_sha256
+    store.delete_collection("c")
+    assert digest and not store.blobs.exists(digest)
+    assert not (store.index_dir / "c").exists()
+    for call in (lambda: store.get_collection("c"), lambda: store.delete_collection("c"),
+                 lambda: store.search("c", Modality.IMAGE, normalised(1, 0), 3, model_version=V)):
+        with pytest.raises(UnknownCollection):
+            call()
+    # A new collection of the same name starts empty.
+    store.create_collection("c", D, V)
+    assert store.get_collection("c").counts == {Modality.IMAGE: 0, Modality.TEXT: 0}
+
+
+def test_images_are_not_kept_when_storage_is_off(tmp_path: Path) -> None:
+    s = CollectionStore(tmp_path, use_gpu=False, store_images=False)
+    s.create_collection("c", D, V)
+    s.upsert("c", items(2), normalised(2, 0), V)
+    with pytest.raises(UnknownItem, match="no stored image"):
+        s.get_item_content("c", "img-0")
+    assert not any(p.is_file() for p in (tmp_path / "blobs").rglob("*"))
+    s.close()

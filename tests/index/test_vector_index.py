@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from index import DimensionMismatch, InvalidIndexSpec, VectorIndex
+
+D = 32
+
+
+def normalised(n: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, D)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute_force(xq: np.ndarray, xb: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    scores = xq @ xb.T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return labels[order], np.take_along_axis(scores, order, axis=1)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    xb = normalised(3000, 0)
+    xq = normalised(20, 1)
+    labels = np.arange(1000, 4000, dtype=np.int64)
+    return xb, xq, labels
+
+
+def test_flat_matches_numpy_brute_force(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    xb, xq, labels = data
+    index = VectorIndex(D)
+    index.add(labels, xb)
+    results = index.search(xq, 10)
+    I, Dist = brute_force(xq, xb, labels, 10)
+    for r, i_row, d_row in zip(results, I, Dist):
+        np.testing.assert_array_equal(r.labels, i_row)
+        np.testing.assert_allclose(r.scores, d_row, rtol=1e-5, atol=1e-5)
+
+
+def test_allowed_labels_restrict_results_exactly(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    xb, xq, labels = data
+    index = VectorIndex(D)
+    index.add(labels, xb)
+    keep = np.arange(0, 3000, 7)
+    results = index.search(xq, 5, allowed=labels[keep])
+    I, _ = brute_force(xq, xb[keep], labels[keep], 5)
+    for r, i_row in zip(results, I):
+        np.testing.assert_array_equal(r.labels, i_row)
+    assert all(len(r.labels) == 0 for r in index.search(xq, 5, allowed=np.array([], dtype=np.int64)))
+
+
+def test_removed_labels_never_come_back(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    xb, xq, labels = data
+    index = VectorIndex(D)
+    index.add(labels, xb)
+    top = index.search(xq[:1], 3)[0].labels
+    index.remove(top[:2])
+    after = index.search(xq[:1], 3)[0].labels
+    assert not set(top[:2]) & set(after)
+    assert after[0] == top[2]
+    assert index.ntotal == 2998
+
+
+def test_k_larger_than_the_index_returns_everything(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    xb, xq, labels = data
+    index = VectorIndex(D)
+    index.add(labels[:5], xb[:5])
+    assert len(index.search(xq[:1], 100)[0].labels) == 5
+    assert [len(r.labels) for r in VectorIndex(D).search(xq[:2], 3)] == [0, 0]
+
+
+def test_ivf_searches_exactly_until_trained_then_trains(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    xb, xq, labels = data
+    index = VectorIndex(D, "IVF16,Flat", nprobe=16)
+    assert index.train_size >= 16 * 39  # FAISS's rule of thumb: 39 points per centroid
+    n = index.train_size - 1
+    index.add(labels[:n], xb[:n])
+    assert not index.trained and not index.needs_training()
+    I, _ = brute_force(xq, xb[:n], labels[:n], 10)
+    for r, i_row in zip(index.search(xq, 10), I):
+        np.testing.assert_array_equal(r.labels, i_row)  # exact before training
+    index.add(labels[n:], xb[n:])
+    assert index.needs_training()
+    index.install_trained(index.train_template(index.training_sample()))
+    assert index.trained and index.ntotal == len(labels)
+    I, _ = brute_force(xq, xb, labels, 10)
+    for r, i_row in zip(index.search(xq, 10), I):
+        np.testing.assert_array_equal(r.labels, i_row)  # nprobe = nlist: still exact
+
+
+def test_hnsw_deletes_softly_and_asks_for_compaction(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    xb, xq, labels = data
+    index = VectorIndex(D, "HNSW16")
+    index.add(labels, xb)
+    assert not index.can_remove
+    top = index.search(xq[:1], 5)[0].labels
+    index.remove(top[:1])
+    assert top[0] not in index.search(xq[:1], 5)[0].labels
+    assert len(index.search(xq[:1], 5)[0].labels) == 5
+    assert index.ntotal == len(labels) - 1
+    assert not index.needs_compaction()
+    index.remove(labels[:1500])
+    assert index.needs_compaction()
+
+
+@pytest.mark.parametrize("spec", ["Flat", "HNSW16", "IVF16,Flat", "IVF16,PQ8"])
+def test_snapshot_round_trip_gives_identical_results(
+    spec: str, data: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> None:
+    xb, xq, labels = data
+    index = VectorIndex.build(D, spec, labels, xb)
+    index.remove(labels[:3])
+    blob = index.to_bytes({"label_mark": 7})
+    restored, meta = VectorIndex.from_bytes(blob)
+    assert meta["label_mark"] == 7 and restored.spec == spec and restored.trained == index.trained
+    for a, b in zip(index.search(xq, 10), restored.search(xq, 10)):
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+
+
+def test_bad_specs_and_shapes_are_refused() -> None:
+    with pytest.raises(InvalidIndexSpec):
+        VectorIndex(D, "NoSuchIndex42")
+    with pytest.raises(InvalidIndexSpec):
+        VectorIndex(D, "IDMap,Flat")
+    with pytest.raises(InvalidIndexSpec):
+        VectorIndex(D, "PQ7")  # 32 is not divisible by 7
+    index = VectorIndex(D)
+    with pytest.raises(DimensionMismatch):
+        index.add(np.arange(2), np.zeros((2, D + 1), np.float32))
+    with pytest.raises(DimensionMismatch):
+        index.search(np.zeros((1, D - 1), np.float32), 3)
