@@ -30,7 +30,9 @@ def _serve(args: argparse.Namespace) -> int:
     # Resolve the weights before binding the port: a machine without network and without
     # the weights fails here in seconds, with the way out in the message.
     try:
-        resolve_weights(settings.model, settings.pretrained, settings.model_cache_dir, seed=settings.seed)
+        resolve_weights(
+            settings.model, settings.pretrained, settings.model_cache_dir, seed=settings.seed
+        )
     except ModelLoadError as exc:
         print(f"xmodal: cannot load the model: {exc}", file=sys.stderr)
         return 3

@@ -28,13 +28,17 @@ class Settings(BaseSettings):
         description="OpenCLIP pretrained tag, a path to a local checkpoint, or `none` for "
         "seeded random weights (only when set explicitly).",
     )
-    device: str = Field("auto", description="`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`, ...")
+    device: str = Field(
+        "auto", description="`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`, ..."
+    )
     seed: int = Field(0, description="Seed for random weights (`pretrained=none`).")
     data_dir: Path = Field(Path("./data"), description="Items, images, indexes and model cache.")
 
     # --- server ------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address `xmodal serve` binds.")
-    port: Annotated[int, Field(ge=1, le=65535)] = Field(8000, description="Port `xmodal serve` binds.")
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        8000, description="Port `xmodal serve` binds."
+    )
     log_level: str = Field("info", description="Python log level.")
 
     # --- batching ----------------------------------------------------------------------------
@@ -51,7 +55,8 @@ class Settings(BaseSettings):
         30.0, description="Deadline for an input's encoding; past it the request gets 504."
     )
     decode_workers: Annotated[int, Field(ge=1)] = Field(
-        default_factory=_default_decode_workers, description="Threads decoding and preprocessing images."
+        default_factory=_default_decode_workers,
+        description="Threads decoding and preprocessing images.",
     )
 
     # --- limits ------------------------------------------------------------------------------
@@ -68,7 +73,8 @@ class Settings(BaseSettings):
         256, description="Most texts in one indexing or embed request (413 beyond)."
     )
     max_text_chars: Annotated[int, Field(ge=1)] = Field(
-        65_536, description="Longest text accepted (413 beyond); texts longer than the model's "
+        65_536,
+        description="Longest text accepted (413 beyond); texts longer than the model's "
         "context are truncated, not refused.",
     )
     max_image_pixels: Annotated[int, Field(ge=1)] = Field(

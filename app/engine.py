@@ -34,7 +34,9 @@ class Engine:
         self.encoder = encoder
         self.settings = settings
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="xmodal-model")
-        self._decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="xmodal-decode")
+        self._decode_pool = ThreadPoolExecutor(
+            settings.decode_workers, thread_name_prefix="xmodal-decode"
+        )
         size = getattr(encoder.model.visual, "image_size", 224)
         self._draft_size = 2 * int(size[0] if isinstance(size, (tuple, list)) else size)
         self.images: DynamicBatcher[torch.Tensor] = self._batcher(
@@ -42,7 +44,9 @@ class Engine:
         )
         self.texts: DynamicBatcher[str] = self._batcher(encoder.encode_texts, "text", metrics)
 
-    def _batcher(self, fn: Callable[[list[T]], np.ndarray], modality: str, metrics: Metrics) -> DynamicBatcher[T]:
+    def _batcher(
+        self, fn: Callable[[list[T]], np.ndarray], modality: str, metrics: Metrics
+    ) -> DynamicBatcher[T]:
         return DynamicBatcher(
             fn,
             executor=self._model_thread,
@@ -75,7 +79,9 @@ class Engine:
     async def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         return await self.texts.submit(list(texts), self.settings.request_timeout_s)
 
-    async def prepare_images(self, blobs: Sequence[bytes], names: Sequence[str] | None = None) -> list[PreparedImage]:
+    async def prepare_images(
+        self, blobs: Sequence[bytes], names: Sequence[str] | None = None
+    ) -> list[PreparedImage]:
         """Decode and preprocess every image in parallel; the first bad one fails them all
         (with its name in the message) so a request is stored whole or not at all."""
         loop = asyncio.get_running_loop()
@@ -90,7 +96,9 @@ class Engine:
         return [r for r in results if isinstance(r, PreparedImage)]
 
     async def embed_prepared(self, images: Sequence[PreparedImage]) -> np.ndarray:
-        return await self.images.submit([im.pixels for im in images], self.settings.request_timeout_s)
+        return await self.images.submit(
+            [im.pixels for im in images], self.settings.request_timeout_s
+        )
 
     def _prepare(self, data: bytes) -> PreparedImage:
         decoded = decode_image(data, self.settings.max_image_pixels, draft_size=self._draft_size)

@@ -17,20 +17,31 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "xmodal_requests", "HTTP requests answered.", ["method", "route", "status"],
+            "xmodal_requests",
+            "HTTP requests answered.",
+            ["method", "route", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "xmodal_request_duration_seconds", "HTTP request latency.", ["method", "route"],
-            buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "xmodal_request_duration_seconds",
+            "HTTP request latency.",
+            ["method", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.batch_size = Histogram(
-            "xmodal_encoder_batch_size", "Inputs per encoder call.", ["modality"],
-            buckets=_BATCH_BUCKETS, registry=self.registry,
+            "xmodal_encoder_batch_size",
+            "Inputs per encoder call.",
+            ["modality"],
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
         )
         self.queue_wait = Histogram(
-            "xmodal_encoder_queue_wait_seconds", "Time an input waited for its encoder batch.",
-            ["modality"], buckets=_LATENCY_BUCKETS, registry=self.registry,
+            "xmodal_encoder_queue_wait_seconds",
+            "Time an input waited for its encoder batch.",
+            ["modality"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
 
     def batch_observer(self, modality: str) -> Callable[[int, Sequence[float]], None]:
@@ -63,13 +74,16 @@ class _StateCollector(Collector):
         ready.add_metric([], 1.0 if state.get("ready") else 0.0)
         yield ready
         depth = GaugeMetricFamily(
-            "xmodal_encoder_queue_depth", "Inputs waiting for an encoder batch.", labels=["modality"]
+            "xmodal_encoder_queue_depth",
+            "Inputs waiting for an encoder batch.",
+            labels=["modality"],
         )
         for modality, n in state.get("queue_depth", {}).items():
             depth.add_metric([modality], float(n))
         yield depth
         sizes = GaugeMetricFamily(
-            "xmodal_index_vectors", "Searchable vectors per collection and modality.",
+            "xmodal_index_vectors",
+            "Searchable vectors per collection and modality.",
             labels=["collection", "modality"],
         )
         for (collection, modality), n in state.get("index_vectors", {}).items():

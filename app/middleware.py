@@ -39,17 +39,40 @@ class BodySizeLimit:
                     await _send_error(send, BodyTooLarge(self.max_bytes))
                     return
         seen = 0
+        exceeded = False
+        responded = False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    exceeded = True
                     raise BodyTooLarge(self.max_bytes)
             return message
 
-        await self.app(scope, limited, send)
+        async def guarded(message: Message) -> None:
+            # Body parsers may catch our exception and answer 400 themselves: once the
+            # limit is hit, whatever the app answers is replaced by the 413.
+            nonlocal responded
+            if message["type"] == "http.response.start":
+                if responded:
+                    return
+                responded = True
+                if exceeded:
+                    await _send_error(send, BodyTooLarge(self.max_bytes))
+                    return
+            elif exceeded:
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, limited, guarded)
+        except BodyTooLarge:
+            if not responded:
+                responded = True
+                await _send_error(send, BodyTooLarge(self.max_bytes))
 
 
 async def _send_error(send: Send, err: ApiError) -> None:
@@ -58,8 +81,11 @@ async def _send_error(send: Send, err: ApiError) -> None:
         {
             "type": "http.response.start",
             "status": err.status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                        (b"connection", b"close")],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -91,4 +117,6 @@ class RequestMetrics:
         finally:
             route: Any = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            self.metrics.observe_request(scope["method"], template, status, time.perf_counter() - started)
+            self.metrics.observe_request(
+                scope["method"], template, status, time.perf_counter() - started
+            )

@@ -60,7 +60,9 @@ class Services:
             log.info("ready: model %s on %s", encoder.version, encoder.device_name)
         except Exception as exc:
             self.load_error = str(exc)
-            log.error("start-up failed: %s", exc, exc_info=not isinstance(exc, (OSError, ValueError)))
+            log.error(
+                "start-up failed: %s", exc, exc_info=not isinstance(exc, (OSError, ValueError))
+            )
 
     async def _snapshot_loop(self) -> None:
         while True:
@@ -91,6 +93,8 @@ class Services:
             }
         if self.store is not None:
             state["index_vectors"] = {
-                (c.name, m.value): n for c in self.store.list_collections() for m, n in c.counts.items()
+                (c.name, m.value): n
+                for c in self.store.list_collections()
+                for m, n in c.counts.items()
             }
         return state

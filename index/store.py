@@ -44,7 +44,7 @@ from index.errors import (
 )
 from index.rwlock import RWLock
 from index.types import CollectionInfo, Hit, Item, Modality, NewItem
-from index.vector_index import VectorIndex, gpu_count, normalize_spec
+from index.vector_index import VectorIndex, gpu_count, new_gpu_resources, normalize_spec
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,9 @@ CREATE TABLE IF NOT EXISTS tombstones (
 CREATE INDEX IF NOT EXISTS tombstones_by_collection ON tombstones (collection, modality, seq);
 """
 
-_ITEM_COLUMNS = "id, modality, metadata, text, content_sha256, media_type, model_version, created_at"
+_ITEM_COLUMNS = (
+    "id, modality, metadata, text, content_sha256, media_type, model_version, created_at"
+)
 
 
 @dataclass
@@ -138,9 +140,7 @@ class CollectionStore:
         want_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
         self._gpu_resources: Any = None
         if want_gpu:
-            import faiss
-
-            self._gpu_resources = faiss.StandardGpuResources()
+            self._gpu_resources = new_gpu_resources()
         self._db_path = self.data_dir / "xmodal.sqlite3"
         self._writer = self._connect()
         self._writer.executescript(_SCHEMA)
@@ -158,7 +158,9 @@ class CollectionStore:
 
     # --- connections ------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn = sqlite3.connect(
+            self._db_path, isolation_level=None, check_same_thread=False, timeout=30
+        )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=30000")
@@ -216,7 +218,8 @@ class CollectionStore:
             uid, now = uuid.uuid4().hex, time.time()
             with self._transaction() as conn:
                 conn.execute(
-                    "INSERT INTO collections (name, uid, index_spec, dim, model_version, created_at)"
+                    "INSERT INTO collections"
+                    " (name, uid, index_spec, dim, model_version, created_at)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     (name, uid, spec, dim, model_version, now),
                 )
@@ -291,18 +294,15 @@ class CollectionStore:
         ]
         with self._write_lock:
             c = self._get(name)  # may have been deleted while we waited
-            for it, digest in zip(items, digests):
+            for it, digest in zip(items, digests, strict=True):
                 if digest is not None:
                     assert it.content is not None
                     self.blobs.put(it.content, digest)
             replaced: list[tuple[Modality, int, str | None]] = []
             added: list[tuple[Modality, int, int]] = []  # modality, label, row in vectors
             with self._transaction() as conn:
-                for row, (it, digest) in enumerate(zip(items, digests)):
-                    old = conn.execute(
-                        "SELECT label, modality, content_sha256 FROM items WHERE collection = ? AND id = ?",
-                        (name, it.id),
-                    ).fetchone()
+                for row, (it, digest) in enumerate(zip(items, digests, strict=True)):
+                    old = _find(conn, name, it.id)
                     if old is not None:
                         conn.execute("DELETE FROM items WHERE label = ?", (old[0],))
                         conn.execute(
@@ -311,8 +311,8 @@ class CollectionStore:
                         )
                         replaced.append((Modality(old[1]), int(old[0]), old[2]))
                     cur = conn.execute(
-                        "INSERT INTO items (collection, id, modality, metadata, text, content_sha256,"
-                        " media_type, embedding, model_version, created_at)"
+                        "INSERT INTO items (collection, id, modality, metadata, text,"
+                        " content_sha256, media_type, embedding, model_version, created_at)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             name,
@@ -351,10 +351,7 @@ class CollectionStore:
         with self._write_lock:
             c = self._get(name)
             with self._transaction() as conn:
-                old = conn.execute(
-                    "SELECT label, modality, content_sha256 FROM items WHERE collection = ? AND id = ?",
-                    (name, item_id),
-                ).fetchone()
+                old = _find(conn, name, item_id)
                 if old is None:
                     raise UnknownItem(f"item {item_id!r} is not in collection {name!r}")
                 conn.execute("DELETE FROM items WHERE label = ?", (old[0],))
@@ -374,9 +371,14 @@ class CollectionStore:
 
     def get_item(self, name: str, item_id: str) -> Item:
         self._get(name)
-        row = self._reader().execute(
-            f"SELECT {_ITEM_COLUMNS} FROM items WHERE collection = ? AND id = ?", (name, item_id)
-        ).fetchone()
+        row = (
+            self._reader()
+            .execute(
+                f"SELECT {_ITEM_COLUMNS} FROM items WHERE collection = ? AND id = ?",
+                (name, item_id),
+            )
+            .fetchone()
+        )
         if row is None:
             raise UnknownItem(f"item {item_id!r} is not in collection {name!r}")
         return _item(row)
@@ -386,7 +388,9 @@ class CollectionStore:
         if item.content_sha256 is None:
             raise UnknownItem(f"item {item_id!r} has no stored image")
         try:
-            return self.blobs.get(item.content_sha256), item.media_type or "application/octet-stream"
+            return self.blobs.get(
+                item.content_sha256
+            ), item.media_type or "application/octet-stream"
         except FileNotFoundError as exc:
             raise UnknownItem(f"the stored image of {item_id!r} is missing") from exc
 
@@ -429,22 +433,26 @@ class CollectionStore:
             chunk = wanted[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for row in conn.execute(
-                f"SELECT label, id, modality, metadata, text FROM items WHERE label IN ({marks})", chunk
+                f"SELECT label, id, modality, metadata, text FROM items WHERE label IN ({marks})",
+                chunk,
             ):
                 rows[int(row[0])] = row
         hits: list[list[Hit]] = []
         for r in results:
             found = []
-            for label, score in zip(r.labels, r.scores):
+            for label, score in zip(r.labels, r.scores, strict=True):
                 row = rows.get(int(label))
                 if row is None:  # deleted between the index search and this read
                     continue
-                found.append(Hit(row[1], float(score), Modality(row[2]), json.loads(row[3]), row[4]))
+                found.append(
+                    Hit(row[1], float(score), Modality(row[2]), json.loads(row[3]), row[4])
+                )
             hits.append(found)
         return hits
 
     def _filter_labels(self, name: str, modality: Modality, where: dict[str, Any]) -> np.ndarray:
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         for key, value in where.items():
             path = '$."' + str(key).replace('"', '""') + '"'
             if value is None:
@@ -454,10 +462,11 @@ class CollectionStore:
                 clauses.append("json_extract(metadata, ?) = ?")
                 params.extend([path, value])
             else:
-                raise InvalidFilter(f"filter value for {key!r} must be a string, number, boolean or null")
-        sql = (
-            "SELECT label FROM items WHERE collection = ? AND modality = ? AND "
-            + " AND ".join(clauses)
+                raise InvalidFilter(
+                    f"filter value for {key!r} must be a string, number, boolean or null"
+                )
+        sql = "SELECT label FROM items WHERE collection = ? AND modality = ? AND " + " AND ".join(
+            clauses
         )
         rows = self._reader().execute(sql, [name, modality.value, *params]).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
@@ -590,7 +599,9 @@ class CollectionStore:
     def _load_vectors(
         self, name: str, m: Modality, dim: int, *, min_label: int = 0, max_label: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        sql = "SELECT label, embedding FROM items WHERE collection = ? AND modality = ? AND label > ?"
+        sql = (
+            "SELECT label, embedding FROM items WHERE collection = ? AND modality = ? AND label > ?"
+        )
         params: list[Any] = [name, m.value, min_label]
         if max_label is not None:
             sql += " AND label <= ?"
@@ -614,7 +625,13 @@ class CollectionStore:
             for m in Modality
         }
         return _Collection(
-            name, uid, spec, dim, model_version, created_at, sides,
+            name,
+            uid,
+            spec,
+            dim,
+            model_version,
+            created_at,
+            sides,
             gpu=any(s.index.on_gpu for s in sides.values()),
         )
 
@@ -628,7 +645,12 @@ class CollectionStore:
             if index is None:
                 labels, xb = self._load_vectors(name, m, dim)
                 index = VectorIndex.build(
-                    dim, spec, labels, xb, gpu_resources=self._gpu_resources, nprobe=self.nprobe,
+                    dim,
+                    spec,
+                    labels,
+                    xb,
+                    gpu_resources=self._gpu_resources,
+                    nprobe=self.nprobe,
                 )
                 label_mark = int(labels.max()) if len(labels) else 0
                 tomb_mark = self._max_tombstone(self._writer)
@@ -638,7 +660,11 @@ class CollectionStore:
             c.sides[m] = _Side(index, label_mark, tomb_mark, dirty=0 if how == "snapshot" else 1)
             log.info(
                 "collection %s/%s: %d vectors, %s in %.2f s",
-                name, m.value, index.ntotal, how, time.monotonic() - started,
+                name,
+                m.value,
+                index.ntotal,
+                how,
+                time.monotonic() - started,
             )
         c.gpu = any(s.index.on_gpu for s in c.sides.values())
         return c
@@ -662,6 +688,15 @@ class CollectionStore:
             log.warning("snapshot %s belongs to another collection or spec; rebuilding", path)
             return None, 0, 0, "stale snapshot"
         return index, int(meta["label_mark"]), int(meta["tomb_mark"]), "snapshot"
+
+
+def _find(conn: sqlite3.Connection, name: str, item_id: str) -> tuple[int, str, str | None] | None:
+    """The label, modality and image digest of an item, if it exists."""
+    row: tuple[int, str, str | None] | None = conn.execute(
+        "SELECT label, modality, content_sha256 FROM items WHERE collection = ? AND id = ?",
+        (name, item_id),
+    ).fetchone()
+    return row
 
 
 def _item(row: Sequence[Any]) -> Item:

@@ -18,12 +18,16 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-import faiss
+import faiss as _faiss
 import numpy as np
 
 from index.errors import DimensionMismatch, InvalidIndexSpec
 
 log = logging.getLogger(__name__)
+
+# FAISS's bundled type stubs lag its SWIG API (search parameters, IndexIDMap2 fields), so
+# the module is typed loosely here; the tests check these calls against real FAISS.
+faiss: Any = _faiss
 
 DEFAULT_SPEC = "Flat"
 GPU_MAX_K = 2048  # FAISS GPU k-selection limit
@@ -33,6 +37,10 @@ _MAGIC = b"XMIDX1\n"
 def gpu_count() -> int:
     get = getattr(faiss, "get_num_gpus", None)
     return int(get()) if get is not None else 0
+
+
+def new_gpu_resources() -> Any:
+    return faiss.StandardGpuResources()
 
 
 def normalize_spec(spec: str | None) -> str:
@@ -196,7 +204,9 @@ class VectorIndex:
         return max(self.train_size * 8, 65536)
 
     # --- search -----------------------------------------------------------------------------
-    def search(self, xq: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[SearchResult]:
+    def search(
+        self, xq: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> list[SearchResult]:
         """Top-``k`` labels per query by inner product, best first; ``allowed`` restricts
         the candidates to those labels."""
         xq = np.ascontiguousarray(xq, dtype=np.float32)
@@ -223,13 +233,17 @@ class VectorIndex:
         k_eff = min(k_eff, total, GPU_MAX_K if self.on_gpu else total)
         D, I = self._index.search(xq, k_eff, params=params)
         out = []
-        for d_row, i_row in zip(D, I):
+        for d_row, i_row in zip(D, I, strict=True):
             keep = i_row >= 0
             if self.soft_deleted:
-                keep &= ~np.isin(i_row, np.fromiter(self.soft_deleted, np.int64, len(self.soft_deleted)))
+                keep &= ~np.isin(
+                    i_row, np.fromiter(self.soft_deleted, np.int64, len(self.soft_deleted))
+                )
             if allowed_set is not None:
                 keep &= np.isin(i_row, allowed_set)
-            out.append(SearchResult(i_row[keep][:k].astype(np.int64), d_row[keep][:k].astype(np.float32)))
+            out.append(
+                SearchResult(i_row[keep][:k].astype(np.int64), d_row[keep][:k].astype(np.float32))
+            )
         return out
 
     def _params(self, sel: Any, k_eff: int) -> Any:
@@ -256,8 +270,13 @@ class VectorIndex:
         """Serialise the index (copied back from the GPU if it lives there) with ``meta``."""
         cpu = faiss.index_gpu_to_cpu(self._index) if self.on_gpu else self._index
         header = json.dumps(
-            {**meta, "d": self.d, "spec": self.spec, "trained": self.trained,
-             "soft_deleted": sorted(self.soft_deleted)}
+            {
+                **meta,
+                "d": self.d,
+                "spec": self.spec,
+                "trained": self.trained,
+                "soft_deleted": sorted(self.soft_deleted),
+            }
         ).encode()
         blob = faiss.serialize_index(cpu).tobytes()
         return _MAGIC + struct.pack("<Q", len(header)) + header + blob

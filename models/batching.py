@@ -100,7 +100,8 @@ class DynamicBatcher(Generic[T]):
             raise RuntimeError(f"{self.name} is not started")
         if len(self._pending) + len(items) > self.max_queue:
             raise QueueFull(
-                f"{self.name} queue is full ({len(self._pending)} of {self.max_queue} waiting); retry later"
+                f"{self.name} queue is full ({len(self._pending)} of {self.max_queue} waiting); "
+                "retry later"
             )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
@@ -109,7 +110,7 @@ class DynamicBatcher(Generic[T]):
         self._arrived.set()
         try:
             rows = await asyncio.wait_for(asyncio.gather(*(e.future for e in entries)), timeout)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise DeadlineExceeded(f"{self.name}: no result within {timeout:.1f} s") from exc
         return np.stack(rows)
 
@@ -124,7 +125,9 @@ class DynamicBatcher(Generic[T]):
                 out = await loop.run_in_executor(self._executor, self._fn, [e.item for e in batch])
                 if not isinstance(out, np.ndarray) or out.ndim != 2 or out.shape[0] != len(batch):
                     shape = getattr(out, "shape", type(out).__name__)
-                    raise RuntimeError(f"{self.name}: model returned {shape} for {len(batch)} inputs")
+                    raise RuntimeError(
+                        f"{self.name}: model returned {shape} for {len(batch)} inputs"
+                    )
             except Exception as exc:  # one failed batch fails its requests, not the worker
                 log.exception("%s batch of %d failed", self.name, len(batch))
                 for e in batch:
@@ -132,7 +135,7 @@ class DynamicBatcher(Generic[T]):
                         e.future.set_exception(exc)
                 continue
             self._record(len(batch), [started - e.enqueued for e in batch])
-            for row, e in zip(out, batch):
+            for row, e in zip(out, batch, strict=True):
                 if not e.future.done():
                     e.future.set_result(row)
 

@@ -49,7 +49,8 @@ class ClipEncoder:
         model_name: str,
         version: str,
     ) -> None:
-        self.model = model.eval()
+        # OpenCLIP's factories return nn.Module; encode_image/encode_text are its methods.
+        self.model: Any = model.eval()
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.device = device
@@ -85,7 +86,9 @@ class ClipEncoder:
     def encode_image_tensors(self, pixels: Sequence[torch.Tensor] | torch.Tensor) -> np.ndarray:
         batch = pixels if isinstance(pixels, torch.Tensor) else torch.stack(list(pixels))
         if batch.ndim != 4 or batch.shape[0] == 0:
-            raise ValueError(f"expected a non-empty (n, 3, H, W) batch, got shape {tuple(batch.shape)}")
+            raise ValueError(
+                f"expected a non-empty (n, 3, H, W) batch, got shape {tuple(batch.shape)}"
+            )
         with torch.inference_mode(), self._autocast():
             features = self.model.encode_image(batch.to(self.device, non_blocking=True))
         return _normalised(features)

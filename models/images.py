@@ -62,8 +62,7 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) ->
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)  # animated GIF/WebP/TIFF: the first frame stands for the image
             img.load()
-            img = ImageOps.exif_transpose(img)
-            rgb = _to_rgb(img)
+            rgb = _to_rgb(ImageOps.exif_transpose(img))
     except ImageTooLarge:
         raise
     except Image.DecompressionBombError as exc:

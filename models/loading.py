@@ -80,7 +80,9 @@ def resolve_weights(
             f"{pretrained!r} is neither a file nor a pretrained tag of {model_name}; "
             f"known tags: {', '.join(tags) or 'none'}; or set XMODAL_PRETRAINED=/path/to/weights"
         )
-    tag_cfg = {k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode", "quick_gelu") if k in cfg}
+    tag_cfg = {
+        k: cfg[k] for k in ("mean", "std", "interpolation", "resize_mode", "quick_gelu") if k in cfg
+    }
     version = f"{model_name}@{pretrained}"
     cache_dir = Path(cache_dir)
 
@@ -100,9 +102,13 @@ def resolve_weights(
     try:
         downloaded = open_clip.download_pretrained(cfg, cache_dir=str(cache_dir))
     except Exception as exc:  # OpenCLIP raises several types for a failed download
-        raise ModelLoadError(f"download of {model_name} tag {pretrained!r} failed: {exc}. {OFFLINE_HINT}") from exc
+        raise ModelLoadError(
+            f"download of {model_name} tag {pretrained!r} failed: {exc}. {OFFLINE_HINT}"
+        ) from exc
     if not downloaded:
-        raise ModelLoadError(f"tag {pretrained!r} of {model_name} has no download source. {OFFLINE_HINT}")
+        raise ModelLoadError(
+            f"tag {pretrained!r} of {model_name} has no download source. {OFFLINE_HINT}"
+        )
     return ResolvedWeights(downloaded, version, tag_cfg)
 
 

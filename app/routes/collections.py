@@ -23,8 +23,12 @@ def collection_out(info: CollectionInfo) -> CollectionOut:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-async def create_collection(body: CollectionCreate, store: StoreDep, engine: EngineDep) -> CollectionOut:
-    info = await run_in_threadpool(store.create_collection, body.name, engine.dim, engine.version, body.index)
+async def create_collection(
+    body: CollectionCreate, store: StoreDep, engine: EngineDep
+) -> CollectionOut:
+    info = await run_in_threadpool(
+        store.create_collection, body.name, engine.dim, engine.version, body.index
+    )
     return collection_out(info)
 
 

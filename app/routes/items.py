@@ -44,12 +44,16 @@ async def add_images(
     store: StoreDep,
     engine: EngineDep,
     settings: SettingsDep,
-    ids: Annotated[list[str] | None, Form(description="One id per file (default: SHA-256 of its bytes).")] = None,
+    ids: Annotated[
+        list[str] | None, Form(description="One id per file (default: SHA-256 of its bytes).")
+    ] = None,
     metadata: Annotated[list[str] | None, Form(description="One JSON object per file.")] = None,
 ) -> IndexedOut:
     await run_in_threadpool(store.get_collection, name)  # 404 before any heavy work
     if len(files) > settings.max_files_per_request:
-        raise too_large(f"{len(files)} files in one request; the limit is {settings.max_files_per_request}")
+        raise too_large(
+            f"{len(files)} files in one request; the limit is {settings.max_files_per_request}"
+        )
     if ids and len(ids) != len(files):
         raise _invalid(f"give one id per file: {len(ids)} for {len(files)} files")
     meta = _parse_metadata(metadata, len(files))
@@ -62,20 +66,27 @@ async def add_images(
     vectors = await engine.embed_prepared(prepared)
     items = [
         NewItem(item_id, Modality.IMAGE, m, content=b, media_type=p.media_type)
-        for item_id, m, b, p in zip(item_ids, meta, blobs, prepared)
+        for item_id, m, b, p in zip(item_ids, meta, blobs, prepared, strict=True)
     ]
     stored = await run_in_threadpool(store.upsert, name, items, vectors, engine.version)
     return IndexedOut(ids=stored)
 
 
 @router.post("/texts")
-async def add_texts(name: str, body: TextItemsIn, store: StoreDep, engine: EngineDep, settings: SettingsDep) -> IndexedOut:
+async def add_texts(
+    name: str, body: TextItemsIn, store: StoreDep, engine: EngineDep, settings: SettingsDep
+) -> IndexedOut:
     await run_in_threadpool(store.get_collection, name)
     if len(body.items) > settings.max_texts_per_request:
-        raise too_large(f"{len(body.items)} texts in one request; the limit is {settings.max_texts_per_request}")
+        raise too_large(
+            f"{len(body.items)} texts in one request; the limit is {settings.max_texts_per_request}"
+        )
     for it in body.items:
         if len(it.text) > settings.max_text_chars:
-            raise too_large(f"text of {it.id!r} has {len(it.text)} characters; the limit is {settings.max_text_chars}")
+            raise too_large(
+                f"text of {it.id!r} has {len(it.text)} characters; "
+                f"the limit is {settings.max_text_chars}"
+            )
     vectors = await engine.embed_texts([it.text for it in body.items])
     items = [NewItem(it.id, Modality.TEXT, it.metadata, text=it.text) for it in body.items]
     stored = await run_in_threadpool(store.upsert, name, items, vectors, engine.version)
@@ -87,7 +98,11 @@ async def add_texts(name: str, body: TextItemsIn, store: StoreDep, engine: Engin
 async def get_item_image(name: str, item_id: str, store: StoreDep) -> Response:
     data, media_type = await run_in_threadpool(store.get_item_content, name, item_id)
     etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
-    return Response(data, media_type=media_type, headers={"ETag": etag, "Cache-Control": "private, max-age=3600"})
+    return Response(
+        data,
+        media_type=media_type,
+        headers={"ETag": etag, "Cache-Control": "private, max-age=3600"},
+    )
 
 
 @router.get("/items/{item_id:path}")

@@ -37,10 +37,19 @@ async def _run_search(
     started: float,
 ) -> SearchResponse:
     hits = await run_in_threadpool(
-        store.search, name, target or source.other, query, k, model_version=engine.version, where=where
+        store.search,
+        name,
+        target or source.other,
+        query,
+        k,
+        model_version=engine.version,
+        where=where,
     )
     return SearchResponse(
-        results=[SearchHit(id=h.id, score=h.score, modality=h.modality, metadata=h.metadata, text=h.text) for h in hits[0]],
+        results=[
+            SearchHit(id=h.id, score=h.score, modality=h.modality, metadata=h.metadata, text=h.text)
+            for h in hits[0]
+        ],
         took_ms=round((time.perf_counter() - started) * 1000, 3),
     )
 
@@ -63,12 +72,18 @@ async def search(
     else:
         text = (body.text or "").strip()
         if not text:
-            raise bad_request("the query is empty: give a non-blank text or an image", code="empty_query")
+            raise bad_request(
+                "the query is empty: give a non-blank text or an image", code="empty_query"
+            )
         if len(text) > settings.max_text_chars:
-            raise ApiError(413, "too_large", f"query text exceeds {settings.max_text_chars} characters")
+            raise ApiError(
+                413, "too_large", f"query text exceeds {settings.max_text_chars} characters"
+            )
         query = await engine.embed_texts([text])
         source = Modality.TEXT
-    return await _run_search(store, engine, name, query, source, body.target, body.k, body.filter, started)
+    return await _run_search(
+        store, engine, name, query, source, body.target, body.k, body.filter, started
+    )
 
 
 @router.post("/search/image")
@@ -80,7 +95,9 @@ async def search_by_upload(
     settings: SettingsDep,
     target: Annotated[Modality | None, Form()] = None,
     k: Annotated[int, Form()] = 10,
-    filter: Annotated[str | None, Form(description="JSON object: metadata key equals value.")] = None,
+    filter: Annotated[
+        str | None, Form(description="JSON object: metadata key equals value.")
+    ] = None,
 ) -> SearchResponse:
     """Search with an uploaded image (multipart)."""
     started = time.perf_counter()

@@ -13,8 +13,8 @@ from index import (
     DimensionMismatch,
     InvalidFilter,
     InvalidIndexSpec,
-    ModelMismatch,
     Modality,
+    ModelMismatch,
     NewItem,
     UnknownCollection,
     UnknownItem,
@@ -34,14 +34,26 @@ def items(n: int, modality: Modality = Modality.IMAGE, start: int = 0) -> list[N
     for i in range(start, start + n):
         meta = {"n": i, "parity": "even" if i % 2 == 0 else "odd", "big": i >= 50}
         if modality is Modality.IMAGE:
-            out.append(NewItem(f"img-{i}", modality, meta, content=f"bytes {i}".encode(), media_type="image/png"))
+            out.append(
+                NewItem(
+                    f"img-{i}",
+                    modality,
+                    meta,
+                    content=f"bytes {i}".encode(),
+                    media_type="image/png",
+                )
+            )
         else:
             out.append(NewItem(f"txt-{i}", modality, meta, text=f"caption {i}"))
     return out
 
 
-def top_ids(store: CollectionStore, name: str, target: Modality, xq: np.ndarray, k: int = 5, **kw: Any) -> list[list[str]]:
-    return [[h.id for h in hits] for hits in store.search(name, target, xq, k, model_version=V, **kw)]
+def top_ids(
+    store: CollectionStore, name: str, target: Modality, xq: np.ndarray, k: int = 5, **kw: Any
+) -> list[list[str]]:
+    return [
+        [h.id for h in hits] for hits in store.search(name, target, xq, k, model_version=V, **kw)
+    ]
 
 
 @pytest.fixture
@@ -116,7 +128,10 @@ def test_delete_removes_from_search_at_once_and_frees_the_image(store: Collectio
 
 def test_shared_image_bytes_stay_while_any_item_uses_them(store: CollectionStore) -> None:
     store.create_collection("c", D, V)
-    same = [NewItem(f"dup-{i}", Modality.IMAGE, {}, content=b"same bytes", media_type="image/png") for i in range(2)]
+    same = [
+        NewItem(f"dup-{i}", Modality.IMAGE, {}, content=b"same bytes", media_type="image/png")
+        for i in range(2)
+    ]
     store.upsert("c", same, normalised(2, 0), V)
     digest = store.get_item("c", "dup-0").content_sha256
     assert digest
@@ -212,8 +227,11 @@ def test_collection_lifecycle_and_errors(store: CollectionStore) -> None:
     store.delete_collection("c")
     assert digest and not store.blobs.exists(digest)
     assert not (store.index_dir / "c").exists()
-    for call in (lambda: store.get_collection("c"), lambda: store.delete_collection("c"),
-                 lambda: store.search("c", Modality.IMAGE, normalised(1, 0), 3, model_version=V)):
+    for call in (
+        lambda: store.get_collection("c"),
+        lambda: store.delete_collection("c"),
+        lambda: store.search("c", Modality.IMAGE, normalised(1, 0), 3, model_version=V),
+    ):
         with pytest.raises(UnknownCollection):
             call()
     # A new collection of the same name starts empty.

@@ -13,7 +13,9 @@ def normalised(n: int, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def brute_force(xq: np.ndarray, xb: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def brute_force(
+    xq: np.ndarray, xb: np.ndarray, labels: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     scores = xq @ xb.T
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return labels[order], np.take_along_axis(scores, order, axis=1)
@@ -33,21 +35,25 @@ def test_flat_matches_numpy_brute_force(data: tuple[np.ndarray, np.ndarray, np.n
     index.add(labels, xb)
     results = index.search(xq, 10)
     I, Dist = brute_force(xq, xb, labels, 10)
-    for r, i_row, d_row in zip(results, I, Dist):
+    for r, i_row, d_row in zip(results, I, Dist, strict=True):
         np.testing.assert_array_equal(r.labels, i_row)
         np.testing.assert_allclose(r.scores, d_row, rtol=1e-5, atol=1e-5)
 
 
-def test_allowed_labels_restrict_results_exactly(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+def test_allowed_labels_restrict_results_exactly(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
     xb, xq, labels = data
     index = VectorIndex(D)
     index.add(labels, xb)
     keep = np.arange(0, 3000, 7)
     results = index.search(xq, 5, allowed=labels[keep])
     I, _ = brute_force(xq, xb[keep], labels[keep], 5)
-    for r, i_row in zip(results, I):
+    for r, i_row in zip(results, I, strict=True):
         np.testing.assert_array_equal(r.labels, i_row)
-    assert all(len(r.labels) == 0 for r in index.search(xq, 5, allowed=np.array([], dtype=np.int64)))
+    assert all(
+        len(r.labels) == 0 for r in index.search(xq, 5, allowed=np.array([], dtype=np.int64))
+    )
 
 
 def test_removed_labels_never_come_back(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
@@ -62,7 +68,9 @@ def test_removed_labels_never_come_back(data: tuple[np.ndarray, np.ndarray, np.n
     assert index.ntotal == 2998
 
 
-def test_k_larger_than_the_index_returns_everything(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+def test_k_larger_than_the_index_returns_everything(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
     xb, xq, labels = data
     index = VectorIndex(D)
     index.add(labels[:5], xb[:5])
@@ -70,7 +78,9 @@ def test_k_larger_than_the_index_returns_everything(data: tuple[np.ndarray, np.n
     assert [len(r.labels) for r in VectorIndex(D).search(xq[:2], 3)] == [0, 0]
 
 
-def test_ivf_searches_exactly_until_trained_then_trains(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+def test_ivf_searches_exactly_until_trained_then_trains(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
     xb, xq, labels = data
     index = VectorIndex(D, "IVF16,Flat", nprobe=16)
     assert index.train_size >= 16 * 39  # FAISS's rule of thumb: 39 points per centroid
@@ -78,18 +88,20 @@ def test_ivf_searches_exactly_until_trained_then_trains(data: tuple[np.ndarray, 
     index.add(labels[:n], xb[:n])
     assert not index.trained and not index.needs_training()
     I, _ = brute_force(xq, xb[:n], labels[:n], 10)
-    for r, i_row in zip(index.search(xq, 10), I):
+    for r, i_row in zip(index.search(xq, 10), I, strict=True):
         np.testing.assert_array_equal(r.labels, i_row)  # exact before training
     index.add(labels[n:], xb[n:])
     assert index.needs_training()
     index.install_trained(index.train_template(index.training_sample()))
     assert index.trained and index.ntotal == len(labels)
     I, _ = brute_force(xq, xb, labels, 10)
-    for r, i_row in zip(index.search(xq, 10), I):
+    for r, i_row in zip(index.search(xq, 10), I, strict=True):
         np.testing.assert_array_equal(r.labels, i_row)  # nprobe = nlist: still exact
 
 
-def test_hnsw_deletes_softly_and_asks_for_compaction(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+def test_hnsw_deletes_softly_and_asks_for_compaction(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
     xb, xq, labels = data
     index = VectorIndex(D, "HNSW16")
     index.add(labels, xb)
@@ -114,7 +126,7 @@ def test_snapshot_round_trip_gives_identical_results(
     blob = index.to_bytes({"label_mark": 7})
     restored, meta = VectorIndex.from_bytes(blob)
     assert meta["label_mark"] == 7 and restored.spec == spec and restored.trained == index.trained
-    for a, b in zip(index.search(xq, 10), restored.search(xq, 10)):
+    for a, b in zip(index.search(xq, 10), restored.search(xq, 10), strict=True):
         np.testing.assert_array_equal(a.labels, b.labels)
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
 

@@ -39,15 +39,21 @@ def test_each_request_gets_its_own_rows_under_concurrency(executor: ThreadPoolEx
         return _encode(items)
 
     async def main() -> None:
-        batcher = DynamicBatcher(encode, executor=executor, max_batch_size=16, max_wait_ms=5, max_queue=10_000)
+        batcher = DynamicBatcher(
+            encode, executor=executor, max_batch_size=16, max_wait_ms=5, max_queue=10_000
+        )
         batcher.start()
         rng = random.Random(0)
-        requests = [[rng.randrange(1_000_000) for _ in range(rng.randint(1, 7))] for _ in range(300)]
+        requests = [
+            [rng.randrange(1_000_000) for _ in range(rng.randint(1, 7))] for _ in range(300)
+        ]
 
         async def one(items: list[int]) -> None:
             await asyncio.sleep(rng.random() * 0.01)
             out = await batcher.submit(items, timeout=30)
-            np.testing.assert_array_equal(out, np.array([[x, 2 * x] for x in items], dtype=np.float32))
+            np.testing.assert_array_equal(
+                out, np.array([[x, 2 * x] for x in items], dtype=np.float32)
+            )
 
         await asyncio.gather(*(one(r) for r in requests))
         await batcher.stop()
@@ -100,7 +106,9 @@ def test_full_queue_refuses_with_queue_full(executor: ThreadPoolExecutor) -> Non
         return _encode(items)
 
     async def main() -> None:
-        batcher = DynamicBatcher(blocked, executor=executor, max_batch_size=2, max_wait_ms=0, max_queue=4)
+        batcher = DynamicBatcher(
+            blocked, executor=executor, max_batch_size=2, max_wait_ms=0, max_queue=4
+        )
         batcher.start()
         first = asyncio.create_task(batcher.submit([1, 2], timeout=10))  # taken by the worker
         await asyncio.sleep(0.05)
@@ -143,7 +151,9 @@ def test_request_past_its_deadline_gets_deadline_exceeded(executor: ThreadPoolEx
     assert [2] not in seen
 
 
-def test_a_failing_batch_fails_its_requests_and_the_worker_survives(executor: ThreadPoolExecutor) -> None:
+def test_a_failing_batch_fails_its_requests_and_the_worker_survives(
+    executor: ThreadPoolExecutor,
+) -> None:
     def flaky(items: list[int]) -> np.ndarray:
         if 13 in items:
             raise RuntimeError("boom")
@@ -162,7 +172,9 @@ def test_a_failing_batch_fails_its_requests_and_the_worker_survives(executor: Th
 
 def test_wrong_number_of_outputs_is_an_error_not_a_mixup(executor: ThreadPoolExecutor) -> None:
     async def main() -> None:
-        batcher = DynamicBatcher(lambda items: _encode(items)[:-1], executor=executor, max_wait_ms=0)
+        batcher = DynamicBatcher(
+            lambda items: _encode(items)[:-1], executor=executor, max_wait_ms=0
+        )
         batcher.start()
         with pytest.raises(RuntimeError, match="for 2 inputs"):
             await batcher.submit([1, 2], timeout=5)

@@ -52,7 +52,9 @@ def test_random_weights_are_seeded(tmp_path: Path, tiny_encoder: ClipEncoder) ->
     q = ["a small red circle"]
     np.testing.assert_array_equal(again.encode_texts(q), tiny_encoder.encode_texts(q))
     assert not np.allclose(other.encode_texts(q), tiny_encoder.encode_texts(q))
-    assert again.version == "xmodal-tiny@random-seed0" and other.version == "xmodal-tiny@random-seed1"
+    assert (
+        again.version == "xmodal-tiny@random-seed0" and other.version == "xmodal-tiny@random-seed1"
+    )
 
 
 def test_saved_checkpoint_loads_with_the_same_weights(tmp_path: Path) -> None:
@@ -66,7 +68,9 @@ def test_saved_checkpoint_loads_with_the_same_weights(tmp_path: Path) -> None:
     assert not list((tmp_path / "ckpt").glob("*.tmp"))
 
 
-def test_checkpoint_of_another_architecture_fails_clearly(tmp_path: Path, tiny_encoder: ClipEncoder) -> None:
+def test_checkpoint_of_another_architecture_fails_clearly(
+    tmp_path: Path, tiny_encoder: ClipEncoder
+) -> None:
     path = tiny_encoder.save_checkpoint(tmp_path / "tiny.pt")
     with pytest.raises(ModelLoadError, match="could not load"):
         load_encoder("RN50", str(path), "cpu", tmp_path)
@@ -99,7 +103,9 @@ def test_hf_hub_offline_is_respected(tmp_path: Path, monkeypatch: pytest.MonkeyP
         resolve_weights("ViT-B-32", "laion2b_s34b_b79k", tmp_path)
 
 
-def test_cached_weights_are_found_without_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cached_weights_are_found_without_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A tag whose file is already in the cache resolves with no network at all."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import open_clip

@@ -14,8 +14,14 @@ LIMIT = 10_000_000
 
 @pytest.mark.parametrize(
     ("fmt", "media_type"),
-    [("JPEG", "image/jpeg"), ("PNG", "image/png"), ("WEBP", "image/webp"), ("GIF", "image/gif"),
-     ("BMP", "image/bmp"), ("TIFF", "image/tiff")],
+    [
+        ("JPEG", "image/jpeg"),
+        ("PNG", "image/png"),
+        ("WEBP", "image/webp"),
+        ("GIF", "image/gif"),
+        ("BMP", "image/bmp"),
+        ("TIFF", "image/tiff"),
+    ],
 )
 def test_each_accepted_format_decodes_to_rgb(fmt: str, media_type: str) -> None:
     decoded = decode_image(image_bytes((200, 30, 30), size=(40, 30), fmt=fmt), LIMIT)
@@ -68,7 +74,13 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"hello, not an image", b"%PDF-1.4\n", image_bytes(fmt="JPEG")[:60], image_bytes(fmt="PNG")[:-40]],
+    [
+        b"",
+        b"hello, not an image",
+        b"%PDF-1.4\n",
+        image_bytes(fmt="JPEG")[:60],
+        image_bytes(fmt="PNG")[:-40],
+    ],
     ids=["empty", "text", "pdf", "truncated-jpeg", "truncated-png"],
 )
 def test_non_images_and_broken_images_raise_decode_errors(data: bytes) -> None:

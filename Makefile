@@ -1,0 +1,45 @@
+# The one place commands live. `make run` and `make test` set everything up themselves.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run run-tiny test test-all lint format bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall whenever pyproject.toml changes. Torch comes from pip like everything else.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Serve the default model (ViT-B-32, laion2b_s34b_b79k) on port 8000.
+run: install
+	XMODAL_HOST=$${XMODAL_HOST:-0.0.0.0} $(BIN)/xmodal serve
+
+## Serve the tiny random-weights model: no download, for development offline.
+run-tiny: install
+	XMODAL_MODEL=xmodal-tiny XMODAL_PRETRAINED=none $(BIN)/xmodal serve
+
+## Lint, type-check and run the default (CPU) test suite.
+test: install lint
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check app models index tests bench
+	$(BIN)/ruff format --check app models index tests bench
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format app models index tests bench
+	$(BIN)/ruff check --fix app models index tests bench
+
+## Encoder throughput, search latency at 100k vectors, HTTP searches/s (see BENCHMARKS.md).
+bench: install
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
