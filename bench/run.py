@@ -1,0 +1,251 @@
+"""`make bench`: encoder throughput, search latency at 100k vectors, HTTP searches/s.
+
+    python -m bench.run [--model xmodal-tiny] [--pretrained none] [--device auto]
+
+Prints a Markdown table (paste it into BENCHMARKS.md with the machine) and writes the
+figures as JSON under bench-results/. Timings are medians of repeated runs; nothing here
+is a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+
+from index import VectorIndex
+from models import ClipEncoder, load_encoder
+from tests.helpers import ServerProcess, image_bytes
+
+
+def timed(fn: Callable[[], object], repeats: int) -> list[float]:
+    fn()  # warm-up: lazy init, cuDNN autotune, allocator
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_encoder(encoder: ClipEncoder, batch: int, repeats: int) -> dict[str, float]:
+    size = encoder.model.visual.image_size
+    h, w = size if isinstance(size, tuple) else (size, size)
+    pixels = torch.randn(batch, 3, h, w)
+    texts = [f"a photo of object number {i} on a table" for i in range(batch)]
+    image_t = statistics.median(timed(lambda: encoder.encode_image_tensors(pixels), repeats))
+    text_t = statistics.median(timed(lambda: encoder.encode_texts(texts), repeats))
+    # End to end from PIL: preprocessing on this process's threads, then the model.
+    from PIL import Image
+
+    pil = [
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (480, 640, 3), np.uint8))
+        for i in range(batch)
+    ]
+    pil_t = statistics.median(timed(lambda: encoder.encode_images(pil), max(1, repeats // 3)))
+    return {
+        "images_per_s": batch / image_t,
+        "texts_per_s": batch / text_t,
+        "pil_images_per_s": batch / pil_t,
+    }
+
+
+def bench_search(d: int, n: int, spec: str, queries: int) -> dict[str, float]:
+    rng = np.random.default_rng(0)
+    xb = rng.standard_normal((n, d), dtype=np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    xq = rng.standard_normal((queries, d), dtype=np.float32)
+    xq /= np.linalg.norm(xq, axis=1, keepdims=True)
+    started = time.perf_counter()
+    index = VectorIndex.build(d, spec, np.arange(n, dtype=np.int64), xb)
+    build_s = time.perf_counter() - started
+    for q in xq[:20]:
+        index.search(q[None], 10)
+    lat = []
+    for q in xq:
+        t = time.perf_counter()
+        index.search(q[None], 10)
+        lat.append(time.perf_counter() - t)
+    lat_ms = np.array(lat) * 1000
+    return {
+        "p50_ms": float(np.percentile(lat_ms, 50)),
+        "p99_ms": float(np.percentile(lat_ms, 99)),
+        "build_s": build_s,
+        "on_gpu": float(index.on_gpu),
+    }
+
+
+def bench_http(
+    model: str, pretrained: str, device: str, clients: int, seconds: float, corpus: int
+) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServerProcess(
+            Path(tmp) / "data", model=model, pretrained=pretrained, device=device
+        ).start(timeout=300)
+        try:
+            with httpx.Client(base_url=server.url, timeout=60) as c:
+                assert c.post("/v1/collections", json={"name": "bench"}).status_code == 201
+                for start in range(0, corpus, 32):
+                    files = [
+                        (
+                            "files",
+                            (
+                                f"{i}.jpg",
+                                image_bytes((i % 255, 90, 160), seed=i, size=(96, 96), fmt="JPEG"),
+                            ),
+                        )
+                        for i in range(start, min(corpus, start + 32))
+                    ]
+                    r = c.post("/v1/collections/bench/images", files=files)
+                    assert r.status_code == 200, r.text
+            latencies: list[float] = []
+            errors = 0
+            lock = threading.Lock()
+            stop_at = time.monotonic() + seconds
+
+            def client(worker: int) -> None:
+                nonlocal errors
+                mine, bad, i = [], 0, 0
+                with httpx.Client(base_url=server.url, timeout=60) as c:
+                    while time.monotonic() < stop_at:
+                        t = time.perf_counter()
+                        r = c.post(
+                            "/v1/collections/bench/search",
+                            json={"text": f"query {worker} {i}", "k": 10},
+                        )
+                        mine.append(time.perf_counter() - t)
+                        bad += r.status_code != 200
+                        i += 1
+                with lock:
+                    latencies.extend(mine)
+                    errors += bad
+
+            started = time.monotonic()
+            threads = [threading.Thread(target=client, args=(w,)) for w in range(clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            elapsed = time.monotonic() - started
+            lat_ms = np.array(latencies) * 1000
+            return {
+                "searches_per_s": len(latencies) / elapsed,
+                "p50_ms": float(np.percentile(lat_ms, 50)),
+                "p99_ms": float(np.percentile(lat_ms, 99)),
+                "errors": float(errors),
+                "requests": float(len(latencies)),
+            }
+        finally:
+            server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default=os.environ.get("XMODAL_MODEL", "xmodal-tiny"))
+    parser.add_argument("--pretrained", default=os.environ.get("XMODAL_PRETRAINED", "none"))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--vectors", type=int, default=100_000)
+    parser.add_argument(
+        "--dims", default="model,512", help="vector sizes to search; 'model' = embed dim"
+    )
+    parser.add_argument(
+        "--specs", default="Flat;HNSW32;IVF1024,Flat", help="FAISS specs, ;-separated"
+    )
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--corpus", type=int, default=512, help="images indexed for the HTTP run")
+    parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--out", default="bench-results")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as cache:
+        encoder = load_encoder(args.model, args.pretrained, args.device, cache)
+    device = encoder.device_name
+    cpu = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    rows: list[tuple[str, str, str]] = []
+    results: dict[str, Any] = {
+        "model": encoder.version,
+        "device": device,
+        "cpu": cpu,
+        "torch": torch.__version__,
+    }
+
+    enc = bench_encoder(encoder, args.batch, args.repeats)
+    results["encoder"] = enc
+    rows += [
+        (
+            f"image encoder, batch {args.batch} (preprocessed tensors)",
+            f"{enc['images_per_s']:,.0f} images/s",
+            device,
+        ),
+        (
+            f"image encoder from 640x480 PIL images, batch {args.batch}",
+            f"{enc['pil_images_per_s']:,.0f} images/s",
+            device,
+        ),
+        (f"text encoder, batch {args.batch}", f"{enc['texts_per_s']:,.0f} texts/s", device),
+    ]
+    specs = [s for s in args.specs.split(";") if s]
+    dims = sorted({encoder.dim if d == "model" else int(d) for d in args.dims.split(",")})
+    results["search"] = {}
+    for d in dims:
+        for spec in specs:
+            s = bench_search(d, args.vectors, spec, queries=1000)
+            results["search"][f"{spec}/{d}"] = s
+            where = "GPU" if s["on_gpu"] else "CPU"
+            rows.append(
+                (
+                    f"search {spec}, {args.vectors:,} x {d}, k=10, one query",
+                    f"p50 {s['p50_ms']:.3f} ms, p99 {s['p99_ms']:.3f} ms "
+                    f"(build {s['build_s']:.1f} s)",
+                    where,
+                )
+            )
+    if not args.skip_http:
+        h = bench_http(
+            args.model, args.pretrained, args.device, args.clients, args.seconds, args.corpus
+        )
+        results["http"] = h
+        rows.append(
+            (
+                f"HTTP text->image search, {args.clients} clients, {args.corpus} images",
+                f"{h['searches_per_s']:,.0f} searches/s (p50 {h['p50_ms']:.1f} ms, "
+                f"p99 {h['p99_ms']:.1f} ms, {int(h['errors'])} errors)",
+                device,
+            )
+        )
+
+    print(f"\nmodel {encoder.version}; torch {torch.__version__}; CPU {cpu}\n")
+    print("| benchmark | result | device |")
+    print("|---|---|---|")
+    for name, value, where in rows:
+        print(f"| {name} | {value} | {where} |")
+    out = Path(args.out)
+    out.mkdir(exist_ok=True)
+    path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
