@@ -18,7 +18,7 @@ install: $(STAMP)
 
 ## Serve the default model (ViT-B-32, laion2b_s34b_b79k) on port 8000.
 run: install
-	XMODAL_HOST=$${XMODAL_HOST:-0.0.0.0} $(BIN)/xmodal serve
+	$(BIN)/xmodal serve
 
 ## Serve the tiny random-weights model: no download, for development offline.
 run-tiny: install

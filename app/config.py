@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     )
     seed: int = Field(0, description="Seed for random weights (`pretrained=none`).")
     data_dir: Path = Field(Path("./data"), description="Items, images, indexes and model cache.")
+    model_cache: Path | None = Field(
+        None, description="Where downloaded weights are cached (default: `<data dir>/models`)."
+    )
 
     # --- server ------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address `xmodal serve` binds.")
@@ -112,4 +115,20 @@ class Settings(BaseSettings):
 
     @property
     def model_cache_dir(self) -> Path:
-        return self.data_dir / "models"
+        return self.model_cache or self.data_dir / "models"
+
+
+def settings_table() -> str:
+    """The Markdown reference of every setting, as the README shows it."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = "number of CPUs, at most 8" if name == "decode_workers" else "computed"
+        else:
+            default = "unset" if field.default is None else str(field.default)
+        rows.append(f"| `XMODAL_{name.upper()}` | `{default}` | {field.description or ''} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_table(), end="")
