@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -112,6 +112,17 @@ class Settings(BaseSettings):
         if value.lower() not in {"critical", "error", "warning", "info", "debug"}:
             raise ValueError("log_level is one of critical, error, warning, info, debug")
         return value.lower()
+
+    @model_validator(mode="after")
+    def _queue_holds_a_whole_request(self) -> Settings:
+        # A request bigger than the queue could never be admitted: it would get 429 forever.
+        biggest = max(self.max_files_per_request, self.max_texts_per_request)
+        if self.max_queue < biggest:
+            raise ValueError(
+                f"max_queue ({self.max_queue}) must be at least the largest request "
+                f"({biggest} inputs: max_files_per_request / max_texts_per_request)"
+            )
+        return self
 
     @property
     def model_cache_dir(self) -> Path:

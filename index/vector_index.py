@@ -232,13 +232,12 @@ class VectorIndex:
             params = self._params(None, k_eff)
         k_eff = min(k_eff, total, GPU_MAX_K if self.on_gpu else total)
         D, I = self._index.search(xq, k_eff, params=params)
+        deleted = np.fromiter(self.soft_deleted, np.int64, len(self.soft_deleted))
         out = []
         for d_row, i_row in zip(D, I, strict=True):
             keep = i_row >= 0
-            if self.soft_deleted:
-                keep &= ~np.isin(
-                    i_row, np.fromiter(self.soft_deleted, np.int64, len(self.soft_deleted))
-                )
+            if len(deleted):
+                keep &= ~np.isin(i_row, deleted)
             if allowed_set is not None:
                 keep &= np.isin(i_row, allowed_set)
             out.append(

@@ -32,6 +32,7 @@ async def readyz(services: ServicesDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics(services: ServicesDep) -> Response:
-    """Prometheus text format."""
+def metrics(services: ServicesDep) -> Response:
+    """Prometheus text format. A plain ``def``: collecting index sizes takes the store's
+    locks, so it runs in the thread pool, not on the event loop."""
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
