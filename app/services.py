@@ -13,7 +13,7 @@ from app.config import Settings
 from app.engine import Engine
 from app.metrics import Metrics
 from index import CollectionStore
-from models import load_encoder
+from models import ModelLoadError, load_encoder
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,8 @@ class Services:
             log.info("ready: model %s on %s", encoder.version, encoder.device_name)
         except Exception as exc:
             self.load_error = str(exc)
-            log.error(
-                "start-up failed: %s", exc, exc_info=not isinstance(exc, (OSError, ValueError))
-            )
+            # Load errors carry their own explanation; anything else gets its traceback.
+            log.error("start-up failed: %s", exc, exc_info=not isinstance(exc, ModelLoadError))
 
     async def _snapshot_loop(self) -> None:
         while True:
