@@ -27,11 +27,16 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # Resolve the weights before binding the port: a machine without network and without
-    # the weights fails here in seconds, with the way out in the message.
+    # Check the weights before binding the port: a machine without network and without the
+    # weights fails here in seconds, with the way out in the message. Downloading and
+    # loading happen once the port is open, while /readyz answers 503.
     try:
         resolve_weights(
-            settings.model, settings.pretrained, settings.model_cache_dir, seed=settings.seed
+            settings.model,
+            settings.pretrained,
+            settings.model_cache_dir,
+            seed=settings.seed,
+            check_only=True,
         )
     except ModelLoadError as exc:
         print(f"xmodal: cannot load the model: {exc}", file=sys.stderr)

@@ -36,7 +36,7 @@ OFFLINE_HINT = (
 class ResolvedWeights:
     """Where a model's weights come from and the version string that names them."""
 
-    checkpoint: str | None  # local file, or None for random weights
+    checkpoint: str | None  # local file; None for random weights (or not yet downloaded)
     version: str
     tag_cfg: dict[str, Any]  # preprocessing/quick_gelu settings that belong to a tag
 
@@ -61,15 +61,22 @@ def resolve_weights(
     cache_dir: str | os.PathLike[str],
     seed: int = 0,
     probe_timeout: float = 4.0,
+    check_only: bool = False,
 ) -> ResolvedWeights:
-    """Find (or download) the weights ``pretrained`` names, failing fast when offline."""
+    """Find (or download) the weights ``pretrained`` names, failing fast when offline.
+
+    ``check_only`` stops short of the slow parts (hashing a checkpoint, downloading): it
+    only proves the weights are on disk or their host answers, so a server can refuse to
+    start in seconds and leave the real loading to its readiness phase.
+    """
     check_model_name(model_name)
     if pretrained.strip().lower() == RANDOM_WEIGHTS:
         return ResolvedWeights(None, f"{model_name}@random-seed{seed}", {})
 
     path = Path(pretrained).expanduser()
     if path.is_file():
-        return ResolvedWeights(str(path), f"{model_name}@{path.stem}-{_file_digest(path)}", {})
+        digest = "unhashed" if check_only else _file_digest(path)
+        return ResolvedWeights(str(path), f"{model_name}@{path.stem}-{digest}", {})
 
     cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
     if not cfg:
@@ -90,13 +97,15 @@ def resolve_weights(
     if cached:
         return ResolvedWeights(cached, version, tag_cfg)
 
-    host = _download_host(cfg)
-    reason = _unreachable(host, probe_timeout)
+    host, port = _download_host(cfg)
+    reason = _unreachable(host, port, probe_timeout)
     if reason:
         raise ModelLoadError(
             f"weights for {model_name} tag {pretrained!r} are not cached under {cache_dir} "
             f"and {host} cannot be reached ({reason}). {OFFLINE_HINT}"
         )
+    if check_only:
+        return ResolvedWeights(None, version, tag_cfg)
     log.info("downloading %s weights %r into %s", model_name, pretrained, cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -138,22 +147,24 @@ def _cached_checkpoint(cfg: dict[str, Any], cache_dir: Path) -> str | None:
     return None
 
 
-def _download_host(cfg: dict[str, Any]) -> str:
+def _download_host(cfg: dict[str, Any]) -> tuple[str, int]:
+    """The host and port the weights of ``cfg`` would come from."""
     if cfg.get("hf_hub"):
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-        return urlparse(endpoint).hostname or "huggingface.co"
-    return urlparse(cfg.get("url", "")).hostname or "?"
+        url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    else:
+        url = urlparse(cfg.get("url", ""))
+    return url.hostname or "?", url.port or (80 if url.scheme == "http" else 443)
 
 
-def _unreachable(host: str, timeout: float) -> str | None:
-    """Return why ``host`` cannot be reached on port 443 within ``timeout`` s, or None."""
+def _unreachable(host: str, port: int, timeout: float) -> str | None:
+    """Return why ``host:port`` cannot be reached within ``timeout`` s, or None."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
         return "HF_HUB_OFFLINE is set"
     outcome: list[str | None] = []
 
     def connect() -> None:
         try:
-            with socket.create_connection((host, 443), timeout=timeout):
+            with socket.create_connection((host, port), timeout=timeout):
                 outcome.append(None)
         except OSError as exc:
             outcome.append(str(exc) or type(exc).__name__)

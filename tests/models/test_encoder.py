@@ -125,3 +125,21 @@ def test_cached_weights_are_found_without_network(
     )
     assert resolved.version == "ViT-B-32@laion2b_s34b_b79k"
     assert resolved.tag_cfg["interpolation"] == "bicubic"
+
+
+def test_check_only_proves_availability_without_downloading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`xmodal serve` checks before binding: a reachable hub is enough, nothing is fetched."""
+    import socket
+
+    with socket.socket() as listener:  # a loopback port that accepts, standing in for the hub
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        monkeypatch.setenv("HF_ENDPOINT", f"https://127.0.0.1:{listener.getsockname()[1]}")
+        resolved = resolve_weights("ViT-B-32", "laion2b_s34b_b79k", tmp_path, check_only=True)
+    assert resolved.checkpoint is None and resolved.version == "ViT-B-32@laion2b_s34b_b79k"
+    assert not any(tmp_path.iterdir())
+    monkeypatch.setenv("HF_ENDPOINT", CLOSED_ENDPOINT)
+    with pytest.raises(ModelLoadError, match="127.0.0.1 cannot be reached"):
+        resolve_weights("ViT-B-32", "laion2b_s34b_b79k", tmp_path, check_only=True)
