@@ -10,10 +10,7 @@ from pydantic import ValidationError
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from app.config import Settings
-    from app.main import create_app
     from models.errors import ModelLoadError
     from models.loading import resolve_weights
 
@@ -41,6 +38,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         print(f"xmodal: cannot load the model: {exc}", file=sys.stderr)
         return 3
+    import uvicorn
+
+    from app.main import create_app
+
     uvicorn.run(
         create_app(settings),
         host=host,

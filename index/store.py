@@ -145,6 +145,7 @@ class CollectionStore:
         self._writer = self._connect()
         self._writer.executescript(_SCHEMA)
         self._write_lock = threading.Lock()
+        self._busy_lock = threading.Lock()
         self._readers = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._reader_conns_lock = threading.Lock()
@@ -488,9 +489,8 @@ class CollectionStore:
         written = 0
         for c in list(self._collections.values()):
             for m, side in c.sides.items():
-                if (only_dirty and not side.dirty) or side.busy:
+                if (only_dirty and not side.dirty) or not self._claim(side):
                     continue
-                side.busy = True
                 try:
                     self._snapshot_side(c, m)
                 finally:
@@ -516,14 +516,19 @@ class CollectionStore:
 
     def _after_write(self, c: _Collection) -> None:
         for m, side in c.sides.items():
-            if side.busy:
-                continue
             if side.index.needs_training() or side.index.needs_compaction():
-                side.busy = True
-                self._spawn(self._rebuild_side, c, m)
-            elif side.dirty >= self.snapshot_every:
-                side.busy = True
+                if self._claim(side):
+                    self._spawn(self._rebuild_side, c, m)
+            elif side.dirty >= self.snapshot_every and self._claim(side):
                 self._spawn(self._snapshot_in_background, c, m)
+
+    def _claim(self, side: _Side) -> bool:
+        """Mark ``side`` busy for one background snapshot or rebuild; False if it already is."""
+        with self._busy_lock:
+            if side.busy:
+                return False
+            side.busy = True
+            return True
 
     def _snapshot_in_background(self, c: _Collection, m: Modality) -> None:
         try:

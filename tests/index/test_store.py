@@ -247,3 +247,22 @@ def test_images_are_not_kept_when_storage_is_off(tmp_path: Path) -> None:
         s.get_item_content("c", "img-0")
     assert not any(p.is_file() for p in (tmp_path / "blobs").rglob("*"))
     s.close()
+
+
+def test_soft_deleted_vectors_are_compacted_away(tmp_path: Path) -> None:
+    """HNSW cannot remove vectors: replacing 1,200 items leaves 1,200 soft deletes, which
+    triggers a background rebuild that drops them, while answers stay correct."""
+    s = CollectionStore(tmp_path, use_gpu=False)
+    s.create_collection("h", D, V, "HNSW16")
+    old, new = normalised(1200, 0), normalised(1200, 1)
+    s.upsert("h", items(1200), old, V)
+    s.upsert("h", items(1200), new, V)  # same ids: every old vector becomes a tombstone
+    s.wait_idle()
+    side = s._collections["h"].sides[Modality.IMAGE]
+    assert not side.index.soft_deleted and side.index.ntotal == 1200
+    hits = s.search("h", Modality.IMAGE, new[:20], 1, model_version=V)
+    assert sum(h[0].id == f"img-{i}" for i, h in enumerate(hits)) >= 19  # HNSW is approximate
+    s.close()
+    s = CollectionStore(tmp_path, use_gpu=False)
+    assert s.get_collection("h").counts[Modality.IMAGE] == 1200
+    s.close()
