@@ -13,8 +13,9 @@ from index.errors import (
     UnknownCollection,
     UnknownItem,
 )
+from index.jobs import Job, JobFinished, JobState, JobStore, Progress, UnknownJob
 from index.store import CollectionStore
-from index.types import CollectionInfo, Hit, Item, Modality, NewItem
+from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredVersion
 from index.vector_index import VectorIndex, gpu_count
 
 __all__ = [
@@ -26,12 +27,19 @@ __all__ = [
     "InvalidFilter",
     "InvalidIndexSpec",
     "Item",
+    "Job",
+    "JobFinished",
+    "JobState",
+    "JobStore",
     "ModelMismatch",
     "Modality",
     "NewItem",
+    "Progress",
     "StoreError",
+    "StoredVersion",
     "UnknownCollection",
     "UnknownItem",
+    "UnknownJob",
     "VectorIndex",
     "gpu_count",
 ]

@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from index.errors import (
     UnknownItem,
 )
 from index.rwlock import RWLock
-from index.types import CollectionInfo, Hit, Item, Modality, NewItem
+from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredVersion
 from index.vector_index import VectorIndex, gpu_count, new_gpu_resources, normalize_spec
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,17 @@ class CollectionStore:
         return conn
 
     @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A durable write transaction on the store's database, serialised with item writes
+        (for state that lives beside the items, such as jobs)."""
+        with self._write_lock, self._transaction() as conn:
+            yield conn
+
+    def read_connection(self) -> sqlite3.Connection:
+        """This thread's read-only view of the database."""
+        return self._reader()
+
+    @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """Run under ``_write_lock``: one IMMEDIATE transaction, committed durably."""
         conn = self._writer
@@ -275,10 +286,16 @@ class CollectionStore:
 
     # --- items ------------------------------------------------------------------------------
     def upsert(
-        self, name: str, items: Sequence[NewItem], vectors: np.ndarray, model_version: str
+        self,
+        name: str,
+        items: Sequence[NewItem],
+        vectors: np.ndarray,
+        model_version: str,
+        extra: Callable[[sqlite3.Connection], None] | None = None,
     ) -> list[str]:
         """Store ``items`` with their ``vectors`` (row i belongs to item i); an existing id
-        is replaced. Returns the ids once they are durable and searchable."""
+        is replaced. Returns the ids once they are durable and searchable. ``extra`` runs
+        inside the same transaction (a job recording its progress with its items)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         c = self._get(name)
         if vectors.ndim != 2 or vectors.shape != (len(items), c.dim):
@@ -286,19 +303,20 @@ class CollectionStore:
                 f"expected {len(items)} vectors of dimension {c.dim}, got shape {vectors.shape}"
             )
         self._check_model(c, model_version)
-        if not items:
+        if not items and extra is None:
             return []
         now = time.time()
-        digests = [
-            sha256_hex(it.content) if (it.content is not None and self.store_images) else None
-            for it in items
-        ]
+        digests = [_digest(it) if self.store_images else None for it in items]
         with self._write_lock:
             c = self._get(name)  # may have been deleted while we waited
-            for it, digest in zip(items, digests, strict=True):
-                if digest is not None:
-                    assert it.content is not None
+            for row, (it, digest) in enumerate(zip(items, digests, strict=True)):
+                if it.content is not None and digest is not None:
                     self.blobs.put(it.content, digest)
+                elif digest is not None and not self.blobs.exists(digest):
+                    # Written by a worker, then collected by a concurrent delete of another
+                    # item with the same bytes: keep the item, say it has no image.
+                    log.warning("stored image of %r vanished before its commit", it.id)
+                    digests[row] = None
             replaced: list[tuple[Modality, int, str | None]] = []
             added: list[tuple[Modality, int, int]] = []  # modality, label, row in vectors
             with self._transaction() as conn:
@@ -330,6 +348,8 @@ class CollectionStore:
                     )
                     assert cur.lastrowid is not None
                     added.append((it.modality, int(cur.lastrowid), row))
+                if extra is not None:
+                    extra(conn)
                 tomb_mark = self._max_tombstone(conn)
             with c.lock.write():
                 for m in Modality:
@@ -383,6 +403,23 @@ class CollectionStore:
         if row is None:
             raise UnknownItem(f"item {item_id!r} is not in collection {name!r}")
         return _item(row)
+
+    def existing(self, name: str, ids: Sequence[str]) -> dict[str, StoredVersion]:
+        """What is stored under each of ``ids`` that exists."""
+        self._get(name)
+        out: dict[str, StoredVersion] = {}
+        conn = self._reader()
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in conn.execute(
+                "SELECT id, modality, content_sha256, text, model_version FROM items"
+                f" WHERE collection = ? AND id IN ({marks})",
+                [name, *chunk],
+            ):
+                out[row[0]] = StoredVersion(Modality(row[1]), row[2], row[3], row[4])
+        return out
 
     def get_item_content(self, name: str, item_id: str) -> tuple[bytes, str]:
         item = self.get_item(name, item_id)
@@ -507,7 +544,7 @@ class CollectionStore:
         atomic_write(self._snapshot_path(c.name, m), data)
         with c.lock.write():
             side.dirty -= dirty_then
-        with self._write_lock, self._transaction() as conn:
+        with self.transaction() as conn:
             # Tombstones the snapshot already reflects are needed by no one.
             conn.execute(
                 "DELETE FROM tombstones WHERE collection = ? AND modality = ? AND seq <= ?",
@@ -693,6 +730,12 @@ class CollectionStore:
             log.warning("snapshot %s belongs to another collection or spec; rebuilding", path)
             return None, 0, 0, "stale snapshot"
         return index, int(meta["label_mark"]), int(meta["tomb_mark"]), "snapshot"
+
+
+def _digest(item: NewItem) -> str | None:
+    if item.content is not None:
+        return sha256_hex(item.content)
+    return item.content_sha256
 
 
 def _find(conn: sqlite3.Connection, name: str, item_id: str) -> tuple[int, str, str | None] | None:

@@ -24,6 +24,8 @@ class NewItem:
     text: str | None = None
     content: bytes | None = None  # image bytes to keep (None: keep nothing)
     media_type: str | None = None
+    # Bytes already written to the blob store (by a decoding worker) under this digest.
+    content_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,16 @@ class Item:
     media_type: str | None
     model_version: str
     created_at: float
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """What an existing item holds, to tell whether a re-import would change it."""
+
+    modality: Modality
+    content_sha256: str | None
+    text: str | None
+    model_version: str
 
 
 @dataclass(frozen=True)

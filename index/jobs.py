@@ -1,0 +1,251 @@
+"""Durable background jobs: their state lives in the same SQLite database as the items.
+
+A job's progress (how far into its source it got, how many items succeeded and failed)
+is written in the same transaction as the items it stored, so after a crash the two
+always agree: resuming from the recorded cursor neither repeats nor loses an item.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from index.errors import StoreError
+from index.store import CollectionStore
+
+MAX_ERRORS = 100  # the first failures are kept with their reasons; the rest are counted
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    collection TEXT,
+    params TEXT NOT NULL,
+    total INTEGER,
+    done INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    cursor INTEGER NOT NULL DEFAULT 0,
+    errors TEXT NOT NULL DEFAULT '[]',
+    message TEXT,
+    run_seconds REAL NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at);
+"""
+_COLUMNS = (
+    "id, kind, state, collection, params, total, done, failed, cursor, errors, message,"
+    " run_seconds, created_at, started_at, finished_at"
+)
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class UnknownJob(StoreError):
+    pass
+
+
+class JobFinished(StoreError):
+    """The job already ended; it cannot be cancelled any more."""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    kind: str
+    state: JobState
+    collection: str | None
+    params: dict[str, Any]
+    total: int | None
+    done: int
+    failed: int
+    cursor: int
+    errors: list[dict[str, Any]]
+    message: str | None
+    run_seconds: float
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    @property
+    def items_per_second(self) -> float | None:
+        processed = self.done + self.failed
+        if self.run_seconds <= 0 or not processed:
+            return None
+        return processed / self.run_seconds
+
+    @property
+    def eta_seconds(self) -> float | None:
+        rate = self.items_per_second
+        if self.state.finished:
+            return 0.0
+        if rate is None or self.total is None:
+            return None
+        return max(0.0, (self.total - self.done - self.failed) / rate)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What one chunk of work adds to a job."""
+
+    cursor: int  # source records below this are finished
+    done: int = 0
+    failed: int = 0
+    errors: Sequence[dict[str, Any]] = ()
+    seconds: float = 0.0
+
+
+class JobStore:
+    def __init__(self, store: CollectionStore) -> None:
+        self.store = store
+        with store.transaction() as conn:
+            for statement in _statements():
+                conn.execute(statement)
+
+    def create(self, kind: str, collection: str | None, params: dict[str, Any]) -> Job:
+        job_id = uuid.uuid4().hex[:16]
+        with self.store.transaction() as conn:
+            conn.execute(
+                "INSERT INTO jobs (id, kind, state, collection, params, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, kind, JobState.QUEUED.value, collection, json.dumps(params), time.time()),
+            )
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> Job:
+        row = (
+            self.store.read_connection()
+            .execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
+            .fetchone()
+        )
+        if row is None:
+            raise UnknownJob(f"job {job_id!r} does not exist")
+        return _job(row)
+
+    def recent(self, limit: int = 100) -> list[Job]:
+        rows = self.store.read_connection().execute(
+            f"SELECT {_COLUMNS} FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)
+        )
+        return [_job(r) for r in rows]
+
+    def unfinished(self) -> list[Job]:
+        """Queued and running jobs, oldest first: what a restart has to pick up."""
+        rows = self.store.read_connection().execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE state IN (?, ?) ORDER BY created_at",
+            (JobState.QUEUED.value, JobState.RUNNING.value),
+        )
+        return [_job(r) for r in rows]
+
+    def start(self, job_id: str) -> bool:
+        """Queued (or interrupted while running) -> running; False if it ended meanwhile."""
+        with self.store.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET state = ?, started_at = COALESCE(started_at, ?)"
+                " WHERE id = ? AND state IN (?, ?)",
+                (
+                    JobState.RUNNING.value,
+                    time.time(),
+                    job_id,
+                    JobState.QUEUED.value,
+                    JobState.RUNNING.value,
+                ),
+            )
+        return cur.rowcount == 1
+
+    def set_total(self, job_id: str, total: int) -> None:
+        with self.store.transaction() as conn:
+            conn.execute("UPDATE jobs SET total = ? WHERE id = ?", (total, job_id))
+
+    def recorder(self, job_id: str, progress: Progress) -> Callable[[sqlite3.Connection], None]:
+        """A statement to run inside the transaction that stores the chunk's items."""
+
+        def record(conn: sqlite3.Connection) -> None:
+            _apply(conn, job_id, progress)
+
+        return record
+
+    def advance(self, job_id: str, progress: Progress) -> None:
+        """Record progress for a chunk that stored nothing (all failed or unchanged)."""
+        with self.store.transaction() as conn:
+            _apply(conn, job_id, progress)
+
+    def finish(self, job_id: str, state: JobState, message: str | None = None) -> None:
+        """End a running job, unless it was cancelled meanwhile."""
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET state = ?, message = ?, finished_at = ?"
+                " WHERE id = ? AND state = ?",
+                (state.value, message, time.time(), job_id, JobState.RUNNING.value),
+            )
+
+    def cancel(self, job_id: str) -> Job:
+        with self.store.transaction() as conn:
+            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise UnknownJob(f"job {job_id!r} does not exist")
+            if JobState(row[0]).finished:
+                raise JobFinished(f"job {job_id!r} already {row[0]}")
+            conn.execute(
+                "UPDATE jobs SET state = ?, finished_at = ?, message = ? WHERE id = ?",
+                (JobState.CANCELLED.value, time.time(), "cancelled on request", job_id),
+            )
+        return self.get(job_id)
+
+    def state(self, job_id: str) -> JobState:
+        return self.get(job_id).state
+
+
+def _statements() -> list[str]:
+    return [s.strip() for s in _SCHEMA.split(";") if s.strip()]
+
+
+def _apply(conn: sqlite3.Connection, job_id: str, p: Progress) -> None:
+    row = conn.execute("SELECT errors FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise UnknownJob(f"job {job_id!r} does not exist")
+    errors = json.loads(row[0])
+    if p.errors and len(errors) < MAX_ERRORS:
+        errors.extend(p.errors[: MAX_ERRORS - len(errors)])
+    conn.execute(
+        "UPDATE jobs SET cursor = MAX(cursor, ?), done = done + ?, failed = failed + ?,"
+        " errors = ?, run_seconds = run_seconds + ? WHERE id = ?",
+        (p.cursor, p.done, p.failed, json.dumps(errors), p.seconds, job_id),
+    )
+
+
+def _job(row: Sequence[Any]) -> Job:
+    return Job(
+        id=row[0],
+        kind=row[1],
+        state=JobState(row[2]),
+        collection=row[3],
+        params=json.loads(row[4]),
+        total=row[5],
+        done=row[6],
+        failed=row[7],
+        cursor=row[8],
+        errors=json.loads(row[9]),
+        message=row[10],
+        run_seconds=row[11],
+        created_at=row[12],
+        started_at=row[13],
+        finished_at=row[14],
+    )

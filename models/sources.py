@@ -1,0 +1,357 @@
+"""Corpora on disk as ordered streams of records: manifests, folders, WebDataset shards.
+
+Every path is resolved under one import root, and anything that resolves outside it
+(through ``..`` or a symlink) is refused: the source itself with ``SourceError``, a file a
+manifest names as a failed record. Records come out in a stable order with stable ids, so
+a job can resume by skipping the records it already finished, and a re-run of the same
+source maps every record onto the same id.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, cast
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+FORMATS = ("jsonl", "csv", "parquet", "folder", "webdataset")
+Format = Literal["jsonl", "csv", "parquet", "folder", "webdataset"]
+RecordKind = Literal["image", "text"]
+_RESERVED = {"id", "image", "text"}
+_SUFFIX_FORMATS: tuple[tuple[str, Format], ...] = (
+    (".jsonl", "jsonl"),
+    (".ndjson", "jsonl"),
+    (".csv", "csv"),
+    (".parquet", "parquet"),
+    (".tar", "webdataset"),
+)
+
+
+class SourceError(Exception):
+    """The source as a whole cannot be read: outside the root, missing, unknown format."""
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """Bytes on disk: a whole file, or one member of an uncompressed tar shard."""
+
+    path: str
+    offset: int = 0
+    size: int | None = None
+
+    def read(self, limit: int) -> bytes:
+        """Read at most ``limit`` bytes; raise ``ValueError`` for anything larger."""
+        with open(self.path, "rb") as f:
+            if self.size is None:
+                size = os.fstat(f.fileno()).st_size
+            else:
+                size = self.size
+                f.seek(self.offset)
+            if size > limit:
+                raise ValueError(f"file is {size} bytes; the limit is {limit}")
+            return f.read(size)
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    seq: int  # position in the source: resuming skips every record below the cursor
+    id: str
+    kind: RecordKind
+    image: FileRef | None = None
+    text: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # known bad before any decoding (bad line, path outside root)
+
+
+def resolve_under(root: Path, relative: str) -> Path:
+    """``root/relative`` with every link resolved, refusing anything outside ``root``."""
+    base = root.resolve()
+    target = (base / relative).resolve()
+    if target != base and base not in target.parents:
+        raise SourceError(f"{relative!r} resolves outside the import root")
+    return target
+
+
+def detect_format(path: Path) -> Format:
+    if path.is_dir():
+        if any(p.suffix == ".tar" for p in path.iterdir()) and not _has_images(path):
+            return "webdataset"
+        return "folder"
+    name = path.name.lower()
+    for suffix, fmt in _SUFFIX_FORMATS:
+        if name.endswith(suffix):
+            return fmt
+    raise SourceError(f"cannot tell the format of {path.name!r}; give one of {', '.join(FORMATS)}")
+
+
+def _has_images(path: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
+
+
+@dataclass
+class Source:
+    """An opened source: ``records()`` enumerates it, the same way every time."""
+
+    root: Path
+    path: Path
+    format: Format
+
+    def records(self) -> Iterator[SourceRecord]:
+        readers = {
+            "jsonl": self._jsonl,
+            "csv": self._csv,
+            "parquet": self._parquet,
+            "folder": self._folder,
+            "webdataset": self._webdataset,
+        }
+        for seq, record in enumerate(readers[self.format]()):
+            yield replace(record, seq=seq)
+
+    def count(self) -> int:
+        return sum(1 for _ in self.records())
+
+    # --- manifests ----------------------------------------------------------------------------
+    def _rows_to_records(
+        self, rows: Iterator[tuple[int, dict[str, Any] | str]]
+    ) -> Iterator[SourceRecord]:
+        for line, row in rows:
+            if isinstance(row, str):  # the reader could not parse this row
+                yield SourceRecord(0, f"{self.path.name}:{line}", "text", error=row)
+                continue
+            yield from self._row_records(line, row)
+
+    def _row_records(self, line: int, row: dict[str, Any]) -> Iterator[SourceRecord]:
+        image = _blank_to_none(row.get("image"))
+        text = _blank_to_none(row.get("text"))
+        given_id = _blank_to_none(row.get("id"))
+        metadata = {k: v for k, v in row.items() if k not in _RESERVED and v is not None}
+        where = f"{self.path.name} line {line}"
+        if image is None and text is None:
+            yield SourceRecord(
+                0,
+                given_id or f"{self.path.name}:{line}",
+                "text",
+                error=f"{where}: neither an image nor a text",
+            )
+            return
+        if image is not None:
+            image_id = str(given_id) if given_id is not None else str(image)
+            try:
+                ref: FileRef | None = FileRef(str(resolve_under(self.root, str(image))))
+                error = None
+            except SourceError as exc:
+                ref, error = None, f"{where}: {exc}"
+            yield SourceRecord(0, image_id, "image", image=ref, metadata=metadata, error=error)
+            if text is not None:
+                yield SourceRecord(
+                    0,
+                    f"{image_id}#text",
+                    "text",
+                    text=str(text),
+                    metadata={**metadata, "image_id": image_id},
+                )
+        else:
+            text_id = str(given_id) if given_id is not None else _text_id(str(text))
+            yield SourceRecord(0, text_id, "text", text=str(text), metadata=metadata)
+
+    def _jsonl(self) -> Iterator[SourceRecord]:
+        def rows() -> Iterator[tuple[int, dict[str, Any] | str]]:
+            with self.path.open(encoding="utf-8", errors="replace") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        value = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        yield n, f"{self.path.name} line {n}: invalid JSON ({exc.msg})"
+                        continue
+                    yield (
+                        n,
+                        value
+                        if isinstance(value, dict)
+                        else f"{self.path.name} line {n}: not an object",
+                    )
+
+        return self._rows_to_records(rows())
+
+    def _csv(self) -> Iterator[SourceRecord]:
+        def rows() -> Iterator[tuple[int, dict[str, Any] | str]]:
+            with self.path.open(encoding="utf-8", errors="replace", newline="") as f:
+                reader = csv.DictReader(f)
+                for n, row in enumerate(reader, 2):
+                    yield n, {k: v for k, v in row.items() if k is not None}
+
+        return self._rows_to_records(rows())
+
+    def _parquet(self) -> Iterator[SourceRecord]:
+        import pyarrow.parquet as pq
+
+        def rows() -> Iterator[tuple[int, dict[str, Any] | str]]:
+            try:
+                reader = pq.ParquetFile(self.path)
+            except Exception as exc:  # pyarrow raises its own error types
+                raise SourceError(f"cannot read {self.path.name} as Parquet: {exc}") from exc
+            n = 0
+            for batch in reader.iter_batches(batch_size=4096):
+                for row in batch.to_pylist():
+                    n += 1
+                    yield n, row
+
+        return self._rows_to_records(rows())
+
+    # --- folders ------------------------------------------------------------------------------
+    def _folder(self) -> Iterator[SourceRecord]:
+        base = self.path
+        for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+            dirnames.sort()
+            names = set(filenames)
+            for name in sorted(filenames):
+                stem, suffix = os.path.splitext(name)
+                if suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                full = Path(dirpath) / name
+                rel = full.relative_to(base).as_posix()
+                try:
+                    ref: FileRef | None = FileRef(
+                        str(resolve_under(self.root, str(full.relative_to(self.root))))
+                    )
+                    error = None
+                except SourceError as exc:
+                    ref, error = None, f"{rel}: {exc}"
+                yield SourceRecord(0, rel, "image", image=ref, metadata={"path": rel}, error=error)
+                caption = stem + ".txt"
+                if caption in names:
+                    yield self._caption_record(Path(dirpath) / caption, rel)
+
+    def _caption_record(self, path: Path, image_id: str) -> SourceRecord:
+        rel = path.relative_to(self.path).as_posix()
+        try:
+            resolve_under(self.root, str(path.relative_to(self.root)))
+            text = path.read_text(encoding="utf-8", errors="replace").strip()
+        except (SourceError, OSError) as exc:
+            return SourceRecord(0, rel, "text", error=f"{rel}: {exc}")
+        if not text:
+            return SourceRecord(0, rel, "text", error=f"{rel}: empty caption")
+        return SourceRecord(0, rel, "text", text=text, metadata={"path": rel, "image_id": image_id})
+
+    # --- WebDataset shards ----------------------------------------------------------------------
+    def _webdataset(self) -> Iterator[SourceRecord]:
+        shards = (
+            sorted(p for p in self.path.iterdir() if p.suffix == ".tar")
+            if self.path.is_dir()
+            else [self.path]
+        )
+        for shard in shards:
+            yield from self._shard(shard)
+
+    def _shard(self, shard: Path) -> Iterator[SourceRecord]:
+        try:
+            tar = tarfile.open(shard, mode="r:")  # noqa: SIM115 - closed by the with below
+        except (tarfile.TarError, OSError) as exc:
+            yield SourceRecord(
+                0, shard.name, "image", error=f"{shard.name}: not a readable tar shard ({exc})"
+            )
+            return
+        with tar:
+            group: list[tarfile.TarInfo] = []
+            key = None
+            try:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    member_key = _sample_key(member.name)
+                    if member_key != key and group:
+                        yield from self._sample(shard, tar, key or "", group)
+                        group = []
+                    key = member_key
+                    group.append(member)
+            except tarfile.TarError as exc:
+                yield SourceRecord(
+                    0,
+                    f"{shard.name}:{key}",
+                    "image",
+                    error=f"{shard.name}: truncated or corrupt shard ({exc})",
+                )
+            if group:
+                yield from self._sample(shard, tar, key or "", group)
+
+    def _sample(
+        self, shard: Path, tar: tarfile.TarFile, key: str, members: list[tarfile.TarInfo]
+    ) -> Iterator[SourceRecord]:
+        by_ext = {m.name[len(key) :].lstrip(".").lower(): m for m in members}
+        image_member = next(
+            (
+                by_ext[e]
+                for e in ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
+                if e in by_ext
+            ),
+            None,
+        )
+        metadata: dict[str, Any] = {"shard": shard.name, "key": key}
+        if "json" in by_ext:
+            try:
+                extra = json.loads(_member_bytes(tar, by_ext["json"]))
+                if isinstance(extra, dict):
+                    metadata.update({k: v for k, v in extra.items() if k not in _RESERVED})
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                pass  # bad sidecar metadata does not sink a good image
+        text = None
+        if "txt" in by_ext:
+            text = (
+                _member_bytes(tar, by_ext["txt"]).decode("utf-8", errors="replace").strip() or None
+            )
+        if image_member is not None:
+            ref = FileRef(str(shard), image_member.offset_data, image_member.size)
+            yield SourceRecord(0, key, "image", image=ref, metadata=metadata)
+            if text is not None:
+                yield SourceRecord(
+                    0, f"{key}#text", "text", text=text, metadata={**metadata, "image_id": key}
+                )
+        elif text is not None:
+            yield SourceRecord(0, key, "text", text=text, metadata=metadata)
+
+
+def open_source(root: Path, relative: str, fmt: str | None = None) -> Source:
+    """Resolve ``relative`` under ``root`` and work out its format (``SourceError`` if not)."""
+    if not relative or not relative.strip():
+        raise SourceError("source is empty: give a path relative to the import root")
+    path = resolve_under(root, relative)
+    if not path.exists():
+        raise SourceError(f"{relative!r} does not exist under the import root")
+    if fmt is not None and fmt not in FORMATS:
+        raise SourceError(f"unknown format {fmt!r}; give one of {', '.join(FORMATS)}")
+    chosen = cast(Format, fmt) if fmt is not None else detect_format(path)
+    if chosen == "folder" and not path.is_dir():
+        raise SourceError(f"{relative!r} is not a folder")
+    if chosen in ("jsonl", "csv", "parquet") and not path.is_file():
+        raise SourceError(f"{relative!r} is not a manifest file")
+    return Source(root.resolve(), path, chosen)
+
+
+def _blank_to_none(value: Any) -> Any:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, float) and value != value:  # NaN from a Parquet/CSV null
+        return None
+    return value
+
+
+def _text_id(text: str) -> str:
+    return "text-" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def _sample_key(name: str) -> str:
+    directory, base = os.path.split(name)
+    stem = base.split(".", 1)[0]
+    return f"{directory}/{stem}" if directory else stem
+
+
+def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    f = tar.extractfile(member)
+    return f.read() if f is not None else b""
