@@ -84,6 +84,28 @@ class Settings(BaseSettings):
         64_000_000, description="Most decoded pixels per image (decompression bombs get 413)."
     )
 
+    # --- batch indexing ------------------------------------------------------------------------
+    import_root: Path | None = Field(
+        None,
+        description="Folder batch jobs read sources from (default: `<data dir>/import`); "
+        "paths resolving outside it are refused.",
+    )
+    import_workers: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Decoding worker processes for batch jobs (default: one per core)."
+    )
+    import_chunk_size: Annotated[int, Field(ge=1)] = Field(
+        512, description="Records per committed chunk of a batch job (the resume granularity)."
+    )
+    import_batch_size: Annotated[int, Field(ge=1)] = Field(
+        256, description="Images per encoder call in batch jobs."
+    )
+    import_prefetch_chunks: Annotated[int, Field(ge=1)] = Field(
+        2, description="Chunks being decoded ahead of the one being encoded."
+    )
+    import_device_decode: bool | None = Field(
+        None, description="Decode JPEGs with torchvision on the model's device (default: on CUDA)."
+    )
+
     # --- storage -----------------------------------------------------------------------------
     store_images: bool = Field(True, description="Keep uploaded image bytes (content-addressed).")
     snapshot_interval_s: Annotated[float, Field(gt=0)] = Field(
@@ -123,6 +145,10 @@ class Settings(BaseSettings):
                 f"({biggest} inputs: max_files_per_request / max_texts_per_request)"
             )
         return self
+
+    @property
+    def import_root_dir(self) -> Path:
+        return self.import_root or self.data_dir / "import"
 
     @property
     def model_cache_dir(self) -> Path:

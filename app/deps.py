@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from app.config import Settings
 from app.engine import Engine
 from app.errors import NotReady
+from app.jobs import JobManager
 from app.services import Services
 from index import CollectionStore
 
@@ -34,7 +35,14 @@ def get_engine(services: Annotated[Services, Depends(get_services)]) -> Engine:
     return services.engine
 
 
+def get_jobs(services: Annotated[Services, Depends(get_services)]) -> JobManager:
+    if services.jobs is None:
+        raise NotReady(services.load_error or "the model is still loading")
+    return services.jobs
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[CollectionStore, Depends(get_store)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
+JobsDep = Annotated[JobManager, Depends(get_jobs)]

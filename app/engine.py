@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from models.errors import ImageDecodeError, ImageTooLarge
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,11 @@ class Engine:
         await self.texts.stop()
         self._model_thread.shutdown(wait=True)
         self._decode_pool.shutdown(wait=True)
+
+    def run_model(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run ``fn`` on the model thread from a plain thread (batch jobs), in turn with the
+        request batches, and wait for it."""
+        return self._model_thread.submit(fn, *args).result()
 
     # --- entry points -------------------------------------------------------------------------
     async def embed_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import index
 import models
+from models.sources import SourceError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ _DOMAIN: list[tuple[type[Exception], int, str]] = [
     (index.InvalidIndexSpec, 400, "invalid_index"),
     (index.InvalidFilter, 400, "invalid_filter"),
     (index.ModelMismatch, 409, "model_mismatch"),
+    (index.UnknownJob, 404, "job_not_found"),
+    (index.JobFinished, 409, "job_finished"),
+    (SourceError, 400, "invalid_source"),
     (index.DimensionMismatch, 409, "dimension_mismatch"),
     (models.ImageTooLarge, 413, "image_too_large"),
     (models.ImageDecodeError, 415, "unsupported_media_type"),

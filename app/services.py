@@ -11,8 +11,9 @@ from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
 from app.engine import Engine
+from app.jobs import JobManager
 from app.metrics import Metrics
-from index import CollectionStore
+from index import CollectionStore, JobStore
 from models import ModelLoadError, load_encoder
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ class Services:
         self.metrics = metrics
         self.store: CollectionStore | None = None
         self.engine: Engine | None = None
+        self.jobs: JobManager | None = None
         self.load_error: str | None = None
         self.shutting_down = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -56,6 +58,10 @@ class Services:
             )
             engine = Engine(encoder, s, self.metrics)
             engine.start()
+            job_store = await run_in_threadpool(JobStore, self.store)
+            jobs = JobManager(s, self.store, job_store, encoder, engine.run_model)
+            jobs.start()  # picks up jobs a restart interrupted
+            self.jobs = jobs
             self.engine = engine
             log.info("ready: model %s on %s", encoder.version, encoder.device_name)
         except Exception as exc:
@@ -78,6 +84,9 @@ class Services:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.jobs is not None:
+            # A running job stops at its next chunk boundary and resumes on the next start.
+            await run_in_threadpool(self.jobs.stop)
         if self.engine is not None:
             await self.engine.stop()
         if self.store is not None:

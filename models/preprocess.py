@@ -83,6 +83,22 @@ class Decoded:
     pixels: np.ndarray | None = None
     unchanged: bool = False
     error: str | None = None
+    raw: bytes | None = None  # the file's bytes, from read_and_hash only
+
+
+def read_and_hash(task: DecodeTask, max_bytes: int) -> Decoded:
+    """Read a file within the size limit and hash it; ``unchanged`` when it holds the bytes
+    the item already has."""
+    try:
+        data = task.ref.read(max_bytes)
+    except FileNotFoundError:
+        return Decoded(error="file not found")
+    except (OSError, ValueError) as exc:
+        return Decoded(error=f"cannot read: {exc}")
+    digest = hashlib.sha256(data).hexdigest()
+    if task.expect_sha256 == digest:
+        return Decoded(sha256=digest, unchanged=True)
+    return Decoded(sha256=digest, raw=data)
 
 
 def decode_files(
@@ -96,18 +112,11 @@ def decode_files(
     an error for its own task only."""
     out = []
     for task in tasks:
-        try:
-            data = task.ref.read(max_bytes)
-        except FileNotFoundError:
-            out.append(Decoded(error="file not found"))
+        read = read_and_hash(task, max_bytes)
+        if read.raw is None or read.sha256 is None:
+            out.append(read)
             continue
-        except (OSError, ValueError) as exc:
-            out.append(Decoded(error=f"cannot read: {exc}"))
-            continue
-        digest = hashlib.sha256(data).hexdigest()
-        if task.expect_sha256 == digest:
-            out.append(Decoded(sha256=digest, unchanged=True))
-            continue
+        data, digest = read.raw, read.sha256
         try:
             decoded = decode_image(data, max_pixels, draft_size=2 * pipeline.size)
             pixels = pipeline.to_uint8(decoded.image)
