@@ -1,0 +1,111 @@
+"""`xmodal index build` and `xmodal jobs`, in-process and against a server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from index import CollectionStore, Modality
+from models import ClipEncoder, decode_image
+from tests.corpus import write_folder, write_jsonl
+from tests.helpers import REPO, ServerProcess
+
+
+def xmodal(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {
+        **os.environ,
+        "XMODAL_MODEL": "xmodal-tiny",
+        "XMODAL_PRETRAINED": "none",
+        "XMODAL_DEVICE": "cpu",
+        "XMODAL_DATA_DIR": str(data_dir),
+        "XMODAL_MAX_UPLOAD_BYTES": "200000",
+        "HF_ENDPOINT": "https://127.0.0.1:9",
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_build_in_process_then_list_jobs(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    corpus = write_folder(data / "import", "pics")
+    proc = xmodal("index", "build", "pics", "--collection", "local", "--create", data_dir=data)
+    assert proc.returncode == 0, proc.stderr
+    assert f"succeeded: {corpus.done} done, {len(corpus.failed)} failed" in proc.stdout
+    assert "failed bad/empty.png" in proc.stdout
+    assert f"{corpus.total}/{corpus.total}" in proc.stderr  # the progress bar reached the end
+    listing = xmodal("jobs", data_dir=data)
+    assert listing.returncode == 0
+    assert "succeeded" in listing.stdout and "pics" in listing.stdout and "local" in listing.stdout
+
+
+def test_build_reports_a_bad_source_and_fails(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "import").mkdir(parents=True)
+    proc = xmodal("index", "build", "../../etc", "--collection", "c", "--create", data_dir=data)
+    assert proc.returncode == 1 and "outside the import root" in proc.stderr
+    proc = xmodal("index", "build", "x.jsonl", "--collection", "missing", data_dir=data)
+    assert proc.returncode == 1 and "does not exist" in proc.stderr
+
+
+def test_build_against_a_running_server(server: ServerProcess) -> None:
+    root = server.data_dir / "import"
+    root.mkdir(exist_ok=True)
+    corpus = write_jsonl(root, "cli-remote")
+    proc = xmodal(
+        "index",
+        "build",
+        corpus.source,
+        "--collection",
+        "cli-remote",
+        "--create",
+        "--server",
+        server.url,
+        data_dir=server.data_dir,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"succeeded: {corpus.done} done, {len(corpus.failed)} failed" in proc.stdout
+    listing = xmodal("jobs", "--server", server.url, data_dir=server.data_dir)
+    assert corpus.source in listing.stdout
+
+
+def test_device_decode_path_gives_the_same_neighbours(
+    tmp_path: Path, tiny_encoder: ClipEncoder
+) -> None:
+    """The nvJPEG path (run here with torchvision's CPU decoder) stores vectors that find
+    the same images as the PIL path's vectors do; PNGs and WebPs fall back to PIL."""
+    data = tmp_path / "data"
+    corpus = write_folder(data / "import", "pics")
+    proc = xmodal(
+        "index",
+        "build",
+        "pics",
+        "--collection",
+        "dev",
+        "--create",
+        data_dir=data,
+        XMODAL_IMPORT_DEVICE_DECODE="true",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"succeeded: {corpus.done} done, {len(corpus.failed)} failed" in proc.stdout
+    store = CollectionStore(data, use_gpu=False)
+    try:
+        for item_id, raw in corpus.images.items():
+            query = tiny_encoder.encode_images([decode_image(raw, 10**8).image])
+            hit = store.search("dev", Modality.IMAGE, query, 1, model_version=tiny_encoder.version)[
+                0
+            ][0]
+            assert hit.id == item_id
+            assert hit.score == pytest.approx(1.0, abs=0.02)
+    finally:
+        store.close()
