@@ -155,6 +155,67 @@ def bench_http(
             server.stop()
 
 
+def write_jpegs(folder: Path, n: int, width: int, height: int) -> int:
+    """Photo-like JPEGs (smooth gradients plus grain), quality 90; returns total bytes."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    total = 0
+    from PIL import Image
+
+    for i in range(n):
+        c = rng.uniform(0, 255, 6)
+        base = np.stack(
+            [c[j] + (c[j + 3] - c[j]) * (xx / width if j % 2 else yy / height) for j in range(3)],
+            -1,
+        )
+        grain = rng.normal(0, 12, (height, width, 1))
+        pixels = np.clip(base + grain, 0, 255).astype(np.uint8)
+        path = folder / f"{i:06d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        total += path.stat().st_size
+    return total
+
+
+def bench_index_job(
+    model: str, pretrained: str, device: str, n: int, size: tuple[int, int], workers: int | None
+) -> dict[str, float]:
+    """Images indexed per second from JPEG files on disk, through a batch job (in-process:
+    source walk, worker decoding, encoding, SQLite commits and FAISS adds)."""
+    from app.config import Settings
+    from app.jobs import JobManager
+    from index import CollectionStore, JobStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        nbytes = write_jpegs(data / "import" / "photos", n, *size)
+        write_jpegs(data / "import" / "warmup", 32, *size)
+        settings = Settings(
+            model=model, pretrained=pretrained, device=device, data_dir=data, import_workers=workers
+        )
+        store = CollectionStore(data, use_gpu=settings.faiss_gpu)
+        encoder = load_encoder(model, pretrained, device, data / "models")
+        manager = JobManager(settings, store, JobStore(store), encoder, lambda fn, *a: fn(*a))
+        try:
+            store.create_collection("bench", encoder.dim, encoder.version)
+            manager.run(manager.submit_index("bench", "warmup", None))  # starts the worker pool
+            job = manager.submit_index("bench", "photos", None)
+            started = time.perf_counter()
+            finished = manager.run(job)
+            elapsed = time.perf_counter() - started
+        finally:
+            manager.stop()
+            store.close()
+    assert finished.done == n, finished
+    return {
+        "images_per_s": n / elapsed,
+        "seconds": elapsed,
+        "workers": float(settings.import_workers or os.cpu_count() or 1),
+        "mean_kb": nbytes / n / 1024,
+        "device_decode": float(manager.device_decode or False),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -175,6 +236,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--corpus", type=int, default=512, help="images indexed for the HTTP run")
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument(
+        "--index-images", type=int, default=2000, help="JPEGs for the job row (0: skip)"
+    )
+    parser.add_argument("--index-size", default="640x480", help="their size, WxH")
+    parser.add_argument("--index-workers", type=int, default=None, help="decoding processes")
     parser.add_argument("--out", default="bench-results")
     args = parser.parse_args()
 
@@ -231,6 +297,26 @@ def main() -> None:
                 f"HTTP text->image search, {args.clients} clients, {args.corpus} images",
                 f"{h['searches_per_s']:,.0f} searches/s (p50 {h['p50_ms']:.1f} ms, "
                 f"p99 {h['p99_ms']:.1f} ms, {int(h['errors'])} errors)",
+                device,
+            )
+        )
+
+    if args.index_images:
+        w, h = (int(x) for x in args.index_size.split("x"))
+        j = bench_index_job(
+            args.model, args.pretrained, args.device, args.index_images, (w, h), args.index_workers
+        )
+        results["index_job"] = j
+        how = (
+            "nvJPEG + PIL fallback"
+            if j["device_decode"]
+            else f"{int(j['workers'])} decoding processes"
+        )
+        rows.append(
+            (
+                f"batch index job, {args.index_images} JPEGs {args.index_size} "
+                f"({j['mean_kb']:.0f} kB) from disk",
+                f"{j['images_per_s']:,.0f} images/s ({how})",
                 device,
             )
         )
