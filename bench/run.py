@@ -302,9 +302,14 @@ def main() -> None:
         )
 
     if args.index_images:
-        w, h = (int(x) for x in args.index_size.split("x"))
+        width, height = (int(x) for x in args.index_size.split("x"))
         j = bench_index_job(
-            args.model, args.pretrained, args.device, args.index_images, (w, h), args.index_workers
+            args.model,
+            args.pretrained,
+            args.device,
+            args.index_images,
+            (width, height),
+            args.index_workers,
         )
         results["index_job"] = j
         how = (
