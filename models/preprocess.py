@@ -24,6 +24,7 @@ from models.images import decode_image
 from models.sources import FileRef
 
 BlobSink = Callable[[bytes, str], Any]  # (bytes, sha256 hex) -> stored
+_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -142,9 +143,9 @@ def decode_jpegs_on_device(
     blobs: Sequence[bytes], pipeline: PixelPipeline, device: torch.device | str, max_pixels: int
 ) -> list[torch.Tensor | None]:
     """Decode baseline JPEGs with torchvision (nvJPEG on CUDA) and resize/crop them on
-    ``device``. Entries that are not plain RGB/greyscale JPEGs, or fail, come back None for
-    the PIL path to handle."""
-    from torchvision.io import ImageReadMode, decode_jpeg
+    ``device``. Entries that are not upright RGB/greyscale JPEGs, or fail, come back None
+    for the PIL path to handle."""
+    from torchvision.io import ImageReadMode
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
 
@@ -153,21 +154,21 @@ def decode_jpegs_on_device(
     if not usable:
         return out
     encoded = [torch.frombuffer(bytearray(blobs[i]), dtype=torch.uint8) for i in usable]
-    try:
-        images = decode_jpeg(
-            encoded, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True
-        )
-    except RuntimeError:
-        images = []
-        for e in encoded:  # one corrupt file fails the batch call: isolate it
-            try:
-                images.append(
-                    decode_jpeg(
-                        e, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True
-                    )
-                )
-            except RuntimeError:
-                images.append(None)
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they still work.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import decode_jpeg
+
+        images: list[torch.Tensor | None]
+        try:
+            images = list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            images = []
+            for e in encoded:  # one corrupt file fails the batch call: isolate it
+                try:
+                    images.append(decode_jpeg(e, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    images.append(None)
     for i, img in zip(usable, images, strict=True):
         if img is None:
             continue
@@ -179,9 +180,12 @@ def decode_jpegs_on_device(
 
 
 def _plain_jpeg(data: bytes, max_pixels: int) -> bool:
+    """A JPEG the device decoder handles exactly like PIL: RGB or greyscale, within the
+    pixel limit, and upright (nvJPEG ignores EXIF orientation)."""
     try:
         with Image.open(io.BytesIO(data), formats=("JPEG",)) as img:
             w, h = img.size
-            return img.mode in ("RGB", "L") and w * h <= max_pixels
+            upright = img.getexif().get(_EXIF_ORIENTATION, 1) == 1
+            return img.mode in ("RGB", "L") and w * h <= max_pixels and upright
     except Exception:
         return False

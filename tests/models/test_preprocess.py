@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from models import ClipEncoder, decode_image
+from models.preprocess import DecodeTask, PixelPipeline, decode_files, decode_jpegs_on_device
+from models.sources import FileRef
+from tests.helpers import image_bytes
+
+
+def test_split_pipeline_equals_the_openclip_preprocessing(tiny_encoder: ClipEncoder) -> None:
+    pipeline = PixelPipeline.from_preprocess(tiny_encoder.preprocess)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 130, 3), dtype=np.uint8))
+    whole = tiny_encoder.preprocess(img)
+    split = pipeline.normalise(pipeline.to_uint8(img)[None], "cpu")[0]
+    torch.testing.assert_close(split, whole, atol=1e-6, rtol=0)
+
+
+def test_decode_files_isolates_bad_files_and_skips_unchanged(
+    tmp_path: Path, tiny_encoder: ClipEncoder
+) -> None:
+    pipeline = PixelPipeline.from_preprocess(tiny_encoder.preprocess)
+    good = image_bytes(seed=1, fmt="PNG")
+    (tmp_path / "good.png").write_bytes(good)
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    stored: dict[str, bytes] = {}
+    tasks = [
+        DecodeTask(FileRef(str(tmp_path / "good.png"))),
+        DecodeTask(FileRef(str(tmp_path / "bad.png"))),
+        DecodeTask(FileRef(str(tmp_path / "absent.png"))),
+    ]
+    out = decode_files(
+        tasks, pipeline, 10**6, 10**7, sink=lambda data, digest: stored.setdefault(digest, data)
+    )
+    assert out[0].pixels is not None and out[0].pixels.shape == (pipeline.size, pipeline.size, 3)
+    assert out[0].media_type == "image/png" and stored == {out[0].sha256: good}
+    assert "not a supported image" in (out[1].error or "")
+    assert out[2].error == "file not found"
+    again = decode_files(
+        [DecodeTask(tasks[0].ref, expect_sha256=out[0].sha256)], pipeline, 10**6, 10**7
+    )
+    assert again[0].unchanged and again[0].pixels is None
+
+
+def test_device_decoder_matches_pil_and_leaves_rotated_jpegs_to_pil(
+    tiny_encoder: ClipEncoder,
+) -> None:
+    pipeline = PixelPipeline.from_preprocess(tiny_encoder.preprocess)
+    photo = image_bytes((10, 120, 200), seed=3, size=(120, 90), fmt="JPEG", quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(photo)).save(buf, format="JPEG", exif=exif.tobytes())
+    rotated = buf.getvalue()
+    png = image_bytes(seed=4, fmt="PNG")
+    out = decode_jpegs_on_device([photo, rotated, png, b"\xff\xd8 junk"], pipeline, "cpu", 10**7)
+    assert out[1] is None and out[2] is None and out[3] is None
+    assert out[0] is not None
+    via_pil = pipeline.to_uint8(decode_image(photo, 10**7).image).astype(int)
+    assert np.abs(out[0].permute(1, 2, 0).numpy().astype(int) - via_pil).mean() < 4
