@@ -134,7 +134,11 @@ def _index_build_local(args: argparse.Namespace) -> int:
         manager = JobManager(settings, store, JobStore(store), encoder, lambda fn, *a: fn(*a))
         job = manager.submit_index(args.collection, args.source, args.format)
         print(f"job {job.id} running in this process", file=sys.stderr)
-        finished = manager.run(job, on_progress=lambda j: _show_progress(job_summary(j)))
+        try:
+            finished = manager.run(job, on_progress=lambda j: _show_progress(job_summary(j)))
+        except KeyboardInterrupt:
+            # Nobody would resume an in-process job: end it, keeping what it stored.
+            finished = manager.jobs.cancel(job.id)
         return _report(job_summary(finished))
     finally:
         if manager is not None:

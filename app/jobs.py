@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -65,6 +65,7 @@ class _Chunk:
     records: list[SourceRecord]
     existing: dict[str, StoredVersion]
     decodes: list[tuple[list[SourceRecord], Future[list[Decoded]]]] = field(default_factory=list)
+    reads: list[tuple[SourceRecord, Future[Decoded]]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -91,6 +92,7 @@ class JobManager:
         if self.device_decode is None:
             self.device_decode = encoder.device.type == "cuda"
         self._pool: ProcessPoolExecutor | None = None
+        self._io_pool: ThreadPoolExecutor | None = None
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -110,6 +112,9 @@ class JobManager:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._io_pool is not None:
+            self._io_pool.shutdown(wait=True, cancel_futures=True)
+            self._io_pool = None
 
     def submit_index(self, collection: str, source: str, fmt: str | None) -> Job:
         self.store.get_collection(collection)  # 404 now, not a failed job later
@@ -174,7 +179,7 @@ class JobManager:
         pending: collections.deque[_Chunk] = collections.deque()
         last_commit = time.monotonic()
         while True:
-            while len(pending) < self.settings.import_prefetch_chunks:
+            while len(pending) <= self.settings.import_prefetch_chunks:
                 records = next(chunks, None)
                 if records is None:
                     break
@@ -212,7 +217,14 @@ class JobManager:
         """Look up what is stored already and hand the chunk's images to the decoders."""
         chunk = _Chunk(records, self.store.existing(collection, [r.id for r in records]))
         if self.device_decode:
-            return chunk  # decoded on the model's device when the chunk is finished
+            # Read and hash now, on I/O threads; decoded on the model's device when the
+            # chunk's turn comes.
+            limit = self.settings.max_upload_bytes
+            for r in records:
+                if r.kind == "image" and r.error is None and r.image is not None:
+                    task = DecodeTask(r.image, self._expected_digest(chunk, r))
+                    chunk.reads.append((r, self._io().submit(read_and_hash, task, limit)))
+            return chunk
         images = [
             r for r in records if r.kind == "image" and r.error is None and r.image is not None
         ]
@@ -271,8 +283,7 @@ class JobManager:
         batch = self.settings.import_batch_size
         for start in range(0, len(images), batch):
             part = images[start : start + batch]
-            pixels = np.stack([d.pixels for _, d in part if d.pixels is not None])
-            vectors.append(self.run_model(self._encode_pixels, pixels))
+            vectors.append(self.run_model(self._encode_pixels, [d.pixels for _, d in part]))
             items += [
                 NewItem(
                     r.id,
@@ -288,10 +299,19 @@ class JobManager:
         errors.sort(key=lambda e: int(e["seq"]))
         return items, np.concatenate(vectors), Progress(cursor, done, failed, errors)
 
-    def _encode_pixels(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
-        return self.encoder.encode_image_tensors(
-            self.pipeline.normalise(pixels, self.encoder.device)
+    def _encode_pixels(self, pixels: list[np.ndarray | torch.Tensor | None]) -> np.ndarray:
+        """Stack a batch (HWC arrays from the PIL workers, CHW tensors already on the device
+        from nvJPEG), normalise it on the device and encode it."""
+        device = self.encoder.device
+        batch = torch.stack(
+            [
+                p.to(device)
+                if isinstance(p, torch.Tensor)
+                else torch.from_numpy(np.ascontiguousarray(p)).to(device).permute(2, 0, 1)
+                for p in pixels
+            ]
         )
+        return self.encoder.encode_image_tensors(self.pipeline.normalise(batch, device))
 
     def _collect(self, chunk: _Chunk) -> list[tuple[SourceRecord, Decoded]]:
         out: list[tuple[SourceRecord, Decoded]] = []
@@ -300,25 +320,17 @@ class JobManager:
         return out
 
     def _device_decode(self, chunk: _Chunk) -> list[tuple[SourceRecord, Decoded]]:
-        """Read and hash in this thread, decode JPEGs on the model's device, and send what
-        it cannot decode (other formats, odd JPEGs) through the PIL path."""
+        """Decode the JPEGs the I/O threads read (at prefetch) on the model's device and
+        send what it cannot decode (other formats, odd JPEGs) through the PIL path."""
         out: list[tuple[SourceRecord, Decoded]] = []
-        jpeg_records: list[SourceRecord] = []
-        blobs: list[bytes] = []
-        digests: list[str] = []
-        fallback: list[SourceRecord] = []
-        for r in chunk.records:
-            if r.kind != "image" or r.error is not None or r.image is None:
-                continue
-            read = read_and_hash(
-                DecodeTask(r.image, self._expected_digest(chunk, r)), self.settings.max_upload_bytes
-            )
-            if read.raw is None or read.sha256 is None:  # failed, or unchanged
+        jpegs: list[tuple[SourceRecord, Decoded]] = []
+        for r, future in chunk.reads:
+            read = future.result()
+            if read.raw is None:  # failed, or unchanged
                 out.append((r, read))
-                continue
-            jpeg_records.append(r)
-            blobs.append(read.raw)
-            digests.append(read.sha256)
+            else:
+                jpegs.append((r, read))
+        blobs = [read.raw for _, read in jpegs if read.raw is not None]
         decoded = (
             self.run_model(
                 decode_jpegs_on_device,
@@ -331,24 +343,40 @@ class JobManager:
             else []
         )
         sink = self._sink()
-        for r, data, digest, pixels in zip(jpeg_records, blobs, digests, decoded, strict=True):
+        writes: list[Future[Any]] = []
+        fallback: list[SourceRecord] = []
+        for (r, read), pixels in zip(jpegs, decoded, strict=True):
             if pixels is None:
                 fallback.append(r)
                 continue
-            if sink is not None:
-                sink(data, digest)
-            out.append((r, Decoded(digest, "image/jpeg", pixels.permute(1, 2, 0).cpu().numpy())))
+            if sink is not None and read.raw is not None and read.sha256 is not None:
+                writes.append(self._io().submit(sink, read.raw, read.sha256))
+            out.append((r, Decoded(read.sha256, "image/jpeg", pixels)))
         if fallback:
             tasks = [DecodeTask(r.image) for r in fallback if r.image is not None]
-            results = decode_files(
-                tasks,
-                self.pipeline,
-                self.settings.max_upload_bytes,
-                self.settings.max_image_pixels,
-                sink,
+            results = (
+                self._decode_pool()
+                .submit(
+                    decode_files,
+                    tasks,
+                    self.pipeline,
+                    self.settings.max_upload_bytes,
+                    self.settings.max_image_pixels,
+                    sink,
+                )
+                .result()
             )
             out += list(zip(fallback, results, strict=True))
+        for w in writes:
+            w.result()  # every image file is on disk before its item commits
         return out
+
+    def _io(self) -> ThreadPoolExecutor:
+        if self._io_pool is None:
+            self._io_pool = ThreadPoolExecutor(
+                max(4, 2 * (os.cpu_count() or 1)), thread_name_prefix="xmodal-import-io"
+            )
+        return self._io_pool
 
     def _expected_digest(self, chunk: _Chunk, record: SourceRecord) -> str | None:
         known = chunk.existing.get(record.id)

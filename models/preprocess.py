@@ -81,7 +81,7 @@ class DecodeTask:
 class Decoded:
     sha256: str | None = None
     media_type: str | None = None
-    pixels: np.ndarray | None = None
+    pixels: np.ndarray | torch.Tensor | None = None  # HWC array (PIL) or CHW tensor (device)
     unchanged: bool = False
     error: str | None = None
     raw: bytes | None = None  # the file's bytes, from read_and_hash only
