@@ -1,0 +1,50 @@
+"""Retrieval metrics over paired image and text embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+KS = (1, 5, 10)
+
+
+def first_relevant_ranks(
+    queries: np.ndarray,
+    targets: np.ndarray,
+    groups: Sequence[object] | None = None,
+    chunk: int = 1024,
+) -> np.ndarray:
+    """For query i, the 1-based rank among all targets of the best-scoring relevant target:
+    target i, and every target sharing query i's group (identical captions, say)."""
+    if queries.shape != targets.shape:
+        raise ValueError(f"expected paired rows, got {queries.shape} and {targets.shape}")
+    n = len(queries)
+    labels = (
+        np.arange(n)
+        if groups is None
+        else np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1]
+    )
+    ranks = np.empty(n, dtype=np.int64)
+    for start in range(0, n, chunk):
+        scores = queries[start : start + chunk] @ targets.T
+        relevant = labels[start : start + chunk, None] == labels[None, :]
+        best = np.where(relevant, scores, -np.inf).max(axis=1)
+        ranks[start : start + chunk] = 1 + (scores > best[:, None]).sum(axis=1)
+    return ranks
+
+
+def retrieval_metrics(
+    image_vectors: np.ndarray, text_vectors: np.ndarray, groups: Sequence[object] | None = None
+) -> dict[str, float]:
+    """Recall@1/5/10 (percent), mean reciprocal rank and median rank, both directions, for
+    pairs (image i, text i)."""
+    out: dict[str, float] = {}
+    for name, q, t in (("t2i", text_vectors, image_vectors), ("i2t", image_vectors, text_vectors)):
+        ranks = first_relevant_ranks(q, t, groups)
+        for k in KS:
+            out[f"{name}_r{k}"] = float(100.0 * np.mean(ranks <= k))
+        out[f"{name}_mrr"] = float(np.mean(1.0 / ranks))
+        out[f"{name}_median_rank"] = float(np.median(ranks))
+    out["pairs"] = float(len(image_vectors))
+    return out

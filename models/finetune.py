@@ -1,0 +1,317 @@
+"""Adapting the encoders to a user's own image-caption pairs.
+
+Two methods live here; both return something the service can version and serve:
+
+- ``train_contrastive``: the CLIP loss on both towers with the model's learnable
+  temperature, AdamW with linear warm-up and cosine decay, mixed precision on CUDA, and
+  gradient accumulation that really enlarges the contrastive batch: the features of all
+  micro-batches are computed first without gradients, then each micro-batch is recomputed
+  with gradients and its rows replaced, so every sample is contrasted with the whole
+  effective batch. The image tower can be locked (LiT) and the first N blocks of either
+  tower frozen.
+- ``fit_linear``: both towers frozen; one linear map per modality, learnt with the same
+  loss on cached embeddings. Seconds, not minutes, and applying it to stored vectors needs
+  no re-encoding.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from models.encoder import ClipEncoder
+
+
+@dataclass(frozen=True)
+class ContrastiveConfig:
+    epochs: int = 5
+    batch_size: int = 64  # micro-batch that fits in memory
+    accumulate: int = 1  # micro-batches per optimiser step: effective batch = product
+    lr: float = 1e-5
+    weight_decay: float = 0.1
+    warmup_steps: int = 10
+    lock_image: bool = False  # LiT: train the text tower only
+    freeze_image_blocks: int = 0
+    freeze_text_blocks: int = 0
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    epoch: int
+    step: int
+    steps: int
+    loss: float
+    lr: float
+    samples_per_second: float
+
+
+StepCallback = Callable[[TrainStep], None]
+StopCheck = Callable[[], bool]
+
+
+class TrainingStopped(Exception):
+    """``should_stop`` said so (a cancelled job)."""
+
+
+def clip_loss(
+    image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric InfoNCE over a batch of normalised, paired features."""
+    logits = logit_scale * image_features @ text_features.T
+    target = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+def _freeze(model: Any, cfg: ContrastiveConfig) -> None:
+    if cfg.lock_image:
+        for p in model.visual.parameters():
+            p.requires_grad_(False)
+    elif cfg.freeze_image_blocks:
+        blocks = model.visual.transformer.resblocks
+        for block in list(blocks)[: cfg.freeze_image_blocks]:
+            for p in block.parameters():
+                p.requires_grad_(False)
+        for name in ("conv1", "ln_pre"):
+            for p in getattr(model.visual, name).parameters():
+                p.requires_grad_(False)
+        for name in ("class_embedding", "positional_embedding"):
+            getattr(model.visual, name).requires_grad_(False)
+    if cfg.freeze_text_blocks:
+        for block in list(model.transformer.resblocks)[: cfg.freeze_text_blocks]:
+            for p in block.parameters():
+                p.requires_grad_(False)
+        for p in model.token_embedding.parameters():
+            p.requires_grad_(False)
+        model.positional_embedding.requires_grad_(False)
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_contrastive(
+    encoder: ClipEncoder,
+    images: Sequence[Image.Image],
+    texts: Sequence[str],
+    cfg: ContrastiveConfig,
+    on_step: StepCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> torch.nn.Module:
+    """Fine-tune a copy of ``encoder``'s model on the pairs (images[i], texts[i])."""
+    if len(images) != len(texts) or len(images) < 2:
+        raise ValueError("need at least two image-caption pairs, as many images as texts")
+    device = encoder.device
+    model = copy.deepcopy(encoder.model).to(device).train()
+    _freeze(model, cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("everything is frozen: nothing to train")
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]  # biases, norms, the temperature
+    optimiser = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+    )
+    effective = cfg.batch_size * cfg.accumulate
+    steps_per_epoch = max(1, len(images) // effective)
+    total_steps = steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: _schedule(s, total_steps, cfg.warmup_steps)
+    )
+    autocast_dtype = encoder.autocast_dtype
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    pixels_cache: dict[int, torch.Tensor] = {}
+
+    def pixels(indices: list[int]) -> torch.Tensor:
+        out = []
+        for i in indices:
+            if i not in pixels_cache:
+                pixels_cache[i] = encoder.preprocess_image(images[i])
+            out.append(pixels_cache[i])
+        return torch.stack(out).to(device, non_blocking=True)
+
+    def autocast() -> Any:
+        if autocast_dtype is None:
+            return torch.autocast(device_type="cpu", enabled=False)
+        return torch.autocast(device_type=device.type, dtype=autocast_dtype)
+
+    step = 0
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(len(images), generator=generator).tolist()
+        for s in range(steps_per_epoch):
+            if should_stop is not None and should_stop():
+                raise TrainingStopped
+            started = time.perf_counter()
+            batch = order[s * effective : (s + 1) * effective]
+            micro = [batch[i : i + cfg.batch_size] for i in range(0, len(batch), cfg.batch_size)]
+            inputs = [
+                (pixels(m), encoder.tokenize([texts[i] for i in m]).to(device)) for m in micro
+            ]
+            optimiser.zero_grad(set_to_none=True)
+            if len(micro) == 1:
+                with autocast():
+                    img = F.normalize(model.encode_image(inputs[0][0]), dim=-1)
+                    txt = F.normalize(model.encode_text(inputs[0][1]), dim=-1)
+                    loss = clip_loss(img.float(), txt.float(), model.logit_scale.exp())
+                scaler.scale(loss).backward()
+            else:
+                # Features of the whole effective batch without gradients first ...
+                with torch.no_grad(), autocast():
+                    all_img = [
+                        F.normalize(model.encode_image(p), dim=-1).float() for p, _ in inputs
+                    ]
+                    all_txt = [F.normalize(model.encode_text(t), dim=-1).float() for _, t in inputs]
+                # ... then each micro-batch with gradients, contrasted against all of it.
+                for j, (p, t) in enumerate(inputs):
+                    with autocast():
+                        img = F.normalize(model.encode_image(p), dim=-1).float()
+                        txt = F.normalize(model.encode_text(t), dim=-1).float()
+                        imgs = torch.cat(all_img[:j] + [img] + all_img[j + 1 :])
+                        txts = torch.cat(all_txt[:j] + [txt] + all_txt[j + 1 :])
+                        loss = clip_loss(imgs, txts, model.logit_scale.exp())
+                    scaler.scale(loss / len(micro)).backward()
+            lr = float(optimiser.param_groups[0]["lr"])  # the rate this step used
+            scaler.step(optimiser)
+            scaler.update()
+            scheduler.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))  # as CLIP does
+            if on_step is not None:
+                on_step(
+                    TrainStep(
+                        epoch=epoch,
+                        step=step,
+                        steps=total_steps,
+                        loss=float(loss.detach()),
+                        lr=lr,
+                        samples_per_second=len(batch) / (time.perf_counter() - started),
+                    )
+                )
+            step += 1
+    return model.eval()
+
+
+# --- linear maps on frozen embeddings ------------------------------------------------------------
+@dataclass(frozen=True)
+class FeatureMap:
+    """An affine map per modality applied to L2-normalised embeddings, renormalised after:
+    ``y = normalise((x - mean) @ weight)``."""
+
+    image_weight: np.ndarray
+    text_weight: np.ndarray
+    image_mean: np.ndarray
+    text_mean: np.ndarray
+
+    def apply(self, vectors: np.ndarray, modality: str) -> np.ndarray:
+        if modality == "image":
+            w, mu = self.image_weight, self.image_mean
+        elif modality == "text":
+            w, mu = self.text_weight, self.text_mean
+        else:
+            raise ValueError(f"unknown modality {modality!r}")
+        y = (np.asarray(vectors, dtype=np.float32) - mu) @ w
+        norms = np.linalg.norm(y, axis=1, keepdims=True)
+        return np.ascontiguousarray(y / np.maximum(norms, 1e-12), dtype=np.float32)
+
+    def save(self, path: Any) -> None:
+        np.savez(
+            path,
+            image_weight=self.image_weight,
+            text_weight=self.text_weight,
+            image_mean=self.image_mean,
+            text_mean=self.text_mean,
+        )
+
+    @classmethod
+    def load(cls, path: Any) -> FeatureMap:
+        with np.load(path) as data:
+            return cls(
+                data["image_weight"], data["text_weight"], data["image_mean"], data["text_mean"]
+            )
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    epochs: int = 200
+    lr: float = 1e-2
+    weight_decay: float = 1e-4
+    batch_size: int = 1024
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fit_linear(
+    image_vectors: np.ndarray,
+    text_vectors: np.ndarray,
+    cfg: LinearConfig,
+    on_step: StepCallback | None = None,
+) -> FeatureMap:
+    """Learn one d x d map per modality (from the identity) with the CLIP loss on cached,
+    paired embeddings; the towers stay frozen."""
+    if image_vectors.shape != text_vectors.shape:
+        raise ValueError("image and text vectors must be paired row for row")
+    torch.manual_seed(cfg.seed)
+    x = torch.from_numpy(np.asarray(image_vectors, dtype=np.float32))
+    t = torch.from_numpy(np.asarray(text_vectors, dtype=np.float32))
+    d = x.shape[1]
+    w_img = torch.nn.Parameter(torch.eye(d))
+    w_txt = torch.nn.Parameter(torch.eye(d))
+    log_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+    optimiser = torch.optim.AdamW(
+        [w_img, w_txt, log_scale], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    generator = torch.Generator().manual_seed(cfg.seed)
+    n = len(x)
+    steps = cfg.epochs * max(1, math.ceil(n / cfg.batch_size))
+    step = 0
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, cfg.batch_size):
+            started = time.perf_counter()
+            idx = order[start : start + cfg.batch_size]
+            if len(idx) < 2:
+                continue
+            img = F.normalize(x[idx] @ w_img, dim=-1)
+            txt = F.normalize(t[idx] @ w_txt, dim=-1)
+            loss = clip_loss(img, txt, log_scale.clamp(0, math.log(100)).exp())
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            if on_step is not None:
+                on_step(
+                    TrainStep(
+                        epoch,
+                        step,
+                        steps,
+                        float(loss.detach()),
+                        cfg.lr,
+                        len(idx) / (time.perf_counter() - started),
+                    )
+                )
+            step += 1
+    zero = np.zeros(d, dtype=np.float32)
+    return FeatureMap(
+        w_img.detach().numpy().copy(), w_txt.detach().numpy().copy(), zero, zero.copy()
+    )
