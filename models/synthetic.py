@@ -2,9 +2,9 @@
 
 Each picture is one shape drawn at a size and position on a background; its caption says
 so ("a small red circle at the top left on a white background"). Two domains share the
-shapes, sizes and positions but differ in appearance: domain ``a`` uses plain colours on
-plain backgrounds, domain ``b`` new colours, striped or dotted fills and noisy
-backgrounds, so a model tuned on one can be shown to transfer (or not) to the other.
+vocabulary but differ in appearance: domain ``a`` draws plain shapes in clean colours on
+flat backgrounds, domain ``b`` other shades, striped or dotted fills and noisy
+backgrounds, so a model tuned on one meets a real shift on the other.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ POSITIONS = {
     "bottom right": (0.73, 0.73),
     "center": (0.5, 0.5),
 }
+# Domain b keeps every word of domain a (the captions read alike) but not the look: other
+# shades of the same colours, striped or dotted fills, and noisy backgrounds.
 COLOURS: dict[Domain, dict[str, tuple[int, int, int]]] = {
     "a": {
         "red": (220, 30, 30),
@@ -38,15 +40,15 @@ COLOURS: dict[Domain, dict[str, tuple[int, int, int]]] = {
         "yellow": (235, 210, 30),
     },
     "b": {
-        "purple": (130, 40, 170),
-        "orange": (245, 130, 20),
-        "cyan": (30, 200, 210),
-        "pink": (240, 120, 180),
+        "red": (150, 20, 60),
+        "green": (110, 200, 90),
+        "blue": (60, 140, 240),
+        "yellow": (200, 160, 40),
     },
 }
 BACKGROUNDS: dict[Domain, dict[str, tuple[int, int, int]]] = {
     "a": {"white": (250, 250, 250), "black": (15, 15, 15), "grey": (128, 128, 128)},
-    "b": {"beige": (225, 205, 170), "navy": (20, 30, 80), "dark green": (20, 70, 40)},
+    "b": {"white": (225, 220, 205), "black": (40, 35, 50), "grey": (100, 110, 120)},
 }
 FILLS: dict[Domain, tuple[str, ...]] = {"a": ("plain",), "b": ("striped", "dotted")}
 
@@ -60,12 +62,12 @@ class Sample:
     background: str
     fill: str
     seed: int
+    domain: Domain = "a"
 
     @property
     def caption(self) -> str:
-        fill = "" if self.fill == "plain" else f"{self.fill} "
         return (
-            f"a {self.size} {fill}{self.colour} {self.shape} at the {self.position}"
+            f"a {self.size} {self.colour} {self.shape} at the {self.position}"
             f" on a {self.background} background"
         )
 
@@ -82,10 +84,12 @@ def samples(n: int, seed: int, domain: Domain = "a") -> Iterator[Sample]:
             background=rng.choice(sorted(BACKGROUNDS[domain])),
             fill=rng.choice(FILLS[domain]),
             seed=rng.randrange(2**31),
+            domain=domain,
         )
 
 
-def render(sample: Sample, domain: Domain = "a", side: int = 64) -> Image.Image:
+def render(sample: Sample, side: int = 64) -> Image.Image:
+    domain = sample.domain
     rng = np.random.default_rng(sample.seed)
     bg = np.array(BACKGROUNDS[domain][sample.background], dtype=np.float32)
     noise = 18.0 if domain == "b" else 0.0  # domain b: noisy backgrounds
@@ -137,8 +141,8 @@ def write_dataset(
     with manifest.open("w") as f:
         for i, sample in enumerate(samples(n, seed, domain)):
             rel = f"{name}/{i:06d}.png"
-            render(sample, domain, side).save(root / rel)
-            attrs = {k: v for k, v in asdict(sample).items() if k != "seed"}
+            render(sample, side).save(root / rel)
+            attrs = {k: v for k, v in asdict(sample).items() if k not in ("seed", "domain")}
             row = {
                 "id": f"{name}-{i:06d}",
                 "image": rel,
