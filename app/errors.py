@@ -12,6 +12,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import index
 import models
+from app.finetune import InvalidParameters
+from models.registry import UnknownModel
 from models.sources import SourceError
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ _DOMAIN: list[tuple[type[Exception], int, str]] = [
     (index.UnknownJob, 404, "job_not_found"),
     (index.JobFinished, 409, "job_finished"),
     (SourceError, 400, "invalid_source"),
+    (UnknownModel, 404, "model_not_found"),
+    (InvalidParameters, 400, "invalid_parameters"),
     (index.DimensionMismatch, 409, "dimension_mismatch"),
     (models.ImageTooLarge, 413, "image_too_large"),
     (models.ImageDecodeError, 415, "unsupported_media_type"),

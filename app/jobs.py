@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from app.config import Settings
+from app.finetune import FINETUNE_JOB, FineTuner, check_hyperparameters
 from index import (
     CollectionStore,
     Job,
@@ -41,6 +42,7 @@ from index import (
     StoreError,
 )
 from models import ClipEncoder
+from models.finetune import TrainingStopped
 from models.preprocess import (
     Decoded,
     DecodeTask,
@@ -50,6 +52,7 @@ from models.preprocess import (
     init_worker,
     read_and_hash,
 )
+from models.registry import UnknownModel
 from models.sources import SourceError, SourceRecord, open_source
 
 log = logging.getLogger(__name__)
@@ -81,12 +84,14 @@ class JobManager:
         jobs: JobStore,
         encoder: ClipEncoder,
         run_model: ModelRunner,
+        finetuner: FineTuner | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.jobs = jobs
         self.encoder = encoder
         self.run_model = run_model
+        self.finetuner = finetuner
         self.pipeline = PixelPipeline.from_preprocess(encoder.preprocess)
         self.device_decode = settings.import_device_decode
         if self.device_decode is None:
@@ -123,6 +128,20 @@ class JobManager:
         self._wake.set()
         return job
 
+    def submit_finetune(self, params: dict[str, Any]) -> Job:
+        if self.finetuner is None:
+            raise RuntimeError("fine-tuning is not set up")
+        root = self.settings.import_root_dir
+        open_source(root, params["source"])  # 400 now for a bad source
+        if params.get("eval_source"):
+            open_source(root, params["eval_source"])
+        params["hyperparameters"] = check_hyperparameters(
+            params["method"], params.get("hyperparameters") or {}
+        )
+        job = self.jobs.create(FINETUNE_JOB, None, params)
+        self._wake.set()
+        return job
+
     def _loop(self) -> None:
         while not self._stopping.is_set():
             for job in self.jobs.unfinished():
@@ -145,11 +164,14 @@ class JobManager:
             job.cursor,
         )
         try:
-            self._index(self.jobs.get(job.id), on_progress)
+            if job.kind == FINETUNE_JOB:
+                self._finetune(self.jobs.get(job.id))
+            else:
+                self._index(self.jobs.get(job.id), on_progress)
         except JobStopped:
             log.info("job %s: stopped with the server; it resumes on the next start", job.id)
             return self.jobs.get(job.id)
-        except (SourceError, StoreError) as exc:
+        except (SourceError, StoreError, UnknownModel) as exc:
             self.jobs.finish(job.id, JobState.FAILED, str(exc))
         except BrokenProcessPool as exc:
             self._pool = None
@@ -164,6 +186,18 @@ class JobManager:
             "job %s: %s, %d done, %d failed", job.id, finished.state, finished.done, finished.failed
         )
         return finished
+
+    def _finetune(self, job: Job) -> None:
+        assert self.finetuner is not None
+
+        def should_stop() -> bool:
+            return self._stopping.is_set() or self.jobs.state(job.id) is not JobState.RUNNING
+
+        try:
+            self.finetuner.run(job, self.encoder, should_stop)
+        except TrainingStopped:
+            if self._stopping.is_set():
+                raise JobStopped from None  # trains again from the start after the restart
 
     def _index(self, job: Job, on_progress: Callable[[Job], None] | None) -> None:
         assert job.collection is not None
@@ -429,4 +463,5 @@ def job_summary(job: Job) -> dict[str, Any]:
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
+        "detail": job.detail,
     }

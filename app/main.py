@@ -12,7 +12,7 @@ from app.config import Settings
 from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import BodySizeLimit, RequestMetrics
-from app.routes import collections, embed, health, items, jobs, search
+from app.routes import collections, embed, health, items, jobs, models, search
 from app.services import Services
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.services = services
     install_error_handlers(app)
-    for module in (health, collections, items, search, embed, jobs):
+    for module in (health, collections, items, search, embed, jobs, models):
         app.include_router(module.router)
     # Outermost first: metrics see every answer, including the size limit's 413s.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)

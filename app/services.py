@@ -11,10 +11,12 @@ from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
 from app.engine import Engine
+from app.finetune import FineTuner
 from app.jobs import JobManager
 from app.metrics import Metrics
 from index import CollectionStore, JobStore
 from models import ModelLoadError, load_encoder
+from models.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,8 @@ class Services:
         self.store: CollectionStore | None = None
         self.engine: Engine | None = None
         self.jobs: JobManager | None = None
+        self.registry: ModelRegistry | None = None
+        self.finetuner: FineTuner | None = None
         self.load_error: str | None = None
         self.shutting_down = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -59,7 +63,9 @@ class Services:
             engine = Engine(encoder, s, self.metrics)
             engine.start()
             job_store = await run_in_threadpool(JobStore, self.store)
-            jobs = JobManager(s, self.store, job_store, encoder, engine.run_model)
+            self.registry = ModelRegistry(s.data_dir / "versions")
+            self.finetuner = FineTuner(s, self.registry, job_store)
+            jobs = JobManager(s, self.store, job_store, encoder, engine.run_model, self.finetuner)
             jobs.start()  # picks up jobs a restart interrupted
             self.jobs = jobs
             self.engine = engine

@@ -37,13 +37,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     run_seconds REAL NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     started_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    detail TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at);
 """
 _COLUMNS = (
     "id, kind, state, collection, params, total, done, failed, cursor, errors, message,"
-    " run_seconds, created_at, started_at, finished_at"
+    " run_seconds, created_at, started_at, finished_at, detail"
 )
 
 
@@ -84,6 +85,7 @@ class Job:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    detail: dict[str, Any]  # what a kind of job reports beyond counts (training progress)
 
     @property
     def items_per_second(self) -> float | None:
@@ -174,6 +176,22 @@ class JobStore:
         with self.store.transaction() as conn:
             conn.execute("UPDATE jobs SET total = ? WHERE id = ?", (total, job_id))
 
+    def report(
+        self,
+        job_id: str,
+        detail: dict[str, Any],
+        done: int | None = None,
+        total: int | None = None,
+        seconds: float = 0.0,
+    ) -> None:
+        """Replace the job's ``detail`` (and set its counts) in one write."""
+        with self.store.transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET detail = ?, done = COALESCE(?, done), total = COALESCE(?, total),"
+                " run_seconds = run_seconds + ? WHERE id = ?",
+                (json.dumps(detail), done, total, seconds, job_id),
+            )
+
     def recorder(self, job_id: str, progress: Progress) -> Callable[[sqlite3.Connection], None]:
         """A statement to run inside the transaction that stores the chunk's items."""
 
@@ -248,4 +266,5 @@ def _job(row: Sequence[Any]) -> Job:
         created_at=row[12],
         started_at=row[13],
         finished_at=row[14],
+        detail=json.loads(row[15]),
     )

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from models.errors import ModelLoadError
+from models.feature_map import FeatureMap
 from models.loading import ResolvedWeights, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -154,8 +155,10 @@ def load_encoder(
     cache_dir: str | os.PathLike[str] = "./data/models",
     seed: int = 0,
     weights: ResolvedWeights | None = None,
+    version: str | None = None,
 ) -> ClipEncoder:
-    """Build a ready encoder. ``weights`` may be resolved beforehand (see ``resolve_weights``)."""
+    """Build a ready encoder. ``weights`` may be resolved beforehand (see ``resolve_weights``);
+    ``version`` names it (a registry version) instead of the name derived from the weights."""
     resolved = weights or resolve_weights(model_name, pretrained, cache_dir, seed=seed)
     torch_device = resolve_device(device)
     kwargs: dict[str, Any] = {}
@@ -173,6 +176,26 @@ def load_encoder(
         raise ModelLoadError(f"could not load {resolved.version}: {exc}") from exc
     model = model.to(torch_device)
     tokenizer = open_clip.get_tokenizer(model_name)
-    encoder = ClipEncoder(model, preprocess, tokenizer, torch_device, model_name, resolved.version)
+    encoder = ClipEncoder(
+        model, preprocess, tokenizer, torch_device, model_name, version or resolved.version
+    )
     log.info("loaded %s on %s (dim %d)", encoder.version, encoder.device_name, encoder.dim)
     return encoder
+
+
+class MappedEncoder(ClipEncoder):
+    """A base encoder followed by a feature map (a ``linear`` or ``subspace_alignment``
+    version): same preprocessing and model, outputs mapped and renormalised."""
+
+    def __init__(self, base: ClipEncoder, feature_map: FeatureMap, version: str) -> None:
+        super().__init__(
+            base.model, base.preprocess, base.tokenizer, base.device, base.model_name, version
+        )
+        self.base = base
+        self.feature_map = feature_map
+
+    def encode_image_tensors(self, pixels: Sequence[torch.Tensor] | torch.Tensor) -> np.ndarray:
+        return self.feature_map.apply(self.base.encode_image_tensors(pixels), "image")
+
+    def encode_token_batch(self, tokens: torch.Tensor) -> np.ndarray:
+        return self.feature_map.apply(self.base.encode_token_batch(tokens), "text")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from models.encoder import ClipEncoder
+from models.feature_map import FeatureMap
 
 
 @dataclass(frozen=True)
@@ -213,44 +214,6 @@ def train_contrastive(
 
 # --- linear maps on frozen embeddings ------------------------------------------------------------
 @dataclass(frozen=True)
-class FeatureMap:
-    """An affine map per modality applied to L2-normalised embeddings, renormalised after:
-    ``y = normalise((x - mean) @ weight)``."""
-
-    image_weight: np.ndarray
-    text_weight: np.ndarray
-    image_mean: np.ndarray
-    text_mean: np.ndarray
-
-    def apply(self, vectors: np.ndarray, modality: str) -> np.ndarray:
-        if modality == "image":
-            w, mu = self.image_weight, self.image_mean
-        elif modality == "text":
-            w, mu = self.text_weight, self.text_mean
-        else:
-            raise ValueError(f"unknown modality {modality!r}")
-        y = (np.asarray(vectors, dtype=np.float32) - mu) @ w
-        norms = np.linalg.norm(y, axis=1, keepdims=True)
-        return np.ascontiguousarray(y / np.maximum(norms, 1e-12), dtype=np.float32)
-
-    def save(self, path: Any) -> None:
-        np.savez(
-            path,
-            image_weight=self.image_weight,
-            text_weight=self.text_weight,
-            image_mean=self.image_mean,
-            text_mean=self.text_mean,
-        )
-
-    @classmethod
-    def load(cls, path: Any) -> FeatureMap:
-        with np.load(path) as data:
-            return cls(
-                data["image_weight"], data["text_weight"], data["image_mean"], data["text_mean"]
-            )
-
-
-@dataclass(frozen=True)
 class LinearConfig:
     epochs: int = 200
     lr: float = 1e-2
@@ -315,3 +278,34 @@ def fit_linear(
     return FeatureMap(
         w_img.detach().numpy().copy(), w_txt.detach().numpy().copy(), zero, zero.copy()
     )
+
+
+# --- subspace alignment (unsupervised) ---------------------------------------------------------
+@dataclass(frozen=True)
+class SubspaceConfig:
+    dims: int = 32  # size of the aligned subspaces
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _pca(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    return mean.astype(np.float32), vt[:k].T.astype(np.float32)
+
+
+def fit_subspace_alignment(
+    image_vectors: np.ndarray, text_vectors: np.ndarray, cfg: SubspaceConfig
+) -> FeatureMap:
+    """Subspace alignment (Fernando et al., ICCV 2013) between the modalities, from unpaired
+    images and texts of the target domain: the image PCA basis Xs is aligned onto the text
+    basis Xt by M = Xs^T Xt; images map to (x - mu_s) Xs M, texts to (t - mu_t) Xt. Both are
+    expressed back in the d-dimensional space (times Xt^T), which keeps inner products."""
+    k = min(cfg.dims, image_vectors.shape[1], len(image_vectors) - 1, len(text_vectors) - 1)
+    if k < 1:
+        raise ValueError("subspace alignment needs at least two images and two texts")
+    mu_s, xs = _pca(np.asarray(image_vectors, dtype=np.float32), k)
+    mu_t, xt = _pca(np.asarray(text_vectors, dtype=np.float32), k)
+    m = xs.T @ xt
+    return FeatureMap(xs @ m @ xt.T, xt @ xt.T, mu_s, mu_t)

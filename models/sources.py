@@ -355,3 +355,33 @@ def _sample_key(name: str) -> str:
 def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     f = tar.extractfile(member)
     return f.read() if f is not None else b""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An image and its caption, for training and evaluation."""
+
+    id: str
+    image: FileRef
+    text: str
+
+
+def read_pairs(source: Source) -> tuple[list[Pair], list[str]]:
+    """The image-caption pairs of ``source`` (a caption names its image by ``image_id``),
+    and a reason for every record that could not be paired."""
+    images: dict[str, FileRef] = {}
+    pairs: list[Pair] = []
+    skipped: list[str] = []
+    for record in source.records():
+        if record.error is not None:
+            skipped.append(record.error)
+        elif record.kind == "image" and record.image is not None:
+            images[record.id] = record.image
+        elif record.kind == "text" and record.text:
+            image_id = record.metadata.get("image_id")
+            if image_id in images:
+                pairs.append(Pair(str(image_id), images.pop(str(image_id)), record.text))
+            else:
+                skipped.append(f"{record.id}: a text without an image")
+    skipped += [f"{image_id}: an image without a caption" for image_id in images]
+    return pairs, skipped

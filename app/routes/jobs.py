@@ -39,6 +39,7 @@ class JobOut(BaseModel):
     created_at: float
     started_at: float | None
     finished_at: float | None
+    detail: dict[str, Any]
 
 
 class JobCreated(BaseModel):

@@ -12,9 +12,9 @@ from PIL import Image
 from models import ClipEncoder, load_encoder
 from models.encoder import ClipEncoder as Encoder
 from models.evaluate import retrieval_metrics
+from models.feature_map import FeatureMap
 from models.finetune import (
     ContrastiveConfig,
-    FeatureMap,
     LinearConfig,
     TrainingStopped,
     TrainStep,

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, status
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from app.deps import EngineDep, JobsDep, ServicesDep
+from app.errors import NotReady
+from app.routes.jobs import JobCreated
+from models.registry import ModelRegistry
+
+router = APIRouter(tags=["models"])
+
+
+class FinetuneRequest(BaseModel):
+    source: str = Field(
+        min_length=1, description="Manifest or folder of image-caption pairs under the import root."
+    )
+    method: str = Field("contrastive", description="contrastive, linear or subspace_alignment.")
+    eval_source: str | None = Field(
+        None, description="Separate evaluation pairs (else a held-out fraction)."
+    )
+    eval_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Held-out share of the pairs (fixed seed)."
+    )
+    seed: int = 0
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict, description="The method's settings; see the README."
+    )
+
+
+class EvaluateRequest(BaseModel):
+    model: str | None = Field(None, description="A model version (default: the one serving).")
+    source: str = Field(
+        min_length=1, description="Manifest or folder of image-caption pairs under the import root."
+    )
+
+
+class ModelOut(BaseModel):
+    version: str
+    base: str | None
+    method: str
+    metrics: dict[str, dict[str, float]]
+    active: bool
+    beats_base: bool | None = None
+    architecture: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    created_at: float | None = None
+
+
+class ModelList(BaseModel):
+    models: list[ModelOut]
+
+
+def _registry(services: Any) -> ModelRegistry:
+    if services.registry is None:
+        raise NotReady(services.load_error or "the model is still loading")
+    registry: ModelRegistry = services.registry
+    return registry
+
+
+@router.post("/v1/finetune", status_code=status.HTTP_202_ACCEPTED)
+async def start_finetune(body: FinetuneRequest, jobs: JobsDep) -> JobCreated:
+    """Fine-tune the serving model on pairs from the import root; poll `GET /v1/jobs/{id}`."""
+    job = await run_in_threadpool(jobs.submit_finetune, body.model_dump())
+    return JobCreated(id=job.id, state=job.state.value)
+
+
+@router.post("/v1/evaluate")
+async def evaluate(
+    body: EvaluateRequest, services: ServicesDep, engine: EngineDep
+) -> dict[str, Any]:
+    """Recall@1/5/10 both ways, mean reciprocal rank and median rank on a set of pairs."""
+    finetuner = services.finetuner
+    if finetuner is None:
+        raise NotReady(services.load_error or "the model is still loading")
+
+    def run() -> dict[str, Any]:
+        encoder = finetuner.encoder_for(body.model or engine.version, engine.encoder)
+        images, texts, skipped = finetuner.load_pairs(body.source)
+        metrics = finetuner.evaluate(encoder, images, texts)
+        return {
+            "model": encoder.version,
+            "source": body.source,
+            "metrics": metrics,
+            "skipped": skipped[:20],
+        }
+
+    return await run_in_threadpool(run)
+
+
+@router.get("/v1/models")
+async def list_models(services: ServicesDep, engine: EngineDep) -> ModelList:
+    """The serving model and every fine-tuned version, oldest first."""
+    registry = _registry(services)
+    versions = await run_in_threadpool(registry.versions)
+    out = [
+        ModelOut(
+            version=v.version,
+            base=v.base,
+            method=v.method,
+            metrics=v.metrics,
+            active=v.version == engine.version,
+            beats_base=v.beats_base,
+        )
+        for v in versions
+    ]
+    if engine.version not in {v.version for v in versions}:
+        out.insert(
+            0,
+            ModelOut(
+                version=engine.version, base=None, method="pretrained", metrics={}, active=True
+            ),
+        )
+    return ModelList(models=out)
+
+
+@router.get("/v1/models/{version:path}")
+async def get_model(version: str, services: ServicesDep, engine: EngineDep) -> ModelOut:
+    """One version with its lineage (base, method, data, hyperparameters) and evaluation."""
+    v = await run_in_threadpool(_registry(services).get, version)
+    return ModelOut(
+        version=v.version,
+        base=v.base,
+        method=v.method,
+        metrics=v.metrics,
+        active=v.version == engine.version,
+        beats_base=v.beats_base,
+        architecture=v.architecture,
+        data=v.data,
+        hyperparameters=v.hyperparameters,
+        created_at=v.created_at,
+    )
