@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 if TYPE_CHECKING:
     from app.config import Settings
+    from app.jobs import JobManager
+    from index import Job
 
 
 class CliError(Exception):
@@ -81,34 +85,30 @@ def _index_build(args: argparse.Namespace) -> int:
 def _index_build_remote(args: argparse.Namespace) -> int:
     import httpx
 
-    with httpx.Client(base_url=args.server.rstrip("/"), timeout=60, headers=_auth(args)) as client:
-        if args.create:
-            r = client.post("/v1/collections", json={"name": args.collection, "index": args.index})
-            if r.status_code not in (201, 409):
-                raise CliError(_api_message(r))
-        r = client.post(
-            f"/v1/collections/{args.collection}/jobs/index",
-            json={"source": args.source, "format": args.format},
+    if args.create:
+        r = httpx.post(
+            args.server.rstrip("/") + "/v1/collections",
+            json={"name": args.collection, "index": args.index},
+            timeout=60,
+            headers=_auth(args),
         )
-        if r.status_code != 202:
+        if r.status_code not in (201, 409):
             raise CliError(_api_message(r))
-        job_id = r.json()["id"]
-        print(f"job {job_id} started on {args.server}", file=sys.stderr)
-        while True:
-            r = client.get(f"/v1/jobs/{job_id}")
-            if r.status_code != 200:
-                raise CliError(_api_message(r))
-            job = r.json()
-            _show_progress(job)
-            if job["state"] in ("succeeded", "failed", "cancelled"):
-                return _report(job)
-            time.sleep(0.5)
+    body = {"source": args.source, "format": args.format}
+    return _report(
+        _remote_job(args, f"/v1/collections/{args.collection}/jobs/index", body, _show_progress)
+    )
 
 
-def _index_build_local(args: argparse.Namespace) -> int:
-    from app.jobs import JobManager, job_summary
-    from index import CollectionExists, CollectionStore, JobStore
+@contextlib.contextmanager
+def _local_stack() -> Iterator[JobManager]:
+    """The store, the model and a job manager in this process, for commands run without
+    ``--server``; the jobs run in the calling thread."""
+    from app.finetune import FineTuner
+    from app.jobs import JobManager
+    from index import CollectionStore, JobStore
     from models import load_encoder
+    from models.registry import ModelRegistry
 
     settings = _settings()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -128,22 +128,216 @@ def _index_build_local(args: argparse.Namespace) -> int:
             settings.model_cache_dir,
             settings.seed,
         )
-        if args.create:
-            with contextlib.suppress(CollectionExists):
-                store.create_collection(args.collection, encoder.dim, encoder.version, args.index)
-        manager = JobManager(settings, store, JobStore(store), encoder, lambda fn, *a: fn(*a))
-        job = manager.submit_index(args.collection, args.source, args.format)
-        print(f"job {job.id} running in this process", file=sys.stderr)
-        try:
-            finished = manager.run(job, on_progress=lambda j: _show_progress(job_summary(j)))
-        except KeyboardInterrupt:
-            # Nobody would resume an in-process job: end it, keeping what it stored.
-            finished = manager.jobs.cancel(job.id)
-        return _report(job_summary(finished))
+        jobs = JobStore(store)
+        finetuner = FineTuner(settings, ModelRegistry(settings.data_dir / "versions"), jobs)
+        manager = JobManager(settings, store, jobs, encoder, lambda fn, *a: fn(*a), finetuner)
+        yield manager
     finally:
         if manager is not None:
             manager.stop()
         store.close()
+
+
+def _run_local(
+    manager: JobManager, job: Job, show: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    from app.jobs import job_summary
+
+    print(f"job {job.id} running in this process", file=sys.stderr)
+    try:
+        finished = manager.run(job, on_progress=lambda j: show(job_summary(j)))
+    except KeyboardInterrupt:
+        # Nobody would resume an in-process job: end it, keeping what it stored.
+        finished = manager.jobs.cancel(job.id)
+    return job_summary(finished)
+
+
+def _index_build_local(args: argparse.Namespace) -> int:
+    from index import CollectionExists
+
+    with _local_stack() as manager:
+        if args.create:
+            with contextlib.suppress(CollectionExists):
+                manager.store.create_collection(
+                    args.collection, manager.encoder.dim, manager.encoder.version, args.index
+                )
+        job = manager.submit_index(args.collection, args.source, args.format)
+        return _report(_run_local(manager, job, _show_progress))
+
+
+# --- fine-tuning ------------------------------------------------------------------------------
+def _finetune(args: argparse.Namespace) -> int:
+    hyperparameters: dict[str, Any] = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"--set takes KEY=VALUE, got {item!r}", 2)
+        try:
+            hyperparameters[key] = json.loads(value)
+        except json.JSONDecodeError:
+            hyperparameters[key] = value
+    params = {
+        "source": args.source,
+        "method": args.method,
+        "eval_source": args.eval_source,
+        "eval_fraction": args.eval_fraction,
+        "seed": args.seed,
+        "hyperparameters": hyperparameters,
+    }
+    if args.server:
+        job = _remote_job(args, "/v1/finetune", params, _show_training)
+    else:
+        with _local_stack() as manager:
+            job = _run_local(manager, manager.submit_finetune(params), _show_training)
+    sys.stderr.write("\n")
+    detail = job["detail"]
+    print(
+        f"job {job['id']} {job['state']}" + (f" ({job['message']})" if job.get("message") else "")
+    )
+    if "result_metrics" in detail:
+        print(f"version {detail['version']}: beats its base: {detail['beats_base']}")
+        print(
+            _metrics_table({"base": detail["base_metrics"], "fine-tuned": detail["result_metrics"]})
+        )
+    return 0 if job["state"] == "succeeded" else 1
+
+
+def _show_training(job: dict[str, Any]) -> None:
+    progress = job["detail"].get("progress")
+    phase = job["detail"].get("phase", job["state"])
+    if not progress:
+        sys.stderr.write(f"\r{phase}   ")
+    else:
+        sys.stderr.write(
+            f"\r{phase}: epoch {progress['epoch'] + 1} step {progress['step'] + 1}/{job['total']}"
+            f"  loss {progress['loss']:.4f}  lr {progress['lr']:.2e}"
+            f"  {progress['samples_per_second']:,.0f} samples/s   "
+        )
+    sys.stderr.flush()
+
+
+def _metrics_table(columns: dict[str, dict[str, float]]) -> str:
+    keys = [
+        "t2i_r1",
+        "t2i_r5",
+        "t2i_r10",
+        "i2t_r1",
+        "i2t_r5",
+        "i2t_r10",
+        "t2i_mrr",
+        "i2t_mrr",
+        "t2i_median_rank",
+        "i2t_median_rank",
+    ]
+    lines = ["metric".ljust(18) + "".join(name.rjust(14) for name in columns)]
+    for key in keys:
+        lines.append(
+            key.ljust(18) + "".join(f"{m.get(key, float('nan')):14.3f}" for m in columns.values())
+        )
+    return "\n".join(lines)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    if args.server:
+        import httpx
+
+        body = {"source": args.source, "model": args.model}
+        r = httpx.post(
+            args.server.rstrip("/") + "/v1/evaluate", json=body, timeout=None, headers=_auth(args)
+        )
+        if r.status_code != 200:
+            raise CliError(_api_message(r))
+        result = r.json()
+    else:
+        with _local_stack() as manager:
+            assert manager.finetuner is not None
+            encoder = manager.finetuner.encoder_for(
+                args.model or manager.encoder.version, manager.encoder
+            )
+            images, texts, skipped = manager.finetuner.load_pairs(args.source)
+            result = {
+                "model": encoder.version,
+                "metrics": manager.finetuner.evaluate(encoder, images, texts),
+            }
+    print(f"model {result['model']} on {args.source} ({int(result['metrics']['pairs'])} pairs)")
+    print(_metrics_table({"value": result["metrics"]}))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    if args.server:
+        import httpx
+
+        r = httpx.get(args.server.rstrip("/") + "/v1/models", timeout=30, headers=_auth(args))
+        if r.status_code != 200:
+            raise CliError(_api_message(r))
+        models = r.json()["models"]
+    else:
+        from models.loading import resolve_weights
+        from models.registry import ModelRegistry
+
+        settings = _settings()
+        active = resolve_weights(
+            settings.model,
+            settings.pretrained,
+            settings.model_cache_dir,
+            seed=settings.seed,
+            check_only=True,
+        ).version
+        models = [
+            {"version": active, "base": None, "method": "pretrained", "metrics": {}, "active": True}
+        ]
+        for v in ModelRegistry(settings.data_dir / "versions").versions():
+            models.append(
+                {
+                    "version": v.version,
+                    "base": v.base,
+                    "method": v.method,
+                    "metrics": v.metrics,
+                    "active": False,
+                }
+            )
+    row = "{:1} {:40} {:20} {:>10} {:>10}  {}"
+    print(row.format("", "version", "method", "base R@5", "new R@5", "base"))
+    for m in models:
+        base = m["metrics"].get("base", {}).get("t2i_r5")
+        new = m["metrics"].get("result", {}).get("t2i_r5")
+        print(
+            row.format(
+                "*" if m["active"] else "",
+                m["version"],
+                m["method"],
+                "" if base is None else f"{base:.1f}",
+                "" if new is None else f"{new:.1f}",
+                m["base"] or "",
+            )
+        )
+    return 0
+
+
+def _remote_job(
+    args: argparse.Namespace,
+    path: str,
+    body: dict[str, Any],
+    show: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    import httpx
+
+    with httpx.Client(base_url=args.server.rstrip("/"), timeout=60, headers=_auth(args)) as client:
+        r = client.post(path, json=body)
+        if r.status_code != 202:
+            raise CliError(_api_message(r))
+        job_id = r.json()["id"]
+        print(f"job {job_id} started on {args.server}", file=sys.stderr)
+        while True:
+            r = client.get(f"/v1/jobs/{job_id}")
+            if r.status_code != 200:
+                raise CliError(_api_message(r))
+            job: dict[str, Any] = r.json()
+            show(job)
+            if job["state"] in ("succeeded", "failed", "cancelled"):
+                return job
+            time.sleep(0.5)
 
 
 def _jobs(args: argparse.Namespace) -> int:
@@ -258,6 +452,35 @@ def main(argv: list[str] | None = None) -> int:
     jobs.add_argument("--api-key", default=os.environ.get("XMODAL_API_KEY"), help=argparse.SUPPRESS)
     jobs.set_defaults(func=_jobs)
 
+    tune = sub.add_parser("finetune", help="Fine-tune the model on image-caption pairs.")
+    tune.add_argument("source", help="manifest or folder of pairs, relative to the import root")
+    tune.add_argument(
+        "--method", default="contrastive", choices=["contrastive", "linear", "subspace_alignment"]
+    )
+    tune.add_argument(
+        "--eval-source", help="separate evaluation pairs (default: hold out a fraction)"
+    )
+    tune.add_argument("--eval-fraction", type=float, default=0.1)
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="a hyperparameter, e.g. epochs=5"
+    )
+    tune.add_argument("--server", help="URL of a running server (default: run in this process)")
+    tune.add_argument("--api-key", default=os.environ.get("XMODAL_API_KEY"), help=argparse.SUPPRESS)
+    tune.set_defaults(func=_finetune)
+
+    ev = sub.add_parser("eval", help="Recall@K, MRR and median rank of a model on pairs.")
+    ev.add_argument("source", help="manifest or folder of pairs, relative to the import root")
+    ev.add_argument("--model", help="a model version (default: the configured/serving one)")
+    ev.add_argument("--server", help="URL of a running server (default: run in this process)")
+    ev.add_argument("--api-key", default=os.environ.get("XMODAL_API_KEY"), help=argparse.SUPPRESS)
+    ev.set_defaults(func=_eval)
+
+    mods = sub.add_parser("models", help="List model versions.")
+    mods.add_argument("--server", help="URL of a running server (default: the local data dir)")
+    mods.add_argument("--api-key", default=os.environ.get("XMODAL_API_KEY"), help=argparse.SUPPRESS)
+    mods.set_defaults(func=_models)
+
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
@@ -265,11 +488,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xmodal: {exc}", file=sys.stderr)
         return exc.code
     except Exception as exc:  # a domain error from the local store or sources
+        from app.finetune import InvalidParameters
         from index import StoreError
         from models.errors import ModelError
+        from models.registry import UnknownModel
         from models.sources import SourceError
 
-        if isinstance(exc, (StoreError, ModelError, SourceError)):
+        if isinstance(exc, (StoreError, ModelError, SourceError, InvalidParameters, UnknownModel)):
             print(f"xmodal: {exc}", file=sys.stderr)
             return 1
         raise
