@@ -130,7 +130,9 @@ def _local_stack() -> Iterator[JobManager]:
         )
         jobs = JobStore(store)
         finetuner = FineTuner(settings, ModelRegistry(settings.data_dir / "versions"), jobs)
-        manager = JobManager(settings, store, jobs, encoder, lambda fn, *a: fn(*a), finetuner)
+        manager = JobManager(
+            settings, store, jobs, lambda: encoder, lambda fn, *a: fn(*a), finetuner
+        )
         yield manager
     finally:
         if manager is not None:
@@ -251,8 +253,9 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         with _local_stack() as manager:
             assert manager.finetuner is not None
+            active = manager.encoder
             encoder = manager.finetuner.encoder_for(
-                args.model or manager.encoder.version, manager.encoder
+                args.model or active.version, {active.version: active}
             )
             images, texts, skipped = manager.finetuner.load_pairs(args.source)
             result = {

@@ -16,6 +16,7 @@ import torch
 
 from app.config import Settings
 from app.metrics import Metrics
+from index import ModelMismatch
 from models import ClipEncoder, DynamicBatcher, decode_image
 from models.errors import ImageDecodeError, ImageTooLarge
 
@@ -32,7 +33,13 @@ class PreparedImage:
 
 class Engine:
     def __init__(self, encoder: ClipEncoder, settings: Settings, metrics: Metrics) -> None:
-        self.encoder = encoder
+        self.encoder = encoder  # the active version: new items are embedded with it
+        # Every loaded version, the active one included. During an activation the old and
+        # the new version are both here, and each query is embedded with the version of
+        # the collection it searches. All versions share the architecture (fine-tuning
+        # keeps it), so one preprocessing serves them all.
+        self.encoders: dict[str, ClipEncoder] = {encoder.version: encoder}
+        self.configured_version = encoder.version  # stays loaded: rollbacks land on it
         self.settings = settings
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="xmodal-model")
         self._decode_pool = ThreadPoolExecutor(
@@ -40,10 +47,47 @@ class Engine:
         )
         size = getattr(encoder.model.visual, "image_size", 224)
         self._draft_size = 2 * int(size[0] if isinstance(size, (tuple, list)) else size)
-        self.images: DynamicBatcher[torch.Tensor] = self._batcher(
-            encoder.encode_image_tensors, "image", metrics
+        self.images: DynamicBatcher[tuple[str, torch.Tensor]] = self._batcher(
+            self._encode_mixed("encode_image_tensors"), "image", metrics
         )
-        self.texts: DynamicBatcher[str] = self._batcher(encoder.encode_texts, "text", metrics)
+        self.texts: DynamicBatcher[tuple[str, str]] = self._batcher(
+            self._encode_mixed("encode_texts"), "text", metrics
+        )
+
+    def _encode_mixed(self, method: str) -> Callable[[list[tuple[str, Any]]], np.ndarray]:
+        """A batch function over (version, input) items: one model call per version present."""
+
+        def encode(items: list[tuple[str, Any]]) -> np.ndarray:
+            out = np.empty((len(items), self.dim), dtype=np.float32)
+            groups: dict[str, list[int]] = {}
+            for i, (version, _) in enumerate(items):
+                groups.setdefault(version, []).append(i)
+            for version, rows in groups.items():
+                encoder = self.encoder_of(version)
+                out[rows] = getattr(encoder, method)([items[i][1] for i in rows])
+            return out
+
+        return encode
+
+    def encoder_of(self, version: str) -> ClipEncoder:
+        encoder = self.encoders.get(version)
+        if encoder is None:
+            raise ModelMismatch(
+                f"model {version!r} is not loaded; this server runs {self.version!r}"
+            )
+        return encoder
+
+    def add_version(self, encoder: ClipEncoder) -> None:
+        self.encoders[encoder.version] = encoder
+
+    def activate(self, version: str) -> None:
+        """Embed new items with ``version`` from now on (it must be loaded)."""
+        self.encoder = self.encoder_of(version)
+
+    def drop_version(self, version: str) -> None:
+        """Unload ``version`` unless it serves or is the configured model."""
+        if version not in (self.encoder.version, self.configured_version):
+            self.encoders.pop(version, None)
 
     def _batcher(
         self, fn: Callable[[list[T]], np.ndarray], modality: str, metrics: Metrics
@@ -82,8 +126,10 @@ class Engine:
         return self._model_thread.submit(fn, *args).result()
 
     # --- entry points -------------------------------------------------------------------------
-    async def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return await self.texts.submit(list(texts), self.settings.request_timeout_s)
+    async def embed_texts(self, texts: Sequence[str], version: str | None = None) -> np.ndarray:
+        v = version or self.version
+        self.encoder_of(v)
+        return await self.texts.submit([(v, t) for t in texts], self.settings.request_timeout_s)
 
     async def prepare_images(
         self, blobs: Sequence[bytes], names: Sequence[str] | None = None
@@ -101,9 +147,13 @@ class Engine:
                 raise r
         return [r for r in results if isinstance(r, PreparedImage)]
 
-    async def embed_prepared(self, images: Sequence[PreparedImage]) -> np.ndarray:
+    async def embed_prepared(
+        self, images: Sequence[PreparedImage], version: str | None = None
+    ) -> np.ndarray:
+        v = version or self.version
+        self.encoder_of(v)
         return await self.images.submit(
-            [im.pixels for im in images], self.settings.request_timeout_s
+            [(v, im.pixels) for im in images], self.settings.request_timeout_s
         )
 
     def _prepare(self, data: bytes) -> PreparedImage:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from pathlib import Path
@@ -112,21 +112,23 @@ class FineTuner:
         # Identical captions are interchangeable: a retrieval of either counts.
         return retrieval_metrics(xi, xt, groups=texts)
 
-    def encoder_for(self, version: str, active: ClipEncoder) -> ClipEncoder:
-        """An encoder for ``version``: the serving one, or one built from the registry."""
-        if version == active.version:
-            return active
+    def encoder_for(self, version: str, loaded: Mapping[str, ClipEncoder]) -> ClipEncoder:
+        """An encoder for ``version``: one already loaded, or one built from the registry
+        (a mapped version on top of an encoder for its base)."""
+        if version in loaded:
+            return loaded[version]
         record = self.registry.get(version)
         path = self.registry.artifact_path(record)
+        device = str(next(iter(loaded.values())).device) if loaded else self.settings.device
         if record.method == "contrastive":
             return load_encoder(
                 record.architecture,
                 str(path),
-                str(active.device),
+                device,
                 self.settings.model_cache_dir,
                 version=record.version,
             )
-        base = self.encoder_for(record.base, active)
+        base = self.encoder_for(record.base, loaded)
         return MappedEncoder(base, FeatureMap.load(path), record.version)
 
     # --- training -------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from app.activation import ACTIVATE_JOB, ActivationError, Activator
 from app.config import Settings
 from app.finetune import FINETUNE_JOB, FineTuner, check_hyperparameters
 from index import (
@@ -36,6 +37,7 @@ from index import (
     JobState,
     JobStore,
     Modality,
+    ModelMismatch,
     NewItem,
     Progress,
     StoredVersion,
@@ -82,26 +84,32 @@ class JobManager:
         settings: Settings,
         store: CollectionStore,
         jobs: JobStore,
-        encoder: ClipEncoder,
+        active_encoder: Callable[[], ClipEncoder],
         run_model: ModelRunner,
         finetuner: FineTuner | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.jobs = jobs
-        self.encoder = encoder
+        # Read at each use: an activation can change the active encoder mid-job.
+        self._active_encoder = active_encoder
         self.run_model = run_model
         self.finetuner = finetuner
-        self.pipeline = PixelPipeline.from_preprocess(encoder.preprocess)
+        self.activator: Activator | None = None  # set by the server, which owns the engine
+        self.pipeline = PixelPipeline.from_preprocess(self.encoder.preprocess)
         self.device_decode = settings.import_device_decode
         if self.device_decode is None:
-            self.device_decode = encoder.device.type == "cuda"
+            self.device_decode = self.encoder.device.type == "cuda"
         self._pool: ProcessPoolExecutor | None = None
         self._io_pool: ThreadPoolExecutor | None = None
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.settings.import_root_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def encoder(self) -> ClipEncoder:
+        return self._active_encoder()
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -147,7 +155,11 @@ class JobManager:
             for job in self.jobs.unfinished():
                 if self._stopping.is_set():
                     return
-                self.run(job)
+                try:
+                    self.run(job)
+                except Exception:  # the loop must outlive any one job
+                    log.exception("job %s crashed", job.id)
+                    self.jobs.finish(job.id, JobState.FAILED, "internal error; see the server log")
             self._wake.wait(timeout=2.0)
             self._wake.clear()
 
@@ -156,22 +168,18 @@ class JobManager:
         """Run (or resume) ``job`` to its end in this thread."""
         if not self.jobs.start(job.id):
             return self.jobs.get(job.id)
-        log.info(
-            "job %s: indexing %s into %s from record %d",
-            job.id,
-            job.params["source"],
-            job.collection,
-            job.cursor,
-        )
+        log.info("job %s (%s) running: %s", job.id, job.kind, job.params)
         try:
             if job.kind == FINETUNE_JOB:
                 self._finetune(self.jobs.get(job.id))
+            elif job.kind == ACTIVATE_JOB:
+                self._activate(self.jobs.get(job.id))
             else:
                 self._index(self.jobs.get(job.id), on_progress)
         except JobStopped:
             log.info("job %s: stopped with the server; it resumes on the next start", job.id)
             return self.jobs.get(job.id)
-        except (SourceError, StoreError, UnknownModel) as exc:
+        except (SourceError, StoreError, UnknownModel, ActivationError) as exc:
             self.jobs.finish(job.id, JobState.FAILED, str(exc))
         except BrokenProcessPool as exc:
             self._pool = None
@@ -187,14 +195,28 @@ class JobManager:
         )
         return finished
 
+    def submit_activation(self, version: str, rollback: bool = False) -> Job:
+        job = self.jobs.create(ACTIVATE_JOB, None, {"version": version, "rollback": rollback})
+        self._wake.set()
+        return job
+
+    def _should_stop(self, job: Job) -> Callable[[], bool]:
+        return lambda: self._stopping.is_set() or self.jobs.state(job.id) is not JobState.RUNNING
+
+    def _activate(self, job: Job) -> None:
+        if self.activator is None:
+            raise RuntimeError("activation needs a running server")
+        try:
+            self.activator.run(job, self._should_stop(job))
+        except TrainingStopped:
+            if self._stopping.is_set():
+                raise JobStopped from None  # starts over after the restart
+
     def _finetune(self, job: Job) -> None:
         assert self.finetuner is not None
 
-        def should_stop() -> bool:
-            return self._stopping.is_set() or self.jobs.state(job.id) is not JobState.RUNNING
-
         try:
-            self.finetuner.run(job, self.encoder, should_stop)
+            self.finetuner.run(job, self.encoder, self._should_stop(job))
         except TrainingStopped:
             if self._stopping.is_set():
                 raise JobStopped from None  # trains again from the start after the restart
@@ -225,27 +247,31 @@ class JobManager:
                 raise JobStopped
             if self.jobs.state(job.id) is not JobState.RUNNING:
                 return  # cancelled: stop here, what is committed stays
-            items, vectors, progress = self._finish_chunk(chunk)
-            progress = Progress(
-                progress.cursor,
-                progress.done,
-                progress.failed,
-                progress.errors,
-                seconds=time.monotonic() - last_commit,
-            )
+            self._commit_chunk(job, collection, chunk, time.monotonic() - last_commit)
             last_commit = time.monotonic()
-            if items:
-                self.store.upsert(
-                    collection,
-                    items,
-                    vectors,
-                    self.encoder.version,
-                    extra=self.jobs.recorder(job.id, progress),
-                )
-            else:
-                self.jobs.advance(job.id, progress)
             if on_progress is not None:
                 on_progress(self.jobs.get(job.id))
+
+    def _commit_chunk(self, job: Job, collection: str, chunk: _Chunk, seconds: float) -> None:
+        """Encode the chunk and commit it with the job's progress. If an activation switched
+        the collection to a new model meanwhile, encode it again with that model."""
+        for attempt in (1, 2):
+            version = self.encoder.version
+            items, vectors, progress = self._finish_chunk(chunk)
+            progress = Progress(
+                progress.cursor, progress.done, progress.failed, progress.errors, seconds=seconds
+            )
+            if not items:
+                self.jobs.advance(job.id, progress)
+                return
+            try:
+                self.store.upsert(
+                    collection, items, vectors, version, extra=self.jobs.recorder(job.id, progress)
+                )
+                return
+            except ModelMismatch:
+                if attempt == 2 or self.encoder.version == version:
+                    raise
 
     def _start_chunk(self, collection: str, records: list[SourceRecord]) -> _Chunk:
         """Look up what is stored already and hand the chunk's images to the decoders."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from app.activation import Activator, restore_active
 from app.config import Settings
 from app.engine import Engine
 from app.finetune import FineTuner
@@ -65,7 +66,13 @@ class Services:
             job_store = await run_in_threadpool(JobStore, self.store)
             self.registry = ModelRegistry(s.data_dir / "versions")
             self.finetuner = FineTuner(s, self.registry, job_store)
-            jobs = JobManager(s, self.store, job_store, encoder, engine.run_model, self.finetuner)
+            restored = await run_in_threadpool(restore_active, s, engine, self.finetuner)
+            if restored:
+                log.info("serving %s, the version last activated", restored)
+            jobs = JobManager(
+                s, self.store, job_store, lambda: engine.encoder, engine.run_model, self.finetuner
+            )
+            jobs.activator = Activator(s, self.store, engine, self.finetuner, job_store)
             jobs.start()  # picks up jobs a restart interrupted
             self.jobs = jobs
             self.engine = engine

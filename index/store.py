@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import re
+import shutil
 import sqlite3
 import threading
 import time
@@ -43,12 +44,21 @@ from index.errors import (
     UnknownItem,
 )
 from index.rwlock import RWLock
-from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredVersion
+from index.types import (
+    CollectionInfo,
+    Hit,
+    Item,
+    Modality,
+    NewItem,
+    StoredItem,
+    StoredVersion,
+)
 from index.vector_index import VectorIndex, gpu_count, new_gpu_resources, normalize_spec
 
 log = logging.getLogger(__name__)
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SHADOW_PREFIX = "."  # no user name starts with it: re-embedding copies live under it
 _CHUNK = 4096
 
 _SCHEMA = """
@@ -70,6 +80,7 @@ CREATE TABLE IF NOT EXISTS items (
     content_sha256 TEXT,
     media_type TEXT,
     embedding BLOB NOT NULL,
+    raw_embedding BLOB,
     model_version TEXT NOT NULL,
     created_at REAL NOT NULL,
     UNIQUE (collection, id)
@@ -144,6 +155,9 @@ class CollectionStore:
         self._db_path = self.data_dir / "xmodal.sqlite3"
         self._writer = self._connect()
         self._writer.executescript(_SCHEMA)
+        columns = {row[1] for row in self._writer.execute("PRAGMA table_info(items)")}
+        if "raw_embedding" not in columns:  # a database from before mapped versions
+            self._writer.execute("ALTER TABLE items ADD COLUMN raw_embedding BLOB")
         self._write_lock = threading.Lock()
         self._busy_lock = threading.Lock()
         self._readers = threading.local()
@@ -152,6 +166,7 @@ class CollectionStore:
         self._collections: dict[str, _Collection] = {}
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._drop_shadows()
         for row in self._writer.execute(
             "SELECT name, uid, index_spec, dim, model_version, created_at FROM collections"
         ).fetchall():
@@ -239,7 +254,8 @@ class CollectionStore:
         return self.get_collection(name)
 
     def list_collections(self) -> list[CollectionInfo]:
-        return [self.get_collection(name) for name in sorted(self._collections)]
+        names = [n for n in sorted(self._collections) if not n.startswith(SHADOW_PREFIX)]
+        return [self.get_collection(name) for name in names]
 
     def get_collection(self, name: str) -> CollectionInfo:
         c = self._get(name)
@@ -305,90 +321,107 @@ class CollectionStore:
         self._check_model(c, model_version)
         if not items and extra is None:
             return []
-        now = time.time()
-        digests = [_digest(it) if self.store_images else None for it in items]
         with self._write_lock:
             c = self._get(name)  # may have been deleted while we waited
-            for row, (it, digest) in enumerate(zip(items, digests, strict=True)):
-                if it.content is not None and digest is not None:
-                    self.blobs.put(it.content, digest)
-                elif digest is not None and not self.blobs.exists(digest):
-                    # Written by a worker, then collected by a concurrent delete of another
-                    # item with the same bytes: keep the item, say it has no image.
-                    log.warning("stored image of %r vanished before its commit", it.id)
-                    digests[row] = None
-            replaced: list[tuple[Modality, int, str | None]] = []
-            added: list[tuple[Modality, int, int]] = []  # modality, label, row in vectors
-            with self._transaction() as conn:
-                for row, (it, digest) in enumerate(zip(items, digests, strict=True)):
-                    old = _find(conn, name, it.id)
-                    if old is not None:
-                        conn.execute("DELETE FROM items WHERE label = ?", (old[0],))
-                        conn.execute(
-                            "INSERT INTO tombstones (collection, modality, label) VALUES (?, ?, ?)",
-                            (name, old[1], old[0]),
-                        )
-                        replaced.append((Modality(old[1]), int(old[0]), old[2]))
-                    cur = conn.execute(
-                        "INSERT INTO items (collection, id, modality, metadata, text,"
-                        " content_sha256, media_type, embedding, model_version, created_at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (
-                            name,
-                            it.id,
-                            it.modality.value,
-                            json.dumps(it.metadata, ensure_ascii=False, separators=(",", ":")),
-                            it.text,
-                            digest,
-                            it.media_type if digest is not None else None,
-                            vectors[row].tobytes(),
-                            model_version,
-                            now,
-                        ),
-                    )
-                    assert cur.lastrowid is not None
-                    added.append((it.modality, int(cur.lastrowid), row))
-                if extra is not None:
-                    extra(conn)
-                tomb_mark = self._max_tombstone(conn)
-            with c.lock.write():
-                for m in Modality:
-                    side = c.sides[m]
-                    gone = [label for mod, label, _ in replaced if mod is m]
-                    side.index.remove(np.array(gone, dtype=np.int64))
-                    mine = [(label, row) for mod, label, row in added if mod is m]
-                    if mine:
-                        labels = np.array([label for label, _ in mine], dtype=np.int64)
-                        side.index.add(labels, vectors[[row for _, row in mine]])
-                        side.label_mark = max(side.label_mark, int(labels.max()))
-                    if gone:
-                        side.tomb_mark = max(side.tomb_mark, tomb_mark)
-                    side.dirty += len(gone) + len(mine)
-            self._collect_garbage([d for _, _, d in replaced if d is not None])
+            self._upsert_locked(c, items, vectors, model_version, extra)
         self._after_write(c)
         return [it.id for it in items]
+
+    def _upsert_locked(
+        self,
+        c: _Collection,
+        items: Sequence[NewItem],
+        vectors: np.ndarray,
+        model_version: str,
+        extra: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        """``upsert`` for a caller that holds ``_write_lock``."""
+        name = c.name
+        now = time.time()
+        digests = [_digest(it) if self.store_images else None for it in items]
+        for row, (it, digest) in enumerate(zip(items, digests, strict=True)):
+            if it.content is not None and digest is not None:
+                self.blobs.put(it.content, digest)
+            elif digest is not None and not self.blobs.exists(digest):
+                # Written by a worker, then collected by a concurrent delete of another
+                # item with the same bytes: keep the item, say it has no image.
+                log.warning("stored image of %r vanished before its commit", it.id)
+                digests[row] = None
+        replaced: list[tuple[Modality, int, str | None]] = []
+        added: list[tuple[Modality, int, int]] = []  # modality, label, row in vectors
+        with self._transaction() as conn:
+            for row, (it, digest) in enumerate(zip(items, digests, strict=True)):
+                old = _find(conn, name, it.id)
+                if old is not None:
+                    conn.execute("DELETE FROM items WHERE label = ?", (old[0],))
+                    conn.execute(
+                        "INSERT INTO tombstones (collection, modality, label) VALUES (?, ?, ?)",
+                        (name, old[1], old[0]),
+                    )
+                    replaced.append((Modality(old[1]), int(old[0]), old[2]))
+                raw = it.raw_embedding
+                cur = conn.execute(
+                    "INSERT INTO items (collection, id, modality, metadata, text,"
+                    " content_sha256, media_type, embedding, raw_embedding, model_version,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        it.id,
+                        it.modality.value,
+                        json.dumps(it.metadata, ensure_ascii=False, separators=(",", ":")),
+                        it.text,
+                        digest,
+                        it.media_type if digest is not None else None,
+                        vectors[row].tobytes(),
+                        None if raw is None else np.asarray(raw, np.float32).tobytes(),
+                        model_version,
+                        it.created_at or now,
+                    ),
+                )
+                assert cur.lastrowid is not None
+                added.append((it.modality, int(cur.lastrowid), row))
+            if extra is not None:
+                extra(conn)
+            tomb_mark = self._max_tombstone(conn)
+        with c.lock.write():
+            for m in Modality:
+                side = c.sides[m]
+                gone = [label for mod, label, _ in replaced if mod is m]
+                side.index.remove(np.array(gone, dtype=np.int64))
+                mine = [(label, row) for mod, label, row in added if mod is m]
+                if mine:
+                    labels = np.array([label for label, _ in mine], dtype=np.int64)
+                    side.index.add(labels, vectors[[row for _, row in mine]])
+                    side.label_mark = max(side.label_mark, int(labels.max()))
+                if gone:
+                    side.tomb_mark = max(side.tomb_mark, tomb_mark)
+                side.dirty += len(gone) + len(mine)
+        self._collect_garbage([d for _, _, d in replaced if d is not None])
 
     def delete_item(self, name: str, item_id: str) -> None:
         with self._write_lock:
             c = self._get(name)
-            with self._transaction() as conn:
-                old = _find(conn, name, item_id)
-                if old is None:
-                    raise UnknownItem(f"item {item_id!r} is not in collection {name!r}")
-                conn.execute("DELETE FROM items WHERE label = ?", (old[0],))
-                cur = conn.execute(
-                    "INSERT INTO tombstones (collection, modality, label) VALUES (?, ?, ?)",
-                    (name, old[1], old[0]),
-                )
-                assert cur.lastrowid is not None
-            side = c.sides[Modality(old[1])]
-            with c.lock.write():
-                side.index.remove(np.array([old[0]], dtype=np.int64))
-                side.tomb_mark = max(side.tomb_mark, int(cur.lastrowid))
-                side.dirty += 1
-            if old[2] is not None:
-                self._collect_garbage([old[2]])
+            self._delete_locked(c, item_id)
         self._after_write(c)
+
+    def _delete_locked(self, c: _Collection, item_id: str) -> None:
+        with self._transaction() as conn:
+            old = _find(conn, c.name, item_id)
+            if old is None:
+                raise UnknownItem(f"item {item_id!r} is not in collection {c.name!r}")
+            conn.execute("DELETE FROM items WHERE label = ?", (old[0],))
+            cur = conn.execute(
+                "INSERT INTO tombstones (collection, modality, label) VALUES (?, ?, ?)",
+                (c.name, old[1], old[0]),
+            )
+            assert cur.lastrowid is not None
+        side = c.sides[Modality(old[1])]
+        with c.lock.write():
+            side.index.remove(np.array([old[0]], dtype=np.int64))
+            side.tomb_mark = max(side.tomb_mark, int(cur.lastrowid))
+            side.dirty += 1
+        if old[2] is not None:
+            self._collect_garbage([old[2]])
 
     def get_item(self, name: str, item_id: str) -> Item:
         self._get(name)
@@ -462,19 +495,23 @@ class CollectionStore:
         c = self._get(name)
         self._check_model(c, model_version)
         allowed = self._filter_labels(name, target, where) if where else None
-        with c.searching():
-            results = c.sides[target].index.search(xq, k, allowed=allowed)
-        wanted = sorted({int(x) for r in results for x in r.labels})
         rows: dict[int, tuple[Any, ...]] = {}
-        conn = self._reader()
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for row in conn.execute(
-                f"SELECT label, id, modality, metadata, text FROM items WHERE label IN ({marks})",
-                chunk,
-            ):
-                rows[int(row[0])] = row
+        with c.searching():
+            if self._collections.get(name) is not c:
+                # Swapped for a re-embedded copy since we looked it up: the caller embeds
+                # the query again for the version now there.
+                raise ModelMismatch(f"collection {name!r} moved to another model version")
+            results = c.sides[target].index.search(xq, k, allowed=allowed)
+            # Rows are read under the lock too, so a swap cannot delete them in between.
+            wanted = sorted({int(x) for r in results for x in r.labels})
+            conn = self._reader()
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                sql = "SELECT label, id, modality, metadata, text FROM items"
+                sql += f" WHERE label IN ({marks})"
+                for row in conn.execute(sql, chunk):
+                    rows[int(row[0])] = row
         hits: list[list[Hit]] = []
         for r in results:
             found = []
@@ -516,6 +553,182 @@ class CollectionStore:
                 f"collection {c.name!r} holds vectors of model {c.model_version!r}, but the server "
                 f"runs {model_version!r}; serve that model or re-create the collection"
             )
+
+    # --- moving collections to another model version -------------------------------------------
+    def marks(self, name: str) -> tuple[int, int]:
+        """The highest item label and tombstone seq of ``name``: where a copy is up to."""
+        self._get(name)
+        conn = self._reader()
+        label = conn.execute(
+            "SELECT MAX(label) FROM items WHERE collection = ?", (name,)
+        ).fetchone()[0]
+        seq = conn.execute(
+            "SELECT MAX(seq) FROM tombstones WHERE collection = ?", (name,)
+        ).fetchone()[0]
+        return int(label or 0), int(seq or 0)
+
+    def items_after(self, name: str, after_label: int, limit: int = 512) -> list[StoredItem]:
+        """Up to ``limit`` items of ``name`` with labels above ``after_label``, in label order."""
+        rows = self._reader().execute(
+            "SELECT label, id, modality, metadata, text, content_sha256, media_type, embedding,"
+            " raw_embedding, created_at FROM items WHERE collection = ? AND label > ?"
+            " ORDER BY label LIMIT ?",
+            (name, after_label, limit),
+        )
+        return [
+            StoredItem(
+                label=int(r[0]),
+                id=r[1],
+                modality=Modality(r[2]),
+                metadata=json.loads(r[3]),
+                text=r[4],
+                content_sha256=r[5],
+                media_type=r[6],
+                embedding=np.frombuffer(r[7], dtype=np.float32),
+                raw_embedding=None if r[8] is None else np.frombuffer(r[8], dtype=np.float32),
+                created_at=r[9],
+            )
+            for r in rows
+        ]
+
+    def ids_only_in(self, name: str, other: str) -> list[str]:
+        """Ids that ``name`` holds and ``other`` does not (deleted from ``other`` since
+        ``name`` copied them)."""
+        rows = self._reader().execute(
+            "SELECT id FROM items WHERE collection = ?"
+            " EXCEPT SELECT id FROM items WHERE collection = ?",
+            (name, other),
+        )
+        return [r[0] for r in rows]
+
+    def create_shadow(self, name: str, model_version: str) -> str:
+        """A hidden, empty copy of ``name``'s configuration for ``model_version``'s vectors."""
+        c = self._get(name)
+        shadow = f"{SHADOW_PREFIX}{name}.{uuid.uuid4().hex[:8]}"
+        uid, now = uuid.uuid4().hex, time.time()
+        with self._write_lock:
+            with self._transaction() as conn:
+                conn.execute(
+                    "INSERT INTO collections"
+                    " (name, uid, index_spec, dim, model_version, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (shadow, uid, c.spec, c.dim, model_version, c.created_at),
+                )
+            self._collections[shadow] = self._new_collection(
+                shadow, uid, c.spec, c.dim, model_version, now
+            )
+        return shadow
+
+    def copy_into(
+        self,
+        shadow: str,
+        items: Sequence[NewItem],
+        vectors: np.ndarray,
+        model_version: str,
+        remove: Sequence[str] = (),
+        locked: bool = False,
+    ) -> None:
+        """Write re-embedded items into a shadow and remove ids from it (``locked``: the
+        caller holds the write lock, as ``swap``'s ``before`` does)."""
+
+        def write() -> None:
+            c = self._get(shadow)
+            if items:
+                self._upsert_locked(c, items, vectors, model_version)
+            for item_id in remove:
+                with contextlib.suppress(UnknownItem):
+                    self._delete_locked(c, item_id)
+
+        if locked:
+            write()
+        else:
+            with self._write_lock:
+                write()
+
+    def drop_shadow(self, shadow: str) -> None:
+        if shadow.startswith(SHADOW_PREFIX) and shadow in self._collections:
+            self.delete_collection(shadow)
+
+    def swap(
+        self,
+        names: Sequence[str],
+        before: Callable[[], None] | None = None,
+        after: Callable[[], None] | None = None,
+    ) -> None:
+        """Replace each collection ``name`` by its shadow, all in one transaction. ``before``
+        runs first under the write lock (the last catch-up: no write can slip in), ``after``
+        once the swap is done, still under it (switching the model that embeds new items)."""
+        digests: list[str] = []
+        with self._write_lock:
+            if before is not None:
+                before()
+            pairs = [(n, self.shadow_of(n)) for n in names]
+            olds = [self._get(n) for n, _ in pairs]
+            with contextlib.ExitStack() as stack:
+                for old in olds:  # in-flight searches finish on the old vectors first
+                    stack.enter_context(old.lock.write())
+                with self._transaction() as conn:
+                    for name, shadow in pairs:
+                        digests += [
+                            r[0]
+                            for r in conn.execute(
+                                "SELECT DISTINCT content_sha256 FROM items WHERE collection = ?"
+                                " AND content_sha256 IS NOT NULL",
+                                (name,),
+                            )
+                        ]
+                        conn.execute("DELETE FROM items WHERE collection = ?", (name,))
+                        conn.execute("DELETE FROM tombstones WHERE collection = ?", (name,))
+                        conn.execute("DELETE FROM collections WHERE name = ?", (name,))
+                        for table, column in (
+                            ("items", "collection"),
+                            ("tombstones", "collection"),
+                            ("collections", "name"),
+                        ):
+                            conn.execute(
+                                f"UPDATE {table} SET {column} = ? WHERE {column} = ?",
+                                (name, shadow),
+                            )
+                for name, shadow in pairs:
+                    moved = self._collections.pop(shadow)
+                    moved.name = name
+                    self._collections[name] = moved
+            if after is not None:
+                after()
+            self._collect_garbage(digests)
+        for name, shadow in pairs:
+            for m in Modality:  # the moved indexes are snapshotted under their new name
+                self._collections[name].sides[m].dirty += 1
+            with contextlib.suppress(OSError):
+                shutil.rmtree(self.index_dir / shadow)
+            for m in Modality:
+                with contextlib.suppress(FileNotFoundError):
+                    self._snapshot_path(name, m).unlink()
+
+    def shadow_of(self, name: str) -> str:
+        prefix = f"{SHADOW_PREFIX}{name}."
+        found = [n for n in self._collections if n.startswith(prefix)]
+        if len(found) != 1:
+            raise UnknownCollection(f"collection {name!r} has {len(found)} re-embedded copies")
+        return found[0]
+
+    def _drop_shadows(self) -> None:
+        """Copies left by an activation that did not finish: it starts over."""
+        with self._transaction() as conn:
+            shadows = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT name FROM collections WHERE name LIKE ?", (SHADOW_PREFIX + "%",)
+                )
+            ]
+            for shadow in shadows:
+                conn.execute("DELETE FROM items WHERE collection = ?", (shadow,))
+                conn.execute("DELETE FROM tombstones WHERE collection = ?", (shadow,))
+                conn.execute("DELETE FROM collections WHERE name = ?", (shadow,))
+        for shadow in shadows:
+            log.info("dropped %s, left by an unfinished activation", shadow)
+            with contextlib.suppress(OSError):
+                shutil.rmtree(self.index_dir / shadow)
 
     # --- snapshots, training, compaction ------------------------------------------------------
     def _snapshot_path(self, name: str, modality: Modality) -> Path:

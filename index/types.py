@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import numpy as np
+
 
 class Modality(StrEnum):
     IMAGE = "image"
@@ -26,6 +28,10 @@ class NewItem:
     media_type: str | None = None
     # Bytes already written to the blob store (by a decoding worker) under this digest.
     content_sha256: str | None = None
+    # For a mapped model version: the embedding before the map, kept so that other maps,
+    # or a rollback to the base, need no re-encoding.
+    raw_embedding: np.ndarray | None = None
+    created_at: float | None = None  # kept when an item moves to a new model version
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,22 @@ class StoredVersion:
     content_sha256: str | None
     text: str | None
     model_version: str
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """An item as stored, with its vectors: what re-embedding for a new model reads."""
+
+    label: int
+    id: str
+    modality: Modality
+    metadata: dict[str, Any]
+    text: str | None
+    content_sha256: str | None
+    media_type: str | None
+    embedding: np.ndarray
+    raw_embedding: np.ndarray | None
+    created_at: float
 
 
 @dataclass(frozen=True)

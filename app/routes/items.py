@@ -2,16 +2,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import EngineDep, SettingsDep, StoreDep
+from app.engine import Engine
 from app.errors import ApiError, too_large
 from app.schemas import IndexedOut, ItemOut, TextItemsIn
 from app.uploads import read_upload
-from index import Modality, NewItem
+from index import CollectionStore, Modality, ModelMismatch, NewItem
 
 router = APIRouter(prefix="/v1/collections/{name}", tags=["items"])
 
@@ -63,13 +66,15 @@ async def add_images(
         if not 0 < len(item_id) <= 512:
             raise _invalid("ids must be 1 to 512 characters")
     prepared = await engine.prepare_images(blobs, [f.filename or "" for f in files])
-    vectors = await engine.embed_prepared(prepared)
     items = [
         NewItem(item_id, Modality.IMAGE, m, content=b, media_type=p.media_type)
         for item_id, m, b, p in zip(item_ids, meta, blobs, prepared, strict=True)
     ]
-    stored = await run_in_threadpool(store.upsert, name, items, vectors, engine.version)
-    return IndexedOut(ids=stored)
+
+    async def encode(version: str) -> np.ndarray:
+        return await engine.embed_prepared(prepared, version)
+
+    return IndexedOut(ids=await _store(store, engine, name, items, encode))
 
 
 @router.post("/texts")
@@ -87,10 +92,34 @@ async def add_texts(
                 f"text of {it.id!r} has {len(it.text)} characters; "
                 f"the limit is {settings.max_text_chars}"
             )
-    vectors = await engine.embed_texts([it.text for it in body.items])
     items = [NewItem(it.id, Modality.TEXT, it.metadata, text=it.text) for it in body.items]
-    stored = await run_in_threadpool(store.upsert, name, items, vectors, engine.version)
-    return IndexedOut(ids=stored)
+    texts = [it.text for it in body.items]
+
+    async def encode(version: str) -> np.ndarray:
+        return await engine.embed_texts(texts, version)
+
+    return IndexedOut(ids=await _store(store, engine, name, items, encode))
+
+
+async def _store(
+    store: CollectionStore,
+    engine: Engine,
+    name: str,
+    items: list[NewItem],
+    encode: Callable[[str], Awaitable[np.ndarray]],
+) -> list[str]:
+    """Embed with the active version and store. If an activation switched the collection
+    between the two steps, embed again with the version now active."""
+    for attempt in (1, 2):
+        version = engine.version
+        vectors = await encode(version)
+        try:
+            stored: list[str] = await run_in_threadpool(store.upsert, name, items, vectors, version)
+            return stored
+        except ModelMismatch:
+            if attempt == 2 or engine.version == version:
+                raise
+    raise AssertionError("unreachable")
 
 
 # The image route comes first: ids may contain '/', so the item routes match the rest of the path.

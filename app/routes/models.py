@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import EngineDep, JobsDep, ServicesDep
-from app.errors import NotReady
+from app.errors import ApiError, NotReady
 from app.routes.jobs import JobCreated
 from models.registry import ModelRegistry
 
@@ -79,7 +79,7 @@ async def evaluate(
         raise NotReady(services.load_error or "the model is still loading")
 
     def run() -> dict[str, Any]:
-        encoder = finetuner.encoder_for(body.model or engine.version, engine.encoder)
+        encoder = finetuner.encoder_for(body.model or engine.version, engine.encoders)
         images, texts, skipped = finetuner.load_pairs(body.source)
         metrics = finetuner.evaluate(encoder, images, texts)
         return {
@@ -108,13 +108,17 @@ async def list_models(services: ServicesDep, engine: EngineDep) -> ModelList:
         )
         for v in versions
     ]
-    if engine.version not in {v.version for v in versions}:
-        out.insert(
-            0,
-            ModelOut(
-                version=engine.version, base=None, method="pretrained", metrics={}, active=True
-            ),
-        )
+    configured = engine.configured_version
+    out.insert(
+        0,
+        ModelOut(
+            version=configured,
+            base=None,
+            method="pretrained",
+            metrics={},
+            active=configured == engine.version,
+        ),
+    )
     return ModelList(models=out)
 
 
@@ -134,3 +138,46 @@ async def get_model(version: str, services: ServicesDep, engine: EngineDep) -> M
         hyperparameters=v.hyperparameters,
         created_at=v.created_at,
     )
+
+
+class ActivateRequest(BaseModel):
+    force: bool = Field(False, description="Activate even if the version did not beat its base.")
+
+
+@router.post("/v1/models/{version:path}/activate", status_code=status.HTTP_202_ACCEPTED)
+async def activate_model(
+    version: str,
+    services: ServicesDep,
+    engine: EngineDep,
+    jobs: JobsDep,
+    body: ActivateRequest | None = None,
+) -> JobCreated:
+    """Re-embed every collection with ``version`` in the background, then switch to it at
+    once; refused unless the version beat its base on its evaluation (or ``force``)."""
+    if version == engine.version:
+        raise ApiError(409, "already_active", f"{version} is already active")
+    if version != engine.configured_version:
+        record = await run_in_threadpool(_registry(services).get, version)
+        if not record.beats_base and not (body and body.force):
+            raise ApiError(
+                409,
+                "not_better",
+                f"{version} did not beat its base on its evaluation;"
+                " pass force=true to activate it anyway",
+            )
+    job = await run_in_threadpool(jobs.submit_activation, version)
+    return JobCreated(id=job.id, state=job.state.value)
+
+
+@router.post("/v1/models/{version:path}/rollback", status_code=status.HTTP_202_ACCEPTED)
+async def rollback_model(version: str, engine: EngineDep, jobs: JobsDep) -> JobCreated:
+    """Go back to the version that was active before ``version`` (the active one)."""
+    if version != engine.version:
+        raise ApiError(
+            409, "not_active", f"{version} is not the active version ({engine.version} is)"
+        )
+    activator = jobs.activator
+    if activator is None or not activator.state.history:
+        raise ApiError(409, "no_previous", f"no version was active before {version}")
+    job = await run_in_threadpool(jobs.submit_activation, activator.state.history[-1], True)
+    return JobCreated(id=job.id, state=job.state.value)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import numpy as np
@@ -9,11 +10,10 @@ from fastapi import APIRouter, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import EngineDep, SettingsDep, StoreDep
-from app.engine import Engine
 from app.errors import ApiError, bad_request
 from app.schemas import SearchHit, SearchRequest, SearchResponse
 from app.uploads import decode_base64, read_upload
-from index import CollectionStore, Modality
+from index import CollectionStore, Modality, ModelMismatch
 
 router = APIRouter(prefix="/v1/collections/{name}", tags=["search"])
 
@@ -25,26 +25,39 @@ def _check_k(k: int) -> None:
         raise bad_request(f"k must be between 1 and {MAX_K}, got {k}", code="invalid_k")
 
 
+QueryEncoder = Callable[[str], Awaitable[np.ndarray]]
+
+
 async def _run_search(
     store: CollectionStore,
-    engine: Engine,
     name: str,
-    query: np.ndarray,
+    encode: QueryEncoder,
     source: Modality,
     target: Modality | None,
     k: int,
     where: dict[str, Any] | None,
     started: float,
 ) -> SearchResponse:
-    hits = await run_in_threadpool(
-        store.search,
-        name,
-        target or source.other,
-        query,
-        k,
-        model_version=engine.version,
-        where=where,
-    )
+    """Embed the query with the model version the collection holds and search it. During
+    an activation a collection can switch version between the two steps; the search then
+    runs once more, so every answer comes from one version."""
+    for attempt in (1, 2):
+        info = await run_in_threadpool(store.get_collection, name)
+        query = await encode(info.model_version)
+        try:
+            hits = await run_in_threadpool(
+                store.search,
+                name,
+                target or source.other,
+                query,
+                k,
+                model_version=info.model_version,
+                where=where,
+            )
+            break
+        except ModelMismatch:
+            if attempt == 2:
+                raise
     return SearchResponse(
         results=[
             SearchHit(id=h.id, score=h.score, modality=h.modality, metadata=h.metadata, text=h.text)
@@ -67,7 +80,10 @@ async def search(
     if body.image_base64 is not None:
         data = decode_base64(body.image_base64, settings.max_upload_bytes)
         prepared = await engine.prepare_images([data], ["image_base64"])
-        query = await engine.embed_prepared(prepared)
+
+        async def encode(version: str) -> np.ndarray:
+            return await engine.embed_prepared(prepared, version)
+
         source = Modality.IMAGE
     else:
         text = (body.text or "").strip()
@@ -79,11 +95,12 @@ async def search(
             raise ApiError(
                 413, "too_large", f"query text exceeds {settings.max_text_chars} characters"
             )
-        query = await engine.embed_texts([text])
+
+        async def encode(version: str) -> np.ndarray:
+            return await engine.embed_texts([text], version)
+
         source = Modality.TEXT
-    return await _run_search(
-        store, engine, name, query, source, body.target, body.k, body.filter, started
-    )
+    return await _run_search(store, name, encode, source, body.target, body.k, body.filter, started)
 
 
 @router.post("/search/image")
@@ -113,5 +130,8 @@ async def search_by_upload(
     await run_in_threadpool(store.get_collection, name)
     data = await read_upload(file, settings.max_upload_bytes)
     prepared = await engine.prepare_images([data], [file.filename or "file"])
-    query = await engine.embed_prepared(prepared)
-    return await _run_search(store, engine, name, query, Modality.IMAGE, target, k, where, started)
+
+    async def encode(version: str) -> np.ndarray:
+        return await engine.embed_prepared(prepared, version)
+
+    return await _run_search(store, name, encode, Modality.IMAGE, target, k, where, started)

@@ -1,0 +1,256 @@
+"""Switching the served model to another version, collections and all.
+
+An activation job re-embeds every collection of the active version into a hidden copy:
+``linear`` and ``subspace_alignment`` versions map the stored vectors (each item keeps
+its unmapped vector, so other maps and a rollback to the base need no re-encoding
+either); other versions re-encode the stored images and texts. Searches keep using the
+old vectors meanwhile, and writes keep landing in the old collections. Then, under the
+store's write lock, the writes made since are caught up, every copy replaces its
+original in one transaction and new items start being embedded with the new version, so
+no collection ever mixes two versions. A failure or a cancel drops the copies: the old
+version keeps serving as if nothing happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.config import Settings
+from app.engine import Engine
+from app.finetune import FineTuner
+from index import CollectionStore, Job, JobStore, Modality, NewItem
+from index.blobs import atomic_write
+from index.types import StoredItem
+from models import ClipEncoder, decode_image
+from models.encoder import MappedEncoder
+from models.finetune import TrainingStopped
+
+log = logging.getLogger(__name__)
+
+ACTIVATE_JOB = "activate"
+_CHUNK = 256
+
+
+class ActivationError(Exception):
+    """The collections cannot move to the new version (e.g. content that was not kept)."""
+
+
+@dataclass
+class ActiveModel:
+    """Which version serves, and the ones before it (for rollback), kept in the data dir."""
+
+    path: Path
+    active: str | None = None
+    history: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> ActiveModel:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return cls(path)
+        return cls(path, data.get("active"), list(data.get("history", [])))
+
+    def save(self) -> None:
+        atomic_write(
+            self.path, json.dumps({"active": self.active, "history": self.history}).encode()
+        )
+
+
+class Activator:
+    def __init__(
+        self,
+        settings: Settings,
+        store: CollectionStore,
+        engine: Engine,
+        finetuner: FineTuner,
+        jobs: JobStore,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.engine = engine
+        self.finetuner = finetuner
+        self.jobs = jobs
+        self.state = ActiveModel.load(settings.data_dir / "active_model.json")
+
+    def run(self, job: Job, should_stop: Callable[[], bool]) -> None:
+        target = job.params["version"]
+        rollback = bool(job.params.get("rollback"))
+        current = self.engine.encoder
+        if target == current.version:
+            self.jobs.report(job.id, {"phase": "done", "message": f"{target} is already active"})
+            return
+        new = self.finetuner.encoder_for(target, self.engine.encoders)
+        self.engine.add_version(new)
+        names = [
+            c.name for c in self.store.list_collections() if c.model_version == current.version
+        ]
+        total = sum(
+            c.counts[Modality.IMAGE] + c.counts[Modality.TEXT]
+            for c in self.store.list_collections()
+            if c.name in names
+        )
+        detail: dict[str, Any] = {
+            "phase": "re-embedding",
+            "from": current.version,
+            "to": target,
+            "collections": names,
+        }
+        self.jobs.report(job.id, detail, done=0, total=total)
+        marks = dict.fromkeys(names, 0)
+        done = 0
+        started = time.monotonic()
+        try:
+            for name in names:
+                self.store.create_shadow(name, target)
+            for name in names:
+                while True:
+                    if should_stop():
+                        raise TrainingStopped
+                    batch = self.store.items_after(name, marks[name], _CHUNK)
+                    if not batch:
+                        break
+                    self._copy(name, batch, current, new)
+                    marks[name] = batch[-1].label
+                    done += len(batch)
+                    self.jobs.report(job.id, detail, done=done, seconds=time.monotonic() - started)
+                    started = time.monotonic()
+
+            def catch_up() -> None:
+                # Under the write lock: what was written since the copy, then the swap.
+                for name in names:
+                    while batch := self.store.items_after(name, marks[name], _CHUNK):
+                        self._copy(name, batch, current, new, locked=True)
+                        marks[name] = batch[-1].label
+                    shadow = self.store.shadow_of(name)
+                    gone = self.store.ids_only_in(shadow, name)
+                    self.store.copy_into(
+                        shadow,
+                        [],
+                        np.zeros((0, new.dim), np.float32),
+                        target,
+                        remove=gone,
+                        locked=True,
+                    )
+
+            def switch() -> None:
+                self.engine.activate(target)
+                previous = self.state.active or current.version
+                if rollback and self.state.history:
+                    self.state.history.pop()
+                else:
+                    self.state.history.append(previous)
+                self.state.active = target
+                self.state.save()
+
+            self.store.swap(names, before=catch_up, after=switch)
+        except BaseException:
+            for name in names:
+                with contextlib.suppress(Exception):  # no copy made yet, or already gone
+                    self.store.drop_shadow(self.store.shadow_of(name))
+            self.engine.drop_version(target)
+            raise
+        self.engine.drop_version(current.version)  # unless it is the configured model
+        detail["phase"] = "done"
+        self.jobs.report(job.id, detail, done=total)
+        log.info("activated %s (was %s) for %d collections", target, current.version, len(names))
+
+    # --- re-embedding one batch -------------------------------------------------------------------
+    def _copy(
+        self,
+        name: str,
+        items: Sequence[StoredItem],
+        current: ClipEncoder,
+        new: ClipEncoder,
+        locked: bool = False,
+    ) -> None:
+        vectors, raws = self._vectors(items, current, new)
+        copies = [
+            NewItem(
+                it.id,
+                it.modality,
+                it.metadata,
+                text=it.text,
+                media_type=it.media_type,
+                content_sha256=it.content_sha256,
+                raw_embedding=raw,
+                created_at=it.created_at,
+            )
+            for it, raw in zip(items, raws, strict=True)
+        ]
+        self.store.copy_into(
+            self.store.shadow_of(name), copies, vectors, new.version, locked=locked
+        )
+
+    def _vectors(
+        self, items: Sequence[StoredItem], current: ClipEncoder, new: ClipEncoder
+    ) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        """The new version's vectors, by the cheapest route that gives exactly what encoding
+        the content with it would."""
+        cur_base = current.base.version if isinstance(current, MappedEncoder) else None
+        if isinstance(new, MappedEncoder):
+            base = new.base
+            if base.version == current.version:
+                raw = np.stack([it.embedding for it in items])
+            elif base.version == cur_base and all(it.raw_embedding is not None for it in items):
+                raw = np.stack([it.raw_embedding for it in items if it.raw_embedding is not None])
+            else:
+                raw = self._encode(items, base)
+            out = np.empty_like(raw)
+            for modality in Modality:
+                rows = [i for i, it in enumerate(items) if it.modality is modality]
+                if rows:
+                    out[rows] = new.feature_map.apply(raw[rows], modality.value)
+            return out, list(raw)
+        if new.version == cur_base and all(it.raw_embedding is not None for it in items):
+            return np.stack([it.raw_embedding for it in items if it.raw_embedding is not None]), [
+                None
+            ] * len(items)
+        return self._encode(items, new), [None] * len(items)
+
+    def _encode(self, items: Sequence[StoredItem], encoder: ClipEncoder) -> np.ndarray:
+        out = np.empty((len(items), encoder.dim), dtype=np.float32)
+        texts = [i for i, it in enumerate(items) if it.modality is Modality.TEXT]
+        images = [i for i, it in enumerate(items) if it.modality is Modality.IMAGE]
+        if texts:
+            out[texts] = self.engine.run_model(
+                encoder.encode_texts, [items[i].text or "" for i in texts]
+            )
+        if images:
+            pixels = []
+            for i in images:
+                digest = items[i].content_sha256
+                if digest is None or not self.store.blobs.exists(digest):
+                    raise ActivationError(
+                        f"item {items[i].id!r} has no stored image to re-embed with"
+                        f" {encoder.version} (XMODAL_STORE_IMAGES was off when it was added);"
+                        " a linear or subspace_alignment version over the same base needs no"
+                        " content"
+                    )
+                image = decode_image(
+                    self.store.blobs.get(digest), self.settings.max_image_pixels
+                ).image
+                pixels.append(encoder.preprocess_image(image))
+            out[images] = self.engine.run_model(encoder.encode_image_tensors, pixels)
+        return out
+
+
+def restore_active(settings: Settings, engine: Engine, finetuner: FineTuner) -> str | None:
+    """At start-up, serve the version the last activation left active, if it is not the
+    configured model. Returns that version (None: the configured model serves)."""
+    state = ActiveModel.load(settings.data_dir / "active_model.json")
+    if state.active is None or state.active == engine.version:
+        return None
+    encoder = finetuner.encoder_for(state.active, engine.encoders)
+    engine.add_version(encoder)
+    engine.activate(state.active)
+    return state.active
