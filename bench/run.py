@@ -195,7 +195,9 @@ def bench_index_job(
         )
         store = CollectionStore(data, use_gpu=settings.faiss_gpu)
         encoder = load_encoder(model, pretrained, device, data / "models")
-        manager = JobManager(settings, store, JobStore(store), encoder, lambda fn, *a: fn(*a))
+        manager = JobManager(
+            settings, store, JobStore(store), lambda: encoder, lambda fn, *a: fn(*a)
+        )
         try:
             store.create_collection("bench", encoder.dim, encoder.version)
             manager.run(manager.submit_index("bench", "warmup", None))  # starts the worker pool

@@ -1,0 +1,240 @@
+"""Switching the served model: re-embedding, the switch under load, rollback, failures."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from models.feature_map import FeatureMap
+from models.registry import ModelRegistry, ModelVersion
+from models.synthetic import write_dataset
+from tests.app.test_index_jobs import wait_for_job
+from tests.helpers import ServerProcess
+
+BASE = "xmodal-tiny@random-seed0"
+QUERIES = [
+    "a small red circle at the center on a white background",
+    "a large blue square at the top left on a black background",
+    "a small green cross at the bottom right on a grey background",
+]
+
+
+def answers(c: httpx.Client, name: str) -> list[list[tuple[str, float]]]:
+    out = []
+    for q in QUERIES:
+        r = c.post(f"/v1/collections/{name}/search", json={"text": q, "k": 5})
+        assert r.status_code == 200, r.text
+        out.append([(h["id"], round(h["score"], 4)) for h in r.json()["results"]])
+    return out
+
+
+def finetune(c: httpx.Client, method: str, **hyper: Any) -> str:
+    r = c.post(
+        "/v1/finetune", json={"source": "train.jsonl", "method": method, "hyperparameters": hyper}
+    )
+    job = wait_for_job(c, r.json()["id"], timeout=300)
+    assert job["state"] == "succeeded", job
+    return str(job["detail"]["version"])
+
+
+def activate(c: httpx.Client, version: str, **body: Any) -> dict[str, Any]:
+    r = c.post(f"/v1/models/{version}/activate", json=body)
+    assert r.status_code == 202, r.text
+    return wait_for_job(c, r.json()["id"], timeout=300)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, httpx.Client]]:
+    data = tmp_path_factory.mktemp("activation") / "data"
+    write_dataset(data / "import", "train", 400, seed=0, side=32)
+    write_dataset(data / "import", "gallery", 80, seed=9, side=32)
+    server = ServerProcess(data).start()
+    client = httpx.Client(base_url=server.url, timeout=60)
+    assert client.post("/v1/collections", json={"name": "gallery"}).status_code == 201
+    job = wait_for_job(
+        client,
+        client.post("/v1/collections/gallery/jobs/index", json={"source": "gallery.jsonl"}).json()[
+            "id"
+        ],
+    )
+    assert job["done"] == 160
+    try:
+        yield server, client
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_activation_switches_every_collection_and_rollback_restores_the_answers(
+    lab: tuple[ServerProcess, httpx.Client],
+) -> None:
+    server, c = lab
+    before = answers(c, "gallery")
+    linear = finetune(c, "linear", epochs=30)
+    tuned = finetune(c, "contrastive", epochs=4, lr=1e-3)
+
+    job = activate(c, linear)
+    assert job["state"] == "succeeded" and job["done"] == job["total"] == 160
+    info = c.get("/v1/collections/gallery").json()
+    assert info["model"] == linear and info["counts"] == {"image": 80, "text": 80}
+    assert c.get("/readyz").json()["model"] == linear
+    after_linear = answers(c, "gallery")
+    assert after_linear != before
+    active = [m["version"] for m in c.get("/v1/models").json()["models"] if m["active"]]
+    assert active == [linear]
+
+    assert activate(c, tuned)["state"] == "succeeded"  # re-encodes the stored content
+    assert c.get("/v1/collections/gallery").json()["model"] == tuned
+    # New items are embedded with the active version.
+    r = c.post(
+        "/v1/collections/gallery/texts",
+        json={"items": [{"id": "new", "text": "a large red square"}]},
+    )
+    assert r.status_code == 200
+    assert c.get("/v1/collections/gallery/items/new").json()["model"] == tuned
+    assert c.delete("/v1/collections/gallery/items/new").status_code == 204
+
+    r = c.post(f"/v1/models/{tuned}/rollback")
+    assert r.status_code == 202
+    assert wait_for_job(c, r.json()["id"])["state"] == "succeeded"
+    assert answers(c, "gallery") == after_linear  # the linear map applied to the kept raw vectors
+    r = c.post(f"/v1/models/{linear}/rollback")
+    assert wait_for_job(c, r.json()["id"])["state"] == "succeeded"
+    assert answers(c, "gallery") == before
+    assert c.get("/readyz").json()["model"] == BASE
+    assert c.post(f"/v1/models/{BASE}/rollback").status_code == 409  # nothing before it
+
+
+def test_searches_during_activation_all_succeed_from_one_version(
+    lab: tuple[ServerProcess, httpx.Client],
+) -> None:
+    server, c = lab
+    linear = finetune(c, "linear", epochs=30, seed=1)
+    before = answers(c, "gallery")
+    seen: list[list[list[tuple[str, float]]]] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as h:
+            while not stop.is_set():
+                try:
+                    seen.append(answers(h, "gallery"))
+                except AssertionError as exc:
+                    failures.append(str(exc))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        assert activate(c, linear)["state"] == "succeeded"
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    after = answers(c, "gallery")
+    assert not failures, failures[:3]
+    assert len(seen) > 5
+    for answer in seen:  # each query's answer is wholly the old version's or the new one's
+        for got, old, new in zip(answer, before, after, strict=True):
+            assert got in (old, new)
+    r = c.post(f"/v1/models/{linear}/rollback")
+    assert wait_for_job(c, r.json()["id"])["state"] == "succeeded"
+
+
+def test_a_version_that_did_not_beat_its_base_needs_force(
+    lab: tuple[ServerProcess, httpx.Client],
+) -> None:
+    server, c = lab
+    registry = ModelRegistry(server.data_dir / "versions")
+    d = 64
+    worse = ModelVersion(
+        version="xmodal-tiny@linear-handmade",
+        architecture="xmodal-tiny",
+        base=BASE,
+        method="linear",
+        artifact="map.npz",
+        metrics={
+            "base": dict.fromkeys(
+                ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10"), 10.0
+            ),
+            "result": dict.fromkeys(
+                ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10"), 5.0
+            ),
+        },
+    )
+    identity = FeatureMap(
+        np.eye(d, dtype=np.float32),
+        np.eye(d, dtype=np.float32),
+        np.zeros(d, np.float32),
+        np.zeros(d, np.float32),
+    )
+    registry.save(worse, identity.save)
+    r = c.post(f"/v1/models/{worse.version}/activate", json={})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "not_better"
+    assert c.get("/readyz").json()["model"] == BASE
+    assert activate(c, worse.version, force=True)["state"] == "succeeded"
+    assert c.get("/readyz").json()["model"] == worse.version
+    r = c.post(f"/v1/models/{worse.version}/rollback")
+    assert wait_for_job(c, r.json()["id"])["state"] == "succeeded"
+    assert c.post("/v1/models/no-such/activate", json={}).status_code == 404
+    assert c.post(f"/v1/models/{BASE}/activate", json={}).status_code == 409  # already active
+
+
+def test_failed_activation_leaves_the_serving_model_and_collections_untouched(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    write_dataset(data / "import", "train", 200, seed=0, side=32)
+    write_dataset(data / "import", "gallery", 30, seed=9, side=32)
+    server = ServerProcess(data, store_images="false").start()  # nothing to re-encode from
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            c.post("/v1/collections", json={"name": "gallery"})
+            wait_for_job(
+                c,
+                c.post(
+                    "/v1/collections/gallery/jobs/index", json={"source": "gallery.jsonl"}
+                ).json()["id"],
+            )
+            before = answers(c, "gallery")
+            tuned = finetune(c, "contrastive", epochs=2, lr=1e-3)
+            job = activate(c, tuned)
+            assert job["state"] == "failed" and "no stored image" in job["message"]
+            assert c.get("/readyz").json()["model"] == BASE
+            assert c.get("/v1/collections/gallery").json()["model"] == BASE
+            assert [x["name"] for x in c.get("/v1/collections").json()["collections"]] == [
+                "gallery"
+            ]
+            assert answers(c, "gallery") == before
+            # A linear version over the same base maps the stored vectors: no content needed.
+            linear = finetune(c, "linear", epochs=10)
+            assert activate(c, linear)["state"] == "succeeded"
+
+            # A cancelled fine-tune stores no version.
+            r = c.post(
+                "/v1/finetune",
+                json={
+                    "source": "train.jsonl",
+                    "method": "contrastive",
+                    "hyperparameters": {"epochs": 50},
+                },
+            )
+            job_id = r.json()["id"]
+            while c.get(f"/v1/jobs/{job_id}").json()["state"] == "queued":
+                time.sleep(0.05)
+            assert c.delete(f"/v1/jobs/{job_id}").json()["state"] == "cancelled"
+            time.sleep(1.0)
+            versions = [m["version"] for m in c.get("/v1/models").json()["models"]]
+            assert not any(job_id[:8] in v for v in versions)
+            assert c.get("/readyz").json()["model"] == linear
+    finally:
+        server.stop()
