@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run run-tiny test test-all lint format bench clean
+.PHONY: install run run-tiny demo test lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ run: install
 ## Serve the tiny random-weights model: no download, for development offline.
 run-tiny: install
 	XMODAL_MODEL=xmodal-tiny XMODAL_PRETRAINED=none $(BIN)/xmodal serve
+
+## Offline demo: synthetic shapes, fine-tune xmodal-tiny, activate it, index a gallery, serve.
+demo: install
+	$(BIN)/xmodal demo
 
 ## Lint, type-check and run the default (CPU) test suite.
 test: install lint

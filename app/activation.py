@@ -159,7 +159,11 @@ class Activator:
                     self.store.drop_shadow(self.store.shadow_of(name))
             self.engine.drop_version(target)
             raise
-        self.engine.drop_version(current.version)  # unless it is the configured model
+        # The version just replaced stays loaded: queries that read the collection's version
+        # before the swap still embed with it (and then retry). Older ones go.
+        for version in list(self.engine.encoders):
+            if version not in (target, current.version):
+                self.engine.drop_version(version)  # never the configured model
         detail["phase"] = "done"
         self.jobs.report(job.id, detail, done=total)
         log.info("activated %s (was %s) for %d collections", target, current.version, len(names))

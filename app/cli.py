@@ -424,6 +424,14 @@ def _api_message(r: Any) -> str:
         return f"{r.status_code}: {r.text[:200]}"
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from app.demo import run
+
+    return run(Path(args.data_dir), args.port, args.pairs, args.epochs)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="xmodal", description="Cross-modal retrieval service.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -483,6 +491,15 @@ def main(argv: list[str] | None = None) -> int:
     mods.add_argument("--server", help="URL of a running server (default: the local data dir)")
     mods.add_argument("--api-key", default=os.environ.get("XMODAL_API_KEY"), help=argparse.SUPPRESS)
     mods.set_defaults(func=_models)
+
+    demo = sub.add_parser(
+        "demo", help="Offline demo: synthetic shapes, fine-tune, activate, serve."
+    )
+    demo.add_argument("--data-dir", default="demo-data", help="where the demo keeps everything")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--pairs", type=int, default=2000, help="synthetic training pairs")
+    demo.add_argument("--epochs", type=int, default=15)
+    demo.set_defaults(func=_demo)
 
     args = parser.parse_args(argv)
     try:

@@ -218,6 +218,44 @@ def bench_index_job(
     }
 
 
+def bench_training(encoder: ClipEncoder, pairs: int, epochs: int) -> dict[str, float]:
+    """Contrastive fine-tuning samples per second on synthetic pairs, and the time of a
+    linear fit on 10,000 cached embedding pairs."""
+    from models.finetune import (
+        ContrastiveConfig,
+        LinearConfig,
+        TrainStep,
+        fit_linear,
+        train_contrastive,
+    )
+    from models.synthetic import render, samples
+
+    data = list(samples(pairs, 0, "a"))
+    images = [render(s) for s in data]
+    texts = [s.variant(i) for i, s in enumerate(data)]
+    steps: list[TrainStep] = []
+    started = time.perf_counter()
+    train_contrastive(
+        encoder,
+        images,
+        texts,
+        ContrastiveConfig(epochs=epochs, batch_size=64),
+        on_step=steps.append,
+    )
+    elapsed = time.perf_counter() - started
+    rates = [s.samples_per_second for s in steps[1:]] or [0.0]
+    rng = np.random.default_rng(0)
+    xi = rng.standard_normal((10_000, encoder.dim), dtype=np.float32)
+    xt = xi + 0.5 * rng.standard_normal((10_000, encoder.dim), dtype=np.float32)
+    started = time.perf_counter()
+    fit_linear(xi, xt, LinearConfig())
+    return {
+        "contrastive_samples_per_s": float(np.median(rates)),
+        "contrastive_seconds": elapsed,
+        "linear_fit_seconds": time.perf_counter() - started,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -238,6 +276,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--corpus", type=int, default=512, help="images indexed for the HTTP run")
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument(
+        "--train-pairs", type=int, default=1024, help="pairs for the training row (0: skip)"
+    )
     parser.add_argument(
         "--index-images", type=int, default=2000, help="JPEGs for the job row (0: skip)"
     )
@@ -303,6 +344,21 @@ def main() -> None:
             )
         )
 
+    if args.train_pairs:
+        t = bench_training(encoder, args.train_pairs, epochs=2)
+        results["training"] = t
+        rows += [
+            (
+                f"contrastive fine-tuning, batch 64, {args.train_pairs} synthetic pairs",
+                f"{t['contrastive_samples_per_s']:,.0f} samples/s (median step)",
+                device,
+            ),
+            (
+                "linear fit, 10,000 cached pairs, 200 epochs",
+                f"{t['linear_fit_seconds']:.1f} s",
+                "cpu",
+            ),
+        ]
     if args.index_images:
         width, height = (int(x) for x in args.index_size.split("x"))
         j = bench_index_job(

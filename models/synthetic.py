@@ -71,6 +71,17 @@ class Sample:
             f" on a {self.background} background"
         )
 
+    def variant(self, k: int) -> str:
+        """One of several true descriptions, shorter ones included, as people type them."""
+        s = self
+        return (
+            self.caption,
+            f"a {s.size} {s.colour} {s.shape}",
+            f"a {s.colour} {s.shape} at the {s.position}",
+            f"a {s.size} {s.colour} {s.shape} at the {s.position}",
+            f"a {s.colour} {s.shape} on a {s.background} background",
+        )[k % 5]
+
 
 def samples(n: int, seed: int, domain: Domain = "a") -> Iterator[Sample]:
     """``n`` random attribute combinations of ``domain``; the same seed gives the same list."""
@@ -131,10 +142,17 @@ def render(sample: Sample, side: int = 64) -> Image.Image:
 
 
 def write_dataset(
-    root: Path, name: str, n: int, seed: int = 0, domain: Domain = "a", side: int = 64
+    root: Path,
+    name: str,
+    n: int,
+    seed: int = 0,
+    domain: Domain = "a",
+    side: int = 64,
+    varied: bool = True,
 ) -> Path:
     """Write ``n`` PNGs and a JSONL manifest (``image``, ``text``, ``id`` and the attributes)
-    under ``root/name``; returns the manifest's path. Paths in it are relative to ``root``."""
+    under ``root/name``; returns the manifest's path. Paths in it are relative to ``root``.
+    ``varied`` mixes shorter true captions in with the full ones."""
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     manifest = root / f"{name}.jsonl"
@@ -146,7 +164,7 @@ def write_dataset(
             row = {
                 "id": f"{name}-{i:06d}",
                 "image": rel,
-                "text": sample.caption,
+                "text": sample.variant(i) if varied else sample.caption,
                 "domain": domain,
                 **attrs,
             }

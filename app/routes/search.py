@@ -43,8 +43,8 @@ async def _run_search(
     runs once more, so every answer comes from one version."""
     for attempt in (1, 2):
         info = await run_in_threadpool(store.get_collection, name)
-        query = await encode(info.model_version)
         try:
+            query = await encode(info.model_version)  # its model may be unloaded meanwhile
             hits = await run_in_threadpool(
                 store.search,
                 name,

@@ -16,8 +16,8 @@ from tests.helpers import ServerProcess
 def shapes(server: ServerProcess) -> dict[str, str]:
     root = server.data_dir / "import"
     root.mkdir(exist_ok=True)
-    train = write_dataset(root, "ft-train", 600, seed=0, domain="a", side=48)
-    held = write_dataset(root, "ft-eval", 160, seed=99, domain="a", side=48)
+    train = write_dataset(root, "ft-train", 600, seed=0, domain="a", side=48, varied=False)
+    held = write_dataset(root, "ft-eval", 160, seed=99, domain="a", side=48, varied=False)
     return {"train": train.name, "eval": held.name}
 
 

@@ -11,8 +11,8 @@ from tests.helpers import ServerProcess
 
 def test_finetune_eval_and_models_in_process(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    write_dataset(data / "import", "train", 300, seed=0, side=32)
-    write_dataset(data / "import", "held", 80, seed=5, side=32)
+    write_dataset(data / "import", "train", 300, seed=0, side=32, varied=False)
+    write_dataset(data / "import", "held", 80, seed=5, side=32, varied=False)
     proc = xmodal(
         "finetune",
         "train.jsonl",
