@@ -269,12 +269,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     if args.server:
-        import httpx
-
-        r = httpx.get(args.server.rstrip("/") + "/v1/models", timeout=30, headers=_auth(args))
-        if r.status_code != 200:
-            raise CliError(_api_message(r))
-        models = r.json()["models"]
+        models = _api_get(args, "/v1/models")["models"]
     else:
         from models.loading import resolve_weights
         from models.registry import ModelRegistry
@@ -345,12 +340,7 @@ def _remote_job(
 
 def _jobs(args: argparse.Namespace) -> int:
     if args.server:
-        import httpx
-
-        r = httpx.get(args.server.rstrip("/") + "/v1/jobs", timeout=30, headers=_auth(args))
-        if r.status_code != 200:
-            raise CliError(_api_message(r))
-        jobs = r.json()["jobs"]
+        jobs = _api_get(args, "/v1/jobs")["jobs"]
     else:
         from app.jobs import job_summary
         from index import CollectionStore, JobStore
@@ -409,6 +399,16 @@ def _report(job: dict[str, Any]) -> int:
     if len(job["errors"]) > 20 or job["failed"] > len(job["errors"]):
         print(f"  ... {job['failed'] - min(20, len(job['errors']))} more failures")
     return 0 if job["state"] == "succeeded" else 1
+
+
+def _api_get(args: argparse.Namespace, path: str) -> dict[str, Any]:
+    import httpx
+
+    r = httpx.get(args.server.rstrip("/") + path, timeout=30, headers=_auth(args))
+    if r.status_code != 200:
+        raise CliError(_api_message(r))
+    body: dict[str, Any] = r.json()
+    return body
 
 
 def _auth(args: argparse.Namespace) -> dict[str, str]:

@@ -274,17 +274,7 @@ class CollectionStore:
         with self._write_lock:
             c = self._get(name)
             with self._transaction() as conn:
-                digests = [
-                    r[0]
-                    for r in conn.execute(
-                        "SELECT DISTINCT content_sha256 FROM items"
-                        " WHERE collection = ? AND content_sha256 IS NOT NULL",
-                        (name,),
-                    )
-                ]
-                conn.execute("DELETE FROM items WHERE collection = ?", (name,))
-                conn.execute("DELETE FROM tombstones WHERE collection = ?", (name,))
-                conn.execute("DELETE FROM collections WHERE name = ?", (name,))
+                digests = _delete_rows(conn, name)
             with c.lock.write():
                 del self._collections[name]
             self._collect_garbage(digests)
@@ -669,17 +659,7 @@ class CollectionStore:
                     stack.enter_context(old.lock.write())
                 with self._transaction() as conn:
                     for name, shadow in pairs:
-                        digests += [
-                            r[0]
-                            for r in conn.execute(
-                                "SELECT DISTINCT content_sha256 FROM items WHERE collection = ?"
-                                " AND content_sha256 IS NOT NULL",
-                                (name,),
-                            )
-                        ]
-                        conn.execute("DELETE FROM items WHERE collection = ?", (name,))
-                        conn.execute("DELETE FROM tombstones WHERE collection = ?", (name,))
-                        conn.execute("DELETE FROM collections WHERE name = ?", (name,))
+                        digests += _delete_rows(conn, name)
                         for table, column in (
                             ("items", "collection"),
                             ("tombstones", "collection"),
@@ -722,9 +702,7 @@ class CollectionStore:
                 )
             ]
             for shadow in shadows:
-                conn.execute("DELETE FROM items WHERE collection = ?", (shadow,))
-                conn.execute("DELETE FROM tombstones WHERE collection = ?", (shadow,))
-                conn.execute("DELETE FROM collections WHERE name = ?", (shadow,))
+                _delete_rows(conn, shadow)
         for shadow in shadows:
             log.info("dropped %s, left by an unfinished activation", shadow)
             with contextlib.suppress(OSError):
@@ -949,6 +927,22 @@ def _digest(item: NewItem) -> str | None:
     if item.content is not None:
         return sha256_hex(item.content)
     return item.content_sha256
+
+
+def _delete_rows(conn: sqlite3.Connection, name: str) -> list[str]:
+    """Delete a collection's rows; returns the image digests its items referred to."""
+    digests = [
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT content_sha256 FROM items"
+            " WHERE collection = ? AND content_sha256 IS NOT NULL",
+            (name,),
+        )
+    ]
+    conn.execute("DELETE FROM items WHERE collection = ?", (name,))
+    conn.execute("DELETE FROM tombstones WHERE collection = ?", (name,))
+    conn.execute("DELETE FROM collections WHERE name = ?", (name,))
+    return digests
 
 
 def _find(conn: sqlite3.Connection, name: str, item_id: str) -> tuple[int, str, str | None] | None:
