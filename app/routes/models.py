@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from app.deps import EngineDep, JobsDep, ServicesDep
 from app.errors import ApiError, NotReady
 from app.routes.jobs import JobCreated
-from models.registry import ModelRegistry
+from models.registry import ModelRegistry, ModelVersion
 
 router = APIRouter(tags=["models"])
 
@@ -92,22 +92,24 @@ async def evaluate(
     return await run_in_threadpool(run)
 
 
+def _model_out(v: ModelVersion, active_version: str) -> ModelOut:
+    """A version as the listing shows it; the single-version route adds its lineage."""
+    return ModelOut(
+        version=v.version,
+        base=v.base,
+        method=v.method,
+        metrics=v.metrics,
+        active=v.version == active_version,
+        beats_base=v.beats_base,
+    )
+
+
 @router.get("/v1/models")
 async def list_models(services: ServicesDep, engine: EngineDep) -> ModelList:
     """The serving model and every fine-tuned version, oldest first."""
     registry = _registry(services)
     versions = await run_in_threadpool(registry.versions)
-    out = [
-        ModelOut(
-            version=v.version,
-            base=v.base,
-            method=v.method,
-            metrics=v.metrics,
-            active=v.version == engine.version,
-            beats_base=v.beats_base,
-        )
-        for v in versions
-    ]
+    out = [_model_out(v, engine.version) for v in versions]
     configured = engine.configured_version
     out.insert(
         0,
@@ -126,17 +128,13 @@ async def list_models(services: ServicesDep, engine: EngineDep) -> ModelList:
 async def get_model(version: str, services: ServicesDep, engine: EngineDep) -> ModelOut:
     """One version with its lineage (base, method, data, hyperparameters) and evaluation."""
     v = await run_in_threadpool(_registry(services).get, version)
-    return ModelOut(
-        version=v.version,
-        base=v.base,
-        method=v.method,
-        metrics=v.metrics,
-        active=v.version == engine.version,
-        beats_base=v.beats_base,
-        architecture=v.architecture,
-        data=v.data,
-        hyperparameters=v.hyperparameters,
-        created_at=v.created_at,
+    return _model_out(v, engine.version).model_copy(
+        update={
+            "architecture": v.architecture,
+            "data": v.data,
+            "hyperparameters": v.hyperparameters,
+            "created_at": v.created_at,
+        }
     )
 
 
