@@ -76,27 +76,37 @@ def clip_loss(
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
+def _image_stages(visual: Any) -> tuple[list[Any], list[Any]]:
+    """The image tower's stem (modules and bare parameters) and its blocks in order, for a
+    VisionTransformer or a ModifiedResNet (the RN50 family and ``xmodal-tiny``)."""
+    if hasattr(visual, "transformer"):
+        stem = [visual.conv1, visual.ln_pre, visual.class_embedding, visual.positional_embedding]
+        return stem, list(visual.transformer.resblocks)
+    stem = [getattr(visual, f"{kind}{i}") for i in (1, 2, 3) for kind in ("conv", "bn")]
+    return stem, [visual.layer1, visual.layer2, visual.layer3, visual.layer4]
+
+
+def _lock(part: Any) -> None:
+    """No gradients, and frozen statistics: a locked BatchNorm must not drift either."""
+    if isinstance(part, torch.nn.Parameter):
+        part.requires_grad_(False)
+        return
+    part.requires_grad_(False)
+    part.eval()
+
+
 def _freeze(model: Any, cfg: ContrastiveConfig) -> None:
     if cfg.lock_image:
-        for p in model.visual.parameters():
-            p.requires_grad_(False)
+        _lock(model.visual)
     elif cfg.freeze_image_blocks:
-        blocks = model.visual.transformer.resblocks
-        for block in list(blocks)[: cfg.freeze_image_blocks]:
-            for p in block.parameters():
-                p.requires_grad_(False)
-        for name in ("conv1", "ln_pre"):
-            for p in getattr(model.visual, name).parameters():
-                p.requires_grad_(False)
-        for name in ("class_embedding", "positional_embedding"):
-            getattr(model.visual, name).requires_grad_(False)
+        stem, blocks = _image_stages(model.visual)
+        for part in stem + blocks[: cfg.freeze_image_blocks]:
+            _lock(part)
     if cfg.freeze_text_blocks:
         for block in list(model.transformer.resblocks)[: cfg.freeze_text_blocks]:
-            for p in block.parameters():
-                p.requires_grad_(False)
-        for p in model.token_embedding.parameters():
-            p.requires_grad_(False)
-        model.positional_embedding.requires_grad_(False)
+            _lock(block)
+        _lock(model.token_embedding)
+        _lock(model.positional_embedding)
 
 
 def _schedule(step: int, total: int, warmup: int) -> float:
@@ -231,13 +241,18 @@ def fit_linear(
     cfg: LinearConfig,
     on_step: StepCallback | None = None,
 ) -> FeatureMap:
-    """Learn one d x d map per modality (from the identity) with the CLIP loss on cached,
-    paired embeddings; the towers stay frozen."""
+    """Learn one d x d map per modality with the CLIP loss on cached, paired embeddings; the
+    towers stay frozen. Each modality is standardised first (centred on its training mean,
+    each dimension scaled by its spread), so the map starts from the identity on features
+    whose differences are not lost in a shared offset: CLIP's modality gap, or the near-
+    constant embeddings of an untrained tower."""
     if image_vectors.shape != text_vectors.shape:
         raise ValueError("image and text vectors must be paired row for row")
     torch.manual_seed(cfg.seed)
-    x = torch.from_numpy(np.asarray(image_vectors, dtype=np.float32))
-    t = torch.from_numpy(np.asarray(text_vectors, dtype=np.float32))
+    mu_img, sd_img = _moments(image_vectors)
+    mu_txt, sd_txt = _moments(text_vectors)
+    x = torch.from_numpy((np.asarray(image_vectors, dtype=np.float32) - mu_img) / sd_img)
+    t = torch.from_numpy((np.asarray(text_vectors, dtype=np.float32) - mu_txt) / sd_txt)
     d = x.shape[1]
     w_img = torch.nn.Parameter(torch.eye(d))
     w_txt = torch.nn.Parameter(torch.eye(d))
@@ -274,10 +289,20 @@ def fit_linear(
                     )
                 )
             step += 1
-    zero = np.zeros(d, dtype=np.float32)
+    # (v - mu) / sd @ W == (v - mu) @ (diag(1 / sd) @ W): the scaling folds into the weight.
     return FeatureMap(
-        w_img.detach().numpy().copy(), w_txt.detach().numpy().copy(), zero, zero.copy()
+        (w_img.detach().numpy() / sd_img[:, None]).astype(np.float32),
+        (w_txt.detach().numpy() / sd_txt[:, None]).astype(np.float32),
+        mu_img,
+        mu_txt,
     )
+
+
+def _moments(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    v = np.asarray(vectors, dtype=np.float32)
+    mean = v.mean(axis=0)
+    spread = v.std(axis=0)
+    return mean.astype(np.float32), np.maximum(spread, 1e-6 * max(float(spread.max()), 1e-12))
 
 
 # --- subspace alignment (unsupervised) ---------------------------------------------------------

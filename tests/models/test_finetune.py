@@ -114,6 +114,28 @@ def test_locking_the_image_tower_leaves_it_untouched(tiny_encoder: ClipEncoder) 
     assert not torch.equal(after["text_projection"], before["text_projection"])
 
 
+def test_freezing_image_blocks_keeps_the_stem_and_first_blocks_with_their_statistics(
+    tiny_encoder: ClipEncoder,
+) -> None:
+    ti, tt, _, _ = split(0, n_train=128, n_test=2)
+    cfg = ContrastiveConfig(epochs=1, batch_size=32, lr=1e-3, freeze_image_blocks=2)
+    model = train_contrastive(tiny_encoder, ti, tt, cfg)
+    before, after = tiny_encoder.model.state_dict(), model.state_dict()
+    frozen = ("visual.conv", "visual.bn", "visual.layer1.", "visual.layer2.")
+    checked = 0
+    for name, value in after.items():
+        if name.startswith(frozen):  # weights and BatchNorm running statistics alike
+            assert torch.equal(value, before[name]), name
+            checked += 1
+    assert checked > 10
+    assert not torch.equal(
+        after["visual.layer3.0.conv1.weight"], before["visual.layer3.0.conv1.weight"]
+    )
+    assert not torch.equal(
+        after["visual.layer3.0.bn1.running_mean"], before["visual.layer3.0.bn1.running_mean"]
+    )
+
+
 def test_accumulation_contrasts_the_whole_effective_batch(tiny_encoder: ClipEncoder) -> None:
     ti, tt, _, _ = split(0, n_train=128, n_test=2)
     steps: list[TrainStep] = []
