@@ -498,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--data-dir", default="demo-data", help="where the demo keeps everything")
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--pairs", type=int, default=2000, help="synthetic training pairs")
-    demo.add_argument("--epochs", type=int, default=15)
+    demo.add_argument("--epochs", type=int, default=25)
     demo.set_defaults(func=_demo)
 
     args = parser.parse_args(argv)
