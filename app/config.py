@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
 
@@ -43,6 +43,37 @@ class Settings(BaseSettings):
         8000, description="Port `xmodal serve` binds."
     )
     log_level: str = Field("info", description="Python log level.")
+    log_format: str = Field(
+        "json",
+        description="`json`: one object per line with the request id, method, path, status "
+        "and duration of every request; `text` for reading at a terminal.",
+    )
+    graceful_timeout_s: Annotated[float, Field(ge=0)] = Field(
+        30.0, description="On SIGTERM, how long in-flight requests may take to finish."
+    )
+    shutdown_drain_s: Annotated[float, Field(ge=0)] = Field(
+        0.0,
+        description="On SIGTERM, how long `/readyz` answers 503 while still serving, so a load "
+        "balancer stops sending before the listener closes.",
+    )
+
+    # --- access ------------------------------------------------------------------------------
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated API keys. When set, every route that changes state needs "
+        "`Authorization: Bearer <key>` (401 without).",
+    )
+    auth_reads: bool = Field(
+        False, description="With keys set, searches, embeddings and listings need a key too."
+    )
+    auth_metrics: bool = Field(
+        False, description="With keys set, `/metrics` needs a key too (health stays open)."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated origins allowed to call the API from a browser (`*` for "
+        "any); none by default.",
+    )
 
     # --- batching ----------------------------------------------------------------------------
     max_batch_size: Annotated[int, Field(ge=1, le=4096)] = Field(
@@ -82,6 +113,14 @@ class Settings(BaseSettings):
     )
     max_image_pixels: Annotated[int, Field(ge=1)] = Field(
         64_000_000, description="Most decoded pixels per image (decompression bombs get 413)."
+    )
+    max_k: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        1000, description="Most results one search may ask for (400 beyond)."
+    )
+    max_concurrent_requests: Annotated[int, Field(ge=1)] = Field(
+        256,
+        description="Requests served at once; more get 429 at once (health and metrics are "
+        "not counted).",
     )
 
     # --- batch indexing ------------------------------------------------------------------------
@@ -128,6 +167,35 @@ class Settings(BaseSettings):
             raise ValueError("set a pretrained tag, a checkpoint path, or `none` explicitly")
         return value.strip()
 
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_long_enough(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for key in value:
+            if len(key.get_secret_value()) < 16:
+                raise ValueError("each API key needs at least 16 characters")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if value.lower() not in {"json", "text"}:
+            raise ValueError("log_format is json or text")
+        return value.lower()
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
@@ -160,7 +228,7 @@ def settings_table() -> str:
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         if field.default_factory is not None:
-            default = "number of CPUs, at most 8" if name == "decode_workers" else "computed"
+            default = {"decode_workers": "number of CPUs, at most 8"}.get(name, "none")
         else:
             default = "unset" if field.default is None else str(field.default)
         rows.append(f"| `XMODAL_{name.upper()}` | `{default}` | {field.description or ''} |")

@@ -75,7 +75,7 @@ class SearchRequest(BaseModel):
     text: str | None = Field(None, description="Query text (or give `image_base64`).")
     image_base64: str | None = Field(None, description="Query image, base64-encoded bytes.")
     target: Modality | None = Field(None, description="Modality to search; default: the other one.")
-    k: int = Field(10, description="How many results, 1 to 1000.")
+    k: int = Field(10, description="How many results, 1 to `XMODAL_MAX_K` (1000).")
     filter: dict[str, FilterValue] | None = Field(
         None, description="Keep items whose metadata has each key equal to its value."
     )

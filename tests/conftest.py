@@ -26,6 +26,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         max_texts_per_request=16,
         max_text_chars=2000,
         max_image_pixels=4_000_000,
+        max_k=500,
     ).start()
     try:
         yield proc
@@ -57,5 +58,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu") is not None:  # the mark, not a test id
             item.add_marker(skip_gpu)

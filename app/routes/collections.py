@@ -3,11 +3,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 from starlette.concurrency import run_in_threadpool
 
+from app.auth import ReadAccess, WriteAccess
 from app.deps import EngineDep, StoreDep
 from app.schemas import CollectionCreate, CollectionList, CollectionOut
 from index import CollectionInfo
 
-router = APIRouter(prefix="/v1/collections", tags=["collections"])
+router = APIRouter(prefix="/v1/collections", tags=["collections"], dependencies=[ReadAccess])
 
 
 def collection_out(info: CollectionInfo) -> CollectionOut:
@@ -22,7 +23,7 @@ def collection_out(info: CollectionInfo) -> CollectionOut:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, dependencies=[WriteAccess])
 async def create_collection(
     body: CollectionCreate, store: StoreDep, engine: EngineDep
 ) -> CollectionOut:
@@ -43,7 +44,7 @@ async def get_collection(name: str, store: StoreDep) -> CollectionOut:
     return collection_out(await run_in_threadpool(store.get_collection, name))
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[WriteAccess])
 async def delete_collection(name: str, store: StoreDep) -> Response:
     await run_in_threadpool(store.delete_collection, name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

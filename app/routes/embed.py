@@ -2,12 +2,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.auth import ReadAccess
 from app.deps import EngineDep, SettingsDep
 from app.errors import bad_request, too_large
 from app.schemas import EmbedRequest, EmbedResponse
 from app.uploads import decode_base64
 
-router = APIRouter(prefix="/v1", tags=["embed"])
+router = APIRouter(prefix="/v1", tags=["embed"], dependencies=[ReadAccess])
 
 
 @router.post("/embed")

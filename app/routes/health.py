@@ -4,6 +4,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.auth import MetricsAccess
 from app.deps import ServicesDep
 from app.errors import error_response
 
@@ -31,7 +32,7 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     return error_response(503, "not_ready", message, {"Retry-After": "5"})
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, dependencies=[MetricsAccess])
 def metrics(services: ServicesDep) -> Response:
     """Prometheus text format. A plain ``def``: collecting index sizes takes the store's
     locks, so it runs in the thread pool, not on the event loop."""

@@ -9,6 +9,7 @@ import numpy as np
 from fastapi import APIRouter, File, Form, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
+from app.auth import ReadAccess, WriteAccess
 from app.deps import EngineDep, SettingsDep, StoreDep
 from app.engine import Engine
 from app.errors import ApiError, too_large
@@ -16,7 +17,7 @@ from app.schemas import IndexedOut, ItemOut, TextItemsIn
 from app.uploads import read_upload
 from index import CollectionStore, Modality, ModelMismatch, NewItem
 
-router = APIRouter(prefix="/v1/collections/{name}", tags=["items"])
+router = APIRouter(prefix="/v1/collections/{name}", tags=["items"], dependencies=[ReadAccess])
 
 
 def _invalid(message: str) -> ApiError:
@@ -40,7 +41,7 @@ def _parse_metadata(raw: list[str] | None, n: int) -> list[dict[str, Any]]:
     return out
 
 
-@router.post("/images")
+@router.post("/images", dependencies=[WriteAccess])
 async def add_images(
     name: str,
     files: Annotated[list[UploadFile], File(description="One or more images.")],
@@ -77,7 +78,7 @@ async def add_images(
     return IndexedOut(ids=await _store(store, engine, name, items, encode))
 
 
-@router.post("/texts")
+@router.post("/texts", dependencies=[WriteAccess])
 async def add_texts(
     name: str, body: TextItemsIn, store: StoreDep, engine: EngineDep, settings: SettingsDep
 ) -> IndexedOut:
@@ -148,7 +149,9 @@ async def get_item(name: str, item_id: str, store: StoreDep) -> ItemOut:
     )
 
 
-@router.delete("/items/{item_id:path}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/items/{item_id:path}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[WriteAccess]
+)
 async def delete_item(name: str, item_id: str, store: StoreDep) -> Response:
     await run_in_threadpool(store.delete_item, name, item_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -6,10 +6,11 @@ from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from app.auth import ReadAccess, WriteAccess
 from app.deps import JobsDep
 from app.jobs import job_summary
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], dependencies=[ReadAccess])
 
 
 class IndexJobCreate(BaseModel):
@@ -51,7 +52,11 @@ class JobList(BaseModel):
     jobs: list[JobOut]
 
 
-@router.post("/v1/collections/{name}/jobs/index", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/v1/collections/{name}/jobs/index",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[WriteAccess],
+)
 async def start_index_job(
     name: str, body: IndexJobCreate, jobs: JobsDep, response: Response
 ) -> JobCreated:
@@ -74,7 +79,7 @@ async def get_job(job_id: str, jobs: JobsDep) -> JobOut:
     return JobOut(**job_summary(await run_in_threadpool(jobs.jobs.get, job_id)))
 
 
-@router.delete("/v1/jobs/{job_id}")
+@router.delete("/v1/jobs/{job_id}", dependencies=[WriteAccess])
 async def cancel_job(job_id: str, jobs: JobsDep) -> JobOut:
     """Cancel a queued or running job; what it already stored stays."""
     return JobOut(**job_summary(await run_in_threadpool(jobs.jobs.cancel, job_id)))

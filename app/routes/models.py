@@ -6,12 +6,13 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from app.auth import ReadAccess, WriteAccess
 from app.deps import EngineDep, JobsDep, ServicesDep
 from app.errors import ApiError, NotReady
 from app.routes.jobs import JobCreated
 from models.registry import ModelRegistry, ModelVersion
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], dependencies=[ReadAccess])
 
 
 class FinetuneRequest(BaseModel):
@@ -62,14 +63,14 @@ def _registry(services: Any) -> ModelRegistry:
     return registry
 
 
-@router.post("/v1/finetune", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/v1/finetune", status_code=status.HTTP_202_ACCEPTED, dependencies=[WriteAccess])
 async def start_finetune(body: FinetuneRequest, jobs: JobsDep) -> JobCreated:
     """Fine-tune the serving model on pairs from the import root; poll `GET /v1/jobs/{id}`."""
     job = await run_in_threadpool(jobs.submit_finetune, body.model_dump())
     return JobCreated(id=job.id, state=job.state.value)
 
 
-@router.post("/v1/evaluate")
+@router.post("/v1/evaluate", dependencies=[WriteAccess])
 async def evaluate(
     body: EvaluateRequest, services: ServicesDep, engine: EngineDep
 ) -> dict[str, Any]:
@@ -142,7 +143,11 @@ class ActivateRequest(BaseModel):
     force: bool = Field(False, description="Activate even if the version did not beat its base.")
 
 
-@router.post("/v1/models/{version:path}/activate", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/v1/models/{version:path}/activate",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[WriteAccess],
+)
 async def activate_model(
     version: str,
     services: ServicesDep,
@@ -167,7 +172,11 @@ async def activate_model(
     return JobCreated(id=job.id, state=job.state.value)
 
 
-@router.post("/v1/models/{version:path}/rollback", status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/v1/models/{version:path}/rollback",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[WriteAccess],
+)
 async def rollback_model(version: str, engine: EngineDep, jobs: JobsDep) -> JobCreated:
     """Go back to the version that was active before ``version`` (the active one)."""
     if version != engine.version:

@@ -9,20 +9,19 @@ import numpy as np
 from fastapi import APIRouter, File, Form, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from app.auth import ReadAccess
 from app.deps import EngineDep, SettingsDep, StoreDep
 from app.errors import ApiError, bad_request
 from app.schemas import SearchHit, SearchRequest, SearchResponse
 from app.uploads import decode_base64, read_upload
 from index import CollectionStore, Modality, ModelMismatch
 
-router = APIRouter(prefix="/v1/collections/{name}", tags=["search"])
-
-MAX_K = 1000
+router = APIRouter(prefix="/v1/collections/{name}", tags=["search"], dependencies=[ReadAccess])
 
 
-def _check_k(k: int) -> None:
-    if not 1 <= k <= MAX_K:
-        raise bad_request(f"k must be between 1 and {MAX_K}, got {k}", code="invalid_k")
+def _check_k(k: int, limit: int) -> None:
+    if not 1 <= k <= limit:
+        raise bad_request(f"k must be between 1 and {limit}, got {k}", code="invalid_k")
 
 
 QueryEncoder = Callable[[str], Awaitable[np.ndarray]]
@@ -73,7 +72,7 @@ async def search(
 ) -> SearchResponse:
     """Search with a text or a base64 image; `target` defaults to the other modality."""
     started = time.perf_counter()
-    _check_k(body.k)
+    _check_k(body.k, settings.max_k)
     if body.text is not None and body.image_base64 is not None:
         raise bad_request("give either text or image_base64, not both")
     await run_in_threadpool(store.get_collection, name)
@@ -118,7 +117,7 @@ async def search_by_upload(
 ) -> SearchResponse:
     """Search with an uploaded image (multipart)."""
     started = time.perf_counter()
-    _check_k(k)
+    _check_k(k, settings.max_k)
     where = None
     if filter:
         try:
