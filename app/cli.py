@@ -38,15 +38,15 @@ def _settings() -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from app.logs import configure
     from models.errors import ModelLoadError
     from models.loading import resolve_weights
 
     settings = _settings()
     host = args.host or settings.host
     port = args.port or settings.port
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure(settings.log_level, settings.log_format)
+    log = logging.getLogger("xmodal.serve")
     # Check the weights before binding the port: a machine without network and without the
     # weights fails here in seconds, with the way out in the message. Downloading and
     # loading happen once the port is open, while /readyz answers 503.
@@ -61,17 +61,26 @@ def _serve(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         print(f"xmodal: cannot load the model: {exc}", file=sys.stderr)
         return 3
+    if not settings.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "listening on %s without XMODAL_API_KEYS: anyone who reaches it can write", host
+        )
     import uvicorn
 
     from app.main import create_app
+    from app.server import DrainingServer
 
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=host,
         port=port,
+        log_config=None,  # our handler, configured above, formats uvicorn's records too
+        access_log=False,  # RequestContext writes the access log, with the request id
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=int(settings.graceful_timeout_s),
     )
+    DrainingServer(config, app.state.services, settings.shutdown_drain_s).run()
     return 0
 
 

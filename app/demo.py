@@ -48,6 +48,8 @@ def run(data_dir: Path, port: int, pairs: int, epochs: int) -> int:
         "XMODAL_PRETRAINED": "none",
         "XMODAL_DATA_DIR": str(data_dir),
         "XMODAL_PORT": str(port),
+        # The demo prints what matters; the server's access log would bury it.
+        "XMODAL_LOG_LEVEL": os.environ.get("XMODAL_LOG_LEVEL", "warning"),
     }
     server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=env)
     url = f"http://127.0.0.1:{port}"

@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
+from app.auth import KeyRing
 from app.config import Settings
 from app.errors import install_error_handlers
 from app.metrics import Metrics
-from app.middleware import BodySizeLimit, RequestMetrics
+from app.middleware import BodySizeLimit, ConcurrencyLimit, RequestContext, RequestMetrics
 from app.routes import collections, embed, health, items, jobs, models, search
 from app.services import Services
 
@@ -41,7 +43,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (health, collections, items, search, embed, jobs, models):
         app.include_router(module.router)
-    # Outermost first: metrics see every answer, including the size limit's 413s.
+    app.state.keys = KeyRing([k.get_secret_value() for k in settings.api_keys])
+    # Added innermost first. From the outside in: the request id and access log see every
+    # answer; metrics too; CORS headers go on refusals as well; then the limits.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests, metrics=metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+            max_age=600,
+        )
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(RequestContext)
     return app

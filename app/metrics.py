@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -27,6 +27,16 @@ class Metrics:
             "HTTP request latency.",
             ["method", "route"],
             buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "xmodal_requests_in_flight",
+            "Requests being served (probes and scrapes not counted).",
+            registry=self.registry,
+        )
+        self.refused = Counter(
+            "xmodal_requests_refused",
+            "Requests refused by the concurrency limit (429).",
             registry=self.registry,
         )
         self.batch_size = Histogram(

@@ -1,15 +1,115 @@
-"""Pure ASGI middleware: request body size limit and per-route request metrics."""
+"""Pure ASGI middleware: request ids and the access log, the concurrency limit, the body
+size limit and per-route request metrics."""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
+import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import logs
 from app.errors import ApiError
 from app.metrics import Metrics
+
+access_log = logging.getLogger("xmodal.access")
+
+# Probes and scrapes: never refused for load, logged at debug only.
+OPERATIONAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+
+
+class RequestContext:
+    """Takes the request id from ``X-Request-ID`` (when it is short and plain) or makes one,
+    returns it, puts it on every log record of the request, and writes one access-log
+    record: method, path (no query string, no body, no headers), status and duration."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = None
+        for name, value in scope.get("headers", []):
+            if name == b"x-request-id":
+                candidate = value.decode("latin-1")
+                if _REQUEST_ID.match(candidate):
+                    rid = candidate
+                break
+        rid = rid or uuid.uuid4().hex
+        token = logs.request_id.set(rid)
+        started = time.perf_counter()
+        status = 500
+
+        async def with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, with_id)
+        finally:
+            path = scope.get("path", "")
+            level = logging.DEBUG if path in OPERATIONAL_PATHS and status < 400 else logging.INFO
+            access_log.log(
+                level,
+                "%s %s %d",
+                scope["method"],
+                path,
+                status,
+                extra={
+                    "method": scope["method"],
+                    "path": path,
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "client": (scope.get("client") or ("", 0))[0],
+                },
+            )
+            logs.request_id.reset(token)
+
+
+class TooManyRequests(ApiError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            429,
+            "too_many_concurrent_requests",
+            f"the server is already serving {limit} requests; retry shortly",
+        )
+
+
+class ConcurrencyLimit:
+    """At most ``limit`` requests inside at once; the next one gets 429 straight away
+    rather than queueing behind them. Probes and scrapes are not counted."""
+
+    def __init__(self, app: ASGIApp, limit: int, metrics: Metrics) -> None:
+        self.app = app
+        self.limit = limit
+        self.metrics = metrics
+        self.active = 0  # one event loop: no lock needed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in OPERATIONAL_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            self.metrics.refused.inc()
+            await _send_error(send, TooManyRequests(self.limit), {b"retry-after": b"1"})
+            return
+        self.active += 1
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+            self.metrics.in_flight.dec()
 
 
 class BodyTooLarge(ApiError):
@@ -75,17 +175,19 @@ class BodySizeLimit:
                 await _send_error(send, BodyTooLarge(self.max_bytes))
 
 
-async def _send_error(send: Send, err: ApiError) -> None:
+async def _send_error(send: Send, err: ApiError, extra: dict[bytes, bytes] | None = None) -> None:
     body = json.dumps({"error": {"code": err.code, "message": err.message}}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if isinstance(err, BodyTooLarge):
+        headers.append((b"connection", b"close"))  # the rest of the body is never read
     await send(
         {
             "type": "http.response.start",
             "status": err.status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
+            "headers": headers + list((extra or {}).items()),
         }
     )
     await send({"type": "http.response.body", "body": body})
