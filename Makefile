@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run run-tiny demo test lint format bench clean
+.PHONY: install run run-tiny demo test lint format bench load clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ format: install
 ## Encoder throughput, search latency at 100k vectors, HTTP searches/s (see BENCHMARKS.md).
 bench: install
 	$(BIN)/python -m bench.run
+
+## Many clients searching, uploading and deleting for 30 s; checks no acknowledged write is
+## lost. Starts its own tiny server; `$(BIN)/python -m bench.load --url URL` for another.
+load: install
+	$(BIN)/python -m bench.load $(LOAD_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

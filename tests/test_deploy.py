@@ -1,0 +1,173 @@
+"""What can be checked of the deployment without a Docker engine: the compose file, the
+Dockerfile's install and start commands, and that start command serving here."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from app.config import Settings
+from tests.helpers import REPO, free_port
+
+DOCKERFILE = (REPO / "docker" / "Dockerfile").read_text()
+
+
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    return data
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE)
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_compose_has_the_gpu_reservation_volume_healthcheck_and_ports() -> None:
+    spec = compose()
+    services = spec["services"]
+    gpu, cpu = services["xmodal"], services["xmodal-cpu"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert gpu["build"]["args"]["VARIANT"] == "gpu" and cpu["build"]["args"]["VARIANT"] == "cpu"
+    assert "deploy" not in cpu and cpu["profiles"] == ["cpu"]
+    for service in (gpu, cpu):
+        assert service["restart"] == "unless-stopped"
+        assert service["volumes"] == ["xmodal-data:/data"]
+        assert service["environment"]["XMODAL_DATA_DIR"] == "/data"
+        assert service["ports"][0].endswith(":8000")
+        assert service["environment"]["XMODAL_PORT"] == "8000"
+        check = service["healthcheck"]["test"]
+        assert check[0] == "CMD" and check[-1] == "http://127.0.0.1:8000/readyz"
+        # Long enough for the drain and the graceful timeout before Docker's SIGKILL.
+        grace = int(service["stop_grace_period"].rstrip("s"))
+        fields = Settings.model_fields
+        assert grace > fields["graceful_timeout_s"].default + fields["shutdown_drain_s"].default
+    assert "xmodal-data" in spec["volumes"]
+    assert cpu["environment"]["XMODAL_DEVICE"] == "cpu"
+
+
+def test_compose_settings_exist_and_their_defaults_are_the_services() -> None:
+    env = compose()["services"]["xmodal"]["environment"]
+    fields = Settings.model_fields
+    checked = 0
+    for variable, value in env.items():
+        assert variable.startswith("XMODAL_"), variable
+        name = variable.removeprefix("XMODAL_").lower()
+        assert name in fields, f"{variable} is not a setting"
+        m = re.fullmatch(r"\$\{(\w+):-(.*)\}", str(value))
+        if m is None:
+            continue  # fixed for the container: data dir, bind address, port
+        assert m.group(1) == variable
+        field = fields[name]  # the declared default, whatever this shell's XMODAL_* say
+        default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+        shown = m.group(2)
+        if isinstance(default, bool):
+            assert shown == str(default).lower(), variable
+        elif isinstance(default, list):
+            assert shown == "" and default == [], variable
+        else:
+            assert shown == str(default), (variable, shown, default)
+        checked += 1
+    assert checked >= 15
+    # The access settings a deployment needs are all there.
+    for name in ("API_KEYS", "AUTH_READS", "CORS_ORIGINS", "MAX_CONCURRENT_REQUESTS"):
+        assert f"XMODAL_{name}" in env
+
+
+def test_dockerfile_installs_with_the_readme_command() -> None:
+    readme = (REPO / "README.md").read_text()
+    runs = [args for word, args in dockerfile_instructions() if word == "RUN"]
+    installs = [cmd for args in runs for cmd in args.split("&&") if "pip install" in cmd]
+    assert [c.strip() for c in installs] == ['pip install ".${EXTRAS}"']
+    extras = dict(re.findall(r'AS base-(\w+)\n(?:.*\n)*?ENV .*EXTRAS="([^"]*)"', DOCKERFILE))
+    assert extras == {"cpu": "", "gpu": "[gpu]"}
+    for variant, extra in extras.items():
+        command = f"pip install {shlex.quote('.' + extra)}"
+        assert f"`{command}`" in readme, (variant, command)
+    # Everything the package needs is copied in before the install.
+    pyproject = (REPO / "pyproject.toml").read_text()
+    packages = re.findall(r'"(\w+)\*"', pyproject.split("[tool.setuptools.packages.find]")[1])
+    copied = {args.split()[0] for word, args in dockerfile_instructions() if word == "COPY"}
+    assert set(packages) <= copied and {"pyproject.toml"} <= copied
+
+
+def test_dockerfile_runs_unprivileged_with_a_volume_a_port_and_a_healthcheck() -> None:
+    steps = dockerfile_instructions()
+    final = [w for w, a in steps].index("FROM", 2)  # the stage after the two bases
+    after = steps[final:]
+    users = [a for w, a in after if w == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    assert ("VOLUME", '["/data"]') in after and ("EXPOSE", "8000") in after
+    health = next(a for w, a in after if w == "HEALTHCHECK")
+    assert "/readyz" in health
+    assert "ARG BAKE_WEIGHTS=0" in DOCKERFILE
+
+
+def test_the_container_start_command_serves_here(tmp_path: Path) -> None:
+    """The image's CMD and its ENV, run outside a container: it serves, and the image's
+    healthcheck command finds it ready."""
+    steps = dockerfile_instructions()
+    env: dict[str, str] = {}
+    for word, args in steps:
+        if word == "ENV":
+            for name, value in re.findall(r'(\w+)=("[^"]*"|\S+)', args):
+                env[name] = value.strip('"')
+    cmd = json.loads(next(a for w, a in reversed(steps) if w == "CMD"))
+    port = free_port()
+    venv_bin = str(Path(sys.executable).parent)
+    run_env = {
+        **os.environ,
+        **{k: v for k, v in env.items() if k.startswith("XMODAL_") or k.startswith("PYTHON")},
+        # Outside the container: this checkout's environment, a private data dir and port,
+        # and the tiny model, since no weights can be downloaded here.
+        "PATH": f"{venv_bin}:{os.environ['PATH']}",
+        "XMODAL_DATA_DIR": str(tmp_path / "data"),
+        "XMODAL_PORT": str(port),
+        "XMODAL_MODEL": "xmodal-tiny",
+        "XMODAL_PRETRAINED": "none",
+        "XMODAL_DEVICE": "cpu",
+        "HF_ENDPOINT": "https://127.0.0.1:9",
+    }
+    assert env["XMODAL_HOST"] == "0.0.0.0" and env["XMODAL_DATA_DIR"] == "/data"
+    health = next(a for w, a in steps if w == "HEALTHCHECK").split(" CMD ", 1)[1]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=run_env)
+    try:
+        deadline = time.monotonic() + 120
+        ready = False
+        while time.monotonic() < deadline and not ready:
+            assert proc.poll() is None, "the start command exited"
+            check = subprocess.run(["sh", "-c", health], env=run_env, capture_output=True)
+            ready = check.returncode == 0
+            time.sleep(0.3)
+        assert ready, "the healthcheck never passed"
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/collections", json={"name": "box"})
+        assert r.status_code == 201
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.mark.parametrize("variant", ["cpu", "gpu"])
+def test_each_variant_sets_a_torch_index_and_extras(variant: str) -> None:
+    stage = DOCKERFILE.split(f"AS base-{variant}")[1].split("FROM ")[0]
+    index = re.search(r"PIP_EXTRA_INDEX_URL=(\S+)", stage)
+    assert index is not None
+    assert index.group(1).endswith("/cpu" if variant == "cpu" else "/cu124")
