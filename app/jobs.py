@@ -456,7 +456,10 @@ class JobManager:
             workers = self.settings.import_workers or os.cpu_count() or 1
             # spawn, not fork: the parent holds CUDA, torch thread pools and sqlite handles.
             self._pool = ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn"), initializer=init_worker
+                workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=init_worker,
+                initargs=(os.getpid(),),
             )
         return self._pool
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import threading
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -133,10 +136,22 @@ def decode_files(
     return out
 
 
-def init_worker() -> None:
-    """Worker processes decode one file at a time: keep torch from spawning thread pools."""
+def init_worker(parent: int | None = None) -> None:
+    """Worker processes decode one file at a time: keep torch from spawning thread pools.
+    They also exit on their own when ``parent``, the server that started them, dies (a
+    kill -9 gives it no chance to stop them), instead of lingering with their memory.
+    ``parent`` comes from the server: read here, it could already be init's if the server
+    died while this worker was starting."""
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    parent = os.getppid() if parent is None else parent
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="xmodal-parent-watch", daemon=True).start()
 
 
 def decode_jpegs_on_device(
