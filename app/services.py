@@ -15,6 +15,7 @@ from app.engine import Engine
 from app.finetune import FineTuner
 from app.jobs import JobManager
 from app.metrics import Metrics
+from app.thumbnails import ThumbnailCache
 from index import CollectionStore, JobStore
 from models import ModelLoadError, load_encoder
 from models.registry import ModelRegistry
@@ -31,6 +32,9 @@ class Services:
         self.jobs: JobManager | None = None
         self.registry: ModelRegistry | None = None
         self.finetuner: FineTuner | None = None
+        self.thumbnails = ThumbnailCache(
+            settings.data_dir / "thumbnails", settings.max_image_pixels
+        )
         self.load_error: str | None = None
         self.shutting_down = False
         self._tasks: list[asyncio.Task[None]] = []

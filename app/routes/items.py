@@ -6,16 +6,17 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import ReadAccess, WriteAccess
-from app.deps import EngineDep, SettingsDep, StoreDep
+from app.deps import EngineDep, ServicesDep, SettingsDep, StoreDep
 from app.engine import Engine
-from app.errors import ApiError, too_large
+from app.errors import ApiError, bad_request, too_large
 from app.schemas import IndexedOut, ItemOut, TextItemsIn
+from app.thumbnails import SIZES
 from app.uploads import read_upload
-from index import CollectionStore, Modality, ModelMismatch, NewItem
+from index import CollectionStore, Modality, ModelMismatch, NewItem, UnknownItem
 
 router = APIRouter(prefix="/v1/collections/{name}", tags=["items"], dependencies=[ReadAccess])
 
@@ -123,7 +124,8 @@ async def _store(
     raise AssertionError("unreachable")
 
 
-# The image route comes first: ids may contain '/', so the item routes match the rest of the path.
+# The image and thumbnail routes come first: ids may contain '/', so the item routes match
+# the rest of the path.
 @router.get("/items/{item_id:path}/image", response_class=Response)
 async def get_item_image(name: str, item_id: str, store: StoreDep) -> Response:
     data, media_type = await run_in_threadpool(store.get_item_content, name, item_id)
@@ -133,6 +135,41 @@ async def get_item_image(name: str, item_id: str, store: StoreDep) -> Response:
         media_type=media_type,
         headers={"ETag": etag, "Cache-Control": "private, max-age=3600"},
     )
+
+
+@router.get("/items/{item_id:path}/thumbnail", response_class=Response)
+async def get_item_thumbnail(
+    name: str,
+    item_id: str,
+    store: StoreDep,
+    services: ServicesDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+    size: int = 256,
+) -> Response:
+    """A JPEG of the stored image, its longer side at most ``size`` (64, 128, 256 or 512),
+    made on first request and cached on disk."""
+    if size not in SIZES:
+        raise bad_request(
+            f"size is one of {', '.join(map(str, SIZES))}, got {size}", code="invalid_size"
+        )
+    item = await run_in_threadpool(store.get_item, name, item_id)
+    digest = item.content_sha256
+    if digest is None:
+        raise UnknownItem(f"item {item_id!r} has no stored image")
+    headers = {"ETag": f'"{digest[:32]}-{size}"', "Cache-Control": "private, max-age=3600"}
+    if if_none_match == headers["ETag"]:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+
+    def make() -> bytes:
+        cached = services.thumbnails.get(digest, size)
+        if cached is not None:
+            return cached
+        original, _ = store.get_item_content(name, item_id)
+        made = services.thumbnails.get(digest, size, original)
+        assert made is not None
+        return made
+
+    return Response(await run_in_threadpool(make), media_type="image/jpeg", headers=headers)
 
 
 @router.get("/items/{item_id:path}")

@@ -1,0 +1,56 @@
+"""Downscaled copies of stored images for result grids, made once and kept on disk.
+
+A thumbnail is keyed by the image's content hash and its size, so an item replaced with
+other content gets a new one, and the same picture stored under two ids shares one.
+Sizes come from a fixed set, which bounds the cache at a few files per image.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+from models.images import decode_image
+
+SIZES = (64, 128, 256, 512)
+
+
+class ThumbnailCache:
+    def __init__(self, root: Path, max_pixels: int) -> None:
+        self.root = root
+        self.max_pixels = max_pixels
+
+    def path(self, digest: str, size: int) -> Path:
+        return self.root / str(size) / digest[:2] / f"{digest}.jpg"
+
+    def get(self, digest: str, size: int, original: bytes | None = None) -> bytes | None:
+        """The cached thumbnail; made from ``original`` when it is not cached yet (``None``
+        when it is not cached and no original was given)."""
+        path = self.path(digest, size)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            if original is None:
+                return None
+        data = render(original, size, self.max_pixels)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A cache, not a record: write-then-rename so no reader sees half a file, no fsync.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        return data
+
+
+def render(original: bytes, size: int, max_pixels: int) -> bytes:
+    """A JPEG whose longer side is at most ``size`` (never enlarged), EXIF orientation
+    applied and transparency flattened onto white."""
+    image = decode_image(original, max_pixels, draft_size=size).image
+    image.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=85, optimize=True, progressive=True)
+    return out.getvalue()
