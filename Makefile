@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run run-tiny demo test lint format bench load clean
+.PHONY: install browser run run-tiny demo test lint format bench load clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,15 @@ run-tiny: install
 demo: install
 	$(BIN)/xmodal demo
 
-## Lint, type-check and run the default (CPU) test suite.
-test: install lint
+## Debian's chromium, for the web page's end-to-end tests (driven by Playwright).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
+
+## Lint, type-check and run the default (CPU) test suite, the browser tests included.
+test: install browser lint
 	$(BIN)/pytest
 
 lint: install

@@ -185,7 +185,7 @@ class FineTuner:
                     phase="training",
                     progress={**point, "samples_per_second": round(step.samples_per_second, 1)},
                 )
-                detail["loss_curve"] = history[-200:]
+                detail["loss_curve"] = thin(history, 200)
                 self.jobs.report(
                     job.id, detail, done=step.step + 1, total=step.steps, seconds=now - last
                 )
@@ -259,3 +259,11 @@ class FineTuner:
         return np.concatenate(
             [fn(items[i : i + _ENCODE_BATCH]) for i in range(0, len(items), _ENCODE_BATCH)]
         )
+
+
+def thin(points: list[dict[str, float]], most: int) -> list[dict[str, float]]:
+    """At most ``most`` points spread over the whole run, the first and the last included."""
+    if len(points) <= most:
+        return list(points)
+    stride = (len(points) - 1) / (most - 1)
+    return [points[round(i * stride)] for i in range(most)]

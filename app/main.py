@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
 from app.auth import KeyRing
 from app.config import Settings
@@ -18,6 +21,8 @@ from app.routes import collections, embed, health, items, jobs, models, search
 from app.services import Services
 
 log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -43,6 +48,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (health, collections, items, search, embed, jobs, models):
         app.include_router(module.router)
+    # The web page: static files, no build step; it only talks to the API above.
+    app.mount("/ui", StaticFiles(directory=STATIC_DIR), name="ui")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
     app.state.keys = KeyRing([k.get_secret_value() for k in settings.api_keys])
     # Added innermost first. From the outside in: the request id and access log see every
     # answer; metrics too; CORS headers go on refusals as well; then the limits.

@@ -1,0 +1,289 @@
+"""The web page in a real headless Chromium (Debian's, driven by Playwright) against a real
+server: what the page shows must be what the API answers, in the same order."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from models.synthetic import write_dataset
+from tests.helpers import REPO, ServerProcess, image_bytes
+
+ARTIFACTS = REPO / "test-artifacts"
+COLOURS = [
+    (220, 30, 30),
+    (30, 170, 60),
+    (30, 70, 220),
+    (235, 210, 30),
+    (20, 20, 20),
+    (240, 240, 240),
+]
+KEY = "browser-test-key-0123456789"
+
+
+def chromium() -> str:
+    exe = os.environ.get("XMODAL_CHROMIUM") or shutil.which("chromium")
+    if exe is None:
+        pytest.fail(
+            "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
+        )
+    return exe
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+        b = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with a small gallery: 12 pictures and 8 captions."""
+    server = ServerProcess(tmp_path_factory.mktemp("ui") / "data").start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            assert c.post("/v1/collections", json={"name": "gallery"}).status_code == 201
+            files = [("files", (f"p{i}.png", picture(i), "image/png")) for i in range(12)]
+            ids = [f"pic-{i}" for i in range(12)]
+            meta = [f'{{"n": {i}}}' for i in range(12)]
+            r = c.post(
+                "/v1/collections/gallery/images", files=files, data={"ids": ids, "metadata": meta}
+            )
+            assert r.status_code == 200, r.text
+            texts = [{"id": f"cap-{i}", "text": f"caption number {i}"} for i in range(8)]
+            assert c.post("/v1/collections/gallery/texts", json={"items": texts}).status_code == 200
+        yield server
+    finally:
+        server.stop()
+
+
+def picture(i: int) -> bytes:
+    return image_bytes(COLOURS[i % len(COLOURS)], size=(96, 72), seed=i)
+
+
+@pytest.fixture
+def page(browser: Browser, site: ServerProcess) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    pg = context.new_page()
+    pg.goto(site.url + "/")
+    expect(pg.locator("#collection option")).not_to_have_count(0)
+    try:
+        yield pg
+    finally:
+        context.close()
+
+
+def api_search(site: ServerProcess, **body: Any) -> list[str]:
+    r = httpx.post(f"{site.url}/v1/collections/gallery/search", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return [h["id"] for h in r.json()["results"]]
+
+
+def set_k(page: Page, k: int) -> None:
+    page.eval_on_selector(
+        "#k",
+        f"el => {{ el.value = {k}; el.dispatchEvent(new Event('input')); }}",
+    )
+
+
+def shown_ids(page: Page, n: int) -> list[str]:
+    hits = page.locator("#results .hit")
+    expect(hits).to_have_count(n)
+    return [hits.nth(i).get_attribute("data-id") or "" for i in range(n)]
+
+
+def wait_images_loaded(page: Page) -> None:
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#results img')]"
+        ".every(img => img.complete && img.naturalWidth > 0)"
+    )
+
+
+def test_text_search_shows_the_apis_thumbnails_in_order(page: Page, site: ServerProcess) -> None:
+    set_k(page, 6)
+    page.fill("#query", "a red picture")
+    page.click("#search-form button")
+    ids = shown_ids(page, 6)
+    assert ids == api_search(site, text="a red picture", k=6)
+    wait_images_loaded(page)
+    srcs = page.eval_on_selector_all("#results img", "els => els.map(e => e.getAttribute('src'))")
+    assert all("/thumbnail?size=256" in s for s in srcs)  # never the full original
+    assert "a red picture" in page.inner_text("#summary")
+    # Metadata on hover.
+    page.hover("#results .hit >> nth=0")
+    expect(page.locator("#details")).to_be_visible()
+    assert f"id: {ids[0]}" in page.inner_text("#details-body") and '"n"' in page.inner_text(
+        "#details-body"
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui-text-search.png"), full_page=True)
+
+
+def test_uploading_an_image_searches_with_it(page: Page, site: ServerProcess) -> None:
+    query = image_bytes((30, 70, 220), size=(80, 80), seed=99)
+    set_k(page, 5)
+    page.set_input_files(
+        "#image-input", files=[{"name": "query.png", "mimeType": "image/png", "buffer": query}]
+    )
+    ids = shown_ids(page, 5)
+    expected = api_search(site, image_base64=base64.b64encode(query).decode(), k=5, target="image")
+    assert ids == expected
+    expect(page.locator("#query-image")).to_be_visible()
+    # Texts instead: the toggle re-runs the same query for the other modality.
+    page.check("input[name=target][value=text]")
+    expect(page.locator("#results .text-hit")).to_have_count(5)
+    texts = [page.locator("#results .hit").nth(i).get_attribute("data-id") for i in range(5)]
+    assert texts == api_search(
+        site, image_base64=base64.b64encode(query).decode(), k=5, target="text"
+    )
+    assert page.locator("#results .text-hit .caption").first.inner_text().startswith("caption")
+
+
+def test_clicking_a_result_searches_with_that_image(page: Page, site: ServerProcess) -> None:
+    set_k(page, 4)
+    page.fill("#query", "something green")
+    page.click("#search-form button")
+    ids = shown_ids(page, 4)
+    clicked = ids[2]
+    page.click(f"#results .hit[data-id='{clicked}']")
+    expect(page.locator("#summary")).to_contain_text(f"the image {clicked}")
+    after = shown_ids(page, 4)
+    index = int(clicked.split("-")[1])
+    expected = api_search(
+        site, image_base64=base64.b64encode(picture(index)).decode(), k=4, target="image"
+    )
+    assert after == expected
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui-image-search.png"), full_page=True)
+
+
+def test_api_errors_are_shown_in_words(page: Page, site: ServerProcess) -> None:
+    with httpx.Client(base_url=site.url) as c:
+        assert c.post("/v1/collections", json={"name": "doomed"}).status_code == 201
+    page.click("button[data-panel=collections-panel]")
+    expect(page.locator("#collections-body")).to_contain_text("doomed")
+    page.click("button[data-panel=search-panel]")
+    page.select_option("#collection", "doomed")
+    with httpx.Client(base_url=site.url) as c:
+        assert c.delete("/v1/collections/doomed").status_code == 204
+    page.fill("#query", "anything")
+    page.click("#search-form button")
+    status = page.locator("#status")
+    expect(status).to_have_class("error")
+    expect(status).to_contain_text("doomed")
+    expect(status).to_contain_text("404 collection_not_found")
+    # A blank query is refused on the page, in words, too.
+    page.fill("#query", "   ")
+    page.click("#search-form button")
+    expect(status).to_contain_text("Type something to search for")
+
+
+def test_api_key_is_asked_for_and_kept_in_the_session_only(
+    browser: Browser, tmp_path: Path
+) -> None:
+    server = ServerProcess(tmp_path / "data", api_keys=KEY, auth_reads="true").start()
+    try:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        with httpx.Client(base_url=server.url, headers=auth) as c:
+            assert c.post("/v1/collections", json={"name": "private"}).status_code == 201
+            r = c.post(
+                "/v1/collections/private/images",
+                files=[("files", ("a.png", picture(0), "image/png"))],
+                data={"ids": ["secret-pic"]},
+            )
+            assert r.status_code == 200
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(server.url + "/")
+        status = page.locator("#status")
+        expect(status).to_contain_text("401")
+        expect(status).to_contain_text("API key")
+        page.fill("#api-key", KEY)
+        page.click("#key-form button")
+        expect(page.locator("#collection option")).to_have_count(1)
+        page.fill("#query", "anything")
+        page.click("#search-form button")
+        assert shown_ids(page, 1) == ["secret-pic"]
+        wait_images_loaded(page)  # thumbnails fetched with the key, shown from blob URLs
+        assert page.evaluate("sessionStorage.getItem('xmodal.apiKey')") == KEY
+        assert page.evaluate("localStorage.length") == 0
+        context.close()
+    finally:
+        server.stop()
+
+
+def test_jobs_panel_follows_jobs_and_shows_the_fine_tuning_report(
+    page: Page, site: ServerProcess
+) -> None:
+    root = site.data_dir / "import"
+    write_dataset(root, "pairs", 96, seed=3, side=64)
+    with httpx.Client(base_url=site.url, timeout=60) as c:
+        c.post("/v1/collections", json={"name": "imported"})
+        index_job = c.post(
+            "/v1/collections/imported/jobs/index", json={"source": "pairs.jsonl"}
+        ).json()["id"]
+        tune_job = c.post(
+            "/v1/finetune",
+            json={
+                "source": "pairs.jsonl",
+                "method": "contrastive",
+                "eval_fraction": 0.25,
+                "hyperparameters": {"epochs": 3, "batch_size": 16, "lr": 1e-3},
+            },
+        ).json()["id"]
+    page.click("button[data-panel=jobs-panel]")
+    index_row = page.locator(f"#jobs-body tr[data-id='{index_job}']")
+    expect(index_row).to_contain_text("succeeded", timeout=60_000)
+    job = httpx.get(f"{site.url}/v1/jobs/{index_job}").json()
+    expect(index_row).to_contain_text(f"{job['done']}/{job['total']}")
+    tune_row = page.locator(f"#jobs-body tr[data-id='{tune_job}']")
+    expect(tune_row).to_contain_text("finetune")
+    tune_row.click()
+    expect(page.locator("#report")).to_be_visible()
+    expect(tune_row).to_contain_text("succeeded", timeout=120_000)  # the list kept updating
+    expect(page.locator("#report-title")).to_contain_text("succeeded")
+    detail = httpx.get(f"{site.url}/v1/jobs/{tune_job}").json()["detail"]
+    points = page.get_attribute("#loss-chart polyline", "points") or ""
+    assert len(points.split()) == len(detail["loss_curve"]) >= 2
+    for metric in ("t2i_r1", "t2i_r5", "i2t_r10"):
+        row = page.locator(f"#recall-table tr[data-metric='{metric}'] td")
+        base, tuned = detail["base_metrics"][metric], detail["result_metrics"][metric]
+        assert row.nth(1).inner_text() == f"{base:.2f}"
+        assert row.nth(2).inner_text() == f"{tuned:.2f}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui-finetune-report.png"), full_page=True)
+
+
+@pytest.mark.parametrize("how", ["drop", "paste"])
+def test_dropped_or_pasted_images_search_too(page: Page, site: ServerProcess, how: str) -> None:
+    query = image_bytes((235, 210, 30), size=(64, 64), seed=7)
+    set_k(page, 3)
+    page.evaluate(
+        """([how, b64]) => {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            const data = new DataTransfer();
+            data.items.add(new File([bytes], "q.png", { type: "image/png" }));
+            const event = how === "drop"
+                ? new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true })
+                : new ClipboardEvent("paste", { clipboardData: data, bubbles: true });
+            (how === "drop" ? document.getElementById("drop") : document).dispatchEvent(event);
+        }""",
+        [how, base64.b64encode(query).decode()],
+    )
+    ids = shown_ids(page, 3)
+    assert ids == api_search(
+        site, image_base64=base64.b64encode(query).decode(), k=3, target="image"
+    )
