@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -49,29 +50,19 @@ class KeyRing:
             raise Unauthorized("the API key is not valid")
 
 
-def _ring(request: Request) -> KeyRing:
-    ring: KeyRing = request.app.state.keys
-    return ring
+def _requirement(flag: str | None) -> Callable[[Request, Credentials], Awaitable[None]]:
+    """A dependency that asks for a key when keys are configured and, for ``flag``, when
+    that setting is also on (``None``: whenever keys are configured)."""
+
+    async def require(request: Request, credentials: Credentials) -> None:
+        ring: KeyRing = request.app.state.keys
+        settings = request.app.state.services.settings
+        if ring.enabled and (flag is None or getattr(settings, flag)):
+            ring.check(credentials.credentials if credentials else None)
+
+    return require
 
 
-async def require_read(request: Request, credentials: Credentials) -> None:
-    ring = _ring(request)
-    if ring.enabled and request.app.state.services.settings.auth_reads:
-        ring.check(credentials.credentials if credentials else None)
-
-
-async def require_write(request: Request, credentials: Credentials) -> None:
-    ring = _ring(request)
-    if ring.enabled:
-        ring.check(credentials.credentials if credentials else None)
-
-
-async def require_metrics(request: Request, credentials: Credentials) -> None:
-    ring = _ring(request)
-    if ring.enabled and request.app.state.services.settings.auth_metrics:
-        ring.check(credentials.credentials if credentials else None)
-
-
-ReadAccess = Depends(require_read)
-WriteAccess = Depends(require_write)
-MetricsAccess = Depends(require_metrics)
+ReadAccess = Depends(_requirement("auth_reads"))
+WriteAccess = Depends(_requirement(None))
+MetricsAccess = Depends(_requirement("auth_metrics"))

@@ -16,7 +16,7 @@ from app.auth import KeyRing
 from app.config import Settings
 from app.errors import install_error_handlers
 from app.metrics import Metrics
-from app.middleware import BodySizeLimit, ConcurrencyLimit, RequestContext, RequestMetrics
+from app.middleware import BodySizeLimit, ConcurrencyLimit, RequestContext
 from app.routes import collections, embed, health, items, jobs, models, search
 from app.services import Services
 
@@ -56,8 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.state.keys = KeyRing([k.get_secret_value() for k in settings.api_keys])
-    # Added innermost first. From the outside in: the request id and access log see every
-    # answer; metrics too; CORS headers go on refusals as well; then the limits.
+    # Added innermost first. From the outside in: the request id, access log and request
+    # metrics see every answer; CORS headers go on refusals as well; then the limits.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests, metrics=metrics)
     if settings.cors_origins:
@@ -69,6 +69,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Request-ID", "Retry-After"],
             max_age=600,
         )
-    app.add_middleware(RequestMetrics, metrics=metrics)
-    app.add_middleware(RequestContext)
+    app.add_middleware(RequestContext, metrics=metrics)
     return app

@@ -1,5 +1,5 @@
-"""Pure ASGI middleware: request ids and the access log, the concurrency limit, the body
-size limit and per-route request metrics."""
+"""Pure ASGI middleware: request ids, the access log and per-route request metrics; the
+concurrency limit; the body size limit."""
 
 from __future__ import annotations
 
@@ -25,11 +25,14 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 
 class RequestContext:
     """Takes the request id from ``X-Request-ID`` (when it is short and plain) or makes one,
-    returns it, puts it on every log record of the request, and writes one access-log
-    record: method, path (no query string, no body, no headers), status and duration."""
+    returns it, puts it on every log record of the request, and, once answered, writes one
+    access-log record (method, path with no query string, body or headers, status and
+    duration) and counts and times the request by its route template (never the raw path,
+    which would explode label cardinality)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,6 +60,10 @@ class RequestContext:
         try:
             await self.app(scope, receive, with_id)
         finally:
+            seconds = time.perf_counter() - started
+            route: Any = scope.get("route")  # set by the router on this same scope
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.observe_request(scope["method"], template, status, seconds)
             path = scope.get("path", "")
             level = logging.DEBUG if path in OPERATIONAL_PATHS and status < 400 else logging.INFO
             access_log.log(
@@ -69,7 +76,7 @@ class RequestContext:
                     "method": scope["method"],
                     "path": path,
                     "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "duration_ms": round(seconds * 1000, 3),
                     "client": (scope.get("client") or ("", 0))[0],
                 },
             )
@@ -191,34 +198,3 @@ async def _send_error(send: Send, err: ApiError, extra: dict[bytes, bytes] | Non
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-class RequestMetrics:
-    """Counts and times every request by its route template (never the raw path, which
-    would explode label cardinality)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def capture(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        finally:
-            route: Any = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            self.metrics.observe_request(
-                scope["method"], template, status, time.perf_counter() - started
-            )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
@@ -27,16 +28,15 @@ class ThumbnailCache:
     def path(self, digest: str, size: int) -> Path:
         return self.root / str(size) / digest[:2] / f"{digest}.jpg"
 
-    def get(self, digest: str, size: int, original: bytes | None = None) -> bytes | None:
-        """The cached thumbnail; made from ``original`` when it is not cached yet (``None``
-        when it is not cached and no original was given)."""
+    def get(self, digest: str, size: int, original: Callable[[], bytes]) -> bytes:
+        """The cached thumbnail, or one made from ``original()`` (called only on a miss)
+        and cached."""
         path = self.path(digest, size)
         try:
             return path.read_bytes()
         except FileNotFoundError:
-            if original is None:
-                return None
-        data = render(original, size, self.max_pixels)
+            pass
+        data = render(original(), size, self.max_pixels)
         path.parent.mkdir(parents=True, exist_ok=True)
         # A cache, not a record: write-then-rename so no reader sees half a file, no fsync.
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")

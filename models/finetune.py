@@ -88,11 +88,9 @@ def _image_stages(visual: Any) -> tuple[list[Any], list[Any]]:
 
 def _lock(part: Any) -> None:
     """No gradients, and frozen statistics: a locked BatchNorm must not drift either."""
-    if isinstance(part, torch.nn.Parameter):
-        part.requires_grad_(False)
-        return
     part.requires_grad_(False)
-    part.eval()
+    if isinstance(part, torch.nn.Module):
+        part.eval()
 
 
 def _freeze(model: Any, cfg: ContrastiveConfig) -> None:

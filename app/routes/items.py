@@ -160,16 +160,11 @@ async def get_item_thumbnail(
     if if_none_match == headers["ETag"]:
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
 
-    def make() -> bytes:
-        cached = services.thumbnails.get(digest, size)
-        if cached is not None:
-            return cached
-        original, _ = store.get_item_content(name, item_id)
-        made = services.thumbnails.get(digest, size, original)
-        assert made is not None
-        return made
+    def original() -> bytes:
+        return store.get_item_content(name, item_id)[0]
 
-    return Response(await run_in_threadpool(make), media_type="image/jpeg", headers=headers)
+    data = await run_in_threadpool(services.thumbnails.get, digest, size, original)
+    return Response(data, media_type="image/jpeg", headers=headers)
 
 
 @router.get("/items/{item_id:path}")
