@@ -13,7 +13,6 @@ version keeps serving as if nothing happened.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -26,21 +25,20 @@ import numpy as np
 
 from app.config import Settings
 from app.engine import Engine
+from app.errors import AppError
 from app.finetune import FineTuner
-from index import CollectionStore, Job, JobStore, Modality, NewItem
+from index import CollectionStore, Job, JobStore, Migration, Modality
 from index.blobs import atomic_write
 from index.types import StoredItem
-from models import ClipEncoder, decode_image
-from models.encoder import MappedEncoder
+from models import Encoder, MappedEncoder, decode_image
 from models.finetune import TrainingStopped
 
 log = logging.getLogger(__name__)
 
 ACTIVATE_JOB = "activate"
-_CHUNK = 256
 
 
-class ActivationError(Exception):
+class ActivationError(AppError):
     """The collections cannot move to the new version (e.g. content that was not kept)."""
 
 
@@ -106,41 +104,22 @@ class Activator:
             "collections": names,
         }
         self.jobs.report(job.id, detail, done=0, total=total)
-        marks = dict.fromkeys(names, 0)
         done = 0
         started = time.monotonic()
+        migration = None
         try:
-            for name in names:
-                self.store.create_shadow(name, target)
-            for name in names:
-                while True:
-                    if should_stop():
-                        raise TrainingStopped
-                    batch = self.store.items_after(name, marks[name], _CHUNK)
-                    if not batch:
-                        break
-                    self._copy(name, batch, current, new)
-                    marks[name] = batch[-1].label
-                    done += len(batch)
-                    self.jobs.report(job.id, detail, done=done, seconds=time.monotonic() - started)
-                    started = time.monotonic()
-
-            def catch_up() -> None:
-                # Under the write lock: what was written since the copy, then the swap.
-                for name in names:
-                    while batch := self.store.items_after(name, marks[name], _CHUNK):
-                        self._copy(name, batch, current, new, locked=True)
-                        marks[name] = batch[-1].label
-                    shadow = self.store.shadow_of(name)
-                    gone = self.store.ids_only_in(shadow, name)
-                    self.store.copy_into(
-                        shadow,
-                        [],
-                        np.zeros((0, new.dim), np.float32),
-                        target,
-                        remove=gone,
-                        locked=True,
-                    )
+            migration = Migration(
+                self.store, names, target, lambda items: self._vectors(items, current, new)
+            )
+            while True:
+                if should_stop():
+                    raise TrainingStopped
+                n = migration.copy()
+                if not n:
+                    break
+                done += n
+                self.jobs.report(job.id, detail, done=done, seconds=time.monotonic() - started)
+                started = time.monotonic()
 
             def switch() -> None:
                 self.engine.activate(target)
@@ -152,11 +131,10 @@ class Activator:
                 self.state.active = target
                 self.state.save()
 
-            self.store.swap(names, before=catch_up, after=switch)
+            migration.commit(after=switch)
         except BaseException:
-            for name in names:
-                with contextlib.suppress(Exception):  # no copy made yet, or already gone
-                    self.store.drop_shadow(self.store.shadow_of(name))
+            if migration is not None:
+                migration.abort()
             self.engine.drop_version(target)
             raise
         # The version just replaced stays loaded: queries that read the collection's version
@@ -168,35 +146,9 @@ class Activator:
         self.jobs.report(job.id, detail, done=total)
         log.info("activated %s (was %s) for %d collections", target, current.version, len(names))
 
-    # --- re-embedding one batch -------------------------------------------------------------------
-    def _copy(
-        self,
-        name: str,
-        items: Sequence[StoredItem],
-        current: ClipEncoder,
-        new: ClipEncoder,
-        locked: bool = False,
-    ) -> None:
-        vectors, raws = self._vectors(items, current, new)
-        copies = [
-            NewItem(
-                it.id,
-                it.modality,
-                it.metadata,
-                text=it.text,
-                media_type=it.media_type,
-                content_sha256=it.content_sha256,
-                raw_embedding=raw,
-                created_at=it.created_at,
-            )
-            for it, raw in zip(items, raws, strict=True)
-        ]
-        self.store.copy_into(
-            self.store.shadow_of(name), copies, vectors, new.version, locked=locked
-        )
-
+    # --- re-embedding ----------------------------------------------------------------------------
     def _vectors(
-        self, items: Sequence[StoredItem], current: ClipEncoder, new: ClipEncoder
+        self, items: Sequence[StoredItem], current: Encoder, new: Encoder
     ) -> tuple[np.ndarray, list[np.ndarray | None]]:
         """The new version's vectors, by the cheapest route that gives exactly what encoding
         the content with it would."""
@@ -221,7 +173,7 @@ class Activator:
             ] * len(items)
         return self._encode(items, new), [None] * len(items)
 
-    def _encode(self, items: Sequence[StoredItem], encoder: ClipEncoder) -> np.ndarray:
+    def _encode(self, items: Sequence[StoredItem], encoder: Encoder) -> np.ndarray:
         out = np.empty((len(items), encoder.dim), dtype=np.float32)
         texts = [i for i, it in enumerate(items) if it.modality is Modality.TEXT]
         images = [i for i, it in enumerate(items) if it.modality is Modality.IMAGE]

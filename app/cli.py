@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 if TYPE_CHECKING:
     from app.config import Settings
-    from app.jobs import JobManager
+    from app.stack import Stack
     from index import Job
 
 
@@ -110,70 +110,45 @@ def _index_build_remote(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _local_stack() -> Iterator[JobManager]:
-    """The store, the model and a job manager in this process, for commands run without
+def _local_stack() -> Iterator[Stack]:
+    """The store, the model and the jobs in this process, for commands run without
     ``--server``; the jobs run in the calling thread."""
-    from app.finetune import FineTuner
-    from app.jobs import JobManager
-    from index import CollectionStore, JobStore
-    from models import load_encoder
-    from models.registry import ModelRegistry
+    from app.stack import build_stack
 
     settings = _settings()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    store = CollectionStore(
-        settings.data_dir,
-        store_images=settings.store_images,
-        use_gpu=settings.faiss_gpu,
-        snapshot_every=settings.snapshot_every,
-        nprobe=settings.nprobe,
-    )
-    manager = None
+    stack = build_stack(settings)
     try:
-        encoder = load_encoder(
-            settings.model,
-            settings.pretrained,
-            settings.device,
-            settings.model_cache_dir,
-            settings.seed,
-        )
-        jobs = JobStore(store)
-        finetuner = FineTuner(settings, ModelRegistry(settings.data_dir / "versions"), jobs)
-        manager = JobManager(
-            settings, store, jobs, lambda: encoder, lambda fn, *a: fn(*a), finetuner
-        )
-        yield manager
+        yield stack
     finally:
-        if manager is not None:
-            manager.stop()
-        store.close()
+        stack.close()
 
 
-def _run_local(
-    manager: JobManager, job: Job, show: Callable[[dict[str, Any]], None]
-) -> dict[str, Any]:
+def _run_local(stack: Stack, job: Job, show: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     from app.jobs import job_summary
 
     print(f"job {job.id} running in this process", file=sys.stderr)
     try:
-        finished = manager.run(job, on_progress=lambda j: show(job_summary(j)))
+        finished = stack.jobs.run(job, on_progress=lambda j: show(job_summary(j)))
     except KeyboardInterrupt:
         # Nobody would resume an in-process job: end it, keeping what it stored.
-        finished = manager.jobs.cancel(job.id)
+        finished = stack.jobs.jobs.cancel(job.id)
     return job_summary(finished)
 
 
 def _index_build_local(args: argparse.Namespace) -> int:
+    from app.jobs import INDEX_JOB
     from index import CollectionExists
 
-    with _local_stack() as manager:
+    with _local_stack() as stack:
         if args.create:
             with contextlib.suppress(CollectionExists):
-                manager.store.create_collection(
-                    args.collection, manager.encoder.dim, manager.encoder.version, args.index
+                stack.store.create_collection(
+                    args.collection, stack.engine.dim, stack.engine.version, args.index
                 )
-        job = manager.submit_index(args.collection, args.source, args.format)
-        return _report(_run_local(manager, job, _show_progress))
+        params = {"source": args.source, "format": args.format}
+        job = stack.jobs.submit(INDEX_JOB, args.collection, params)
+        return _report(_run_local(stack, job, _show_progress))
 
 
 # --- fine-tuning ------------------------------------------------------------------------------
@@ -198,8 +173,10 @@ def _finetune(args: argparse.Namespace) -> int:
     if args.server:
         job = _remote_job(args, "/v1/finetune", params, _show_training)
     else:
-        with _local_stack() as manager:
-            job = _run_local(manager, manager.submit_finetune(params), _show_training)
+        from app.finetune import FINETUNE_JOB
+
+        with _local_stack() as stack:
+            job = _run_local(stack, stack.jobs.submit(FINETUNE_JOB, None, params), _show_training)
     sys.stderr.write("\n")
     detail = job["detail"]
     print(
@@ -260,16 +237,13 @@ def _eval(args: argparse.Namespace) -> int:
             raise CliError(_api_message(r))
         result = r.json()
     else:
-        with _local_stack() as manager:
-            assert manager.finetuner is not None
-            active = manager.encoder
-            encoder = manager.finetuner.encoder_for(
-                args.model or active.version, {active.version: active}
-            )
-            images, texts, skipped = manager.finetuner.load_pairs(args.source)
+        with _local_stack() as stack:
+            finetuner, engine = stack.finetuner, stack.engine
+            encoder = finetuner.encoder_for(args.model or engine.version, engine.encoders)
+            images, texts, skipped = finetuner.load_pairs(args.source)
             result = {
                 "model": encoder.version,
-                "metrics": manager.finetuner.evaluate(encoder, images, texts),
+                "metrics": finetuner.evaluate(encoder, images, texts),
             }
     print(f"model {result['model']} on {args.source} ({int(result['metrics']['pairs'])} pairs)")
     print(_metrics_table({"value": result["metrics"]}))
@@ -352,14 +326,13 @@ def _jobs(args: argparse.Namespace) -> int:
         jobs = _api_get(args, "/v1/jobs")["jobs"]
     else:
         from app.jobs import job_summary
-        from index import CollectionStore, JobStore
+        from app.stack import open_job_store
 
-        settings = _settings()
-        store = CollectionStore(settings.data_dir, use_gpu=False)
+        job_store = open_job_store(_settings())
         try:
-            jobs = [job_summary(j) for j in JobStore(store).recent()]
+            jobs = [job_summary(j) for j in job_store.recent()]
         finally:
-            store.close()
+            job_store.db.close()
     row = "{:16}  {:8}  {:9}  {:16}  {:>8}  {:>7}  {:>8}  {}"
     print(row.format("id", "kind", "state", "collection", "done", "failed", "total", "source"))
     for j in jobs:
@@ -516,14 +489,12 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"xmodal: {exc}", file=sys.stderr)
         return exc.code
-    except Exception as exc:  # a domain error from the local store or sources
-        from app.finetune import InvalidParameters
+    except Exception as exc:  # a domain error from the local store, sources or model
+        from app.errors import AppError
         from index import StoreError
         from models.errors import ModelError
-        from models.registry import UnknownModel
-        from models.sources import SourceError
 
-        if isinstance(exc, (StoreError, ModelError, SourceError, InvalidParameters, UnknownModel)):
+        if isinstance(exc, (StoreError, ModelError, AppError)):
             print(f"xmodal: {exc}", file=sys.stderr)
             return 1
         raise

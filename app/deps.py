@@ -1,4 +1,4 @@
-"""Route dependencies: the settings, the store and the engine, each checked for readiness."""
+"""Route dependencies: the settings and the parts of the stack, each checked for readiness."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from app.config import Settings
 from app.engine import Engine
 from app.errors import NotReady
 from app.jobs import JobManager
+from app.retrieval import Retrieval
 from app.services import Services
+from app.stack import Stack
 from index import CollectionStore
 
 
@@ -23,26 +25,34 @@ def get_settings(request: Request) -> Settings:
     return get_services(request).settings
 
 
+def get_stack(services: Annotated[Services, Depends(get_services)]) -> Stack:
+    if services.stack is None:
+        raise NotReady(services.load_error or "the model is still loading")
+    return services.stack
+
+
 def get_store(services: Annotated[Services, Depends(get_services)]) -> CollectionStore:
     if services.store is None:
         raise NotReady(services.load_error or "the store is still opening")
     return services.store
 
 
-def get_engine(services: Annotated[Services, Depends(get_services)]) -> Engine:
-    if services.engine is None:
-        raise NotReady(services.load_error or "the model is still loading")
-    return services.engine
+def get_engine(stack: Annotated[Stack, Depends(get_stack)]) -> Engine:
+    return stack.engine
 
 
-def get_jobs(services: Annotated[Services, Depends(get_services)]) -> JobManager:
-    if services.jobs is None:
-        raise NotReady(services.load_error or "the model is still loading")
-    return services.jobs
+def get_jobs(stack: Annotated[Stack, Depends(get_stack)]) -> JobManager:
+    return stack.jobs
+
+
+def get_retrieval(stack: Annotated[Stack, Depends(get_stack)]) -> Retrieval:
+    return stack.retrieval
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+StackDep = Annotated[Stack, Depends(get_stack)]
 StoreDep = Annotated[CollectionStore, Depends(get_store)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
+RetrievalDep = Annotated[Retrieval, Depends(get_retrieval)]

@@ -17,7 +17,7 @@ import torch
 from app.config import Settings
 from app.metrics import Metrics
 from index import ModelMismatch
-from models import ClipEncoder, DynamicBatcher, decode_image
+from models import ClipEncoder, DynamicBatcher, Encoder, decode_image
 from models.errors import ImageDecodeError, ImageTooLarge
 
 log = logging.getLogger(__name__)
@@ -33,12 +33,12 @@ class PreparedImage:
 
 class Engine:
     def __init__(self, encoder: ClipEncoder, settings: Settings, metrics: Metrics) -> None:
-        self.encoder = encoder  # the active version: new items are embedded with it
+        self.encoder: Encoder = encoder  # the active version: new items are embedded with it
         # Every loaded version, the active one included. During an activation the old and
         # the new version are both here, and each query is embedded with the version of
         # the collection it searches. All versions share the architecture (fine-tuning
         # keeps it), so one preprocessing serves them all.
-        self.encoders: dict[str, ClipEncoder] = {encoder.version: encoder}
+        self.encoders: dict[str, Encoder] = {encoder.version: encoder}
         self.configured_version = encoder.version  # stays loaded: rollbacks land on it
         self.settings = settings
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="xmodal-model")
@@ -69,7 +69,7 @@ class Engine:
 
         return encode
 
-    def encoder_of(self, version: str) -> ClipEncoder:
+    def encoder_of(self, version: str) -> Encoder:
         encoder = self.encoders.get(version)
         if encoder is None:
             raise ModelMismatch(
@@ -77,7 +77,7 @@ class Engine:
             )
         return encoder
 
-    def add_version(self, encoder: ClipEncoder) -> None:
+    def add_version(self, encoder: Encoder) -> None:
         self.encoders[encoder.version] = encoder
 
     def activate(self, version: str) -> None:
@@ -117,6 +117,11 @@ class Engine:
     async def stop(self) -> None:
         await self.images.stop()
         await self.texts.stop()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Release the model thread and the decoding pool (the batchers stopped, or never
+        started, as in the CLI)."""
         self._model_thread.shutdown(wait=True)
         self._decode_pool.shutdown(wait=True)
 

@@ -12,14 +12,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import index
 import models
-from app.finetune import InvalidParameters
+from models.errors import InvalidParameters
 from models.registry import UnknownModel
 from models.sources import SourceError
 
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
+class AppError(Exception):
+    """The root of the HTTP and wiring layer's own errors (beside ``index.StoreError`` and
+    ``models.ModelError``)."""
+
+
+class ApiError(AppError):
     """An error the HTTP layer itself detects (limits, request shape)."""
 
     def __init__(self, status: int, code: str, message: str) -> None:

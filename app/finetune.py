@@ -22,9 +22,9 @@ from PIL import Image
 
 from app.config import Settings
 from index import Job, JobStore
-from models import ClipEncoder, decode_image
-from models.encoder import MappedEncoder, load_encoder
-from models.errors import ImageDecodeError, ImageTooLarge
+from models import ClipEncoder, Encoder, MappedEncoder, decode_image
+from models.encoder import load_encoder
+from models.errors import ImageDecodeError, ImageTooLarge, InvalidParameters
 from models.evaluate import retrieval_metrics
 from models.feature_map import FeatureMap
 from models.finetune import (
@@ -51,10 +51,6 @@ MIN_PAIRS = 4
 _ENCODE_BATCH = 256
 
 
-class InvalidParameters(ValueError):
-    """A fine-tune request with an unknown method or hyperparameter."""
-
-
 def check_hyperparameters(method: str, hyperparameters: dict[str, Any]) -> dict[str, Any]:
     """The method's full configuration, or ``InvalidParameters`` naming what is wrong."""
     if method not in CONFIGS:
@@ -73,10 +69,18 @@ def check_hyperparameters(method: str, hyperparameters: dict[str, Any]) -> dict[
 
 
 class FineTuner:
-    def __init__(self, settings: Settings, registry: ModelRegistry, jobs: JobStore) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        jobs: JobStore,
+        run_model: Callable[..., Any] = lambda fn, *args: fn(*args),
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.jobs = jobs
+        # Inference goes through the engine's one model thread, in turn with the requests.
+        self.run_model = run_model
 
     # --- evaluation -----------------------------------------------------------------------------
     def load_pairs(self, source: str) -> tuple[list[Image.Image], list[str], list[str]]:
@@ -101,18 +105,17 @@ class FineTuner:
         except (OSError, ValueError, ImageDecodeError, ImageTooLarge) as exc:
             return str(exc)
 
-    @staticmethod
     def evaluate(
-        encoder: ClipEncoder, images: Sequence[Image.Image], texts: Sequence[str]
+        self, encoder: Encoder, images: Sequence[Image.Image], texts: Sequence[str]
     ) -> dict[str, float]:
         if len(images) < 2:
             raise SourceError("evaluation needs at least two image-caption pairs")
-        xi = FineTuner._embed(encoder.encode_images, images)
-        xt = FineTuner._embed(encoder.encode_texts, texts)
+        xi = self._embed(encoder.encode_images, images)
+        xt = self._embed(encoder.encode_texts, texts)
         # Identical captions are interchangeable: a retrieval of either counts.
         return retrieval_metrics(xi, xt, groups=texts)
 
-    def encoder_for(self, version: str, loaded: Mapping[str, ClipEncoder]) -> ClipEncoder:
+    def encoder_for(self, version: str, loaded: Mapping[str, Encoder]) -> Encoder:
         """An encoder for ``version``: one already loaded, or one built from the registry
         (a mapped version on top of an encoder for its base)."""
         if version in loaded:
@@ -132,7 +135,7 @@ class FineTuner:
         return MappedEncoder(base, FeatureMap.load(path), record.version)
 
     # --- training -------------------------------------------------------------------------------
-    def run(self, job: Job, encoder: ClipEncoder, should_stop: Callable[[], bool]) -> ModelVersion:
+    def run(self, job: Job, encoder: Encoder, should_stop: Callable[[], bool]) -> ModelVersion:
         params = job.params
         method = params["method"]
         hyper = check_hyperparameters(method, params.get("hyperparameters", {}))
@@ -194,23 +197,22 @@ class FineTuner:
         version_name = f"{encoder.model_name}@{method}-{job.id[:8]}"
         detail["phase"] = "training"
         self.jobs.report(job.id, detail)
-        result: ClipEncoder
+        result: Encoder
         write: Callable[[Path], object]
         if method == "contrastive":
             cfg = ContrastiveConfig(**hyper)
+            # A mapped version trains the OpenCLIP model under its map, as it always did.
+            clip = encoder.clip if isinstance(encoder, MappedEncoder) else encoder
+            assert isinstance(clip, ClipEncoder)
             model = train_contrastive(
-                encoder, images, texts, cfg, on_step=on_step, should_stop=should_stop
+                clip, images, texts, cfg, on_step=on_step, should_stop=should_stop
             )
-            result = ClipEncoder(
-                model,
-                encoder.preprocess,
-                encoder.tokenizer,
-                encoder.device,
-                encoder.model_name,
-                version_name,
+            tuned = ClipEncoder(
+                model, clip.preprocess, clip.tokenizer, clip.device, clip.model_name, version_name
             )
+            result = tuned
             artifact = "checkpoint.pt"
-            write = result.save_checkpoint
+            write = tuned.save_checkpoint
         else:
             xi = self._embed(encoder.encode_images, images)
             xt = self._embed(encoder.encode_texts, texts)
@@ -254,10 +256,12 @@ class FineTuner:
         )
         return version
 
-    @staticmethod
-    def _embed(fn: Callable[[Sequence[Any]], np.ndarray], items: Sequence[Any]) -> np.ndarray:
+    def _embed(self, fn: Callable[[Sequence[Any]], np.ndarray], items: Sequence[Any]) -> np.ndarray:
         return np.concatenate(
-            [fn(items[i : i + _ENCODE_BATCH]) for i in range(0, len(items), _ENCODE_BATCH)]
+            [
+                self.run_model(fn, items[i : i + _ENCODE_BATCH])
+                for i in range(0, len(items), _ENCODE_BATCH)
+            ]
         )
 
 

@@ -1,4 +1,4 @@
-"""What the lifespan builds and the routes use: the store, the engine, and their state."""
+"""What the lifespan builds and the routes use: the stack, its readiness and its state."""
 
 from __future__ import annotations
 
@@ -9,16 +9,12 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from app.activation import Activator, restore_active
 from app.config import Settings
-from app.engine import Engine
-from app.finetune import FineTuner
-from app.jobs import JobManager
 from app.metrics import Metrics
+from app.stack import Stack, build_stack, open_store
 from app.thumbnails import ThumbnailCache
-from index import CollectionStore, JobStore
-from models import ModelLoadError, load_encoder
-from models.registry import ModelRegistry
+from index import CollectionStore
+from models import ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +23,8 @@ class Services:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.store: CollectionStore | None = None
-        self.engine: Engine | None = None
-        self.jobs: JobManager | None = None
-        self.registry: ModelRegistry | None = None
-        self.finetuner: FineTuner | None = None
+        self.store: CollectionStore | None = None  # opens first: it serves without a model
+        self.stack: Stack | None = None
         self.thumbnails = ThumbnailCache(
             settings.data_dir / "thumbnails", settings.max_image_pixels
         )
@@ -42,7 +35,7 @@ class Services:
 
     @property
     def ready(self) -> bool:
-        return self.store is not None and self.engine is not None and not self.shutting_down
+        return self.stack is not None and not self.shutting_down
 
     def start(self) -> None:
         """Open the store and load the model in the background: /healthz answers at once,
@@ -52,34 +45,13 @@ class Services:
         self._tasks.append(loop.create_task(self._snapshot_loop(), name="xmodal-snapshots"))
 
     async def _load(self) -> None:
-        s = self.settings
         try:
-            self.store = await run_in_threadpool(
-                CollectionStore,
-                s.data_dir,
-                store_images=s.store_images,
-                use_gpu=s.faiss_gpu,
-                snapshot_every=s.snapshot_every,
-                nprobe=s.nprobe,
-            )
-            encoder = await run_in_threadpool(
-                load_encoder, s.model, s.pretrained, s.device, s.model_cache_dir, s.seed
-            )
-            engine = Engine(encoder, s, self.metrics)
-            engine.start()
-            job_store = await run_in_threadpool(JobStore, self.store)
-            self.registry = ModelRegistry(s.data_dir / "versions")
-            self.finetuner = FineTuner(s, self.registry, job_store)
-            restored = await run_in_threadpool(restore_active, s, engine, self.finetuner)
-            if restored:
-                log.info("serving %s, the version last activated", restored)
-            jobs = JobManager(
-                s, self.store, job_store, lambda: engine.encoder, engine.run_model, self.finetuner
-            )
-            jobs.activator = Activator(s, self.store, engine, self.finetuner, job_store)
-            jobs.start()  # picks up jobs a restart interrupted
-            self.jobs = jobs
-            self.engine = engine
+            self.store = await run_in_threadpool(open_store, self.settings)
+            stack = await run_in_threadpool(build_stack, self.settings, self.metrics, self.store)
+            stack.engine.start()
+            stack.jobs.start()  # picks up jobs a restart interrupted
+            self.stack = stack
+            encoder = stack.engine.encoder
             log.info("ready: model %s on %s", encoder.version, encoder.device_name)
         except Exception as exc:
             self.load_error = str(exc)
@@ -101,25 +73,23 @@ class Services:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self.jobs is not None:
+        stack = self.stack
+        if stack is not None:
             # A running job stops at its next chunk boundary and resumes on the next start.
-            await run_in_threadpool(self.jobs.stop)
-        if self.engine is not None:
-            await self.engine.stop()
+            await run_in_threadpool(stack.jobs.stop)
+            await stack.engine.stop()
         if self.store is not None:
             await run_in_threadpool(self.store.close)
 
     def metric_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"ready": self.ready}
-        if self.engine is not None:
+        if self.stack is not None:
+            engine, store = self.stack.engine, self.stack.store
             state["queue_depth"] = {
-                "image": self.engine.images.queue_depth,
-                "text": self.engine.texts.queue_depth,
+                "image": engine.images.queue_depth,
+                "text": engine.texts.queue_depth,
             }
-        if self.store is not None:
             state["index_vectors"] = {
-                (c.name, m.value): n
-                for c in self.store.list_collections()
-                for m, n in c.counts.items()
+                (c.name, m.value): n for c in store.list_collections() for m, n in c.counts.items()
             }
         return state

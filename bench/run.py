@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 import torch
 
-from index import VectorIndex
+from index import FaissIndex
 from models import ClipEncoder, load_encoder
 from tests.helpers import ServerProcess, image_bytes
 
@@ -73,7 +73,7 @@ def bench_search(d: int, n: int, spec: str, queries: int) -> dict[str, float]:
     xq = rng.standard_normal((queries, d), dtype=np.float32)
     xq /= np.linalg.norm(xq, axis=1, keepdims=True)
     started = time.perf_counter()
-    index = VectorIndex.build(d, spec, np.arange(n, dtype=np.int64), xb)
+    index = FaissIndex.build(d, spec, np.arange(n, dtype=np.int64), xb)
     build_s = time.perf_counter() - started
     for q in xq[:20]:
         index.search(q[None], 10)
@@ -183,8 +183,8 @@ def bench_index_job(
     """Images indexed per second from JPEG files on disk, through a batch job (in-process:
     source walk, worker decoding, encoding, SQLite commits and FAISS adds)."""
     from app.config import Settings
-    from app.jobs import JobManager
-    from index import CollectionStore, JobStore
+    from app.jobs import INDEX_JOB
+    from app.stack import build_stack
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
@@ -193,28 +193,25 @@ def bench_index_job(
         settings = Settings(
             model=model, pretrained=pretrained, device=device, data_dir=data, import_workers=workers
         )
-        store = CollectionStore(data, use_gpu=settings.faiss_gpu)
-        encoder = load_encoder(model, pretrained, device, data / "models")
-        manager = JobManager(
-            settings, store, JobStore(store), lambda: encoder, lambda fn, *a: fn(*a)
-        )
+        stack = build_stack(settings)
+        jobs = stack.jobs
         try:
-            store.create_collection("bench", encoder.dim, encoder.version)
-            manager.run(manager.submit_index("bench", "warmup", None))  # starts the worker pool
-            job = manager.submit_index("bench", "photos", None)
+            stack.store.create_collection("bench", stack.engine.dim, stack.engine.version)
+            # The warm-up starts the worker pool.
+            jobs.run(jobs.submit(INDEX_JOB, "bench", {"source": "warmup"}))
+            job = jobs.submit(INDEX_JOB, "bench", {"source": "photos"})
             started = time.perf_counter()
-            finished = manager.run(job)
+            finished = jobs.run(job)
             elapsed = time.perf_counter() - started
         finally:
-            manager.stop()
-            store.close()
+            stack.close()
     assert finished.done == n, finished
     return {
         "images_per_s": n / elapsed,
         "seconds": elapsed,
         "workers": float(settings.import_workers or os.cpu_count() or 1),
         "mean_kb": nbytes / n / 1024,
-        "device_decode": float(manager.device_decode or False),
+        "device_decode": float(stack.jobs.runners[INDEX_JOB].pipeline.device_decode),
     }
 
 

@@ -1,8 +1,11 @@
-"""Vector storage and the durable state beside it: FAISS indexes, SQLite, snapshots.
+"""Vector storage and the durable state beside it: vector indexes, SQLite, snapshots.
 
 NumPy in, NumPy out; no torch and no web imports.
 """
 
+from index.backend import BackendFactory, SearchResult, VectorBackend
+from index.collections import COLLECTION_NAME, CollectionStore
+from index.db import DB_FILE, Database
 from index.errors import (
     CollectionExists,
     DimensionMismatch,
@@ -13,16 +16,22 @@ from index.errors import (
     UnknownCollection,
     UnknownItem,
 )
+from index.faiss_backend import FaissBackends, FaissIndex, gpu_count
 from index.jobs import Job, JobFinished, JobState, JobStore, Progress, UnknownJob
-from index.store import CollectionStore
-from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredVersion
-from index.vector_index import VectorIndex, gpu_count
+from index.migration import Migration
+from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredItem, StoredVersion
 
 __all__ = [
+    "COLLECTION_NAME",
+    "DB_FILE",
+    "BackendFactory",
     "CollectionExists",
     "CollectionInfo",
     "CollectionStore",
+    "Database",
     "DimensionMismatch",
+    "FaissBackends",
+    "FaissIndex",
     "Hit",
     "InvalidFilter",
     "InvalidIndexSpec",
@@ -31,15 +40,18 @@ __all__ = [
     "JobFinished",
     "JobState",
     "JobStore",
+    "Migration",
     "ModelMismatch",
     "Modality",
     "NewItem",
     "Progress",
+    "SearchResult",
     "StoreError",
+    "StoredItem",
     "StoredVersion",
     "UnknownCollection",
     "UnknownItem",
     "UnknownJob",
-    "VectorIndex",
+    "VectorBackend",
     "gpu_count",
 ]

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from index.db import Database
 from index.errors import StoreError
-from index.store import CollectionStore
 
 MAX_ERRORS = 100  # the first failures are kept with their reasons; the rest are counted
 
@@ -116,15 +116,13 @@ class Progress:
 
 
 class JobStore:
-    def __init__(self, store: CollectionStore) -> None:
-        self.store = store
-        with store.transaction() as conn:
-            for statement in _statements():
-                conn.execute(statement)
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        db.apply(_SCHEMA)
 
     def create(self, kind: str, collection: str | None, params: dict[str, Any]) -> Job:
         job_id = uuid.uuid4().hex[:16]
-        with self.store.transaction() as conn:
+        with self.db.transaction() as conn:
             conn.execute(
                 "INSERT INTO jobs (id, kind, state, collection, params, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -134,7 +132,7 @@ class JobStore:
 
     def get(self, job_id: str) -> Job:
         row = (
-            self.store.read_connection()
+            self.db.reader()
             .execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
             .fetchone()
         )
@@ -143,14 +141,14 @@ class JobStore:
         return _job(row)
 
     def recent(self, limit: int = 100) -> list[Job]:
-        rows = self.store.read_connection().execute(
+        rows = self.db.reader().execute(
             f"SELECT {_COLUMNS} FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)
         )
         return [_job(r) for r in rows]
 
     def unfinished(self) -> list[Job]:
         """Queued and running jobs, oldest first: what a restart has to pick up."""
-        rows = self.store.read_connection().execute(
+        rows = self.db.reader().execute(
             f"SELECT {_COLUMNS} FROM jobs WHERE state IN (?, ?) ORDER BY created_at",
             (JobState.QUEUED.value, JobState.RUNNING.value),
         )
@@ -158,7 +156,7 @@ class JobStore:
 
     def start(self, job_id: str) -> bool:
         """Queued (or interrupted while running) -> running; False if it ended meanwhile."""
-        with self.store.transaction() as conn:
+        with self.db.transaction() as conn:
             cur = conn.execute(
                 "UPDATE jobs SET state = ?, started_at = COALESCE(started_at, ?)"
                 " WHERE id = ? AND state IN (?, ?)",
@@ -173,7 +171,7 @@ class JobStore:
         return cur.rowcount == 1
 
     def set_total(self, job_id: str, total: int) -> None:
-        with self.store.transaction() as conn:
+        with self.db.transaction() as conn:
             conn.execute("UPDATE jobs SET total = ? WHERE id = ?", (total, job_id))
 
     def report(
@@ -185,7 +183,7 @@ class JobStore:
         seconds: float = 0.0,
     ) -> None:
         """Replace the job's ``detail`` (and set its counts) in one write."""
-        with self.store.transaction() as conn:
+        with self.db.transaction() as conn:
             conn.execute(
                 "UPDATE jobs SET detail = ?, done = COALESCE(?, done), total = COALESCE(?, total),"
                 " run_seconds = run_seconds + ? WHERE id = ?",
@@ -202,12 +200,12 @@ class JobStore:
 
     def advance(self, job_id: str, progress: Progress) -> None:
         """Record progress for a chunk that stored nothing (all failed or unchanged)."""
-        with self.store.transaction() as conn:
+        with self.db.transaction() as conn:
             _apply(conn, job_id, progress)
 
     def finish(self, job_id: str, state: JobState, message: str | None = None) -> None:
         """End a running job, unless it was cancelled meanwhile."""
-        with self.store.transaction() as conn:
+        with self.db.transaction() as conn:
             conn.execute(
                 "UPDATE jobs SET state = ?, message = ?, finished_at = ?"
                 " WHERE id = ? AND state = ?",
@@ -215,7 +213,7 @@ class JobStore:
             )
 
     def cancel(self, job_id: str) -> Job:
-        with self.store.transaction() as conn:
+        with self.db.transaction() as conn:
             row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise UnknownJob(f"job {job_id!r} does not exist")
@@ -229,10 +227,6 @@ class JobStore:
 
     def state(self, job_id: str) -> JobState:
         return self.get(job_id).state
-
-
-def _statements() -> list[str]:
-    return [s.strip() for s in _SCHEMA.split(";") if s.strip()]
 
 
 def _apply(conn: sqlite3.Connection, job_id: str, p: Progress) -> None:

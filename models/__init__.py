@@ -4,7 +4,7 @@ No web imports here: the HTTP layer lives in ``app``.
 """
 
 from models.batching import DynamicBatcher
-from models.encoder import ClipEncoder, load_encoder
+from models.encoder import ClipEncoder, Encoder, MappedEncoder, load_encoder
 from models.errors import (
     DeadlineExceeded,
     ImageDecodeError,
@@ -19,9 +19,11 @@ __all__ = [
     "ClipEncoder",
     "DeadlineExceeded",
     "DynamicBatcher",
+    "Encoder",
     "ImageDecodeError",
     "ImageTooLarge",
     "ModelError",
+    "MappedEncoder",
     "ModelLoadError",
     "QueueFull",
     "decode_image",

@@ -8,7 +8,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import open_clip
@@ -36,6 +36,29 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"device {device!r} requested but CUDA is not available")
     return resolved
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """What the service asks of a model version: preprocess an image, encode image tensors
+    and texts into L2-normalised float32 rows of ``dim`` columns."""
+
+    version: str
+    model_name: str
+    dim: int
+    device: torch.device
+    preprocess: Any
+
+    @property
+    def device_name(self) -> str: ...
+
+    def preprocess_image(self, image: Image.Image) -> torch.Tensor: ...
+
+    def encode_image_tensors(self, pixels: Sequence[torch.Tensor] | torch.Tensor) -> np.ndarray: ...
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray: ...
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 class ClipEncoder:
@@ -183,19 +206,45 @@ def load_encoder(
     return encoder
 
 
-class MappedEncoder(ClipEncoder):
+class MappedEncoder:
     """A base encoder followed by a feature map (a ``linear`` or ``subspace_alignment``
-    version): same preprocessing and model, outputs mapped and renormalised."""
+    version): the base's preprocessing and model, outputs mapped and renormalised."""
 
-    def __init__(self, base: ClipEncoder, feature_map: FeatureMap, version: str) -> None:
-        super().__init__(
-            base.model, base.preprocess, base.tokenizer, base.device, base.model_name, version
-        )
+    def __init__(self, base: Encoder, feature_map: FeatureMap, version: str) -> None:
         self.base = base
         self.feature_map = feature_map
+        self.version = version
+        self.model_name = base.model_name
+        self.dim = base.dim
+        self.device = base.device
+        self.preprocess = base.preprocess
+
+    @property
+    def device_name(self) -> str:
+        return self.base.device_name
+
+    @property
+    def clip(self) -> ClipEncoder:
+        """The OpenCLIP encoder at the bottom of the chain (what contrastive training tunes)."""
+        base = self.base
+        while isinstance(base, MappedEncoder):
+            base = base.base
+        if not isinstance(base, ClipEncoder):
+            raise TypeError(f"{self.version} does not rest on an OpenCLIP encoder")
+        return base
+
+    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
+        return self.base.preprocess_image(image)
 
     def encode_image_tensors(self, pixels: Sequence[torch.Tensor] | torch.Tensor) -> np.ndarray:
         return self.feature_map.apply(self.base.encode_image_tensors(pixels), "image")
 
-    def encode_token_batch(self, tokens: torch.Tensor) -> np.ndarray:
-        return self.feature_map.apply(self.base.encode_token_batch(tokens), "text")
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.encode_image_tensors([self.preprocess_image(im) for im in images])
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.feature_map.apply(self.base.encode_texts(texts), "text")

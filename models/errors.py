@@ -5,6 +5,10 @@ class ModelError(Exception):
     """Base class for encoder-side errors."""
 
 
+class InvalidParameters(ModelError):
+    """A fine-tune request with an unknown method or hyperparameter."""
+
+
 class ModelLoadError(ModelError):
     """The model or its weights could not be loaded (unknown name, no network, bad file)."""
 

@@ -20,11 +20,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.errors import ModelError
+
 RECALL_KEYS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")
 METHODS = ("contrastive", "linear", "subspace_alignment")
 
 
-class UnknownModel(Exception):
+class UnknownModel(ModelError):
     pass
 
 

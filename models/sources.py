@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from models.errors import ModelError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 FORMATS = ("jsonl", "csv", "parquet", "folder", "webdataset")
 Format = Literal["jsonl", "csv", "parquet", "folder", "webdataset"]
@@ -33,7 +35,7 @@ _SUFFIX_FORMATS: tuple[tuple[str, Format], ...] = (
 )
 
 
-class SourceError(Exception):
+class SourceError(ModelError):
     """The source as a whole cannot be read: outside the root, missing, unknown format."""
 
 

@@ -1,4 +1,5 @@
-"""Test helpers: images made on the fly and a real ``xmodal serve`` process."""
+"""Test helpers: images made on the fly, the app served in this process, and a real
+``xmodal serve`` process for the tests where the process is the point."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,64 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+TINY = {"model": "xmodal-tiny", "pretrained": "none", "device": "cpu", "log_level": "warning"}
+
+
+class AppServer:
+    """``create_app(settings)`` served by uvicorn on a loopback port in a thread of this
+    process, through its real lifespan: what ``xmodal serve`` runs, without paying for a
+    new interpreter, torch import and model load per test module."""
+
+    def __init__(self, data_dir: Path, **settings: Any) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.settings = {**TINY, "data_dir": data_dir, **settings}
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> AppServer:
+        import uvicorn
+
+        from app.config import Settings
+        from app.main import create_app
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        app = create_app(Settings(**self.settings))
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True, name="app-server")
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self._thread.is_alive():
+                raise RuntimeError("in-process server exited during start-up")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"in-process server not ready after {timeout} s")
+
+    def stop(self) -> None:
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(60)
+            self._server = self._thread = None
 
 
 class ServerProcess:

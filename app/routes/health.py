@@ -20,8 +20,8 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", response_model=None)
 async def readyz(services: ServicesDep) -> JSONResponse:
     """The model is loaded and the store is open (503 until then, and while stopping)."""
-    if services.ready and services.engine is not None:
-        engine = services.engine
+    if services.ready and services.stack is not None:
+        engine = services.stack.engine
         return JSONResponse(
             {"status": "ready", "model": engine.version, "device": engine.encoder.device_name}
         )

@@ -2,21 +2,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, File, Form, Header, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import ReadAccess, WriteAccess
-from app.deps import EngineDep, ServicesDep, SettingsDep, StoreDep
-from app.engine import Engine
-from app.errors import ApiError, bad_request, too_large
+from app.deps import EngineDep, RetrievalDep, ServicesDep, SettingsDep, StoreDep
+from app.errors import ApiError, bad_request
 from app.schemas import IndexedOut, ItemOut, TextItemsIn
 from app.thumbnails import SIZES
 from app.uploads import read_upload
-from index import CollectionStore, Modality, ModelMismatch, NewItem, UnknownItem
+from index import Modality, NewItem, UnknownItem
 
 router = APIRouter(prefix="/v1/collections/{name}", tags=["items"], dependencies=[ReadAccess])
 
@@ -46,7 +43,7 @@ def _parse_metadata(raw: list[str] | None, n: int) -> list[dict[str, Any]]:
 async def add_images(
     name: str,
     files: Annotated[list[UploadFile], File(description="One or more images.")],
-    store: StoreDep,
+    retrieval: RetrievalDep,
     engine: EngineDep,
     settings: SettingsDep,
     ids: Annotated[
@@ -54,11 +51,8 @@ async def add_images(
     ] = None,
     metadata: Annotated[list[str] | None, Form(description="One JSON object per file.")] = None,
 ) -> IndexedOut:
-    await run_in_threadpool(store.get_collection, name)  # 404 before any heavy work
-    if len(files) > settings.max_files_per_request:
-        raise too_large(
-            f"{len(files)} files in one request; the limit is {settings.max_files_per_request}"
-        )
+    await retrieval.collection(name)  # 404 before any heavy work
+    retrieval.check_files(len(files))
     if ids and len(ids) != len(files):
         raise _invalid(f"give one id per file: {len(ids)} for {len(files)} files")
     meta = _parse_metadata(metadata, len(files))
@@ -72,56 +66,13 @@ async def add_images(
         NewItem(item_id, Modality.IMAGE, m, content=b, media_type=p.media_type)
         for item_id, m, b, p in zip(item_ids, meta, blobs, prepared, strict=True)
     ]
-
-    async def encode(version: str) -> np.ndarray:
-        return await engine.embed_prepared(prepared, version)
-
-    return IndexedOut(ids=await _store(store, engine, name, items, encode))
+    return IndexedOut(ids=await retrieval.add_images(name, items, prepared))
 
 
 @router.post("/texts", dependencies=[WriteAccess])
-async def add_texts(
-    name: str, body: TextItemsIn, store: StoreDep, engine: EngineDep, settings: SettingsDep
-) -> IndexedOut:
-    await run_in_threadpool(store.get_collection, name)
-    if len(body.items) > settings.max_texts_per_request:
-        raise too_large(
-            f"{len(body.items)} texts in one request; the limit is {settings.max_texts_per_request}"
-        )
-    for it in body.items:
-        if len(it.text) > settings.max_text_chars:
-            raise too_large(
-                f"text of {it.id!r} has {len(it.text)} characters; "
-                f"the limit is {settings.max_text_chars}"
-            )
+async def add_texts(name: str, body: TextItemsIn, retrieval: RetrievalDep) -> IndexedOut:
     items = [NewItem(it.id, Modality.TEXT, it.metadata, text=it.text) for it in body.items]
-    texts = [it.text for it in body.items]
-
-    async def encode(version: str) -> np.ndarray:
-        return await engine.embed_texts(texts, version)
-
-    return IndexedOut(ids=await _store(store, engine, name, items, encode))
-
-
-async def _store(
-    store: CollectionStore,
-    engine: Engine,
-    name: str,
-    items: list[NewItem],
-    encode: Callable[[str], Awaitable[np.ndarray]],
-) -> list[str]:
-    """Embed with the active version and store. If an activation switched the collection
-    between the two steps, embed again with the version now active."""
-    for attempt in (1, 2):
-        version = engine.version
-        vectors = await encode(version)
-        try:
-            stored: list[str] = await run_in_threadpool(store.upsert, name, items, vectors, version)
-            return stored
-        except ModelMismatch:
-            if attempt == 2 or engine.version == version:
-                raise
-    raise AssertionError("unreachable")
+    return IndexedOut(ids=await retrieval.add_texts(name, items))
 
 
 # The image and thumbnail routes come first: ids may contain '/', so the item routes match

@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.auth import ReadAccess, WriteAccess
 from app.deps import JobsDep
-from app.jobs import job_summary
+from app.jobs import INDEX_JOB, job_summary
 
 router = APIRouter(tags=["jobs"], dependencies=[ReadAccess])
 
@@ -61,7 +61,8 @@ async def start_index_job(
     name: str, body: IndexJobCreate, jobs: JobsDep, response: Response
 ) -> JobCreated:
     """Index a corpus from the import root in the background; poll `GET /v1/jobs/{id}`."""
-    job = await run_in_threadpool(jobs.submit_index, name, body.source, body.format)
+    params = {"source": body.source, "format": body.format}
+    job = await run_in_threadpool(jobs.submit, INDEX_JOB, name, params)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobCreated(id=job.id, state=job.state.value)
 

@@ -6,11 +6,13 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from app.activation import ACTIVATE_JOB
 from app.auth import ReadAccess, WriteAccess
-from app.deps import EngineDep, JobsDep, ServicesDep
-from app.errors import ApiError, NotReady
+from app.deps import EngineDep, JobsDep, StackDep
+from app.errors import ApiError
+from app.finetune import FINETUNE_JOB
 from app.routes.jobs import JobCreated
-from models.registry import ModelRegistry, ModelVersion
+from models.registry import ModelVersion
 
 router = APIRouter(tags=["models"], dependencies=[ReadAccess])
 
@@ -56,28 +58,17 @@ class ModelList(BaseModel):
     models: list[ModelOut]
 
 
-def _registry(services: Any) -> ModelRegistry:
-    if services.registry is None:
-        raise NotReady(services.load_error or "the model is still loading")
-    registry: ModelRegistry = services.registry
-    return registry
-
-
 @router.post("/v1/finetune", status_code=status.HTTP_202_ACCEPTED, dependencies=[WriteAccess])
 async def start_finetune(body: FinetuneRequest, jobs: JobsDep) -> JobCreated:
     """Fine-tune the serving model on pairs from the import root; poll `GET /v1/jobs/{id}`."""
-    job = await run_in_threadpool(jobs.submit_finetune, body.model_dump())
+    job = await run_in_threadpool(jobs.submit, FINETUNE_JOB, None, body.model_dump())
     return JobCreated(id=job.id, state=job.state.value)
 
 
 @router.post("/v1/evaluate", dependencies=[WriteAccess])
-async def evaluate(
-    body: EvaluateRequest, services: ServicesDep, engine: EngineDep
-) -> dict[str, Any]:
+async def evaluate(body: EvaluateRequest, stack: StackDep) -> dict[str, Any]:
     """Recall@1/5/10 both ways, mean reciprocal rank and median rank on a set of pairs."""
-    finetuner = services.finetuner
-    if finetuner is None:
-        raise NotReady(services.load_error or "the model is still loading")
+    finetuner, engine = stack.finetuner, stack.engine
 
     def run() -> dict[str, Any]:
         encoder = finetuner.encoder_for(body.model or engine.version, engine.encoders)
@@ -106,10 +97,9 @@ def _model_out(v: ModelVersion, active_version: str) -> ModelOut:
 
 
 @router.get("/v1/models")
-async def list_models(services: ServicesDep, engine: EngineDep) -> ModelList:
+async def list_models(stack: StackDep, engine: EngineDep) -> ModelList:
     """The serving model and every fine-tuned version, oldest first."""
-    registry = _registry(services)
-    versions = await run_in_threadpool(registry.versions)
+    versions = await run_in_threadpool(stack.registry.versions)
     out = [_model_out(v, engine.version) for v in versions]
     configured = engine.configured_version
     out.insert(
@@ -126,9 +116,9 @@ async def list_models(services: ServicesDep, engine: EngineDep) -> ModelList:
 
 
 @router.get("/v1/models/{version:path}")
-async def get_model(version: str, services: ServicesDep, engine: EngineDep) -> ModelOut:
+async def get_model(version: str, stack: StackDep, engine: EngineDep) -> ModelOut:
     """One version with its lineage (base, method, data, hyperparameters) and evaluation."""
-    v = await run_in_threadpool(_registry(services).get, version)
+    v = await run_in_threadpool(stack.registry.get, version)
     return _model_out(v, engine.version).model_copy(
         update={
             "architecture": v.architecture,
@@ -150,7 +140,7 @@ class ActivateRequest(BaseModel):
 )
 async def activate_model(
     version: str,
-    services: ServicesDep,
+    stack: StackDep,
     engine: EngineDep,
     jobs: JobsDep,
     body: ActivateRequest | None = None,
@@ -160,7 +150,7 @@ async def activate_model(
     if version == engine.version:
         raise ApiError(409, "already_active", f"{version} is already active")
     if version != engine.configured_version:
-        record = await run_in_threadpool(_registry(services).get, version)
+        record = await run_in_threadpool(stack.registry.get, version)
         if not record.beats_base and not (body and body.force):
             raise ApiError(
                 409,
@@ -168,7 +158,7 @@ async def activate_model(
                 f"{version} did not beat its base on its evaluation;"
                 " pass force=true to activate it anyway",
             )
-    job = await run_in_threadpool(jobs.submit_activation, version)
+    job = await run_in_threadpool(jobs.submit, ACTIVATE_JOB, None, {"version": version})
     return JobCreated(id=job.id, state=job.state.value)
 
 
@@ -177,14 +167,17 @@ async def activate_model(
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[WriteAccess],
 )
-async def rollback_model(version: str, engine: EngineDep, jobs: JobsDep) -> JobCreated:
+async def rollback_model(
+    version: str, stack: StackDep, engine: EngineDep, jobs: JobsDep
+) -> JobCreated:
     """Go back to the version that was active before ``version`` (the active one)."""
     if version != engine.version:
         raise ApiError(
             409, "not_active", f"{version} is not the active version ({engine.version} is)"
         )
-    activator = jobs.activator
-    if activator is None or not activator.state.history:
+    history = stack.activator.state.history
+    if not history:
         raise ApiError(409, "no_previous", f"no version was active before {version}")
-    job = await run_in_threadpool(jobs.submit_activation, activator.state.history[-1], True)
+    params = {"version": history[-1], "rollback": True}
+    job = await run_in_threadpool(jobs.submit, ACTIVATE_JOB, None, params)
     return JobCreated(id=job.id, state=job.state.value)

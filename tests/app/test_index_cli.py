@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from index import CollectionStore, Modality
+from index import CollectionStore, FaissBackends, Modality
 from models import ClipEncoder, decode_image
 from tests.corpus import write_folder, write_jsonl
 from tests.helpers import REPO, ServerProcess
@@ -98,7 +98,7 @@ def test_device_decode_path_gives_the_same_neighbours(
     )
     assert proc.returncode == 0, proc.stderr
     assert f"succeeded: {corpus.done} done, {len(corpus.failed)} failed" in proc.stdout
-    store = CollectionStore(data, use_gpu=False)
+    store = CollectionStore(data, backends=FaissBackends(use_gpu=False))
     try:
         for item_id, raw in corpus.images.items():
             query = tiny_encoder.encode_images([decode_image(raw, 10**8).image])

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index import VectorIndex, gpu_count
-from index.vector_index import new_gpu_resources
+from index import FaissIndex, gpu_count
+from index.faiss_backend import new_gpu_resources
 
 D = 32
 
@@ -26,7 +26,7 @@ def exact(xq: np.ndarray, xb: np.ndarray, labels: np.ndarray, k: int) -> list[li
     return [[int(x) for x in labels[row]] for row in order]
 
 
-def as_if_on_gpu(index: VectorIndex) -> VectorIndex:
+def as_if_on_gpu(index: FaissIndex) -> FaissIndex:
     index._gpu = True  # the search/remove logic only asks `on_gpu`
     return index
 
@@ -34,7 +34,7 @@ def as_if_on_gpu(index: VectorIndex) -> VectorIndex:
 def test_gpu_style_soft_deletes_are_filtered_out() -> None:
     xb, xq = normalised(500, 0), normalised(5, 1)
     labels = np.arange(500, dtype=np.int64)
-    index = as_if_on_gpu(VectorIndex.build(D, "Flat", labels, xb))
+    index = as_if_on_gpu(FaissIndex.build(D, "Flat", labels, xb))
     assert not index.can_remove
     gone = np.array(exact(xq[:1], xb, labels, 3)[0])
     index.remove(gone)
@@ -46,7 +46,7 @@ def test_gpu_style_soft_deletes_are_filtered_out() -> None:
 def test_gpu_style_filter_overfetches_and_stays_exact() -> None:
     xb, xq = normalised(800, 0), normalised(5, 1)
     labels = np.arange(800, dtype=np.int64)
-    index = as_if_on_gpu(VectorIndex.build(D, "Flat", labels, xb))
+    index = as_if_on_gpu(FaissIndex.build(D, "Flat", labels, xb))
     allowed = labels[::13]
     got = [list(r.labels) for r in index.search(xq, 5, allowed=allowed)]
     assert got == exact(xq, xb[allowed], allowed, 5)
@@ -59,8 +59,8 @@ def test_index_served_from_the_gpu_matches_the_cpu(spec: str) -> None:
         pytest.skip("FAISS reports no GPU")
     xb, xq = normalised(5000, 0), normalised(20, 1)
     labels = np.arange(10, 5010, dtype=np.int64)
-    cpu = VectorIndex.build(D, spec, labels, xb, nprobe=64)
-    gpu = VectorIndex.build(D, spec, labels, xb, gpu_resources=new_gpu_resources(), nprobe=64)
+    cpu = FaissIndex.build(D, spec, labels, xb, nprobe=64)
+    gpu = FaissIndex.build(D, spec, labels, xb, gpu_resources=new_gpu_resources(), nprobe=64)
     assert gpu.on_gpu and not cpu.on_gpu
     agree = np.mean(
         [
@@ -70,5 +70,5 @@ def test_index_served_from_the_gpu_matches_the_cpu(spec: str) -> None:
     )
     assert agree >= 0.9
     gpu.remove(labels[:5])
-    restored, _ = VectorIndex.from_bytes(gpu.to_bytes({}))
+    restored, _ = FaissIndex.from_bytes(gpu.to_bytes({}))
     assert restored.ntotal == gpu.ntotal == 4995

@@ -11,6 +11,7 @@ from index import (
     CollectionExists,
     CollectionStore,
     DimensionMismatch,
+    FaissBackends,
     InvalidFilter,
     InvalidIndexSpec,
     Modality,
@@ -22,6 +23,7 @@ from index import (
 
 D = 16
 V = "test-model@v1"
+CPU = FaissBackends(use_gpu=False)
 
 
 def normalised(n: int, seed: int) -> np.ndarray:
@@ -58,7 +60,7 @@ def top_ids(
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[CollectionStore]:
-    s = CollectionStore(tmp_path / "data", use_gpu=False)
+    s = CollectionStore(tmp_path / "data", backends=CPU)
     yield s
     s.close()
 
@@ -143,14 +145,14 @@ def test_shared_image_bytes_stay_while_any_item_uses_them(store: CollectionStore
 
 def test_reopening_after_a_clean_close_gives_the_same_results(tmp_path: Path) -> None:
     xb, xq = normalised(300, 0), normalised(4, 1)
-    s = CollectionStore(tmp_path, use_gpu=False)
+    s = CollectionStore(tmp_path, backends=CPU)
     s.create_collection("c", D, V)
     s.upsert("c", items(300), xb, V)
     s.delete_item("c", "img-0")
     before = top_ids(s, "c", Modality.IMAGE, xq, k=10)
     s.close()
     assert (tmp_path / "indexes" / "c" / "image.xmidx").exists()
-    s = CollectionStore(tmp_path, use_gpu=False)
+    s = CollectionStore(tmp_path, backends=CPU)
     assert top_ids(s, "c", Modality.IMAGE, xq, k=10) == before
     s.close()
 
@@ -159,7 +161,7 @@ def test_without_a_final_snapshot_the_index_is_caught_up_from_sqlite(tmp_path: P
     """Snapshot, keep writing (adds, replaces, deletes), then 'crash' (no close): reopening
     loads the snapshot and applies everything written after it."""
     xb, xq = normalised(400, 0), normalised(4, 1)
-    s = CollectionStore(tmp_path, use_gpu=False)
+    s = CollectionStore(tmp_path, backends=CPU)
     s.create_collection("c", D, V)
     s.upsert("c", items(200), xb[:200], V)
     s.snapshot()
@@ -169,7 +171,7 @@ def test_without_a_final_snapshot_the_index_is_caught_up_from_sqlite(tmp_path: P
     before = top_ids(s, "c", Modality.IMAGE, xq, k=20)
     counts = s.get_collection("c").counts
     # No close(): the process "dies" with the snapshot behind the database.
-    s2 = CollectionStore(tmp_path, use_gpu=False)
+    s2 = CollectionStore(tmp_path, backends=CPU)
     assert top_ids(s2, "c", Modality.IMAGE, xq, k=20) == before
     assert s2.get_collection("c").counts == counts
     s2.close()
@@ -177,19 +179,19 @@ def test_without_a_final_snapshot_the_index_is_caught_up_from_sqlite(tmp_path: P
 
 def test_unreadable_snapshot_is_rebuilt_from_sqlite(tmp_path: Path) -> None:
     xb, xq = normalised(50, 0), normalised(2, 1)
-    s = CollectionStore(tmp_path, use_gpu=False)
+    s = CollectionStore(tmp_path, backends=CPU)
     s.create_collection("c", D, V)
     s.upsert("c", items(50), xb, V)
     before = top_ids(s, "c", Modality.IMAGE, xq)
     s.close()
     (tmp_path / "indexes" / "c" / "image.xmidx").write_bytes(b"garbage")
-    s = CollectionStore(tmp_path, use_gpu=False)
+    s = CollectionStore(tmp_path, backends=CPU)
     assert top_ids(s, "c", Modality.IMAGE, xq) == before
     s.close()
 
 
 def test_trainable_spec_trains_in_the_background_and_keeps_answering(tmp_path: Path) -> None:
-    s = CollectionStore(tmp_path, use_gpu=False, nprobe=8)
+    s = CollectionStore(tmp_path, backends=FaissBackends(use_gpu=False, nprobe=8))
     s.create_collection("ivf", D, V, "IVF8,Flat")
     xb, xq = normalised(1200, 0), normalised(3, 1)
     s.upsert("ivf", items(600), xb[:600], V)
@@ -200,7 +202,7 @@ def test_trainable_spec_trains_in_the_background_and_keeps_answering(tmp_path: P
     want = np.argsort(-(xq @ xb.T), axis=1)[:, :5]
     assert top_ids(s, "ivf", Modality.IMAGE, xq) == [[f"img-{i}" for i in row] for row in want]
     s.close()
-    s = CollectionStore(tmp_path, use_gpu=False, nprobe=8)
+    s = CollectionStore(tmp_path, backends=FaissBackends(use_gpu=False, nprobe=8))
     assert s.get_collection("ivf").trained[Modality.IMAGE] is True
     assert top_ids(s, "ivf", Modality.IMAGE, xq) == [[f"img-{i}" for i in row] for row in want]
     s.close()
@@ -240,7 +242,7 @@ def test_collection_lifecycle_and_errors(store: CollectionStore) -> None:
 
 
 def test_images_are_not_kept_when_storage_is_off(tmp_path: Path) -> None:
-    s = CollectionStore(tmp_path, use_gpu=False, store_images=False)
+    s = CollectionStore(tmp_path, backends=CPU, store_images=False)
     s.create_collection("c", D, V)
     s.upsert("c", items(2), normalised(2, 0), V)
     with pytest.raises(UnknownItem, match="no stored image"):
@@ -252,17 +254,17 @@ def test_images_are_not_kept_when_storage_is_off(tmp_path: Path) -> None:
 def test_soft_deleted_vectors_are_compacted_away(tmp_path: Path) -> None:
     """HNSW cannot remove vectors: replacing 1,200 items leaves 1,200 soft deletes, which
     triggers a background rebuild that drops them, while answers stay correct."""
-    s = CollectionStore(tmp_path, use_gpu=False)
+    s = CollectionStore(tmp_path, backends=CPU)
     s.create_collection("h", D, V, "HNSW16")
     old, new = normalised(1200, 0), normalised(1200, 1)
     s.upsert("h", items(1200), old, V)
     s.upsert("h", items(1200), new, V)  # same ids: every old vector becomes a tombstone
     s.wait_idle()
-    side = s._collections["h"].sides[Modality.IMAGE]
+    side = s.collections["h"].sides[Modality.IMAGE]
     assert not side.index.soft_deleted and side.index.ntotal == 1200
     hits = s.search("h", Modality.IMAGE, new[:20], 1, model_version=V)
     assert sum(h[0].id == f"img-{i}" for i, h in enumerate(hits)) >= 19  # HNSW is approximate
     s.close()
-    s = CollectionStore(tmp_path, use_gpu=False)
+    s = CollectionStore(tmp_path, backends=CPU)
     assert s.get_collection("h").counts[Modality.IMAGE] == 1200
     s.close()

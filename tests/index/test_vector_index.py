@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from index import DimensionMismatch, InvalidIndexSpec, VectorIndex
+from index import DimensionMismatch, FaissIndex, InvalidIndexSpec
 
 D = 32
 
@@ -31,7 +31,7 @@ def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_flat_matches_numpy_brute_force(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     xb, xq, labels = data
-    index = VectorIndex(D)
+    index = FaissIndex(D)
     index.add(labels, xb)
     results = index.search(xq, 10)
     I, Dist = brute_force(xq, xb, labels, 10)
@@ -44,7 +44,7 @@ def test_allowed_labels_restrict_results_exactly(
     data: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> None:
     xb, xq, labels = data
-    index = VectorIndex(D)
+    index = FaissIndex(D)
     index.add(labels, xb)
     keep = np.arange(0, 3000, 7)
     results = index.search(xq, 5, allowed=labels[keep])
@@ -58,7 +58,7 @@ def test_allowed_labels_restrict_results_exactly(
 
 def test_removed_labels_never_come_back(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     xb, xq, labels = data
-    index = VectorIndex(D)
+    index = FaissIndex(D)
     index.add(labels, xb)
     top = index.search(xq[:1], 3)[0].labels
     index.remove(top[:2])
@@ -72,17 +72,17 @@ def test_k_larger_than_the_index_returns_everything(
     data: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> None:
     xb, xq, labels = data
-    index = VectorIndex(D)
+    index = FaissIndex(D)
     index.add(labels[:5], xb[:5])
     assert len(index.search(xq[:1], 100)[0].labels) == 5
-    assert [len(r.labels) for r in VectorIndex(D).search(xq[:2], 3)] == [0, 0]
+    assert [len(r.labels) for r in FaissIndex(D).search(xq[:2], 3)] == [0, 0]
 
 
 def test_ivf_searches_exactly_until_trained_then_trains(
     data: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> None:
     xb, xq, labels = data
-    index = VectorIndex(D, "IVF16,Flat", nprobe=16)
+    index = FaissIndex(D, "IVF16,Flat", nprobe=16)
     assert index.train_size >= 16 * 39  # FAISS's rule of thumb: 39 points per centroid
     n = index.train_size - 1
     index.add(labels[:n], xb[:n])
@@ -103,7 +103,7 @@ def test_hnsw_deletes_softly_and_asks_for_compaction(
     data: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> None:
     xb, xq, labels = data
-    index = VectorIndex(D, "HNSW16")
+    index = FaissIndex(D, "HNSW16")
     index.add(labels, xb)
     assert not index.can_remove
     top = index.search(xq[:1], 5)[0].labels
@@ -121,10 +121,10 @@ def test_snapshot_round_trip_gives_identical_results(
     spec: str, data: tuple[np.ndarray, np.ndarray, np.ndarray]
 ) -> None:
     xb, xq, labels = data
-    index = VectorIndex.build(D, spec, labels, xb)
+    index = FaissIndex.build(D, spec, labels, xb)
     index.remove(labels[:3])
     blob = index.to_bytes({"label_mark": 7})
-    restored, meta = VectorIndex.from_bytes(blob)
+    restored, meta = FaissIndex.from_bytes(blob)
     assert meta["label_mark"] == 7 and restored.spec == spec and restored.trained == index.trained
     for a, b in zip(index.search(xq, 10), restored.search(xq, 10), strict=True):
         np.testing.assert_array_equal(a.labels, b.labels)
@@ -133,12 +133,12 @@ def test_snapshot_round_trip_gives_identical_results(
 
 def test_bad_specs_and_shapes_are_refused() -> None:
     with pytest.raises(InvalidIndexSpec):
-        VectorIndex(D, "NoSuchIndex42")
+        FaissIndex(D, "NoSuchIndex42")
     with pytest.raises(InvalidIndexSpec):
-        VectorIndex(D, "IDMap,Flat")
+        FaissIndex(D, "IDMap,Flat")
     with pytest.raises(InvalidIndexSpec):
-        VectorIndex(D, "PQ7")  # 32 is not divisible by 7
-    index = VectorIndex(D)
+        FaissIndex(D, "PQ7")  # 32 is not divisible by 7
+    index = FaissIndex(D)
     with pytest.raises(DimensionMismatch):
         index.add(np.arange(2), np.zeros((2, D + 1), np.float32))
     with pytest.raises(DimensionMismatch):

@@ -1,6 +1,6 @@
-"""One modality's vectors in FAISS: inner-product search over caller-chosen int64 labels.
+"""The FAISS vector backend: inner-product search over caller-chosen int64 labels.
 
-A ``VectorIndex`` wraps a FAISS index in ``IndexIDMap2`` so results come back as the
+A ``FaissIndex`` wraps a FAISS index in ``IndexIDMap2`` so results come back as the
 store's labels. The default spec is exact (``Flat``). A spec that needs training (IVF,
 PQ, ...) starts as an exact index and is swapped for the trained one once enough vectors
 have arrived, so results are exact until then. Index types that cannot remove vectors
@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 import faiss as _faiss
 import numpy as np
 
+from index.backend import SearchResult
 from index.errors import DimensionMismatch, InvalidIndexSpec
 
 log = logging.getLogger(__name__)
@@ -76,13 +76,9 @@ def training_size(index: faiss.Index) -> int:
     return need
 
 
-@dataclass
-class SearchResult:
-    labels: np.ndarray  # int64, best first
-    scores: np.ndarray  # float32 inner products
+class FaissIndex:
+    """One modality's vectors in FAISS (a ``VectorBackend``)."""
 
-
-class VectorIndex:
     def __init__(
         self,
         d: int,
@@ -120,6 +116,10 @@ class VectorIndex:
         return self._gpu
 
     @property
+    def exclusive_search(self) -> bool:
+        return self._gpu  # FAISS CPU indexes take concurrent searches; GPU resources do not
+
+    @property
     def can_remove(self) -> bool:
         inner = self._cpu_index_kind
         return not self.on_gpu and isinstance(inner, (faiss.IndexFlat, faiss.IndexIVF))
@@ -144,6 +144,10 @@ class VectorIndex:
             self._index.remove_ids(labels)
         else:
             self.soft_deleted.update(int(x) for x in labels)
+
+    def train(self) -> None:
+        if self.needs_training():
+            self.install_trained(self.train_template(self.training_sample(self.sample_cap)))
 
     def training_sample(self, max_points: int | None = None) -> np.ndarray:
         """A copy of the exact staging vectors to train the real index on."""
@@ -189,13 +193,12 @@ class VectorIndex:
         *,
         gpu_resources: Any = None,
         nprobe: int | None = None,
-    ) -> VectorIndex:
+    ) -> FaissIndex:
         """A new index holding exactly these vectors, trained if there are enough of them
         (start-up without a snapshot, compaction)."""
         index = cls(d, spec, gpu_resources=gpu_resources, nprobe=nprobe)
         index.add(labels, xb)
-        if index.needs_training():
-            index.install_trained(index.train_template(index.training_sample(index.sample_cap)))
+        index.train()
         return index
 
     @property
@@ -291,7 +294,7 @@ class VectorIndex:
     @classmethod
     def from_bytes(
         cls, data: bytes, *, gpu_resources: Any = None, nprobe: int | None = None
-    ) -> tuple[VectorIndex, dict[str, Any]]:
+    ) -> tuple[FaissIndex, dict[str, Any]]:
         meta = cls.read_meta(data)
         (n,) = struct.unpack_from("<Q", data, len(_MAGIC))
         blob = np.frombuffer(data, dtype=np.uint8, offset=len(_MAGIC) + 8 + n)
@@ -336,3 +339,29 @@ class VectorIndex:
         if len(labels) != len(xb):
             raise ValueError(f"{len(labels)} labels for {len(xb)} vectors")
         return labels, xb
+
+
+class FaissBackends:
+    """The ``BackendFactory`` for FAISS: every index on the GPU when asked (or, by default,
+    when FAISS sees one), with one ``nprobe`` for IVF indexes (None: from nlist)."""
+
+    def __init__(self, use_gpu: bool | None = None, nprobe: int | None = None) -> None:
+        want_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
+        self.gpu_resources: Any = new_gpu_resources() if want_gpu else None
+        self.nprobe = nprobe
+
+    def check(self, d: int, spec: str | None) -> str:
+        normal = normalize_spec(spec)
+        _build(d, normal)  # raises InvalidIndexSpec before anything is written
+        return normal
+
+    def create(self, d: int, spec: str) -> FaissIndex:
+        return FaissIndex(d, spec, gpu_resources=self.gpu_resources, nprobe=self.nprobe)
+
+    def build(self, d: int, spec: str, labels: np.ndarray, xb: np.ndarray) -> FaissIndex:
+        return FaissIndex.build(
+            d, spec, labels, xb, gpu_resources=self.gpu_resources, nprobe=self.nprobe
+        )
+
+    def load(self, data: bytes) -> tuple[FaissIndex, dict[str, Any]]:
+        return FaissIndex.from_bytes(data, gpu_resources=self.gpu_resources, nprobe=self.nprobe)

@@ -1,0 +1,228 @@
+"""Index jobs: a whole corpus on disk into a collection.
+
+A job reads its source in chunks; the ingest pipeline (``models.ingest``) decodes a chunk's
+images while the previous chunk is being encoded. Each chunk's items and the job's
+progress are committed in one transaction: stopping the server at any moment (even
+``kill -9``) leaves a job that resumes from its last committed chunk. Items that already
+hold the same bytes or text under the same model are counted as done without being
+encoded again, so re-running a finished source adds nothing twice.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from app.config import Settings
+from app.engine import Engine
+from app.jobs.loop import JobStopped, OnProgress
+from app.retrieval import Retrieval
+from index import CollectionStore, Job, JobState, JobStore, Modality, NewItem, Progress
+from index.types import StoredVersion
+from models.ingest import IngestLimits, IngestPipeline, PendingChunk
+from models.preprocess import Decoded
+from models.sources import SourceRecord, open_source
+
+INDEX_JOB = "index"
+
+
+@dataclass
+class _Chunk:
+    records: list[SourceRecord]
+    existing: dict[str, StoredVersion]
+    pending: PendingChunk
+    started: float = field(default_factory=time.monotonic)
+
+
+class IndexRunner:
+    kind = INDEX_JOB
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: CollectionStore,
+        jobs: JobStore,
+        engine: Engine,
+        retrieval: Retrieval,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.jobs = jobs
+        self.engine = engine
+        self.retrieval = retrieval
+        self.pipeline = IngestPipeline(
+            engine.encoder.preprocess,
+            engine.encoder.device,
+            IngestLimits(
+                settings.max_upload_bytes, settings.max_image_pixels, settings.import_workers
+            ),
+            engine.run_model,
+            device_decode=settings.import_device_decode,
+            sink=store.blobs.put if store.store_images else None,
+        )
+        settings.import_root_dir.mkdir(parents=True, exist_ok=True)
+
+    def close(self) -> None:
+        self.pipeline.close()
+
+    def check(self, collection: str | None, params: dict[str, Any]) -> dict[str, Any]:
+        assert collection is not None
+        self.store.get_collection(collection)  # 404 now, not a failed job later
+        open_source(self.settings.import_root_dir, params["source"], params.get("format"))
+        return {"source": params["source"], "format": params.get("format")}
+
+    def run(
+        self, job: Job, should_stop: Callable[[], bool], on_progress: OnProgress | None
+    ) -> None:
+        try:
+            self._run(job, should_stop, on_progress)
+        except BrokenProcessPool:
+            self.pipeline.reset()
+            raise
+
+    def _run(
+        self, job: Job, should_stop: Callable[[], bool], on_progress: OnProgress | None
+    ) -> None:
+        assert job.collection is not None
+        collection = job.collection
+        source = open_source(
+            self.settings.import_root_dir, job.params["source"], job.params.get("format")
+        )
+        self.store.get_collection(collection)
+        if job.total is None:
+            self.jobs.set_total(job.id, source.count())
+        remaining = itertools.islice(source.records(), job.cursor, None)
+        chunks = _batched(remaining, self.settings.import_chunk_size)
+        pending: collections.deque[_Chunk] = collections.deque()
+        last_commit = time.monotonic()
+        while True:
+            while len(pending) <= self.settings.import_prefetch_chunks:
+                records = next(chunks, None)
+                if records is None:
+                    break
+                pending.append(self._start_chunk(collection, records))
+            if not pending:
+                return
+            chunk = pending.popleft()
+            if should_stop():
+                if self.jobs.state(job.id) is JobState.RUNNING:
+                    raise JobStopped
+                return  # cancelled: stop here, what is committed stays
+            self._commit_chunk(job, collection, chunk, time.monotonic() - last_commit)
+            last_commit = time.monotonic()
+            if on_progress is not None:
+                on_progress(self.jobs.get(job.id))
+
+    def _start_chunk(self, collection: str, records: list[SourceRecord]) -> _Chunk:
+        """Look up what is stored already and hand the chunk's images to the decoders."""
+        existing = self.store.existing(collection, [r.id for r in records])
+        version = self.engine.version
+        expected = {
+            r.id: known.content_sha256
+            for r in records
+            if (known := existing.get(r.id)) is not None
+            and known.modality is Modality.IMAGE
+            and known.model_version == version
+            and known.content_sha256 is not None
+        }
+        images = [
+            r for r in records if r.kind == "image" and r.error is None and r.image is not None
+        ]
+        return _Chunk(records, existing, self.pipeline.start(images, expected))
+
+    def _commit_chunk(self, job: Job, collection: str, chunk: _Chunk, seconds: float) -> None:
+        """Encode the chunk and commit it with the job's progress (through the retrieval
+        path, which encodes again if an activation switched the model meanwhile)."""
+        texts, images, progress = self._sort(chunk)
+        progress = Progress(
+            progress.cursor, progress.done, progress.failed, progress.errors, seconds=seconds
+        )
+        if not texts and not images:
+            self.jobs.advance(job.id, progress)
+            return
+
+        def embed(version: str) -> tuple[list[NewItem], np.ndarray]:
+            encoder = self.engine.encoder_of(version)
+            vectors = [np.zeros((0, encoder.dim), np.float32)]
+            items: list[NewItem] = []
+            if texts:
+                vectors.append(
+                    self.engine.run_model(encoder.encode_texts, [r.text or "" for r in texts])
+                )
+                items += [NewItem(r.id, Modality.TEXT, r.metadata, text=r.text) for r in texts]
+            batch = self.settings.import_batch_size
+            for start in range(0, len(images), batch):
+                part = images[start : start + batch]
+                pixels = [d.pixels for _, d in part]
+                vectors.append(self.engine.run_model(self.pipeline.encode_pixels, encoder, pixels))
+                items += [
+                    NewItem(
+                        r.id,
+                        Modality.IMAGE,
+                        r.metadata,
+                        media_type=d.media_type,
+                        content_sha256=d.sha256,
+                    )
+                    for r, d in part
+                ]
+            return items, np.concatenate(vectors)
+
+        done = Progress(
+            progress.cursor,
+            progress.done + len(texts) + len(images),
+            progress.failed,
+            progress.errors,
+            progress.seconds,
+        )
+        self.retrieval.add_blocking(collection, embed, extra=self.jobs.recorder(job.id, done))
+
+    def _sort(
+        self, chunk: _Chunk
+    ) -> tuple[list[SourceRecord], list[tuple[SourceRecord, Decoded]], Progress]:
+        """The chunk's texts and decoded images to encode, and its progress so far (failures,
+        and items unchanged since they were stored)."""
+        done, failed = 0, 0
+        errors: list[dict[str, Any]] = []
+        texts: list[SourceRecord] = []
+        version = self.engine.version
+
+        def fail(record: SourceRecord, reason: str) -> None:
+            nonlocal failed
+            failed += 1
+            errors.append({"item": record.id, "seq": record.seq, "reason": reason})
+
+        for r in chunk.records:
+            if r.error is not None:
+                fail(r, r.error)
+            elif r.kind == "text":
+                known = chunk.existing.get(r.id)
+                if known and known.text == r.text and known.model_version == version:
+                    done += 1
+                else:
+                    texts.append(r)
+        images: list[tuple[SourceRecord, Decoded]] = []
+        for r, d in self.pipeline.finish(chunk.pending):
+            if d.error is not None:
+                fail(r, d.error)
+            elif d.unchanged:
+                done += 1
+            else:
+                images.append((r, d))
+        cursor = chunk.records[-1].seq + 1
+        errors.sort(key=lambda e: int(e["seq"]))
+        return texts, images, Progress(cursor, done, failed, errors)
+
+
+def _batched(records: Iterator[SourceRecord], size: int) -> Iterator[list[SourceRecord]]:
+    while True:
+        chunk = list(itertools.islice(records, size))
+        if not chunk:
+            return
+        yield chunk

@@ -1,0 +1,95 @@
+"""One wiring for the server, the in-process CLI and the benchmarks: from ``Settings`` to
+the store, the engine, the model registry, the jobs and the activator."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from app.activation import Activator, restore_active
+from app.config import Settings
+from app.engine import Engine
+from app.finetune import FineTuner
+from app.jobs import ActivateRunner, FinetuneRunner, IndexRunner, JobManager
+from app.metrics import Metrics
+from app.retrieval import Retrieval
+from index import DB_FILE, CollectionStore, Database, FaissBackends, JobStore
+from models import load_encoder
+from models.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    store: CollectionStore
+    engine: Engine
+    registry: ModelRegistry
+    finetuner: FineTuner
+    activator: Activator
+    jobs: JobManager
+    retrieval: Retrieval
+
+    def close(self) -> None:
+        """Release what ``build_stack`` made, for callers without an event loop (the CLI);
+        the server stops the engine's batchers first."""
+        self.jobs.stop()
+        self.engine.shutdown()
+        self.store.close()
+
+
+def open_store(settings: Settings) -> CollectionStore:
+    return CollectionStore(
+        settings.data_dir,
+        backends=FaissBackends(use_gpu=settings.faiss_gpu, nprobe=settings.nprobe),
+        store_images=settings.store_images,
+        snapshot_every=settings.snapshot_every,
+    )
+
+
+def open_job_store(settings: Settings) -> JobStore:
+    """The job records alone (listing jobs needs neither indexes nor a model)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return JobStore(Database(settings.data_dir / DB_FILE))
+
+
+def build_stack(
+    settings: Settings, metrics: Metrics | None = None, store: CollectionStore | None = None
+) -> Stack:
+    """Open the store (unless given one), load the model (and the version the last
+    activation left active), and make the job manager. Blocking; nothing is started: the
+    server starts the engine's batchers and the job loop, the CLI runs jobs in its own
+    thread. On failure a store opened here is closed again; a given one stays open."""
+    given = store is not None
+    store = store or open_store(settings)
+    try:
+        encoder = load_encoder(
+            settings.model,
+            settings.pretrained,
+            settings.device,
+            settings.model_cache_dir,
+            settings.seed,
+        )
+        engine = Engine(encoder, settings, metrics or Metrics())
+        job_store = JobStore(store.db)
+        registry = ModelRegistry(settings.data_dir / "versions")
+        finetuner = FineTuner(settings, registry, job_store, engine.run_model)
+        restored = restore_active(settings, engine, finetuner)
+        if restored:
+            log.info("serving %s, the version last activated", restored)
+        activator = Activator(settings, store, engine, finetuner, job_store)
+        retrieval = Retrieval(settings, store, engine)
+        jobs = JobManager(
+            job_store,
+            [
+                IndexRunner(settings, store, job_store, engine, retrieval),
+                FinetuneRunner(settings, job_store, engine, finetuner),
+                ActivateRunner(job_store, activator),
+            ],
+        )
+    except BaseException:
+        if not given:
+            store.close()
+        raise
+    return Stack(settings, store, engine, registry, finetuner, activator, jobs, retrieval)

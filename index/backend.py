@@ -1,0 +1,87 @@
+"""The vector-backend seam: what the collection layer asks of one modality's vector index.
+
+A backend holds ``(label, vector)`` pairs, where labels are the store's int64 item labels,
+and answers inner-product searches over them. SQLite stays the source of truth: a backend
+can always be rebuilt from the stored embeddings, so it only has to serialise itself for
+faster start-ups. FAISS (``index.faiss_backend``) is the first implementation; a second
+one is a new module plus a ``BackendFactory``, with no change to the store's callers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass
+class SearchResult:
+    labels: np.ndarray  # int64, best first
+    scores: np.ndarray  # float32 inner products
+
+
+class VectorBackend(Protocol):
+    """One modality's vectors of one collection. Not thread-safe: the store serialises
+    writers and decides who may search at the same time (see ``exclusive_search``)."""
+
+    d: int
+    spec: str
+
+    @property
+    def ntotal(self) -> int:
+        """Vectors a search can return."""
+        ...
+
+    @property
+    def trained(self) -> bool: ...
+
+    @property
+    def exclusive_search(self) -> bool:
+        """True when two searches must not run at once (GPU resources)."""
+        ...
+
+    def add(self, labels: np.ndarray, xb: np.ndarray) -> None: ...
+
+    def remove(self, labels: np.ndarray) -> None: ...
+
+    def search(
+        self, xq: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> list[SearchResult]:
+        """Top-``k`` labels per query row by inner product, best first; ``allowed``
+        restricts the candidates to those labels."""
+        ...
+
+    def needs_training(self) -> bool:
+        """Enough vectors have arrived to train the real index: rebuild it (``build``)."""
+        ...
+
+    def needs_compaction(self) -> bool:
+        """Soft deletes have piled up: rebuild it from the live vectors (``build``)."""
+        ...
+
+    def train(self) -> None:
+        """Train on the vectors held now, if ``needs_training`` (start-up catch-up)."""
+        ...
+
+    def to_bytes(self, meta: dict[str, Any]) -> bytes:
+        """A snapshot of the index with the caller's ``meta``, read back by ``load``."""
+        ...
+
+
+class BackendFactory(Protocol):
+    """Makes a backend's indexes: empty, built from vectors, or loaded from a snapshot."""
+
+    def check(self, d: int, spec: str | None) -> str:
+        """The normalised spec, or ``InvalidIndexSpec`` saying what is wrong with it."""
+        ...
+
+    def create(self, d: int, spec: str) -> VectorBackend: ...
+
+    def build(self, d: int, spec: str, labels: np.ndarray, xb: np.ndarray) -> VectorBackend:
+        """A new index holding exactly these vectors, trained if there are enough of them."""
+        ...
+
+    def load(self, data: bytes) -> tuple[VectorBackend, dict[str, Any]]:
+        """An index and the ``meta`` it was saved with; raises on anything unreadable."""
+        ...

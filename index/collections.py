@@ -1,0 +1,412 @@
+"""Durable collections: items in SQLite (the source of truth), vectors in a vector backend.
+
+Create, list and delete collections; upsert, delete and read items; search one modality
+of a collection with optional metadata filters. Writes commit to SQLite first (see
+``index.db``) and then update the in-memory indexes under the collection's lock, so an
+acknowledged write survives a crash and is searchable once the call returns. Snapshots
+and recovery live in ``index.snapshots``, moving to another model version in
+``index.migration``. All methods block; callers on an event loop run them in an executor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.backend import BackendFactory
+from index.blobs import BlobStore, sha256_hex
+from index.db import (
+    DB_FILE,
+    ITEM_COLUMNS,
+    Database,
+    delete_rows,
+    dumps,
+    find_item,
+    item_from_row,
+    max_tombstone,
+)
+from index.errors import (
+    CollectionExists,
+    DimensionMismatch,
+    InvalidFilter,
+    ModelMismatch,
+    UnknownCollection,
+    UnknownItem,
+)
+from index.faiss_backend import FaissBackends
+from index.live import SHADOW_PREFIX, LiveCollection
+from index.migration import drop_unfinished
+from index.snapshots import Snapshots
+from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredVersion
+
+log = logging.getLogger(__name__)
+
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+COLLECTION_NAME_RULE = (
+    "collection names are 1-64 characters of letters, digits, '_', '.', '-', "
+    "starting with a letter or digit"
+)
+_SQL_CHUNK = 500  # ids per IN (...) query
+
+
+class CollectionStore:
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        backends: BackendFactory | None = None,
+        store_images: bool = True,
+        snapshot_every: int = 10_000,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.index_dir = self.data_dir / "indexes"
+        self.blobs = BlobStore(self.data_dir / "blobs")
+        self.store_images = store_images
+        self.db = Database(self.data_dir / DB_FILE)
+        self.backends = backends or FaissBackends()
+        self.snapshots = Snapshots(self.db, self.backends, self.index_dir, snapshot_every)
+        self.collections: dict[str, LiveCollection] = {}
+        self._closed = False
+        drop_unfinished(self)
+        for row in self.db.writer.execute(
+            "SELECT name, uid, index_spec, dim, model_version, created_at FROM collections"
+        ).fetchall():
+            self.collections[row[0]] = self.snapshots.open(*row)
+
+    def close(self) -> None:
+        """Snapshot what changed and release everything."""
+        if self._closed:
+            return
+        self.snapshots.wait_idle()
+        self.snapshot(only_dirty=True)
+        self._closed = True
+        self.db.close()
+
+    def snapshot(self, only_dirty: bool = False) -> int:
+        """Write every (or every changed) index to disk; returns how many were written."""
+        return self.snapshots.write_all(list(self.collections.values()), only_dirty)
+
+    def wait_idle(self) -> None:
+        """Wait for background training and compaction (tests, shutdown)."""
+        self.snapshots.wait_idle()
+
+    # --- collections ------------------------------------------------------------------------
+    def create_collection(
+        self, name: str, dim: int, model_version: str, index_spec: str | None = None
+    ) -> CollectionInfo:
+        if not COLLECTION_NAME.match(name):
+            raise ValueError(COLLECTION_NAME_RULE)
+        spec = self.backends.check(dim, index_spec)
+        with self.db.write_lock:
+            if name in self.collections:
+                raise CollectionExists(f"collection {name!r} already exists")
+            uid, now = uuid.uuid4().hex, time.time()
+            self.insert_collection_row(name, uid, spec, dim, model_version, now)
+            self.collections[name] = self.snapshots.new(name, uid, spec, dim, model_version, now)
+        return self.get_collection(name)
+
+    def insert_collection_row(
+        self, name: str, uid: str, spec: str, dim: int, model_version: str, created_at: float
+    ) -> None:
+        """Record a collection (call under the write lock)."""
+        with self.db.locked_transaction() as conn:
+            conn.execute(
+                "INSERT INTO collections (name, uid, index_spec, dim, model_version, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (name, uid, spec, dim, model_version, created_at),
+            )
+
+    def list_collections(self) -> list[CollectionInfo]:
+        names = [n for n in sorted(self.collections) if not n.startswith(SHADOW_PREFIX)]
+        return [self.get_collection(name) for name in names]
+
+    def get_collection(self, name: str) -> CollectionInfo:
+        return self.get(name).info()
+
+    def delete_collection(self, name: str) -> None:
+        with self.db.write_lock:
+            c = self.get(name)
+            with self.db.locked_transaction() as conn:
+                digests = delete_rows(conn, name)
+            with c.lock.write():
+                del self.collections[name]
+            self.collect_garbage(digests)
+            self.snapshots.remove_files(name)
+
+    def get(self, name: str) -> LiveCollection:
+        c = self.collections.get(name)
+        if c is None:
+            raise UnknownCollection(f"collection {name!r} does not exist")
+        return c
+
+    def is_current(self, c: LiveCollection) -> bool:
+        """Whether ``c`` still serves under its name (not deleted, not swapped)."""
+        return self.collections.get(c.name) is c
+
+    # --- items ------------------------------------------------------------------------------
+    def upsert(
+        self,
+        name: str,
+        items: Sequence[NewItem],
+        vectors: np.ndarray,
+        model_version: str,
+        extra: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> list[str]:
+        """Store ``items`` with their ``vectors`` (row i belongs to item i); an existing id
+        is replaced. Returns the ids once they are durable and searchable. ``extra`` runs
+        inside the same transaction (a job recording its progress with its items)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        c = self.get(name)
+        if vectors.ndim != 2 or vectors.shape != (len(items), c.dim):
+            raise DimensionMismatch(
+                f"expected {len(items)} vectors of dimension {c.dim}, got shape {vectors.shape}"
+            )
+        _check_model(c, model_version)
+        if not items and extra is None:
+            return []
+        with self.db.write_lock:
+            c = self.get(name)  # may have been deleted while we waited
+            self.upsert_locked(c, items, vectors, model_version, extra)
+        self.snapshots.after_write(c, self.is_current)
+        return [it.id for it in items]
+
+    def upsert_locked(
+        self,
+        c: LiveCollection,
+        items: Sequence[NewItem],
+        vectors: np.ndarray,
+        model_version: str,
+        extra: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        """``upsert`` for a caller that holds the write lock."""
+        name = c.name
+        now = time.time()
+        digests = [_digest(it) if self.store_images else None for it in items]
+        for row, (it, digest) in enumerate(zip(items, digests, strict=True)):
+            if it.content is not None and digest is not None:
+                self.blobs.put(it.content, digest)
+            elif digest is not None and not self.blobs.exists(digest):
+                # Written by a worker, then collected by a concurrent delete of another
+                # item with the same bytes: keep the item, say it has no image.
+                log.warning("stored image of %r vanished before its commit", it.id)
+                digests[row] = None
+        replaced: list[tuple[Modality, int, str | None]] = []
+        added: list[tuple[Modality, int, int]] = []  # modality, label, row in vectors
+        with self.db.locked_transaction() as conn:
+            for row, (it, digest) in enumerate(zip(items, digests, strict=True)):
+                old = find_item(conn, name, it.id)
+                if old is not None:
+                    conn.execute("DELETE FROM items WHERE label = ?", (old[0],))
+                    conn.execute(
+                        "INSERT INTO tombstones (collection, modality, label) VALUES (?, ?, ?)",
+                        (name, old[1], old[0]),
+                    )
+                    replaced.append((Modality(old[1]), int(old[0]), old[2]))
+                raw = it.raw_embedding
+                cur = conn.execute(
+                    "INSERT INTO items (collection, id, modality, metadata, text,"
+                    " content_sha256, media_type, embedding, raw_embedding, model_version,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        it.id,
+                        it.modality.value,
+                        dumps(it.metadata),
+                        it.text,
+                        digest,
+                        it.media_type if digest is not None else None,
+                        vectors[row].tobytes(),
+                        None if raw is None else np.asarray(raw, np.float32).tobytes(),
+                        model_version,
+                        it.created_at or now,
+                    ),
+                )
+                assert cur.lastrowid is not None
+                added.append((it.modality, int(cur.lastrowid), row))
+            if extra is not None:
+                extra(conn)
+            tomb_mark = max_tombstone(conn)
+        with c.lock.write():
+            for m in Modality:
+                side = c.sides[m]
+                gone = [label for mod, label, _ in replaced if mod is m]
+                side.index.remove(np.array(gone, dtype=np.int64))
+                mine = [(label, row) for mod, label, row in added if mod is m]
+                if mine:
+                    labels = np.array([label for label, _ in mine], dtype=np.int64)
+                    side.index.add(labels, vectors[[row for _, row in mine]])
+                    side.label_mark = max(side.label_mark, int(labels.max()))
+                if gone:
+                    side.tomb_mark = max(side.tomb_mark, tomb_mark)
+                side.dirty += len(gone) + len(mine)
+        self.collect_garbage([d for _, _, d in replaced if d is not None])
+
+    def delete_item(self, name: str, item_id: str) -> None:
+        with self.db.write_lock:
+            c = self.get(name)
+            self.delete_locked(c, item_id)
+        self.snapshots.after_write(c, self.is_current)
+
+    def delete_locked(self, c: LiveCollection, item_id: str) -> None:
+        """``delete_item`` for a caller that holds the write lock."""
+        with self.db.locked_transaction() as conn:
+            old = find_item(conn, c.name, item_id)
+            if old is None:
+                raise UnknownItem(f"item {item_id!r} is not in collection {c.name!r}")
+            conn.execute("DELETE FROM items WHERE label = ?", (old[0],))
+            cur = conn.execute(
+                "INSERT INTO tombstones (collection, modality, label) VALUES (?, ?, ?)",
+                (c.name, old[1], old[0]),
+            )
+            assert cur.lastrowid is not None
+        side = c.sides[Modality(old[1])]
+        with c.lock.write():
+            side.index.remove(np.array([old[0]], dtype=np.int64))
+            side.tomb_mark = max(side.tomb_mark, int(cur.lastrowid))
+            side.dirty += 1
+        if old[2] is not None:
+            self.collect_garbage([old[2]])
+
+    def get_item(self, name: str, item_id: str) -> Item:
+        self.get(name)
+        row = (
+            self.db.reader()
+            .execute(
+                f"SELECT {ITEM_COLUMNS} FROM items WHERE collection = ? AND id = ?",
+                (name, item_id),
+            )
+            .fetchone()
+        )
+        if row is None:
+            raise UnknownItem(f"item {item_id!r} is not in collection {name!r}")
+        return item_from_row(row)
+
+    def existing(self, name: str, ids: Sequence[str]) -> dict[str, StoredVersion]:
+        """What is stored under each of ``ids`` that exists."""
+        self.get(name)
+        out: dict[str, StoredVersion] = {}
+        conn = self.db.reader()
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), _SQL_CHUNK):
+            chunk = unique[start : start + _SQL_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in conn.execute(
+                "SELECT id, modality, content_sha256, text, model_version FROM items"
+                f" WHERE collection = ? AND id IN ({marks})",
+                [name, *chunk],
+            ):
+                out[row[0]] = StoredVersion(Modality(row[1]), row[2], row[3], row[4])
+        return out
+
+    def get_item_content(self, name: str, item_id: str) -> tuple[bytes, str]:
+        item = self.get_item(name, item_id)
+        if item.content_sha256 is None:
+            raise UnknownItem(f"item {item_id!r} has no stored image")
+        try:
+            data = self.blobs.get(item.content_sha256)
+        except FileNotFoundError as exc:
+            raise UnknownItem(f"the stored image of {item_id!r} is missing") from exc
+        return data, item.media_type or "application/octet-stream"
+
+    def collect_garbage(self, digests: Sequence[str]) -> None:
+        """Remove image files no item refers to any more (call under the write lock)."""
+        for digest in set(digests):
+            still = self.db.writer.execute(
+                "SELECT 1 FROM items WHERE content_sha256 = ? LIMIT 1", (digest,)
+            ).fetchone()
+            if still is None:
+                self.blobs.delete(digest)
+
+    # --- search -----------------------------------------------------------------------------
+    def search(
+        self,
+        name: str,
+        target: Modality,
+        xq: np.ndarray,
+        k: int,
+        *,
+        model_version: str,
+        where: dict[str, Any] | None = None,
+    ) -> list[list[Hit]]:
+        """Best ``k`` items of modality ``target`` for each query row, best first;
+        ``where`` keeps only items whose metadata has each key equal to its value."""
+        c = self.get(name)
+        _check_model(c, model_version)
+        allowed = self._filter_labels(name, target, where) if where else None
+        rows: dict[int, tuple[Any, ...]] = {}
+        with c.searching():
+            if not self.is_current(c):
+                # Swapped for a re-embedded copy since we looked it up: the caller embeds
+                # the query again for the version now there.
+                raise ModelMismatch(f"collection {name!r} moved to another model version")
+            results = c.sides[target].index.search(xq, k, allowed=allowed)
+            # Rows are read under the lock too, so a swap cannot delete them in between.
+            wanted = sorted({int(x) for r in results for x in r.labels})
+            conn = self.db.reader()
+            for start in range(0, len(wanted), _SQL_CHUNK):
+                chunk = wanted[start : start + _SQL_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                sql = "SELECT label, id, modality, metadata, text FROM items"
+                sql += f" WHERE label IN ({marks})"
+                for row in conn.execute(sql, chunk):
+                    rows[int(row[0])] = row
+        hits: list[list[Hit]] = []
+        for r in results:
+            found = []
+            for label, score in zip(r.labels, r.scores, strict=True):
+                row = rows.get(int(label))
+                if row is None:  # deleted between the index search and this read
+                    continue
+                found.append(Hit(row[1], float(score), Modality(row[2]), _loads(row[3]), row[4]))
+            hits.append(found)
+        return hits
+
+    def _filter_labels(self, name: str, modality: Modality, where: dict[str, Any]) -> np.ndarray:
+        clauses: list[str] = []
+        params: list[Any] = []
+        for key, value in where.items():
+            path = '$."' + str(key).replace('"', '""') + '"'
+            if value is None:
+                clauses.append("json_type(metadata, ?) = 'null'")
+                params.append(path)
+            elif isinstance(value, (str, int, float, bool)):
+                clauses.append("json_extract(metadata, ?) = ?")
+                params.extend([path, value])
+            else:
+                raise InvalidFilter(
+                    f"filter value for {key!r} must be a string, number, boolean or null"
+                )
+        sql = "SELECT label FROM items WHERE collection = ? AND modality = ? AND " + " AND ".join(
+            clauses
+        )
+        rows = self.db.reader().execute(sql, [name, modality.value, *params]).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+
+def _check_model(c: LiveCollection, model_version: str) -> None:
+    if model_version != c.model_version:
+        raise ModelMismatch(
+            f"collection {c.name!r} holds vectors of model {c.model_version!r}, but the server "
+            f"runs {model_version!r}; serve that model or re-create the collection"
+        )
+
+
+def _digest(item: NewItem) -> str | None:
+    if item.content is not None:
+        return sha256_hex(item.content)
+    return item.content_sha256
+
+
+def _loads(text: str) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads(text)
+    return value

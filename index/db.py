@@ -1,0 +1,226 @@
+"""The SQLite database: schema and its migrations, connections, transactions, row mapping.
+
+Every acknowledged write is committed in WAL mode with ``synchronous=FULL`` before the
+call returns, so it survives ``kill -9`` (and power loss). One lock serialises writers
+(SQLite has one writer anyway); each thread reads through a connection of its own.
+The collection store and the job store share one database, so a job's progress commits
+in the same transaction as the items it stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.types import Item, Modality, StoredItem
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS collections (
+    name TEXT PRIMARY KEY,
+    uid TEXT NOT NULL,
+    index_spec TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    model_version TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS items (
+    label INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    text TEXT,
+    content_sha256 TEXT,
+    media_type TEXT,
+    embedding BLOB NOT NULL,
+    raw_embedding BLOB,
+    model_version TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE (collection, id)
+);
+CREATE INDEX IF NOT EXISTS items_by_modality ON items (collection, modality, label);
+CREATE INDEX IF NOT EXISTS items_by_content ON items (content_sha256);
+CREATE TABLE IF NOT EXISTS tombstones (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    label INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tombstones_by_collection ON tombstones (collection, modality, seq);
+"""
+
+DB_FILE = "xmodal.sqlite3"
+ITEM_COLUMNS = "id, modality, metadata, text, content_sha256, media_type, model_version, created_at"
+STORED_COLUMNS = (
+    "label, id, modality, metadata, text, content_sha256, media_type, embedding,"
+    " raw_embedding, created_at"
+)
+
+
+class Database:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.write_lock = threading.Lock()
+        self.writer = self._connect()
+        self.apply(SCHEMA)
+        self._migrate()
+        self._readers = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_conns_lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    def apply(self, schema: str) -> None:
+        """Create what ``schema`` describes, if missing (one statement at a time, so no
+        implicit commit happens inside someone's transaction)."""
+        with self.transaction() as conn:
+            for statement in (s.strip() for s in schema.split(";")):
+                if statement:
+                    conn.execute(statement)
+
+    def _migrate(self) -> None:
+        columns = {row[1] for row in self.writer.execute("PRAGMA table_info(items)")}
+        if "raw_embedding" not in columns:  # a database from before mapped versions
+            self.writer.execute("ALTER TABLE items ADD COLUMN raw_embedding BLOB")
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read-only view of the database."""
+        conn: sqlite3.Connection | None = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._readers.conn = conn
+            with self._reader_conns_lock:
+                self._reader_conns.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A durable write transaction, serialised with every other writer."""
+        with self.write_lock, self.locked_transaction() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def locked_transaction(self) -> Iterator[sqlite3.Connection]:
+        """One IMMEDIATE transaction, committed durably, for a caller that holds
+        ``write_lock`` already (to keep memory and disk in step across a write)."""
+        conn = self.writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.writer.close()
+        with self._reader_conns_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+
+
+# --- queries shared by the collection store, its snapshots and migrations ------------------------
+def find_item(
+    conn: sqlite3.Connection, collection: str, item_id: str
+) -> tuple[int, str, str | None] | None:
+    """The label, modality and image digest of an item, if it exists."""
+    row: tuple[int, str, str | None] | None = conn.execute(
+        "SELECT label, modality, content_sha256 FROM items WHERE collection = ? AND id = ?",
+        (collection, item_id),
+    ).fetchone()
+    return row
+
+
+def delete_rows(conn: sqlite3.Connection, collection: str) -> list[str]:
+    """Delete a collection's rows; returns the image digests its items referred to."""
+    digests = [
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT content_sha256 FROM items"
+            " WHERE collection = ? AND content_sha256 IS NOT NULL",
+            (collection,),
+        )
+    ]
+    conn.execute("DELETE FROM items WHERE collection = ?", (collection,))
+    conn.execute("DELETE FROM tombstones WHERE collection = ?", (collection,))
+    conn.execute("DELETE FROM collections WHERE name = ?", (collection,))
+    return digests
+
+
+def max_tombstone(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT MAX(seq) FROM tombstones").fetchone()
+    return int(row[0] or 0)
+
+
+def load_vectors(
+    conn: sqlite3.Connection,
+    collection: str,
+    modality: Modality,
+    dim: int,
+    *,
+    min_label: int = 0,
+    max_label: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and embeddings of one modality of a collection, in label order."""
+    sql = "SELECT label, embedding FROM items WHERE collection = ? AND modality = ? AND label > ?"
+    params: list[Any] = [collection, modality.value, min_label]
+    if max_label is not None:
+        sql += " AND label <= ?"
+        params.append(max_label)
+    labels: list[int] = []
+    chunks: list[bytes] = []
+    for label, blob in conn.execute(sql + " ORDER BY label", params):
+        labels.append(label)
+        chunks.append(blob)
+    if not labels:
+        return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+    xb = np.frombuffer(b"".join(chunks), dtype=np.float32).reshape(len(labels), -1)
+    return np.array(labels, dtype=np.int64), xb
+
+
+def item_from_row(row: Sequence[Any]) -> Item:
+    """An ``Item`` from a row of ``ITEM_COLUMNS``."""
+    return Item(
+        id=row[0],
+        modality=Modality(row[1]),
+        metadata=json.loads(row[2]),
+        text=row[3],
+        content_sha256=row[4],
+        media_type=row[5],
+        model_version=row[6],
+        created_at=row[7],
+    )
+
+
+def stored_item_from_row(r: Sequence[Any]) -> StoredItem:
+    """A ``StoredItem`` from a row of ``STORED_COLUMNS``."""
+    return StoredItem(
+        label=int(r[0]),
+        id=r[1],
+        modality=Modality(r[2]),
+        metadata=json.loads(r[3]),
+        text=r[4],
+        content_sha256=r[5],
+        media_type=r[6],
+        embedding=np.frombuffer(r[7], dtype=np.float32),
+        raw_embedding=None if r[8] is None else np.frombuffer(r[8], dtype=np.float32),
+        created_at=r[9],
+    )
+
+
+def dumps(value: Any) -> str:
+    """Metadata as stored: compact JSON, unicode kept."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,56 @@
+"""An open collection in memory: one vector index per modality and what each contains."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from index.backend import VectorBackend
+from index.rwlock import RWLock
+from index.types import CollectionInfo, Modality
+
+# No user's collection name starts with it: re-embedded copies live under it.
+SHADOW_PREFIX = "."
+
+
+@dataclass
+class Side:
+    """One modality of one collection: its index and what the index already contains."""
+
+    index: VectorBackend
+    label_mark: int = 0  # highest item label applied to the index
+    tomb_mark: int = 0  # highest tombstone seq applied to the index
+    dirty: int = 0  # changes since the last snapshot
+    busy: bool = False  # a background snapshot or rebuild owns this side
+
+
+@dataclass
+class LiveCollection:
+    name: str
+    uid: str
+    spec: str
+    dim: int
+    model_version: str
+    created_at: float
+    sides: dict[Modality, Side]
+    # Searches share the indexes; index mutations and a swap exclude them.
+    lock: RWLock = field(default_factory=RWLock)
+
+    @contextlib.contextmanager
+    def searching(self) -> Iterator[None]:
+        exclusive = any(s.index.exclusive_search for s in self.sides.values())
+        with self.lock.write() if exclusive else self.lock.read():
+            yield
+
+    def info(self) -> CollectionInfo:
+        with self.lock.read():
+            return CollectionInfo(
+                name=self.name,
+                index_spec=self.spec,
+                dim=self.dim,
+                model_version=self.model_version,
+                created_at=self.created_at,
+                counts={m: s.index.ntotal for m, s in self.sides.items()},
+                trained={m: s.index.trained for m, s in self.sides.items()},
+            )

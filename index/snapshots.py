@@ -1,0 +1,233 @@
+"""Snapshots of the vector indexes and recovery on start.
+
+The indexes live in memory; snapshots of them are written now and then (temp file,
+fsync, rename) together with two watermarks: the highest item label and the highest
+tombstone sequence they contain. On start each snapshot is loaded and caught up from
+SQLite (labels added and tombstones written after the watermarks); a missing, stale or
+unreadable snapshot is rebuilt from the stored embeddings.
+
+Labels are SQLite AUTOINCREMENT row ids and are never reused: replacing an item inserts a
+new row and leaves a tombstone for the old label, so catch-up needs no ordering. Training
+an index and compacting soft deletes happen in background threads, away from the lock,
+and the result is swapped in caught up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index.backend import BackendFactory, VectorBackend
+from index.blobs import atomic_write
+from index.db import Database, load_vectors, max_tombstone
+from index.live import LiveCollection, Side
+from index.types import Modality
+
+log = logging.getLogger(__name__)
+
+
+class Snapshots:
+    def __init__(
+        self, db: Database, backends: BackendFactory, index_dir: Path, snapshot_every: int
+    ) -> None:
+        self.db = db
+        self.backends = backends
+        self.index_dir = index_dir
+        self.snapshot_every = snapshot_every
+        self._busy_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def path(self, name: str, modality: Modality) -> Path:
+        return self.index_dir / name / f"{modality.value}.xmidx"
+
+    def remove_files(self, name: str) -> None:
+        """Forget ``name``'s snapshots (a deleted collection, or one that moved)."""
+        for m in Modality:
+            with contextlib.suppress(FileNotFoundError):
+                self.path(name, m).unlink()
+        with contextlib.suppress(OSError):
+            (self.index_dir / name).rmdir()
+
+    def remove_folder(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self.index_dir / name)
+
+    # --- opening ------------------------------------------------------------------------------
+    def new(
+        self, name: str, uid: str, spec: str, dim: int, model_version: str, created_at: float
+    ) -> LiveCollection:
+        sides = {m: Side(self.backends.create(dim, spec)) for m in Modality}
+        return LiveCollection(name, uid, spec, dim, model_version, created_at, sides)
+
+    def open(
+        self, name: str, uid: str, spec: str, dim: int, model_version: str, created_at: float
+    ) -> LiveCollection:
+        """A stored collection with its indexes loaded and caught up, or rebuilt."""
+        c = self.new(name, uid, spec, dim, model_version, created_at)
+        for m in Modality:
+            started = time.monotonic()
+            index, label_mark, tomb_mark, how = self._load(c, m)
+            if index is None:
+                labels, xb = load_vectors(self.db.reader(), name, m, dim)
+                index = self.backends.build(dim, spec, labels, xb)
+                label_mark = int(labels.max()) if len(labels) else 0
+                tomb_mark = max_tombstone(self.db.writer)
+                how = "rebuilt from SQLite"
+            else:
+                label_mark, tomb_mark = self.catch_up(name, m, index, label_mark, tomb_mark)
+            c.sides[m] = Side(index, label_mark, tomb_mark, dirty=0 if how == "snapshot" else 1)
+            log.info(
+                "collection %s/%s: %d vectors, %s in %.2f s",
+                name,
+                m.value,
+                index.ntotal,
+                how,
+                time.monotonic() - started,
+            )
+        return c
+
+    def _load(self, c: LiveCollection, m: Modality) -> tuple[VectorBackend | None, int, int, str]:
+        path = self.path(c.name, m)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None, 0, 0, "no snapshot"
+        try:
+            index, meta = self.backends.load(data)
+        except Exception as exc:  # any unreadable snapshot is rebuilt, never trusted
+            log.warning("snapshot %s unreadable (%s); rebuilding from SQLite", path, exc)
+            return None, 0, 0, "unreadable snapshot"
+        if meta.get("uid") != c.uid or index.spec != c.spec or index.d != c.dim:
+            log.warning("snapshot %s belongs to another collection or spec; rebuilding", path)
+            return None, 0, 0, "stale snapshot"
+        return index, int(meta["label_mark"]), int(meta["tomb_mark"]), "snapshot"
+
+    def catch_up(
+        self,
+        name: str,
+        m: Modality,
+        index: VectorBackend,
+        label_mark: int,
+        tomb_mark: int,
+        present: np.ndarray | None = None,
+    ) -> tuple[int, int]:
+        """Apply to ``index`` the tombstones after ``tomb_mark`` and the items after
+        ``label_mark``; returns the new marks. ``present``, when known, lists the labels the
+        index holds, so tombstones of rows it never saw are not applied."""
+        conn = self.db.reader()
+        tombs = conn.execute(
+            "SELECT seq, label FROM tombstones WHERE collection = ? AND modality = ? AND seq > ?",
+            (name, m.value, tomb_mark),
+        ).fetchall()
+        gone = [label for _, label in tombs if label <= label_mark]
+        if present is not None:
+            gone = [int(x) for x in np.intersect1d(np.array(gone, dtype=np.int64), present)]
+        index.remove(np.array(gone, dtype=np.int64))
+        tomb_mark = max([tomb_mark, *(seq for seq, _ in tombs)])
+        labels, xb = load_vectors(conn, name, m, index.d, min_label=label_mark)
+        index.add(labels, xb)
+        if len(labels):
+            label_mark = int(labels.max())
+        index.train()
+        return label_mark, tomb_mark
+
+    # --- writing ------------------------------------------------------------------------------
+    def write_all(self, collections: list[LiveCollection], only_dirty: bool = False) -> int:
+        """Write every (or every changed) index to disk; returns how many were written."""
+        written = 0
+        for c in collections:
+            for m, side in c.sides.items():
+                if (only_dirty and not side.dirty) or not self._claim(side):
+                    continue
+                try:
+                    self._write(c, m)
+                finally:
+                    side.busy = False
+                written += 1
+        return written
+
+    def _write(self, c: LiveCollection, m: Modality) -> None:
+        with c.lock.read():
+            side = c.sides[m]
+            meta = {"uid": c.uid, "label_mark": side.label_mark, "tomb_mark": side.tomb_mark}
+            data = side.index.to_bytes(meta)
+            dirty_then = side.dirty
+        atomic_write(self.path(c.name, m), data)
+        with c.lock.write():
+            side.dirty -= dirty_then
+        with self.db.transaction() as conn:
+            # Tombstones the snapshot already reflects are needed by no one.
+            conn.execute(
+                "DELETE FROM tombstones WHERE collection = ? AND modality = ? AND seq <= ?",
+                (c.name, m.value, meta["tomb_mark"]),
+            )
+
+    # --- background upkeep --------------------------------------------------------------------
+    def after_write(self, c: LiveCollection, current: Callable[[LiveCollection], bool]) -> None:
+        """Train, compact or snapshot ``c``'s indexes in the background when they need it;
+        ``current`` tells whether ``c`` is still the collection under its name."""
+        for m, side in c.sides.items():
+            if side.index.needs_training() or side.index.needs_compaction():
+                if self._claim(side):
+                    self._spawn(self._rebuild, c, m, current)
+            elif side.dirty >= self.snapshot_every and self._claim(side):
+                self._spawn(self._write_in_background, c, m, current)
+
+    def _claim(self, side: Side) -> bool:
+        """Mark ``side`` busy for one background snapshot or rebuild; False if it already is."""
+        with self._busy_lock:
+            if side.busy:
+                return False
+            side.busy = True
+            return True
+
+    def _write_in_background(
+        self, c: LiveCollection, m: Modality, current: Callable[[LiveCollection], bool]
+    ) -> None:
+        try:
+            if current(c):
+                self._write(c, m)
+        except Exception:
+            log.exception("snapshot of %s/%s failed; SQLite still has every item", c.name, m.value)
+        finally:
+            c.sides[m].busy = False
+
+    def _rebuild(
+        self, c: LiveCollection, m: Modality, current: Callable[[LiveCollection], bool]
+    ) -> None:
+        """Train or compact one index away from the lock, then swap it in caught up."""
+        side = c.sides[m]
+        try:
+            label_mark, tomb_mark = side.label_mark, side.tomb_mark
+            labels, xb = load_vectors(self.db.reader(), c.name, m, c.dim, max_label=label_mark)
+            fresh = self.backends.build(c.dim, c.spec, labels, xb)
+            with self.db.write_lock, c.lock.write():
+                if not current(c):
+                    return
+                label_mark, tomb_mark = self.catch_up(
+                    c.name, m, fresh, label_mark, tomb_mark, present=labels
+                )
+                c.sides[m] = Side(fresh, label_mark, tomb_mark, side.dirty + 1)
+            log.info("rebuilt %s/%s index (%s, %d vectors)", c.name, m.value, c.spec, fresh.ntotal)
+        except Exception:
+            log.exception("rebuilding %s/%s failed; the old index keeps serving", c.name, m.value)
+            side.busy = False
+
+    def _spawn(self, fn: Any, *args: Any) -> None:
+        self._threads = [t for t in self._threads if t.is_alive()]
+        t = threading.Thread(target=fn, args=args, daemon=True, name=f"xmodal-{fn.__name__}")
+        self._threads.append(t)
+        t.start()
+
+    def wait_idle(self) -> None:
+        """Wait for background training and compaction (tests, shutdown)."""
+        for t in list(self._threads):
+            t.join()

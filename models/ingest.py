@@ -1,0 +1,210 @@
+"""The batch-ingest pipeline: image files to pixels ready for the model, in parallel.
+
+Image files are read, hashed, decoded and resized in worker processes (PIL), or on CUDA
+decoded by nvJPEG on the model's device, while the previous chunk is being encoded, so
+decoding and the model overlap. ``start`` hands a chunk's images to the decoders (at
+prefetch time), ``finish`` collects them, and ``encode_pixels`` stacks and normalises a
+batch on the device and encodes it. Files that hold the bytes an item already has come
+back ``unchanged`` without being decoded.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.encoder import Encoder
+from models.preprocess import (
+    BlobSink,
+    Decoded,
+    DecodeTask,
+    PixelPipeline,
+    decode_files,
+    decode_jpegs_on_device,
+    init_worker,
+    read_and_hash,
+)
+from models.sources import SourceRecord
+
+ModelRunner = Callable[..., Any]  # run_model(fn, *args) -> fn(*args), on the model thread
+_TASK_SIZE = 16  # files per worker task: large enough to amortise the IPC
+
+
+@dataclass
+class PendingChunk:
+    """A chunk's images on their way through the decoders."""
+
+    images: list[SourceRecord]
+    decodes: list[tuple[list[SourceRecord], Future[list[Decoded]]]] = field(default_factory=list)
+    reads: list[tuple[SourceRecord, Future[Decoded]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    max_bytes: int
+    max_pixels: int
+    workers: int | None = None  # decoding processes (None: one per core)
+
+
+class IngestPipeline:
+    def __init__(
+        self,
+        preprocess: Any,
+        device: torch.device,
+        limits: IngestLimits,
+        run_model: ModelRunner,
+        device_decode: bool | None = None,
+        sink: BlobSink | None = None,
+    ) -> None:
+        self.pipeline = PixelPipeline.from_preprocess(preprocess)
+        self.device = device
+        self.limits = limits
+        self.run_model = run_model
+        self.device_decode = device.type == "cuda" if device_decode is None else device_decode
+        self.sink = sink  # where decoded files' bytes are kept (None: nowhere)
+        self._pool: ProcessPoolExecutor | None = None
+        self._io_pool: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        if self._io_pool is not None:
+            self._io_pool.shutdown(wait=True, cancel_futures=True)
+            self._io_pool = None
+
+    def reset(self) -> None:
+        """Forget a broken worker pool; the next chunk starts a new one."""
+        self._pool = None
+
+    # --- a chunk --------------------------------------------------------------------------------
+    def start(self, images: list[SourceRecord], expected: dict[str, str]) -> PendingChunk:
+        """Send ``images`` to the decoders; ``expected`` maps a record id to the digest its
+        item holds already (that file comes back unchanged)."""
+        chunk = PendingChunk(images)
+        if self.device_decode:
+            # Read and hash now, on I/O threads; decoded on the model's device when the
+            # chunk's turn comes.
+            for r in images:
+                if r.image is not None:
+                    task = DecodeTask(r.image, expected.get(r.id))
+                    read = self._io().submit(read_and_hash, task, self.limits.max_bytes)
+                    chunk.reads.append((r, read))
+            return chunk
+        for start in range(0, len(images), _TASK_SIZE):
+            part = [r for r in images[start : start + _TASK_SIZE] if r.image is not None]
+            tasks = [DecodeTask(r.image, expected.get(r.id)) for r in part if r.image]
+            future = self._decode_pool().submit(
+                decode_files,
+                tasks,
+                self.pipeline,
+                self.limits.max_bytes,
+                self.limits.max_pixels,
+                self.sink,
+            )
+            chunk.decodes.append((part, future))
+        return chunk
+
+    def finish(self, chunk: PendingChunk) -> list[tuple[SourceRecord, Decoded]]:
+        """Each image with its pixels, its error, or ``unchanged``."""
+        if self.device_decode:
+            return self._device_decode(chunk)
+        out: list[tuple[SourceRecord, Decoded]] = []
+        for records, future in chunk.decodes:
+            out += list(zip(records, future.result(), strict=True))
+        return out
+
+    def encode_pixels(
+        self, encoder: Encoder, pixels: list[np.ndarray | torch.Tensor | None]
+    ) -> np.ndarray:
+        """Stack a batch (HWC arrays from the PIL workers, CHW tensors already on the device
+        from nvJPEG), normalise it on the device and encode it (on the model thread)."""
+        device = self.device
+        batch = torch.stack(
+            [
+                p.to(device)
+                if isinstance(p, torch.Tensor)
+                else torch.from_numpy(np.ascontiguousarray(p)).to(device).permute(2, 0, 1)
+                for p in pixels
+            ]
+        )
+        return encoder.encode_image_tensors(self.pipeline.normalise(batch, device))
+
+    # --- device decoding ------------------------------------------------------------------------
+    def _device_decode(self, chunk: PendingChunk) -> list[tuple[SourceRecord, Decoded]]:
+        """Decode the JPEGs the I/O threads read (at prefetch) on the model's device and
+        send what it cannot decode (other formats, odd JPEGs) through the PIL path."""
+        out: list[tuple[SourceRecord, Decoded]] = []
+        jpegs: list[tuple[SourceRecord, Decoded]] = []
+        for r, future in chunk.reads:
+            read = future.result()
+            if read.raw is None:  # failed, or unchanged
+                out.append((r, read))
+            else:
+                jpegs.append((r, read))
+        blobs = [read.raw for _, read in jpegs if read.raw is not None]
+        decoded = (
+            self.run_model(
+                decode_jpegs_on_device,
+                blobs,
+                self.pipeline,
+                self.device,
+                self.limits.max_pixels,
+            )
+            if blobs
+            else []
+        )
+        writes: list[Future[Any]] = []
+        fallback: list[SourceRecord] = []
+        for (r, read), pixels in zip(jpegs, decoded, strict=True):
+            if pixels is None:
+                fallback.append(r)
+                continue
+            if self.sink is not None and read.raw is not None and read.sha256 is not None:
+                writes.append(self._io().submit(self.sink, read.raw, read.sha256))
+            out.append((r, Decoded(read.sha256, "image/jpeg", pixels)))
+        if fallback:
+            tasks = [DecodeTask(r.image) for r in fallback if r.image is not None]
+            results = (
+                self._decode_pool()
+                .submit(
+                    decode_files,
+                    tasks,
+                    self.pipeline,
+                    self.limits.max_bytes,
+                    self.limits.max_pixels,
+                    self.sink,
+                )
+                .result()
+            )
+            out += list(zip(fallback, results, strict=True))
+        for w in writes:
+            w.result()  # every image file is on disk before its item commits
+        return out
+
+    # --- pools ----------------------------------------------------------------------------------
+    def _io(self) -> ThreadPoolExecutor:
+        if self._io_pool is None:
+            self._io_pool = ThreadPoolExecutor(
+                max(4, 2 * (os.cpu_count() or 1)), thread_name_prefix="xmodal-import-io"
+            )
+        return self._io_pool
+
+    def _decode_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            workers = self.limits.workers or os.cpu_count() or 1
+            # spawn, not fork: the parent holds CUDA, torch thread pools and sqlite handles.
+            self._pool = ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=init_worker,
+                initargs=(os.getpid(),),
+            )
+        return self._pool
