@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from models import ClipEncoder, load_encoder
-from tests.helpers import ServerProcess
+from tests.helpers import AppServer
+
+# No test may reach the internet: point the model hub at a closed loopback port.
+os.environ["HF_ENDPOINT"] = "https://127.0.0.1:9"
 
 
 @pytest.fixture(scope="session")
@@ -16,9 +20,10 @@ def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> ClipEncoder:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server for the API tests, with small limits so the limit tests stay cheap."""
-    proc = ServerProcess(
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    """One in-process server for the API tests, with small limits so the limit tests stay
+    cheap."""
+    proc = AppServer(
         tmp_path_factory.mktemp("server") / "data",
         max_upload_bytes=200_000,
         max_request_bytes=1_000_000,
@@ -35,7 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
-def client(server: ServerProcess) -> Iterator[httpx.Client]:
+def client(server: AppServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30.0) as c:
         yield c
 

@@ -16,7 +16,7 @@ from models.feature_map import FeatureMap
 from models.registry import ModelRegistry, ModelVersion
 from models.synthetic import write_dataset
 from tests.app.test_index_jobs import wait_for_job
-from tests.helpers import ServerProcess
+from tests.helpers import AppServer
 
 BASE = "xmodal-tiny@random-seed0"
 QUERIES = [
@@ -51,11 +51,11 @@ def activate(c: httpx.Client, version: str, **body: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, httpx.Client]]:
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AppServer, httpx.Client]]:
     data = tmp_path_factory.mktemp("activation") / "data"
     write_dataset(data / "import", "train", 400, seed=0, side=32)
     write_dataset(data / "import", "gallery", 80, seed=9, side=32)
-    server = ServerProcess(data).start()
+    server = AppServer(data).start()
     client = httpx.Client(base_url=server.url, timeout=60)
     assert client.post("/v1/collections", json={"name": "gallery"}).status_code == 201
     job = wait_for_job(
@@ -73,7 +73,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProces
 
 
 def test_activation_switches_every_collection_and_rollback_restores_the_answers(
-    lab: tuple[ServerProcess, httpx.Client],
+    lab: tuple[AppServer, httpx.Client],
 ) -> None:
     server, c = lab
     before = answers(c, "gallery")
@@ -113,7 +113,7 @@ def test_activation_switches_every_collection_and_rollback_restores_the_answers(
 
 
 def test_searches_during_activation_all_succeed_from_one_version(
-    lab: tuple[ServerProcess, httpx.Client],
+    lab: tuple[AppServer, httpx.Client],
 ) -> None:
     server, c = lab
     linear = finetune(c, "linear", epochs=30, seed=1)
@@ -151,7 +151,7 @@ def test_searches_during_activation_all_succeed_from_one_version(
 
 
 def test_a_version_that_did_not_beat_its_base_needs_force(
-    lab: tuple[ServerProcess, httpx.Client],
+    lab: tuple[AppServer, httpx.Client],
 ) -> None:
     server, c = lab
     registry = ModelRegistry(server.data_dir / "versions")
@@ -195,7 +195,7 @@ def test_failed_activation_leaves_the_serving_model_and_collections_untouched(
     data = tmp_path / "data"
     write_dataset(data / "import", "train", 200, seed=0, side=32)
     write_dataset(data / "import", "gallery", 30, seed=9, side=32)
-    server = ServerProcess(data, store_images="false").start()  # nothing to re-encode from
+    server = AppServer(data, store_images=False).start()  # nothing to re-encode from
     try:
         with httpx.Client(base_url=server.url, timeout=60) as c:
             c.post("/v1/collections", json={"name": "gallery"})

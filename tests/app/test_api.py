@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import ServerProcess, image_bytes
+from tests.helpers import AppServer, image_bytes
 
 COLOURS = {
     "red": (230, 20, 20),
@@ -253,7 +253,7 @@ def test_embed_returns_normalised_vectors_in_order(client: httpx.Client) -> None
 
 
 def test_concurrent_searches_each_get_their_own_answer(
-    client: httpx.Client, indexed: dict[str, Any], server: ServerProcess
+    client: httpx.Client, indexed: dict[str, Any], server: AppServer
 ) -> None:
     name, captions = indexed["name"], indexed["texts"]
 

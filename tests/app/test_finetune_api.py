@@ -9,11 +9,11 @@ import pytest
 
 from models.synthetic import write_dataset
 from tests.app.test_index_jobs import wait_for_job
-from tests.helpers import ServerProcess
+from tests.helpers import AppServer
 
 
 @pytest.fixture(scope="module")
-def shapes(server: ServerProcess) -> dict[str, str]:
+def shapes(server: AppServer) -> dict[str, str]:
     root = server.data_dir / "import"
     root.mkdir(exist_ok=True)
     train = write_dataset(root, "ft-train", 600, seed=0, domain="a", side=48, varied=False)

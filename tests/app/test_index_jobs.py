@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.corpus import Corpus, write_csv, write_folder, write_jsonl, write_parquet, write_shards
-from tests.helpers import ServerProcess
+from tests.helpers import AppServer
 
 
 def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, Any]:
@@ -67,7 +67,7 @@ WRITERS: dict[str, Callable[[Path, str], Corpus]] = {
 
 @pytest.mark.parametrize("fmt", list(WRITERS))
 def test_each_source_format_indexes_good_items_and_counts_bad_ones(
-    fmt: str, server: ServerProcess, client: httpx.Client, collection: str
+    fmt: str, server: AppServer, client: httpx.Client, collection: str
 ) -> None:
     root = server.data_dir / "import"
     root.mkdir(exist_ok=True)
@@ -95,7 +95,7 @@ def test_each_source_format_indexes_good_items_and_counts_bad_ones(
 
 
 def test_failure_reasons_say_what_went_wrong(
-    server: ServerProcess, client: httpx.Client, collection: str
+    server: AppServer, client: httpx.Client, collection: str
 ) -> None:
     root = server.data_dir / "import"
     root.mkdir(exist_ok=True)
@@ -111,7 +111,7 @@ def test_failure_reasons_say_what_went_wrong(
 
 
 def test_sources_outside_the_import_root_are_refused(
-    server: ServerProcess, client: httpx.Client, collection: str
+    server: AppServer, client: httpx.Client, collection: str
 ) -> None:
     root = server.data_dir / "import"
     root.mkdir(exist_ok=True)
@@ -135,7 +135,7 @@ def test_sources_outside_the_import_root_are_refused(
 
 
 def test_bad_job_requests_get_clear_errors(
-    server: ServerProcess, client: httpx.Client, collection: str
+    server: AppServer, client: httpx.Client, collection: str
 ) -> None:
     root = server.data_dir / "import"
     root.mkdir(exist_ok=True)
@@ -159,7 +159,7 @@ def test_bad_job_requests_get_clear_errors(
 
 
 def test_finished_jobs_cannot_be_cancelled(
-    server: ServerProcess, client: httpx.Client, collection: str
+    server: AppServer, client: httpx.Client, collection: str
 ) -> None:
     root = server.data_dir / "import"
     root.mkdir(exist_ok=True)

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from tests.helpers import ServerProcess
+from tests.helpers import AppServer
 
 
 def photo(width: int, height: int) -> bytes:
@@ -23,7 +23,7 @@ def photo(width: int, height: int) -> bytes:
 
 
 def test_thumbnails_are_small_cached_and_revalidated(
-    client: httpx.Client, collection: str, server: ServerProcess
+    client: httpx.Client, collection: str, server: AppServer
 ) -> None:
     big = photo(1200, 800)
     buf = io.BytesIO()
