@@ -92,25 +92,21 @@ class Activator:
         names = [
             c.name for c in self.store.list_collections() if c.model_version == current.version
         ]
-        total = sum(
-            c.counts[Modality.IMAGE] + c.counts[Modality.TEXT]
-            for c in self.store.list_collections()
-            if c.name in names
-        )
         detail: dict[str, Any] = {
             "phase": "re-embedding",
             "from": current.version,
             "to": target,
             "collections": names,
         }
-        self.jobs.report(job.id, detail, done=0, total=total)
         done = 0
-        started = time.monotonic()
         migration = None
         try:
             migration = Migration(
                 self.store, names, target, lambda items: self._vectors(items, current, new)
             )
+            total = migration.total
+            self.jobs.report(job.id, detail, done=0, total=total)
+            started = time.monotonic()
             while True:
                 if should_stop():
                     raise TrainingStopped

@@ -17,23 +17,23 @@ from typing import Any
 
 import httpx
 
+from app.cli.client import ApiClient
 from models.synthetic import write_dataset
 
 EXAMPLES = ("a small red circle", "a large blue square", "a green cross at the top left")
 
 
-def _wait(client: httpx.Client, job_id: str, label: str) -> dict[str, Any]:
-    while True:
-        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+def _wait(client: ApiClient, job_id: str, label: str) -> dict[str, Any]:
+    def show(job: dict[str, Any]) -> None:
         progress = job.get("detail", {}).get("progress")
         extra = f" loss {progress['loss']:.3f}" if progress else ""
         sys.stderr.write(f"\r{label}: {job['state']} {job['done']}/{job['total'] or '?'}{extra}   ")
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            sys.stderr.write("\n")
-            if job["state"] != "succeeded":
-                raise SystemExit(f"{label} {job['state']}: {job.get('message')}")
-            return job
-        time.sleep(0.5)
+
+    job = client.wait_job(job_id, show)
+    sys.stderr.write("\n")
+    if job["state"] != "succeeded":
+        raise SystemExit(f"{label} {job['state']}: {job.get('message')}")
+    return job
 
 
 def run(data_dir: Path, port: int, pairs: int, epochs: int) -> int:
@@ -54,7 +54,8 @@ def run(data_dir: Path, port: int, pairs: int, epochs: int) -> int:
     server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        with httpx.Client(base_url=url, timeout=60) as c:
+        with ApiClient(url) as api:
+            c = api.http
             for _ in range(600):
                 try:
                     if c.get("/readyz").status_code == 200:
@@ -64,30 +65,25 @@ def run(data_dir: Path, port: int, pairs: int, epochs: int) -> int:
                 time.sleep(0.2)
             active = c.get("/readyz").json()["model"]
             if active.startswith("xmodal-tiny@random"):
-                r = c.post(
-                    "/v1/finetune",
-                    json={
-                        "source": "shapes-train.jsonl",
-                        "method": "contrastive",
-                        "hyperparameters": {"epochs": epochs, "lr": 1e-3, "batch_size": 64},
-                    },
-                )
-                job = _wait(c, r.json()["id"], "fine-tuning")
+                tune = {
+                    "source": "shapes-train.jsonl",
+                    "method": "contrastive",
+                    "hyperparameters": {"epochs": epochs, "lr": 1e-3, "batch_size": 64},
+                }
+                job = _wait(api, api.post("/v1/finetune", tune, (202,))["id"], "fine-tuning")
                 detail = job["detail"]
                 base, tuned = detail["base_metrics"]["t2i_r5"], detail["result_metrics"]["t2i_r5"]
                 print(
                     f"{detail['version']}: text-to-image Recall@5 on held-out pairs "
                     f"{base:.1f} -> {tuned:.1f}"
                 )
-                _wait(
-                    c,
-                    c.post(f"/v1/models/{detail['version']}/activate", json={}).json()["id"],
-                    "activating",
-                )
+                activate = f"/v1/models/{detail['version']}/activate"
+                _wait(api, api.post(activate, {}, (202,))["id"], "activating")
             if c.get("/v1/collections/demo").status_code == 404:
                 c.post("/v1/collections", json={"name": "demo"})
-            r = c.post("/v1/collections/demo/jobs/index", json={"source": "shapes-gallery.jsonl"})
-            _wait(c, r.json()["id"], "indexing the gallery")
+            gallery = {"source": "shapes-gallery.jsonl"}
+            job_id = api.post("/v1/collections/demo/jobs/index", gallery, (202,))["id"]
+            _wait(api, job_id, "indexing the gallery")
             for query in EXAMPLES:
                 hits = c.post("/v1/collections/demo/search", json={"text": query, "k": 3}).json()[
                     "results"

@@ -84,12 +84,15 @@ class Services:
     def metric_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"ready": self.ready}
         if self.stack is not None:
-            engine, store = self.stack.engine, self.stack.store
+            engine = self.stack.engine
             state["queue_depth"] = {
                 "image": engine.images.queue_depth,
                 "text": engine.texts.queue_depth,
             }
+        if self.store is not None:
             state["index_vectors"] = {
-                (c.name, m.value): n for c in store.list_collections() for m, n in c.counts.items()
+                (c.name, m.value): n
+                for c in self.store.list_collections()
+                for m, n in c.counts.items()
             }
         return state

@@ -98,18 +98,10 @@ class IngestPipeline:
                     read = self._io().submit(read_and_hash, task, self.limits.max_bytes)
                     chunk.reads.append((r, read))
             return chunk
-        for start in range(0, len(images), _TASK_SIZE):
-            part = [r for r in images[start : start + _TASK_SIZE] if r.image is not None]
-            tasks = [DecodeTask(r.image, expected.get(r.id)) for r in part if r.image]
-            future = self._decode_pool().submit(
-                decode_files,
-                tasks,
-                self.pipeline,
-                self.limits.max_bytes,
-                self.limits.max_pixels,
-                self.sink,
-            )
-            chunk.decodes.append((part, future))
+        with_files = [r for r in images if r.image is not None]
+        for start in range(0, len(with_files), _TASK_SIZE):
+            part = with_files[start : start + _TASK_SIZE]
+            chunk.decodes.append((part, self._decode(part, expected)))
         return chunk
 
     def finish(self, chunk: PendingChunk) -> list[tuple[SourceRecord, Decoded]]:
@@ -171,23 +163,24 @@ class IngestPipeline:
                 writes.append(self._io().submit(self.sink, read.raw, read.sha256))
             out.append((r, Decoded(read.sha256, "image/jpeg", pixels)))
         if fallback:
-            tasks = [DecodeTask(r.image) for r in fallback if r.image is not None]
-            results = (
-                self._decode_pool()
-                .submit(
-                    decode_files,
-                    tasks,
-                    self.pipeline,
-                    self.limits.max_bytes,
-                    self.limits.max_pixels,
-                    self.sink,
-                )
-                .result()
-            )
-            out += list(zip(fallback, results, strict=True))
+            out += list(zip(fallback, self._decode(fallback, {}).result(), strict=True))
         for w in writes:
             w.result()  # every image file is on disk before its item commits
         return out
+
+    def _decode(
+        self, records: list[SourceRecord], expected: dict[str, str]
+    ) -> Future[list[Decoded]]:
+        """Read, hash, decode and resize ``records``' files in a worker process."""
+        tasks = [DecodeTask(r.image, expected.get(r.id)) for r in records if r.image is not None]
+        return self._decode_pool().submit(
+            decode_files,
+            tasks,
+            self.pipeline,
+            self.limits.max_bytes,
+            self.limits.max_pixels,
+            self.sink,
+        )
 
     # --- pools ----------------------------------------------------------------------------------
     def _io(self) -> ThreadPoolExecutor:

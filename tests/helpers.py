@@ -115,17 +115,13 @@ class ServerProcess:
     def __init__(self, data_dir: Path, **settings: Any) -> None:
         self.data_dir = data_dir
         self.port = free_port()
+        every = {**TINY, "data_dir": data_dir, **settings}
         self.env = {
             **os.environ,
-            "XMODAL_MODEL": "xmodal-tiny",
-            "XMODAL_PRETRAINED": "none",
-            "XMODAL_DATA_DIR": str(data_dir),
-            "XMODAL_DEVICE": "cpu",
-            "XMODAL_LOG_LEVEL": "warning",
+            **{f"XMODAL_{k.upper()}": str(v) for k, v in every.items()},
             # No test may reach the internet: point the hub at a closed loopback port.
             "HF_ENDPOINT": "https://127.0.0.1:9",
         }
-        self.env.update({f"XMODAL_{k.upper()}": str(v) for k, v in settings.items()})
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"server-{self.port}.log"
 

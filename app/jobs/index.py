@@ -15,7 +15,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -141,11 +141,8 @@ class IndexRunner:
         """Encode the chunk and commit it with the job's progress (through the retrieval
         path, which encodes again if an activation switched the model meanwhile)."""
         texts, images, progress = self._sort(chunk)
-        progress = Progress(
-            progress.cursor, progress.done, progress.failed, progress.errors, seconds=seconds
-        )
         if not texts and not images:
-            self.jobs.advance(job.id, progress)
+            self.jobs.advance(job.id, replace(progress, seconds=seconds))
             return
 
         def embed(version: str) -> tuple[list[NewItem], np.ndarray]:
@@ -174,13 +171,7 @@ class IndexRunner:
                 ]
             return items, np.concatenate(vectors)
 
-        done = Progress(
-            progress.cursor,
-            progress.done + len(texts) + len(images),
-            progress.failed,
-            progress.errors,
-            progress.seconds,
-        )
+        done = replace(progress, done=progress.done + len(texts) + len(images), seconds=seconds)
         self.retrieval.add_blocking(collection, embed, extra=self.jobs.recorder(job.id, done))
 
     def _sort(

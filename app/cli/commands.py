@@ -1,4 +1,8 @@
-"""The ``xmodal`` command."""
+"""The ``xmodal`` command: serve, index build, jobs, finetune, eval, models, demo.
+
+Commands with ``--server`` talk to a running server (``app.cli.client``); without it they
+build the stack in this process and run their job in the calling thread.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,21 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
+
+from app.cli.client import ApiClient, CliError
+from app.cli.render import (
+    finetune_summary,
+    jobs_table,
+    metrics_table,
+    models_table,
+    report,
+    show_progress,
+    show_training,
+)
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -20,12 +34,8 @@ if TYPE_CHECKING:
     from index import Job
 
 
-class CliError(Exception):
-    """Reported as ``xmodal: message`` with exit status ``code``."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
+def _client(args: argparse.Namespace, timeout: float | None = 60) -> ApiClient:
+    return ApiClient(args.server, getattr(args, "api_key", None), timeout)
 
 
 def _settings() -> Settings:
@@ -92,21 +102,13 @@ def _index_build(args: argparse.Namespace) -> int:
 
 
 def _index_build_remote(args: argparse.Namespace) -> int:
-    import httpx
-
-    if args.create:
-        r = httpx.post(
-            args.server.rstrip("/") + "/v1/collections",
-            json={"name": args.collection, "index": args.index},
-            timeout=60,
-            headers=_auth(args),
-        )
-        if r.status_code not in (201, 409):
-            raise CliError(_api_message(r))
-    body = {"source": args.source, "format": args.format}
-    return _report(
-        _remote_job(args, f"/v1/collections/{args.collection}/jobs/index", body, _show_progress)
-    )
+    with _client(args) as client:
+        if args.create:
+            collection = {"name": args.collection, "index": args.index}
+            client.post("/v1/collections", collection, (201, 409))
+        body = {"source": args.source, "format": args.format}
+        path = f"/v1/collections/{args.collection}/jobs/index"
+        return report(client.run_job(path, body, show_progress))
 
 
 @contextlib.contextmanager
@@ -148,7 +150,7 @@ def _index_build_local(args: argparse.Namespace) -> int:
                 )
         params = {"source": args.source, "format": args.format}
         job = stack.jobs.submit(INDEX_JOB, args.collection, params)
-        return _report(_run_local(stack, job, _show_progress))
+        return report(_run_local(stack, job, show_progress))
 
 
 # --- fine-tuning ------------------------------------------------------------------------------
@@ -171,71 +173,22 @@ def _finetune(args: argparse.Namespace) -> int:
         "hyperparameters": hyperparameters,
     }
     if args.server:
-        job = _remote_job(args, "/v1/finetune", params, _show_training)
+        with _client(args) as client:
+            job = client.run_job("/v1/finetune", params, show_training)
     else:
         from app.finetune import FINETUNE_JOB
 
         with _local_stack() as stack:
-            job = _run_local(stack, stack.jobs.submit(FINETUNE_JOB, None, params), _show_training)
+            job = _run_local(stack, stack.jobs.submit(FINETUNE_JOB, None, params), show_training)
     sys.stderr.write("\n")
-    detail = job["detail"]
-    print(
-        f"job {job['id']} {job['state']}" + (f" ({job['message']})" if job.get("message") else "")
-    )
-    if "result_metrics" in detail:
-        print(f"version {detail['version']}: beats its base: {detail['beats_base']}")
-        print(
-            _metrics_table({"base": detail["base_metrics"], "fine-tuned": detail["result_metrics"]})
-        )
+    print(finetune_summary(job))
     return 0 if job["state"] == "succeeded" else 1
-
-
-def _show_training(job: dict[str, Any]) -> None:
-    progress = job["detail"].get("progress")
-    phase = job["detail"].get("phase", job["state"])
-    if not progress:
-        sys.stderr.write(f"\r{phase}   ")
-    else:
-        sys.stderr.write(
-            f"\r{phase}: epoch {progress['epoch'] + 1} step {progress['step'] + 1}/{job['total']}"
-            f"  loss {progress['loss']:.4f}  lr {progress['lr']:.2e}"
-            f"  {progress['samples_per_second']:,.0f} samples/s   "
-        )
-    sys.stderr.flush()
-
-
-def _metrics_table(columns: dict[str, dict[str, float]]) -> str:
-    keys = [
-        "t2i_r1",
-        "t2i_r5",
-        "t2i_r10",
-        "i2t_r1",
-        "i2t_r5",
-        "i2t_r10",
-        "t2i_mrr",
-        "i2t_mrr",
-        "t2i_median_rank",
-        "i2t_median_rank",
-    ]
-    lines = ["metric".ljust(18) + "".join(name.rjust(14) for name in columns)]
-    for key in keys:
-        lines.append(
-            key.ljust(18) + "".join(f"{m.get(key, float('nan')):14.3f}" for m in columns.values())
-        )
-    return "\n".join(lines)
 
 
 def _eval(args: argparse.Namespace) -> int:
     if args.server:
-        import httpx
-
-        body = {"source": args.source, "model": args.model}
-        r = httpx.post(
-            args.server.rstrip("/") + "/v1/evaluate", json=body, timeout=None, headers=_auth(args)
-        )
-        if r.status_code != 200:
-            raise CliError(_api_message(r))
-        result = r.json()
+        with _client(args, timeout=None) as client:
+            result = client.post("/v1/evaluate", {"source": args.source, "model": args.model})
     else:
         with _local_stack() as stack:
             finetuner, engine = stack.finetuner, stack.engine
@@ -246,13 +199,14 @@ def _eval(args: argparse.Namespace) -> int:
                 "metrics": finetuner.evaluate(encoder, images, texts),
             }
     print(f"model {result['model']} on {args.source} ({int(result['metrics']['pairs'])} pairs)")
-    print(_metrics_table({"value": result["metrics"]}))
+    print(metrics_table({"value": result["metrics"]}))
     return 0
 
 
 def _models(args: argparse.Namespace) -> int:
     if args.server:
-        models = _api_get(args, "/v1/models")["models"]
+        with _client(args) as client:
+            models = client.get("/v1/models")["models"]
     else:
         from models.loading import resolve_weights
         from models.registry import ModelRegistry
@@ -278,52 +232,14 @@ def _models(args: argparse.Namespace) -> int:
                     "active": False,
                 }
             )
-    row = "{:1} {:40} {:20} {:>10} {:>10}  {}"
-    print(row.format("", "version", "method", "base R@5", "new R@5", "base"))
-    for m in models:
-        base = m["metrics"].get("base", {}).get("t2i_r5")
-        new = m["metrics"].get("result", {}).get("t2i_r5")
-        print(
-            row.format(
-                "*" if m["active"] else "",
-                m["version"],
-                m["method"],
-                "" if base is None else f"{base:.1f}",
-                "" if new is None else f"{new:.1f}",
-                m["base"] or "",
-            )
-        )
+    print(models_table(models))
     return 0
-
-
-def _remote_job(
-    args: argparse.Namespace,
-    path: str,
-    body: dict[str, Any],
-    show: Callable[[dict[str, Any]], None],
-) -> dict[str, Any]:
-    import httpx
-
-    with httpx.Client(base_url=args.server.rstrip("/"), timeout=60, headers=_auth(args)) as client:
-        r = client.post(path, json=body)
-        if r.status_code != 202:
-            raise CliError(_api_message(r))
-        job_id = r.json()["id"]
-        print(f"job {job_id} started on {args.server}", file=sys.stderr)
-        while True:
-            r = client.get(f"/v1/jobs/{job_id}")
-            if r.status_code != 200:
-                raise CliError(_api_message(r))
-            job: dict[str, Any] = r.json()
-            show(job)
-            if job["state"] in ("succeeded", "failed", "cancelled"):
-                return job
-            time.sleep(0.5)
 
 
 def _jobs(args: argparse.Namespace) -> int:
     if args.server:
-        jobs = _api_get(args, "/v1/jobs")["jobs"]
+        with _client(args) as client:
+            jobs = client.get("/v1/jobs")["jobs"]
     else:
         from app.jobs import job_summary
         from app.stack import open_job_store
@@ -333,77 +249,8 @@ def _jobs(args: argparse.Namespace) -> int:
             jobs = [job_summary(j) for j in job_store.recent()]
         finally:
             job_store.db.close()
-    row = "{:16}  {:8}  {:9}  {:16}  {:>8}  {:>7}  {:>8}  {}"
-    print(row.format("id", "kind", "state", "collection", "done", "failed", "total", "source"))
-    for j in jobs:
-        total = "" if j["total"] is None else j["total"]
-        print(
-            row.format(
-                j["id"],
-                j["kind"],
-                j["state"],
-                j["collection"] or "",
-                j["done"],
-                j["failed"],
-                total,
-                j["params"].get("source", ""),
-            )
-        )
+    print(jobs_table(jobs))
     return 0
-
-
-def _show_progress(job: dict[str, Any]) -> None:
-    total, done, failed = job.get("total"), job["done"], job["failed"]
-    processed = done + failed
-    rate = job.get("items_per_second")
-    eta = job.get("eta_seconds")
-    if total:
-        filled = int(30 * processed / total)
-        bar = f"[{'#' * filled}{'.' * (30 - filled)}] {processed}/{total}"
-        bar += f" {100 * processed / total:5.1f}%"
-    else:
-        bar = f"{processed} items"
-    extra = f"  {rate:,.0f} items/s" if rate else ""
-    extra += f"  ETA {eta:,.0f} s" if eta else ""
-    extra += f"  {failed} failed" if failed else ""
-    sys.stderr.write(f"\r{bar}{extra}   ")
-    sys.stderr.flush()
-
-
-def _report(job: dict[str, Any]) -> int:
-    sys.stderr.write("\n")
-    print(
-        f"job {job['id']} {job['state']}: {job['done']} done, {job['failed']} failed"
-        + (f" ({job['message']})" if job.get("message") else "")
-    )
-    for err in job["errors"][:20]:
-        print(f"  failed {err['item']}: {err['reason']}")
-    if len(job["errors"]) > 20 or job["failed"] > len(job["errors"]):
-        print(f"  ... {job['failed'] - min(20, len(job['errors']))} more failures")
-    return 0 if job["state"] == "succeeded" else 1
-
-
-def _api_get(args: argparse.Namespace, path: str) -> dict[str, Any]:
-    import httpx
-
-    r = httpx.get(args.server.rstrip("/") + path, timeout=30, headers=_auth(args))
-    if r.status_code != 200:
-        raise CliError(_api_message(r))
-    body: dict[str, Any] = r.json()
-    return body
-
-
-def _auth(args: argparse.Namespace) -> dict[str, str]:
-    key = getattr(args, "api_key", None)
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-def _api_message(r: Any) -> str:
-    try:
-        err = r.json()["error"]
-        return f"{r.status_code} {err['code']}: {err['message']}"
-    except (ValueError, KeyError, TypeError):
-        return f"{r.status_code}: {r.text[:200]}"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -499,7 +346,3 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         raise
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,124 @@
+"""What the ``xmodal`` command prints: job progress lines, reports and tables."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+METRIC_KEYS = (
+    "t2i_r1",
+    "t2i_r5",
+    "t2i_r10",
+    "i2t_r1",
+    "i2t_r5",
+    "i2t_r10",
+    "t2i_mrr",
+    "i2t_mrr",
+    "t2i_median_rank",
+    "i2t_median_rank",
+)
+
+
+def show_progress(job: dict[str, Any]) -> None:
+    total, done, failed = job.get("total"), job["done"], job["failed"]
+    processed = done + failed
+    rate = job.get("items_per_second")
+    eta = job.get("eta_seconds")
+    if total:
+        filled = int(30 * processed / total)
+        bar = f"[{'#' * filled}{'.' * (30 - filled)}] {processed}/{total}"
+        bar += f" {100 * processed / total:5.1f}%"
+    else:
+        bar = f"{processed} items"
+    extra = f"  {rate:,.0f} items/s" if rate else ""
+    extra += f"  ETA {eta:,.0f} s" if eta else ""
+    extra += f"  {failed} failed" if failed else ""
+    sys.stderr.write(f"\r{bar}{extra}   ")
+    sys.stderr.flush()
+
+
+def show_training(job: dict[str, Any]) -> None:
+    progress = job["detail"].get("progress")
+    phase = job["detail"].get("phase", job["state"])
+    if not progress:
+        sys.stderr.write(f"\r{phase}   ")
+    else:
+        sys.stderr.write(
+            f"\r{phase}: epoch {progress['epoch'] + 1} step {progress['step'] + 1}/{job['total']}"
+            f"  loss {progress['loss']:.4f}  lr {progress['lr']:.2e}"
+            f"  {progress['samples_per_second']:,.0f} samples/s   "
+        )
+    sys.stderr.flush()
+
+
+def report(job: dict[str, Any]) -> int:
+    sys.stderr.write("\n")
+    print(
+        f"job {job['id']} {job['state']}: {job['done']} done, {job['failed']} failed"
+        + (f" ({job['message']})" if job.get("message") else "")
+    )
+    for err in job["errors"][:20]:
+        print(f"  failed {err['item']}: {err['reason']}")
+    if len(job["errors"]) > 20 or job["failed"] > len(job["errors"]):
+        print(f"  ... {job['failed'] - min(20, len(job['errors']))} more failures")
+    return 0 if job["state"] == "succeeded" else 1
+
+
+def metrics_table(columns: dict[str, dict[str, float]]) -> str:
+    lines = ["metric".ljust(18) + "".join(name.rjust(14) for name in columns)]
+    for key in METRIC_KEYS:
+        lines.append(
+            key.ljust(18) + "".join(f"{m.get(key, float('nan')):14.3f}" for m in columns.values())
+        )
+    return "\n".join(lines)
+
+
+def models_table(models: list[dict[str, Any]]) -> str:
+    row = "{:1} {:40} {:20} {:>10} {:>10}  {}"
+    lines = [row.format("", "version", "method", "base R@5", "new R@5", "base")]
+    for m in models:
+        base = m["metrics"].get("base", {}).get("t2i_r5")
+        new = m["metrics"].get("result", {}).get("t2i_r5")
+        lines.append(
+            row.format(
+                "*" if m["active"] else "",
+                m["version"],
+                m["method"],
+                "" if base is None else f"{base:.1f}",
+                "" if new is None else f"{new:.1f}",
+                m["base"] or "",
+            )
+        )
+    return "\n".join(lines)
+
+
+def jobs_table(jobs: list[dict[str, Any]]) -> str:
+    row = "{:16}  {:8}  {:9}  {:16}  {:>8}  {:>7}  {:>8}  {}"
+    lines = [row.format("id", "kind", "state", "collection", "done", "failed", "total", "source")]
+    for j in jobs:
+        total = "" if j["total"] is None else j["total"]
+        lines.append(
+            row.format(
+                j["id"],
+                j["kind"],
+                j["state"],
+                j["collection"] or "",
+                j["done"],
+                j["failed"],
+                total,
+                j["params"].get("source", ""),
+            )
+        )
+    return "\n".join(lines)
+
+
+def finetune_summary(job: dict[str, Any]) -> str:
+    """A fine-tune job's end: its state and, when it made a version, the two evaluations."""
+    detail = job["detail"]
+    message = f" ({job['message']})" if job.get("message") else ""
+    lines = [f"job {job['id']} {job['state']}{message}"]
+    if "result_metrics" in detail:
+        lines.append(f"version {detail['version']}: beats its base: {detail['beats_base']}")
+        columns = {"base": detail["base_metrics"], "fine-tuned": detail["result_metrics"]}
+        lines.append(metrics_table(columns))
+    return "\n".join(lines)
