@@ -16,22 +16,23 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from PIL import Image
 
 from app.config import Settings
 from app.engine import Engine
 from app.errors import AppError
 from app.finetune import FineTuner
-from index import CollectionStore, Job, JobStore, Migration, Modality
+from index import CollectionStore, Job, JobStore, Migration
 from index.blobs import atomic_write
 from index.types import StoredItem
-from models import Encoder, MappedEncoder, decode_image
-from models.finetune import TrainingStopped
+from models.adapt.methods import TrainingStopped
+from models.adapt.reembed import StoredContent, reembed
+from models.images import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,10 @@ class Activator:
         migration = None
         try:
             migration = Migration(
-                self.store, names, target, lambda items: self._vectors(items, current, new)
+                self.store,
+                names,
+                target,
+                lambda items: reembed(items, current, new, self._load_image, self.engine.run_model),
             )
             total = migration.total
             self.jobs.report(job.id, detail, done=0, total=total)
@@ -142,58 +146,16 @@ class Activator:
         self.jobs.report(job.id, detail, done=total)
         log.info("activated %s (was %s) for %d collections", target, current.version, len(names))
 
-    # --- re-embedding ----------------------------------------------------------------------------
-    def _vectors(
-        self, items: Sequence[StoredItem], current: Encoder, new: Encoder
-    ) -> tuple[np.ndarray, list[np.ndarray | None]]:
-        """The new version's vectors, by the cheapest route that gives exactly what encoding
-        the content with it would."""
-        cur_base = current.base.version if isinstance(current, MappedEncoder) else None
-        if isinstance(new, MappedEncoder):
-            base = new.base
-            if base.version == current.version:
-                raw = np.stack([it.embedding for it in items])
-            elif base.version == cur_base and all(it.raw_embedding is not None for it in items):
-                raw = np.stack([it.raw_embedding for it in items if it.raw_embedding is not None])
-            else:
-                raw = self._encode(items, base)
-            out = np.empty_like(raw)
-            for modality in Modality:
-                rows = [i for i, it in enumerate(items) if it.modality is modality]
-                if rows:
-                    out[rows] = new.feature_map.apply(raw[rows], modality.value)
-            return out, list(raw)
-        if new.version == cur_base and all(it.raw_embedding is not None for it in items):
-            return np.stack([it.raw_embedding for it in items if it.raw_embedding is not None]), [
-                None
-            ] * len(items)
-        return self._encode(items, new), [None] * len(items)
-
-    def _encode(self, items: Sequence[StoredItem], encoder: Encoder) -> np.ndarray:
-        out = np.empty((len(items), encoder.dim), dtype=np.float32)
-        texts = [i for i, it in enumerate(items) if it.modality is Modality.TEXT]
-        images = [i for i, it in enumerate(items) if it.modality is Modality.IMAGE]
-        if texts:
-            out[texts] = self.engine.run_model(
-                encoder.encode_texts, [items[i].text or "" for i in texts]
+    def _load_image(self, item: StoredContent) -> Image.Image:
+        assert isinstance(item, StoredItem)
+        digest = item.content_sha256
+        if digest is None or not self.store.blobs.exists(digest):
+            raise ActivationError(
+                f"item {item.id!r} has no stored image to re-embed with the new version"
+                " (XMODAL_STORE_IMAGES was off when it was added); a linear or"
+                " subspace_alignment version over the same base needs no content"
             )
-        if images:
-            pixels = []
-            for i in images:
-                digest = items[i].content_sha256
-                if digest is None or not self.store.blobs.exists(digest):
-                    raise ActivationError(
-                        f"item {items[i].id!r} has no stored image to re-embed with"
-                        f" {encoder.version} (XMODAL_STORE_IMAGES was off when it was added);"
-                        " a linear or subspace_alignment version over the same base needs no"
-                        " content"
-                    )
-                image = decode_image(
-                    self.store.blobs.get(digest), self.settings.max_image_pixels
-                ).image
-                pixels.append(encoder.preprocess_image(image))
-            out[images] = self.engine.run_model(encoder.encode_image_tensors, pixels)
-        return out
+        return decode_image(self.store.blobs.get(digest), self.settings.max_image_pixels).image
 
 
 def restore_active(settings: Settings, engine: Engine, finetuner: FineTuner) -> str | None:

@@ -17,8 +17,10 @@ import torch
 from app.config import Settings
 from app.metrics import Metrics
 from index import ModelMismatch
-from models import ClipEncoder, DynamicBatcher, Encoder, decode_image
+from models.batching import DynamicBatcher
+from models.encoder import ClipEncoder, Encoder
 from models.errors import ImageDecodeError, ImageTooLarge
+from models.images import decode_image
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

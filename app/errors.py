@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import index
-import models
+from models import errors as model_errors
 from models.errors import InvalidParameters
 from models.registry import UnknownModel
 from models.sources import SourceError
@@ -61,11 +61,11 @@ _DOMAIN: list[tuple[type[Exception], int, str]] = [
     (UnknownModel, 404, "model_not_found"),
     (InvalidParameters, 400, "invalid_parameters"),
     (index.DimensionMismatch, 409, "dimension_mismatch"),
-    (models.ImageTooLarge, 413, "image_too_large"),
-    (models.ImageDecodeError, 415, "unsupported_media_type"),
-    (models.QueueFull, 429, "queue_full"),
-    (models.DeadlineExceeded, 504, "deadline_exceeded"),
-    (models.ModelLoadError, 503, "model_unavailable"),
+    (model_errors.ImageTooLarge, 413, "image_too_large"),
+    (model_errors.ImageDecodeError, 415, "unsupported_media_type"),
+    (model_errors.QueueFull, 429, "queue_full"),
+    (model_errors.DeadlineExceeded, 504, "deadline_exceeded"),
+    (model_errors.ModelLoadError, 503, "model_unavailable"),
 ]
 
 _HTTP_CODES = {

@@ -6,24 +6,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from index import COLLECTION_NAME
 from index.types import Modality
 
 ItemId = str
 FilterValue = str | int | float | bool | None
 
 
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
-
-
 # --- collections ------------------------------------------------------------------------------
 class CollectionCreate(BaseModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", examples=["photos"])
+    name: str = Field(pattern=COLLECTION_NAME.pattern, examples=["photos"])
     index: str | None = Field(
         None,
         description="FAISS factory string, e.g. `HNSW32` or `IVF1024,PQ32`; default exact `Flat`.",

@@ -14,7 +14,7 @@ from app.metrics import Metrics
 from app.stack import Stack, build_stack, open_store
 from app.thumbnails import ThumbnailCache
 from index import CollectionStore
-from models import ModelLoadError
+from models.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from app.jobs import ActivateRunner, FinetuneRunner, IndexRunner, JobManager
 from app.metrics import Metrics
 from app.retrieval import Retrieval
 from index import DB_FILE, CollectionStore, Database, FaissBackends, JobStore
-from models import load_encoder
+from models.encoder import load_encoder
 from models.registry import ModelRegistry
 
 log = logging.getLogger(__name__)

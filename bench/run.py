@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from index import FaissIndex
-from models import ClipEncoder, load_encoder
+from models.encoder import ClipEncoder, load_encoder
 from tests.helpers import ServerProcess, image_bytes
 
 
@@ -218,12 +218,12 @@ def bench_index_job(
 def bench_training(encoder: ClipEncoder, pairs: int, epochs: int) -> dict[str, float]:
     """Contrastive fine-tuning samples per second on synthetic pairs, and the time of a
     linear fit on 10,000 cached embedding pairs."""
-    from models.finetune import (
+    from models.adapt.contrastive import train_contrastive
+    from models.adapt.linear import fit_linear
+    from models.adapt.methods import (
         ContrastiveConfig,
         LinearConfig,
         TrainStep,
-        fit_linear,
-        train_contrastive,
     )
     from models.synthetic import render, samples
 

@@ -1,31 +1,7 @@
-"""Encoders and everything around them: OpenCLIP loading, image decoding, batching.
+"""Encoders and everything around them: OpenCLIP loading, image decoding, batching,
+sources of data, adaptation to a user's pairs, the registry of versions.
 
-No web imports here: the HTTP layer lives in ``app``.
+No web imports here: the HTTP layer lives in ``app``. Import from the modules
+(``models.encoder``, ``models.images``, ...): this package imports nothing itself, so
+the CLI can read ``models.adapt.methods`` without loading torch.
 """
-
-from models.batching import DynamicBatcher
-from models.encoder import ClipEncoder, Encoder, MappedEncoder, load_encoder
-from models.errors import (
-    DeadlineExceeded,
-    ImageDecodeError,
-    ImageTooLarge,
-    ModelError,
-    ModelLoadError,
-    QueueFull,
-)
-from models.images import decode_image
-
-__all__ = [
-    "ClipEncoder",
-    "DeadlineExceeded",
-    "DynamicBatcher",
-    "Encoder",
-    "ImageDecodeError",
-    "ImageTooLarge",
-    "ModelError",
-    "MappedEncoder",
-    "ModelLoadError",
-    "QueueFull",
-    "decode_image",
-    "load_encoder",
-]

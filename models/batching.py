@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -35,14 +35,6 @@ class _Entry(Generic[T]):
     future: asyncio.Future[np.ndarray]
     enqueued: float
     deadline: float
-
-
-@dataclass
-class BatcherStats:
-    batches: int = 0
-    items: int = 0
-    largest_batch: int = 0
-    batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
 
 
 class DynamicBatcher(Generic[T]):
@@ -71,7 +63,6 @@ class DynamicBatcher(Generic[T]):
         self._pending: collections.deque[_Entry[T]] = collections.deque()
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
-        self.stats = BatcherStats()
 
     @property
     def queue_depth(self) -> int:
@@ -166,9 +157,5 @@ class DynamicBatcher(Generic[T]):
         return batch
 
     def _record(self, size: int, waits: Sequence[float]) -> None:
-        self.stats.batches += 1
-        self.stats.items += size
-        self.stats.largest_batch = max(self.stats.largest_batch, size)
-        self.stats.batch_sizes[size] += 1
         if self._observe is not None:
             self._observe(size, waits)

@@ -23,7 +23,6 @@ from typing import Any
 from models.errors import ModelError
 
 RECALL_KEYS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")
-METHODS = ("contrastive", "linear", "subspace_alignment")
 
 
 class UnknownModel(ModelError):
@@ -92,6 +91,8 @@ class ModelRegistry:
             data = json.loads(record.read_text())
         except FileNotFoundError as exc:
             raise UnknownModel(f"model version {version!r} does not exist") from exc
+        if data.get("version") != version:  # another name with the same folder ("a/b", "a_b")
+            raise UnknownModel(f"model version {version!r} does not exist")
         return ModelVersion(**data)
 
     def versions(self) -> list[ModelVersion]:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from models import ClipEncoder, load_encoder
+from models.encoder import ClipEncoder, load_encoder
 from tests.helpers import AppServer
 
 # No test may reach the internet: point the model hub at a closed loopback port.

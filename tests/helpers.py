@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import signal
@@ -11,6 +12,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,41 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass
+class CliRun:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@contextlib.contextmanager
+def environment(env: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run_cli(argv: Sequence[str], env: dict[str, str]) -> CliRun:
+    """The ``xmodal`` command in this process, with ``env`` set for its duration and its
+    output captured; a real process is kept for what the process itself is about."""
+    from app.cli.commands import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with environment(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:  # argparse and settings errors exit
+            code = exc.code if isinstance(exc.code, int) else 1
+    return CliRun(code, out.getvalue(), err.getvalue())
+
+
 TINY = {"model": "xmodal-tiny", "pretrained": "none", "device": "cpu", "log_level": "warning"}
 
 
@@ -70,7 +108,7 @@ class AppServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> AppServer:
+    def start(self, timeout: float = 60.0, wait: bool = True) -> AppServer:
         import uvicorn
 
         from app.config import Settings
@@ -90,17 +128,25 @@ class AppServer:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True, name="app-server")
         self._thread.start()
+        if wait:
+            self._wait("/readyz", timeout)
+        return self
+
+    def wait_listening(self, timeout: float = 60.0) -> None:
+        self._wait("/healthz", timeout)
+
+    def _wait(self, path: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self._thread.is_alive():
+            if self._thread is None or not self._thread.is_alive():
                 raise RuntimeError("in-process server exited during start-up")
             try:
-                if httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200:
-                    return self
+                if httpx.get(self.url + path, timeout=1.0).status_code == 200:
+                    return
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
-        raise TimeoutError(f"in-process server not ready after {timeout} s")
+        raise TimeoutError(f"in-process server: {path} not answering 200 after {timeout} s")
 
     def stop(self) -> None:
         if self._server is not None and self._thread is not None:

@@ -27,6 +27,7 @@ from app.cli.render import (
     show_progress,
     show_training,
 )
+from models.adapt.methods import METHODS
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -191,13 +192,10 @@ def _eval(args: argparse.Namespace) -> int:
             result = client.post("/v1/evaluate", {"source": args.source, "model": args.model})
     else:
         with _local_stack() as stack:
-            finetuner, engine = stack.finetuner, stack.engine
-            encoder = finetuner.encoder_for(args.model or engine.version, engine.encoders)
-            images, texts, skipped = finetuner.load_pairs(args.source)
-            result = {
-                "model": encoder.version,
-                "metrics": finetuner.evaluate(encoder, images, texts),
-            }
+            engine = stack.engine
+            result = stack.finetuner.evaluate_source(
+                args.source, args.model or engine.version, engine.encoders
+            )
     print(f"model {result['model']} on {args.source} ({int(result['metrics']['pairs'])} pairs)")
     print(metrics_table({"value": result["metrics"]}))
     return 0
@@ -261,7 +259,7 @@ def _demo(args: argparse.Namespace) -> int:
     return run(Path(args.data_dir), args.port, args.pairs, args.epochs)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xmodal", description="Cross-modal retrieval service.")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="Run the HTTP server (settings from XMODAL_* variables).")
@@ -294,9 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tune = sub.add_parser("finetune", help="Fine-tune the model on image-caption pairs.")
     tune.add_argument("source", help="manifest or folder of pairs, relative to the import root")
-    tune.add_argument(
-        "--method", default="contrastive", choices=["contrastive", "linear", "subspace_alignment"]
-    )
+    tune.add_argument("--method", default="contrastive", choices=list(METHODS))
     tune.add_argument(
         "--eval-source", help="separate evaluation pairs (default: hold out a fraction)"
     )
@@ -329,8 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--pairs", type=int, default=2000, help="synthetic training pairs")
     demo.add_argument("--epochs", type=int, default=25)
     demo.set_defaults(func=_demo)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
     except CliError as exc:

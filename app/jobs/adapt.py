@@ -8,10 +8,10 @@ from typing import Any
 from app.activation import ACTIVATE_JOB, Activator
 from app.config import Settings
 from app.engine import Engine
-from app.finetune import FINETUNE_JOB, FineTuner, check_hyperparameters
+from app.finetune import FINETUNE_JOB, FineTuner
 from app.jobs.loop import JobStopped, OnProgress
 from index import Job, JobState, JobStore
-from models.finetune import TrainingStopped
+from models.adapt.methods import TrainingStopped, check_hyperparameters
 from models.sources import open_source
 
 

@@ -68,20 +68,10 @@ async def start_finetune(body: FinetuneRequest, jobs: JobsDep) -> JobCreated:
 @router.post("/v1/evaluate", dependencies=[WriteAccess])
 async def evaluate(body: EvaluateRequest, stack: StackDep) -> dict[str, Any]:
     """Recall@1/5/10 both ways, mean reciprocal rank and median rank on a set of pairs."""
-    finetuner, engine = stack.finetuner, stack.engine
-
-    def run() -> dict[str, Any]:
-        encoder = finetuner.encoder_for(body.model or engine.version, engine.encoders)
-        images, texts, skipped = finetuner.load_pairs(body.source)
-        metrics = finetuner.evaluate(encoder, images, texts)
-        return {
-            "model": encoder.version,
-            "source": body.source,
-            "metrics": metrics,
-            "skipped": skipped[:20],
-        }
-
-    return await run_in_threadpool(run)
+    engine = stack.engine
+    return await run_in_threadpool(
+        stack.finetuner.evaluate_source, body.source, body.model or engine.version, engine.encoders
+    )
 
 
 def _model_out(v: ModelVersion, active_version: str) -> ModelOut:

@@ -50,7 +50,7 @@ def test_invalid_settings_are_reported_not_a_traceback(tmp_path: Path) -> None:
 
 
 def test_console_script_serves_a_saved_checkpoint(tmp_path: Path) -> None:
-    from models import load_encoder
+    from models.encoder import load_encoder
 
     ckpt = load_encoder("xmodal-tiny", "none", "cpu", tmp_path, seed=3).save_checkpoint(
         tmp_path / "mine.pt"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from models.synthetic import write_dataset
 from tests.app.test_index_cli import xmodal
-from tests.helpers import ServerProcess
+from tests.helpers import AppServer
 
 
 def test_finetune_eval_and_models_in_process(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_finetune_eval_and_models_in_process(tmp_path: Path) -> None:
     )
 
 
-def test_finetune_against_a_server(server: ServerProcess) -> None:
+def test_finetune_against_a_server(server: AppServer) -> None:
     root = server.data_dir / "import"
     root.mkdir(exist_ok=True)
     write_dataset(root, "cli-ft", 200, seed=3, side=32)

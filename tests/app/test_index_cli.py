@@ -10,26 +10,31 @@ from pathlib import Path
 import pytest
 
 from index import CollectionStore, FaissBackends, Modality
-from models import ClipEncoder, decode_image
+from models.encoder import ClipEncoder
+from models.images import decode_image
 from tests.corpus import write_folder, write_jsonl
-from tests.helpers import REPO, ServerProcess
+from tests.helpers import REPO, AppServer, CliRun, run_cli
+
+CLI_ENV = {
+    "XMODAL_MODEL": "xmodal-tiny",
+    "XMODAL_PRETRAINED": "none",
+    "XMODAL_DEVICE": "cpu",
+    "XMODAL_MAX_UPLOAD_BYTES": "200000",
+    "HF_ENDPOINT": "https://127.0.0.1:9",
+}
 
 
-def xmodal(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    full_env = {
-        **os.environ,
-        "XMODAL_MODEL": "xmodal-tiny",
-        "XMODAL_PRETRAINED": "none",
-        "XMODAL_DEVICE": "cpu",
-        "XMODAL_DATA_DIR": str(data_dir),
-        "XMODAL_MAX_UPLOAD_BYTES": "200000",
-        "HF_ENDPOINT": "https://127.0.0.1:9",
-        **env,
-    }
+def xmodal(*args: str, data_dir: Path, **env: str) -> CliRun:
+    """``xmodal ARGS`` in this process: the ``main`` the console script calls."""
+    return run_cli(list(args), {**CLI_ENV, "XMODAL_DATA_DIR": str(data_dir), **env})
+
+
+def xmodal_process(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``xmodal ARGS`` as a process of its own, exit status and all."""
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
         cwd=REPO,
-        env=full_env,
+        env={**os.environ, **CLI_ENV, "XMODAL_DATA_DIR": str(data_dir), **env},
         capture_output=True,
         text=True,
         timeout=300,
@@ -52,13 +57,16 @@ def test_build_in_process_then_list_jobs(tmp_path: Path) -> None:
 def test_build_reports_a_bad_source_and_fails(tmp_path: Path) -> None:
     data = tmp_path / "data"
     (data / "import").mkdir(parents=True)
-    proc = xmodal("index", "build", "../../etc", "--collection", "c", "--create", data_dir=data)
+    proc = xmodal_process(
+        "index", "build", "../../etc", "--collection", "c", "--create", data_dir=data
+    )
     assert proc.returncode == 1 and "outside the import root" in proc.stderr
+    assert "Traceback" not in proc.stderr
     proc = xmodal("index", "build", "x.jsonl", "--collection", "missing", data_dir=data)
     assert proc.returncode == 1 and "does not exist" in proc.stderr
 
 
-def test_build_against_a_running_server(server: ServerProcess) -> None:
+def test_build_against_a_running_server(server: AppServer) -> None:
     root = server.data_dir / "import"
     root.mkdir(exist_ok=True)
     corpus = write_jsonl(root, "cli-remote")

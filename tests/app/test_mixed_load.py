@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.helpers import ServerProcess, image_bytes
+from tests.helpers import AppServer, image_bytes
 
 
 def test_server_keeps_answering_and_loses_no_acknowledged_write(
-    server: ServerProcess, client: httpx.Client, collection: str
+    server: AppServer, client: httpx.Client, collection: str
 ) -> None:
     acked: set[str] = set()
     deleted: set[str] = set()

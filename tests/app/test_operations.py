@@ -17,7 +17,7 @@ import pytest
 from app.config import Settings
 from app.main import create_app
 from bench import load
-from tests.helpers import REPO, ServerProcess, image_bytes
+from tests.helpers import REPO, AppServer, ServerProcess, image_bytes
 
 KEYS = ("first-key-0123456789abcdef", "second-key-0123456789abcdef")
 # POSTs that only read: they need a key only with XMODAL_AUTH_READS.
@@ -144,7 +144,7 @@ def test_keys_and_bodies_stay_out_of_the_logs_and_requests_carry_ids(
 
 
 def test_auth_reads_and_metrics_close_everything_but_health(tmp_path: Path) -> None:
-    server = ServerProcess(
+    server = AppServer(
         tmp_path / "data", api_keys=KEYS[0], auth_reads="true", auth_metrics="true"
     ).start()
     try:
@@ -162,7 +162,7 @@ def test_auth_reads_and_metrics_close_everything_but_health(tmp_path: Path) -> N
 
 
 def test_cors_is_closed_by_default_and_open_to_configured_origins(
-    tmp_path: Path, server: ServerProcess
+    tmp_path: Path, server: AppServer
 ) -> None:
     preflight = {
         "Origin": "https://ui.example",
@@ -175,7 +175,7 @@ def test_cors_is_closed_by_default_and_open_to_configured_origins(
     r = httpx.get(server.url + "/v1/collections", headers={"Origin": "https://ui.example"})
     assert "access-control-allow-origin" not in r.headers
 
-    cors = ServerProcess(tmp_path / "data", cors_origins="https://ui.example/").start()
+    cors = AppServer(tmp_path / "data", cors_origins="https://ui.example/").start()
     try:
         r = httpx.options(cors.url + "/v1/collections/x/search", headers=preflight)
         assert r.status_code == 200
@@ -231,7 +231,7 @@ def _finish(sock: socket.socket, rest: bytes) -> int:
 
 
 def test_concurrency_limit_answers_429_and_spares_probes(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "data", max_concurrent_requests=2).start()
+    server = AppServer(tmp_path / "data", max_concurrent_requests=2).start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
             assert c.post("/v1/collections", json={"name": "busy"}).status_code == 201
@@ -293,7 +293,7 @@ def test_sigterm_drains_finishes_in_flight_requests_and_snapshots(tmp_path: Path
         again.stop()
 
 
-def test_dashboard_queries_only_metrics_the_server_exports(server: ServerProcess) -> None:
+def test_dashboard_queries_only_metrics_the_server_exports(server: AppServer) -> None:
     with httpx.Client(base_url=server.url, timeout=30) as c:
         c.post("/v1/collections", json={"name": "dash"})
         c.post("/v1/collections/dash/texts", json={"items": [{"id": "a", "text": "a"}]})

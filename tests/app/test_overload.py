@@ -7,11 +7,11 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import ServerProcess
+from tests.helpers import AppServer
 
 
 def test_full_queue_answers_429_and_the_rest_succeed(tmp_path: Path) -> None:
-    server = ServerProcess(
+    server = AppServer(
         tmp_path / "data",
         max_queue=16,
         max_texts_per_request=16,
@@ -41,7 +41,7 @@ def test_full_queue_answers_429_and_the_rest_succeed(tmp_path: Path) -> None:
 
 def test_request_past_its_deadline_answers_504(tmp_path: Path) -> None:
     # The batch waits 200 ms for companions; the deadline is 50 ms.
-    server = ServerProcess(tmp_path / "data", request_timeout_s=0.05, max_wait_ms=200).start()
+    server = AppServer(tmp_path / "data", request_timeout_s=0.05, max_wait_ms=200).start()
     try:
         r = httpx.post(server.url + "/v1/embed", json={"texts": ["too slow"]}, timeout=30)
         assert r.status_code == 504
@@ -52,7 +52,7 @@ def test_request_past_its_deadline_answers_504(tmp_path: Path) -> None:
 
 
 def test_failed_model_load_leaves_the_server_up_but_not_ready(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "data", device="cuda:99").start(wait=False)
+    server = AppServer(tmp_path / "data", device="cuda:99").start(wait=False)
     try:
         server.wait_listening()
         assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}

@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from models import DeadlineExceeded, DynamicBatcher, QueueFull
+from models.batching import DynamicBatcher
+from models.errors import DeadlineExceeded, QueueFull
 
 T = TypeVar("T")
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models import ClipEncoder, ModelLoadError, load_encoder
+from models.encoder import ClipEncoder, load_encoder
+from models.errors import ModelLoadError
 from models.loading import resolve_weights
 
 CLOSED_ENDPOINT = "https://127.0.0.1:9"  # loopback port nothing listens on

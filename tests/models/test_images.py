@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models import ImageDecodeError, ImageTooLarge, decode_image
+from models.errors import ImageDecodeError, ImageTooLarge
+from models.images import decode_image
 from tests.helpers import image_bytes
 
 LIMIT = 10_000_000

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models import ClipEncoder, decode_image
+from models.encoder import ClipEncoder
+from models.images import decode_image
 from models.preprocess import DecodeTask, PixelPipeline, decode_files, decode_jpegs_on_device
 from models.sources import FileRef
 from tests.helpers import image_bytes

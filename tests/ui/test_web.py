@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from models.synthetic import write_dataset
-from tests.helpers import REPO, ServerProcess, image_bytes
+from tests.helpers import REPO, AppServer, image_bytes
 
 ARTIFACTS = REPO / "test-artifacts"
 COLOURS = [
@@ -50,9 +50,9 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
     """A server with a small gallery: 12 pictures and 8 captions."""
-    server = ServerProcess(tmp_path_factory.mktemp("ui") / "data").start()
+    server = AppServer(tmp_path_factory.mktemp("ui") / "data").start()
     try:
         with httpx.Client(base_url=server.url, timeout=60) as c:
             assert c.post("/v1/collections", json={"name": "gallery"}).status_code == 201
@@ -75,7 +75,7 @@ def picture(i: int) -> bytes:
 
 
 @pytest.fixture
-def page(browser: Browser, site: ServerProcess) -> Iterator[Page]:
+def page(browser: Browser, site: AppServer) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1200, "height": 900})
     pg = context.new_page()
     pg.goto(site.url + "/")
@@ -86,7 +86,7 @@ def page(browser: Browser, site: ServerProcess) -> Iterator[Page]:
         context.close()
 
 
-def api_search(site: ServerProcess, **body: Any) -> list[str]:
+def api_search(site: AppServer, **body: Any) -> list[str]:
     r = httpx.post(f"{site.url}/v1/collections/gallery/search", json=body, timeout=60)
     assert r.status_code == 200, r.text
     return [h["id"] for h in r.json()["results"]]
@@ -112,7 +112,7 @@ def wait_images_loaded(page: Page) -> None:
     )
 
 
-def test_text_search_shows_the_apis_thumbnails_in_order(page: Page, site: ServerProcess) -> None:
+def test_text_search_shows_the_apis_thumbnails_in_order(page: Page, site: AppServer) -> None:
     set_k(page, 6)
     page.fill("#query", "a red picture")
     page.click("#search-form button")
@@ -132,7 +132,7 @@ def test_text_search_shows_the_apis_thumbnails_in_order(page: Page, site: Server
     page.screenshot(path=str(ARTIFACTS / "ui-text-search.png"), full_page=True)
 
 
-def test_uploading_an_image_searches_with_it(page: Page, site: ServerProcess) -> None:
+def test_uploading_an_image_searches_with_it(page: Page, site: AppServer) -> None:
     query = image_bytes((30, 70, 220), size=(80, 80), seed=99)
     set_k(page, 5)
     page.set_input_files(
@@ -152,7 +152,7 @@ def test_uploading_an_image_searches_with_it(page: Page, site: ServerProcess) ->
     assert page.locator("#results .text-hit .caption").first.inner_text().startswith("caption")
 
 
-def test_clicking_a_result_searches_with_that_image(page: Page, site: ServerProcess) -> None:
+def test_clicking_a_result_searches_with_that_image(page: Page, site: AppServer) -> None:
     set_k(page, 4)
     page.fill("#query", "something green")
     page.click("#search-form button")
@@ -170,7 +170,7 @@ def test_clicking_a_result_searches_with_that_image(page: Page, site: ServerProc
     page.screenshot(path=str(ARTIFACTS / "ui-image-search.png"), full_page=True)
 
 
-def test_api_errors_are_shown_in_words(page: Page, site: ServerProcess) -> None:
+def test_api_errors_are_shown_in_words(page: Page, site: AppServer) -> None:
     with httpx.Client(base_url=site.url) as c:
         assert c.post("/v1/collections", json={"name": "doomed"}).status_code == 201
     page.click("button[data-panel=collections-panel]")
@@ -194,7 +194,7 @@ def test_api_errors_are_shown_in_words(page: Page, site: ServerProcess) -> None:
 def test_api_key_is_asked_for_and_kept_in_the_session_only(
     browser: Browser, tmp_path: Path
 ) -> None:
-    server = ServerProcess(tmp_path / "data", api_keys=KEY, auth_reads="true").start()
+    server = AppServer(tmp_path / "data", api_keys=KEY, auth_reads="true").start()
     try:
         auth = {"Authorization": f"Bearer {KEY}"}
         with httpx.Client(base_url=server.url, headers=auth) as c:
@@ -226,7 +226,7 @@ def test_api_key_is_asked_for_and_kept_in_the_session_only(
 
 
 def test_jobs_panel_follows_jobs_and_shows_the_fine_tuning_report(
-    page: Page, site: ServerProcess
+    page: Page, site: AppServer
 ) -> None:
     root = site.data_dir / "import"
     write_dataset(root, "pairs", 96, seed=3, side=64)
@@ -268,7 +268,7 @@ def test_jobs_panel_follows_jobs_and_shows_the_fine_tuning_report(
 
 
 @pytest.mark.parametrize("how", ["drop", "paste"])
-def test_dropped_or_pasted_images_search_too(page: Page, site: ServerProcess, how: str) -> None:
+def test_dropped_or_pasted_images_search_too(page: Page, site: AppServer, how: str) -> None:
     query = image_bytes((235, 210, 30), size=(64, 64), seed=7)
     set_k(page, 3)
     page.evaluate(

@@ -1,17 +1,10 @@
-"""Adapting the encoders to a user's own image-caption pairs.
-
-Two methods live here; both return something the service can version and serve:
-
-- ``train_contrastive``: the CLIP loss on both towers with the model's learnable
-  temperature, AdamW with linear warm-up and cosine decay, mixed precision on CUDA, and
-  gradient accumulation that really enlarges the contrastive batch: the features of all
-  micro-batches are computed first without gradients, then each micro-batch is recomputed
-  with gradients and its rows replaced, so every sample is contrasted with the whole
-  effective batch. The image tower can be locked (LiT) and the first N blocks of either
-  tower frozen.
-- ``fit_linear``: both towers frozen; one linear map per modality, learnt with the same
-  loss on cached embeddings. Seconds, not minutes, and applying it to stored vectors needs
-  no re-encoding.
+"""Contrastive fine-tuning of both towers: the CLIP loss with the model's learnable
+temperature, AdamW with linear warm-up and cosine decay, mixed precision on CUDA, and
+gradient accumulation that really enlarges the contrastive batch: the features of all
+micro-batches are computed first without gradients, then each micro-batch is recomputed
+with gradients and its rows replaced, so every sample is contrasted with the whole
+effective batch. The image tower can be locked (LiT) and the first N blocks of either
+tower frozen.
 """
 
 from __future__ import annotations
@@ -19,52 +12,21 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from models.adapt.methods import (
+    ContrastiveConfig,
+    StepCallback,
+    StopCheck,
+    TrainingStopped,
+    TrainStep,
+)
 from models.encoder import ClipEncoder
-from models.feature_map import FeatureMap
-
-
-@dataclass(frozen=True)
-class ContrastiveConfig:
-    epochs: int = 5
-    batch_size: int = 64  # micro-batch that fits in memory
-    accumulate: int = 1  # micro-batches per optimiser step: effective batch = product
-    lr: float = 1e-5
-    weight_decay: float = 0.1
-    warmup_steps: int = 10
-    lock_image: bool = False  # LiT: train the text tower only
-    freeze_image_blocks: int = 0
-    freeze_text_blocks: int = 0
-    seed: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class TrainStep:
-    epoch: int
-    step: int
-    steps: int
-    loss: float
-    lr: float
-    samples_per_second: float
-
-
-StepCallback = Callable[[TrainStep], None]
-StopCheck = Callable[[], bool]
-
-
-class TrainingStopped(Exception):
-    """``should_stop`` said so (a cancelled job)."""
 
 
 def clip_loss(
@@ -218,117 +180,3 @@ def train_contrastive(
                 )
             step += 1
     return model.eval()
-
-
-# --- linear maps on frozen embeddings ------------------------------------------------------------
-@dataclass(frozen=True)
-class LinearConfig:
-    epochs: int = 200
-    lr: float = 1e-2
-    weight_decay: float = 1e-4
-    batch_size: int = 1024
-    seed: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def fit_linear(
-    image_vectors: np.ndarray,
-    text_vectors: np.ndarray,
-    cfg: LinearConfig,
-    on_step: StepCallback | None = None,
-) -> FeatureMap:
-    """Learn one d x d map per modality with the CLIP loss on cached, paired embeddings; the
-    towers stay frozen. Each modality is standardised first (centred on its training mean,
-    each dimension scaled by its spread), so the map starts from the identity on features
-    whose differences are not lost in a shared offset: CLIP's modality gap, or the near-
-    constant embeddings of an untrained tower."""
-    if image_vectors.shape != text_vectors.shape:
-        raise ValueError("image and text vectors must be paired row for row")
-    torch.manual_seed(cfg.seed)
-    mu_img, sd_img = _moments(image_vectors)
-    mu_txt, sd_txt = _moments(text_vectors)
-    x = torch.from_numpy((np.asarray(image_vectors, dtype=np.float32) - mu_img) / sd_img)
-    t = torch.from_numpy((np.asarray(text_vectors, dtype=np.float32) - mu_txt) / sd_txt)
-    d = x.shape[1]
-    w_img = torch.nn.Parameter(torch.eye(d))
-    w_txt = torch.nn.Parameter(torch.eye(d))
-    log_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-    optimiser = torch.optim.AdamW(
-        [w_img, w_txt, log_scale], lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
-    generator = torch.Generator().manual_seed(cfg.seed)
-    n = len(x)
-    steps = cfg.epochs * max(1, math.ceil(n / cfg.batch_size))
-    step = 0
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, cfg.batch_size):
-            started = time.perf_counter()
-            idx = order[start : start + cfg.batch_size]
-            if len(idx) < 2:
-                continue
-            img = F.normalize(x[idx] @ w_img, dim=-1)
-            txt = F.normalize(t[idx] @ w_txt, dim=-1)
-            loss = clip_loss(img, txt, log_scale.clamp(0, math.log(100)).exp())
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            if on_step is not None:
-                on_step(
-                    TrainStep(
-                        epoch,
-                        step,
-                        steps,
-                        float(loss.detach()),
-                        cfg.lr,
-                        len(idx) / (time.perf_counter() - started),
-                    )
-                )
-            step += 1
-    # (v - mu) / sd @ W == (v - mu) @ (diag(1 / sd) @ W): the scaling folds into the weight.
-    return FeatureMap(
-        (w_img.detach().numpy() / sd_img[:, None]).astype(np.float32),
-        (w_txt.detach().numpy() / sd_txt[:, None]).astype(np.float32),
-        mu_img,
-        mu_txt,
-    )
-
-
-def _moments(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    v = np.asarray(vectors, dtype=np.float32)
-    mean = v.mean(axis=0)
-    spread = v.std(axis=0)
-    return mean.astype(np.float32), np.maximum(spread, 1e-6 * max(float(spread.max()), 1e-12))
-
-
-# --- subspace alignment (unsupervised) ---------------------------------------------------------
-@dataclass(frozen=True)
-class SubspaceConfig:
-    dims: int = 32  # size of the aligned subspaces
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _pca(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    mean = x.mean(axis=0)
-    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-    return mean.astype(np.float32), vt[:k].T.astype(np.float32)
-
-
-def fit_subspace_alignment(
-    image_vectors: np.ndarray, text_vectors: np.ndarray, cfg: SubspaceConfig
-) -> FeatureMap:
-    """Subspace alignment (Fernando et al., ICCV 2013) between the modalities, from unpaired
-    images and texts of the target domain: the image PCA basis Xs is aligned onto the text
-    basis Xt by M = Xs^T Xt; images map to (x - mu_s) Xs M, texts to (t - mu_t) Xt. Both are
-    expressed back in the d-dimensional space (times Xt^T), which keeps inner products."""
-    k = min(cfg.dims, image_vectors.shape[1], len(image_vectors) - 1, len(text_vectors) - 1)
-    if k < 1:
-        raise ValueError("subspace alignment needs at least two images and two texts")
-    mu_s, xs = _pca(np.asarray(image_vectors, dtype=np.float32), k)
-    mu_t, xt = _pca(np.asarray(text_vectors, dtype=np.float32), k)
-    m = xs.T @ xt
-    return FeatureMap(xs @ m @ xt.T, xt @ xt.T, mu_s, mu_t)

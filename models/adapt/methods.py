@@ -1,0 +1,97 @@
+"""The adaptation methods, their settings and what they report while they run.
+
+Importing this module needs no torch (the CLI lists the methods from here); the methods
+themselves live in ``contrastive``, ``linear`` and ``subspace``, and ``run`` picks one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from models.errors import InvalidParameters
+
+MIN_PAIRS = 4  # training pairs below which no method is worth running
+
+
+@dataclass(frozen=True)
+class ContrastiveConfig:
+    epochs: int = 5
+    batch_size: int = 64  # micro-batch that fits in memory
+    accumulate: int = 1  # micro-batches per optimiser step: effective batch = product
+    lr: float = 1e-5
+    weight_decay: float = 0.1
+    warmup_steps: int = 10
+    lock_image: bool = False  # LiT: train the text tower only
+    freeze_image_blocks: int = 0
+    freeze_text_blocks: int = 0
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    epochs: int = 200
+    lr: float = 1e-2
+    weight_decay: float = 1e-4
+    batch_size: int = 1024
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SubspaceConfig:
+    dims: int = 32  # size of the aligned subspaces
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    epoch: int
+    step: int
+    steps: int
+    loss: float
+    lr: float
+    samples_per_second: float
+
+
+StepCallback = Callable[[TrainStep], None]
+StopCheck = Callable[[], bool]
+
+
+class TrainingStopped(Exception):
+    """``should_stop`` said so (a cancelled job)."""
+
+
+Config = ContrastiveConfig | LinearConfig | SubspaceConfig
+# name -> settings; a method that trains a feature map over a frozen base is in MAPS.
+METHODS: dict[str, type[Config]] = {
+    "contrastive": ContrastiveConfig,
+    "linear": LinearConfig,
+    "subspace_alignment": SubspaceConfig,
+}
+MAPS = frozenset({"linear", "subspace_alignment"})
+
+
+def check_hyperparameters(method: str, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """The method's full configuration, or ``InvalidParameters`` naming what is wrong."""
+    if method not in METHODS:
+        raise InvalidParameters(f"unknown method {method!r}; one of {', '.join(METHODS)}")
+    config = METHODS[method]
+    known = {f.name: f.type for f in fields(config)}
+    unknown = sorted(set(hyperparameters) - set(known))
+    if unknown:
+        raise InvalidParameters(
+            f"{method} takes no {', '.join(unknown)}; it takes {', '.join(known)}"
+        )
+    try:
+        return config(**hyperparameters).as_dict()
+    except TypeError as exc:
+        raise InvalidParameters(f"bad hyperparameters for {method}: {exc}") from exc

@@ -1,0 +1,61 @@
+"""Image-caption pairs for training and evaluation: read from a source, decoded, split."""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from models.errors import ImageDecodeError, ImageTooLarge
+from models.images import decode_image
+from models.sources import Pair, open_source, read_pairs
+
+
+@dataclass
+class Pairs:
+    images: list[Image.Image] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "<id>: why", for the report
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, rows: list[int]) -> Pairs:
+        return Pairs([self.images[i] for i in rows], [self.texts[i] for i in rows])
+
+    def hold_out(self, fraction: float, seed: int) -> tuple[Pairs, Pairs]:
+        """(training, evaluation): a fixed-seed ``fraction`` of the pairs, at least two, is
+        held out; the skipped list stays with the training part."""
+        order = list(range(len(self)))
+        random.Random(seed).shuffle(order)
+        cut = max(2, round(len(order) * fraction))
+        train = self.subset(order[cut:])
+        train.skipped = self.skipped
+        return train, self.subset(sorted(order[:cut]))
+
+
+def load_pairs(root: Path, source: str, max_bytes: int, max_pixels: int, workers: int = 2) -> Pairs:
+    """The decoded pairs of ``source`` (a path under ``root``); what cannot be read or
+    decoded is skipped and said."""
+    records, skipped = read_pairs(open_source(root, source))
+    pairs = Pairs(skipped=skipped)
+
+    def decode(pair: Pair) -> Image.Image | str:
+        try:
+            return decode_image(pair.image.read(max_bytes), max_pixels).image
+        except FileNotFoundError:
+            return "file not found"
+        except (OSError, ValueError, ImageDecodeError, ImageTooLarge) as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max(2, workers)) as pool:
+        for pair, image in zip(records, pool.map(decode, records), strict=True):
+            if isinstance(image, str):
+                pairs.skipped.append(f"{pair.id}: {image}")
+            else:
+                pairs.images.append(image)
+                pairs.texts.append(pair.text)
+    return pairs

@@ -1,0 +1,134 @@
+"""One entry to the methods: evaluate an encoder on pairs, adapt it with a named method,
+and open a stored version (a fine-tuned checkpoint, or a map over its base).
+
+Every model call goes through ``run_model(fn, *args)``: the server passes its engine's
+one model thread, so training jobs and evaluations take turns with the requests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from models.adapt.contrastive import train_contrastive
+from models.adapt.linear import fit_linear
+from models.adapt.methods import (
+    MAPS,
+    ContrastiveConfig,
+    LinearConfig,
+    StepCallback,
+    StopCheck,
+    SubspaceConfig,
+)
+from models.adapt.subspace import fit_subspace_alignment
+from models.encoder import ClipEncoder, Encoder, MappedEncoder, load_encoder
+from models.evaluate import retrieval_metrics
+from models.feature_map import FeatureMap
+from models.registry import ModelRegistry
+from models.sources import SourceError
+
+RunModel = Callable[..., Any]
+ENCODE_BATCH = 256
+
+
+def direct(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
+
+
+def embed(
+    encode: Callable[[Sequence[Any]], np.ndarray],
+    items: Sequence[Any],
+    run_model: RunModel = direct,
+) -> np.ndarray:
+    """``encode`` over ``items`` in batches, each one model call."""
+    return np.concatenate(
+        [run_model(encode, items[i : i + ENCODE_BATCH]) for i in range(0, len(items), ENCODE_BATCH)]
+    )
+
+
+def evaluate(
+    encoder: Encoder,
+    images: Sequence[Image.Image],
+    texts: Sequence[str],
+    run_model: RunModel = direct,
+) -> dict[str, float]:
+    """Recall@K both ways, mean reciprocal rank and median rank of ``encoder`` on the pairs."""
+    if len(images) < 2:
+        raise SourceError("evaluation needs at least two image-caption pairs")
+    xi = embed(encoder.encode_images, images, run_model)
+    xt = embed(encoder.encode_texts, texts, run_model)
+    # Identical captions are interchangeable: a retrieval of either counts.
+    return retrieval_metrics(xi, xt, groups=texts)
+
+
+@dataclass
+class Adapted:
+    encoder: Encoder  # serves the new version
+    artifact: str  # file name in the version's folder
+    write: Callable[[Path], object]  # writes the artifact there
+
+
+def adapt(
+    method: str,
+    hyperparameters: dict[str, Any],
+    encoder: Encoder,
+    images: Sequence[Image.Image],
+    texts: Sequence[str],
+    version: str,
+    run_model: RunModel = direct,
+    on_step: StepCallback | None = None,
+    should_stop: StopCheck | None = None,
+) -> Adapted:
+    """``encoder`` adapted to the pairs by ``method`` (checked hyperparameters), as ``version``."""
+    if method not in MAPS:
+        # A mapped version trains the OpenCLIP model under its map, as it always did.
+        clip = encoder.clip if isinstance(encoder, MappedEncoder) else encoder
+        assert isinstance(clip, ClipEncoder)
+        model = train_contrastive(
+            clip,
+            images,
+            texts,
+            ContrastiveConfig(**hyperparameters),
+            on_step=on_step,
+            should_stop=should_stop,
+        )
+        tuned = ClipEncoder(
+            model, clip.preprocess, clip.tokenizer, clip.device, clip.model_name, version
+        )
+        return Adapted(tuned, "checkpoint.pt", tuned.save_checkpoint)
+    xi = embed(encoder.encode_images, images, run_model)
+    xt = embed(encoder.encode_texts, texts, run_model)
+    if method == "linear":
+        fmap = fit_linear(xi, xt, LinearConfig(**hyperparameters), on_step=on_step)
+    else:
+        # Unsupervised: the pairing is deliberately thrown away.
+        shuffled = xt[np.random.default_rng(0).permutation(len(xt))]
+        fmap = fit_subspace_alignment(xi, shuffled, SubspaceConfig(**hyperparameters))
+    return Adapted(MappedEncoder(encoder, fmap, version), "map.npz", fmap.save)
+
+
+def open_version(
+    registry: ModelRegistry,
+    version: str,
+    loaded: Mapping[str, Encoder],
+    device: str,
+    cache_dir: str | os.PathLike[str],
+) -> Encoder:
+    """An encoder for ``version``: one already loaded, or one built from the registry (a
+    mapped version on top of an encoder for its base), on the device of those loaded."""
+    if version in loaded:
+        return loaded[version]
+    record = registry.get(version)
+    path = registry.artifact_path(record)
+    if loaded:
+        device = str(next(iter(loaded.values())).device)
+    if record.method not in MAPS:
+        return load_encoder(record.architecture, str(path), device, cache_dir, version=version)
+    base = open_version(registry, record.base, loaded, device, cache_dir)
+    return MappedEncoder(base, FeatureMap.load(path), record.version)

@@ -1,0 +1,209 @@
+"""The adaptation layer without a real model: method settings, held-out splits, the
+re-embedding plan of an activation, and opening stored versions (a fake encoder)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.cli.commands import build_parser
+from index.types import Modality, StoredItem
+from models.adapt.methods import METHODS, check_hyperparameters
+from models.adapt.pairs import Pairs
+from models.adapt.reembed import StoredContent, reembed
+from models.adapt.run import adapt, evaluate, open_version
+from models.encoder import MappedEncoder
+from models.errors import InvalidParameters
+from models.feature_map import FeatureMap
+from models.registry import ModelRegistry, ModelVersion, UnknownModel
+from models.sources import SourceError
+from tests.fakes import FakeEncoder
+
+D = 16
+
+
+def random_map(seed: int) -> FeatureMap:
+    rng = np.random.default_rng(seed)
+    return FeatureMap(
+        rng.standard_normal((D, D)).astype(np.float32),
+        rng.standard_normal((D, D)).astype(np.float32),
+        rng.standard_normal(D).astype(np.float32) * 0.1,
+        rng.standard_normal(D).astype(np.float32) * 0.1,
+    )
+
+
+def image(i: int) -> Image.Image:
+    return Image.new("RGB", (8, 8), (i * 40 % 256, i * 17 % 256, i * 3 % 256))
+
+
+# --- methods ----------------------------------------------------------------------------------
+def test_hyperparameters_are_completed_and_mistakes_named() -> None:
+    full = check_hyperparameters("linear", {"epochs": 3})
+    assert full["epochs"] == 3 and set(full) == {
+        "epochs",
+        "lr",
+        "weight_decay",
+        "batch_size",
+        "seed",
+    }
+    with pytest.raises(InvalidParameters, match="one of contrastive, linear, subspace_alignment"):
+        check_hyperparameters("lora", {})
+    with pytest.raises(InvalidParameters, match="takes no learning_rate"):
+        check_hyperparameters("contrastive", {"learning_rate": 1e-3})
+
+
+def test_the_cli_offers_exactly_the_methods() -> None:
+    args = build_parser().parse_args(["finetune", "data", "--method", "subspace_alignment"])
+    assert args.method == "subspace_alignment"
+    for name in METHODS:
+        assert build_parser().parse_args(["finetune", "data", "--method", name]).method == name
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["finetune", "data", "--method", "lora"])
+
+
+# --- pairs ------------------------------------------------------------------------------------
+def test_hold_out_is_a_fixed_disjoint_split() -> None:
+    pairs = Pairs([image(i) for i in range(30)], [f"t{i}" for i in range(30)], ["x: bad"])
+    train, held = pairs.hold_out(0.2, seed=3)
+    assert len(held) == 6 and len(train) == 24
+    assert sorted(train.texts + held.texts) == sorted(pairs.texts)
+    assert train.skipped == ["x: bad"] and held.skipped == []
+    again_train, again_held = pairs.hold_out(0.2, seed=3)
+    assert again_held.texts == held.texts and again_train.texts == train.texts
+    assert pairs.hold_out(0.2, seed=4)[1].texts != held.texts
+    assert len(Pairs([image(0)] * 5, ["a"] * 5).hold_out(0.01, seed=0)[1]) == 2  # at least two
+
+
+# --- re-embedding plan ------------------------------------------------------------------------
+def stored(
+    encoder: Any, raw: Any = None, n: int = 6
+) -> tuple[list[StoredItem], dict[str, Image.Image]]:
+    """Items as ``encoder`` stored them: texts and images alternate; ``raw`` gives the
+    vectors before its map, if it has one."""
+    out, pictures = [], {}
+    for i in range(n):
+        modality = Modality.TEXT if i % 2 else Modality.IMAGE
+        text = f"caption {i}" if modality is Modality.TEXT else None
+        if modality is Modality.IMAGE:
+            pictures[f"id{i}"] = image(i)
+            vec = encoder.encode_images([image(i)])[0]
+            raw_vec = raw.encode_images([image(i)])[0] if raw else None
+        else:
+            vec = encoder.encode_texts([text])[0]
+            raw_vec = raw.encode_texts([text])[0] if raw else None
+        out.append(
+            StoredItem(i, f"id{i}", modality, {}, text, None, None, vec, raw_vec, time.time())
+        )
+    return out, pictures
+
+
+def loader(pictures: dict[str, Image.Image]) -> Any:
+    def load(item: StoredContent) -> Image.Image:
+        assert isinstance(item, StoredItem)
+        return pictures[item.id]
+
+    return load
+
+
+def what_encoding_gives(
+    encoder: Any, items: list[StoredItem], pictures: dict[str, Image.Image]
+) -> np.ndarray:
+    return np.stack(
+        [
+            encoder.encode_texts([it.text])[0]
+            if it.modality is Modality.TEXT
+            else encoder.encode_images([pictures[it.id]])[0]
+            for it in items
+        ]
+    )
+
+
+def test_a_map_over_the_serving_version_maps_the_stored_vectors_without_encoding() -> None:
+    base = FakeEncoder("base")
+    new = MappedEncoder(base, random_map(0), "base@linear")
+    items, pictures = stored(base)
+    base.calls.clear()
+    vectors, raws = reembed(items, base, new, loader(pictures))
+    assert not base.calls
+    np.testing.assert_allclose(vectors, what_encoding_gives(new, items, pictures), atol=1e-5)
+    np.testing.assert_array_equal(np.stack(raws), np.stack([it.embedding for it in items]))
+
+
+def test_a_sibling_map_and_a_rollback_to_the_base_use_the_kept_raw_vectors() -> None:
+    base = FakeEncoder("base")
+    current = MappedEncoder(base, random_map(1), "base@a")
+    sibling = MappedEncoder(base, random_map(2), "base@b")
+    items, pictures = stored(current, raw=base)
+    base.calls.clear()
+    to_sibling, sibling_raws = reembed(items, current, sibling, loader(pictures))
+    to_base, base_raws = reembed(items, current, base, loader(pictures))
+    assert not base.calls  # neither route encoded anything
+    np.testing.assert_allclose(to_sibling, what_encoding_gives(sibling, items, pictures), atol=1e-5)
+    np.testing.assert_allclose(to_base, what_encoding_gives(base, items, pictures), atol=1e-6)
+    assert all(r is not None for r in sibling_raws) and base_raws == [None] * len(items)
+
+
+def test_another_model_encodes_the_stored_content_again() -> None:
+    old, new = FakeEncoder("old"), FakeEncoder("new")
+    items, pictures = stored(old)
+    vectors, raws = reembed(items, old, new, loader(pictures))
+    assert new.calls == {"texts": 3, "images": 3}
+    np.testing.assert_allclose(vectors, what_encoding_gives(new, items, pictures), atol=1e-6)
+    assert raws == [None] * len(items)
+
+
+def test_missing_raw_vectors_fall_back_to_encoding_and_a_missing_image_is_said() -> None:
+    base = FakeEncoder("base")
+    current = MappedEncoder(base, random_map(1), "base@a")
+    items, pictures = stored(current, raw=None)  # added before raw vectors were kept
+    base.calls.clear()
+    vectors, _ = reembed(items, current, base, loader(pictures))
+    assert base.calls == {"texts": 3, "images": 3}
+    np.testing.assert_allclose(vectors, what_encoding_gives(base, items, pictures), atol=1e-6)
+
+    def no_image(item: StoredContent) -> Image.Image:
+        raise LookupError("no stored image")
+
+    with pytest.raises(LookupError, match="no stored image"):
+        reembed(items, current, FakeEncoder("other"), no_image)
+
+
+# --- evaluate, adapt, open ----------------------------------------------------------------------
+def test_evaluation_runs_every_model_call_through_run_model() -> None:
+    enc = FakeEncoder()
+    calls: list[str] = []
+
+    def run_model(fn: Any, *args: Any) -> Any:
+        calls.append(fn.__name__)
+        return fn(*args)
+
+    metrics = evaluate(enc, [image(i) for i in range(5)], [f"t{i}" for i in range(5)], run_model)
+    assert calls == ["encode_images", "encode_texts"] and metrics["pairs"] == 5
+    with pytest.raises(SourceError, match="at least two"):
+        evaluate(enc, [image(0)], ["t0"])
+
+
+@pytest.mark.parametrize("method", ["linear", "subspace_alignment"])
+def test_a_mapped_version_is_stored_and_opened_over_its_base(tmp_path: Path, method: str) -> None:
+    base = FakeEncoder("base")
+    images, texts = [image(i) for i in range(40)], [f"caption {i}" for i in range(40)]
+    hyper = check_hyperparameters(method, {"epochs": 2} if method == "linear" else {"dims": 8})
+    adapted = adapt(method, hyper, base, images, texts, "base@" + method)
+    assert adapted.artifact == "map.npz" and isinstance(adapted.encoder, MappedEncoder)
+    registry = ModelRegistry(tmp_path)
+    registry.save(
+        ModelVersion("base@" + method, "fake", "base", method, adapted.artifact), adapted.write
+    )
+    opened = open_version(registry, "base@" + method, {"base": base}, "cpu", tmp_path)
+    assert isinstance(opened, MappedEncoder) and opened.base is base
+    np.testing.assert_allclose(
+        opened.encode_texts(texts[:5]), adapted.encoder.encode_texts(texts[:5]), atol=1e-6
+    )
+    assert open_version(registry, "base", {"base": base}, "cpu", tmp_path) is base
+    with pytest.raises(UnknownModel):
+        open_version(registry, "nothing", {"base": base}, "cpu", tmp_path)
