@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# pytest processes for `make test`; a test file stays in one (module fixtures run once).
+TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install browser run run-tiny demo test lint format bench load clean
@@ -37,7 +39,7 @@ browser:
 
 ## Lint, type-check and run the default (CPU) test suite, the browser tests included.
 test: install browser lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check app models index tests bench
