@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from tests.helpers import ServerProcess, image_bytes
+from bench.serving import ServerProcess, image_bytes
 
 KINDS = ("search", "upload", "delete")
 

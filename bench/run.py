@@ -25,9 +25,9 @@ import httpx
 import numpy as np
 import torch
 
+from bench.serving import ServerProcess, image_bytes
 from index import FaissIndex
 from models.encoder import ClipEncoder, load_encoder
-from tests.helpers import ServerProcess, image_bytes
 
 
 def timed(fn: Callable[[], object], repeats: int) -> list[float]:

@@ -1,15 +1,11 @@
-"""Test helpers: images made on the fly, the app served in this process, and a real
-``xmodal serve`` process for the tests where the process is the point."""
+"""Test helpers: the app served in this process, the CLI run in this process; a real
+``xmodal serve`` process and images made on the fly come from ``bench.serving``."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -18,40 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.serving import REPO, TINY, ServerProcess, free_port, image_bytes
 
-
-def image_bytes(
-    color: tuple[int, int, int] = (255, 0, 0),
-    size: tuple[int, int] = (48, 40),
-    fmt: str = "PNG",
-    mode: str = "RGB",
-    seed: int | None = None,
-    **save: Any,
-) -> bytes:
-    """An image in ``fmt``; with ``seed``, random noise over the colour so that no two
-    seeds give the same picture."""
-    if seed is None:
-        img = Image.new("RGB", size, color)
-    else:
-        rng = np.random.default_rng(seed)
-        noise = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-        base = np.array(color, dtype=np.uint16)
-        img = Image.fromarray(((noise.astype(np.uint16) + base) // 2).astype(np.uint8), "RGB")
-    if mode != "RGB":
-        img = img.convert(mode)
-    buf = io.BytesIO()
-    img.save(buf, format=fmt, **save)
-    return buf.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["REPO", "TINY", "AppServer", "CliRun", "ServerProcess", "image_bytes", "run_cli"]
 
 
 @dataclass
@@ -87,9 +53,6 @@ def run_cli(argv: Sequence[str], env: dict[str, str]) -> CliRun:
         except SystemExit as exc:  # argparse and settings errors exit
             code = exc.code if isinstance(exc.code, int) else 1
     return CliRun(code, out.getvalue(), err.getvalue())
-
-
-TINY = {"model": "xmodal-tiny", "pretrained": "none", "device": "cpu", "log_level": "warning"}
 
 
 class AppServer:
@@ -153,80 +116,3 @@ class AppServer:
             self._server.should_exit = True
             self._thread.join(60)
             self._server = self._thread = None
-
-
-class ServerProcess:
-    """``xmodal serve`` on a loopback port, with the tiny model and its own data dir."""
-
-    def __init__(self, data_dir: Path, **settings: Any) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        every = {**TINY, "data_dir": data_dir, **settings}
-        self.env = {
-            **os.environ,
-            **{f"XMODAL_{k.upper()}": str(v) for k, v in every.items()},
-            # No test may reach the internet: point the hub at a closed loopback port.
-            "HF_ENDPOINT": "https://127.0.0.1:9",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = data_dir.parent / f"server-{self.port}.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 60.0, wait: bool = True) -> ServerProcess:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        command = [sys.executable, "-m", "app.cli", "serve"]
-        command += ["--host", "127.0.0.1", "--port", str(self.port)]
-        self.proc = subprocess.Popen(
-            command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
-        )
-        if wait:
-            self.wait_ready(timeout)
-        return self
-
-    def wait_listening(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(self.url + "/healthz", timeout=1.0)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise TimeoutError(f"server not listening after {timeout} s:\n{self.log()}")
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"server not ready after {timeout} s:\n{self.log()}")
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown hooks, no final snapshot."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-5000:]
-        except FileNotFoundError:
-            return ""
