@@ -101,8 +101,8 @@ def train_contrastive(
             {"params": no_decay, "weight_decay": 0.0},
         ],
         lr=cfg.lr,
-        # One kernel over all parameters instead of a loop per tensor: about 12% of a step
-        # on two CPU cores with xmodal-tiny, where the 49408-token embedding dominates.
+        # One kernel over all parameters instead of a loop per tensor: about 18% more
+        # samples/s on two CPU cores with xmodal-tiny (BENCHMARKS.md).
         fused=device.type in ("cpu", "cuda"),
     )
     effective = cfg.batch_size * cfg.accumulate
