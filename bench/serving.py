@@ -53,19 +53,22 @@ def free_port() -> int:
 TINY = {"model": "xmodal-tiny", "pretrained": "none", "device": "cpu", "log_level": "warning"}
 
 
+def tiny_env(**settings: Any) -> dict[str, str]:
+    """``XMODAL_*`` variables for the tiny model with ``settings`` on top, offline."""
+    return {
+        **{f"XMODAL_{k.upper()}": str(v) for k, v in {**TINY, **settings}.items()},
+        # No test may reach the internet: point the hub at a closed loopback port.
+        "HF_ENDPOINT": "https://127.0.0.1:9",
+    }
+
+
 class ServerProcess:
     """``xmodal serve`` on a loopback port, with the tiny model and its own data dir."""
 
     def __init__(self, data_dir: Path, **settings: Any) -> None:
         self.data_dir = data_dir
         self.port = free_port()
-        every = {**TINY, "data_dir": data_dir, **settings}
-        self.env = {
-            **os.environ,
-            **{f"XMODAL_{k.upper()}": str(v) for k, v in every.items()},
-            # No test may reach the internet: point the hub at a closed loopback port.
-            "HF_ENDPOINT": "https://127.0.0.1:9",
-        }
+        self.env = {**os.environ, **tiny_env(data_dir=data_dir, **settings)}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"server-{self.port}.log"
 

@@ -28,9 +28,6 @@ class ContrastiveConfig:
     freeze_text_blocks: int = 0
     seed: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class LinearConfig:
@@ -40,16 +37,10 @@ class LinearConfig:
     batch_size: int = 1024
     seed: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class SubspaceConfig:
     dims: int = 32  # size of the aligned subspaces
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -92,6 +83,6 @@ def check_hyperparameters(method: str, hyperparameters: dict[str, Any]) -> dict[
             f"{method} takes no {', '.join(unknown)}; it takes {', '.join(known)}"
         )
     try:
-        return config(**hyperparameters).as_dict()
+        return asdict(config(**hyperparameters))
     except TypeError as exc:
         raise InvalidParameters(f"bad hyperparameters for {method}: {exc}") from exc

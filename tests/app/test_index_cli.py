@@ -9,24 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from bench.serving import tiny_env
 from index import CollectionStore, FaissBackends, Modality
 from models.encoder import ClipEncoder
 from models.images import decode_image
 from tests.corpus import write_folder, write_jsonl
 from tests.helpers import REPO, AppServer, CliRun, run_cli
 
-CLI_ENV = {
-    "XMODAL_MODEL": "xmodal-tiny",
-    "XMODAL_PRETRAINED": "none",
-    "XMODAL_DEVICE": "cpu",
-    "XMODAL_MAX_UPLOAD_BYTES": "200000",
-    "HF_ENDPOINT": "https://127.0.0.1:9",
-}
+
+def cli_env(data_dir: Path, env: dict[str, str]) -> dict[str, str]:
+    return {**tiny_env(data_dir=data_dir, max_upload_bytes=200_000), **env}
 
 
 def xmodal(*args: str, data_dir: Path, **env: str) -> CliRun:
     """``xmodal ARGS`` in this process: the ``main`` the console script calls."""
-    return run_cli(list(args), {**CLI_ENV, "XMODAL_DATA_DIR": str(data_dir), **env})
+    return run_cli(list(args), cli_env(data_dir, env))
 
 
 def xmodal_process(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -34,7 +31,7 @@ def xmodal_process(*args: str, data_dir: Path, **env: str) -> subprocess.Complet
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
         cwd=REPO,
-        env={**os.environ, **CLI_ENV, "XMODAL_DATA_DIR": str(data_dir), **env},
+        env={**os.environ, **cli_env(data_dir, env)},
         capture_output=True,
         text=True,
         timeout=300,
