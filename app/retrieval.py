@@ -38,7 +38,7 @@ class Retrieval:
     # --- checks -----------------------------------------------------------------------------
     async def collection(self, name: str) -> CollectionInfo:
         """The collection, or 404 before any heavy work."""
-        return await run_in_threadpool(self.store.get_collection, name)
+        return await run_in_threadpool(self.store.serving, name)
 
     def check_k(self, k: int) -> None:
         if not 1 <= k <= self.settings.max_k:

@@ -31,6 +31,9 @@ class CollectionOut(BaseModel):
     created_at: float
     counts: dict[Modality, int]
     trained: dict[Modality, bool]
+    error: str | None = Field(
+        None, description="Why the collection cannot serve (it can only be deleted); null when it serves."
+    )
 
 
 class CollectionList(BaseModel):

@@ -7,6 +7,7 @@ from index.backend import BackendFactory, SearchResult, VectorBackend
 from index.collections import COLLECTION_NAME, CollectionStore
 from index.db import DB_FILE, Database
 from index.errors import (
+    CollectionBroken,
     CollectionExists,
     DimensionMismatch,
     InvalidFilter,
@@ -25,6 +26,7 @@ __all__ = [
     "COLLECTION_NAME",
     "DB_FILE",
     "BackendFactory",
+    "CollectionBroken",
     "CollectionExists",
     "CollectionInfo",
     "CollectionStore",

@@ -35,6 +35,7 @@ from index.db import (
     max_tombstone,
 )
 from index.errors import (
+    CollectionBroken,
     CollectionExists,
     DimensionMismatch,
     InvalidFilter,
@@ -76,12 +77,44 @@ class CollectionStore:
         self.backends = backends or FaissBackends()
         self.snapshots = Snapshots(self.db, self.backends, self.index_dir, snapshot_every)
         self.collections: dict[str, LiveCollection] = {}
+        # Stored collections whose index cannot be built: listed, deletable, nothing else.
+        self.broken: dict[str, CollectionInfo] = {}
         self._closed = False
         drop_unfinished(self)
         for row in self.db.writer.execute(
             "SELECT name, uid, index_spec, dim, model_version, created_at FROM collections"
         ).fetchall():
-            self.collections[row[0]] = self.snapshots.open(*row)
+            self._open(*row)
+
+    def _open(
+        self, name: str, uid: str, spec: str, dim: int, model_version: str, created_at: float
+    ) -> None:
+        """Load one stored collection; one that cannot be built does not stop the others."""
+        try:
+            # The grammar first: a spec stored before it existed may crash FAISS outright.
+            normal = self.backends.check(dim, spec)
+            self.collections[name] = self.snapshots.open(
+                name, uid, normal, dim, model_version, created_at
+            )
+        except Exception as exc:
+            log.error("collection %s cannot serve: %s", name, exc)
+            counts = dict.fromkeys(Modality, 0)
+            for modality, n in self.db.writer.execute(
+                "SELECT modality, COUNT(*) FROM items WHERE collection = ? GROUP BY modality",
+                (name,),
+            ):
+                counts[Modality(modality)] = n
+            self.broken[name] = CollectionInfo(
+                name,
+                spec,
+                dim,
+                model_version,
+                created_at,
+                counts,
+                dict.fromkeys(Modality, False),
+                error=f"its index {spec!r} cannot be built ({exc}); delete the collection and"
+                " create it again with a supported index",
+            )
 
     def close(self) -> None:
         """Snapshot what changed and release everything."""
@@ -108,7 +141,7 @@ class CollectionStore:
             raise ValueError(COLLECTION_NAME_RULE)
         spec = self.backends.check(dim, index_spec)
         with self.db.write_lock:
-            if name in self.collections:
+            if name in self.collections or name in self.broken:
                 raise CollectionExists(f"collection {name!r} already exists")
             uid, now = uuid.uuid4().hex, time.time()
             self.insert_collection_row(name, uid, spec, dim, model_version, now)
@@ -127,14 +160,27 @@ class CollectionStore:
             )
 
     def list_collections(self) -> list[CollectionInfo]:
-        names = [n for n in sorted(self.collections) if not n.startswith(SHADOW_PREFIX)]
-        return [self.get_collection(name) for name in names]
+        names = [n for n in self.collections if not n.startswith(SHADOW_PREFIX)]
+        return [self.get_collection(name) for name in sorted([*names, *self.broken])]
 
     def get_collection(self, name: str) -> CollectionInfo:
+        """What a collection holds, a broken one included (with its ``error``)."""
+        broken = self.broken.get(name)
+        return broken if broken is not None else self.get(name).info()
+
+    def serving(self, name: str) -> CollectionInfo:
+        """``get_collection`` for a collection about to be used: a broken one raises."""
         return self.get(name).info()
 
     def delete_collection(self, name: str) -> None:
         with self.db.write_lock:
+            if name in self.broken:
+                with self.db.locked_transaction() as conn:
+                    digests = delete_rows(conn, name)
+                del self.broken[name]
+                self.collect_garbage(digests)
+                self.snapshots.remove_folder(name)
+                return
             c = self.get(name)
             with self.db.locked_transaction() as conn:
                 digests = delete_rows(conn, name)
@@ -146,6 +192,9 @@ class CollectionStore:
     def get(self, name: str) -> LiveCollection:
         c = self.collections.get(name)
         if c is None:
+            broken = self.broken.get(name)
+            if broken is not None:
+                raise CollectionBroken(f"collection {name!r} cannot serve: {broken.error}")
             raise UnknownCollection(f"collection {name!r} does not exist")
         return c
 

@@ -13,6 +13,11 @@ class CollectionExists(StoreError):
     pass
 
 
+class CollectionBroken(StoreError):
+    """A stored collection whose index cannot be built (a spec from before the grammar, an
+    index FAISS refuses): it is listed and can be deleted, nothing else."""
+
+
 class UnknownItem(StoreError):
     pass
 

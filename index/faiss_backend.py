@@ -22,6 +22,7 @@ import numpy as np
 
 from index.backend import SearchResult
 from index.errors import DimensionMismatch, InvalidIndexSpec
+from index.faiss_specs import parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 # the module is typed loosely here; the tests check these calls against real FAISS.
 faiss: Any = _faiss
 
-DEFAULT_SPEC = "Flat"
 GPU_MAX_K = 2048  # FAISS GPU k-selection limit
 _MAGIC = b"XMIDX1\n"
 
@@ -41,15 +41,6 @@ def gpu_count() -> int:
 
 def new_gpu_resources() -> Any:
     return faiss.StandardGpuResources()
-
-
-def normalize_spec(spec: str | None) -> str:
-    spec = (spec or DEFAULT_SPEC).strip()
-    if not spec:
-        return DEFAULT_SPEC
-    if "IDMap" in spec:
-        raise InvalidIndexSpec("leave IDMap out of the index spec: ids are always mapped")
-    return spec
 
 
 def _build(d: int, spec: str) -> faiss.Index:
@@ -88,7 +79,7 @@ class FaissIndex:
         nprobe: int | None = None,
     ) -> None:
         self.d = int(d)
-        self.spec = normalize_spec(spec)
+        self.spec = parse_spec(spec, self.d)  # only the grammar's families reach FAISS
         self._gpu_resources = gpu_resources
         template = _build(self.d, self.spec)
         self.train_size = training_size(template)
@@ -226,8 +217,9 @@ class FaissIndex:
         k_eff = k + len(self.soft_deleted)
         if allowed is not None:
             allowed = np.ascontiguousarray(allowed, dtype=np.int64)
-            if self.on_gpu:
-                allowed_set = allowed  # GPU indexes take no selectors: over-fetch, then filter
+            if self.on_gpu or not self._takes_selector():
+                # GPU indexes and IndexPQ take no selectors: over-fetch, then filter
+                allowed_set = allowed
                 k_eff = total
             else:
                 params = self._params(faiss.IDSelectorBatch(allowed), k_eff)
@@ -248,8 +240,20 @@ class FaissIndex:
             )
         return out
 
-    def _params(self, sel: Any, k_eff: int) -> Any:
+    def _searched_index(self) -> Any:
         inner = self._cpu_index_kind
+        while isinstance(inner, faiss.IndexPreTransform):
+            # A pre-transform hands plain (non-pre-transform) parameters to its index.
+            inner = faiss.downcast_index(inner.index)
+        return inner
+
+    def _takes_selector(self) -> bool:
+        return not isinstance(self._searched_index(), faiss.IndexPQ)
+
+    def _params(self, sel: Any, k_eff: int) -> Any:
+        inner = self._searched_index()
+        if isinstance(inner, faiss.IndexPQ):
+            return None  # IndexPQ refuses every other kind of parameters
         if isinstance(inner, faiss.IndexIVF):
             return faiss.SearchParametersIVF(sel=sel, nprobe=self._nprobe_for(inner))
         if isinstance(inner, faiss.IndexHNSW):
@@ -351,7 +355,7 @@ class FaissBackends:
         self.nprobe = nprobe
 
     def check(self, d: int, spec: str | None) -> str:
-        normal = normalize_spec(spec)
+        normal = parse_spec(spec, d)
         _build(d, normal)  # raises InvalidIndexSpec before anything is written
         return normal
 

@@ -71,7 +71,7 @@ class Migration:
     @property
     def total(self) -> int:
         """Items the originals hold now: what copying has to get through."""
-        infos = [self.store.get_collection(name) for name in self.marks]
+        infos = [self.store.serving(name) for name in self.marks]
         return sum(i.counts[Modality.IMAGE] + i.counts[Modality.TEXT] for i in infos)
 
     def copy(self) -> int:

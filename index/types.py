@@ -90,3 +90,4 @@ class CollectionInfo:
     created_at: float
     counts: dict[Modality, int]
     trained: dict[Modality, bool]
+    error: str | None = None  # why the collection cannot serve (None: it serves)

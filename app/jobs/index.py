@@ -74,7 +74,7 @@ class IndexRunner:
 
     def check(self, collection: str | None, params: dict[str, Any]) -> dict[str, Any]:
         assert collection is not None
-        self.store.get_collection(collection)  # 404 now, not a failed job later
+        self.store.serving(collection)  # 404 now, not a failed job later
         open_source(self.settings.import_root_dir, params["source"], params.get("format"))
         return {"source": params["source"], "format": params.get("format")}
 
@@ -95,7 +95,7 @@ class IndexRunner:
         source = open_source(
             self.settings.import_root_dir, job.params["source"], job.params.get("format")
         )
-        self.store.get_collection(collection)
+        self.store.serving(collection)
         if job.total is None:
             self.jobs.set_total(job.id, source.count())
         remaining = itertools.islice(source.records(), job.cursor, None)

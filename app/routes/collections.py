@@ -20,6 +20,7 @@ def collection_out(info: CollectionInfo) -> CollectionOut:
         created_at=info.created_at,
         counts=info.counts,
         trained=info.trained,
+        error=info.error,
     )
 
 

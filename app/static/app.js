@@ -64,6 +64,10 @@ async function loadCollections() {
     const option = document.createElement("option");
     option.value = c.name;
     option.textContent = `${c.name} (${c.counts.image || 0} images, ${c.counts.text || 0} texts)`;
+    if (c.error) {
+      option.disabled = true;
+      option.textContent = `${c.name} (cannot serve)`;
+    }
     select.append(option);
   }
   if (data.collections.some((c) => c.name === previous)) select.value = previous;
@@ -74,6 +78,7 @@ async function loadCollections() {
     for (const value of [c.name, c.counts.image || 0, c.counts.text || 0, c.index, c.model]) {
       row.insertCell().textContent = value;
     }
+    if (c.error) row.title = c.error; // a collection whose index cannot be built
   }
   if (!data.collections.length) {
     say("No collections yet: create one and add images or texts through the API.");
