@@ -55,6 +55,7 @@ _DOMAIN: list[tuple[type[Exception], int, str]] = [
     (index.CollectionBroken, 409, "collection_broken"),
     (index.InvalidIndexSpec, 400, "invalid_index"),
     (index.InvalidFilter, 400, "invalid_filter"),
+    (index.InvalidValue, 422, "invalid_value"),
     (index.ModelMismatch, 409, "model_mismatch"),
     (index.UnknownJob, 404, "job_not_found"),
     (index.JobFinished, 409, "job_finished"),

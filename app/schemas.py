@@ -32,7 +32,8 @@ class CollectionOut(BaseModel):
     counts: dict[Modality, int]
     trained: dict[Modality, bool]
     error: str | None = Field(
-        None, description="Why the collection cannot serve (it can only be deleted); null when it serves."
+        None,
+        description="Why the collection cannot serve (it can only be deleted); null when it does.",
     )
 
 

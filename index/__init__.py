@@ -21,6 +21,7 @@ from index.faiss_backend import FaissBackends, FaissIndex, gpu_count
 from index.jobs import Job, JobFinished, JobState, JobStore, Progress, UnknownJob
 from index.migration import Migration
 from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredItem, StoredVersion
+from index.values import InvalidValue
 
 __all__ = [
     "COLLECTION_NAME",
@@ -37,6 +38,7 @@ __all__ = [
     "Hit",
     "InvalidFilter",
     "InvalidIndexSpec",
+    "InvalidValue",
     "Item",
     "Job",
     "JobFinished",

@@ -38,7 +38,6 @@ from index.errors import (
     CollectionBroken,
     CollectionExists,
     DimensionMismatch,
-    InvalidFilter,
     ModelMismatch,
     UnknownCollection,
     UnknownItem,
@@ -48,6 +47,7 @@ from index.live import SHADOW_PREFIX, LiveCollection
 from index.migration import drop_unfinished
 from index.snapshots import Snapshots
 from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredVersion
+from index.values import check_filter, check_item
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,8 @@ class CollectionStore:
                 f"expected {len(items)} vectors of dimension {c.dim}, got shape {vectors.shape}"
             )
         _check_model(c, model_version)
+        for it in items:
+            check_item(it.id, it.text, it.metadata)
         if not items and extra is None:
             return []
         with self.db.write_lock:
@@ -421,20 +423,24 @@ class CollectionStore:
         return hits
 
     def _filter_labels(self, name: str, modality: Modality, where: dict[str, Any]) -> np.ndarray:
+        check_filter(where)
         clauses: list[str] = []
         params: list[Any] = []
         for key, value in where.items():
-            path = '$."' + str(key).replace('"', '""') + '"'
-            if value is None:
-                clauses.append("json_type(metadata, ?) = 'null'")
-                params.append(path)
-            elif isinstance(value, (str, int, float, bool)):
-                clauses.append("json_extract(metadata, ?) = ?")
-                params.extend([path, value])
-            else:
-                raise InvalidFilter(
-                    f"filter value for {key!r} must be a string, number, boolean or null"
+            if json.dumps(key, ensure_ascii=False)[1:-1] != key:
+                # SQLite matches a path's key against the stored (escaped) text, and cannot
+                # quote '"' at all: keys that JSON escapes are matched by value instead.
+                test = "type = 'null'" if value is None else "value = ?"
+                clauses.append(
+                    f"EXISTS (SELECT 1 FROM json_each(metadata) WHERE key = ? AND {test})"
                 )
+                params.extend([key] if value is None else [key, value])
+            elif value is None:
+                clauses.append("json_type(metadata, ?) = 'null'")
+                params.append(f'$."{key}"')
+            else:
+                clauses.append("json_extract(metadata, ?) = ?")
+                params.extend([f'$."{key}"', value])
         sql = "SELECT label FROM items WHERE collection = ? AND modality = ? AND " + " AND ".join(
             clauses
         )

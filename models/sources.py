@@ -2,15 +2,18 @@
 
 Every path is resolved under one import root, and anything that resolves outside it
 (through ``..`` or a symlink) is refused: the source itself with ``SourceError``, a file a
-manifest names as a failed record. Records come out in a stable order with stable ids, so
-a job can resume by skipping the records it already finished, and a re-run of the same
-source maps every record onto the same id.
+manifest names as a failed record. Every file is opened through ``open_under``, which
+checks the opened descriptor as well (see ``models.import_root``). Records come out in a
+stable order with stable ids, so a job can resume by skipping the records it already
+finished, and a re-run of the same source maps every record onto the same id.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import io
 import json
 import os
 import tarfile
@@ -19,12 +22,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from models.errors import ModelError
+from models.import_root import SourceError, open_under, resolve_under
+
+__all__ = ["FileRef", "Source", "SourceError", "SourceRecord", "open_source", "resolve_under"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 FORMATS = ("jsonl", "csv", "parquet", "folder", "webdataset")
 Format = Literal["jsonl", "csv", "parquet", "folder", "webdataset"]
 RecordKind = Literal["image", "text"]
+# What a caption file may hold at most, to bound memory; jobs apply XMODAL_MAX_TEXT_CHARS.
+MAX_CAPTION_CHARS = 1_000_000
 _RESERVED = {"id", "image", "text"}
 _SUFFIX_FORMATS: tuple[tuple[str, Format], ...] = (
     (".jsonl", "jsonl"),
@@ -35,21 +42,20 @@ _SUFFIX_FORMATS: tuple[tuple[str, Format], ...] = (
 )
 
 
-class SourceError(ModelError):
-    """The source as a whole cannot be read: outside the root, missing, unknown format."""
-
-
 @dataclass(frozen=True)
 class FileRef:
-    """Bytes on disk: a whole file, or one member of an uncompressed tar shard."""
+    """Bytes on disk under the import root ``root``: a whole file, or one member of an
+    uncompressed tar shard."""
 
     path: str
+    root: str
     offset: int = 0
     size: int | None = None
 
     def read(self, limit: int) -> bytes:
-        """Read at most ``limit`` bytes; raise ``ValueError`` for anything larger."""
-        with open(self.path, "rb") as f:
+        """Read at most ``limit`` bytes; raise ``ValueError`` for anything larger and
+        ``OSError`` for a file that is missing or not under the root once opened."""
+        with open_under(self.root, self.path) as f:
             if self.size is None:
                 size = os.fstat(f.fileno()).st_size
             else:
@@ -69,15 +75,6 @@ class SourceRecord:
     text: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # known bad before any decoding (bad line, path outside root)
-
-
-def resolve_under(root: Path, relative: str) -> Path:
-    """``root/relative`` with every link resolved, refusing anything outside ``root``."""
-    base = root.resolve()
-    target = (base / relative).resolve()
-    if target != base and base not in target.parents:
-        raise SourceError(f"{relative!r} resolves outside the import root")
-    return target
 
 
 def detect_format(path: Path) -> Format:
@@ -118,6 +115,12 @@ class Source:
     def count(self) -> int:
         return sum(1 for _ in self.records())
 
+    def open_text(self, path: Path) -> io.TextIOWrapper:
+        """A text file under the root, checked once opened (see ``open_under``)."""
+        return io.TextIOWrapper(
+            open_under(self.root, path), encoding="utf-8", errors="replace", newline=""
+        )
+
     # --- manifests ----------------------------------------------------------------------------
     def _rows_to_records(
         self, rows: Iterator[tuple[int, dict[str, Any] | str]]
@@ -145,7 +148,9 @@ class Source:
         if image is not None:
             image_id = str(given_id) if given_id is not None else str(image)
             try:
-                ref: FileRef | None = FileRef(str(resolve_under(self.root, str(image))))
+                ref: FileRef | None = FileRef(
+                    str(resolve_under(self.root, str(image))), str(self.root)
+                )
                 error = None
             except SourceError as exc:
                 ref, error = None, f"{where}: {exc}"
@@ -164,7 +169,7 @@ class Source:
 
     def _jsonl(self) -> Iterator[SourceRecord]:
         def rows() -> Iterator[tuple[int, dict[str, Any] | str]]:
-            with self.path.open(encoding="utf-8", errors="replace") as f:
+            with self.open_text(self.path) as f:
                 for n, line in enumerate(f, 1):
                     if not line.strip():
                         continue
@@ -184,10 +189,17 @@ class Source:
 
     def _csv(self) -> Iterator[SourceRecord]:
         def rows() -> Iterator[tuple[int, dict[str, Any] | str]]:
-            with self.path.open(encoding="utf-8", errors="replace", newline="") as f:
+            with self.open_text(self.path) as f:
                 reader = csv.DictReader(f)
-                for n, row in enumerate(reader, 2):
-                    yield n, {k: v for k, v in row.items() if k is not None}
+                while True:
+                    try:
+                        row = next(reader)
+                    except StopIteration:
+                        return
+                    except csv.Error as exc:  # e.g. a field over the csv module's limit
+                        yield reader.line_num, f"{self.path.name} line {reader.line_num}: {exc}"
+                        continue
+                    yield reader.line_num, {k: v for k, v in row.items() if k is not None}
 
         return self._rows_to_records(rows())
 
@@ -195,15 +207,16 @@ class Source:
         import pyarrow.parquet as pq
 
         def rows() -> Iterator[tuple[int, dict[str, Any] | str]]:
-            try:
-                reader = pq.ParquetFile(self.path)
-            except Exception as exc:  # pyarrow raises its own error types
-                raise SourceError(f"cannot read {self.path.name} as Parquet: {exc}") from exc
-            n = 0
-            for batch in reader.iter_batches(batch_size=4096):
-                for row in batch.to_pylist():
-                    n += 1
-                    yield n, row
+            with open_under(self.root, self.path) as f:
+                try:
+                    reader = pq.ParquetFile(f)
+                except Exception as exc:  # pyarrow raises its own error types
+                    raise SourceError(f"cannot read {self.path.name} as Parquet: {exc}") from exc
+                n = 0
+                for batch in reader.iter_batches(batch_size=4096):
+                    for row in batch.to_pylist():
+                        n += 1
+                        yield n, row
 
         return self._rows_to_records(rows())
 
@@ -221,7 +234,8 @@ class Source:
                 rel = full.relative_to(base).as_posix()
                 try:
                     ref: FileRef | None = FileRef(
-                        str(resolve_under(self.root, str(full.relative_to(self.root))))
+                        str(resolve_under(self.root, str(full.relative_to(self.root)))),
+                        str(self.root),
                     )
                     error = None
                 except SourceError as exc:
@@ -234,10 +248,13 @@ class Source:
     def _caption_record(self, path: Path, image_id: str) -> SourceRecord:
         rel = path.relative_to(self.path).as_posix()
         try:
-            resolve_under(self.root, str(path.relative_to(self.root)))
-            text = path.read_text(encoding="utf-8", errors="replace").strip()
+            resolved = resolve_under(self.root, str(path.relative_to(self.root)))
+            with self.open_text(resolved) as f:
+                text = f.read(MAX_CAPTION_CHARS + 1).strip()
         except (SourceError, OSError) as exc:
             return SourceRecord(0, rel, "text", error=f"{rel}: {exc}")
+        if len(text) > MAX_CAPTION_CHARS:
+            return SourceRecord(0, rel, "text", error=f"{rel}: over {MAX_CAPTION_CHARS} characters")
         if not text:
             return SourceRecord(0, rel, "text", error=f"{rel}: empty caption")
         return SourceRecord(0, rel, "text", text=text, metadata={"path": rel, "image_id": image_id})
@@ -253,14 +270,16 @@ class Source:
             yield from self._shard(shard)
 
     def _shard(self, shard: Path) -> Iterator[SourceRecord]:
-        try:
-            tar = tarfile.open(shard, mode="r:")  # noqa: SIM115 - closed by the with below
-        except (tarfile.TarError, OSError) as exc:
-            yield SourceRecord(
-                0, shard.name, "image", error=f"{shard.name}: not a readable tar shard ({exc})"
-            )
-            return
-        with tar:
+        with contextlib.ExitStack() as stack:
+            try:
+                # The shard is checked once opened, like every file (a link out of the root).
+                f = stack.enter_context(open_under(self.root, shard))
+                tar = stack.enter_context(tarfile.open(fileobj=f, mode="r:"))
+            except (tarfile.TarError, OSError) as exc:
+                yield SourceRecord(
+                    0, shard.name, "image", error=f"{shard.name}: not a readable tar shard ({exc})"
+                )
+                return
             group: list[tarfile.TarInfo] = []
             key = None
             try:
@@ -296,7 +315,7 @@ class Source:
             None,
         )
         metadata: dict[str, Any] = {"shard": shard.name, "key": key}
-        if "json" in by_ext:
+        if "json" in by_ext and by_ext["json"].size <= MAX_CAPTION_CHARS:
             try:
                 extra = json.loads(_member_bytes(tar, by_ext["json"]))
                 if isinstance(extra, dict):
@@ -305,11 +324,18 @@ class Source:
                 pass  # bad sidecar metadata does not sink a good image
         text = None
         if "txt" in by_ext:
-            text = (
-                _member_bytes(tar, by_ext["txt"]).decode("utf-8", errors="replace").strip() or None
-            )
+            if by_ext["txt"].size > MAX_CAPTION_CHARS * 4:  # UTF-8: up to 4 bytes a character
+                yield SourceRecord(
+                    0,
+                    f"{key}#text",
+                    "text",
+                    error=f"{key}.txt: over {MAX_CAPTION_CHARS} characters",
+                )
+            else:
+                raw = _member_bytes(tar, by_ext["txt"])
+                text = raw.decode("utf-8", errors="replace").strip() or None
         if image_member is not None:
-            ref = FileRef(str(shard), image_member.offset_data, image_member.size)
+            ref = FileRef(str(shard), str(self.root), image_member.offset_data, image_member.size)
             yield SourceRecord(0, key, "image", image=ref, metadata=metadata)
             if text is not None:
                 yield SourceRecord(
@@ -323,16 +349,20 @@ def open_source(root: Path, relative: str, fmt: str | None = None) -> Source:
     """Resolve ``relative`` under ``root`` and work out its format (``SourceError`` if not)."""
     if not relative or not relative.strip():
         raise SourceError("source is empty: give a path relative to the import root")
-    path = resolve_under(root, relative)
-    if not path.exists():
-        raise SourceError(f"{relative!r} does not exist under the import root")
     if fmt is not None and fmt not in FORMATS:
-        raise SourceError(f"unknown format {fmt!r}; give one of {', '.join(FORMATS)}")
-    chosen = cast(Format, fmt) if fmt is not None else detect_format(path)
-    if chosen == "folder" and not path.is_dir():
-        raise SourceError(f"{relative!r} is not a folder")
-    if chosen in ("jsonl", "csv", "parquet") and not path.is_file():
-        raise SourceError(f"{relative!r} is not a manifest file")
+        raise SourceError(f"unknown format {fmt[:40]!r}; give one of {', '.join(FORMATS)}")
+    path = resolve_under(root, relative)
+    shown = relative if len(relative) <= 200 else relative[:200] + "..."
+    try:
+        if not path.exists():
+            raise SourceError(f"{shown!r} does not exist under the import root {root}")
+        chosen = cast(Format, fmt) if fmt is not None else detect_format(path)
+        if chosen == "folder" and not path.is_dir():
+            raise SourceError(f"{shown!r} is not a folder")
+        if chosen in ("jsonl", "csv", "parquet") and not path.is_file():
+            raise SourceError(f"{shown!r} is not a manifest file")
+    except OSError as exc:
+        raise SourceError(f"{shown!r} cannot be read: {exc.strerror or exc}") from None
     return Source(root.resolve(), path, chosen)
 
 

@@ -26,6 +26,7 @@ from app.jobs.loop import JobStopped, OnProgress
 from app.retrieval import Retrieval
 from index import CollectionStore, Job, JobState, JobStore, Modality, NewItem, Progress
 from index.types import StoredVersion
+from index.values import InvalidValue, check_item
 from models.ingest import IngestLimits, IngestPipeline, PendingChunk
 from models.preprocess import Decoded
 from models.sources import SourceRecord, open_source
@@ -102,6 +103,7 @@ class IndexRunner:
         chunks = _batched(remaining, self.settings.import_chunk_size)
         pending: collections.deque[_Chunk] = collections.deque()
         last_commit = time.monotonic()
+        refused: set[str] = set()  # image ids the last chunk refused (their captions follow)
         while True:
             while len(pending) <= self.settings.import_prefetch_chunks:
                 records = next(chunks, None)
@@ -115,14 +117,17 @@ class IndexRunner:
                 if self.jobs.state(job.id) is JobState.RUNNING:
                     raise JobStopped
                 return  # cancelled: stop here, what is committed stays
-            self._commit_chunk(job, collection, chunk, time.monotonic() - last_commit)
+            refused = self._commit_chunk(
+                job, collection, chunk, refused, time.monotonic() - last_commit
+            )
             last_commit = time.monotonic()
             if on_progress is not None:
                 on_progress(self.jobs.get(job.id))
 
     def _start_chunk(self, collection: str, records: list[SourceRecord]) -> _Chunk:
         """Look up what is stored already and hand the chunk's images to the decoders."""
-        existing = self.store.existing(collection, [r.id for r in records])
+        records = [self._check(r) for r in records]
+        existing = self.store.existing(collection, [r.id for r in records if r.error is None])
         version = self.engine.version
         expected = {
             r.id: known.content_sha256
@@ -137,13 +142,31 @@ class IndexRunner:
         ]
         return _Chunk(records, existing, self.pipeline.start(images, expected))
 
-    def _commit_chunk(self, job: Job, collection: str, chunk: _Chunk, seconds: float) -> None:
+    def _check(self, record: SourceRecord) -> SourceRecord:
+        """A record the store would refuse is a failed record, not a failed job."""
+        if record.error is not None:
+            return record
+        try:
+            check_item(record.id, record.text, record.metadata)
+        except InvalidValue as exc:
+            return replace(record, error=str(exc))
+        limit = self.settings.max_text_chars
+        if record.text is not None and len(record.text) > limit:
+            return replace(
+                record, error=f"the text has {len(record.text)} characters; the limit is {limit}"
+            )
+        return record
+
+    def _commit_chunk(
+        self, job: Job, collection: str, chunk: _Chunk, refused: set[str], seconds: float
+    ) -> set[str]:
         """Encode the chunk and commit it with the job's progress (through the retrieval
-        path, which encodes again if an activation switched the model meanwhile)."""
-        texts, images, progress = self._sort(chunk)
+        path, which encodes again if an activation switched the model meanwhile). Returns
+        the ids of the images it refused."""
+        texts, images, progress, refused = self._sort(chunk, refused)
         if not texts and not images:
             self.jobs.advance(job.id, replace(progress, seconds=seconds))
-            return
+            return refused
 
         def embed(version: str) -> tuple[list[NewItem], np.ndarray]:
             encoder = self.engine.encoder_of(version)
@@ -173,31 +196,28 @@ class IndexRunner:
 
         done = replace(progress, done=progress.done + len(texts) + len(images), seconds=seconds)
         self.retrieval.add_blocking(collection, embed, extra=self.jobs.recorder(job.id, done))
+        return refused
 
     def _sort(
-        self, chunk: _Chunk
-    ) -> tuple[list[SourceRecord], list[tuple[SourceRecord, Decoded]], Progress]:
-        """The chunk's texts and decoded images to encode, and its progress so far (failures,
-        and items unchanged since they were stored)."""
+        self, chunk: _Chunk, refused_before: set[str]
+    ) -> tuple[list[SourceRecord], list[tuple[SourceRecord, Decoded]], Progress, set[str]]:
+        """The chunk's texts and decoded images to encode, its progress so far (failures,
+        and items unchanged since they were stored), and the ids of the images it refused:
+        a caption whose image was refused (here or at the end of the chunk before) fails
+        with it."""
         done, failed = 0, 0
         errors: list[dict[str, Any]] = []
         texts: list[SourceRecord] = []
         version = self.engine.version
+        refused: set[str] = set()
 
         def fail(record: SourceRecord, reason: str) -> None:
             nonlocal failed
             failed += 1
-            errors.append({"item": record.id, "seq": record.seq, "reason": reason})
+            if record.kind == "image":
+                refused.add(record.id)
+            errors.append({"item": _shown(record.id), "seq": record.seq, "reason": _shown(reason)})
 
-        for r in chunk.records:
-            if r.error is not None:
-                fail(r, r.error)
-            elif r.kind == "text":
-                known = chunk.existing.get(r.id)
-                if known and known.text == r.text and known.model_version == version:
-                    done += 1
-                else:
-                    texts.append(r)
         images: list[tuple[SourceRecord, Decoded]] = []
         for r, d in self.pipeline.finish(chunk.pending):
             if d.error is not None:
@@ -206,9 +226,29 @@ class IndexRunner:
                 done += 1
             else:
                 images.append((r, d))
+        for r in chunk.records:
+            if r.error is not None:
+                fail(r, r.error)
+        for r in chunk.records:
+            if r.error is not None or r.kind != "text":
+                continue
+            image_id = r.metadata.get("image_id")
+            if isinstance(image_id, str) and image_id in refused | refused_before:
+                fail(r, f"its image {image_id!r} was refused")
+                continue
+            known = chunk.existing.get(r.id)
+            if known and known.text == r.text and known.model_version == version:
+                done += 1
+            else:
+                texts.append(r)
         cursor = chunk.records[-1].seq + 1
         errors.sort(key=lambda e: int(e["seq"]))
-        return texts, images, Progress(cursor, done, failed, errors)
+        return texts, images, Progress(cursor, done, failed, errors), refused
+
+
+def _shown(text: str, limit: int = 500) -> str:
+    """Text from a source as a job report can carry it: bounded, and valid unicode."""
+    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _batched(records: Iterator[SourceRecord], size: int) -> Iterator[list[SourceRecord]]:

@@ -4,11 +4,17 @@ from fastapi import APIRouter, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import ReadAccess, WriteAccess
+from app.bodies import StrictJSONRoute
 from app.deps import EngineDep, StoreDep
 from app.schemas import CollectionCreate, CollectionList, CollectionOut
 from index import CollectionInfo
 
-router = APIRouter(prefix="/v1/collections", tags=["collections"], dependencies=[ReadAccess])
+router = APIRouter(
+    route_class=StrictJSONRoute,
+    prefix="/v1/collections",
+    tags=["collections"],
+    dependencies=[ReadAccess],
+)
 
 
 def collection_out(info: CollectionInfo) -> CollectionOut:

@@ -3,12 +3,15 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.auth import ReadAccess
+from app.bodies import StrictJSONRoute
 from app.deps import EngineDep, SettingsDep
 from app.errors import bad_request, too_large
 from app.schemas import EmbedRequest, EmbedResponse
 from app.uploads import decode_base64
 
-router = APIRouter(prefix="/v1", tags=["embed"], dependencies=[ReadAccess])
+router = APIRouter(
+    route_class=StrictJSONRoute, prefix="/v1", tags=["embed"], dependencies=[ReadAccess]
+)
 
 
 @router.post("/embed")

@@ -5,10 +5,11 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.auth import MetricsAccess
+from app.bodies import StrictJSONRoute
 from app.deps import ServicesDep
 from app.errors import error_response
 
-router = APIRouter(tags=["health"])
+router = APIRouter(route_class=StrictJSONRoute, tags=["health"])
 
 
 @router.get("/healthz")

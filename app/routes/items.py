@@ -8,14 +8,20 @@ from fastapi import APIRouter, File, Form, Header, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import ReadAccess, WriteAccess
+from app.bodies import StrictJSONRoute, loads
 from app.deps import EngineDep, RetrievalDep, ServicesDep, SettingsDep, StoreDep
 from app.errors import ApiError, bad_request
 from app.schemas import IndexedOut, ItemOut, TextItemsIn
 from app.thumbnails import SIZES
 from app.uploads import read_upload
-from index import Modality, NewItem, UnknownItem
+from index import InvalidValue, Modality, NewItem, UnknownItem
 
-router = APIRouter(prefix="/v1/collections/{name}", tags=["items"], dependencies=[ReadAccess])
+router = APIRouter(
+    route_class=StrictJSONRoute,
+    prefix="/v1/collections/{name}",
+    tags=["items"],
+    dependencies=[ReadAccess],
+)
 
 
 def _invalid(message: str) -> ApiError:
@@ -30,9 +36,11 @@ def _parse_metadata(raw: list[str] | None, n: int) -> list[dict[str, Any]]:
     out = []
     for i, text in enumerate(raw):
         try:
-            value = json.loads(text) if text.strip() else {}
+            value = loads(text, f"metadata {i}") if text.strip() else {}
         except json.JSONDecodeError as exc:
             raise _invalid(f"metadata {i} is not valid JSON: {exc.msg}") from exc
+        except InvalidValue as exc:
+            raise _invalid(str(exc)) from exc
         if not isinstance(value, dict):
             raise _invalid(f"metadata {i} must be a JSON object")
         out.append(value)

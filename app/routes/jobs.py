@@ -7,10 +7,11 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import ReadAccess, WriteAccess
+from app.bodies import StrictJSONRoute
 from app.deps import JobsDep
 from app.jobs import INDEX_JOB, job_summary
 
-router = APIRouter(tags=["jobs"], dependencies=[ReadAccess])
+router = APIRouter(route_class=StrictJSONRoute, tags=["jobs"], dependencies=[ReadAccess])
 
 
 class IndexJobCreate(BaseModel):

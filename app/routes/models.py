@@ -8,13 +8,14 @@ from starlette.concurrency import run_in_threadpool
 
 from app.activation import ACTIVATE_JOB
 from app.auth import ReadAccess, WriteAccess
+from app.bodies import StrictJSONRoute
 from app.deps import EngineDep, JobsDep, StackDep
 from app.errors import ApiError
 from app.finetune import FINETUNE_JOB
 from app.routes.jobs import JobCreated
 from models.registry import ModelVersion
 
-router = APIRouter(tags=["models"], dependencies=[ReadAccess])
+router = APIRouter(route_class=StrictJSONRoute, tags=["models"], dependencies=[ReadAccess])
 
 
 class FinetuneRequest(BaseModel):

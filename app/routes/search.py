@@ -7,13 +7,19 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 
 from app.auth import ReadAccess
+from app.bodies import StrictJSONRoute, loads
 from app.deps import RetrievalDep, SettingsDep
 from app.errors import ApiError, bad_request
 from app.schemas import SearchHit, SearchRequest, SearchResponse
 from app.uploads import decode_base64, read_upload
-from index import Hit, Modality
+from index import Hit, InvalidValue, Modality
 
-router = APIRouter(prefix="/v1/collections/{name}", tags=["search"], dependencies=[ReadAccess])
+router = APIRouter(
+    route_class=StrictJSONRoute,
+    prefix="/v1/collections/{name}",
+    tags=["search"],
+    dependencies=[ReadAccess],
+)
 
 
 def _response(hits: list[Hit], started: float) -> SearchResponse:
@@ -63,9 +69,11 @@ async def search_by_upload(
     where = None
     if filter:
         try:
-            where = json.loads(filter)
+            where = loads(filter, "filter")
         except json.JSONDecodeError as exc:
             raise ApiError(422, "invalid_request", f"filter is not valid JSON: {exc.msg}") from exc
+        except InvalidValue as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from exc
         if not isinstance(where, dict):
             raise ApiError(422, "invalid_request", "filter must be a JSON object")
     await retrieval.collection(name)

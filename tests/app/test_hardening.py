@@ -3,7 +3,11 @@ would (see the README's Security section). Each test is named after its class.""
 
 from __future__ import annotations
 
+import io
+import json
+import os
 import sqlite3
+import tarfile
 import time
 from pathlib import Path
 
@@ -11,7 +15,10 @@ import httpx
 import pytest
 
 from index import DB_FILE
+from models.sources import FileRef, resolve_under
 from tests.app.test_bad_input import assert_error
+from tests.app.test_index_jobs import run_job
+from tests.corpus import good_image
 from tests.helpers import AppServer
 
 
@@ -69,3 +76,188 @@ def test_untrusted_index_spec_stored_earlier_does_not_stop_start_up(tmp_path: Pa
             assert c.get("/v1/collections/h").json()["error"] is None
     finally:
         server.stop()
+
+
+# --- 2. file reads that escape the import root ----------------------------------------------------
+def test_file_reads_that_escape_the_import_root_are_refused(
+    server: AppServer, client: httpx.Client, collection: str, tmp_path: Path
+) -> None:
+    root = server.data_dir / "import"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret_shard = outside / "secret.tar"
+    with tarfile.open(secret_shard, "w") as tar:
+        for member, payload in (("s0.jpg", good_image(7)), ("s0.txt", b"secret caption")):
+            info = tarfile.TarInfo(member)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    (outside / "secret.png").write_bytes(good_image(8))
+    (outside / "secret.txt").write_text("secret caption")
+    shards = root / f"{collection}-shards"
+    shards.mkdir()
+    (shards / "a-link.tar").symlink_to(secret_shard)
+    folder = root / f"{collection}-folder"
+    folder.mkdir()
+    (folder / "own.png").write_bytes(good_image(9))
+    (folder / "own.txt").symlink_to(outside / "secret.txt")
+    (folder / "linked.png").symlink_to(outside / "secret.png")
+    (root / f"{collection}.jsonl").write_text(
+        json.dumps({"id": "m1", "image": f"{collection}-folder/linked.png"})
+        + "\n"
+        + json.dumps({"id": "m2", "image": "../../outside/secret.png"})
+        + "\n"
+    )
+    for source, fmt in (
+        (f"{collection}-shards", "webdataset"),
+        (f"{collection}-folder", "folder"),
+        (f"{collection}.jsonl", None),
+    ):
+        job = run_job(client, collection, source, fmt)
+        assert job["state"] == "succeeded", job
+        assert job["failed"] >= 1, job
+    counts = client.get(f"/v1/collections/{collection}").json()["counts"]
+    assert counts == {"image": 1, "text": 0}  # own.png alone; its caption is a link out
+    r = client.post(
+        f"/v1/collections/{collection}/search",
+        json={"text": "secret caption", "target": "text"},
+    )
+    assert r.json()["results"] == []
+
+
+def test_file_swapped_for_a_link_after_the_check_is_refused_when_opened(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (root / "sub" / "a.png").write_bytes(b"inside")
+    (outside / "a.png").write_bytes(b"outside")
+    ref = FileRef(str(resolve_under(root, "sub/a.png")), str(root))
+    assert ref.read(100) == b"inside"
+    (root / "sub" / "a.png").unlink()  # the last component swapped for a link
+    (root / "sub" / "a.png").symlink_to(outside / "a.png")
+    with pytest.raises(OSError):
+        ref.read(100)
+    (root / "sub" / "a.png").unlink()  # a directory on the way swapped for a link
+    (root / "sub").rmdir()
+    (root / "sub").symlink_to(outside)
+    with pytest.raises(OSError, match="outside the import root"):
+        ref.read(100)
+    os.mkfifo(root / "fifo.png")  # would block a plain open forever
+    with pytest.raises(OSError, match="not a regular file"):
+        FileRef(str(root / "fifo.png"), str(root)).read(100)
+
+
+# --- 3. values JSON allows but the store cannot use -----------------------------------------------
+def test_values_json_allows_but_the_store_cannot_use_get_4xx(
+    client: httpx.Client, collection: str
+) -> None:
+    c = collection
+    ok = client.post(
+        f"/v1/collections/{c}/texts",
+        json={"items": [{"id": "keep", "text": "kept", "metadata": {"score": 1.5}}]},
+    )
+    assert ok.status_code == 200
+    headers = {"content-type": "application/json"}
+    raw_bodies = [
+        b'{"items": [{"id": "n", "text": "t", "metadata": {"score": NaN}}]}',
+        b'{"items": [{"id": "n", "text": "t", "metadata": {"score": Infinity}}]}',
+        b'{"items": [{"id": "n", "text": "t", "metadata": {"score": -Infinity}}]}',
+        b'{"items": [{"id": "n", "text": "t", "metadata": {"score": 1e999}}]}',
+        b'{"items": [{"id": "n", "text": "t", "metadata": {"big": 99999999999999999999999}}]}',
+        b'{"items": [{"id": "n", "text": "t", "metadata": {"k": "\\ud800"}}]}',
+        b'{"items": [{"id": "n", "text": "t", "metadata": {"\\udfff": 1}}]}',
+        b'{"items": [{"id": "n", "text": "\\ud800 lone"}]}',
+        b'{"items": [{"id": "\\ud800", "text": "t"}]}',
+        b'{"items": [{"id": "a\\nb", "text": "t"}]}',
+        b'{"items": [{"id": "n", "text": "t", "metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}]}",
+        b'{"items": [{"id": "n", "text": "t", "metadata": {"a": ' + b"[" * 40 + b"]" * 40 + b"}}]}",
+        b'{"items": [{"id": "n", "text": "t"}]}\xff\xfe',
+    ]
+    for body in raw_bodies:
+        r = client.post(f"/v1/collections/{c}/texts", content=body, headers=headers)
+        assert r.status_code in (400, 422), (body[:80], r.status_code, r.text)
+        assert set(r.json()) == {"error"}
+    searches = [
+        b'{"text": "x", "target": "text", "filter": {"score": NaN}}',
+        b'{"text": "x", "target": "text", "filter": {"n": 99999999999999999999}}',
+        b'{"text": "x", "target": "text", "filter": {"\\ud800": 1}}',
+        b'{"text": "x", "target": "text", "filter": {"a\\u0000b": 1}}',
+        b'{"text": "\\udc00", "target": "text"}',
+    ]
+    for body in searches:
+        r = client.post(f"/v1/collections/{c}/search", content=body, headers=headers)
+        assert r.status_code in (400, 422), (body, r.status_code, r.text)
+    for form_metadata in ('{"score": NaN}', '{"a": "\\ud800"}', "[" * 5000):
+        r = client.post(
+            f"/v1/collections/{c}/images",
+            files=[("files", ("a.png", good_image(1)))],
+            data={"metadata": [form_metadata]},
+        )
+        assert r.status_code == 422, r.text
+    for source in ("a\x00b.jsonl", "x" * 5000, "a/" + "y" * 300 + "/b.jsonl", "\ud800.jsonl"):
+        r = client.post(
+            f"/v1/collections/{c}/jobs/index",
+            content=json.dumps({"source": source}).encode(),
+            headers=headers,
+        )
+        assert r.status_code in (400, 422), (source[:20], r.text)
+    # Nothing was stored, and filtered searches still work on the collection.
+    assert client.get(f"/v1/collections/{c}").json()["counts"] == {"image": 0, "text": 1}
+    for where in ({"score": 1.5}, {'quo"te': 1}, {"back\\slash": None}):
+        r = client.post(
+            f"/v1/collections/{c}/search", json={"text": "x", "target": "text", "filter": where}
+        )
+        assert r.status_code == 200, r.text
+    assert [h["id"] for h in r.json()["results"]] == []
+    r = client.post(
+        f"/v1/collections/{c}/search",
+        json={"text": "x", "target": "text", "filter": {"score": 1.5}},
+    )
+    assert [h["id"] for h in r.json()["results"]] == ["keep"]
+
+
+def test_metadata_keys_with_quotes_can_be_filtered(client: httpx.Client, collection: str) -> None:
+    items = [
+        {"id": "q", "text": "quoted", "metadata": {'say "hi"': "yes", "a\\b": 2}},
+        {"id": "p", "text": "plain", "metadata": {"x": 1}},
+    ]
+    assert client.post(f"/v1/collections/{collection}/texts", json={"items": items}).is_success
+    for where, want in (({'say "hi"': "yes"}, ["q"]), ({"a\\b": 2}, ["q"]), ({"x": 1}, ["p"])):
+        r = client.post(
+            f"/v1/collections/{collection}/search",
+            json={"text": "x", "target": "text", "filter": where},
+        )
+        assert [h["id"] for h in r.json()["results"]] == want, where
+
+
+# --- 9. one bad record fails a whole batch job ----------------------------------------------------
+def test_one_bad_record_fails_the_record_not_the_job(
+    server: AppServer, client: httpx.Client, collection: str
+) -> None:
+    root = server.data_dir / "import"
+    base = root / collection
+    base.mkdir()
+    (base / "good.png").write_bytes(good_image(3))
+    (base / "bad.png").write_bytes(b"not an image")
+    rows = [
+        {"id": "nul", "image": "a\x00b.png"},
+        {"id": "long-path", "image": "z" * 300 + ".png"},
+        {"id": "good", "image": f"{collection}/good.png", "text": "a good caption"},
+        {"id": "bad", "image": f"{collection}/bad.png", "text": "caption of a refused image"},
+        {"id": "nan", "text": "fine text", "score": float("nan")},
+        {"id": "huge-caption", "text": "w" * 3000},  # the server's XMODAL_MAX_TEXT_CHARS: 2000
+        {"id": "ok-text", "text": "an ordinary text"},
+    ]
+    (root / f"{collection}.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in rows) + "\n"  # json writes NaN as NaN
+    )
+    job = run_job(client, collection, f"{collection}.jsonl")
+    assert job["state"] == "succeeded", job
+    failed = {e["item"] for e in job["errors"]}
+    assert failed == {"nul", "long-path", "bad", "bad#text", "nan", "huge-caption"}, job
+    assert job["done"] == 3  # good, good#text, ok-text
+    with (root / f"{collection}.csv").open("w") as f:
+        f.write("id,text\nbig," + "v" * 200_000 + "\nsmall,a small text\n")
+    job = run_job(client, collection, f"{collection}.csv")
+    assert job["state"] == "succeeded" and job["failed"] == 1, job
+    r = client.get(f"/v1/collections/{collection}/items/small")
+    assert r.status_code == 200

@@ -31,9 +31,9 @@ def test_decode_files_isolates_bad_files_and_skips_unchanged(
     (tmp_path / "bad.png").write_bytes(b"nope")
     stored: dict[str, bytes] = {}
     tasks = [
-        DecodeTask(FileRef(str(tmp_path / "good.png"))),
-        DecodeTask(FileRef(str(tmp_path / "bad.png"))),
-        DecodeTask(FileRef(str(tmp_path / "absent.png"))),
+        DecodeTask(FileRef(str(tmp_path / "good.png"), str(tmp_path))),
+        DecodeTask(FileRef(str(tmp_path / "bad.png"), str(tmp_path))),
+        DecodeTask(FileRef(str(tmp_path / "absent.png"), str(tmp_path))),
     ]
     out = decode_files(
         tasks, pipeline, 10**6, 10**7, sink=lambda data, digest: stored.setdefault(digest, data)
