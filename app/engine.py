@@ -165,4 +165,8 @@ class Engine:
 
     def _prepare(self, data: bytes) -> PreparedImage:
         decoded = decode_image(data, self.settings.max_image_pixels, draft_size=self._draft_size)
-        return PreparedImage(self.encoder.preprocess_image(decoded.image), decoded.media_type)
+        try:
+            pixels = self.encoder.preprocess_image(decoded.image)
+        except Exception as exc:  # e.g. an image too small to resize: the file, not us
+            raise ImageDecodeError(f"cannot be prepared for the model: {exc}") from exc
+        return PreparedImage(pixels, decoded.media_type)

@@ -47,8 +47,9 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) ->
         raise ImageDecodeError("empty file: expected an image")
     try:
         with warnings.catch_warnings():
-            # Our own pixel cap below is the guard; PIL's global one only warns.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Our own pixel cap below is the guard; PIL's global one only warns. Corrupt
+            # EXIF and TIFF tags warn as well: the image either decodes or is refused.
+            warnings.simplefilter("ignore")
             img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
             fmt = img.format or ""
             width, height = img.size
@@ -71,9 +72,11 @@ def decode_image(data: bytes, max_pixels: int, draft_size: int | None = None) ->
         raise ImageDecodeError(
             f"not a supported image (accepted: {', '.join(ACCEPTED_FORMATS)})"
         ) from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        # Truncated or corrupt files surface as any of these from PIL's decoders.
-        raise ImageDecodeError(f"corrupt or truncated image: {exc}") from exc
+    except Exception as exc:
+        # Truncated or corrupt files surface as almost any exception type from PIL's
+        # decoders (OSError, SyntaxError, EOFError, and also IndexError from a GIF's
+        # palette, TypeError from a TIFF without dimensions): each is a bad file.
+        raise ImageDecodeError(f"corrupt or truncated image ({type(exc).__name__}: {exc})") from exc
     if fmt not in MEDIA_TYPES:
         raise ImageDecodeError(f"unsupported image format {fmt!r}")
     return DecodedImage(image=rgb, format=fmt)

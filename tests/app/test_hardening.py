@@ -3,16 +3,20 @@ would (see the README's Security section). Each test is named after its class.""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
 import sqlite3
+import struct
 import tarfile
 import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from index import DB_FILE
 from models.sources import FileRef, resolve_under
@@ -227,6 +231,43 @@ def test_metadata_keys_with_quotes_can_be_filtered(client: httpx.Client, collect
             json={"text": "x", "target": "text", "filter": where},
         )
         assert [h["id"] for h in r.json()["results"]] == want, where
+
+
+# --- 4. images that are not mapped to 415 ---------------------------------------------------------
+def _tiff_with_text_strip_offsets() -> bytes:
+    """A TIFF whose strip offsets claim to be text: PIL then finds no dimensions."""
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(buf, format="TIFF")
+    data = bytearray(buf.getvalue())
+    (ifd,) = struct.unpack_from("<I", data, 4)
+    (n,) = struct.unpack_from("<H", data, ifd)
+    for i in range(n):
+        entry = ifd + 2 + 12 * i
+        if struct.unpack_from("<H", data, entry)[0] == 273:  # StripOffsets
+            struct.pack_into("<H", data, entry + 2, 2)  # type: ASCII
+    return bytes(data)
+
+
+def _gif_with_its_last_byte_changed(last: int) -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="GIF")
+    return buf.getvalue()[:-1] + bytes([last])  # the trailer, now an extension or an image
+
+
+def test_images_that_are_not_mapped_to_415_are(client: httpx.Client, collection: str) -> None:
+    for name, data in (
+        ("strips.tif", _tiff_with_text_strip_offsets()),
+        ("extension.gif", _gif_with_its_last_byte_changed(0x21)),
+        ("descriptor.gif", _gif_with_its_last_byte_changed(0x2C)),
+    ):
+        for r in (
+            client.post(f"/v1/collections/{collection}/images", files=[("files", (name, data))]),
+            client.post(f"/v1/collections/{collection}/search/image", files={"file": (name, data)}),
+            client.post("/v1/embed", json={"images_base64": [base64.b64encode(data).decode()]}),
+        ):
+            body = assert_error(r, 415, "unsupported_media_type")
+            assert name in body["error"]["message"] or "images_base64" in body["error"]["message"]
 
 
 # --- 9. one bad record fails a whole batch job ----------------------------------------------------

@@ -102,3 +102,48 @@ def test_jpeg_draft_keeps_the_shorter_side_at_least_the_draft_size() -> None:
     assert min(decoded.image.size) >= 128
     assert decoded.image.size[0] < 1600
     assert np.asarray(decoded.image).shape[2] == 3
+
+
+def _noise(fmt: str, **options: object) -> bytes:
+    buf = io.BytesIO()
+    frames = [Image.effect_noise((40, 30), 50).convert("RGB") for _ in range(2)]
+    if fmt == "GIF":
+        frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    else:
+        frames[0].save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options"),
+    [
+        ("GIF", {}),
+        ("TIFF", {}),
+        ("TIFF", {"compression": "tiff_lzw"}),
+        ("PNG", {}),
+        ("JPEG", {}),
+        ("WEBP", {}),
+        ("BMP", {}),
+    ],
+)
+def test_every_decoder_failure_is_an_image_decode_error(fmt: str, options: dict) -> None:
+    """Mutated files (bytes flipped, cut, inserted) either decode or raise our two errors,
+    never whatever the format's decoder happens to raise."""
+    data = _noise(fmt, **options)
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        d = bytearray(data)
+        op = rng.integers(3)
+        if op == 0:
+            for p in rng.integers(0, len(d), rng.integers(1, 5)):
+                d[p] = int(rng.integers(256))
+        elif op == 1:
+            d = d[: int(rng.integers(len(d)))]
+        else:
+            p = int(rng.integers(len(d)))
+            d[p:p] = rng.integers(0, 256, int(rng.integers(1, 9)), dtype=np.uint8).tobytes()
+        try:
+            decoded = decode_image(bytes(d), 10_000_000)
+        except (ImageDecodeError, ImageTooLarge):
+            continue
+        assert decoded.image.mode == "RGB"
