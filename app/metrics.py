@@ -13,6 +13,9 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -66,6 +69,10 @@ class Metrics:
         return observe
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count a request. Labels come from fixed sets only (any method name a client
+        sends would otherwise grow /metrics without bound): route templates or
+        ``unmatched``, the standard methods or ``other``."""
+        method = method if method in METHODS else "other"
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
 

@@ -270,6 +270,20 @@ def test_images_that_are_not_mapped_to_415_are(client: httpx.Client, collection:
             assert name in body["error"]["message"] or "images_base64" in body["error"]["message"]
 
 
+# --- 6. unbounded metric labels -------------------------------------------------------------------
+def test_unbounded_metric_labels_come_from_fixed_sets(client: httpx.Client) -> None:
+    client.get("/v1/collections")  # every label set that ordinary traffic makes, first
+    client.get("/no/such/path")
+    before = client.get("/metrics").text
+    for i in range(300):
+        client.request(f"JUNK{i}", f"/v1/collections/x{i}/items/{i}")
+        client.get(f"/random/{i}/path")
+    after = client.get("/metrics").text
+    assert "JUNK" not in after and "/random/" not in after and "x17" not in after
+    assert 'method="other"' in after
+    assert len(after) < len(before) + 5_000  # a few new series, not 600
+
+
 # --- 9. one bad record fails a whole batch job ----------------------------------------------------
 def test_one_bad_record_fails_the_record_not_the_job(
     server: AppServer, client: httpx.Client, collection: str
