@@ -119,8 +119,18 @@ class Settings(BaseSettings):
     )
     max_concurrent_requests: Annotated[int, Field(ge=1)] = Field(
         256,
-        description="Requests served at once; more get 429 at once (health and metrics are "
-        "not counted).",
+        description="Requests served at once, counted once their body has arrived; more get "
+        "429 at once (health and metrics are not counted).",
+    )
+    max_requests_per_client: Annotated[int, Field(ge=0)] = Field(
+        128,
+        description="Requests one client address may have in progress, bodies still arriving "
+        "included (429 beyond; 0: no limit). Behind a proxy every client has its address: "
+        "turn on its forwarded headers, or set 0.",
+    )
+    body_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        60.0,
+        description="Seconds a request's whole body may take to arrive (408 beyond).",
     )
 
     # --- batch indexing ------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from app.auth import KeyRing
 from app.config import Settings
 from app.errors import install_error_handlers
 from app.metrics import Metrics
-from app.middleware import BodySizeLimit, ConcurrencyLimit, RequestContext
+from app.middleware import Admission, AdmissionLimits, RequestContext
 from app.routes import collections, embed, health, items, jobs, models, search
 from app.services import Services
 
@@ -58,8 +58,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keys = KeyRing([k.get_secret_value() for k in settings.api_keys])
     # Added innermost first. From the outside in: the request id, access log and request
     # metrics see every answer; CORS headers go on refusals as well; then the limits.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
-    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests, metrics=metrics)
+    limits = AdmissionLimits(
+        max_body_bytes=settings.max_request_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        max_concurrent=settings.max_concurrent_requests,
+        per_client=settings.max_requests_per_client,
+    )
+    app.add_middleware(Admission, limits=limits, metrics=metrics)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import os
+import socket
 import sqlite3
 import struct
 import tarfile
@@ -268,6 +269,55 @@ def test_images_that_are_not_mapped_to_415_are(client: httpx.Client, collection:
         ):
             body = assert_error(r, 415, "unsupported_media_type")
             assert name in body["error"]["message"] or "images_base64" in body["error"]["message"]
+
+
+# --- 5. slow clients lock everyone out ------------------------------------------------------------
+def _status(sock: socket.socket, timeout: float) -> int | None:
+    """The status of the answer on ``sock``, or None if none came within ``timeout``."""
+    sock.settimeout(timeout)
+    try:
+        reply = sock.recv(4096)
+    except (TimeoutError, BlockingIOError):
+        return None
+    except ConnectionResetError:
+        return -1
+    return int(reply.split(b" ", 2)[1]) if reply else -1
+
+
+def test_slow_clients_do_not_lock_everyone_out(tmp_path: Path) -> None:
+    server = AppServer(
+        tmp_path / "data", max_concurrent_requests=2, max_requests_per_client=3, body_timeout_s=2
+    ).start()
+    slow: list[socket.socket] = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            assert c.post("/v1/collections", json={"name": "s"}).status_code == 201
+            started = time.monotonic()
+            for _ in range(5):  # from another address: a byte of the body now and then
+                sock = socket.create_connection(
+                    ("127.0.0.1", server.port), source_address=("127.0.0.2", 0)
+                )
+                sock.sendall(
+                    b"POST /v1/collections/s/search HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{"
+                )
+                slow.append(sock)
+            early = [_status(sock, 0.3) for sock in slow]
+            assert early[:3] == [None, None, None] and early[3:] == [429, 429], early
+            for i in range(8):  # ordinary clients are served meanwhile, not refused
+                for sock in slow[:3]:
+                    sock.sendall(b" ")
+                r = c.post("/v1/collections/s/search", json={"text": f"query {i}"})
+                assert r.status_code == 200, r.text
+                assert c.get("/readyz").status_code == 200
+            late = [_status(sock, 5.0) for sock in slow[:3]]
+            assert late == [408, 408, 408], late
+            assert time.monotonic() - started < 6
+            assert c.post("/v1/collections/s/search", json={"text": "after"}).status_code == 200
+    finally:
+        for sock in slow:
+            sock.close()
+        server.stop()
 
 
 # --- 6. unbounded metric labels -------------------------------------------------------------------
