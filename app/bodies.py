@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import HTTPException, Request, Response
 from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
 
 from index.values import InvalidValue, check_json
 
@@ -49,13 +51,43 @@ def loads(data: str | bytes, what: str = "body") -> Any:
     return value
 
 
+# A JSON string, its escapes included (the unrolled form: fast on long strings).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_IN_THREAD_BYTES = 256 * 1024  # larger bodies are scanned and parsed off the event loop
+
+
+def json_values(body: bytes, limit: int) -> int:
+    """How many separators (commas and colons) a JSON text has outside its strings, which
+    bounds how many values it holds; exact only when a cheap overestimate is over
+    ``limit``."""
+    fast = body.count(b",") + body.count(b":")
+    if fast <= limit:
+        return fast
+    bare = _STRING.sub(b"", body)
+    return bare.count(b",") + bare.count(b":")
+
+
+def _parse(body: bytes, max_values: int) -> Any:
+    n = json_values(body, max_values)
+    if n > max_values:
+        # Parsing first would cost far more memory than the body: millions of tiny
+        # strings take ~60 bytes each as Python objects.
+        raise HTTPException(413, f"the body holds about {n} JSON values; the limit is {max_values}")
+    try:
+        return loads(body)
+    except InvalidValue as exc:
+        raise HTTPException(422, f"body: {exc}") from None
+
+
 class StrictRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            try:
-                self._json = loads(await self.body())
-            except InvalidValue as exc:
-                raise HTTPException(422, f"body: {exc}") from None
+            body = await self.body()
+            max_values = self.app.state.services.settings.max_json_values
+            if len(body) > _IN_THREAD_BYTES:
+                self._json = await run_in_threadpool(_parse, body, max_values)
+            else:
+                self._json = _parse(body, max_values)
         return self._json
 
 

@@ -83,7 +83,9 @@ class Settings(BaseSettings):
         5.0, description="How long the first input of a batch waits for others to join."
     )
     max_queue: Annotated[int, Field(ge=1)] = Field(
-        2048, description="Inputs waiting per encoder queue before requests get 429."
+        2048,
+        description="Inputs waiting per queue (image decoding, each encoder) before requests "
+        "get 429.",
     )
     request_timeout_s: Annotated[float, Field(gt=0)] = Field(
         30.0, description="Deadline for an input's encoding; past it the request gets 504."
@@ -110,6 +112,14 @@ class Settings(BaseSettings):
         65_536,
         description="Longest text accepted (413 beyond); texts longer than the model's "
         "context are truncated, not refused.",
+    )
+    max_queued_jobs: Annotated[int, Field(ge=1)] = Field(
+        64, description="Jobs queued or running at once; submitting more gets 429."
+    )
+    max_json_values: Annotated[int, Field(ge=1)] = Field(
+        100_000,
+        description="Most values (counted by their separators) in one JSON body, refused "
+        "with 413 before it is parsed: parsing costs far more memory than the bytes.",
     )
     max_image_pixels: Annotated[int, Field(ge=1)] = Field(
         64_000_000, description="Most decoded pixels per image (decompression bombs get 413)."

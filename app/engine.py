@@ -19,7 +19,7 @@ from app.metrics import Metrics
 from index import ModelMismatch
 from models.batching import DynamicBatcher
 from models.encoder import ClipEncoder, Encoder
-from models.errors import ImageDecodeError, ImageTooLarge
+from models.errors import ImageDecodeError, ImageTooLarge, QueueFull
 from models.images import decode_image
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,11 @@ class Engine:
         self._decode_pool = ThreadPoolExecutor(
             settings.decode_workers, thread_name_prefix="xmodal-decode"
         )
+        self._decoding = 0  # images handed to the decoding pool and not back yet
         size = getattr(encoder.model.visual, "image_size", 224)
-        self._draft_size = 2 * int(size[0] if isinstance(size, (tuple, list)) else size)
+        # Images are decoded (and kept, for training) at twice the model's input side at
+        # most: enough for its resize and crop, and no 12 MP bitmaps held in memory.
+        self.image_side = 2 * int(size[0] if isinstance(size, (tuple, list)) else size)
         self.images: DynamicBatcher[tuple[str, torch.Tensor]] = self._batcher(
             self._encode_mixed("encode_image_tensors"), "image", metrics
         )
@@ -143,9 +146,18 @@ class Engine:
     ) -> list[PreparedImage]:
         """Decode and preprocess every image in parallel; the first bad one fails them all
         (with its name in the message) so a request is stored whole or not at all."""
+        limit = self.settings.max_queue
+        if self._decoding + len(blobs) > limit:
+            raise QueueFull(
+                f"image decoding queue is full ({self._decoding} of {limit} waiting); retry"
+            )
         loop = asyncio.get_running_loop()
-        jobs = [loop.run_in_executor(self._decode_pool, self._prepare, b) for b in blobs]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
+        self._decoding += len(blobs)  # one event loop: no lock needed
+        try:
+            jobs = [loop.run_in_executor(self._decode_pool, self._prepare, b) for b in blobs]
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+        finally:
+            self._decoding -= len(blobs)
         for i, r in enumerate(results):
             if isinstance(r, (ImageDecodeError, ImageTooLarge)):
                 label = names[i] if names and names[i] else f"file {i}"
@@ -164,7 +176,7 @@ class Engine:
         )
 
     def _prepare(self, data: bytes) -> PreparedImage:
-        decoded = decode_image(data, self.settings.max_image_pixels, draft_size=self._draft_size)
+        decoded = decode_image(data, self.settings.max_image_pixels, draft_size=self.image_side)
         try:
             pixels = self.encoder.preprocess_image(decoded.image)
         except Exception as exc:  # e.g. an image too small to resize: the file, not us

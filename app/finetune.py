@@ -35,17 +35,24 @@ class FineTuner:
         registry: ModelRegistry,
         jobs: JobStore,
         run_model: RunModel = direct,
+        image_side: int | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.jobs = jobs
         # Inference goes through the engine's one model thread, in turn with the requests.
         self.run_model = run_model
+        self.image_side = image_side  # training images are kept this large at most
 
     def load_pairs(self, source: str) -> Pairs:
         s = self.settings
         return load_pairs(
-            s.import_root_dir, source, s.max_upload_bytes, s.max_image_pixels, s.decode_workers
+            s.import_root_dir,
+            source,
+            s.max_upload_bytes,
+            s.max_image_pixels,
+            s.decode_workers,
+            side=self.image_side,
         )
 
     def encoder_for(self, version: str, loaded: dict[str, Encoder]) -> Encoder:

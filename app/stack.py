@@ -74,7 +74,7 @@ def build_stack(
         engine = Engine(encoder, settings, metrics or Metrics())
         job_store = JobStore(store.db)
         registry = ModelRegistry(settings.data_dir / "versions")
-        finetuner = FineTuner(settings, registry, job_store, engine.run_model)
+        finetuner = FineTuner(settings, registry, job_store, engine.run_model, engine.image_side)
         restored = restore_active(settings, engine, finetuner)
         if restored:
             log.info("serving %s, the version last activated", restored)
@@ -87,6 +87,7 @@ def build_stack(
                 FinetuneRunner(settings, job_store, engine, finetuner),
                 ActivateRunner(job_store, activator),
             ],
+            max_queued=settings.max_queued_jobs,
         )
     except BaseException:
         if not given:

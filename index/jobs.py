@@ -146,6 +146,17 @@ class JobStore:
         )
         return [_job(r) for r in rows]
 
+    def count_unfinished(self) -> int:
+        row = (
+            self.db.reader()
+            .execute(
+                "SELECT COUNT(*) FROM jobs WHERE state IN (?, ?)",
+                (JobState.QUEUED.value, JobState.RUNNING.value),
+            )
+            .fetchone()
+        )
+        return int(row[0])
+
     def unfinished(self) -> list[Job]:
         """Queued and running jobs, oldest first: what a restart has to pick up."""
         rows = self.db.reader().execute(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
-from app.errors import AppError
+from app.errors import ApiError, AppError
 from index import Job, JobState, JobStore, StoreError
 from models.errors import ModelError
 
@@ -49,10 +49,19 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
+class JobQueueFull(ApiError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            429, "job_queue_full", f"{limit} jobs are queued or running already; retry later"
+        )
+
+
 class JobManager:
-    def __init__(self, jobs: JobStore, runners: list[Runner]) -> None:
+    def __init__(self, jobs: JobStore, runners: list[Runner], max_queued: int = 64) -> None:
         self.jobs = jobs
         self.runners = {r.kind: r for r in runners}
+        self.max_queued = max_queued
+        self._submit_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -77,7 +86,10 @@ class JobManager:
 
     def submit(self, kind: str, collection: str | None, params: dict[str, Any]) -> Job:
         params = self.runners[kind].check(collection, params)
-        job = self.jobs.create(kind, collection, params)
+        with self._submit_lock:
+            if self.jobs.count_unfinished() >= self.max_queued:
+                raise JobQueueFull(self.max_queued)
+            job = self.jobs.create(kind, collection, params)
         self._wake.set()
         return job
 

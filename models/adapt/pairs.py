@@ -37,15 +37,25 @@ class Pairs:
         return train, self.subset(sorted(order[:cut]))
 
 
-def load_pairs(root: Path, source: str, max_bytes: int, max_pixels: int, workers: int = 2) -> Pairs:
+def load_pairs(
+    root: Path,
+    source: str,
+    max_bytes: int,
+    max_pixels: int,
+    workers: int = 2,
+    side: int | None = None,
+) -> Pairs:
     """The decoded pairs of ``source`` (a path under ``root``); what cannot be read or
-    decoded is skipped and said."""
+    decoded is skipped and said. With ``side``, images are kept no larger than needed: the
+    shorter side scaled down to ``side`` (the model's resize does the same, later), so
+    a training set of photos does not sit in memory at full resolution."""
     records, skipped = read_pairs(open_source(root, source))
     pairs = Pairs(skipped=skipped)
 
     def decode(pair: Pair) -> Image.Image | str:
         try:
-            return decode_image(pair.image.read(max_bytes), max_pixels).image
+            image = decode_image(pair.image.read(max_bytes), max_pixels, draft_size=side).image
+            return image if side is None else shrink(image, side)
         except FileNotFoundError:
             return "file not found"
         except (OSError, ValueError, ImageDecodeError, ImageTooLarge) as exc:
@@ -59,3 +69,13 @@ def load_pairs(root: Path, source: str, max_bytes: int, max_pixels: int, workers
                 pairs.images.append(image)
                 pairs.texts.append(pair.text)
     return pairs
+
+
+def shrink(image: Image.Image, side: int) -> Image.Image:
+    """``image`` with its shorter side at most ``side`` pixels, aspect kept."""
+    w, h = image.size
+    if min(w, h) <= side:
+        return image
+    scale = side / min(w, h)
+    size = (max(side, round(w * scale)), max(side, round(h * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)

@@ -12,6 +12,7 @@ import sqlite3
 import struct
 import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -19,12 +20,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.config import Settings
+from app.jobs import INDEX_JOB
+from app.jobs.loop import JobQueueFull
+from app.stack import build_stack
 from index import DB_FILE
+from models.adapt.pairs import load_pairs
 from models.sources import FileRef, resolve_under
 from tests.app.test_bad_input import assert_error
 from tests.app.test_index_jobs import run_job
-from tests.corpus import good_image
-from tests.helpers import AppServer
+from tests.corpus import good_image, noise_png, write_jsonl
+from tests.helpers import TINY, AppServer
 
 
 # --- 1. a collection's FAISS factory string is trusted -------------------------------------------
@@ -332,6 +338,74 @@ def test_unbounded_metric_labels_come_from_fixed_sets(client: httpx.Client) -> N
     assert "JUNK" not in after and "/random/" not in after and "x17" not in after
     assert 'method="other"' in after
     assert len(after) < len(before) + 5_000  # a few new series, not 600
+
+
+# --- 7. memory taken before limits apply ----------------------------------------------------------
+def test_memory_is_not_taken_before_limits_apply(client: httpx.Client, collection: str) -> None:
+    # 200,000 tiny texts in a body under the byte limit: refused before it is parsed.
+    body = b'{"texts": [' + b'"a",' * 199_999 + b'"a"]}'
+    r = client.post("/v1/embed", content=body, headers={"content-type": "application/json"})
+    assert "JSON values" in assert_error(r, 413)["error"]["message"]
+    # Long texts full of commas are not mistaken for many values.
+    text = "a, b: c, " * 200
+    r = client.post("/v1/embed", json={"texts": [text] * 16})
+    assert r.status_code == 200, r.text
+
+
+def test_training_images_are_kept_at_the_size_the_model_needs(tmp_path: Path) -> None:
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for i in range(3):
+        Image.new("RGB", (1200 + i, 900), (i * 40, 90, 200)).save(folder / f"p{i}.png")
+        (folder / f"p{i}.txt").write_text(f"picture {i}")
+    pairs = load_pairs(tmp_path, "pairs", 50_000_000, 50_000_000, side=64)
+    assert len(pairs) == 3 and all(min(im.size) == 64 for im in pairs.images)
+    assert all(max(im.size) in (85, 86) for im in pairs.images)  # the aspect is kept
+    assert all(
+        min(im.size) == 900 for im in load_pairs(tmp_path, "pairs", 50_000_000, 50_000_000).images
+    )
+
+
+def test_image_decoding_queue_is_bounded(tmp_path: Path) -> None:
+    server = AppServer(
+        tmp_path / "data",
+        max_queue=8,
+        max_files_per_request=8,
+        max_texts_per_request=8,
+        decode_workers=1,
+    ).start()
+    try:
+        files = [("files", (f"{i}.png", noise_png(400, i))) for i in range(8)]
+        assert httpx.post(server.url + "/v1/collections", json={"name": "q"}).status_code == 201
+
+        def one(i: int) -> httpx.Response:
+            with httpx.Client(base_url=server.url, timeout=60) as c:
+                return c.post("/v1/collections/q/images", files=files)
+
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(one, range(6)))
+        codes = sorted(r.status_code for r in answers)
+        assert set(codes) <= {200, 429} and 200 in codes and 429 in codes, codes
+        refused = next(r for r in answers if r.status_code == 429)
+        assert "decoding queue is full" in refused.json()["error"]["message"]
+    finally:
+        server.stop()
+
+
+def test_queued_jobs_are_bounded(tmp_path: Path) -> None:
+    settings = Settings(**{**TINY, "data_dir": tmp_path / "data", "max_queued_jobs": 2})
+    stack = build_stack(settings)  # the job loop is not started: submitted jobs stay queued
+    try:
+        stack.store.create_collection("c", stack.engine.dim, stack.engine.version)
+        settings.import_root_dir.mkdir(parents=True, exist_ok=True)
+        write_jsonl(settings.import_root_dir, "m", 2)
+        for _ in range(2):
+            stack.jobs.submit(INDEX_JOB, "c", {"source": "m.jsonl"})
+        with pytest.raises(JobQueueFull):
+            stack.jobs.submit(INDEX_JOB, "c", {"source": "m.jsonl"})
+        assert len(stack.jobs.jobs.unfinished()) == 2
+    finally:
+        stack.close()
 
 
 # --- 9. one bad record fails a whole batch job ----------------------------------------------------
