@@ -90,24 +90,18 @@ class Activator:
             return
         new = self.finetuner.encoder_for(target, self.engine.encoders)
         self.engine.add_version(new)
-        names = [
-            c.name for c in self.store.list_collections() if c.model_version == current.version
-        ]
-        detail: dict[str, Any] = {
-            "phase": "re-embedding",
-            "from": current.version,
-            "to": target,
-            "collections": names,
-        }
+        detail: dict[str, Any] = {"phase": "re-embedding", "from": current.version, "to": target}
         done = 0
         migration = None
         try:
+            # Every collection of the serving version moves, those created meanwhile too.
             migration = Migration(
                 self.store,
-                names,
+                current.version,
                 target,
                 lambda items: reembed(items, current, new, self._load_image, self.engine.run_model),
             )
+            detail["collections"] = migration.names
             total = migration.total
             self.jobs.report(job.id, detail, done=0, total=total)
             started = time.monotonic()
@@ -115,6 +109,7 @@ class Activator:
                 if should_stop():
                     raise TrainingStopped
                 n = migration.copy()
+                detail["collections"] = migration.names
                 if not n:
                     break
                 done += n
@@ -131,6 +126,11 @@ class Activator:
                 self.state.active = target
                 self.state.save()
 
+            # The point of no return: from here a cancel is refused (409), and a cancel that
+            # came first stops the activation here.
+            detail["phase"] = "switching"
+            if not self.jobs.pass_point_of_no_return(job.id, detail):
+                raise TrainingStopped
             migration.commit(after=switch)
         except BaseException:
             if migration is not None:
@@ -144,7 +144,12 @@ class Activator:
                 self.engine.drop_version(version)  # never the configured model
         detail["phase"] = "done"
         self.jobs.report(job.id, detail, done=total)
-        log.info("activated %s (was %s) for %d collections", target, current.version, len(names))
+        log.info(
+            "activated %s (was %s) for %d collections",
+            target,
+            current.version,
+            len(detail["collections"]),
+        )
 
     def _load_image(self, item: StoredContent) -> Image.Image:
         assert isinstance(item, StoredItem)

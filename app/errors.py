@@ -59,6 +59,7 @@ _DOMAIN: list[tuple[type[Exception], int, str]] = [
     (index.ModelMismatch, 409, "model_mismatch"),
     (index.UnknownJob, 404, "job_not_found"),
     (index.JobFinished, 409, "job_finished"),
+    (index.JobNotCancellable, 409, "job_not_cancellable"),
     (SourceError, 400, "invalid_source"),
     (UnknownModel, 404, "model_not_found"),
     (InvalidParameters, 400, "invalid_parameters"),

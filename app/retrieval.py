@@ -158,6 +158,7 @@ class Retrieval:
         name: str,
         embed: Callable[[str], tuple[list[NewItem], np.ndarray]],
         extra: Callable[[sqlite3.Connection], None] | None = None,
+        uid: str | None = None,
     ) -> None:
         """``_add`` for a batch job's thread: ``embed`` gives the items and their vectors
         for a model version (on the model thread), committed with ``extra``."""
@@ -165,7 +166,7 @@ class Retrieval:
             version = self.engine.version
             items, vectors = embed(version)
             try:
-                self.store.upsert(name, items, vectors, version, extra=extra)
+                self.store.upsert(name, items, vectors, version, extra=extra, uid=uid)
                 return
             except ModelMismatch:
                 if not self._retry(attempt, version):

@@ -18,6 +18,9 @@ from models.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
+SWEEP_INTERVAL_S = 3600.0
+SWEEP_GRACE_S = 3600.0  # a batch job commits the images it decoded well within this
+
 
 class Services:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
@@ -43,10 +46,12 @@ class Services:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._load(), name="xmodal-load"))
         self._tasks.append(loop.create_task(self._snapshot_loop(), name="xmodal-snapshots"))
+        self._tasks.append(loop.create_task(self._sweep_loop(), name="xmodal-sweep"))
 
     async def _load(self) -> None:
         try:
             self.store = await run_in_threadpool(open_store, self.settings)
+            self.store.on_removed.append(self.thumbnails.forget)
             stack = await run_in_threadpool(build_stack, self.settings, self.metrics, self.store)
             stack.engine.start()
             stack.jobs.start()  # picks up jobs a restart interrupted
@@ -66,6 +71,25 @@ class Services:
                     await run_in_threadpool(self.store.snapshot, True)
                 except Exception:
                     log.exception("periodic snapshot failed; SQLite still holds every item")
+
+    async def _sweep_loop(self) -> None:
+        """Now and then, remove image files and thumbnails no item refers to."""
+        while self.store is None:
+            await asyncio.sleep(1.0)
+        while True:  # once at start (what a killed process left), then every interval
+            try:
+                await run_in_threadpool(self.sweep)
+            except Exception:
+                log.exception("sweeping unreferenced images failed")
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+
+    def sweep(self, grace_s: float = SWEEP_GRACE_S) -> tuple[int, int]:
+        """Remove unreferenced image files older than ``grace_s`` and every unreferenced
+        thumbnail; returns how many of each."""
+        assert self.store is not None
+        images = self.store.sweep(grace_s)
+        thumbnails = self.thumbnails.sweep(self.store.referenced_digests())
+        return images, thumbnails
 
     async def stop(self) -> None:
         self.shutting_down = True

@@ -7,10 +7,11 @@ Sizes come from a fixed set, which bounds the cache at a few files per image.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from PIL import Image
@@ -44,6 +45,23 @@ class ThumbnailCache:
             f.write(data)
         os.replace(tmp, path)
         return data
+
+    def forget(self, digests: Sequence[str]) -> None:
+        """Drop the thumbnails of images that are gone."""
+        for digest in digests:
+            for size in SIZES:
+                with contextlib.suppress(FileNotFoundError):
+                    self.path(digest, size).unlink()
+
+    def sweep(self, referenced: set[str]) -> int:
+        """Drop thumbnails of images no item refers to; returns how many."""
+        gone = 0
+        for path in self.root.glob("*/??/*.jpg"):
+            if path.stem not in referenced:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    gone += 1
+        return gone
 
 
 def render(original: bytes, size: int, max_pixels: int) -> bytes:

@@ -18,7 +18,15 @@ from index.errors import (
     UnknownItem,
 )
 from index.faiss_backend import FaissBackends, FaissIndex, gpu_count
-from index.jobs import Job, JobFinished, JobState, JobStore, Progress, UnknownJob
+from index.jobs import (
+    Job,
+    JobFinished,
+    JobNotCancellable,
+    JobState,
+    JobStore,
+    Progress,
+    UnknownJob,
+)
 from index.migration import Migration
 from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredItem, StoredVersion
 from index.values import InvalidValue
@@ -42,6 +50,7 @@ __all__ = [
     "Item",
     "Job",
     "JobFinished",
+    "JobNotCancellable",
     "JobState",
     "JobStore",
     "Migration",

@@ -6,6 +6,8 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -67,3 +69,14 @@ class BlobStore:
     def delete(self, digest: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path(digest).unlink()
+
+    def older_than(self, seconds: float) -> Iterator[str]:
+        """The digests of files written more than ``seconds`` ago."""
+        cutoff = time.time() - seconds
+        for path in self.root.glob("??/??/*"):
+            name = path.name
+            if len(name) != 64 or name.startswith("."):
+                continue  # a temporary file of a write in progress
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    yield name

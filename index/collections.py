@@ -43,6 +43,8 @@ from index.errors import (
     UnknownItem,
 )
 from index.faiss_backend import FaissBackends
+from index.jobs import SCHEMA as JOBS_SCHEMA
+from index.jobs import cancel_jobs_of
 from index.live import SHADOW_PREFIX, LiveCollection
 from index.migration import drop_unfinished
 from index.snapshots import Snapshots
@@ -74,9 +76,12 @@ class CollectionStore:
         self.blobs = BlobStore(self.data_dir / "blobs")
         self.store_images = store_images
         self.db = Database(self.data_dir / DB_FILE)
+        self.db.apply(JOBS_SCHEMA)  # deleting a collection cancels its jobs
         self.backends = backends or FaissBackends()
         self.snapshots = Snapshots(self.db, self.backends, self.index_dir, snapshot_every)
         self.collections: dict[str, LiveCollection] = {}
+        # Called with the digests of image files removed (the app drops their thumbnails).
+        self.on_removed: list[Callable[[Sequence[str]], None]] = []
         # Stored collections whose index cannot be built: listed, deletable, nothing else.
         self.broken: dict[str, CollectionInfo] = {}
         self._closed = False
@@ -173,21 +178,24 @@ class CollectionStore:
         return self.get(name).info()
 
     def delete_collection(self, name: str) -> None:
+        """Delete a collection, its items, its image files no other item uses, its
+        snapshots, and cancel its jobs."""
         with self.db.write_lock:
-            if name in self.broken:
-                with self.db.locked_transaction() as conn:
-                    digests = delete_rows(conn, name)
-                del self.broken[name]
-                self.collect_garbage(digests)
-                self.snapshots.remove_folder(name)
-                return
-            c = self.get(name)
-            with self.db.locked_transaction() as conn:
-                digests = delete_rows(conn, name)
+            self.delete_collection_locked(name)
+
+    def delete_collection_locked(self, name: str) -> None:
+        """``delete_collection`` for a caller that holds the write lock."""
+        c = None if name in self.broken else self.get(name)
+        with self.db.locked_transaction() as conn:
+            digests = delete_rows(conn, name)
+            cancel_jobs_of(conn, name, "its collection was deleted")
+        if c is None:
+            del self.broken[name]
+        else:
             with c.lock.write():
                 del self.collections[name]
-            self.collect_garbage(digests)
-            self.snapshots.remove_files(name)
+        self.collect_garbage(digests)
+        self.snapshots.remove_files(name)
 
     def get(self, name: str) -> LiveCollection:
         c = self.collections.get(name)
@@ -210,10 +218,13 @@ class CollectionStore:
         vectors: np.ndarray,
         model_version: str,
         extra: Callable[[sqlite3.Connection], None] | None = None,
+        uid: str | None = None,
     ) -> list[str]:
         """Store ``items`` with their ``vectors`` (row i belongs to item i); an existing id
         is replaced. Returns the ids once they are durable and searchable. ``extra`` runs
-        inside the same transaction (a job recording its progress with its items)."""
+        inside the same transaction (a job recording its progress with its items). With
+        ``uid``, only into that incarnation of the collection: not into one deleted and
+        created again under the same name since the caller looked."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         c = self.get(name)
         if vectors.ndim != 2 or vectors.shape != (len(items), c.dim):
@@ -227,6 +238,8 @@ class CollectionStore:
             return []
         with self.db.write_lock:
             c = self.get(name)  # may have been deleted while we waited
+            if uid is not None and c.uid != uid:
+                raise UnknownCollection(f"collection {name!r} was deleted (and created again)")
             self.upsert_locked(c, items, vectors, model_version, extra)
         self.snapshots.after_write(c, self.is_current)
         return [it.id for it in items]
@@ -371,12 +384,37 @@ class CollectionStore:
 
     def collect_garbage(self, digests: Sequence[str]) -> None:
         """Remove image files no item refers to any more (call under the write lock)."""
+        removed = []
         for digest in set(digests):
             still = self.db.writer.execute(
                 "SELECT 1 FROM items WHERE content_sha256 = ? LIMIT 1", (digest,)
             ).fetchone()
             if still is None:
                 self.blobs.delete(digest)
+                removed.append(digest)
+        if removed:
+            for callback in self.on_removed:
+                callback(removed)
+
+    def referenced_digests(self) -> set[str]:
+        rows = self.db.reader().execute(
+            "SELECT DISTINCT content_sha256 FROM items WHERE content_sha256 IS NOT NULL"
+        )
+        return {r[0] for r in rows}
+
+    def sweep(self, grace_s: float) -> int:
+        """Remove image files no item refers to that were written over ``grace_s`` ago:
+        those a batch job decoded for a chunk it never committed (its collection deleted
+        meanwhile, the process killed). Younger files may belong to a chunk about to
+        commit. Returns how many were removed."""
+        referenced = self.referenced_digests()
+        orphans = [d for d in self.blobs.older_than(grace_s) if d not in referenced]
+        for start in range(0, len(orphans), _SQL_CHUNK):
+            with self.db.write_lock:  # checked again, under the lock, one at a time
+                self.collect_garbage(orphans[start : start + _SQL_CHUNK])
+        if orphans:
+            log.info("removed %d image files no item refers to", len(orphans))
+        return len(orphans)
 
     # --- search -----------------------------------------------------------------------------
     def search(

@@ -20,8 +20,9 @@ from index.db import Database
 from index.errors import StoreError
 
 MAX_ERRORS = 100  # the first failures are kept with their reasons; the rest are counted
+NO_RETURN = "past_point_of_no_return"  # in a job's detail: it can no longer be cancelled
 
-_SCHEMA = """
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -66,6 +67,10 @@ class UnknownJob(StoreError):
 
 class JobFinished(StoreError):
     """The job already ended; it cannot be cancelled any more."""
+
+
+class JobNotCancellable(StoreError):
+    """The job is past its point of no return (an activation switching versions)."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,7 @@ class Progress:
 class JobStore:
     def __init__(self, db: Database) -> None:
         self.db = db
-        db.apply(_SCHEMA)
+        db.apply(SCHEMA)
 
     def create(self, kind: str, collection: str | None, params: dict[str, Any]) -> Job:
         job_id = uuid.uuid4().hex[:16]
@@ -223,13 +228,28 @@ class JobStore:
                 (state.value, message, time.time(), job_id, JobState.RUNNING.value),
             )
 
+    def pass_point_of_no_return(self, job_id: str, detail: dict[str, Any]) -> bool:
+        """Mark a running job as past the point where a cancel could still undo it, with
+        ``detail``; False (and no mark) if it was cancelled first."""
+        marked = {**detail, NO_RETURN: True}
+        with self.db.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET detail = ? WHERE id = ? AND state = ?",
+                (json.dumps(marked), job_id, JobState.RUNNING.value),
+            )
+        return cur.rowcount == 1
+
     def cancel(self, job_id: str) -> Job:
         with self.db.transaction() as conn:
-            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = conn.execute("SELECT state, detail FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
                 raise UnknownJob(f"job {job_id!r} does not exist")
             if JobState(row[0]).finished:
                 raise JobFinished(f"job {job_id!r} already {row[0]}")
+            if json.loads(row[1]).get(NO_RETURN):
+                raise JobNotCancellable(
+                    f"job {job_id!r} is past its point of no return and can no longer be cancelled"
+                )
             conn.execute(
                 "UPDATE jobs SET state = ?, finished_at = ?, message = ? WHERE id = ?",
                 (JobState.CANCELLED.value, time.time(), "cancelled on request", job_id),
@@ -238,6 +258,24 @@ class JobStore:
 
     def state(self, job_id: str) -> JobState:
         return self.get(job_id).state
+
+
+def cancel_jobs_of(conn: sqlite3.Connection, collection: str, reason: str) -> int:
+    """Cancel every queued or running job of ``collection`` (inside the caller's
+    transaction); returns how many."""
+    cur = conn.execute(
+        "UPDATE jobs SET state = ?, finished_at = ?, message = ?"
+        " WHERE collection = ? AND state IN (?, ?)",
+        (
+            JobState.CANCELLED.value,
+            time.time(),
+            reason,
+            collection,
+            JobState.QUEUED.value,
+            JobState.RUNNING.value,
+        ),
+    )
+    return cur.rowcount
 
 
 def _apply(conn: sqlite3.Connection, job_id: str, p: Progress) -> None:

@@ -1,10 +1,12 @@
 """Moving collections to another model version while they keep serving.
 
-``Migration`` makes a hidden, empty copy of each collection for the new version
-(``begin``), fills it batch by batch with the items re-embedded by the caller (``copy``)
-while searches and writes go on against the originals, then under the write lock copies
-what was written since, drops what was deleted since, and swaps every copy in for its
-original in one transaction (``commit``), so no collection ever mixes two versions.
+``Migration`` moves every collection of one version to another. It makes a hidden, empty
+copy of each for the new version, fills it batch by batch with the items re-embedded by
+the caller (``copy``) while searches and writes go on against the originals, then under
+the write lock copies what was written since, drops what was deleted since, and swaps
+every copy in for its original in one transaction (``commit``), so no collection ever
+mixes two versions. A collection created meanwhile joins the move; one deleted meanwhile
+leaves it (its copy is dropped), and one deleted and created again starts over.
 ``abort`` drops the copies and leaves the originals as they were. Copies left by a
 process that died mid-way are dropped on the next start (``drop_unfinished``).
 """
@@ -22,7 +24,7 @@ import numpy as np
 from index.db import STORED_COLUMNS, delete_rows, stored_item_from_row
 from index.errors import UnknownItem
 from index.live import SHADOW_PREFIX
-from index.types import Modality, NewItem, StoredItem
+from index.types import NewItem, StoredItem
 
 if TYPE_CHECKING:
     from index.collections import CollectionStore
@@ -38,45 +40,73 @@ class Migration:
     def __init__(
         self,
         store: CollectionStore,
-        names: Sequence[str],
+        source_version: str,
         version: str,
         reembed: Reembed,
         batch: int = 256,
     ) -> None:
         self.store = store
+        self.source_version = source_version
         self.version = version
         self.reembed = reembed
         self.batch = batch
-        self.marks = dict.fromkeys(names, 0)  # the highest label copied, per collection
+        self.marks: dict[str, int] = {}  # the highest label copied, per collection
+        self.uids: dict[str, str] = {}  # which incarnation of each collection is copied
         self.shadows: dict[str, str] = {}
         try:
-            for name in names:
-                self.shadows[name] = self._begin(name)
+            with store.db.write_lock:
+                self._follow()
         except BaseException:
             self.abort()
             raise
 
+    @property
+    def names(self) -> list[str]:
+        return list(self.marks)
+
+    def _follow(self) -> None:
+        """Match the copies to the collections of the source version now (call under the
+        write lock): begin a copy of each new one, drop the copy of each one deleted."""
+        live = self.store.collections
+        for name in list(self.marks):
+            c = live.get(name)
+            if c is None or c.uid != self.uids[name]:
+                self.store.delete_collection_locked(self.shadows.pop(name))
+                del self.marks[name], self.uids[name]
+        for name, c in list(live.items()):
+            if name.startswith(SHADOW_PREFIX) or name in self.marks:
+                continue
+            if c.model_version == self.source_version:
+                self.shadows[name] = self._begin(name)
+                self.marks[name], self.uids[name] = 0, c.uid
+
     def _begin(self, name: str) -> str:
-        """A hidden, empty copy of ``name``'s configuration for the new version."""
+        """A hidden, empty copy of ``name``'s configuration for the new version (call under
+        the write lock)."""
         c = self.store.get(name)
         shadow = f"{SHADOW_PREFIX}{name}.{uuid.uuid4().hex[:8]}"
         uid = uuid.uuid4().hex
-        with self.store.db.write_lock:
-            self.store.insert_collection_row(shadow, uid, c.spec, c.dim, self.version, c.created_at)
-            self.store.collections[shadow] = self.store.snapshots.new(
-                shadow, uid, c.spec, c.dim, self.version, c.created_at
-            )
+        self.store.insert_collection_row(shadow, uid, c.spec, c.dim, self.version, c.created_at)
+        self.store.collections[shadow] = self.store.snapshots.new(
+            shadow, uid, c.spec, c.dim, self.version, c.created_at
+        )
         return shadow
 
     @property
     def total(self) -> int:
         """Items the originals hold now: what copying has to get through."""
-        infos = [self.store.serving(name) for name in self.marks]
-        return sum(i.counts[Modality.IMAGE] + i.counts[Modality.TEXT] for i in infos)
+        total = 0
+        for name in self.marks:
+            c = self.store.collections.get(name)
+            if c is not None:
+                total += sum(c.info().counts.values())
+        return total
 
     def copy(self) -> int:
         """Copy the next batch of items; returns how many (0: all copied up to now)."""
-        for name in self.marks:
+        with self.store.db.write_lock:
+            self._follow()
+        for name in list(self.marks):
             n = self._copy_batch(name, locked=False)
             if n:
                 return n
@@ -89,6 +119,7 @@ class Migration:
         store = self.store
         digests: list[str] = []
         with store.db.write_lock:
+            self._follow()  # collections created or deleted up to the last moment
             for name in self.marks:
                 while self._copy_batch(name, locked=True):
                     pass
@@ -156,12 +187,11 @@ class Migration:
             )
             for it, raw in zip(items, raws, strict=True)
         ]
-        shadow = self.store.get(self.shadows[name])
-        if locked:
+        with contextlib.nullcontext() if locked else self.store.db.write_lock:
+            shadow = self.store.collections.get(self.shadows.get(name, ""))
+            if shadow is None:
+                return 0  # the collection was deleted meanwhile: its copy went with it
             self.store.upsert_locked(shadow, copies, vectors, self.version)
-        else:
-            with self.store.db.write_lock:
-                self.store.upsert_locked(shadow, copies, vectors, self.version)
         self.marks[name] = items[-1].label
         return len(items)
 

@@ -65,6 +65,7 @@ class AppServer:
         self.port = free_port()
         self.settings = {**TINY, "data_dir": data_dir, **settings}
         self._server: Any = None
+        self.app: Any = None  # the FastAPI app, once started (its state, for white-box checks)
         self._thread: threading.Thread | None = None
 
     @property
@@ -78,7 +79,7 @@ class AppServer:
         from app.main import create_app
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        app = create_app(Settings(**self.settings))
+        app = self.app = create_app(Settings(**self.settings))
         config = uvicorn.Config(
             app,
             host="127.0.0.1",

@@ -77,7 +77,10 @@ class IndexRunner:
         assert collection is not None
         self.store.serving(collection)  # 404 now, not a failed job later
         open_source(self.settings.import_root_dir, params["source"], params.get("format"))
-        return {"source": params["source"], "format": params.get("format")}
+        # The job writes into this collection only, never into one created again later
+        # under the same name.
+        uid = self.store.get(collection).uid
+        return {"source": params["source"], "format": params.get("format"), "collection_uid": uid}
 
     def run(
         self, job: Job, should_stop: Callable[[], bool], on_progress: OnProgress | None
@@ -195,7 +198,12 @@ class IndexRunner:
             return items, np.concatenate(vectors)
 
         done = replace(progress, done=progress.done + len(texts) + len(images), seconds=seconds)
-        self.retrieval.add_blocking(collection, embed, extra=self.jobs.recorder(job.id, done))
+        self.retrieval.add_blocking(
+            collection,
+            embed,
+            extra=self.jobs.recorder(job.id, done),
+            uid=job.params.get("collection_uid"),
+        )
         return refused
 
     def _sort(

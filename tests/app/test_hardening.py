@@ -20,16 +20,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.activation import ACTIVATE_JOB
 from app.config import Settings
 from app.jobs import INDEX_JOB
 from app.jobs.loop import JobQueueFull
-from app.stack import build_stack
-from index import DB_FILE
+from app.stack import Stack, build_stack
+from index import DB_FILE, JobNotCancellable, JobState, Modality, NewItem
+from models.adapt.methods import TrainingStopped
 from models.adapt.pairs import load_pairs
+from models.feature_map import FeatureMap
+from models.registry import ModelVersion
 from models.sources import FileRef, resolve_under
 from tests.app.test_bad_input import assert_error
-from tests.app.test_index_jobs import run_job
-from tests.corpus import good_image, noise_png, write_jsonl
+from tests.app.test_index_jobs import run_job, wait_for_job
+from tests.corpus import good_image, noise_png, write_jsonl, write_many
 from tests.helpers import TINY, AppServer
 
 
@@ -406,6 +410,97 @@ def test_queued_jobs_are_bounded(tmp_path: Path) -> None:
         assert len(stack.jobs.jobs.unfinished()) == 2
     finally:
         stack.close()
+
+
+# --- 8. races around activation and deletion ------------------------------------------------------
+def _identity_version(stack: Stack) -> str:
+    """A linear version over the serving model that maps every vector to itself."""
+    d, base = stack.engine.dim, stack.engine.version
+    version = ModelVersion(
+        version="xmodal-tiny@linear-identity",
+        architecture="xmodal-tiny",
+        base=base,
+        method="linear",
+        artifact="map.npz",
+        metrics={},
+    )
+    eye, zero = np.eye(d, dtype=np.float32), np.zeros(d, np.float32)
+    stack.registry.save(version, FeatureMap(eye, eye, zero, zero).save)
+    return version.version
+
+
+def test_races_around_activation_cancel_means_cancelled(tmp_path: Path) -> None:
+    stack = build_stack(Settings(**{**TINY, "data_dir": tmp_path / "data"}))
+    try:
+        base = stack.engine.version
+        stack.store.create_collection("g", stack.engine.dim, base)
+        texts = ["a red circle", "a blue square"]
+        vectors = stack.engine.encoder.encode_texts(texts)
+        items = [NewItem(f"t{i}", Modality.TEXT, {}, text=t) for i, t in enumerate(texts)]
+        stack.store.upsert("g", items, vectors, base)
+        target = _identity_version(stack)
+        jobs = stack.jobs.jobs
+        # A cancel that lands after the last look at it, before the switch: nothing switches.
+        job = stack.jobs.submit(ACTIVATE_JOB, None, {"version": target})
+        assert jobs.start(job.id)
+        assert jobs.cancel(job.id).state is JobState.CANCELLED
+        with pytest.raises(TrainingStopped):
+            stack.activator.run(jobs.get(job.id), lambda: False)
+        assert stack.engine.version == base
+        assert [c.model_version for c in stack.store.list_collections()] == [base]
+        assert sorted(stack.store.collections) == ["g"]  # no copy left behind
+        # Past the point of no return, a cancel is refused rather than answered falsely.
+        job = stack.jobs.submit(ACTIVATE_JOB, None, {"version": target})
+        assert jobs.start(job.id)
+        assert jobs.pass_point_of_no_return(job.id, {"phase": "switching"})
+        with pytest.raises(JobNotCancellable):
+            jobs.cancel(job.id)
+        stack.activator.run(jobs.get(job.id), lambda: False)
+        assert stack.engine.version == target
+    finally:
+        stack.close()
+
+
+def test_races_around_deletion_stop_the_job_and_leave_no_files(tmp_path: Path) -> None:
+    server = AppServer(tmp_path / "data", import_chunk_size=16, import_prefetch_chunks=2).start()
+    root = server.data_dir / "import"
+    write_many(root, "many", 800)
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            _deleted_mid_job(server, client)
+    finally:
+        server.stop()
+
+
+def _deleted_mid_job(server: AppServer, client: httpx.Client) -> None:
+    assert client.post("/v1/collections", json={"name": "c"}).status_code == 201
+    r = client.post("/v1/collections/c/jobs/index", json={"source": "many"})
+    job_id = r.json()["id"]
+    while client.get(f"/v1/jobs/{job_id}").json()["done"] < 16:
+        time.sleep(0.01)
+    assert client.delete("/v1/collections/c").status_code == 204
+    assert client.post("/v1/collections", json={"name": "c"}).status_code == 201
+    job = wait_for_job(client, job_id)
+    assert job["state"] == "cancelled" and "deleted" in job["message"], job
+    assert job["done"] < 800
+    time.sleep(1.0)  # what the job had in flight lands nowhere
+    assert client.get("/v1/collections/c").json()["counts"] == {"image": 0, "text": 0}
+    # Thumbnails of deleted items go at once; the images the job decoded for chunks it
+    # never committed are swept.
+    r = client.post(
+        "/v1/collections/c/images", files=[("files", ("a.png", good_image(5)))], data={"ids": ["a"]}
+    )
+    assert r.status_code == 200
+    assert client.get("/v1/collections/c/items/a/thumbnail?size=64").is_success
+    services = server.app.state.services
+    thumbs = services.thumbnails.root
+    assert len(list(thumbs.glob("*/??/*.jpg"))) == 1
+    assert client.delete("/v1/collections/c/items/a").status_code == 204
+    assert not list(thumbs.glob("*/??/*.jpg"))
+    blobs = server.data_dir / "blobs"
+    assert list(blobs.glob("??/??/*"))  # decoded, never committed
+    services.sweep(grace_s=0)
+    assert not list(blobs.glob("??/??/*"))
 
 
 # --- 9. one bad record fails a whole batch job ----------------------------------------------------

@@ -46,7 +46,7 @@ def test_writes_during_the_copy_are_caught_up_and_the_swap_is_whole(
     filled: tuple[CollectionStore, dict[str, np.ndarray]], tmp_path: Path
 ) -> None:
     store, vectors = filled
-    migration = Migration(store, ["c"], V2, rotate, batch=4)
+    migration = Migration(store, V1, V2, rotate, batch=4)
     assert migration.total == 20
     assert migration.copy() == 4
     # Meanwhile the original serves as before and takes writes and deletes.
@@ -91,13 +91,13 @@ def test_abort_and_a_crash_midway_leave_the_original_as_it_was(
     filled: tuple[CollectionStore, dict[str, np.ndarray]], tmp_path: Path
 ) -> None:
     store, vectors = filled
-    migration = Migration(store, ["c"], V2, rotate, batch=4)
+    migration = Migration(store, V1, V2, rotate, batch=4)
     migration.copy()
     migration.abort()
     assert sorted(store.collections) == ["c"]
     assert store.get_collection("c").model_version == V1
 
-    Migration(store, ["c"], V2, rotate, batch=4).copy()  # and then the process dies
+    Migration(store, V1, V2, rotate, batch=4).copy()  # and then the process dies
     store.close()
     again = open_store(tmp_path / "data")
     assert sorted(again.collections) == ["c"]
@@ -115,10 +115,43 @@ def test_a_failing_reembed_leaves_nothing_behind(
     def broken(stored: Sequence[StoredItem]) -> tuple[np.ndarray, list[np.ndarray | None]]:
         raise RuntimeError("model fell over")
 
-    migration = Migration(store, ["c"], V2, broken)
+    migration = Migration(store, V1, V2, broken)
     with pytest.raises(RuntimeError):
         migration.copy()
     migration.abort()
     assert sorted(store.collections) == ["c"]
     assert store.get_collection("c").counts == {Modality.IMAGE: 10, Modality.TEXT: 10}
+    store.close()
+
+
+def test_collections_created_during_the_move_join_it_and_deleted_ones_leave_it(
+    filled: tuple[CollectionStore, dict[str, np.ndarray]],
+) -> None:
+    store, vectors = filled
+    store.create_collection("gone", D, V1)
+    store.create_collection("again", D, V1)
+    store.upsert("again", items(3, Modality.TEXT), normalised(3, seed=3), V1)
+    migration = Migration(store, V1, V2, rotate, batch=4)
+    assert sorted(migration.names) == ["again", "c", "gone"]
+    migration.copy()
+    store.create_collection("new", D, V1)  # created with the version serving now
+    store.upsert("new", items(2, Modality.TEXT), normalised(2, seed=4), V1)
+    store.delete_collection("gone")
+    store.delete_collection("again")  # and created again: its copy starts over
+    store.create_collection("again", D, V1)
+    fresh = normalised(1, seed=5)
+    store.upsert("again", [NewItem("fresh", Modality.TEXT, {}, text="f")], fresh, V1)
+    while migration.copy():
+        pass
+    store.create_collection("last-moment", D, V1)  # after the last copy: joins at commit
+    migration.commit()
+    names = [c.name for c in store.list_collections()]
+    assert names == ["again", "c", "last-moment", "new"]
+    assert {c.model_version for c in store.list_collections()} == {V2}
+    assert store.get_collection("again").counts == {Modality.IMAGE: 0, Modality.TEXT: 1}
+    assert store.get_collection("new").counts[Modality.TEXT] == 2
+    hit = store.search("again", Modality.TEXT, fresh @ ROTATION, 1, model_version=V2)[0][0]
+    assert hit.id == "fresh"
+    store.upsert("new", items(1, Modality.TEXT, start=7), normalised(1, seed=6), V2)  # no 409
+    assert not [n for n in store.collections if n.startswith(".")]
     store.close()
