@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -50,19 +49,21 @@ class KeyRing:
             raise Unauthorized("the API key is not valid")
 
 
-def _requirement(flag: str | None) -> Callable[[Request, Credentials], Awaitable[None]]:
-    """A dependency that asks for a key when keys are configured and, for ``flag``, when
-    that setting is also on (``None``: whenever keys are configured)."""
+class Requirement:
+    """A dependency that asks for a key when keys are configured and, for ``access_flag``,
+    when that setting is also on (``None``: whenever keys are configured). The API
+    description reads the same flag (``app.openapi``)."""
 
-    async def require(request: Request, credentials: Credentials) -> None:
+    def __init__(self, access_flag: str | None) -> None:
+        self.access_flag = access_flag
+
+    async def __call__(self, request: Request, credentials: Credentials) -> None:
         ring: KeyRing = request.app.state.keys
         settings = request.app.state.services.settings
-        if ring.enabled and (flag is None or getattr(settings, flag)):
+        if ring.enabled and (self.access_flag is None or getattr(settings, self.access_flag)):
             ring.check(credentials.credentials if credentials else None)
 
-    return require
 
-
-ReadAccess = Depends(_requirement("auth_reads"))
-WriteAccess = Depends(_requirement(None))
-MetricsAccess = Depends(_requirement("auth_metrics"))
+ReadAccess = Depends(Requirement("auth_reads"))
+WriteAccess = Depends(Requirement(None))
+MetricsAccess = Depends(Requirement("auth_metrics"))

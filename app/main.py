@@ -17,6 +17,7 @@ from app.config import Settings
 from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import Admission, AdmissionLimits, RequestContext
+from app.openapi import install_openapi
 from app.routes import collections, embed, health, items, jobs, models, search
 from app.services import Services
 
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.state.keys = KeyRing([k.get_secret_value() for k in settings.api_keys])
+    install_openapi(app, settings, app.state.keys.enabled)
     # Added innermost first. From the outside in: the request id, access log and request
     # metrics see every answer; CORS headers go on refusals as well; then the limits.
     limits = AdmissionLimits(

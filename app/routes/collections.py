@@ -6,6 +6,7 @@ from starlette.concurrency import run_in_threadpool
 from app.auth import ReadAccess, WriteAccess
 from app.bodies import StrictJSONRoute
 from app.deps import EngineDep, StoreDep
+from app.openapi import errors
 from app.schemas import CollectionCreate, CollectionList, CollectionOut
 from index import CollectionInfo
 
@@ -30,7 +31,9 @@ def collection_out(info: CollectionInfo) -> CollectionOut:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, dependencies=[WriteAccess])
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, dependencies=[WriteAccess], responses=errors(400, 409)
+)
 async def create_collection(
     body: CollectionCreate, store: StoreDep, engine: EngineDep
 ) -> CollectionOut:
@@ -46,12 +49,17 @@ async def list_collections(store: StoreDep) -> CollectionList:
     return CollectionList(collections=[collection_out(i) for i in infos])
 
 
-@router.get("/{name}")
+@router.get("/{name}", responses=errors(404))
 async def get_collection(name: str, store: StoreDep) -> CollectionOut:
     return collection_out(await run_in_threadpool(store.get_collection, name))
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[WriteAccess])
+@router.delete(
+    "/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[WriteAccess],
+    responses=errors(404),
+)
 async def delete_collection(name: str, store: StoreDep) -> Response:
     await run_in_threadpool(store.delete_collection, name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

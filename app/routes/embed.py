@@ -6,6 +6,7 @@ from app.auth import ReadAccess
 from app.bodies import StrictJSONRoute
 from app.deps import EngineDep, SettingsDep
 from app.errors import bad_request, too_large
+from app.openapi import errors
 from app.schemas import EmbedRequest, EmbedResponse
 from app.uploads import decode_base64
 
@@ -14,7 +15,7 @@ router = APIRouter(
 )
 
 
-@router.post("/embed")
+@router.post("/embed", responses=errors(400, 413, 415, 429, 504))
 async def embed(body: EmbedRequest, engine: EngineDep, settings: SettingsDep) -> EmbedResponse:
     """L2-normalised embeddings of texts or base64 images, in the order given."""
     if (body.texts is None) == (body.images_base64 is None):

@@ -3,11 +3,20 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from app.auth import MetricsAccess
 from app.bodies import StrictJSONRoute
 from app.deps import ServicesDep
 from app.errors import error_response
+from app.openapi import errors
+
+
+class Ready(BaseModel):
+    status: str
+    model: str
+    device: str
+
 
 router = APIRouter(route_class=StrictJSONRoute, tags=["health"])
 
@@ -18,7 +27,14 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=None)
+@router.get(
+    "/readyz",
+    response_model=None,
+    responses={
+        200: {"model": Ready, "description": "Ready: the model serving, on which device."},
+        **errors(503),
+    },
+)
 async def readyz(services: ServicesDep) -> JSONResponse:
     """The model is loaded and the store is open (503 until then, and while stopping)."""
     if services.ready and services.stack is not None:
@@ -33,7 +49,12 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     return error_response(503, "not_ready", message, {"Retry-After": "5"})
 
 
-@router.get("/metrics", response_class=Response, dependencies=[MetricsAccess])
+@router.get(
+    "/metrics",
+    response_class=Response,
+    dependencies=[MetricsAccess],
+    responses={200: {"description": "Prometheus text format.", "content": {"text/plain": {}}}},
+)
 def metrics(services: ServicesDep) -> Response:
     """Prometheus text format. A plain ``def``: collecting index sizes takes the store's
     locks, so it runs in the thread pool, not on the event loop."""

@@ -11,6 +11,7 @@ from app.auth import ReadAccess, WriteAccess
 from app.bodies import StrictJSONRoute, loads
 from app.deps import EngineDep, RetrievalDep, ServicesDep, SettingsDep, StoreDep
 from app.errors import ApiError, bad_request
+from app.openapi import DESCRIPTIONS, binary, errors
 from app.schemas import IndexedOut, ItemOut, TextItemsIn
 from app.thumbnails import SIZES
 from app.uploads import read_upload
@@ -47,7 +48,9 @@ def _parse_metadata(raw: list[str] | None, n: int) -> list[dict[str, Any]]:
     return out
 
 
-@router.post("/images", dependencies=[WriteAccess])
+@router.post(
+    "/images", dependencies=[WriteAccess], responses=errors(400, 404, 409, 413, 415, 429, 504)
+)
 async def add_images(
     name: str,
     files: Annotated[list[UploadFile], File(description="One or more images.")],
@@ -77,7 +80,7 @@ async def add_images(
     return IndexedOut(ids=await retrieval.add_images(name, items, prepared))
 
 
-@router.post("/texts", dependencies=[WriteAccess])
+@router.post("/texts", dependencies=[WriteAccess], responses=errors(404, 409, 413, 429, 504))
 async def add_texts(name: str, body: TextItemsIn, retrieval: RetrievalDep) -> IndexedOut:
     items = [NewItem(it.id, Modality.TEXT, it.metadata, text=it.text) for it in body.items]
     return IndexedOut(ids=await retrieval.add_texts(name, items))
@@ -85,7 +88,11 @@ async def add_texts(name: str, body: TextItemsIn, retrieval: RetrievalDep) -> In
 
 # The image and thumbnail routes come first: ids may contain '/', so the item routes match
 # the rest of the path.
-@router.get("/items/{item_id:path}/image", response_class=Response)
+@router.get(
+    "/items/{item_id:path}/image",
+    response_class=Response,
+    responses={**binary("image/*", "The stored image, as uploaded."), **errors(404, 409)},
+)
 async def get_item_image(name: str, item_id: str, store: StoreDep) -> Response:
     data, media_type = await run_in_threadpool(store.get_item_content, name, item_id)
     etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
@@ -96,7 +103,15 @@ async def get_item_image(name: str, item_id: str, store: StoreDep) -> Response:
     )
 
 
-@router.get("/items/{item_id:path}/thumbnail", response_class=Response)
+@router.get(
+    "/items/{item_id:path}/thumbnail",
+    response_class=Response,
+    responses={
+        **binary("image/jpeg", "A JPEG no larger than `size` on its longer side."),
+        304: {"description": DESCRIPTIONS[304]},
+        **errors(400, 404, 409),
+    },
+)
 async def get_item_thumbnail(
     name: str,
     item_id: str,
@@ -126,7 +141,7 @@ async def get_item_thumbnail(
     return Response(data, media_type="image/jpeg", headers=headers)
 
 
-@router.get("/items/{item_id:path}")
+@router.get("/items/{item_id:path}", responses=errors(404, 409))
 async def get_item(name: str, item_id: str, store: StoreDep) -> ItemOut:
     item = await run_in_threadpool(store.get_item, name, item_id)
     return ItemOut(
@@ -141,7 +156,10 @@ async def get_item(name: str, item_id: str, store: StoreDep) -> ItemOut:
 
 
 @router.delete(
-    "/items/{item_id:path}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[WriteAccess]
+    "/items/{item_id:path}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[WriteAccess],
+    responses=errors(404, 409),
 )
 async def delete_item(name: str, item_id: str, store: StoreDep) -> Response:
     await run_in_threadpool(store.delete_item, name, item_id)

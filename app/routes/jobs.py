@@ -10,6 +10,7 @@ from app.auth import ReadAccess, WriteAccess
 from app.bodies import StrictJSONRoute
 from app.deps import JobsDep
 from app.jobs import INDEX_JOB, job_summary
+from app.openapi import errors
 
 router = APIRouter(route_class=StrictJSONRoute, tags=["jobs"], dependencies=[ReadAccess])
 
@@ -57,6 +58,7 @@ class JobList(BaseModel):
     "/v1/collections/{name}/jobs/index",
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[WriteAccess],
+    responses=errors(400, 404, 409),
 )
 async def start_index_job(
     name: str, body: IndexJobCreate, jobs: JobsDep, response: Response
@@ -75,13 +77,13 @@ async def list_jobs(jobs: JobsDep) -> JobList:
     return JobList(jobs=[JobOut(**job_summary(j)) for j in listed])
 
 
-@router.get("/v1/jobs/{job_id}")
+@router.get("/v1/jobs/{job_id}", responses=errors(404))
 async def get_job(job_id: str, jobs: JobsDep) -> JobOut:
     """State and progress: counts, rate, ETA and the first failures with their reasons."""
     return JobOut(**job_summary(await run_in_threadpool(jobs.jobs.get, job_id)))
 
 
-@router.delete("/v1/jobs/{job_id}", dependencies=[WriteAccess])
+@router.delete("/v1/jobs/{job_id}", dependencies=[WriteAccess], responses=errors(404, 409))
 async def cancel_job(job_id: str, jobs: JobsDep) -> JobOut:
     """Cancel a queued or running job; what it already stored stays."""
     return JobOut(**job_summary(await run_in_threadpool(jobs.jobs.cancel, job_id)))

@@ -12,6 +12,7 @@ from app.bodies import StrictJSONRoute
 from app.deps import EngineDep, JobsDep, StackDep
 from app.errors import ApiError
 from app.finetune import FINETUNE_JOB
+from app.openapi import errors
 from app.routes.jobs import JobCreated
 from models.registry import ModelVersion
 
@@ -59,14 +60,19 @@ class ModelList(BaseModel):
     models: list[ModelOut]
 
 
-@router.post("/v1/finetune", status_code=status.HTTP_202_ACCEPTED, dependencies=[WriteAccess])
+@router.post(
+    "/v1/finetune",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[WriteAccess],
+    responses=errors(400),
+)
 async def start_finetune(body: FinetuneRequest, jobs: JobsDep) -> JobCreated:
     """Fine-tune the serving model on pairs from the import root; poll `GET /v1/jobs/{id}`."""
     job = await run_in_threadpool(jobs.submit, FINETUNE_JOB, None, body.model_dump())
     return JobCreated(id=job.id, state=job.state.value)
 
 
-@router.post("/v1/evaluate", dependencies=[WriteAccess])
+@router.post("/v1/evaluate", dependencies=[WriteAccess], responses=errors(400, 404))
 async def evaluate(body: EvaluateRequest, stack: StackDep) -> dict[str, Any]:
     """Recall@1/5/10 both ways, mean reciprocal rank and median rank on a set of pairs."""
     engine = stack.engine
@@ -106,7 +112,7 @@ async def list_models(stack: StackDep, engine: EngineDep) -> ModelList:
     return ModelList(models=out)
 
 
-@router.get("/v1/models/{version:path}")
+@router.get("/v1/models/{version:path}", responses=errors(404))
 async def get_model(version: str, stack: StackDep, engine: EngineDep) -> ModelOut:
     """One version with its lineage (base, method, data, hyperparameters) and evaluation."""
     v = await run_in_threadpool(stack.registry.get, version)
@@ -128,6 +134,7 @@ class ActivateRequest(BaseModel):
     "/v1/models/{version:path}/activate",
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[WriteAccess],
+    responses=errors(404, 409),
 )
 async def activate_model(
     version: str,
@@ -157,6 +164,7 @@ async def activate_model(
     "/v1/models/{version:path}/rollback",
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[WriteAccess],
+    responses=errors(409),
 )
 async def rollback_model(
     version: str, stack: StackDep, engine: EngineDep, jobs: JobsDep

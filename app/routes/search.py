@@ -10,6 +10,7 @@ from app.auth import ReadAccess
 from app.bodies import StrictJSONRoute, loads
 from app.deps import RetrievalDep, SettingsDep
 from app.errors import ApiError, bad_request
+from app.openapi import errors
 from app.schemas import SearchHit, SearchRequest, SearchResponse
 from app.uploads import decode_base64, read_upload
 from index import Hit, InvalidValue, Modality
@@ -32,7 +33,7 @@ def _response(hits: list[Hit], started: float) -> SearchResponse:
     )
 
 
-@router.post("/search")
+@router.post("/search", responses=errors(400, 404, 409, 413, 415, 429, 504))
 async def search(
     name: str, body: SearchRequest, retrieval: RetrievalDep, settings: SettingsDep
 ) -> SearchResponse:
@@ -51,7 +52,7 @@ async def search(
     return _response(hits, started)
 
 
-@router.post("/search/image")
+@router.post("/search/image", responses=errors(400, 404, 409, 413, 415, 429, 504))
 async def search_by_upload(
     name: str,
     file: Annotated[UploadFile, File(description="The query image.")],
