@@ -10,6 +10,7 @@ from app.activation import ACTIVATE_JOB
 from app.auth import ReadAccess, WriteAccess
 from app.bodies import StrictJSONRoute
 from app.deps import EngineDep, JobsDep, StackDep
+from app.engine import Engine
 from app.errors import ApiError
 from app.finetune import FINETUNE_JOB
 from app.openapi import errors
@@ -98,23 +99,28 @@ async def list_models(stack: StackDep, engine: EngineDep) -> ModelList:
     """The serving model and every fine-tuned version, oldest first."""
     versions = await run_in_threadpool(stack.registry.versions)
     out = [_model_out(v, engine.version) for v in versions]
-    configured = engine.configured_version
-    out.insert(
-        0,
-        ModelOut(
-            version=configured,
-            base=None,
-            method="pretrained",
-            metrics={},
-            active=configured == engine.version,
-        ),
-    )
+    out.insert(0, _configured_out(engine))
     return ModelList(models=out)
+
+
+def _configured_out(engine: Engine) -> ModelOut:
+    """The configured model: the base every fine-tuned version builds on."""
+    configured = engine.configured_version
+    return ModelOut(
+        version=configured,
+        base=None,
+        method="pretrained",
+        metrics={},
+        active=configured == engine.version,
+        architecture=engine.encoders[configured].model_name,
+    )
 
 
 @router.get("/v1/models/{version:path}", responses=errors(404))
 async def get_model(version: str, stack: StackDep, engine: EngineDep) -> ModelOut:
     """One version with its lineage (base, method, data, hyperparameters) and evaluation."""
+    if version == engine.configured_version:  # listed by GET /v1/models, so found here too
+        return _configured_out(engine)
     v = await run_in_threadpool(stack.registry.get, version)
     return _model_out(v, engine.version).model_copy(
         update={

@@ -1,7 +1,8 @@
 """Property-based fuzzing of the whole API against its own ``/openapi.json`` (schemathesis):
 no 5xx, every status code and body as documented. Seeded state (a collection with items,
 an import folder) so that generated requests reach more than 404s. A fixed seed; 28 valid
-and 28 invalid examples per operation by default (over 1,000 cases), ``XMODAL_FUZZ_EXAMPLES`` for a longer run."""
+and 28 invalid examples per operation by default (over 1,000 cases), more with
+``XMODAL_FUZZ_EXAMPLES``."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ import sqlite3
 import struct
 import tarfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from app.activation import ACTIVATE_JOB
 from app.config import Settings
 from app.jobs import INDEX_JOB
 from app.jobs.loop import JobQueueFull
+from app.main import create_app
 from app.stack import Stack, build_stack
 from index import DB_FILE, JobNotCancellable, JobState, Modality, NewItem
 from models.adapt.methods import TrainingStopped
@@ -535,3 +537,59 @@ def test_one_bad_record_fails_the_record_not_the_job(
     assert job["state"] == "succeeded" and job["failed"] == 1, job
     r = client.get(f"/v1/collections/{collection}/items/small")
     assert r.status_code == 200
+
+
+# --- 10. the API description does not tell the truth ----------------------------------------------
+def _schema(tmp_path: Path, **settings: object) -> dict:
+    return create_app(Settings(**{**TINY, "data_dir": tmp_path, **settings})).openapi()
+
+
+def _operations(schema: dict) -> Iterator[tuple[str, dict]]:
+    for path, ops in schema["paths"].items():
+        for method, op in ops.items():
+            yield f"{method.upper()} {path}", op
+
+
+def test_the_api_description_tells_the_truth(tmp_path: Path, client: httpx.Client) -> None:
+    open_schema = _schema(tmp_path)
+    assert "securitySchemes" not in open_schema["components"]
+    assert "HTTPValidationError" not in json.dumps(open_schema)
+    for label, op in _operations(open_schema):
+        assert "security" not in op, label
+        for status, response in op["responses"].items():
+            if status.startswith(("4", "5")):
+                schema = response["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (label, status)
+        if op.get("requestBody") or op.get("parameters"):
+            assert "422" in op["responses"], label
+    ops = dict(_operations(open_schema))
+    image = ops["GET /v1/collections/{name}/items/{item_id}/image"]["responses"]["200"]
+    assert list(image["content"]) == ["image/*"]
+    thumbnail = ops["GET /v1/collections/{name}/items/{item_id}/thumbnail"]["responses"]
+    assert list(thumbnail["200"]["content"]) == ["image/jpeg"] and "304" in thumbnail
+    k = open_schema["components"]["schemas"]["SearchRequest"]["properties"]["k"]
+    assert (k["minimum"], k["maximum"]) == (1, 1000)
+    # Security as configured: keys for writes only, then for reads as well.
+    for auth_reads in (False, True):
+        keyed = dict(
+            _operations(_schema(tmp_path, api_keys="a-key-of-sixteen-chars", auth_reads=auth_reads))
+        )
+        for label in ("POST /v1/collections", "DELETE /v1/jobs/{job_id}", "POST /v1/evaluate"):
+            assert keyed[label]["security"] and "401" in keyed[label]["responses"], label
+        for label in ("GET /v1/collections", "POST /v1/collections/{name}/search"):
+            assert ("security" in keyed[label]) is auth_reads, label
+            assert ("401" in keyed[label]["responses"]) is auth_reads, label
+        assert "security" not in keyed["GET /healthz"]
+    # Every version GET /v1/models lists can be fetched on its own.
+    for model in client.get("/v1/models").json()["models"]:
+        assert client.get(f"/v1/models/{model['version']}").status_code == 200, model
+    # A 405 names every method the path takes.
+    assert client.post("/v1/collections", json={"name": "allow"}).status_code == 201
+    for method, path, allow in (
+        ("PUT", "/v1/collections/allow", "DELETE, GET"),
+        ("PATCH", "/v1/collections", "GET, POST"),
+        ("PUT", "/v1/collections/allow/items/x", "DELETE, GET"),
+        ("POST", "/v1/jobs/x", "DELETE, GET"),
+    ):
+        r = client.request(method, path)
+        assert r.status_code == 405 and r.headers["allow"] == allow, (method, path, r.headers)
