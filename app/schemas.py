@@ -10,6 +10,7 @@ from index import COLLECTION_NAME
 from index.types import Modality
 
 ItemId = str
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters: ids travel in URL paths
 FilterValue = str | int | float | bool | None
 
 
@@ -43,7 +44,7 @@ class CollectionList(BaseModel):
 
 # --- items ------------------------------------------------------------------------------------
 class TextItemIn(BaseModel):
-    id: ItemId = Field(min_length=1, max_length=512)
+    id: ItemId = Field(min_length=1, max_length=512, pattern=ID_PATTERN)
     text: str = Field(min_length=1)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
@@ -68,8 +69,12 @@ class ItemOut(BaseModel):
 
 # --- search -----------------------------------------------------------------------------------
 class SearchRequest(BaseModel):
-    text: str | None = Field(None, description="Query text (or give `image_base64`).")
-    image_base64: str | None = Field(None, description="Query image, base64-encoded bytes.")
+    text: str | None = Field(
+        None, description="Query text; give it or `image_base64`, not both (400 otherwise)."
+    )
+    image_base64: str | None = Field(
+        None, description="Query image, base64-encoded bytes (or a data URL)."
+    )
     target: Modality | None = Field(None, description="Modality to search; default: the other one.")
     k: int = Field(10, description="How many results, 1 to `XMODAL_MAX_K` (1000).")
     filter: dict[str, FilterValue] | None = Field(

@@ -4,7 +4,7 @@ import hashlib
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Header, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile, status
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import ReadAccess, WriteAccess
@@ -118,7 +118,7 @@ async def get_item_thumbnail(
     store: StoreDep,
     services: ServicesDep,
     if_none_match: Annotated[str | None, Header()] = None,
-    size: int = 256,
+    size: Annotated[int, Query(json_schema_extra={"enum": list(SIZES)})] = 256,
 ) -> Response:
     """A JPEG of the stored image, its longer side at most ``size`` (64, 128, 256 or 512),
     made on first request and cached on disk."""

@@ -11,6 +11,7 @@ from app.bodies import StrictJSONRoute
 from app.deps import JobsDep
 from app.jobs import INDEX_JOB, job_summary
 from app.openapi import errors
+from models.sources import Format
 
 router = APIRouter(route_class=StrictJSONRoute, tags=["jobs"], dependencies=[ReadAccess])
 
@@ -21,9 +22,7 @@ class IndexJobCreate(BaseModel):
         description="Path relative to the import root: a JSONL/CSV/Parquet manifest, a folder "
         "of images, or WebDataset .tar shards (a file or a folder of them).",
     )
-    format: str | None = Field(
-        None, description="jsonl, csv, parquet, folder or webdataset (default: from the path)."
-    )
+    format: Format | None = Field(None, description="The source's format (default: from the path).")
 
 
 class JobOut(BaseModel):

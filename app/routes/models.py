@@ -15,6 +15,7 @@ from app.errors import ApiError
 from app.finetune import FINETUNE_JOB
 from app.openapi import errors
 from app.routes.jobs import JobCreated
+from models.adapt.methods import METHODS
 from models.registry import ModelVersion
 
 router = APIRouter(route_class=StrictJSONRoute, tags=["models"], dependencies=[ReadAccess])
@@ -24,7 +25,11 @@ class FinetuneRequest(BaseModel):
     source: str = Field(
         min_length=1, description="Manifest or folder of image-caption pairs under the import root."
     )
-    method: str = Field("contrastive", description="contrastive, linear or subspace_alignment.")
+    method: str = Field(
+        "contrastive",
+        description="The adaptation method (see the README's method table).",
+        json_schema_extra={"enum": list(METHODS)},
+    )
     eval_source: str | None = Field(
         None, description="Separate evaluation pairs (else a held-out fraction)."
     )

@@ -143,7 +143,7 @@ def test_bad_job_requests_get_clear_errors(
     cases = [
         ({"source": "does-not-exist.jsonl"}, 400, "does not exist"),
         ({"source": "plain.txt"}, 400, "cannot tell the format"),
-        ({"source": "plain.txt", "format": "xml"}, 400, "unknown format"),
+        ({"source": "plain.txt", "format": "xml"}, 422, "jsonl"),  # the schema says which
         ({"source": ""}, 422, None),
         ({}, 422, None),
     ]
