@@ -323,10 +323,14 @@ class FaissIndex:
         """Serve from the GPU when we have one and FAISS can put this index type there."""
         if self._gpu_resources is None:
             return mapped
+        inner = self._searched_index()
+        if not _gpu_servable(inner):
+            log.info("%s is served from the CPU: FAISS has no safe GPU form of it", self.spec)
+            return mapped
         options = faiss.GpuClonerOptions()
         # float16 lookup tables: IVF-PQ with many sub-quantizers needs them to fit the
         # H100's shared memory per block.
-        options.useFloat16 = isinstance(self._cpu_index_kind, faiss.IndexIVFPQ)
+        options.useFloat16 = isinstance(inner, faiss.IndexIVFPQ)
         try:
             placed = faiss.index_cpu_to_gpu(self._gpu_resources, 0, mapped, options)
         except (RuntimeError, AttributeError) as exc:
@@ -343,6 +347,21 @@ class FaissIndex:
         if len(labels) != len(xb):
             raise ValueError(f"{len(labels)} labels for {len(xb)} vectors")
         return labels, xb
+
+
+def _gpu_servable(index: Any) -> bool:
+    """Whether FAISS serves this kind of index from the GPU safely. Measured on an H100 with
+    FAISS 1.15.1 (bench/gpu_specs.py, BENCHMARKS.md): flat, IVF-Flat, float16 scalar
+    quantizers and IVF-PQ with 8-bit codes work; IVF with 4-, 6- or 8-bit scalar
+    quantizers is cloned but its first search aborts the whole process; HNSW, PQ and the
+    other flat quantizers have no GPU form. Only the first list goes to the GPU."""
+    if isinstance(index, faiss.IndexIVFPQ):
+        return int(index.pq.nbits) == 8
+    if isinstance(index, faiss.IndexIVFScalarQuantizer):
+        return int(index.sq.qtype) == faiss.ScalarQuantizer.QT_fp16
+    if isinstance(index, faiss.IndexScalarQuantizer):
+        return int(index.sq.qtype) == faiss.ScalarQuantizer.QT_fp16
+    return isinstance(index, (faiss.IndexFlat, faiss.IndexIVFFlat))
 
 
 class FaissBackends:

@@ -57,8 +57,8 @@ def test_gpu_style_filter_overfetches_and_stays_exact() -> None:
 def test_index_served_from_the_gpu_matches_the_cpu(spec: str) -> None:
     if gpu_count() == 0:
         pytest.skip("FAISS reports no GPU")
-    xb, xq = normalised(5000, 0), normalised(20, 1)
-    labels = np.arange(10, 5010, dtype=np.int64)
+    xb, xq = normalised(12_000, 0), normalised(20, 1)  # IVF64,PQ16 trains from 9,984
+    labels = np.arange(10, 12_010, dtype=np.int64)
     cpu = FaissIndex.build(D, spec, labels, xb, nprobe=64)
     gpu = FaissIndex.build(D, spec, labels, xb, gpu_resources=new_gpu_resources(), nprobe=64)
     assert gpu.on_gpu and not cpu.on_gpu
@@ -71,4 +71,4 @@ def test_index_served_from_the_gpu_matches_the_cpu(spec: str) -> None:
     assert agree >= 0.9
     gpu.remove(labels[:5])
     restored, _ = FaissIndex.from_bytes(gpu.to_bytes({}))
-    assert restored.ntotal == gpu.ntotal == 4995
+    assert restored.ntotal == gpu.ntotal == 11_995
