@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app.auth import KeyRing
 from app.config import Settings
+from app.docs import install_docs
 from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import Admission, AdmissionLimits, RequestContext
@@ -44,9 +45,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Cross-modal retrieval: search images with text and text with images.",
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs, with local assets
+        redoc_url=None,
     )
     app.state.services = services
     install_error_handlers(app)
+    install_docs(app)
     for module in (health, collections, items, search, embed, jobs, models):
         app.include_router(module.router)
     # The web page: static files, no build step; it only talks to the API above.

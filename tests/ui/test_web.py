@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from models.synthetic import write_dataset
 from tests.helpers import REPO, AppServer, image_bytes
@@ -287,3 +287,37 @@ def test_dropped_or_pasted_images_search_too(page: Page, site: AppServer, how: s
     assert ids == api_search(
         site, image_base64=base64.b64encode(query).decode(), k=3, target="image"
     )
+
+
+@pytest.mark.parametrize(
+    ("path", "operation"), [("/docs", ".opblock"), ("/redoc", "[data-section-id]")]
+)
+def test_the_api_pages_render_offline(
+    browser: Browser, site: AppServer, path: str, operation: str
+) -> None:
+    """As on a machine without internet (every request elsewhere fails): the API pages
+    still render every operation, and no script, style or font comes from elsewhere."""
+    context = browser.new_context()
+    fetched: list[tuple[str, str]] = []
+    context.on("request", lambda r: fetched.append((r.resource_type, r.url)))
+
+    def offline(route: Route) -> None:
+        if route.request.url.startswith((site.url, "data:", "blob:")):
+            route.continue_()
+        else:
+            route.abort()
+
+    context.route("**/*", offline)
+    page = context.new_page()
+    try:
+        page.goto(site.url + path)
+        expect(page.locator(operation).first).to_be_visible(timeout=30_000)
+        assert page.locator(operation).count() >= 10
+        foreign = [
+            url
+            for kind, url in fetched
+            if kind in ("script", "stylesheet", "font") and not url.startswith(site.url)
+        ]
+        assert not foreign, foreign
+    finally:
+        context.close()
