@@ -44,9 +44,10 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="Python log level.")
     log_format: str = Field(
-        "json",
+        "auto",
         description="`json`: one object per line with the request id, method, path, status "
-        "and duration of every request; `text` for reading at a terminal.",
+        "and duration of every request; `text`: a line for reading; `auto`: text when "
+        "stderr is a terminal, JSON otherwise.",
     )
     graceful_timeout_s: Annotated[float, Field(ge=0)] = Field(
         30.0, description="On SIGTERM, how long in-flight requests may take to finish."
@@ -212,8 +213,8 @@ class Settings(BaseSettings):
     @field_validator("log_format")
     @classmethod
     def _known_format(cls, value: str) -> str:
-        if value.lower() not in {"json", "text"}:
-            raise ValueError("log_format is json or text")
+        if value.lower() not in {"json", "text", "auto"}:
+            raise ValueError("log_format is json, text or auto")
         return value.lower()
 
     @field_validator("log_level")

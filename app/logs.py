@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "xmodal_request_id", default=None
@@ -52,15 +52,27 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{rid}]" if rid else line
 
 
-def configure(level: str, fmt: str) -> None:
-    """Route every logger (uvicorn's included) through one stderr handler."""
-    handler = logging.StreamHandler(sys.stderr)
+# Libraries whose info lines (FAISS saying which CPU extensions it loaded, a line per HTTP
+# request made by the CLI's client) are noise for an operator: shown at debug only.
+NOISY = ("faiss", "httpx", "httpcore", "PIL", "multipart", "filelock", "huggingface_hub")
+
+
+def configure(level: str, fmt: str, stream: TextIO | None = None) -> None:
+    """Route every logger (uvicorn's included) through one handler on ``stream`` (stderr):
+    JSON lines, or text for reading; ``auto``: text at a terminal, JSON otherwise."""
+    stream = stream or sys.stderr
+    if fmt == "auto":
+        fmt = "text" if stream.isatty() else "json"
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.captureWarnings(True)  # library warnings become records, formatted like the rest
+    quiet = logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING
+    for name in NOISY:
+        logging.getLogger(name).setLevel(quiet)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
