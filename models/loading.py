@@ -30,6 +30,30 @@ OFFLINE_HINT = (
     "Download the checkpoint on a machine with network access and set "
     "XMODAL_PRETRAINED=/path/to/weights (or XMODAL_PRETRAINED=none for random weights)."
 )
+NO_WEIGHTS_HINT = (
+    "Without these weights: `make demo` trains a small model offline and serves meaningful "
+    "searches of a generated gallery; `make run-tiny` serves random weights (to try the API; "
+    "its results mean nothing)."
+)
+
+
+def offline_hint(cfg: dict[str, Any]) -> str:
+    """Which file to fetch for ``cfg``, from where, what to set, and what works without."""
+    if cfg.get("hf_hub"):
+        repo = str(cfg["hf_hub"]).strip("/")
+        where = (
+            f"download {HF_SAFE_WEIGHTS_NAME} (or {HF_WEIGHTS_NAME}) from "
+            f"https://huggingface.co/{repo}/tree/main"
+        )
+        file = HF_SAFE_WEIGHTS_NAME
+    else:
+        url = str(cfg.get("url", ""))
+        file = url.rsplit("/", 1)[-1] or "the checkpoint"
+        where = f"download {url}"
+    return (
+        f"On a machine with network access, {where}, copy it here and set "
+        f"XMODAL_PRETRAINED=/path/to/{file}. {NO_WEIGHTS_HINT}"
+    )
 
 
 @dataclass(frozen=True)
@@ -102,7 +126,7 @@ def resolve_weights(
     if reason:
         raise ModelLoadError(
             f"weights for {model_name} tag {pretrained!r} are not cached under {cache_dir} "
-            f"and {host} cannot be reached ({reason}). {OFFLINE_HINT}"
+            f"and {host} cannot be reached ({reason}). {offline_hint(cfg)}"
         )
     if check_only:
         return ResolvedWeights(None, version, tag_cfg)
@@ -112,7 +136,7 @@ def resolve_weights(
         downloaded = open_clip.download_pretrained(cfg, cache_dir=str(cache_dir))
     except Exception as exc:  # OpenCLIP raises several types for a failed download
         raise ModelLoadError(
-            f"download of {model_name} tag {pretrained!r} failed: {exc}. {OFFLINE_HINT}"
+            f"download of {model_name} tag {pretrained!r} failed: {exc}. {offline_hint(cfg)}"
         ) from exc
     if not downloaded:
         raise ModelLoadError(

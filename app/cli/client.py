@@ -35,10 +35,21 @@ class ApiClient:
         self.http.close()
 
     def get(self, path: str) -> dict[str, Any]:
-        return self._json(self.http.get(path), 200)
+        return self._json(self._send("GET", path), 200)
 
     def post(self, path: str, body: dict[str, Any], ok: tuple[int, ...] = (200,)) -> dict[str, Any]:
-        return self._json(self.http.post(path, json=body), *ok)
+        return self._json(self._send("POST", path, json=body), *ok)
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """The answer, or one line saying which server could not be reached and why."""
+        try:
+            return self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            reason = str(exc) or type(exc).__name__
+            raise CliError(
+                f"cannot reach the server at {self.url} ({reason}); is `xmodal serve` running"
+                " there?"
+            ) from None
 
     def run_job(self, path: str, body: dict[str, Any], show: JobView) -> dict[str, Any]:
         """Start a job with ``POST path`` and follow it to its end."""

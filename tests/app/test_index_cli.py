@@ -114,3 +114,15 @@ def test_device_decode_path_gives_the_same_neighbours(
             assert hit.score == pytest.approx(1.0, abs=0.02)
     finally:
         store.close()
+
+
+def test_an_unreachable_server_is_one_line_naming_it(tmp_path: Path) -> None:
+    for argv in (
+        ("jobs", "--server", "http://127.0.0.1:9"),
+        ("index", "build", "x.jsonl", "--collection", "c", "--server", "http://127.0.0.1:9"),
+    ):
+        proc = xmodal(*argv, data_dir=tmp_path)
+        assert proc.returncode == 1, proc
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "http://127.0.0.1:9" in lines[0], proc.stderr
+        assert "Traceback" not in proc.stderr
