@@ -54,7 +54,7 @@ def resolve_under(root: Path, relative: str) -> Path:
     except (OSError, RuntimeError) as exc:  # a link loop, an unreadable directory
         raise SourceError(f"{_short(relative)!r} cannot be resolved: {exc}") from None
     if target != base and base not in target.parents:
-        raise SourceError(f"{_short(relative)!r} resolves outside the import root")
+        raise SourceError(f"{_short(relative)!r} resolves outside the import root {base}")
     return target
 
 

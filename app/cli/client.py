@@ -40,6 +40,9 @@ class ApiClient:
     def post(self, path: str, body: dict[str, Any], ok: tuple[int, ...] = (200,)) -> dict[str, Any]:
         return self._json(self._send("POST", path, json=body), *ok)
 
+    def delete(self, path: str) -> None:
+        self._json(self._send("DELETE", path), 204)
+
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """The answer, or one line saying which server could not be reached and why."""
         try:

@@ -104,12 +104,20 @@ def _index_build(args: argparse.Namespace) -> int:
 
 def _index_build_remote(args: argparse.Namespace) -> int:
     with _client(args) as client:
+        created = False
         if args.create:
             collection = {"name": args.collection, "index": args.index}
-            client.post("/v1/collections", collection, (201, 409))
+            created = "name" in client.post("/v1/collections", collection, (201, 409))
         body = {"source": args.source, "format": args.format}
         path = f"/v1/collections/{args.collection}/jobs/index"
-        return report(client.run_job(path, body, show_progress))
+        try:
+            job_id = client.post(path, body, (202,))["id"]
+        except CliError:
+            if created:  # a bad source leaves no empty collection behind
+                client.delete(f"/v1/collections/{args.collection}")
+            raise
+        print(f"job {job_id} started on {client.url}", file=sys.stderr)
+        return report(client.wait_job(job_id, show_progress))
 
 
 @contextlib.contextmanager
@@ -142,7 +150,10 @@ def _run_local(stack: Stack, job: Job, show: Callable[[dict[str, Any]], None]) -
 def _index_build_local(args: argparse.Namespace) -> int:
     from app.jobs import INDEX_JOB
     from index import CollectionExists
+    from models.sources import open_source
 
+    settings = _settings()
+    open_source(settings.import_root_dir, args.source, args.format)  # before creating anything
     with _local_stack() as stack:
         if args.create:
             with contextlib.suppress(CollectionExists):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bench.serving import tiny_env
@@ -58,9 +59,16 @@ def test_build_reports_a_bad_source_and_fails(tmp_path: Path) -> None:
         "index", "build", "../../etc", "--collection", "c", "--create", data_dir=data
     )
     assert proc.returncode == 1 and "outside the import root" in proc.stderr
+    assert str((data / "import").resolve()) in proc.stderr  # names the root
     assert "Traceback" not in proc.stderr
     proc = xmodal("index", "build", "x.jsonl", "--collection", "missing", data_dir=data)
     assert proc.returncode == 1 and "does not exist" in proc.stderr
+    # --create with a bad source creates nothing.
+    proc = xmodal("index", "build", "x.jsonl", "--collection", "fresh", "--create", data_dir=data)
+    assert proc.returncode == 1 and "does not exist" in proc.stderr
+    store = CollectionStore(data, backends=FaissBackends(use_gpu=False))
+    assert "fresh" not in {c.name for c in store.list_collections()}
+    store.close()
 
 
 def test_build_against_a_running_server(server: AppServer) -> None:
@@ -82,6 +90,19 @@ def test_build_against_a_running_server(server: AppServer) -> None:
     assert f"succeeded: {corpus.done} done, {len(corpus.failed)} failed" in proc.stdout
     listing = xmodal("jobs", "--server", server.url, data_dir=server.data_dir)
     assert corpus.source in listing.stdout
+    proc = xmodal(
+        "index",
+        "build",
+        "nowhere.jsonl",
+        "--collection",
+        "cli-fresh",
+        "--create",
+        "--server",
+        server.url,
+        data_dir=server.data_dir,
+    )
+    assert proc.returncode == 1 and "does not exist" in proc.stderr
+    assert httpx.get(f"{server.url}/v1/collections/cli-fresh").status_code == 404
 
 
 def test_device_decode_path_gives_the_same_neighbours(
