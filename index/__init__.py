@@ -9,6 +9,7 @@ from index.db import DB_FILE, Database
 from index.errors import (
     CollectionBroken,
     CollectionExists,
+    DataDirInUse,
     DimensionMismatch,
     InvalidFilter,
     InvalidIndexSpec,
@@ -38,6 +39,7 @@ __all__ = [
     "CollectionBroken",
     "CollectionExists",
     "CollectionInfo",
+    "DataDirInUse",
     "CollectionStore",
     "Database",
     "DimensionMismatch",

@@ -10,8 +10,10 @@ and recovery live in ``index.snapshots``, moving to another model version in
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import re
 import sqlite3
 import time
@@ -37,6 +39,7 @@ from index.db import (
 from index.errors import (
     CollectionBroken,
     CollectionExists,
+    DataDirInUse,
     DimensionMismatch,
     ModelMismatch,
     UnknownCollection,
@@ -59,6 +62,7 @@ COLLECTION_NAME_RULE = (
     "starting with a letter or digit"
 )
 _SQL_CHUNK = 500  # ids per IN (...) query
+LOCK_FILE = ".lock"
 
 
 class CollectionStore:
@@ -72,24 +76,29 @@ class CollectionStore:
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.index_dir = self.data_dir / "indexes"
-        self.blobs = BlobStore(self.data_dir / "blobs")
-        self.store_images = store_images
-        self.db = Database(self.data_dir / DB_FILE)
-        self.db.apply(JOBS_SCHEMA)  # deleting a collection cancels its jobs
-        self.backends = backends or FaissBackends()
-        self.snapshots = Snapshots(self.db, self.backends, self.index_dir, snapshot_every)
-        self.collections: dict[str, LiveCollection] = {}
-        # Called with the digests of image files removed (the app drops their thumbnails).
-        self.on_removed: list[Callable[[Sequence[str]], None]] = []
-        # Stored collections whose index cannot be built: listed, deletable, nothing else.
-        self.broken: dict[str, CollectionInfo] = {}
-        self._closed = False
-        drop_unfinished(self)
-        for row in self.db.writer.execute(
-            "SELECT name, uid, index_spec, dim, model_version, created_at FROM collections"
-        ).fetchall():
-            self._open(*row)
+        self._lock = _lock_data_dir(self.data_dir)
+        try:
+            self.index_dir = self.data_dir / "indexes"
+            self.blobs = BlobStore(self.data_dir / "blobs")
+            self.store_images = store_images
+            self.db = Database(self.data_dir / DB_FILE)
+            self.db.apply(JOBS_SCHEMA)  # deleting a collection cancels its jobs
+            self.backends = backends or FaissBackends()
+            self.snapshots = Snapshots(self.db, self.backends, self.index_dir, snapshot_every)
+            self.collections: dict[str, LiveCollection] = {}
+            # Called with the digests of image files removed (the app drops their thumbnails).
+            self.on_removed: list[Callable[[Sequence[str]], None]] = []
+            # Stored collections whose index cannot be built: listed, deletable, nothing else.
+            self.broken: dict[str, CollectionInfo] = {}
+            self._closed = False
+            drop_unfinished(self)
+            for row in self.db.writer.execute(
+                "SELECT name, uid, index_spec, dim, model_version, created_at FROM collections"
+            ).fetchall():
+                self._open(*row)
+        except BaseException:
+            os.close(self._lock)
+            raise
 
     def _open(
         self, name: str, uid: str, spec: str, dim: int, model_version: str, created_at: float
@@ -129,6 +138,7 @@ class CollectionStore:
         self.snapshot(only_dirty=True)
         self._closed = True
         self.db.close()
+        os.close(self._lock)  # and with it the lock
 
     def snapshot(self, only_dirty: bool = False) -> int:
         """Write every (or every changed) index to disk; returns how many were written."""
@@ -484,6 +494,21 @@ class CollectionStore:
         )
         rows = self.db.reader().execute(sql, [name, modality.value, *params]).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
+
+
+def _lock_data_dir(data_dir: Path) -> int:
+    """An exclusive lock on ``data_dir`` for as long as the store is open (the kernel drops
+    it when the process dies, kill -9 included); ``DataDirInUse`` if another holds it."""
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DataDirInUse(
+            f"the data dir {data_dir.resolve()} is in use by another xmodal process (a running"
+            " server?); stop it, or work through it with --server URL"
+        ) from None
+    return fd
 
 
 def _check_model(c: LiveCollection, model_version: str) -> None:

@@ -9,6 +9,11 @@ class UnknownCollection(StoreError):
     pass
 
 
+class DataDirInUse(StoreError):
+    """Another process has the data dir open: two stores on one dir would each keep
+    indexes the other never sees."""
+
+
 class CollectionExists(StoreError):
     pass
 

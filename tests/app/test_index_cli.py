@@ -147,3 +147,17 @@ def test_an_unreachable_server_is_one_line_naming_it(tmp_path: Path) -> None:
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and "http://127.0.0.1:9" in lines[0], proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_an_in_process_build_refuses_the_data_dir_of_a_running_server(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_folder(data / "import", "pics", n=3)
+    server = AppServer(data).start()
+    try:
+        proc = xmodal("index", "build", "pics", "--collection", "c", "--create", data_dir=data)
+        assert proc.returncode == 1 and "in use" in proc.stderr and "--server" in proc.stderr
+        assert httpx.get(f"{server.url}/v1/collections/c").status_code == 404
+    finally:
+        server.stop()
+    proc = xmodal("index", "build", "pics", "--collection", "c", "--create", data_dir=data)
+    assert proc.returncode == 0, proc.stderr  # the server gone, the dir is free again

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,12 @@ from index import (
 D = 16
 V = "test-model@v1"
 CPU = FaissBackends(use_gpu=False)
+
+
+def die(store: CollectionStore) -> None:
+    """What the kernel does to a store whose process dies: its data-dir lock goes (and
+    nothing is closed or snapshotted)."""
+    os.close(store._lock)
 
 
 def normalised(n: int, seed: int) -> np.ndarray:
@@ -171,6 +178,7 @@ def test_without_a_final_snapshot_the_index_is_caught_up_from_sqlite(tmp_path: P
     before = top_ids(s, "c", Modality.IMAGE, xq, k=20)
     counts = s.get_collection("c").counts
     # No close(): the process "dies" with the snapshot behind the database.
+    die(s)
     s2 = CollectionStore(tmp_path, backends=CPU)
     assert top_ids(s2, "c", Modality.IMAGE, xq, k=20) == before
     assert s2.get_collection("c").counts == counts
