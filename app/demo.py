@@ -9,6 +9,8 @@ keeps serving until interrupted.
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,10 +26,20 @@ EXAMPLES = ("a small red circle", "a large blue square", "a green cross at the t
 
 
 def _wait(client: ApiClient, job_id: str, label: str) -> dict[str, Any]:
+    started = time.monotonic()
+
     def show(job: dict[str, Any]) -> None:
         progress = job.get("detail", {}).get("progress")
         extra = f" loss {progress['loss']:.3f}" if progress else ""
-        sys.stderr.write(f"\r{label}: {job['state']} {job['done']}/{job['total'] or '?'}{extra}   ")
+        if job.get("items_per_second"):
+            extra += f", {job['items_per_second']:.0f}/s"
+        if job.get("eta_seconds") is not None and job["state"] == "running":
+            extra += f", about {job['eta_seconds']:.0f} s left"
+        elapsed = time.monotonic() - started
+        sys.stderr.write(
+            f"\r{label}: {job['state']} {job['done']}/{job['total'] or '?'}"
+            f" ({elapsed:.0f} s{extra})   "
+        )
 
     job = client.wait_job(job_id, show)
     sys.stderr.write("\n")
@@ -36,7 +48,22 @@ def _wait(client: ApiClient, job_id: str, label: str) -> dict[str, Any]:
     return job
 
 
+def port_in_use(port: int) -> bool:
+    """Whether something listens on (or holds) ``port`` on the loopback address."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
 def run(data_dir: Path, port: int, pairs: int, epochs: int) -> int:
+    if port_in_use(port):
+        # Otherwise the demo would talk to whatever answers there.
+        raise SystemExit(f"xmodal demo: port {port} is in use; stop what runs there or pass --port")
+    # SIGTERM ends the demo as Ctrl-C does: the server stops, the exit status is 0.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     root = data_dir / "import"
     if not (root / "shapes-train.jsonl").exists():
         print(f"generating {pairs} training pairs and a 400-picture gallery under {root}")
@@ -57,6 +84,8 @@ def run(data_dir: Path, port: int, pairs: int, epochs: int) -> int:
         with ApiClient(url) as api:
             c = api.http
             for _ in range(600):
+                if server.poll() is not None:
+                    raise SystemExit(f"xmodal demo: the server exited ({server.returncode})")
                 try:
                     if c.get("/readyz").status_code == 200:
                         break

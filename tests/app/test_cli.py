@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -73,3 +74,23 @@ def test_console_script_serves_a_saved_checkpoint(tmp_path: Path) -> None:
     # flushed the index snapshots.
     assert server.proc is not None and server.proc.returncode in (0, -signal.SIGTERM)
     assert (tmp_path / "data" / "indexes" / "c" / "text.xmidx").exists()
+
+
+def test_demo_on_a_busy_port_says_so_in_one_line(tmp_path: Path) -> None:
+    demo = tmp_path / "demo"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "app.cli", "demo", "--port", str(port), "--data-dir", str(demo)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        f"xmodal demo: port {port} is in use; stop what runs there or pass --port"
+    ]
+    assert not demo.exists()  # nothing generated, no job sent anywhere
