@@ -51,7 +51,7 @@ class Services:
     async def _load(self) -> None:
         try:
             self.store = await run_in_threadpool(open_store, self.settings)
-            self.store.on_removed.append(self.thumbnails.forget)
+            self.store.garbage.on_removed.append(self.thumbnails.forget)
             stack = await run_in_threadpool(build_stack, self.settings, self.metrics, self.store)
             stack.engine.start()
             stack.jobs.start()  # picks up jobs a restart interrupted
@@ -87,8 +87,8 @@ class Services:
         """Remove unreferenced image files older than ``grace_s`` and every unreferenced
         thumbnail; returns how many of each."""
         assert self.store is not None
-        images = self.store.sweep(grace_s)
-        thumbnails = self.thumbnails.sweep(self.store.referenced_digests())
+        images = self.store.garbage.sweep(grace_s)
+        thumbnails = self.thumbnails.sweep(self.store.garbage.referenced())
         return images, thumbnails
 
     async def stop(self) -> None:

@@ -5,12 +5,13 @@ of a collection with optional metadata filters. Writes commit to SQLite first (s
 ``index.db``) and then update the in-memory indexes under the collection's lock, so an
 acknowledged write survives a crash and is searchable once the call returns. Snapshots
 and recovery live in ``index.snapshots``, moving to another model version in
-``index.migration``. All methods block; callers on an event loop run them in an executor.
+``index.migration``, metadata filters in ``index.filters``, unreferenced image files in
+``index.garbage``, the data-dir lock in ``index.lock``. All methods block; callers on an
+event loop run them in an executor.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -30,29 +31,34 @@ from index.db import (
     DB_FILE,
     ITEM_COLUMNS,
     Database,
+    count_items,
     delete_rows,
     dumps,
     find_item,
+    hit_rows,
     item_from_row,
     max_tombstone,
+    stored_versions,
 )
 from index.errors import (
     CollectionBroken,
     CollectionExists,
-    DataDirInUse,
     DimensionMismatch,
     ModelMismatch,
     UnknownCollection,
     UnknownItem,
 )
 from index.faiss_backend import FaissBackends
+from index.filters import filter_labels
+from index.garbage import ImageGarbage
 from index.jobs import SCHEMA as JOBS_SCHEMA
 from index.jobs import cancel_jobs_of
 from index.live import SHADOW_PREFIX, LiveCollection
+from index.lock import lock_data_dir
 from index.migration import drop_unfinished
 from index.snapshots import Snapshots
 from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredVersion
-from index.values import check_filter, check_item
+from index.values import check_item
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +67,6 @@ COLLECTION_NAME_RULE = (
     "collection names are 1-64 characters of letters, digits, '_', '.', '-', "
     "starting with a letter or digit"
 )
-_SQL_CHUNK = 500  # ids per IN (...) query
-LOCK_FILE = ".lock"
 
 
 class CollectionStore:
@@ -76,18 +80,17 @@ class CollectionStore:
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock_data_dir(self.data_dir)
+        self._lock = lock_data_dir(self.data_dir)
         try:
             self.index_dir = self.data_dir / "indexes"
             self.blobs = BlobStore(self.data_dir / "blobs")
             self.store_images = store_images
             self.db = Database(self.data_dir / DB_FILE)
             self.db.apply(JOBS_SCHEMA)  # deleting a collection cancels its jobs
+            self.garbage = ImageGarbage(self.db, self.blobs)
             self.backends = backends or FaissBackends()
             self.snapshots = Snapshots(self.db, self.backends, self.index_dir, snapshot_every)
             self.collections: dict[str, LiveCollection] = {}
-            # Called with the digests of image files removed (the app drops their thumbnails).
-            self.on_removed: list[Callable[[Sequence[str]], None]] = []
             # Stored collections whose index cannot be built: listed, deletable, nothing else.
             self.broken: dict[str, CollectionInfo] = {}
             self._closed = False
@@ -112,19 +115,13 @@ class CollectionStore:
             )
         except Exception as exc:
             log.error("collection %s cannot serve: %s", name, exc)
-            counts = dict.fromkeys(Modality, 0)
-            for modality, n in self.db.writer.execute(
-                "SELECT modality, COUNT(*) FROM items WHERE collection = ? GROUP BY modality",
-                (name,),
-            ):
-                counts[Modality(modality)] = n
             self.broken[name] = CollectionInfo(
                 name,
                 spec,
                 dim,
                 model_version,
                 created_at,
-                counts,
+                count_items(self.db.writer, name),
                 dict.fromkeys(Modality, False),
                 error=f"its index {spec!r} cannot be built ({exc}); delete the collection and"
                 " create it again with a supported index",
@@ -204,7 +201,7 @@ class CollectionStore:
         else:
             with c.lock.write():
                 del self.collections[name]
-        self.collect_garbage(digests)
+        self.garbage.collect(digests)
         self.snapshots.remove_files(name)
 
     def get(self, name: str) -> LiveCollection:
@@ -323,7 +320,7 @@ class CollectionStore:
                 if gone:
                     side.tomb_mark = max(side.tomb_mark, tomb_mark)
                 side.dirty += len(gone) + len(mine)
-        self.collect_garbage([d for _, _, d in replaced if d is not None])
+        self.garbage.collect([d for _, _, d in replaced if d is not None])
 
     def delete_item(self, name: str, item_id: str) -> None:
         with self.db.write_lock:
@@ -349,7 +346,7 @@ class CollectionStore:
             side.tomb_mark = max(side.tomb_mark, int(cur.lastrowid))
             side.dirty += 1
         if old[2] is not None:
-            self.collect_garbage([old[2]])
+            self.garbage.collect([old[2]])
 
     def get_item(self, name: str, item_id: str) -> Item:
         self.get(name)
@@ -368,19 +365,7 @@ class CollectionStore:
     def existing(self, name: str, ids: Sequence[str]) -> dict[str, StoredVersion]:
         """What is stored under each of ``ids`` that exists."""
         self.get(name)
-        out: dict[str, StoredVersion] = {}
-        conn = self.db.reader()
-        unique = list(dict.fromkeys(ids))
-        for start in range(0, len(unique), _SQL_CHUNK):
-            chunk = unique[start : start + _SQL_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for row in conn.execute(
-                "SELECT id, modality, content_sha256, text, model_version FROM items"
-                f" WHERE collection = ? AND id IN ({marks})",
-                [name, *chunk],
-            ):
-                out[row[0]] = StoredVersion(Modality(row[1]), row[2], row[3], row[4])
-        return out
+        return stored_versions(self.db.reader(), name, ids)
 
     def get_item_content(self, name: str, item_id: str) -> tuple[bytes, str]:
         item = self.get_item(name, item_id)
@@ -391,40 +376,6 @@ class CollectionStore:
         except FileNotFoundError as exc:
             raise UnknownItem(f"the stored image of {item_id!r} is missing") from exc
         return data, item.media_type or "application/octet-stream"
-
-    def collect_garbage(self, digests: Sequence[str]) -> None:
-        """Remove image files no item refers to any more (call under the write lock)."""
-        removed = []
-        for digest in set(digests):
-            still = self.db.writer.execute(
-                "SELECT 1 FROM items WHERE content_sha256 = ? LIMIT 1", (digest,)
-            ).fetchone()
-            if still is None:
-                self.blobs.delete(digest)
-                removed.append(digest)
-        if removed:
-            for callback in self.on_removed:
-                callback(removed)
-
-    def referenced_digests(self) -> set[str]:
-        rows = self.db.reader().execute(
-            "SELECT DISTINCT content_sha256 FROM items WHERE content_sha256 IS NOT NULL"
-        )
-        return {r[0] for r in rows}
-
-    def sweep(self, grace_s: float) -> int:
-        """Remove image files no item refers to that were written over ``grace_s`` ago:
-        those a batch job decoded for a chunk it never committed (its collection deleted
-        meanwhile, the process killed). Younger files may belong to a chunk about to
-        commit. Returns how many were removed."""
-        referenced = self.referenced_digests()
-        orphans = [d for d in self.blobs.older_than(grace_s) if d not in referenced]
-        for start in range(0, len(orphans), _SQL_CHUNK):
-            with self.db.write_lock:  # checked again, under the lock, one at a time
-                self.collect_garbage(orphans[start : start + _SQL_CHUNK])
-        if orphans:
-            log.info("removed %d image files no item refers to", len(orphans))
-        return len(orphans)
 
     # --- search -----------------------------------------------------------------------------
     def search(
@@ -441,8 +392,7 @@ class CollectionStore:
         ``where`` keeps only items whose metadata has each key equal to its value."""
         c = self.get(name)
         _check_model(c, model_version)
-        allowed = self._filter_labels(name, target, where) if where else None
-        rows: dict[int, tuple[Any, ...]] = {}
+        allowed = filter_labels(self.db.reader(), name, target, where) if where else None
         with c.searching():
             if not self.is_current(c):
                 # Swapped for a re-embedded copy since we looked it up: the caller embeds
@@ -451,14 +401,7 @@ class CollectionStore:
             results = c.sides[target].index.search(xq, k, allowed=allowed)
             # Rows are read under the lock too, so a swap cannot delete them in between.
             wanted = sorted({int(x) for r in results for x in r.labels})
-            conn = self.db.reader()
-            for start in range(0, len(wanted), _SQL_CHUNK):
-                chunk = wanted[start : start + _SQL_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                sql = "SELECT label, id, modality, metadata, text FROM items"
-                sql += f" WHERE label IN ({marks})"
-                for row in conn.execute(sql, chunk):
-                    rows[int(row[0])] = row
+            rows = hit_rows(self.db.reader(), wanted)
         hits: list[list[Hit]] = []
         for r in results:
             found = []
@@ -469,46 +412,6 @@ class CollectionStore:
                 found.append(Hit(row[1], float(score), Modality(row[2]), _loads(row[3]), row[4]))
             hits.append(found)
         return hits
-
-    def _filter_labels(self, name: str, modality: Modality, where: dict[str, Any]) -> np.ndarray:
-        check_filter(where)
-        clauses: list[str] = []
-        params: list[Any] = []
-        for key, value in where.items():
-            if json.dumps(key, ensure_ascii=False)[1:-1] != key:
-                # SQLite matches a path's key against the stored (escaped) text, and cannot
-                # quote '"' at all: keys that JSON escapes are matched by value instead.
-                test = "type = 'null'" if value is None else "value = ?"
-                clauses.append(
-                    f"EXISTS (SELECT 1 FROM json_each(metadata) WHERE key = ? AND {test})"
-                )
-                params.extend([key] if value is None else [key, value])
-            elif value is None:
-                clauses.append("json_type(metadata, ?) = 'null'")
-                params.append(f'$."{key}"')
-            else:
-                clauses.append("json_extract(metadata, ?) = ?")
-                params.extend([f'$."{key}"', value])
-        sql = "SELECT label FROM items WHERE collection = ? AND modality = ? AND " + " AND ".join(
-            clauses
-        )
-        rows = self.db.reader().execute(sql, [name, modality.value, *params]).fetchall()
-        return np.array([r[0] for r in rows], dtype=np.int64)
-
-
-def _lock_data_dir(data_dir: Path) -> int:
-    """An exclusive lock on ``data_dir`` for as long as the store is open (the kernel drops
-    it when the process dies, kill -9 included); ``DataDirInUse`` if another holds it."""
-    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DataDirInUse(
-            f"the data dir {data_dir.resolve()} is in use by another xmodal process (a running"
-            " server?); stop it, or work through it with --server URL"
-        ) from None
-    return fd
 
 
 def _check_model(c: LiveCollection, model_version: str) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from index.types import Item, Modality, StoredItem
+from index.types import Item, Modality, StoredItem, StoredVersion
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
@@ -57,6 +57,7 @@ CREATE INDEX IF NOT EXISTS tombstones_by_collection ON tombstones (collection, m
 """
 
 DB_FILE = "xmodal.sqlite3"
+SQL_CHUNK = 500  # values per IN (...) query
 ITEM_COLUMNS = "id, modality, metadata, text, content_sha256, media_type, model_version, created_at"
 STORED_COLUMNS = (
     "label, id, modality, metadata, text, content_sha256, media_type, embedding,"
@@ -224,3 +225,43 @@ def stored_item_from_row(r: Sequence[Any]) -> StoredItem:
 def dumps(value: Any) -> str:
     """Metadata as stored: compact JSON, unicode kept."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def count_items(conn: sqlite3.Connection, collection: str) -> dict[Modality, int]:
+    counts = dict.fromkeys(Modality, 0)
+    for modality, n in conn.execute(
+        "SELECT modality, COUNT(*) FROM items WHERE collection = ? GROUP BY modality",
+        (collection,),
+    ):
+        counts[Modality(modality)] = n
+    return counts
+
+
+def hit_rows(conn: sqlite3.Connection, labels: Sequence[int]) -> dict[int, tuple[Any, ...]]:
+    """``(label, id, modality, metadata, text)`` of each of ``labels`` still stored."""
+    rows: dict[int, tuple[Any, ...]] = {}
+    for start in range(0, len(labels), SQL_CHUNK):
+        chunk = list(labels[start : start + SQL_CHUNK])
+        marks = ",".join("?" * len(chunk))
+        sql = f"SELECT label, id, modality, metadata, text FROM items WHERE label IN ({marks})"
+        for row in conn.execute(sql, chunk):
+            rows[int(row[0])] = tuple(row)
+    return rows
+
+
+def stored_versions(
+    conn: sqlite3.Connection, collection: str, ids: Sequence[str]
+) -> dict[str, StoredVersion]:
+    """What is stored under each of ``ids`` that exists."""
+    out: dict[str, StoredVersion] = {}
+    unique = list(dict.fromkeys(ids))
+    for start in range(0, len(unique), SQL_CHUNK):
+        chunk = unique[start : start + SQL_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for row in conn.execute(
+            "SELECT id, modality, content_sha256, text, model_version FROM items"
+            f" WHERE collection = ? AND id IN ({marks})",
+            [collection, *chunk],
+        ):
+            out[row[0]] = StoredVersion(Modality(row[1]), row[2], row[3], row[4])
+    return out

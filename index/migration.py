@@ -146,7 +146,7 @@ class Migration:
                     store.collections[name] = moved
             if after is not None:
                 after()
-            store.collect_garbage(digests)
+            store.garbage.collect(digests)
         for name, shadow in self.shadows.items():
             for side in store.collections[name].sides.values():
                 side.dirty += 1  # the moved indexes are snapshotted under their new name
