@@ -75,11 +75,10 @@ class IndexRunner:
 
     def check(self, collection: str | None, params: dict[str, Any]) -> dict[str, Any]:
         assert collection is not None
-        self.store.serving(collection)  # 404 now, not a failed job later
-        open_source(self.settings.import_root_dir, params["source"], params.get("format"))
-        # The job writes into this collection only, never into one created again later
-        # under the same name.
+        # 404 (or 409 for a broken one) now, not a failed job later. The job writes into
+        # this collection only, never into one created again later under the same name.
         uid = self.store.get(collection).uid
+        open_source(self.settings.import_root_dir, params["source"], params.get("format"))
         return {"source": params["source"], "format": params.get("format"), "collection_uid": uid}
 
     def run(
