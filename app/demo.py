@@ -36,10 +36,8 @@ def _wait(client: ApiClient, job_id: str, label: str) -> dict[str, Any]:
         if job.get("eta_seconds") is not None and job["state"] == "running":
             extra += f", about {job['eta_seconds']:.0f} s left"
         elapsed = time.monotonic() - started
-        sys.stderr.write(
-            f"\r{label}: {job['state']} {job['done']}/{job['total'] or '?'}"
-            f" ({elapsed:.0f} s{extra})   "
-        )
+        count = f" {job['done']}/{job['total']}" if job.get("total") else ""
+        sys.stderr.write(f"\r{label}: {job['state']}{count} ({elapsed:.0f} s{extra})   ")
 
     job = client.wait_job(job_id, show)
     sys.stderr.write("\n")

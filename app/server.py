@@ -2,11 +2,16 @@
 once, requests keep being served for ``drain_s`` so that a load balancer polling
 ``/readyz`` stops sending new ones, then uvicorn's graceful shutdown runs (stop accepting,
 let in-flight requests finish within the timeout, then the app's shutdown, which snapshots
-the indexes). A second signal skips what is left of the drain."""
+the indexes). A second signal skips what is left of the drain.
+
+A stop asked for by a signal is the normal end of a server: once the shutdown has run the
+process exits 0 (uvicorn would raise the signal again and die of it, which ``make run``
+reports as an error on every Ctrl-C)."""
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from types import FrameType
 
@@ -37,3 +42,7 @@ class DrainingServer(uvicorn.Server):
         self._draining = threading.Timer(self.drain_s, super().handle_exit, (sig, frame))
         self._draining.daemon = True
         self._draining.start()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        self._captured_signals.clear()

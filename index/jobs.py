@@ -11,8 +11,8 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -118,6 +118,9 @@ class Progress:
     failed: int = 0
     errors: Sequence[dict[str, Any]] = ()
     seconds: float = 0.0
+    # Named tallies summed into the job's ``detail["counts"]`` (an index job's new and
+    # unchanged images and texts).
+    counts: Mapping[str, int] = field(default_factory=dict)
 
 
 class JobStore:
@@ -279,16 +282,20 @@ def cancel_jobs_of(conn: sqlite3.Connection, collection: str, reason: str) -> in
 
 
 def _apply(conn: sqlite3.Connection, job_id: str, p: Progress) -> None:
-    row = conn.execute("SELECT errors FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    row = conn.execute("SELECT errors, detail FROM jobs WHERE id = ?", (job_id,)).fetchone()
     if row is None:
         raise UnknownJob(f"job {job_id!r} does not exist")
-    errors = json.loads(row[0])
+    errors, detail = json.loads(row[0]), json.loads(row[1])
     if p.errors and len(errors) < MAX_ERRORS:
         errors.extend(p.errors[: MAX_ERRORS - len(errors)])
+    if p.counts:
+        counts = detail.setdefault("counts", {})
+        for name, n in p.counts.items():
+            counts[name] = counts.get(name, 0) + n
     conn.execute(
         "UPDATE jobs SET cursor = MAX(cursor, ?), done = done + ?, failed = failed + ?,"
-        " errors = ?, run_seconds = run_seconds + ? WHERE id = ?",
-        (p.cursor, p.done, p.failed, json.dumps(errors), p.seconds, job_id),
+        " errors = ?, run_seconds = run_seconds + ?, detail = ? WHERE id = ?",
+        (p.cursor, p.done, p.failed, json.dumps(errors), p.seconds, json.dumps(detail), job_id),
     )
 
 

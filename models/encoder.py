@@ -171,6 +171,23 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
+def _drop_random_init_warning(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("No pretrained weights loaded")
+
+
+@contextlib.contextmanager
+def _random_weights_expected(expected: bool) -> Iterator[None]:
+    """OpenCLIP warns on the root logger when a model gets no weights. Random weights asked
+    for (``XMODAL_PRETRAINED=none``, the demo) are no news: the load line says so instead."""
+    root = logging.getLogger()
+    if expected:
+        root.addFilter(_drop_random_init_warning)
+    try:
+        yield
+    finally:
+        root.removeFilter(_drop_random_init_warning)
+
+
 def load_encoder(
     model_name: str,
     pretrained: str,
@@ -191,7 +208,7 @@ def load_encoder(
     if preprocess_cfg:
         kwargs["force_preprocess_cfg"] = preprocess_cfg
     try:
-        with _seeded(seed):
+        with _seeded(seed), _random_weights_expected(resolved.checkpoint is None):
             model, _, preprocess = open_clip.create_model_and_transforms(
                 model_name, pretrained=resolved.checkpoint, device="cpu", **kwargs
             )
@@ -202,7 +219,13 @@ def load_encoder(
     encoder = ClipEncoder(
         model, preprocess, tokenizer, torch_device, model_name, version or resolved.version
     )
-    log.info("loaded %s on %s (dim %d)", encoder.version, encoder.device_name, encoder.dim)
+    log.info(
+        "loaded %s on %s (dim %d%s)",
+        encoder.version,
+        encoder.device_name,
+        encoder.dim,
+        ", random weights" if resolved.checkpoint is None else "",
+    )
     return encoder
 
 

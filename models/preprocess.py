@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import signal
 import threading
 import time
 import warnings
@@ -143,6 +144,9 @@ def init_worker(parent: int | None = None) -> None:
     ``parent`` comes from the server: read here, it could already be init's if the server
     died while this worker was starting."""
     torch.set_num_threads(1)
+    # Ctrl-C at a terminal reaches every process of the group: the server stops the pool
+    # itself, so a worker taking it would only print a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     parent = os.getppid() if parent is None else parent
 

@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from app.cli.client import ApiClient, CliError
+from app.cli.parser import build_parser
 from app.cli.render import (
     finetune_summary,
     jobs_table,
@@ -27,7 +27,6 @@ from app.cli.render import (
     show_progress,
     show_training,
 )
-from models.adapt.methods import METHODS
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -270,79 +269,27 @@ def _demo(args: argparse.Namespace) -> int:
     return run(Path(args.data_dir), args.port, args.pairs, args.epochs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xmodal", description="Cross-modal retrieval service.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="Run the HTTP server (settings from XMODAL_* variables).")
-    serve.add_argument("--host", help="bind address (default: XMODAL_HOST or 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default: XMODAL_PORT or 8000)")
-    serve.set_defaults(func=_serve)
-
-    index = sub.add_parser("index", help="Build indexes from corpora on disk.")
-    index_sub = index.add_subparsers(dest="index_command", required=True)
-    build = index_sub.add_parser(
-        "build", help="Index SOURCE (relative to the import root) into a collection as a job."
-    )
-    build.add_argument(
-        "source", help="manifest (.jsonl/.csv/.parquet), image folder or .tar shards"
-    )
-    build.add_argument("--collection", required=True)
-    build.add_argument("--format", choices=["jsonl", "csv", "parquet", "folder", "webdataset"])
-    build.add_argument("--server", help="URL of a running server (default: run in this process)")
-    build.add_argument("--create", action="store_true", help="create the collection if missing")
-    build.add_argument("--index", help="FAISS spec for a collection --create makes")
-    build.add_argument(
-        "--api-key", default=os.environ.get("XMODAL_API_KEY"), help=argparse.SUPPRESS
-    )
-    build.set_defaults(func=_index_build)
-
-    jobs = sub.add_parser("jobs", help="List jobs (of a server, or of the local data dir).")
-    jobs.add_argument("--server", help="URL of a running server")
-    jobs.add_argument("--api-key", default=os.environ.get("XMODAL_API_KEY"), help=argparse.SUPPRESS)
-    jobs.set_defaults(func=_jobs)
-
-    tune = sub.add_parser("finetune", help="Fine-tune the model on image-caption pairs.")
-    tune.add_argument("source", help="manifest or folder of pairs, relative to the import root")
-    tune.add_argument("--method", default="contrastive", choices=list(METHODS))
-    tune.add_argument(
-        "--eval-source", help="separate evaluation pairs (default: hold out a fraction)"
-    )
-    tune.add_argument("--eval-fraction", type=float, default=0.1)
-    tune.add_argument("--seed", type=int, default=0)
-    tune.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="a hyperparameter, e.g. epochs=5"
-    )
-    tune.add_argument("--server", help="URL of a running server (default: run in this process)")
-    tune.add_argument("--api-key", default=os.environ.get("XMODAL_API_KEY"), help=argparse.SUPPRESS)
-    tune.set_defaults(func=_finetune)
-
-    ev = sub.add_parser("eval", help="Recall@K, MRR and median rank of a model on pairs.")
-    ev.add_argument("source", help="manifest or folder of pairs, relative to the import root")
-    ev.add_argument("--model", help="a model version (default: the configured/serving one)")
-    ev.add_argument("--server", help="URL of a running server (default: run in this process)")
-    ev.add_argument("--api-key", default=os.environ.get("XMODAL_API_KEY"), help=argparse.SUPPRESS)
-    ev.set_defaults(func=_eval)
-
-    mods = sub.add_parser("models", help="List model versions.")
-    mods.add_argument("--server", help="URL of a running server (default: the local data dir)")
-    mods.add_argument("--api-key", default=os.environ.get("XMODAL_API_KEY"), help=argparse.SUPPRESS)
-    mods.set_defaults(func=_models)
-
-    demo = sub.add_parser(
-        "demo", help="Offline demo: synthetic shapes, fine-tune, activate, serve."
-    )
-    demo.add_argument("--data-dir", default="demo-data", help="where the demo keeps everything")
-    demo.add_argument("--port", type=int, default=8000)
-    demo.add_argument("--pairs", type=int, default=2000, help="synthetic training pairs")
-    demo.add_argument("--epochs", type=int, default=25)
-    demo.set_defaults(func=_demo)
-    return parser
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "serve": _serve,
+    "index build": _index_build,
+    "jobs": _jobs,
+    "finetune": _finetune,
+    "eval": _eval,
+    "models": _models,
+    "demo": _demo,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        code: int = args.func(args)
+        code: int = HANDLERS[args.handler](args)
+    except KeyboardInterrupt:
+        # Stopping a server or the demo is their normal end; any other command was cut short.
+        if args.command in ("serve", "demo"):
+            return 0
+        print("xmodal: interrupted", file=sys.stderr)
+        return 130
     except CliError as exc:
         print(f"xmodal: {exc}", file=sys.stderr)
         return exc.code

@@ -52,11 +52,22 @@ def show_training(job: dict[str, Any]) -> None:
 
 
 def report(job: dict[str, Any]) -> int:
+    """An index job's end: its state and time, then its images and texts, new, unchanged
+    (stored already with the same content and model) and failed, then the failures."""
     sys.stderr.write("\n")
+    elapsed = ""
+    if job.get("started_at") and job.get("finished_at"):
+        elapsed = f" in {job['finished_at'] - job['started_at']:,.1f} s"
+    message = f" ({job['message']})" if job.get("message") else ""
     print(
-        f"job {job['id']} {job['state']}: {job['done']} done, {job['failed']} failed"
-        + (f" ({job['message']})" if job.get("message") else "")
+        f"job {job['id']} {job['state']}{elapsed}: {job['done']} done, {job['failed']} failed"
+        + message
     )
+    counts = job.get("detail", {}).get("counts", {})
+    for kind in ("images", "texts"):
+        new, same, bad = (counts.get(f"{kind}_{n}", 0) for n in ("new", "unchanged", "failed"))
+        if new or same or bad:
+            print(f"  {kind + ':':8}{new:>9,} new {same:>9,} unchanged {bad:>9,} failed")
     for err in job["errors"][:20]:
         print(f"  failed {err['item']}: {err['reason']}")
     if len(job["errors"]) > 20 or job["failed"] > len(job["errors"]):

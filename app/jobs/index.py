@@ -218,9 +218,12 @@ class IndexRunner:
         version = self.engine.version
         refused: set[str] = set()
 
+        counts: collections.Counter[str] = collections.Counter()
+
         def fail(record: SourceRecord, reason: str) -> None:
             nonlocal failed
             failed += 1
+            counts[f"{_plural(record.kind)}_failed"] += 1
             if record.kind == "image":
                 refused.add(record.id)
             errors.append({"item": _shown(record.id), "seq": record.seq, "reason": _shown(reason)})
@@ -231,6 +234,7 @@ class IndexRunner:
                 fail(r, d.error)
             elif d.unchanged:
                 done += 1
+                counts["images_unchanged"] += 1
             else:
                 images.append((r, d))
         for r in chunk.records:
@@ -246,11 +250,19 @@ class IndexRunner:
             known = chunk.existing.get(r.id)
             if known and known.text == r.text and known.model_version == version:
                 done += 1
+                counts["texts_unchanged"] += 1
             else:
                 texts.append(r)
+        counts["images_new"] += len(images)
+        counts["texts_new"] += len(texts)
         cursor = chunk.records[-1].seq + 1
         errors.sort(key=lambda e: int(e["seq"]))
-        return texts, images, Progress(cursor, done, failed, errors), refused
+        progress = Progress(cursor, done, failed, errors, counts=dict(counts))
+        return texts, images, progress, refused
+
+
+def _plural(kind: str) -> str:
+    return "images" if kind == "image" else "texts"
 
 
 def _shown(text: str, limit: int = 500) -> str:

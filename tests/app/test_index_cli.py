@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from bench.serving import tiny_env
 from index import CollectionStore, FaissBackends, Modality
 from models.encoder import ClipEncoder
 from models.images import decode_image
-from tests.corpus import write_folder, write_jsonl
+from tests.corpus import Corpus, write_folder, write_jsonl
 from tests.helpers import REPO, AppServer, CliRun, run_cli
 
 
@@ -39,14 +40,41 @@ def xmodal_process(*args: str, data_dir: Path, **env: str) -> subprocess.Complet
     )
 
 
+def assert_summary(stdout: str, corpus: Corpus) -> None:
+    """The job's line: its state, its time and its counts."""
+    line = rf"succeeded in [\d,]+\.\d s: {corpus.done} done, {len(corpus.failed)} failed"
+    assert re.search(line, stdout), stdout
+
+
+def split(stdout: str) -> dict[str, tuple[int, ...]]:
+    """``images: N new M unchanged K failed`` lines, by kind."""
+    rows = re.findall(
+        r"^  (images|texts): +([\d,]+) new +([\d,]+) unchanged +([\d,]+) failed$", stdout, re.M
+    )
+    return {kind: tuple(int(n.replace(",", "")) for n in ns) for kind, *ns in rows}
+
+
 def test_build_in_process_then_list_jobs(tmp_path: Path) -> None:
     data = tmp_path / "data"
     corpus = write_folder(data / "import", "pics")
     proc = xmodal("index", "build", "pics", "--collection", "local", "--create", data_dir=data)
     assert proc.returncode == 0, proc.stderr
-    assert f"succeeded: {corpus.done} done, {len(corpus.failed)} failed" in proc.stdout
+    assert_summary(proc.stdout, corpus)
+    # Images and captions apart, new apart from unchanged: the folder's broken files are
+    # images that failed.
+    failed = len(corpus.failed)
+    assert split(proc.stdout) == {
+        "images": (len(corpus.images), 0, failed),
+        "texts": (len(corpus.texts), 0, 0),
+    }
     assert "failed bad/empty.png" in proc.stdout
     assert f"{corpus.total}/{corpus.total}" in proc.stderr  # the progress bar reached the end
+    again = xmodal("index", "build", "pics", "--collection", "local", data_dir=data)
+    assert again.returncode == 0, again.stderr
+    assert split(again.stdout) == {
+        "images": (0, len(corpus.images), failed),
+        "texts": (0, len(corpus.texts), 0),
+    }
     listing = xmodal("jobs", data_dir=data)
     assert listing.returncode == 0
     assert "succeeded" in listing.stdout and "pics" in listing.stdout and "local" in listing.stdout
@@ -87,7 +115,7 @@ def test_build_against_a_running_server(server: AppServer) -> None:
         data_dir=server.data_dir,
     )
     assert proc.returncode == 0, proc.stderr
-    assert f"succeeded: {corpus.done} done, {len(corpus.failed)} failed" in proc.stdout
+    assert_summary(proc.stdout, corpus)
     listing = xmodal("jobs", "--server", server.url, data_dir=server.data_dir)
     assert corpus.source in listing.stdout
     proc = xmodal(
@@ -123,7 +151,7 @@ def test_device_decode_path_gives_the_same_neighbours(
         XMODAL_IMPORT_DEVICE_DECODE="true",
     )
     assert proc.returncode == 0, proc.stderr
-    assert f"succeeded: {corpus.done} done, {len(corpus.failed)} failed" in proc.stdout
+    assert_summary(proc.stdout, corpus)
     store = CollectionStore(data, backends=FaissBackends(use_gpu=False))
     try:
         for item_id, raw in corpus.images.items():

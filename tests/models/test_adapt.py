@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.cli.commands import build_parser
+from app.cli.parser import build_parser
 from index.types import Modality, StoredItem
 from models.adapt.methods import METHODS, check_hyperparameters
 from models.adapt.pairs import Pairs
