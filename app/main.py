@@ -60,6 +60,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        # The page names /ui/favicon.svg; tools and browsers that ask here get it too.
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
+
     app.state.keys = KeyRing([k.get_secret_value() for k in settings.api_keys])
     install_openapi(app, settings, app.state.keys.enabled)
     # Added innermost first. From the outside in: the request id, access log and request

@@ -50,6 +50,8 @@ function say(text, kind = "info") {
 
 const fail = (err) => say(err.message || String(err), "error");
 
+const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
 const collection = () => $("collection").value;
 const target = () => document.querySelector("input[name=target]:checked").value;
 const k = () => Number($("k").value);
@@ -63,7 +65,8 @@ async function loadCollections() {
   for (const c of data.collections) {
     const option = document.createElement("option");
     option.value = c.name;
-    option.textContent = `${c.name} (${c.counts.image || 0} images, ${c.counts.text || 0} texts)`;
+    const counts = `${plural(c.counts.image || 0, "image")}, ${plural(c.counts.text || 0, "text")}`;
+    option.textContent = `${c.name} (${counts})`;
     if (c.error) {
       option.disabled = true;
       option.textContent = `${c.name} (cannot serve)`;
@@ -109,6 +112,7 @@ async function searchText(text) {
 
 async function searchImage(blob, label) {
   state.last = { kind: "image", blob, label };
+  $("query").value = ""; // the image is the query now, not the text typed before
   showQueryImage(blob);
   const form = new FormData();
   form.append("file", blob, "query");
@@ -128,13 +132,19 @@ function rerun() {
 function showQueryImage(blob) {
   const img = $("query-image");
   if (img.src) URL.revokeObjectURL(img.src);
-  if (!blob) {
-    img.hidden = true;
-    img.removeAttribute("src");
-    return;
-  }
-  img.src = URL.createObjectURL(blob);
-  img.hidden = false;
+  $("query-image-box").hidden = !blob;
+  if (blob) img.src = URL.createObjectURL(blob);
+  else img.removeAttribute("src");
+}
+
+function clearImageQuery() {
+  showQueryImage(null);
+  if (state.last && state.last.kind === "image") state.last = null;
+  $("results").replaceChildren();
+  $("summary").textContent = "";
+  $("details").hidden = true;
+  say("");
+  $("query").focus();
 }
 
 async function searchWithItem(hit) {
@@ -174,11 +184,11 @@ function render(data, label) {
   const results = $("results");
   results.replaceChildren();
   $("details").hidden = true;
-  const what = target() === "image" ? "images" : "texts";
+  const what = target() === "image" ? "image" : "text";
   say("");
   $("summary").textContent = data.results.length
-    ? `${data.results.length} ${what} for ${label} (${data.took_ms.toFixed(1)} ms)`
-    : `No ${what} in ${collection()} to match ${label}.`;
+    ? `${plural(data.results.length, what)} for ${label} (${data.took_ms.toFixed(1)} ms)`
+    : `No ${what}s in ${collection()} to match ${label}.`;
   const list = document.createElement(target() === "image" ? "div" : "ol");
   list.className = target() === "image" ? "grid" : "list";
   for (const hit of data.results) {
@@ -193,8 +203,15 @@ function render(data, label) {
       img.alt = hit.id;
       img.loading = "lazy";
       setThumbnail(img, hit).catch(fail);
+      // The whole id, wrapped: ids that share a long prefix must still be told apart.
       const caption = document.createElement("figcaption");
-      caption.textContent = `${hit.score.toFixed(3)} · ${hit.id}`;
+      const score = document.createElement("span");
+      score.className = "score";
+      score.textContent = hit.score.toFixed(3);
+      const id = document.createElement("span");
+      id.className = "id";
+      id.textContent = hit.id;
+      caption.append(score, id);
       el.append(img, caption);
       el.addEventListener("click", () => searchWithItem(hit).catch(fail));
     } else {
@@ -243,11 +260,7 @@ async function loadJobs() {
     row.insertCell().textContent = job.id;
     row.insertCell().textContent = job.kind;
     row.insertCell().textContent = job.state;
-    const progress = document.createElement("progress");
-    progress.max = job.total || 1;
-    progress.value = job.total ? job.done : 0;
-    const cell = row.insertCell();
-    cell.append(progress, ` ${job.done}/${job.total ?? "?"}`);
+    row.insertCell().append(...progressOf(job));
     const eta = job.eta_seconds ? `, ${fmt(job.eta_seconds, 0)} s left` : "";
     row.insertCell().textContent = job.items_per_second ? `${fmt(job.items_per_second)}/s${eta}` : "";
     row.insertCell().textContent = job.message || "";
@@ -260,6 +273,39 @@ async function loadJobs() {
     }
   }
   if (state.reportJob) await loadReport();
+}
+
+// A bar only where there is a total to fill; a job still counting gets a moving one, and a
+// finished job with nothing to do says so (an activation with no collections, say).
+function progressOf(job) {
+  const finished = !["queued", "running"].includes(job.state);
+  if (job.total) {
+    const bar = document.createElement("progress");
+    bar.max = job.total;
+    bar.value = Math.min(job.total, job.done + job.failed);
+    return [bar, ` ${job.done + job.failed}/${job.total}`];
+  }
+  if (!finished) {
+    const bar = document.createElement("progress"); // no value: indeterminate
+    return job.state === "running" ? [bar, job.done ? ` ${job.done} so far` : ""] : [""];
+  }
+  return [job.done ? `${job.done} done` : "nothing to do"];
+}
+
+// The report's metrics in words. Recall@K and MRR: higher is better; median rank: lower.
+const METRIC_NAMES = {
+  r1: "Recall@1", r5: "Recall@5", r10: "Recall@10", mrr: "mean reciprocal rank",
+  median_rank: "median rank",
+};
+const DIRECTIONS = { t2i: "text → image", i2t: "image → text" };
+
+function metricLabel(name) {
+  const [direction, ...rest] = name.split("_");
+  const metric = METRIC_NAMES[rest.join("_")];
+  if (!DIRECTIONS[direction] || !metric) return [name, true];
+  const lowerIsBetter = metric === "median rank";
+  const label = `${DIRECTIONS[direction]} ${metric}${lowerIsBetter ? " (lower is better)" : ""}`;
+  return [label, !lowerIsBetter];
 }
 
 async function loadReport() {
@@ -277,11 +323,18 @@ async function loadReport() {
   for (const name of Object.keys(base)) {
     if (name === "pairs") continue;
     const row = tbody.insertRow();
+    const [label, higherIsBetter] = metricLabel(name);
     row.dataset.metric = name;
-    row.insertCell().textContent = name;
+    row.insertCell().textContent = label;
     row.insertCell().textContent = fmt(base[name], 2);
     row.insertCell().textContent = name in result ? fmt(result[name], 2) : "";
-    row.insertCell().textContent = name in result ? fmt(result[name] - base[name], 2) : "";
+    const change = row.insertCell();
+    if (name in result) {
+      const delta = Number((result[name] - base[name]).toFixed(2)); // as shown: no "-0.00"
+      change.textContent = `${delta > 0 ? "+" : ""}${fmt(delta, 2)}`;
+      const better = higherIsBetter ? delta > 0 : delta < 0;
+      change.className = delta === 0 ? "same" : better ? "better" : "worse";
+    }
   }
 }
 
@@ -327,6 +380,7 @@ function showPanel(id) {
     tab.classList.toggle("active", tab.dataset.panel === id);
   }
   for (const panel of document.querySelectorAll(".panel")) panel.hidden = panel.id !== id;
+  say(""); // a message belonged to the panel left behind
   clearInterval(state.polling);
   state.polling = null;
   if (id === "jobs-panel") {
@@ -351,6 +405,7 @@ function init() {
     e.preventDefault();
     searchText($("query").value).catch(fail);
   });
+  $("clear-image").addEventListener("click", clearImageQuery);
   $("image-input").addEventListener("change", (e) => {
     const file = e.target.files[0];
     if (file) searchImage(file, file.name).catch(fail);

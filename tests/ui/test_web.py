@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -166,8 +167,23 @@ def test_clicking_a_result_searches_with_that_image(page: Page, site: AppServer)
         site, image_base64=base64.b64encode(picture(index)).decode(), k=4, target="image"
     )
     assert after == expected
+    # The picture is the query now: the old text is gone and the preview shows it.
+    expect(page.locator("#query")).to_have_value("")
+    expect(page.locator("#query-image")).to_be_visible()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "ui-image-search.png"), full_page=True)
+    # The preview can be cleared, and its results with it; a text search works after.
+    page.click("#clear-image")
+    expect(page.locator("#query-image")).to_be_hidden()
+    expect(page.locator("#results .hit")).to_have_count(0)
+    expect(page.locator("#summary")).to_have_text("")
+    set_k(page, 4)
+    page.check("input[name=target][value=text]")  # no query left to re-run: nothing happens
+    expect(page.locator("#results .hit")).to_have_count(0)
+    page.check("input[name=target][value=image]")
+    page.fill("#query", "something green")
+    page.click("#search-form button")
+    assert shown_ids(page, 4) == ids
 
 
 def test_api_errors_are_shown_in_words(page: Page, site: AppServer) -> None:
@@ -189,6 +205,12 @@ def test_api_errors_are_shown_in_words(page: Page, site: AppServer) -> None:
     page.fill("#query", "   ")
     page.click("#search-form button")
     expect(status).to_contain_text("Type something to search for")
+    # The message belongs to the search tab: it is gone on another tab and on coming back.
+    page.click("button[data-panel=jobs-panel]")
+    expect(status).to_have_text("")
+    expect(status).not_to_have_class("error")
+    page.click("button[data-panel=search-panel]")
+    expect(status).to_have_text("")
 
 
 def test_api_key_is_asked_for_and_kept_in_the_session_only(
@@ -248,7 +270,7 @@ def test_jobs_panel_follows_jobs_and_shows_the_fine_tuning_report(
     index_row = page.locator(f"#jobs-body tr[data-id='{index_job}']")
     expect(index_row).to_contain_text("succeeded", timeout=60_000)
     job = httpx.get(f"{site.url}/v1/jobs/{index_job}").json()
-    expect(index_row).to_contain_text(f"{job['done']}/{job['total']}")
+    expect(index_row).to_contain_text(f"{job['done'] + job['failed']}/{job['total']}")
     tune_row = page.locator(f"#jobs-body tr[data-id='{tune_job}']")
     expect(tune_row).to_contain_text("finetune")
     tune_row.click()
@@ -258,11 +280,28 @@ def test_jobs_panel_follows_jobs_and_shows_the_fine_tuning_report(
     detail = httpx.get(f"{site.url}/v1/jobs/{tune_job}").json()["detail"]
     points = page.get_attribute("#loss-chart polyline", "points") or ""
     assert len(points.split()) == len(detail["loss_curve"]) >= 2
-    for metric in ("t2i_r1", "t2i_r5", "i2t_r10"):
+    labels = {
+        "t2i_r1": "text → image Recall@1",
+        "t2i_r5": "text → image Recall@5",
+        "i2t_r10": "image → text Recall@10",
+        "t2i_mrr": "text → image mean reciprocal rank",
+        "t2i_median_rank": "text → image median rank (lower is better)",
+        "i2t_median_rank": "image → text median rank (lower is better)",
+    }
+    for metric, label in labels.items():
         row = page.locator(f"#recall-table tr[data-metric='{metric}'] td")
         base, tuned = detail["base_metrics"][metric], detail["result_metrics"][metric]
+        assert row.nth(0).inner_text() == label  # words, not the API's field names
         assert row.nth(1).inner_text() == f"{base:.2f}"
         assert row.nth(2).inner_text() == f"{tuned:.2f}"
+        # The change is marked better or worse by the metric's direction: a smaller
+        # median rank is an improvement.
+        delta = round(tuned - base, 2)
+        lower_is_better = metric.endswith("median_rank")
+        improved = delta < 0 if lower_is_better else delta > 0
+        verdict = "same" if delta == 0 else "better" if improved else "worse"
+        assert row.nth(3).inner_text() == ("+" if delta > 0 else "") + f"{delta:.2f}"
+        assert row.nth(3).get_attribute("class") == verdict, (metric, base, tuned)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "ui-finetune-report.png"), full_page=True)
 
@@ -321,3 +360,112 @@ def test_the_api_pages_render_offline(
         assert not foreign, foreign
     finally:
         context.close()
+
+
+def test_long_ids_are_shown_whole_and_counts_in_the_singular(page: Page, site: AppServer) -> None:
+    """Ids that share a long prefix stay apart on the page: each is shown whole, inside
+    its tile; one image and one text are "1 image, 1 text"."""
+    prefix = "holiday-2024-summer-by-the-sea-camera-roll-"
+    ids = [f"{prefix}{i:06d}" for i in range(3)]
+    with httpx.Client(base_url=site.url, timeout=60) as c:
+        assert c.post("/v1/collections", json={"name": "long-ids"}).status_code == 201
+        files = [("files", (f"{i}.png", picture(i), "image/png")) for i in range(3)]
+        assert c.post("/v1/collections/long-ids/images", files=files, data={"ids": ids}).is_success
+        assert c.post("/v1/collections", json={"name": "single"}).status_code == 201
+        assert c.post(
+            "/v1/collections/single/images",
+            files=[("files", ("a.png", picture(0), "image/png"))],
+            data={"ids": ["only"]},
+        ).is_success
+        texts = {"items": [{"id": "t", "text": "one caption"}]}
+        assert c.post("/v1/collections/single/texts", json=texts).is_success
+    page.reload()
+    expect(page.locator("#collection option[value=single]")).to_have_text(
+        "single (1 image, 1 text)"
+    )
+    page.select_option("#collection", "long-ids")
+    set_k(page, 3)
+    page.fill("#query", "a picture")
+    page.click("#search-form button")
+    shown = shown_ids(page, 3)
+    assert sorted(shown) == ids
+    for item_id in shown:
+        tile = page.locator(f"#results .hit[data-id='{item_id}']")
+        label = tile.locator("figcaption .id")
+        assert label.inner_text() == item_id
+        fits = label.evaluate(
+            """el => {
+                const box = el.getBoundingClientRect(), tile = el.closest('figure')
+                    .getBoundingClientRect();
+                return el.scrollWidth <= el.clientWidth && box.right <= tile.right + 0.5
+                    && box.bottom <= tile.bottom + 0.5;
+            }"""
+        )
+        assert fits, item_id
+    page.select_option("#collection", "single")
+    set_k(page, 5)
+    page.fill("#query", "a picture")
+    page.click("#search-form button")
+    expect(page.locator("#summary")).to_contain_text("1 image for")
+
+
+def test_the_page_asks_for_nothing_that_is_missing(browser: Browser, site: AppServer) -> None:
+    """No 404 on loading the page (the favicon included), and no console errors."""
+    context = browser.new_context()
+    page = context.new_page()
+    failures: list[str] = []
+    errors: list[str] = []
+    page.on("response", lambda r: failures.append(r.url) if r.status >= 400 else None)
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    try:
+        page.goto(site.url + "/")
+        expect(page.locator("#collection option")).not_to_have_count(0)
+        page.wait_for_load_state("networkidle")
+        icon = page.get_attribute("link[rel=icon]", "href")
+        assert icon is not None
+        for path in (icon, "/favicon.ico"):
+            r = httpx.get(site.url + path)
+            assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg")
+            assert b"<svg" in r.content
+        assert not failures and not errors, (failures, errors)
+    finally:
+        context.close()
+
+
+def test_a_job_with_nothing_to_count_shows_no_empty_bar(browser: Browser, tmp_path: Path) -> None:
+    """Activating a version on a server without collections re-embeds nothing: the row
+    says so instead of showing a 0/0 bar."""
+    server = AppServer(tmp_path / "data").start()
+    try:
+        write_dataset(server.data_dir / "import", "pairs", 64, seed=5, side=32)
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            tune = {"source": "pairs.jsonl", "method": "linear", "eval_fraction": 0.25}
+            job_id = c.post("/v1/finetune", json=tune).json()["id"]
+            job = wait_job(c, job_id)
+            assert job["state"] == "succeeded", job
+            version = job["detail"]["version"]
+            activation = c.post(f"/v1/models/{version}/activate", json={"force": True}).json()
+            job = wait_job(c, activation["id"])
+            assert job["state"] == "succeeded" and not job["total"], job
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(server.url + "/")
+        page.click("button[data-panel=jobs-panel]")
+        row = page.locator(f"#jobs-body tr[data-id='{activation['id']}']")
+        expect(row).to_contain_text("nothing to do")
+        expect(row.locator("progress")).to_have_count(0)
+        tuned = page.locator(f"#jobs-body tr[data-id='{job_id}']")
+        expect(tuned.locator("progress")).to_have_count(1)  # a job with a total keeps its bar
+        context.close()
+    finally:
+        server.stop()
+
+
+def wait_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] not in ("queued", "running"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish")
