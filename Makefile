@@ -27,8 +27,9 @@ run-tiny: install
 	XMODAL_MODEL=xmodal-tiny XMODAL_PRETRAINED=none $(BIN)/xmodal serve
 
 ## Offline demo: synthetic shapes, fine-tune xmodal-tiny, activate it, index a gallery, serve.
+## DEMO_ARGS passes options on (`make demo DEMO_ARGS="--port 8080"`; `xmodal demo --help`).
 demo: install
-	$(BIN)/xmodal demo
+	$(BIN)/xmodal demo $(DEMO_ARGS)
 
 ## Debian's chromium, for the web page's end-to-end tests (driven by Playwright).
 browser:

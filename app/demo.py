@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from app.cli.client import ApiClient
-from models.synthetic import write_dataset
+from models.synthetic import write_dataset, write_samples
 
 EXAMPLES = ("a small red circle", "a large blue square", "a green cross at the top left")
 
@@ -67,6 +67,8 @@ def run(data_dir: Path, port: int, pairs: int, epochs: int) -> int:
         print(f"generating {pairs} training pairs and a 400-picture gallery under {root}")
         write_dataset(root, "shapes-train", pairs, seed=0, domain="a", side=64)
         write_dataset(root, "shapes-gallery", 400, seed=1, domain="a", side=64)
+    # A few named pictures for trying the API by hand (the README's first session).
+    write_samples(data_dir / "samples")
     env = {
         **os.environ,
         "XMODAL_MODEL": "xmodal-tiny",

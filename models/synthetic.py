@@ -170,3 +170,23 @@ def write_dataset(
             }
             f.write(json.dumps(row) + "\n")
     return manifest
+
+
+# Named pictures for a first session by hand (the README's examples use them).
+NAMED_SAMPLES = {
+    "red-circle": Sample("circle", "red", "small", "center", "white", "plain", 11),
+    "blue-square": Sample("square", "blue", "large", "top left", "grey", "plain", 12),
+    "green-cross": Sample("cross", "green", "large", "center", "black", "plain", 13),
+    "yellow-triangle": Sample("triangle", "yellow", "small", "bottom right", "white", "plain", 14),
+}
+
+
+def write_samples(folder: Path, side: int = 64) -> list[Path]:
+    """Write the named pictures (``red-circle.png``, ...) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, sample in NAMED_SAMPLES.items():
+        path = folder / f"{name}.png"
+        render(sample, side).save(path)
+        paths.append(path)
+    return paths

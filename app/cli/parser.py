@@ -147,7 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = command("demo", "Offline demo: synthetic shapes, fine-tune, activate, serve.")
     demo.add_argument("--data-dir", default="demo-data", help="where the demo keeps everything")
-    demo.add_argument("--port", type=int, default=8000, help="port of the demo's server")
+    demo.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("XMODAL_PORT") or 8000),
+        help="port of the demo's server (XMODAL_PORT or 8000)",
+    )
     demo.add_argument("--pairs", type=int, default=2000, help="synthetic training pairs")
     demo.add_argument("--epochs", type=int, default=25, help="fine-tuning epochs")
     demo.set_defaults(handler="demo")
