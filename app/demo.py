@@ -56,6 +56,33 @@ def port_in_use(port: int) -> bool:
     return False
 
 
+def listener_pids(port: int) -> set[int] | None:
+    """The processes holding a listening TCP socket on ``port``, from ``/proc``; None where
+    there is no ``/proc`` to read (not Linux)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    if not Path("/proc/self/fd").is_dir():
+        return None
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                pids.add(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return pids
+
+
 def run(data_dir: Path, port: int, pairs: int, epochs: int) -> int:
     if port_in_use(port):
         # Otherwise the demo would talk to whatever answers there.
@@ -92,6 +119,11 @@ def run(data_dir: Path, port: int, pairs: int, epochs: int) -> int:
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.2)
+            # Whatever answers must be the server started here, not one that took the port
+            # between the check above and its start.
+            holders = listener_pids(port)
+            if holders is not None and server.pid not in holders:
+                raise SystemExit(f"xmodal demo: another process answers on port {port}")
             active = c.get("/readyz").json()["model"]
             if active.startswith("xmodal-tiny@random"):
                 tune = {

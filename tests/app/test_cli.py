@@ -133,3 +133,16 @@ def test_serve_help_names_the_model_settings() -> None:
     for setting in ("XMODAL_MODEL ", "XMODAL_PRETRAINED ", "XMODAL_DEVICE ", "XMODAL_DATA_DIR "):
         assert setting in proc.stdout
     assert "[ViT-B-32]" in proc.stdout and "xmodal-tiny" in proc.stdout
+
+
+def test_the_demo_knows_which_process_holds_its_port() -> None:
+    """The demo checks that the server answering on its port is the one it started."""
+    from app.demo import listener_pids
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        assert listener_pids(port) == set()  # bound, not listening yet
+        listener.listen()
+        assert listener_pids(port) == {os.getpid()}
+    assert listener_pids(port) == set()
