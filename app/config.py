@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     max_texts_per_request: Annotated[int, Field(ge=1)] = Field(
         256, description="Most texts in one indexing or embed request (413 beyond)."
     )
+    max_batch_queries: Annotated[int, Field(ge=1)] = Field(
+        64, description="Most searches in one `search/batch` request (413 beyond)."
+    )
     max_text_chars: Annotated[int, Field(ge=1)] = Field(
         65_536,
         description="Longest text accepted (413 beyond); texts longer than the model's "

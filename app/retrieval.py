@@ -5,9 +5,11 @@ parse and map."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from app.config import Settings
 from app.engine import Engine, PreparedImage
 from app.errors import ApiError, bad_request, too_large
+from app.ranking import Page, SearchSpec, combine, first_depth, rank
 from index import CollectionInfo, CollectionStore, Hit, Modality, ModelMismatch, NewItem
 
 Encode = Callable[[str], Awaitable[np.ndarray]]  # model version -> vectors
@@ -27,6 +30,18 @@ class Query:
 
     modality: Modality
     encode: Encode
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a combined query: a text or an image (``query``) or a stored item
+    (``item_id``: its vector, not encoded again), with its weight. An item is left out of
+    the results unless ``exclude`` is false."""
+
+    weight: float = 1.0
+    query: Query | None = None
+    item_id: str | None = None
+    exclude: bool = True
 
 
 class Retrieval:
@@ -87,36 +102,123 @@ class Retrieval:
 
         return Query(Modality.IMAGE, encode)
 
-    async def search(
-        self,
-        name: str,
-        query: Query,
-        k: int,
-        target: Modality | None = None,
-        where: dict[str, Any] | None = None,
-    ) -> list[Hit]:
-        """The best ``k`` items of ``target`` (default: the other modality). During an
-        activation a collection can switch version between embedding and searching; the
-        search then runs once more, so every answer comes from one version."""
-        self.check_k(k)
+    async def search(self, name: str, parts: Sequence[Part], spec: SearchSpec) -> Page:
+        """A page of the ranking for the weighted sum of ``parts`` (see ``app.ranking``).
+        During an activation a collection can switch version between embedding and
+        searching; the search then runs once more, so every answer comes from one
+        version."""
+        pages = await self.search_many(name, [(parts, spec)])
+        return pages[0]
+
+    async def search_many(
+        self, name: str, queries: Sequence[tuple[Sequence[Part], SearchSpec]]
+    ) -> list[Page]:
+        """Several searches of one collection: embedded together (the encoder batches
+        them) and searched as one matrix per target and filter, as FAISS does fastest."""
+        for _, spec in queries:
+            self.check_page(spec)
         for attempt in (1, 2):
             info = await self.collection(name)
             try:
-                xq = await query.encode(info.model_version)  # may be unloaded meanwhile
-                hits = await run_in_threadpool(
-                    self.store.search,
-                    name,
-                    target or query.modality.other,
-                    xq,
-                    k,
-                    model_version=info.model_version,
-                    where=where,
+                vectors = await asyncio.gather(
+                    *(self._vector(name, parts, info.model_version) for parts, _ in queries)
                 )
-                return hits[0]
+                planned = [
+                    replace(
+                        spec,
+                        target=spec.target or default_target,
+                        exclude=spec.exclude | own,
+                    )
+                    for (_, spec), (_, default_target, own) in zip(queries, vectors, strict=True)
+                ]
+                return await run_in_threadpool(
+                    self._rank_all, name, info.model_version, [v for v, _, _ in vectors], planned
+                )
             except ModelMismatch:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def check_page(self, spec: SearchSpec) -> None:
+        self.check_k(spec.k)
+        if spec.offset < 0 or spec.offset + spec.k > self.settings.max_k:
+            raise bad_request(
+                f"offset + k must be at most {self.settings.max_k} (offset {spec.offset}, "
+                f"k {spec.k})",
+                code="invalid_k",
+            )
+
+    async def _vector(
+        self, name: str, parts: Sequence[Part], version: str
+    ) -> tuple[np.ndarray, Modality, frozenset[str]]:
+        """The query's vector, the modality searched by default, and the ids of the items
+        it is made of. With a stored item among the parts: the first item's modality (more
+        like this); else the other modality of its first text or image."""
+        weighted: list[tuple[float, np.ndarray]] = []
+        own: set[str] = set()
+        default: Modality | None = None
+        item_modality: Modality | None = None
+        for part in parts:
+            if part.item_id is not None:
+                modality, vector = await run_in_threadpool(
+                    self.store.item_vector, name, part.item_id, version
+                )
+                item_modality = item_modality or modality
+                if part.exclude:
+                    own.add(part.item_id)
+            else:
+                assert part.query is not None
+                default = default or part.query.modality.other
+                vector = (await part.query.encode(version))[0]
+            weighted.append((part.weight, vector))
+        combined = combine(weighted)
+        if combined is None:
+            raise bad_request(
+                "the query's parts cancel out: their weighted sum is zero", code="empty_query"
+            )
+        target = item_modality or default
+        assert target is not None
+        return combined, target, frozenset(own)
+
+    def _rank_all(
+        self, name: str, version: str, vectors: Sequence[np.ndarray], specs: Sequence[SearchSpec]
+    ) -> list[Page]:
+        """Each query's page; queries that share a target and a filter are searched as
+        one matrix at the deepest first depth among them."""
+        pages: list[Page | None] = [None] * len(specs)
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for i, spec in enumerate(specs):
+            key = (spec.target, json.dumps(spec.where, sort_keys=True), spec.dedup is not None)
+            groups.setdefault(key, []).append(i)
+        max_depth = 4 * self.settings.max_k
+        for members in groups.values():
+            first = specs[members[0]]
+            assert first.target is not None
+            depth = max(first_depth(specs[i]) for i in members)
+
+            def fetch(depth: int, rows: np.ndarray, spec: SearchSpec = first) -> list[list[Hit]]:
+                assert spec.target is not None
+                return self.store.search(
+                    name,
+                    spec.target,
+                    rows,
+                    depth,
+                    model_version=version,
+                    where=spec.where,
+                    with_vectors=spec.dedup is not None,
+                )
+
+            matrix = np.stack([vectors[i] for i in members])
+            hits = fetch(depth, matrix)
+            for i, found in zip(members, hits, strict=True):
+                spec, row = specs[i], vectors[i][None, :]
+                one = found[: first_depth(spec)]  # as deep as this query alone would ask
+
+                def deeper(depth: int, row: np.ndarray = row) -> list[Hit]:
+                    return fetch(depth, row)[0]
+
+                pages[i] = rank(deeper, spec, max_depth, one)
+        return [p for p in pages if p is not None]
 
     # --- writes -----------------------------------------------------------------------------
     async def add_texts(self, name: str, items: Sequence[NewItem]) -> list[str]:

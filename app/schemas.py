@@ -68,17 +68,75 @@ class ItemOut(BaseModel):
 
 
 # --- search -----------------------------------------------------------------------------------
+MAX_QUERY_PARTS = 8
+
+
+class QueryPart(BaseModel):
+    text: str | None = Field(None, description="A text to embed.")
+    image_base64: str | None = Field(None, description="An image to embed, base64 (or a data URL).")
+    item_id: ItemId | None = Field(
+        None,
+        min_length=1,
+        max_length=512,
+        pattern=ID_PATTERN,
+        description="A stored item of the collection: its vector, not encoded again.",
+    )
+    weight: float = Field(
+        1.0, ge=-10, le=10, description="Its weight in the sum; negative pushes away."
+    )
+
+
 class SearchRequest(BaseModel):
-    text: str | None = Field(
-        None, description="Query text; give it or `image_base64`, not both (400 otherwise)."
-    )
+    text: str | None = Field(None, description="Query text (a one-part `query`).")
     image_base64: str | None = Field(
-        None, description="Query image, base64-encoded bytes (or a data URL)."
+        None, description="Query image, base64-encoded bytes or a data URL (a one-part `query`)."
     )
-    target: Modality | None = Field(None, description="Modality to search; default: the other one.")
+    item_id: ItemId | None = Field(
+        None,
+        min_length=1,
+        max_length=512,
+        pattern=ID_PATTERN,
+        description="More like this stored item (a one-part `query`).",
+    )
+    query: list[QueryPart] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_QUERY_PARTS,
+        description="Parts (each one of `text`, `image_base64`, `item_id`) whose weighted sum "
+        "of vectors, normalised, is searched. Give `query`, `text`, `image_base64` or "
+        "`item_id`: exactly one.",
+    )
+    target: Modality | None = Field(
+        None,
+        description="Modality to search. Default: the modality of the first stored item "
+        "among the parts (more like this), else the other modality of the first text or image.",
+    )
     k: int = Field(10, description="How many results, 1 to `XMODAL_MAX_K` (1000).")
+    offset: int = Field(
+        0, ge=0, description="Results to skip (pages); `offset + k` at most `XMODAL_MAX_K`."
+    )
     filter: dict[str, FilterValue] | None = Field(
         None, description="Keep items whose metadata has each key equal to its value."
+    )
+    min_score: float | None = Field(
+        None, ge=-1, le=1, description="Leave out hits scoring below this cosine."
+    )
+    min_relative: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Leave out hits scoring below `best - (1 - min_relative) * |best|` "
+        "(for a positive best score: below `min_relative` times it).",
+    )
+    dedup: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Collapse near-duplicates: a hit whose vector is at least this cosine "
+        "to a better hit's is left out.",
+    )
+    include_self: bool = Field(
+        False, description="Keep the query's own stored items (`item_id`) in the results."
     )
 
 
@@ -92,6 +150,25 @@ class SearchHit(BaseModel):
 
 class SearchResponse(BaseModel):
     results: list[SearchHit]
+    next_offset: int | None = Field(
+        None, description="`offset` of the next page; null when this page is the last."
+    )
+    took_ms: float
+
+
+class BatchSearchRequest(BaseModel):
+    queries: list[SearchRequest] = Field(
+        min_length=1, description="Searches, each as `POST .../search` takes it."
+    )
+
+
+class BatchAnswer(BaseModel):
+    results: list[SearchHit]
+    next_offset: int | None = None
+
+
+class BatchSearchResponse(BaseModel):
+    answers: list[BatchAnswer] = Field(description="One per query, in their order.")
     took_ms: float
 
 

@@ -12,7 +12,6 @@ event loop run them in an executor.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -35,7 +34,6 @@ from index.db import (
     delete_rows,
     dumps,
     find_item,
-    hit_rows,
     item_from_row,
     max_tombstone,
     stored_versions,
@@ -44,18 +42,17 @@ from index.errors import (
     CollectionBroken,
     CollectionExists,
     DimensionMismatch,
-    ModelMismatch,
     UnknownCollection,
     UnknownItem,
 )
 from index.faiss_backend import FaissBackends
-from index.filters import filter_labels
 from index.garbage import ImageGarbage
 from index.jobs import SCHEMA as JOBS_SCHEMA
 from index.jobs import cancel_jobs_of
 from index.live import SHADOW_PREFIX, LiveCollection
 from index.lock import lock_data_dir
 from index.migration import drop_unfinished
+from index.search import check_model, item_vector, search_collection
 from index.snapshots import Snapshots
 from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredVersion
 from index.values import check_item
@@ -238,7 +235,7 @@ class CollectionStore:
             raise DimensionMismatch(
                 f"expected {len(items)} vectors of dimension {c.dim}, got shape {vectors.shape}"
             )
-        _check_model(c, model_version)
+        check_model(c, model_version)
         for it in items:
             check_item(it.id, it.text, it.metadata)
         if not items and extra is None:
@@ -387,47 +384,28 @@ class CollectionStore:
         *,
         model_version: str,
         where: dict[str, Any] | None = None,
+        with_vectors: bool = False,
     ) -> list[list[Hit]]:
-        """Best ``k`` items of modality ``target`` for each query row, best first;
-        ``where`` keeps only items whose metadata has each key equal to its value."""
-        c = self.get(name)
-        _check_model(c, model_version)
-        allowed = filter_labels(self.db.reader(), name, target, where) if where else None
-        with c.searching():
-            if not self.is_current(c):
-                # Swapped for a re-embedded copy since we looked it up: the caller embeds
-                # the query again for the version now there.
-                raise ModelMismatch(f"collection {name!r} moved to another model version")
-            results = c.sides[target].index.search(xq, k, allowed=allowed)
-            # Rows are read under the lock too, so a swap cannot delete them in between.
-            wanted = sorted({int(x) for r in results for x in r.labels})
-            rows = hit_rows(self.db.reader(), wanted)
-        hits: list[list[Hit]] = []
-        for r in results:
-            found = []
-            for label, score in zip(r.labels, r.scores, strict=True):
-                row = rows.get(int(label))
-                if row is None:  # deleted between the index search and this read
-                    continue
-                found.append(Hit(row[1], float(score), Modality(row[2]), _loads(row[3]), row[4]))
-            hits.append(found)
-        return hits
-
-
-def _check_model(c: LiveCollection, model_version: str) -> None:
-    if model_version != c.model_version:
-        raise ModelMismatch(
-            f"collection {c.name!r} holds vectors of model {c.model_version!r}, but the server "
-            f"runs {model_version!r}; serve that model or re-create the collection"
+        """Best ``k`` items of modality ``target`` for each query row (``index.search``)."""
+        return search_collection(
+            self,
+            name,
+            target,
+            xq,
+            k,
+            model_version=model_version,
+            where=where,
+            with_vectors=with_vectors,
         )
+
+    def item_vector(
+        self, name: str, item_id: str, model_version: str
+    ) -> tuple[Modality, np.ndarray]:
+        """The modality and stored vector of one item."""
+        return item_vector(self, name, item_id, model_version)
 
 
 def _digest(item: NewItem) -> str | None:
     if item.content is not None:
         return sha256_hex(item.content)
     return item.content_sha256
-
-
-def _loads(text: str) -> dict[str, Any]:
-    value: dict[str, Any] = json.loads(text)
-    return value

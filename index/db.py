@@ -237,13 +237,17 @@ def count_items(conn: sqlite3.Connection, collection: str) -> dict[Modality, int
     return counts
 
 
-def hit_rows(conn: sqlite3.Connection, labels: Sequence[int]) -> dict[int, tuple[Any, ...]]:
-    """``(label, id, modality, metadata, text)`` of each of ``labels`` still stored."""
+def hit_rows(
+    conn: sqlite3.Connection, labels: Sequence[int], vectors: bool = False
+) -> dict[int, tuple[Any, ...]]:
+    """``(label, id, modality, metadata, text)`` of each of ``labels`` still stored, with
+    the stored vector's bytes last if ``vectors``."""
     rows: dict[int, tuple[Any, ...]] = {}
+    columns = "label, id, modality, metadata, text" + (", embedding" if vectors else "")
     for start in range(0, len(labels), SQL_CHUNK):
         chunk = list(labels[start : start + SQL_CHUNK])
         marks = ",".join("?" * len(chunk))
-        sql = f"SELECT label, id, modality, metadata, text FROM items WHERE label IN ({marks})"
+        sql = f"SELECT {columns} FROM items WHERE label IN ({marks})"
         for row in conn.execute(sql, chunk):
             rows[int(row[0])] = tuple(row)
     return rows

@@ -79,6 +79,8 @@ class Hit:
     modality: Modality
     metadata: dict[str, Any]
     text: str | None
+    label: int = field(default=-1, compare=False)  # the store's row label (ties break on it)
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

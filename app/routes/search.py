@@ -2,16 +2,27 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, UploadFile
 
 from app.auth import ReadAccess
 from app.bodies import StrictJSONRoute, loads
+from app.config import Settings
 from app.deps import RetrievalDep, SettingsDep
-from app.errors import ApiError, bad_request
+from app.errors import ApiError, bad_request, too_large
 from app.openapi import errors
-from app.schemas import SearchHit, SearchRequest, SearchResponse
+from app.ranking import SearchSpec
+from app.retrieval import Part, Retrieval
+from app.schemas import (
+    BatchAnswer,
+    BatchSearchRequest,
+    BatchSearchResponse,
+    QueryPart,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+)
 from app.uploads import decode_base64, read_upload
 from index import Hit, InvalidValue, Modality
 
@@ -23,33 +34,107 @@ router = APIRouter(
 )
 
 
-def _response(hits: list[Hit], started: float) -> SearchResponse:
-    return SearchResponse(
-        results=[
-            SearchHit(id=h.id, score=h.score, modality=h.modality, metadata=h.metadata, text=h.text)
-            for h in hits
-        ],
-        took_ms=round((time.perf_counter() - started) * 1000, 3),
+def _hits(hits: list[Hit]) -> list[SearchHit]:
+    return [
+        SearchHit(id=h.id, score=h.score, modality=h.modality, metadata=h.metadata, text=h.text)
+        for h in hits
+    ]
+
+
+def _took(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def spec_of(body: SearchRequest) -> SearchSpec:
+    return SearchSpec(
+        k=body.k,
+        offset=body.offset,
+        target=body.target,
+        where=body.filter,
+        min_score=body.min_score,
+        min_relative=body.min_relative,
+        dedup=body.dedup,
     )
+
+
+async def parts_of(body: SearchRequest, retrieval: Retrieval, settings: Settings) -> list[Part]:
+    """The query's parts: ``query``, or the one of ``text``, ``image_base64``, ``item_id``."""
+    shorthands = (body.text, body.image_base64, body.item_id)
+    given = sum(x is not None for x in (*shorthands, body.query))
+    if given == 0:
+        raise bad_request(
+            "the query is empty: give text, image_base64, item_id or query", code="empty_query"
+        )
+    if given > 1:
+        raise bad_request(
+            "give exactly one of query, text, image_base64 or item_id", code="invalid_query"
+        )
+    raw = body.query or [
+        QueryPart(text=body.text, image_base64=body.image_base64, item_id=body.item_id)
+    ]
+    parts = []
+    for i, part in enumerate(raw):
+        where = f"query[{i}]" if body.query else "the query"
+        if sum(x is not None for x in (part.text, part.image_base64, part.item_id)) != 1:
+            raise bad_request(
+                f"{where} needs exactly one of text, image_base64 or item_id",
+                code="invalid_query",
+            )
+        if part.item_id is not None:
+            parts.append(Part(part.weight, item_id=part.item_id, exclude=not body.include_self))
+        elif part.image_base64 is not None:
+            data = decode_base64(part.image_base64, settings.max_upload_bytes)
+            parts.append(Part(part.weight, await retrieval.image_query(data, where)))
+        else:
+            parts.append(Part(part.weight, retrieval.text_query(part.text)))
+    return parts
 
 
 @router.post("/search", responses=errors(400, 404, 409, 413, 415, 429, 504))
 async def search(
     name: str, body: SearchRequest, retrieval: RetrievalDep, settings: SettingsDep
 ) -> SearchResponse:
-    """Search with a text or a base64 image; `target` defaults to the other modality."""
+    """Search with a text, an image, a stored item or a weighted combination of them;
+    with score cut-offs, pages and near-duplicate collapse."""
     started = time.perf_counter()
-    retrieval.check_k(body.k)
-    if body.text is not None and body.image_base64 is not None:
-        raise bad_request("give either text or image_base64, not both")
+    spec = spec_of(body)
+    retrieval.check_page(spec)
     await retrieval.collection(name)
-    if body.image_base64 is not None:
-        data = decode_base64(body.image_base64, settings.max_upload_bytes)
-        query = await retrieval.image_query(data, "image_base64")
-    else:
-        query = retrieval.text_query(body.text)
-    hits = await retrieval.search(name, query, body.k, body.target, body.filter)
-    return _response(hits, started)
+    parts = await parts_of(body, retrieval, settings)
+    page = await retrieval.search(name, parts, spec)
+    return SearchResponse(
+        results=_hits(page.hits), next_offset=page.next_offset, took_ms=_took(started)
+    )
+
+
+@router.post("/search/batch", responses=errors(400, 404, 409, 413, 415, 429, 504))
+async def search_batch(
+    name: str, body: BatchSearchRequest, retrieval: RetrievalDep, settings: SettingsDep
+) -> BatchSearchResponse:
+    """Many searches at once: embedded together and searched as one matrix per target
+    and filter. One bad query refuses the whole request, naming it."""
+    started = time.perf_counter()
+    if len(body.queries) > settings.max_batch_queries:
+        raise too_large(
+            f"{len(body.queries)} searches in one request; the limit is "
+            f"{settings.max_batch_queries}"
+        )
+    specs = [spec_of(q) for q in body.queries]
+    for i, spec in enumerate(specs):
+        try:
+            retrieval.check_page(spec)
+        except ApiError as exc:
+            raise ApiError(exc.status, exc.code, f"queries[{i}]: {exc.message}") from exc
+    await retrieval.collection(name)
+    queries = []
+    for i, (q, spec) in enumerate(zip(body.queries, specs, strict=True)):
+        try:
+            queries.append((await parts_of(q, retrieval, settings), spec))
+        except ApiError as exc:
+            raise ApiError(exc.status, exc.code, f"queries[{i}]: {exc.message}") from exc
+    pages = await retrieval.search_many(name, queries)
+    answers = [BatchAnswer(results=_hits(p.hits), next_offset=p.next_offset) for p in pages]
+    return BatchSearchResponse(answers=answers, took_ms=_took(started))
 
 
 @router.post("/search/image", responses=errors(400, 404, 409, 413, 415, 429, 504))
@@ -60,25 +145,51 @@ async def search_by_upload(
     settings: SettingsDep,
     target: Annotated[Modality | None, Form()] = None,
     k: Annotated[int, Form()] = 10,
+    offset: Annotated[int, Form(ge=0)] = 0,
     filter: Annotated[
         str | None, Form(description="JSON object: metadata key equals value.")
     ] = None,
+    weight: Annotated[float, Form(ge=-10, le=10, description="The image's weight.")] = 1.0,
+    text: Annotated[
+        str | None, Form(description="A text to combine with the image (a second part).")
+    ] = None,
+    text_weight: Annotated[float, Form(ge=-10, le=10)] = 1.0,
+    min_score: Annotated[float | None, Form(ge=-1, le=1)] = None,
+    min_relative: Annotated[float | None, Form(ge=0, le=1)] = None,
+    dedup: Annotated[float | None, Form(gt=0, le=1)] = None,
 ) -> SearchResponse:
-    """Search with an uploaded image (multipart)."""
+    """Search with an uploaded image (multipart), optionally combined with a text."""
     started = time.perf_counter()
-    retrieval.check_k(k)
-    where = None
-    if filter:
-        try:
-            where = loads(filter, "filter")
-        except json.JSONDecodeError as exc:
-            raise ApiError(422, "invalid_request", f"filter is not valid JSON: {exc.msg}") from exc
-        except InvalidValue as exc:
-            raise ApiError(422, "invalid_request", str(exc)) from exc
-        if not isinstance(where, dict):
-            raise ApiError(422, "invalid_request", "filter must be a JSON object")
+    spec = SearchSpec(
+        k=k,
+        offset=offset,
+        target=target,
+        where=_form_filter(filter),
+        min_score=min_score,
+        min_relative=min_relative,
+        dedup=dedup,
+    )
+    retrieval.check_page(spec)
     await retrieval.collection(name)
     data = await read_upload(file, settings.max_upload_bytes)
-    query = await retrieval.image_query(data, file.filename or "file")
-    hits = await retrieval.search(name, query, k, target, where)
-    return _response(hits, started)
+    parts = [Part(weight, await retrieval.image_query(data, file.filename or "file"))]
+    if text is not None:
+        parts.append(Part(text_weight, retrieval.text_query(text)))
+    page = await retrieval.search(name, parts, spec)
+    return SearchResponse(
+        results=_hits(page.hits), next_offset=page.next_offset, took_ms=_took(started)
+    )
+
+
+def _form_filter(value: str | None) -> dict[str, Any] | None:
+    if not value:
+        return None
+    try:
+        where = loads(value, "filter")
+    except json.JSONDecodeError as exc:
+        raise ApiError(422, "invalid_request", f"filter is not valid JSON: {exc.msg}") from exc
+    except InvalidValue as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from exc
+    if not isinstance(where, dict):
+        raise ApiError(422, "invalid_request", "filter must be a JSON object")
+    return where

@@ -1,0 +1,117 @@
+"""From a query vector to a page of results: cut-offs, near-duplicate collapse and pages.
+
+One ranking is built per search: the store's hits (exact scores, ties broken by label,
+see ``index.search``), without the query's own items, cut at ``min_score`` and at
+``min_relative`` of the best hit, collapsed to the best of each group of near-duplicates,
+and then sliced into the page asked for. It is asked for deep enough to hold the page and
+one hit more (which says whether a next page exists), and deeper while hits tied with the
+page's last one might still follow, so the same collection gives the same ranking on
+every page: no hit on two pages, none skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from index import Hit, Modality
+
+# hits of one query row, ``depth`` deep: what the store answers
+Fetch = Callable[[int], list[Hit]]
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """What a search asks for besides its query."""
+
+    k: int = 10
+    offset: int = 0
+    target: Modality | None = None
+    where: dict[str, Any] | None = None
+    min_score: float | None = None  # absolute cosine
+    min_relative: float | None = None  # fraction of the best hit's score
+    dedup: float | None = None  # cosine at or above which two hits are near-duplicates
+    exclude: frozenset[str] = field(default_factory=frozenset)  # ids left out (the query's)
+
+    @property
+    def needed(self) -> int:
+        """Hits the ranking must hold: the page and one more."""
+        return self.offset + self.k + 1
+
+
+@dataclass(frozen=True)
+class Page:
+    hits: list[Hit]
+    next_offset: int | None
+
+
+def first_depth(spec: SearchSpec) -> int:
+    return spec.needed + len(spec.exclude)
+
+
+def rank(fetch: Fetch, spec: SearchSpec, max_depth: int, hits: list[Hit] | None = None) -> Page:
+    """The page of ``spec`` from hits ``fetch`` gives, deepening (doubling, up to
+    ``max_depth``) while the ranking is short of the page or may continue in a tie.
+    ``hits`` are those of a first fetch at ``first_depth(spec)`` already made."""
+    depth = first_depth(spec)
+    if hits is None:
+        hits = fetch(depth)
+    while True:
+        ranking, ended = _ranking(hits, spec)
+        exhausted = len(hits) < depth
+        if ended or exhausted or depth >= max_depth:
+            break
+        if len(ranking) >= spec.needed and hits[-1].score < ranking[spec.needed - 1].score:
+            break  # every hit not fetched scores below the page's end: it is complete
+        depth = min(depth * 2, max_depth)
+        hits = fetch(depth)
+    end = spec.offset + spec.k
+    return Page(ranking[spec.offset : end], end if len(ranking) > end else None)
+
+
+def _ranking(hits: Sequence[Hit], spec: SearchSpec) -> tuple[list[Hit], bool]:
+    """The ranking these hits give, and whether a cut-off ended it (deeper hits would
+    all fall below it)."""
+    ranking = [h for h in hits if h.id not in spec.exclude]
+    ended = False
+    floor = spec.min_score
+    if spec.min_relative is not None and ranking:
+        best = ranking[0].score
+        relative = best - (1.0 - spec.min_relative) * abs(best)
+        floor = relative if floor is None else max(floor, relative)
+    if floor is not None:
+        kept = [h for h in ranking if h.score >= floor]
+        ended = len(kept) < len(ranking)
+        ranking = kept
+    if spec.dedup is not None:
+        ranking = collapse(ranking, spec.dedup)
+    return ranking, ended
+
+
+def collapse(hits: Sequence[Hit], threshold: float) -> list[Hit]:
+    """The best of each group of near-duplicates: going down the ranking, a hit is kept
+    unless its vector is within ``threshold`` (cosine) of one kept before it."""
+    kept: list[Hit] = []
+    vectors: list[np.ndarray] = []
+    for hit in hits:
+        assert hit.vector is not None, "dedup needs the hits' vectors"
+        if vectors and float(np.max(np.stack(vectors) @ hit.vector)) >= threshold:
+            continue
+        kept.append(hit)
+        vectors.append(hit.vector)
+    return kept
+
+
+def combine(parts: Sequence[tuple[float, np.ndarray]]) -> np.ndarray | None:
+    """The weighted sum of the parts' vectors, normalised; None when they cancel out."""
+    total = np.zeros_like(parts[0][1], dtype=np.float64)
+    for weight, vector in parts:
+        total += weight * vector.astype(np.float64)
+    norm = float(np.linalg.norm(total))
+    if not np.isfinite(norm) or norm < 1e-6:
+        return None
+    out: np.ndarray = (total / norm).astype(np.float32)
+    return out

@@ -1,0 +1,123 @@
+"""Searching a collection, and reading the stored vector of an item.
+
+An exact (``Flat``) index answers with true cosine scores. An approximate one (HNSW, IVF,
+PQ, SQ) is asked for more candidates than wanted, which are then scored again against
+their stored vectors: the scores are exact and the order among the candidates is the
+exact order. Hits are ordered best first with ties broken by label, so that one ranking
+asked for at two depths agrees on its common prefix.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from index.db import hit_rows
+from index.errors import ModelMismatch, UnknownItem
+from index.faiss_specs import DEFAULT_SPEC
+from index.filters import filter_labels
+from index.live import LiveCollection
+from index.types import Hit, Modality
+
+if TYPE_CHECKING:
+    from index.collections import CollectionStore
+
+# An approximate index is asked for this many times the hits wanted, and at least this
+# many more: graphs and inverted lists over full vectors (HNSW, IVF-Flat, SQfp16) rank
+# nearly exactly and need few; compressed codes (PQ, 4 to 8-bit SQ) reorder more.
+RERANK = {"exact-codes": (2, 32), "compressed": (8, 256)}
+
+
+def candidates(spec: str, k: int) -> int:
+    """How deep to search an index built from ``spec`` for ``k`` hits ranked exactly."""
+    if spec == DEFAULT_SPEC:
+        return k
+    compressed = "PQ" in spec or any(f"SQ{b}" in spec for b in (4, 6, 8))
+    factor, extra = RERANK["compressed" if compressed else "exact-codes"]
+    return max(k * factor, k + extra)
+
+
+def search_collection(
+    store: CollectionStore,
+    name: str,
+    target: Modality,
+    xq: np.ndarray,
+    k: int,
+    *,
+    model_version: str,
+    where: dict[str, Any] | None = None,
+    with_vectors: bool = False,
+) -> list[list[Hit]]:
+    """Best ``k`` items of modality ``target`` for each query row, best first;
+    ``where`` keeps only items whose metadata has each key equal to its value;
+    ``with_vectors`` puts each hit's stored vector on it."""
+    c = store.get(name)
+    check_model(c, model_version)
+    allowed = filter_labels(store.db.reader(), name, target, where) if where else None
+    exact = c.spec == DEFAULT_SPEC
+    depth = candidates(c.spec, k)
+    with c.searching():
+        if not store.is_current(c):
+            # Swapped for a re-embedded copy since we looked it up: the caller embeds
+            # the query again for the version now there.
+            raise ModelMismatch(f"collection {name!r} moved to another model version")
+        results = c.sides[target].index.search(xq, depth, allowed=allowed)
+        # Rows are read under the lock too, so a swap cannot delete them in between.
+        wanted = sorted({int(x) for r in results for x in r.labels})
+        rows = hit_rows(store.db.reader(), wanted, vectors=with_vectors or not exact)
+    queries = np.ascontiguousarray(xq, dtype=np.float32)
+    hits: list[list[Hit]] = []
+    for q, r in zip(queries, results, strict=True):
+        found = []
+        for label, score in zip(r.labels, r.scores, strict=True):
+            row = rows.get(int(label))
+            if row is None:  # deleted between the index search and this read
+                continue
+            vector = np.frombuffer(row[5], np.float32) if len(row) > 5 else None
+            if not exact and vector is not None:
+                score = float(vector @ q)
+            found.append(
+                Hit(
+                    row[1],
+                    float(score),
+                    Modality(row[2]),
+                    json.loads(row[3]),
+                    row[4],
+                    label=int(label),
+                    vector=vector if with_vectors else None,
+                )
+            )
+        found.sort(key=lambda h: (-h.score, h.label))
+        hits.append(found[:k])
+    return hits
+
+
+def item_vector(
+    store: CollectionStore, name: str, item_id: str, model_version: str
+) -> tuple[Modality, np.ndarray]:
+    """The modality and stored vector of one item (the one its index holds)."""
+    c = store.get(name)
+    check_model(c, model_version)
+    row = (
+        store.db.reader()
+        .execute(
+            "SELECT modality, embedding, model_version FROM items WHERE collection = ? AND id = ?",
+            (name, item_id),
+        )
+        .fetchone()
+    )
+    if row is None:
+        raise UnknownItem(f"item {item_id!r} does not exist in collection {name!r}")
+    if row[2] != c.model_version:  # a swap in between: the caller tries again
+        raise ModelMismatch(f"collection {name!r} moved to another model version")
+    return Modality(row[0]), np.frombuffer(row[1], np.float32).copy()
+
+
+def check_model(c: LiveCollection, model_version: str) -> None:
+    if model_version != c.model_version:
+        raise ModelMismatch(
+            f"collection {c.name!r} holds vectors of model {c.model_version!r}, but the server "
+            f"runs {model_version!r}; serve that model or re-create the collection"
+        )
