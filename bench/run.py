@@ -83,12 +83,36 @@ def bench_search(d: int, n: int, spec: str, queries: int) -> dict[str, float]:
         index.search(q[None], 10)
         lat.append(time.perf_counter() - t)
     lat_ms = np.array(lat) * 1000
+    # The same 64 queries one by one and as one matrix: what search/batch gains.
+    block = xq[:64]
+    one_by_one = statistics.median(timed(lambda: [index.search(q[None], 10) for q in block], 5))
+    as_matrix = statistics.median(timed(lambda: index.search(block, 10), 5))
     return {
         "p50_ms": float(np.percentile(lat_ms, 50)),
         "p99_ms": float(np.percentile(lat_ms, 99)),
         "build_s": build_s,
         "on_gpu": float(index.on_gpu),
+        "batch64_ms_per_query": as_matrix * 1000 / len(block),
+        "single64_ms_per_query": one_by_one * 1000 / len(block),
     }
+
+
+def bench_batch_http(url: str, queries: int = 64, rounds: int = 5) -> dict[str, float]:
+    """``queries`` text searches from one client: one request each, then one batch."""
+    bodies = [{"text": f"batch query {i}", "k": 10} for i in range(queries)]
+    with httpx.Client(base_url=url, timeout=120) as c:
+
+        def singles() -> None:
+            for body in bodies:
+                assert c.post("/v1/collections/bench/search", json=body).status_code == 200
+
+        def batch() -> None:
+            r = c.post("/v1/collections/bench/search/batch", json={"queries": bodies})
+            assert r.status_code == 200, r.text
+
+        single_s = statistics.median(timed(singles, rounds))
+        batch_s = statistics.median(timed(batch, rounds))
+    return {"single_queries_per_s": queries / single_s, "batch_queries_per_s": queries / batch_s}
 
 
 def bench_http(
@@ -144,7 +168,9 @@ def bench_http(
                 t.join()
             elapsed = time.monotonic() - started
             lat_ms = np.array(latencies) * 1000
+            batched = bench_batch_http(server.url)
             return {
+                **batched,
                 "searches_per_s": len(latencies) / elapsed,
                 "p50_ms": float(np.percentile(lat_ms, 50)),
                 "p99_ms": float(np.percentile(lat_ms, 99)),
@@ -327,6 +353,14 @@ def main() -> None:
                     where,
                 )
             )
+            rows.append(
+                (
+                    f"search {spec}, {args.vectors:,} x {d}, 64 queries one by one / as a batch",
+                    f"{s['single64_ms_per_query']:.3f} / {s['batch64_ms_per_query']:.3f} ms"
+                    " per query",
+                    where,
+                )
+            )
     if not args.skip_http:
         h = bench_http(
             args.model, args.pretrained, args.device, args.clients, args.seconds, args.corpus
@@ -337,6 +371,13 @@ def main() -> None:
                 f"HTTP text->image search, {args.clients} clients, {args.corpus} images",
                 f"{h['searches_per_s']:,.0f} searches/s (p50 {h['p50_ms']:.1f} ms, "
                 f"p99 {h['p99_ms']:.1f} ms, {int(h['errors'])} errors)",
+                device,
+            )
+        )
+        rows.append(
+            (
+                "HTTP text->image search, one client, 64 queries: a request each / search/batch",
+                f"{h['single_queries_per_s']:,.0f} / {h['batch_queries_per_s']:,.0f} queries/s",
                 device,
             )
         )
