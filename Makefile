@@ -11,9 +11,13 @@ STAMP := $(VENV)/.installed-stamp
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Reinstall whenever pyproject.toml changes. Torch comes from pip like everything else.
-$(STAMP): pyproject.toml | $(BIN)/python
+# Reinstall whenever pyproject.toml or this file changes. Torch comes from pip like
+# everything else. clip-retrieval only for its ClipClient, which the compatibility tests
+# drive: without its dependencies, an old stack the client does not need.
+CLIP_RETRIEVAL := clip-retrieval==2.45.0
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --disable-pip-version-check --no-deps '$(CLIP_RETRIEVAL)'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -99,3 +99,18 @@ class StrictJSONRoute(APIRoute):
             return await handler(StrictRequest(request.scope, request.receive))
 
         return strict
+
+
+class AnyJSONRoute(StrictJSONRoute):
+    """A JSON body whatever its content type says: clip-retrieval's clients send none
+    (``requests`` with a string body) or ``text/plain`` (the browser's ``fetch``)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def any_type(request: Request) -> Response:
+            headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+            headers.append((b"content-type", b"application/json"))
+            return await handler(Request({**request.scope, "headers": headers}, request.receive))
+
+        return any_type

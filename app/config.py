@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated
@@ -69,6 +70,19 @@ class Settings(BaseSettings):
     )
     auth_metrics: bool = Field(
         False, description="With keys set, `/metrics` needs a key too (health stays open)."
+    )
+    image_urls: bool = Field(
+        False,
+        description="Let clip-retrieval's `image_url` fetch query images from the web (never "
+        "from private addresses outside `XMODAL_IMAGE_URL_NETWORKS`).",
+    )
+    image_url_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated private networks `image_url` may reach anyway "
+        "(e.g. `10.1.0.0/16` for an internal image host).",
+    )
+    image_url_timeout_s: Annotated[float, Field(gt=0, le=120)] = Field(
+        10.0, description="How long fetching an `image_url` may take."
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -204,6 +218,24 @@ class Settings(BaseSettings):
         for key in value:
             if len(key.get_secret_value()) < 16:
                 raise ValueError("each API key needs at least 16 characters")
+        return value
+
+    @property
+    def image_url_network_list(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(n, strict=False) for n in self.image_url_networks]
+
+    @field_validator("image_url_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [n.strip() for n in value.split(",") if n.strip()]
+        return value
+
+    @field_validator("image_url_networks")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            ipaddress.ip_network(net, strict=False)  # ValueError names the bad one
         return value
 
     @field_validator("cors_origins", mode="before")

@@ -19,7 +19,7 @@ from app.errors import install_error_handlers
 from app.metrics import Metrics
 from app.middleware import Admission, AdmissionLimits, RequestContext
 from app.openapi import install_openapi
-from app.routes import collections, embed, health, items, jobs, models, search
+from app.routes import clip_compat, collections, embed, health, items, jobs, models, search
 from app.services import Services
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     install_error_handlers(app)
     install_docs(app)
-    for module in (health, collections, items, search, embed, jobs, models):
+    for module in (health, collections, items, search, embed, jobs, models, clip_compat):
         app.include_router(module.router)
     # The web page: static files, no build step; it only talks to the API above.
     app.mount("/ui", StaticFiles(directory=STATIC_DIR), name="ui")

@@ -52,7 +52,7 @@ from index.jobs import cancel_jobs_of
 from index.live import SHADOW_PREFIX, LiveCollection
 from index.lock import lock_data_dir
 from index.migration import drop_unfinished
-from index.search import check_model, item_vector, search_collection
+from index.search import check_model, item_vector, items_by_label, search_collection
 from index.snapshots import Snapshots
 from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredVersion
 from index.values import check_item
@@ -403,6 +403,10 @@ class CollectionStore:
     ) -> tuple[Modality, np.ndarray]:
         """The modality and stored vector of one item."""
         return item_vector(self, name, item_id, model_version)
+
+    def items_by_label(self, name: str, labels: Sequence[int]) -> dict[int, Item]:
+        """Items by their row label (the integer ids of the clip-retrieval API)."""
+        return items_by_label(self, name, labels)
 
 
 def _digest(item: NewItem) -> str | None:

@@ -10,16 +10,17 @@ asked for at two depths agrees on its common prefix.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from index.db import hit_rows
+from index.db import ITEM_COLUMNS, SQL_CHUNK, hit_rows, item_from_row
 from index.errors import ModelMismatch, UnknownItem
 from index.faiss_specs import DEFAULT_SPEC
 from index.filters import filter_labels
 from index.live import LiveCollection
-from index.types import Hit, Modality
+from index.types import Hit, Item, Modality
 
 if TYPE_CHECKING:
     from index.collections import CollectionStore
@@ -113,6 +114,22 @@ def item_vector(
     if row[2] != c.model_version:  # a swap in between: the caller tries again
         raise ModelMismatch(f"collection {name!r} moved to another model version")
     return Modality(row[0]), np.frombuffer(row[1], np.float32).copy()
+
+
+def items_by_label(store: CollectionStore, name: str, labels: Sequence[int]) -> dict[int, Item]:
+    """The items of collection ``name`` stored under each of ``labels`` that exists."""
+    store.get(name)
+    out: dict[int, Item] = {}
+    unique = list(dict.fromkeys(labels))
+    for start in range(0, len(unique), SQL_CHUNK):
+        chunk = unique[start : start + SQL_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for row in store.db.reader().execute(
+            f"SELECT label, {ITEM_COLUMNS} FROM items WHERE collection = ? AND label IN ({marks})",
+            [name, *chunk],
+        ):
+            out[int(row[0])] = item_from_row(row[1:])
+    return out
 
 
 def check_model(c: LiveCollection, model_version: str) -> None:

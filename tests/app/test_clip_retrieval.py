@@ -1,0 +1,268 @@
+"""clip-retrieval's own client against xmodal: ``ClipClient`` from the clip-retrieval
+package (installed without its dependencies; its module is loaded by file path, since the
+package's ``__init__`` pulls in an old stack), and the routes as clip-front calls them."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import importlib.util
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+import requests
+
+from tests.helpers import AppServer, image_bytes
+
+CAPTIONS = {
+    f"c{i}": f"{w} {v} picture {i}"
+    for i, (w, v) in enumerate(
+        (w, v)
+        for w in ("red", "green", "blue", "yellow", "black")
+        for v in ("circle", "square", "cross", "star")
+    )
+}
+
+
+def clip_client() -> ModuleType:
+    spec = importlib.util.find_spec("clip_retrieval")
+    assert spec is not None and spec.submodule_search_locations, "make install puts it there"
+    path = Path(spec.submodule_search_locations[0]) / "clip_client.py"
+    module_spec = importlib.util.spec_from_file_location("clip_retrieval_client", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    """Texts in one collection, pictures with captions and urls in another; image URLs
+    allowed from the loopback network only."""
+    server = AppServer(
+        tmp_path_factory.mktemp("clip") / "data",
+        image_urls=True,
+        image_url_networks="127.0.0.1/32",
+    ).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            assert c.post("/v1/collections", json={"name": "captions"}).status_code == 201
+            items = [
+                {"id": i, "text": t, "metadata": {"n": n}}
+                for n, (i, t) in enumerate(CAPTIONS.items())
+            ]
+            assert c.post("/v1/collections/captions/texts", json={"items": items}).is_success
+            assert c.post("/v1/collections", json={"name": "pictures"}).status_code == 201
+            files = [
+                ("files", (f"{i}.png", image_bytes(seed=i, size=(48, 40)), "image/png"))
+                for i in range(3)
+            ]
+            meta = [
+                json.dumps({"caption": f"picture {i}", "url": f"https://example.com/{i}.png"})
+                for i in range(2)
+            ] + ["{}"]
+            r = c.post(
+                "/v1/collections/pictures/images",
+                files=files,
+                data={"ids": ["p0", "p1", "p2"], "metadata": meta},
+            )
+            assert r.status_code == 200, r.text
+        yield server
+    finally:
+        server.stop()
+
+
+def ranking(site: AppServer, collection: str, **body: Any) -> list[dict[str, Any]]:
+    r = httpx.post(f"{site.url}/v1/collections/{collection}/search", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    results: list[dict[str, Any]] = r.json()["results"]
+    return results
+
+
+def test_the_clip_client_searches_texts(site: AppServer) -> None:
+    module = clip_client()
+    client = module.ClipClient(
+        url=f"{site.url}/knn-service",
+        indice_name="captions",
+        modality=module.Modality.TEXT,
+        num_images=5,
+        deduplicate=False,
+    )
+    results = client.query(text="a blue square")
+    expected = ranking(site, "captions", text="a blue square", target="text", k=5)
+    assert [r["xmodal_id"] for r in results] == [h["id"] for h in expected]
+    for r, h in zip(results, expected, strict=True):
+        assert isinstance(r["id"], int)
+        assert r["similarity"] == pytest.approx(h["score"], abs=1e-5)
+        assert r["caption"] == CAPTIONS[h["id"]] and r["n"] == h["metadata"]["n"]
+    # The client's defaults: deduplicate on (clip back's 0.94), safety and aesthetic
+    # options sent and ignored.
+    deduped = module.ClipClient(
+        url=f"{site.url}/knn-service",
+        indice_name="captions",
+        modality=module.Modality.TEXT,
+        num_images=20,
+    ).query(text="a blue square")
+    expected = ranking(site, "captions", text="a blue square", target="text", k=20, dedup=0.94)
+    assert [r["xmodal_id"] for r in deduped] == [h["id"] for h in expected]
+    # By embedding: the same ranking as the text it came from.
+    vector = httpx.post(f"{site.url}/v1/embed", json={"texts": ["a blue square"]}).json()
+    by_vector = client.query(embedding_input=vector["vectors"][0])
+    assert [r["id"] for r in by_vector] == [r["id"] for r in results]
+
+
+def test_the_clip_client_searches_pictures_by_image_file(site: AppServer, tmp_path: Path) -> None:
+    module = clip_client()
+    query = tmp_path / "query.png"
+    query.write_bytes(image_bytes(seed=1, size=(48, 40)))
+    client = module.ClipClient(
+        url=f"{site.url}/knn-service", indice_name="pictures", num_images=2, deduplicate=False
+    )
+    results = client.query(image=str(query))
+    expected = ranking(
+        site,
+        "pictures",
+        image_base64=base64.b64encode(query.read_bytes()).decode(),
+        k=40,
+        target="image",
+    )
+    assert [r.get("xmodal_id") for r in results] == [h["id"] for h in expected[:2]]
+    first = results[0]
+    assert base64.b64decode(first["image"])[:2] == b"\xff\xd8"  # a JPEG of the stored image
+    if first["xmodal_id"] in ("p0", "p1"):
+        assert first["url"] == f"https://example.com/{first['xmodal_id'][1]}.png"
+    # More ids than metadata: the hits past num_images carry only id and similarity.
+    body = {
+        "image": base64.b64encode(query.read_bytes()).decode(),
+        "num_images": 1,
+        "num_result_ids": 3,
+        "indice_name": "pictures",
+        "modality": "image",
+    }
+    results = requests.post(f"{site.url}/knn-service", data=json.dumps(body), timeout=60).json()
+    assert len(results) == 3 and "xmodal_id" in results[0]
+    assert all(set(r) == {"id", "similarity"} for r in results[1:])
+    # /metadata resolves the integer ids, whatever content type the client sends.
+    ids = [r["id"] for r in results]
+    for headers in ({}, {"Content-Type": "text/plain;charset=UTF-8"}):
+        meta = requests.post(
+            f"{site.url}/metadata",
+            data=json.dumps({"ids": [*ids, 999_999], "indice_name": "pictures"}),
+            headers=headers,
+            timeout=60,
+        )
+        assert meta.status_code == 200, meta.text
+        rows = meta.json()
+        assert [row["id"] for row in rows] == [*ids, 999_999]
+        assert {row["metadata"]["xmodal_id"] for row in rows[:3]} == {"p0", "p1", "p2"}
+        assert rows[3]["metadata"] == {}
+        p2 = next(row for row in rows if row["metadata"].get("xmodal_id") == "p2")
+        assert p2["metadata"]["url"].endswith("/v1/collections/pictures/items/p2/image")
+        assert httpx.get(p2["metadata"]["url"]).status_code == 200
+
+
+def test_indices_list_and_bad_bodies(site: AppServer) -> None:
+    assert requests.get(f"{site.url}/indices-list", timeout=60).json() == ["captions", "pictures"]
+    url = f"{site.url}/knn-service"
+    for body, status in (
+        ("not json", 422),
+        (json.dumps({"modality": "image", "num_images": 5}), 400),  # no query
+        (json.dumps({"text": "a", "image": "aGk=", "num_images": 5}), 400),
+        (json.dumps({"text": "a", "num_images": 0}), 422),
+        (json.dumps({"text": "a", "num_images": 5, "indice_name": "nope"}), 404),
+        (json.dumps({"text": "a", "num_images": 5000}), 400),
+        (json.dumps({"embedding_input": [1.0, 2.0], "indice_name": "captions"}), 400),
+        ('{"text": "a", "num_images": NaN}', 422),
+    ):
+        r = requests.post(url, data=body, timeout=60)
+        assert r.status_code == status, (body, r.text)
+        assert "error" in r.json()
+
+
+class ImageHost(http.server.BaseHTTPRequestHandler):
+    """A local image host: /ok.png is a picture, /moved redirects to it."""
+
+    def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+        if self.path == "/moved":
+            self.send_response(302)
+            self.send_header("Location", "/ok.png")
+            self.end_headers()
+            return
+        data = image_bytes(seed=2, size=(48, 40))
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_image_urls_reach_only_allowed_addresses(site: AppServer, server: AppServer) -> None:
+    host = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ImageHost)
+    threading.Thread(target=host.serve_forever, daemon=True).start()
+    port = host.server_address[1]
+    try:
+        body = {"num_images": 3, "indice_name": "pictures"}
+        r = requests.post(
+            f"{site.url}/knn-service",
+            data=json.dumps({**body, "image_url": f"http://127.0.0.1:{port}/ok.png"}),
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        expected = ranking(
+            site,
+            "pictures",
+            target="image",
+            k=3,
+            image_base64=base64.b64encode(image_bytes(seed=2, size=(48, 40))).decode(),
+        )
+        assert [x["xmodal_id"] for x in r.json()] == [h["id"] for h in expected]
+        for url, what in (
+            (f"http://127.0.0.1:{port}/moved", "302"),
+            ("http://10.1.2.3/x.png", "not public"),
+            (f"http://[::1]:{port}/ok.png", "not public"),
+            ("http://169.254.169.254/latest/meta-data", "not public"),
+            ("file:///etc/passwd", "http or https"),
+            (f"http://user:pw@127.0.0.1:{port}/ok.png", "credentials"),
+        ):
+            r = requests.post(
+                f"{site.url}/knn-service", data=json.dumps({**body, "image_url": url}), timeout=60
+            )
+            assert r.status_code == 400 and what in r.json()["error"]["message"], (url, r.text)
+        # The default server does not fetch at all.
+        r = requests.post(
+            f"{server.url}/knn-service",
+            data=json.dumps({"image_url": f"http://127.0.0.1:{port}/ok.png", "num_images": 3}),
+            timeout=60,
+        )
+        assert r.status_code == 400 and r.json()["error"]["code"] == "image_url_refused"
+    finally:
+        host.shutdown()
+
+
+def test_the_routes_follow_the_read_key_rules(tmp_path: Path) -> None:
+    key = "clip-test-key-0123456789"
+    server = AppServer(tmp_path / "data", api_keys=key, auth_reads="true").start()
+    try:
+        body = json.dumps({"text": "a", "num_images": 3})
+        for method, path in (
+            ("GET", "/indices-list"),
+            ("POST", "/knn-service"),
+            ("POST", "/metadata"),
+        ):
+            r = requests.request(method, server.url + path, data=body, timeout=60)
+            assert r.status_code == 401, (path, r.text)
+        ok = requests.get(
+            server.url + "/indices-list", headers={"Authorization": f"Bearer {key}"}, timeout=60
+        )
+        assert ok.status_code == 200 and ok.json() == []
+    finally:
+        server.stop()
