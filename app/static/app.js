@@ -12,6 +12,8 @@ const state = {
   urls: [], // object URLs of the shown results, revoked on the next render
   reportJob: null,
   polling: null,
+  nextOffset: null, // of the last search's next page
+  extraImage: null, // the picture of the "Combine with" part
 };
 
 class ApiError extends Error {}
@@ -55,6 +57,7 @@ const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
 const collection = () => $("collection").value;
 const target = () => document.querySelector("input[name=target]:checked").value;
 const k = () => Number($("k").value);
+const DEDUP = 0.95; // cosine at which two hits count as near-duplicates
 
 // --- collections ---------------------------------------------------------------------------
 async function loadCollections() {
@@ -100,33 +103,71 @@ async function searchText(text) {
     say("Type something to search for, or give an image.", "error");
     return;
   }
-  state.last = { kind: "text", text };
   showQueryImage(null);
-  const data = await apiJson(searchPath("search"), {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ text, k: k(), target: target() }),
-  });
-  render(data, `“${text}”`);
+  await search({ kind: "text", text, label: `“${text}”` });
 }
 
 async function searchImage(blob, label) {
-  state.last = { kind: "image", blob, label };
   $("query").value = ""; // the image is the query now, not the text typed before
   showQueryImage(blob);
-  const form = new FormData();
-  form.append("file", blob, "query");
-  form.append("k", String(k()));
-  form.append("target", target());
-  const data = await apiJson(searchPath("search/image"), { method: "POST", body: form });
-  render(data, label);
+  await search({ kind: "image", blob, label });
+}
+
+async function moreLikeThis(hit) {
+  // Same modality as the item: set the toggle so that a re-run keeps it.
+  document.querySelector(`input[name=target][value=${hit.modality}]`).checked = true;
+  $("query").value = "";
+  showQueryImage(null);
+  await search({ kind: "item", itemId: hit.id, label: `more like ${hit.id}` });
+}
+
+const base64Of = (blob) =>
+  new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result).split(",", 2)[1]);
+    reader.onerror = () => reject(new ApiError("Cannot read the image file."));
+    reader.readAsDataURL(blob);
+  });
+
+async function partOf(q) {
+  if (q.kind === "text") return { text: q.text };
+  if (q.kind === "item") return { item_id: q.itemId };
+  q.base64 = q.base64 || (await base64Of(q.blob));
+  return { image_base64: q.base64 };
+}
+
+// The second part of a combined query, from the "Combine with" controls: a text or a
+// picture, with a weight (negative pushes away); null when neither is given.
+function extraPart() {
+  const text = $("extra-text").value.trim();
+  if (text) return { kind: "text", text };
+  return state.extraImage ? { kind: "image", blob: state.extraImage, base64: null } : null;
+}
+
+// One search: the query (and the extra part), the options, and the page at `offset`;
+// the first page replaces the results, later ones ("More results") are appended.
+async function search(query, offset = 0) {
+  state.last = query;
+  const parts = [await partOf(query)];
+  const extra = extraPart();
+  if (extra) parts.push({ ...(await partOf(extra)), weight: Number($("extra-weight").value) });
+  const body = { query: parts, k: k(), offset, target: target() };
+  const minScore = $("min-score").value.trim();
+  if (minScore !== "") body.min_score = Number(minScore);
+  if ($("dedup").checked) body.dedup = DEDUP;
+  const data = await apiJson(searchPath("search"), {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  const label = extra ? `${query.label} combined with ${extra.text ? `“${extra.text}”` : "a picture"}` : query.label;
+  render(data, label, offset > 0);
+  state.nextOffset = data.next_offset;
+  $("more").hidden = data.next_offset === null;
 }
 
 function rerun() {
-  const last = state.last;
-  if (!last) return;
-  const run = last.kind === "text" ? searchText(last.text) : searchImage(last.blob, last.label);
-  run.catch(fail);
+  if (state.last) search(state.last).catch(fail);
 }
 
 function showQueryImage(blob) {
@@ -141,6 +182,7 @@ function clearImageQuery() {
   showQueryImage(null);
   if (state.last && state.last.kind === "image") state.last = null;
   $("results").replaceChildren();
+  $("more").hidden = true;
   $("summary").textContent = "";
   $("details").hidden = true;
   say("");
@@ -178,19 +220,24 @@ async function setThumbnail(img, hit) {
   img.src = url;
 }
 
-function render(data, label) {
-  for (const url of state.urls) URL.revokeObjectURL(url);
-  state.urls = [];
+function render(data, label, append = false) {
   const results = $("results");
-  results.replaceChildren();
-  $("details").hidden = true;
+  let list = results.firstElementChild;
+  if (!append || !list) {
+    for (const url of state.urls) URL.revokeObjectURL(url);
+    state.urls = [];
+    results.replaceChildren();
+    $("details").hidden = true;
+    list = document.createElement(target() === "image" ? "div" : "ol");
+    list.className = target() === "image" ? "grid" : "list";
+    results.append(list);
+  }
   const what = target() === "image" ? "image" : "text";
   say("");
-  $("summary").textContent = data.results.length
-    ? `${plural(data.results.length, what)} for ${label} (${data.took_ms.toFixed(1)} ms)`
+  const shown = list.children.length + data.results.length;
+  $("summary").textContent = shown
+    ? `${plural(shown, what)} for ${label} (${data.took_ms.toFixed(1)} ms)`
     : `No ${what}s in ${collection()} to match ${label}.`;
-  const list = document.createElement(target() === "image" ? "div" : "ol");
-  list.className = target() === "image" ? "grid" : "list";
   for (const hit of data.results) {
     const el = document.createElement(hit.modality === "image" ? "figure" : "li");
     el.className = `hit ${hit.modality}-hit`;
@@ -227,14 +274,23 @@ function render(data, label) {
         searchText(hit.text || "").catch(fail);
       });
     }
+    const like = document.createElement("button");
+    like.type = "button";
+    like.className = "more-like";
+    like.textContent = "more like this";
+    like.title = `Search with the stored ${hit.modality} ${hit.id}`;
+    like.addEventListener("click", (e) => {
+      e.stopPropagation();
+      moreLikeThis(hit).catch(fail);
+    });
+    el.append(like);
     el.addEventListener("mouseenter", () => showDetails(hit));
     el.addEventListener("focus", () => showDetails(hit));
     el.addEventListener("keydown", (e) => {
-      if (e.key === "Enter") el.click();
+      if (e.key === "Enter" && e.target === el) el.click();
     });
     list.append(el);
   }
-  results.append(list);
 }
 
 function imageFrom(items) {
@@ -242,136 +298,6 @@ function imageFrom(items) {
     if (item.kind === "file" && item.type.startsWith("image/")) return item.getAsFile();
   }
   return null;
-}
-
-// --- jobs and fine-tuning reports ----------------------------------------------------------
-function fmt(value, digits = 1) {
-  return value === null || value === undefined ? "" : Number(value).toFixed(digits);
-}
-
-async function loadJobs() {
-  const data = await apiJson("/v1/jobs");
-  const body = $("jobs-body");
-  body.replaceChildren();
-  for (const job of data.jobs) {
-    const row = body.insertRow();
-    row.dataset.id = job.id;
-    row.className = `job ${job.state}`;
-    row.insertCell().textContent = job.id;
-    row.insertCell().textContent = job.kind;
-    row.insertCell().textContent = job.state;
-    row.insertCell().append(...progressOf(job));
-    const eta = job.eta_seconds ? `, ${fmt(job.eta_seconds, 0)} s left` : "";
-    row.insertCell().textContent = job.items_per_second ? `${fmt(job.items_per_second)}/s${eta}` : "";
-    row.insertCell().textContent = job.message || "";
-    if (job.kind === "finetune") {
-      row.classList.add("clickable");
-      row.addEventListener("click", () => {
-        state.reportJob = job.id;
-        loadReport().catch(fail);
-      });
-    }
-  }
-  if (state.reportJob) await loadReport();
-}
-
-// A bar only where there is a total to fill; a job still counting gets a moving one, and a
-// finished job with nothing to do says so (an activation with no collections, say).
-function progressOf(job) {
-  const finished = !["queued", "running"].includes(job.state);
-  if (job.total) {
-    const bar = document.createElement("progress");
-    bar.max = job.total;
-    bar.value = Math.min(job.total, job.done + job.failed);
-    return [bar, ` ${job.done + job.failed}/${job.total}`];
-  }
-  if (!finished) {
-    const bar = document.createElement("progress"); // no value: indeterminate
-    return job.state === "running" ? [bar, job.done ? ` ${job.done} so far` : ""] : [""];
-  }
-  return [job.done ? `${job.done} done` : "nothing to do"];
-}
-
-// The report's metrics in words. Recall@K and MRR: higher is better; median rank: lower.
-const METRIC_NAMES = {
-  r1: "Recall@1", r5: "Recall@5", r10: "Recall@10", mrr: "mean reciprocal rank",
-  median_rank: "median rank",
-};
-const DIRECTIONS = { t2i: "text → image", i2t: "image → text" };
-
-function metricLabel(name) {
-  const [direction, ...rest] = name.split("_");
-  const metric = METRIC_NAMES[rest.join("_")];
-  if (!DIRECTIONS[direction] || !metric) return [name, true];
-  const lowerIsBetter = metric === "median rank";
-  const label = `${DIRECTIONS[direction]} ${metric}${lowerIsBetter ? " (lower is better)" : ""}`;
-  return [label, !lowerIsBetter];
-}
-
-async function loadReport() {
-  const job = await apiJson(`/v1/jobs/${enc(state.reportJob)}`);
-  const detail = job.detail || {};
-  $("report").hidden = false;
-  const phase = detail.phase ? `, ${detail.phase}` : "";
-  $("report-title").textContent = `Fine-tuning ${job.id}: ${job.state}${phase}` +
-    (detail.version ? ` → ${detail.version}` : "");
-  drawLoss(detail.loss_curve || []);
-  const tbody = $("recall-table").tBodies[0];
-  tbody.replaceChildren();
-  const base = detail.base_metrics || {};
-  const result = detail.result_metrics || {};
-  for (const name of Object.keys(base)) {
-    if (name === "pairs") continue;
-    const row = tbody.insertRow();
-    const [label, higherIsBetter] = metricLabel(name);
-    row.dataset.metric = name;
-    row.insertCell().textContent = label;
-    row.insertCell().textContent = fmt(base[name], 2);
-    row.insertCell().textContent = name in result ? fmt(result[name], 2) : "";
-    const change = row.insertCell();
-    if (name in result) {
-      const delta = Number((result[name] - base[name]).toFixed(2)); // as shown: no "-0.00"
-      change.textContent = `${delta > 0 ? "+" : ""}${fmt(delta, 2)}`;
-      const better = higherIsBetter ? delta > 0 : delta < 0;
-      change.className = delta === 0 ? "same" : better ? "better" : "worse";
-    }
-  }
-}
-
-function drawLoss(points) {
-  const svg = $("loss-chart");
-  svg.replaceChildren();
-  const ns = "http://www.w3.org/2000/svg";
-  const W = 600, H = 220, pad = 36;
-  const text = (x, y, s, anchor = "start") => {
-    const t = document.createElementNS(ns, "text");
-    t.setAttribute("x", x);
-    t.setAttribute("y", y);
-    t.setAttribute("text-anchor", anchor);
-    t.textContent = s;
-    svg.append(t);
-  };
-  if (points.length < 2) {
-    text(W / 2, H / 2, "the loss curve appears once training has run a few steps", "middle");
-    return;
-  }
-  const losses = points.map((p) => p.loss);
-  const lo = Math.min(...losses), hi = Math.max(...losses);
-  const first = points[0].step, last = points[points.length - 1].step;
-  const x = (s) => pad + ((s - first) / Math.max(1, last - first)) * (W - 2 * pad);
-  const y = (l) => H - pad - ((l - lo) / Math.max(1e-9, hi - lo)) * (H - 2 * pad);
-  const axis = document.createElementNS(ns, "path");
-  axis.setAttribute("d", `M${pad},${pad} V${H - pad} H${W - pad}`);
-  axis.setAttribute("class", "axis");
-  const line = document.createElementNS(ns, "polyline");
-  line.setAttribute("points", points.map((p) => `${x(p.step).toFixed(1)},${y(p.loss).toFixed(1)}`).join(" "));
-  line.setAttribute("class", "loss");
-  svg.append(axis, line);
-  text(pad - 4, pad + 4, hi.toFixed(3), "end");
-  text(pad - 4, H - pad, lo.toFixed(3), "end");
-  text(pad, H - pad + 16, `step ${first}`);
-  text(W - pad, H - pad + 16, `step ${last}`, "end");
-  text(W / 2, 16, "training loss", "middle");
 }
 
 // --- wiring ------------------------------------------------------------------------------
@@ -430,6 +356,26 @@ function init() {
   document.addEventListener("paste", (e) => {
     const file = imageFrom(e.clipboardData && e.clipboardData.items);
     if (file) searchImage(file, "the pasted image").catch(fail);
+  });
+  $("more").addEventListener("click", () => {
+    if (state.last && state.nextOffset !== null) search(state.last, state.nextOffset).catch(fail);
+  });
+  $("min-score").addEventListener("change", rerun);
+  $("dedup").addEventListener("change", rerun);
+  $("extra-text").addEventListener("change", rerun);
+  $("extra-weight").addEventListener("change", rerun);
+  $("extra-image").addEventListener("change", (e) => {
+    state.extraImage = e.target.files[0] || null;
+    $("extra-text").value = "";
+    $("extra-clear").hidden = !state.extraImage;
+    rerun();
+  });
+  $("extra-clear").addEventListener("click", () => {
+    state.extraImage = null;
+    $("extra-image").value = "";
+    $("extra-text").value = "";
+    $("extra-clear").hidden = true;
+    rerun();
   });
   $("k").addEventListener("input", () => ($("k-value").textContent = $("k").value));
   $("k").addEventListener("change", rerun);

@@ -469,3 +469,99 @@ def wait_job(client: httpx.Client, job_id: str) -> dict[str, Any]:
             return job
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} did not finish")
+
+
+def scores(site: AppServer, **body: Any) -> list[float]:
+    r = httpx.post(f"{site.url}/v1/collections/gallery/search", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return [h["score"] for h in r.json()["results"]]
+
+
+def test_min_score_and_near_duplicates_follow_the_api(page: Page, site: AppServer) -> None:
+    set_k(page, 12)
+    page.check("input[name=target][value=text]")
+    page.fill("#query", "the caption number 3")
+    page.click("#search-form button")
+    everything = api_search(site, text="the caption number 3", k=12, target="text")
+    assert shown_ids(page, len(everything)) == everything
+    floor = round(scores(site, text="the caption number 3", k=12, target="text")[3], 4)
+    page.fill("#min-score", str(floor))
+    page.dispatch_event("#min-score", "change")
+    expected = api_search(site, text="the caption number 3", k=12, target="text", min_score=floor)
+    assert 0 < len(expected) < len(everything)
+    assert shown_ids(page, len(expected)) == expected
+    page.fill("#min-score", "1")
+    page.dispatch_event("#min-score", "change")
+    expect(page.locator("#summary")).to_contain_text("No texts in gallery")
+    page.fill("#min-score", "")
+    page.dispatch_event("#min-score", "change")
+    shown_ids(page, len(everything))
+    page.check("#dedup")
+    deduped = api_search(site, text="the caption number 3", k=12, target="text", dedup=0.95)
+    assert len(deduped) < len(everything)  # the random model's captions are close
+    assert shown_ids(page, len(deduped)) == deduped
+
+
+def test_more_results_pages_through_the_ranking(page: Page, site: AppServer) -> None:
+    set_k(page, 5)
+    page.fill("#query", "a blue picture")
+    page.click("#search-form button")
+    ranking = api_search(site, text="a blue picture", k=12)
+    assert shown_ids(page, 5) == ranking[:5]
+    page.click("#more")
+    assert shown_ids(page, 10) == ranking[:10]  # appended, not replaced
+    expect(page.locator("#summary")).to_contain_text("10 images")
+    page.click("#more")
+    assert shown_ids(page, 12) == ranking
+    expect(page.locator("#more")).to_be_hidden()  # the last page
+
+
+def test_a_second_part_combines_with_the_query(page: Page, site: AppServer) -> None:
+    set_k(page, 6)
+    page.fill("#query", "a red picture")
+    page.click("#search-form button")
+    shown_ids(page, 6)
+    page.click("#combine summary")
+    page.fill("#extra-weight", "-0.5")
+    page.fill("#extra-text", "caption number 5")
+    page.dispatch_event("#extra-text", "change")
+    expected = api_search(
+        site,
+        query=[{"text": "a red picture"}, {"text": "caption number 5", "weight": -0.5}],
+        k=6,
+        target="image",
+    )
+    expect(page.locator("#summary")).to_contain_text("combined with")
+    assert shown_ids(page, 6) == expected
+    # A picture as the second part instead of the text.
+    extra = picture(2)
+    page.set_input_files(
+        "#extra-image", files=[{"name": "x.png", "mimeType": "image/png", "buffer": extra}]
+    )
+    expect(page.locator("#extra-text")).to_have_value("")
+    expected = api_search(
+        site,
+        query=[
+            {"text": "a red picture"},
+            {"image_base64": base64.b64encode(extra).decode(), "weight": -0.5},
+        ],
+        k=6,
+        target="image",
+    )
+    expect(page.locator("#summary")).to_contain_text("combined with a picture")
+    assert shown_ids(page, 6) == expected
+
+
+def test_more_like_this_searches_with_the_stored_item(page: Page, site: AppServer) -> None:
+    set_k(page, 5)
+    page.check("input[name=target][value=text]")
+    page.fill("#query", "caption number 1")
+    page.click("#search-form button")
+    ids = shown_ids(page, 5)
+    chosen = ids[1]
+    page.locator(f"#results .hit[data-id='{chosen}'] .more-like").click()
+    expect(page.locator("#summary")).to_contain_text(f"more like {chosen}")
+    expected = api_search(site, item_id=chosen, k=5)
+    assert chosen not in expected
+    assert shown_ids(page, 5) == expected
+    expect(page.locator("input[name=target][value=text]")).to_be_checked()
