@@ -10,7 +10,7 @@ from app.activation import Activator, restore_active
 from app.config import Settings
 from app.engine import Engine
 from app.finetune import FineTuner
-from app.jobs import ActivateRunner, FinetuneRunner, IndexRunner, JobManager
+from app.jobs import ActivateRunner, DuplicatesRunner, FinetuneRunner, IndexRunner, JobManager
 from app.metrics import Metrics
 from app.retrieval import Retrieval
 from index import DB_FILE, CollectionStore, Database, FaissBackends, JobStore
@@ -86,6 +86,7 @@ def build_stack(
                 IndexRunner(settings, store, job_store, engine, retrieval),
                 FinetuneRunner(settings, job_store, engine, finetuner),
                 ActivateRunner(job_store, activator),
+                DuplicatesRunner(settings, store, job_store),
             ],
             max_queued=settings.max_queued_jobs,
         )

@@ -52,7 +52,13 @@ from index.jobs import cancel_jobs_of
 from index.live import SHADOW_PREFIX, LiveCollection
 from index.lock import lock_data_dir
 from index.migration import drop_unfinished
-from index.search import check_model, item_vector, items_by_label, search_collection
+from index.search import (
+    check_model,
+    item_vector,
+    items_by_label,
+    search_collection,
+    vectors_after,
+)
 from index.snapshots import Snapshots
 from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredVersion
 from index.values import check_item
@@ -403,6 +409,12 @@ class CollectionStore:
     ) -> tuple[Modality, np.ndarray]:
         """The modality and stored vector of one item."""
         return item_vector(self, name, item_id, model_version)
+
+    def vectors_after(
+        self, name: str, modality: Modality, after: int, limit: int
+    ) -> tuple[list[int], list[str], np.ndarray]:
+        """Stored vectors in label order, ``limit`` at a time (``index.search``)."""
+        return vectors_after(self, name, modality, after, limit)
 
     def items_by_label(self, name: str, labels: Sequence[int]) -> dict[int, Item]:
         """Items by their row label (the integer ids of the clip-retrieval API)."""

@@ -132,6 +132,27 @@ def items_by_label(store: CollectionStore, name: str, labels: Sequence[int]) -> 
     return out
 
 
+def vectors_after(
+    store: CollectionStore, name: str, modality: Modality, after: int, limit: int
+) -> tuple[list[int], list[str], np.ndarray]:
+    """Up to ``limit`` stored vectors of one modality with labels above ``after``, in label
+    order: their labels, ids and vectors (for walking a whole collection)."""
+    c = store.get(name)
+    rows = (
+        store.db.reader()
+        .execute(
+            "SELECT label, id, embedding FROM items WHERE collection = ? AND modality = ?"
+            " AND label > ? ORDER BY label LIMIT ?",
+            (name, modality.value, after, limit),
+        )
+        .fetchall()
+    )
+    if not rows:
+        return [], [], np.zeros((0, c.dim), np.float32)
+    vectors = np.frombuffer(b"".join(r[2] for r in rows), np.float32).reshape(len(rows), -1)
+    return [int(r[0]) for r in rows], [r[1] for r in rows], vectors
+
+
 def check_model(c: LiveCollection, model_version: str) -> None:
     if model_version != c.model_version:
         raise ModelMismatch(

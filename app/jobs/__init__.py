@@ -1,12 +1,15 @@
 """Background jobs: the loop (``loop``) and one runner per kind of job."""
 
 from app.jobs.adapt import ActivateRunner, FinetuneRunner
+from app.jobs.duplicates import DUPLICATES_JOB, DuplicatesRunner
 from app.jobs.index import INDEX_JOB, IndexRunner
 from app.jobs.loop import JobFailed, JobManager, JobStopped, Runner, job_summary
 
 __all__ = [
+    "DUPLICATES_JOB",
     "INDEX_JOB",
     "ActivateRunner",
+    "DuplicatesRunner",
     "FinetuneRunner",
     "IndexRunner",
     "JobFailed",

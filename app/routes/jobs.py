@@ -3,14 +3,16 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response, status
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import ReadAccess, WriteAccess
 from app.bodies import StrictJSONRoute
 from app.deps import JobsDep
-from app.jobs import INDEX_JOB, job_summary
+from app.jobs import DUPLICATES_JOB, INDEX_JOB, DuplicatesRunner, job_summary
 from app.openapi import errors
+from index import Modality, UnknownJob
 from models.sources import Format
 
 router = APIRouter(route_class=StrictJSONRoute, tags=["jobs"], dependencies=[ReadAccess])
@@ -23,6 +25,13 @@ class IndexJobCreate(BaseModel):
         "of images, or WebDataset .tar shards (a file or a folder of them).",
     )
     format: Format | None = Field(None, description="The source's format (default: from the path).")
+
+
+class DuplicatesJobCreate(BaseModel):
+    threshold: float = Field(
+        0.95, gt=0, le=1, description="Cosine at or above which two items are near-duplicates."
+    )
+    modality: Modality = Field(Modality.IMAGE, description="Which items to compare.")
 
 
 class JobOut(BaseModel):
@@ -67,6 +76,40 @@ async def start_index_job(
     job = await run_in_threadpool(jobs.submit, INDEX_JOB, name, params)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobCreated(id=job.id, state=job.state.value)
+
+
+@router.post(
+    "/v1/collections/{name}/jobs/duplicates",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[WriteAccess],
+    responses=errors(400, 404, 409, 429),
+)
+async def start_duplicates_job(
+    name: str, body: DuplicatesJobCreate, jobs: JobsDep, response: Response
+) -> JobCreated:
+    """Find the groups of near-duplicate items of one modality in the background; the
+    groups are at `GET /v1/jobs/{id}/result` once it has succeeded."""
+    params = {"threshold": body.threshold, "modality": body.modality.value}
+    job = await run_in_threadpool(jobs.submit, DUPLICATES_JOB, name, params)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobCreated(id=job.id, state=job.state.value)
+
+
+@router.get(
+    "/v1/jobs/{job_id}/result",
+    responses={200: {"content": {"application/json": {}}}, **errors(404)},
+    response_class=FileResponse,
+)
+async def job_result(job_id: str, jobs: JobsDep) -> FileResponse:
+    """What a finished duplicates job found: `{"collection", "modality", "threshold",
+    "groups": [{"ids": [...]}]}`, largest groups first, ids in the order they were added."""
+    job = await run_in_threadpool(jobs.jobs.get, job_id)
+    runner = jobs.runners[DUPLICATES_JOB]
+    assert isinstance(runner, DuplicatesRunner)
+    path = runner.result_path(job.id)
+    if job.kind != DUPLICATES_JOB or job.state.value != "succeeded" or not path.exists():
+        raise UnknownJob(f"job {job_id!r} has no result (only a succeeded duplicates job has)")
+    return FileResponse(path, media_type="application/json", filename=f"duplicates-{job.id}.json")
 
 
 @router.get("/v1/jobs")
