@@ -164,6 +164,51 @@ def _index_build_local(args: argparse.Namespace) -> int:
         return report(_run_local(stack, job, show_progress))
 
 
+# --- near-duplicates --------------------------------------------------------------------------
+def _duplicates(args: argparse.Namespace) -> int:
+    """Run a duplicates job; print each group on a line (ids tab-separated), and write the
+    whole result as JSON to ``--out`` if given."""
+    params = {"threshold": args.threshold, "modality": args.modality}
+    if args.server:
+        with _client(args) as client:
+            path = f"/v1/collections/{args.collection}/jobs/duplicates"
+            job = client.run_job(path, params, show_progress)
+            result = client.get(f"/v1/jobs/{job['id']}/result") if _ok(job) else None
+    else:
+        from app.jobs import DUPLICATES_JOB, DuplicatesRunner
+
+        with _local_stack() as stack:
+            job = _run_local(
+                stack, stack.jobs.submit(DUPLICATES_JOB, args.collection, params), show_progress
+            )
+            runner = stack.jobs.runners[DUPLICATES_JOB]
+            assert isinstance(runner, DuplicatesRunner)
+            result = json.loads(runner.result_path(job["id"]).read_text()) if _ok(job) else None
+    sys.stderr.write("\n")
+    if result is None:
+        print(
+            f"job {job['id']} {job['state']}: {job.get('message') or ''}".rstrip(), file=sys.stderr
+        )
+        return 1
+    groups = result["groups"]
+    items = sum(len(g["ids"]) for g in groups)
+    print(
+        f"{len(groups)} groups of near-duplicates ({items} {args.modality}s) at cosine >= "
+        f"{args.threshold} among {job['done']}",
+        file=sys.stderr,
+    )
+    for group in groups:
+        print("\t".join(group["ids"]))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+def _ok(job: dict[str, Any]) -> bool:
+    return bool(job["state"] == "succeeded")
+
+
 # --- fine-tuning ------------------------------------------------------------------------------
 def _finetune(args: argparse.Namespace) -> int:
     hyperparameters: dict[str, Any] = {}
@@ -277,6 +322,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "eval": _eval,
     "models": _models,
     "demo": _demo,
+    "duplicates": _duplicates,
 }
 
 

@@ -119,6 +119,16 @@ def build_parser() -> argparse.ArgumentParser:
     _server_options(jobs, "default: the jobs of XMODAL_DATA_DIR")
     jobs.set_defaults(handler="jobs")
 
+    dup = command("duplicates", "Groups of near-duplicate items of a collection, as a job.")
+    dup.add_argument("collection", help="the collection to look through")
+    dup.add_argument(
+        "--threshold", type=float, default=0.95, help="cosine at which two items are duplicates"
+    )
+    dup.add_argument("--modality", choices=["image", "text"], default="image", help="which items")
+    dup.add_argument("--out", metavar="FILE", help="write the groups there as JSON too")
+    _server_options(dup, "default: run the job in this process on XMODAL_DATA_DIR")
+    dup.set_defaults(handler="duplicates")
+
     tune = command("finetune", "Fine-tune the model on image-caption pairs.")
     tune.add_argument("source", help="manifest or folder of pairs, relative to the import root")
     tune.add_argument("--method", default="contrastive", choices=list(METHODS), help="the method")

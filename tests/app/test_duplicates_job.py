@@ -4,12 +4,17 @@ neighbours only)."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+
+from bench.serving import tiny_env
+from tests.helpers import run_cli
 
 WORDS = ["apple", "river", "stone", "cloud", "forest", "engine", "violin", "harbor"]
 
@@ -124,3 +129,43 @@ def test_refusals_and_missing_results(client: httpx.Client, collection: str) -> 
     )
     assert other.status_code == 400
     assert client.get("/v1/jobs/not-a-job/result").status_code == 404
+
+
+def test_the_cli_prints_the_groups_remote_and_in_process(
+    client: httpx.Client, collection: str, corpus: dict[str, str], server: Any, tmp_path: Path
+) -> None:
+    """``xmodal duplicates``: against a server, and in this process on a data dir of its
+    own (filled by ``xmodal index build``); the same groups either way."""
+    out = tmp_path / "groups.json"
+    remote = run_cli(
+        [
+            "duplicates",
+            collection,
+            "--modality",
+            "text",
+            "--threshold",
+            "0.999",
+            "--server",
+            server.url,
+            "--out",
+            str(out),
+        ],
+        tiny_env(data_dir=server.data_dir),
+    )
+    assert remote.returncode == 0, remote.stderr
+    lines = {frozenset(line.split("\t")) for line in remote.stdout.splitlines()}
+    assert lines == {frozenset(g["ids"]) for g in json.loads(out.read_text())["groups"]}
+    assert frozenset(f"same{i}" for i in range(40)) in lines
+    assert "groups of near-duplicates" in remote.stderr
+    data = tmp_path / "data"
+    (data / "import").mkdir(parents=True)
+    rows = [{"id": i, "text": t} for i, t in corpus.items()]
+    (data / "import" / "texts.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    env = tiny_env(data_dir=data)
+    built = run_cli(["index", "build", "texts.jsonl", "--collection", "local", "--create"], env)
+    assert built.returncode == 0, built.stderr
+    local = run_cli(["duplicates", "local", "--modality", "text", "--threshold", "0.999"], env)
+    assert local.returncode == 0, local.stderr
+    assert {frozenset(line.split("\t")) for line in local.stdout.splitlines()} == lines
+    missing = run_cli(["duplicates", "nope", "--server", server.url], env)
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
