@@ -25,6 +25,7 @@ KEYS = ("first-key-0123456789abcdef", "second-key-0123456789abcdef")
 READ_ONLY_POSTS = {
     "/v1/collections/{name}/search",
     "/v1/collections/{name}/search/image",
+    "/v1/collections/{name}/search/batch",
     "/v1/embed",
 }
 PATH_VALUES = {"name": "c", "item_id": "i", "job_id": "j", "version": "v"}
