@@ -95,13 +95,17 @@ def collapse(hits: Sequence[Hit], threshold: float) -> list[Hit]:
     """The best of each group of near-duplicates: going down the ranking, a hit is kept
     unless its vector is within ``threshold`` (cosine) of one kept before it."""
     kept: list[Hit] = []
-    vectors: list[np.ndarray] = []
+    if not hits:
+        return kept
+    assert hits[0].vector is not None, "dedup needs the hits' vectors"
+    matrix = np.empty((len(hits), len(hits[0].vector)), np.float32)  # the kept hits' rows
     for hit in hits:
-        assert hit.vector is not None, "dedup needs the hits' vectors"
-        if vectors and float(np.max(np.stack(vectors) @ hit.vector)) >= threshold:
+        assert hit.vector is not None
+        n = len(kept)
+        if n and float(np.max(matrix[:n] @ hit.vector)) >= threshold:
             continue
+        matrix[n] = hit.vector
         kept.append(hit)
-        vectors.append(hit.vector)
     return kept
 
 
