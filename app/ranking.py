@@ -112,10 +112,12 @@ def collapse(hits: Sequence[Hit], threshold: float) -> list[Hit]:
 def combine(parts: Sequence[tuple[float, np.ndarray]]) -> np.ndarray | None:
     """The weighted sum of the parts' vectors, normalised; None when they cancel out."""
     total = np.zeros_like(parts[0][1], dtype=np.float64)
+    scale = 0.0  # what the norm would be if every part pointed the same way
     for weight, vector in parts:
         total += weight * vector.astype(np.float64)
+        scale += abs(weight) * float(np.linalg.norm(vector))
     norm = float(np.linalg.norm(total))
-    if not np.isfinite(norm) or norm < 1e-6:
-        return None
+    if not np.isfinite(norm) or scale == 0 or norm <= 1e-6 * scale:
+        return None  # all weights zero, or parts that cancel out
     out: np.ndarray = (total / norm).astype(np.float32)
     return out

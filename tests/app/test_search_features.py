@@ -210,6 +210,11 @@ def test_combined_queries_are_the_weighted_sum(client: httpx.Client, texts: dict
     assert_ranking(got, ex.rank(q), ex, q)
     for hit in answer["results"]:
         assert hit["score"] == pytest.approx(ex.score(hit["id"], q), abs=1e-4)
+    # A tiny weight still gives a direction; a zero weight gives none.
+    tiny = search(client, name, query=[{"text": "desert", "weight": 1e-30}], target="text", k=5)
+    assert [h["id"] for h in tiny["results"]] == ex.rank(b)[0][:5]
+    r = client.post(f"/v1/collections/{name}/search", json={"query": [{"text": "a", "weight": 0}]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "empty_query"
     # The one-part shorthand is the same search as a one-part query.
     one = search(client, name, query=[{"text": "desert"}], target="text", k=5)
     short = search(client, name, text="desert", target="text", k=5)
