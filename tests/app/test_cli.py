@@ -33,7 +33,9 @@ def test_serve_without_network_or_weights_exits_fast_with_the_way_out(tmp_path: 
         text=True,
         timeout=60,
     )
-    assert time.monotonic() - started < 10
+    # What this guards against is the hub client retrying for a minute and more; the
+    # import of torch and OpenCLIP alone takes 4-11 s on a loaded 2-core machine.
+    assert time.monotonic() - started < 30
     assert proc.returncode != 0
     # Which file, from where, what to set, and what works without it.
     assert "huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in proc.stderr
