@@ -16,7 +16,7 @@ $(BIN)/python:
 # drive: without its dependencies, an old stack the client does not need.
 CLIP_RETRIEVAL := clip-retrieval==2.45.0
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
-	$(BIN)/pip install --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --disable-pip-version-check -e '.[dev,scale]'
 	$(BIN)/pip install --disable-pip-version-check --no-deps '$(CLIP_RETRIEVAL)'
 	touch $(STAMP)
 

@@ -184,6 +184,17 @@ class Settings(BaseSettings):
     )
 
     # --- storage -----------------------------------------------------------------------------
+    ray_address: str | None = Field(
+        None,
+        description="Ray cluster for index jobs with engine `ray` (`auto`, `ray://host:10001`); "
+        "unset: a local cluster started in the server's process.",
+    )
+    ray_num_cpus: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="CPUs of that local cluster (default: all)."
+    )
+    ray_actors: Annotated[int, Field(ge=1)] = Field(
+        1, description="Encoding actors of a Ray job on a cluster without GPUs (else one per GPU)."
+    )
     store_images: bool = Field(True, description="Keep uploaded image bytes (content-addressed).")
     snapshot_interval_s: Annotated[float, Field(gt=0)] = Field(
         60.0, description="How often changed FAISS indexes are snapshotted to disk."

@@ -108,6 +108,8 @@ def _index_build_remote(args: argparse.Namespace) -> int:
             collection = {"name": args.collection, "index": args.index}
             created = "name" in client.post("/v1/collections", collection, (201, 409))
         body = {"source": args.source, "format": args.format}
+        if args.ray is not None:
+            body["engine"] = "ray"
         path = f"/v1/collections/{args.collection}/jobs/index"
         try:
             job_id = client.post(path, body, (202,))["id"]
@@ -160,6 +162,8 @@ def _index_build_local(args: argparse.Namespace) -> int:
                     args.collection, stack.engine.dim, stack.engine.version, args.index
                 )
         params = {"source": args.source, "format": args.format}
+        if args.ray is not None:
+            params.update(engine="ray", ray_address=args.ray or None)
         job = stack.jobs.submit(INDEX_JOB, args.collection, params)
         return report(_run_local(stack, job, show_progress))
 

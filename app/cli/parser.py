@@ -113,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--index", metavar="SPEC", help="FAISS spec for a collection --create makes (default: Flat)"
     )
+    build.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run on Ray: a local cluster, or the one at ADDRESS (in this process only; "
+        "with --server, the server's XMODAL_RAY_ADDRESS)",
+    )
     build.set_defaults(handler="index build")
 
     jobs = command("jobs", "List jobs (of a server, or of the local data dir).")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,7 +22,9 @@ import numpy as np
 
 from app.config import Settings
 from app.engine import Engine
-from app.jobs.loop import JobStopped, OnProgress
+from app.errors import bad_request
+from app.jobs.loop import JobStopped, OnProgress, batched, shown
+from app.jobs.ray_engine import RAY_ENGINE, RayIngest, ray_available
 from app.retrieval import Retrieval
 from index import CollectionStore, Job, JobState, JobStore, Modality, NewItem, Progress
 from index.types import StoredVersion
@@ -79,11 +81,47 @@ class IndexRunner:
         # this collection only, never into one created again later under the same name.
         uid = self.store.get(collection).uid
         open_source(self.settings.import_root_dir, params["source"], params.get("format"))
-        return {"source": params["source"], "format": params.get("format"), "collection_uid": uid}
+        engine = params.get("engine") or "local"
+        if engine == RAY_ENGINE and not ray_available():
+            raise bad_request(
+                "this server has no Ray: pip install 'xmodal[scale]'", code="engine_unavailable"
+            )
+        checked = {
+            "source": params["source"],
+            "format": params.get("format"),
+            "collection_uid": uid,
+            "engine": engine,
+        }
+        if params.get("ray_address"):
+            checked["ray_address"] = params["ray_address"]  # the in-process CLI's --ray ADDRESS
+        return checked
+
+    def local_embed(
+        self, items: list[NewItem], records: list[SourceRecord], version: str
+    ) -> tuple[list[NewItem], np.ndarray]:
+        """Encode ``items`` (made from ``records``) in this process with ``version``: a Ray
+        job's chunk when the collection switched versions under it."""
+        encoder = self.engine.encoder_of(version)
+        by_id = {r.id: r for r in records}
+        images = [by_id[it.id] for it in items if it.modality is Modality.IMAGE]
+        decoded = {r.id: d for r, d in self.pipeline.finish(self.pipeline.start(images, {}))}
+        vectors = []
+        for it in items:
+            if it.modality is Modality.TEXT:
+                vectors.append(self.engine.run_model(encoder.encode_texts, [it.text or ""]))
+                continue
+            d = decoded[it.id]
+            if d.pixels is None:
+                raise InvalidValue(f"{it.id!r} could not be decoded again: {d.error}")
+            vectors.append(self.engine.run_model(self.pipeline.encode_pixels, encoder, [d.pixels]))
+        return items, np.concatenate(vectors)
 
     def run(
         self, job: Job, should_stop: Callable[[], bool], on_progress: OnProgress | None
     ) -> None:
+        if job.params.get("engine") == RAY_ENGINE:
+            RayIngest(self).run(job, should_stop, on_progress)
+            return
         try:
             self._run(job, should_stop, on_progress)
         except BrokenProcessPool:
@@ -102,7 +140,7 @@ class IndexRunner:
         if job.total is None:
             self.jobs.set_total(job.id, source.count())
         remaining = itertools.islice(source.records(), job.cursor, None)
-        chunks = _batched(remaining, self.settings.import_chunk_size)
+        chunks = batched(remaining, self.settings.import_chunk_size)
         pending: collections.deque[_Chunk] = collections.deque()
         last_commit = time.monotonic()
         refused: set[str] = set()  # image ids the last chunk refused (their captions follow)
@@ -226,7 +264,7 @@ class IndexRunner:
             counts[f"{_plural(record.kind)}_failed"] += 1
             if record.kind == "image":
                 refused.add(record.id)
-            errors.append({"item": _shown(record.id), "seq": record.seq, "reason": _shown(reason)})
+            errors.append({"item": shown(record.id), "seq": record.seq, "reason": shown(reason)})
 
         images: list[tuple[SourceRecord, Decoded]] = []
         for r, d in self.pipeline.finish(chunk.pending):
@@ -263,16 +301,3 @@ class IndexRunner:
 
 def _plural(kind: str) -> str:
     return "images" if kind == "image" else "texts"
-
-
-def _shown(text: str, limit: int = 500) -> str:
-    """Text from a source as a job report can carry it: bounded, and valid unicode."""
-    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _batched(records: Iterator[SourceRecord], size: int) -> Iterator[list[SourceRecord]]:
-    while True:
-        chunk = list(itertools.islice(records, size))
-        if not chunk:
-            return
-        yield chunk

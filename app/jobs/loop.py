@@ -7,11 +7,12 @@ to be resumed), and any domain error fails the job with its message.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from app.errors import ApiError, AppError
 from index import Job, JobState, JobStore, StoreError
@@ -20,6 +21,7 @@ from models.errors import ModelError
 log = logging.getLogger(__name__)
 
 OnProgress = Callable[[Job], None]
+T = TypeVar("T")
 StopCheck = Callable[[], bool]  # true once the job is cancelled or the server stops
 
 
@@ -161,3 +163,17 @@ def job_summary(job: Job) -> dict[str, Any]:
         "finished_at": job.finished_at,
         "detail": job.detail,
     }
+
+
+def batched(records: Iterator[T], size: int) -> Iterator[list[T]]:
+    """``records`` in lists of ``size`` (the last one shorter)."""
+    while True:
+        chunk = list(itertools.islice(records, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+def shown(text: str, limit: int = 500) -> str:
+    """Text from a source as a job report can carry it: bounded, and valid unicode."""
+    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")

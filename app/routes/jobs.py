@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Response, status
 from fastapi.responses import FileResponse
@@ -25,6 +25,11 @@ class IndexJobCreate(BaseModel):
         "of images, or WebDataset .tar shards (a file or a folder of them).",
     )
     format: Format | None = Field(None, description="The source's format (default: from the path).")
+    engine: Literal["local", "ray"] = Field(
+        "local",
+        description="`local`: decoding processes and the server's model; `ray`: Ray tasks "
+        "decode and an actor pool encodes, on the cluster XMODAL_RAY_ADDRESS names.",
+    )
 
 
 class DuplicatesJobCreate(BaseModel):
@@ -72,7 +77,7 @@ async def start_index_job(
     name: str, body: IndexJobCreate, jobs: JobsDep, response: Response
 ) -> JobCreated:
     """Index a corpus from the import root in the background; poll `GET /v1/jobs/{id}`."""
-    params = {"source": body.source, "format": body.format}
+    params = {"source": body.source, "format": body.format, "engine": body.engine}
     job = await run_in_threadpool(jobs.submit, INDEX_JOB, name, params)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobCreated(id=job.id, state=job.state.value)

@@ -1,0 +1,97 @@
+"""Index jobs on a local Ray cluster (started once in the test process, two CPUs, no
+GPU): the collection a Ray job builds is the one an in-process job builds from the same
+source: same ids, same vectors, same failures; a second run finds everything unchanged."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import ray  # make test installs the scale extra
+
+from index import Modality
+from tests.app.test_index_jobs import wait_for_job
+from tests.corpus import write_folder, write_jsonl
+from tests.helpers import AppServer, run_cli
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[None]:
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    yield
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, cluster: None) -> Iterator[AppServer]:
+    server = AppServer(
+        tmp_path_factory.mktemp("ray") / "data", max_upload_bytes=200_000, import_chunk_size=8
+    ).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def index(client: httpx.Client, name: str, source: str, engine: str) -> dict[str, Any]:
+    client.post("/v1/collections", json={"name": name})
+    r = client.post(f"/v1/collections/{name}/jobs/index", json={"source": source, "engine": engine})
+    assert r.status_code == 202, r.text
+    return wait_for_job(client, r.json()["id"], timeout=300)
+
+
+def stored(site: AppServer, name: str) -> dict[str, np.ndarray]:
+    store = site.app.state.services.store
+    out = {}
+    for modality in Modality:
+        labels, ids, vectors = store.vectors_after(name, modality, 0, 100_000)
+        out.update(zip(ids, vectors, strict=True))
+    return out
+
+
+@pytest.mark.parametrize("writer", [write_jsonl, write_folder])
+def test_a_ray_job_builds_what_an_in_process_job_builds(site: AppServer, writer: Any) -> None:
+    corpus = writer(site.data_dir / "import", f"src-{writer.__name__}")
+    with httpx.Client(base_url=site.url, timeout=60) as client:
+        local = index(client, f"local-{writer.__name__}", corpus.source, "local")
+        remote = index(client, f"ray-{writer.__name__}", corpus.source, "ray")
+        assert local["state"] == remote["state"] == "succeeded", remote
+        for key in ("done", "failed", "total"):
+            assert remote[key] == local[key], key
+        assert remote["params"]["engine"] == "ray"
+        assert [e["item"] for e in remote["errors"]] == [e["item"] for e in local["errors"]]
+        assert remote["detail"]["counts"] == local["detail"]["counts"]
+        a, b = stored(site, f"local-{writer.__name__}"), stored(site, f"ray-{writer.__name__}")
+        assert set(a) == set(b) == set(corpus.images) | set(corpus.texts)
+        for item_id in a:
+            np.testing.assert_allclose(a[item_id], b[item_id], atol=1e-5)
+        for item_id, data in corpus.images.items():
+            got = client.get(f"/v1/collections/ray-{writer.__name__}/items/{item_id}/image")
+            assert got.content == data
+        again = index(client, f"ray-{writer.__name__}", corpus.source, "ray")
+        counts = again["detail"]["counts"]
+        assert counts.get("images_new", 0) == counts.get("texts_new", 0) == 0
+        assert counts.get("images_unchanged", 0) == len(corpus.images)
+
+
+def test_the_cli_runs_a_job_on_ray_in_process(tmp_path: Path, cluster: None) -> None:
+    from bench.serving import tiny_env
+
+    data = tmp_path / "data"
+    (data / "import").mkdir(parents=True)
+    corpus = write_jsonl(data / "import", "cli")
+    env = tiny_env(data_dir=data, max_upload_bytes=200_000)
+    run = run_cli(["index", "build", corpus.source, "--collection", "c", "--create", "--ray"], env)
+    assert run.returncode == 0, run.stderr
+    assert f"{corpus.done} done, {len(corpus.failed)} failed" in run.stdout
+
+
+def test_an_unknown_engine_is_refused(site: AppServer) -> None:
+    with httpx.Client(base_url=site.url, timeout=60) as client:
+        client.post("/v1/collections", json={"name": "eng"})
+        r = client.post("/v1/collections/eng/jobs/index", json={"source": "x", "engine": "spark"})
+        assert r.status_code == 422
