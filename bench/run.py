@@ -25,6 +25,7 @@ import httpx
 import numpy as np
 import torch
 
+from bench.ingest import bench_index_job
 from bench.serving import ServerProcess, image_bytes
 from index import FaissIndex
 from models.encoder import ClipEncoder, load_encoder
@@ -179,66 +180,6 @@ def bench_http(
             }
         finally:
             server.stop()
-
-
-def write_jpegs(folder: Path, n: int, width: int, height: int) -> int:
-    """Photo-like JPEGs (smooth gradients plus grain), quality 90; returns total bytes."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    total = 0
-    from PIL import Image
-
-    for i in range(n):
-        c = rng.uniform(0, 255, 6)
-        base = np.stack(
-            [c[j] + (c[j + 3] - c[j]) * (xx / width if j % 2 else yy / height) for j in range(3)],
-            -1,
-        )
-        grain = rng.normal(0, 12, (height, width, 1))
-        pixels = np.clip(base + grain, 0, 255).astype(np.uint8)
-        path = folder / f"{i:06d}.jpg"
-        Image.fromarray(pixels).save(path, quality=90)
-        total += path.stat().st_size
-    return total
-
-
-def bench_index_job(
-    model: str, pretrained: str, device: str, n: int, size: tuple[int, int], workers: int | None
-) -> dict[str, float]:
-    """Images indexed per second from JPEG files on disk, through a batch job (in-process:
-    source walk, worker decoding, encoding, SQLite commits and FAISS adds)."""
-    from app.config import Settings
-    from app.jobs import INDEX_JOB
-    from app.stack import build_stack
-
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
-        nbytes = write_jpegs(data / "import" / "photos", n, *size)
-        write_jpegs(data / "import" / "warmup", 32, *size)
-        settings = Settings(
-            model=model, pretrained=pretrained, device=device, data_dir=data, import_workers=workers
-        )
-        stack = build_stack(settings)
-        jobs = stack.jobs
-        try:
-            stack.store.create_collection("bench", stack.engine.dim, stack.engine.version)
-            # The warm-up starts the worker pool.
-            jobs.run(jobs.submit(INDEX_JOB, "bench", {"source": "warmup"}))
-            job = jobs.submit(INDEX_JOB, "bench", {"source": "photos"})
-            started = time.perf_counter()
-            finished = jobs.run(job)
-            elapsed = time.perf_counter() - started
-        finally:
-            stack.close()
-    assert finished.done == n, finished
-    return {
-        "images_per_s": n / elapsed,
-        "seconds": elapsed,
-        "workers": float(settings.import_workers or os.cpu_count() or 1),
-        "mean_kb": nbytes / n / 1024,
-        "device_decode": float(stack.jobs.runners[INDEX_JOB].pipeline.device_decode),
-    }
 
 
 def bench_training(encoder: ClipEncoder, pairs: int, epochs: int) -> dict[str, float]:
@@ -418,6 +359,24 @@ def main() -> None:
                 f"batch index job, {args.index_images} JPEGs {args.index_size} "
                 f"({j['mean_kb']:.0f} kB) from disk",
                 f"{j['images_per_s']:,.0f} images/s ({how})",
+                device,
+            )
+        )
+        r = bench_index_job(
+            args.model,
+            args.pretrained,
+            args.device,
+            args.index_images,
+            (width, height),
+            args.index_workers,
+            engine="ray",
+        )
+        results["index_job_ray"] = r
+        rows.append(
+            (
+                f"the same job on a local Ray cluster ({os.cpu_count()} CPUs, "
+                "decode tasks, 1 encoding actor)",
+                f"{r['images_per_s']:,.0f} images/s",
                 device,
             )
         )
