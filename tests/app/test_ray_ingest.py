@@ -4,6 +4,8 @@ source: same ids, same vectors, same failures; a second run finds everything unc
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -95,3 +97,27 @@ def test_an_unknown_engine_is_refused(site: AppServer) -> None:
         client.post("/v1/collections", json={"name": "eng"})
         r = client.post("/v1/collections/eng/jobs/index", json={"source": "x", "engine": "spark"})
         assert r.status_code == 422
+
+
+def test_a_ray_job_can_be_cancelled_and_keeps_what_it_committed(site: AppServer) -> None:
+    root = site.data_dir / "import"
+    texts = [{"id": f"t{i}", "text": f"sentence number {i} of many"} for i in range(640)]
+    (root / "many.jsonl").write_text("\n".join(json.dumps(t) for t in texts) + "\n")
+    with httpx.Client(base_url=site.url, timeout=60) as client:
+        client.post("/v1/collections", json={"name": "cancelled"})
+        r = client.post(
+            "/v1/collections/cancelled/jobs/index",
+            json={"source": "many.jsonl", "engine": "ray"},
+        )
+        job_id = r.json()["id"]
+        deadline = time.monotonic() + 120
+        while client.get(f"/v1/jobs/{job_id}").json()["done"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert client.delete(f"/v1/jobs/{job_id}").status_code == 200
+        job = wait_for_job(client, job_id, timeout=120)
+        assert job["state"] == "cancelled"
+        assert 0 < job["done"] < len(texts)  # stopped between chunks, not at the end
+        # Every chunk it committed is there, and nothing after it.
+        stored_texts = client.get("/v1/collections/cancelled").json()["counts"]["text"]
+        assert stored_texts == job["done"]
