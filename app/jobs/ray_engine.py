@@ -17,7 +17,6 @@ local cluster in its own process the first time a job asks for one.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import os
 import threading
@@ -170,7 +169,7 @@ class RayIngest:
         if job.total is None:
             runner.jobs.set_total(job.id, source.count())
         version = runner.engine.version
-        encoder = ray.put(copy.copy(runner.engine.encoder_of(version)))
+        encoder = ray.put(runner.engine.encoder_of(version))  # pickled once, for every actor
         gpus = float(ray.cluster_resources().get("GPU", 0))
         actors = max(1, int(gpus) if gpus else settings.ray_actors)
         limits = {
