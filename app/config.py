@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -184,6 +184,19 @@ class Settings(BaseSettings):
     )
 
     # --- storage -----------------------------------------------------------------------------
+    vector_backend: Literal["faiss", "milvus"] = Field(
+        "faiss",
+        description="Where vectors are searched: `faiss` (in this process) or `milvus` "
+        "(Milvus Lite in a local file, or a Milvus server; see `XMODAL_MILVUS_URI`).",
+    )
+    milvus_uri: str | None = Field(
+        None,
+        description="With `milvus`: a local file path ending in `.db` (Milvus Lite, embedded) "
+        "or `http://host:19530` (Milvus standalone or cluster); unset: `DATA_DIR/milvus.db`.",
+    )
+    milvus_token: SecretStr | None = Field(
+        None, description="Milvus auth token (`user:password` or an API key), if it has auth."
+    )
     ray_address: str | None = Field(
         None,
         description="Ray cluster for index jobs with engine `ray` (`auto`, `ray://host:10001`); "
@@ -284,6 +297,10 @@ class Settings(BaseSettings):
     @property
     def import_root_dir(self) -> Path:
         return self.import_root or self.data_dir / "import"
+
+    @property
+    def milvus_target(self) -> str:
+        return self.milvus_uri or str(self.data_dir / "milvus.db")
 
     @property
     def model_cache_dir(self) -> Path:

@@ -54,6 +54,7 @@ _DOMAIN: list[tuple[type[Exception], int, str]] = [
     (index.UnknownItem, 404, "item_not_found"),
     (index.CollectionExists, 409, "collection_exists"),
     (index.DataDirInUse, 503, "data_dir_in_use"),
+    (index.BackendUnavailable, 503, "vector_backend_unavailable"),
     (index.CollectionBroken, 409, "collection_broken"),
     (index.InvalidIndexSpec, 400, "invalid_index"),
     (index.InvalidFilter, 400, "invalid_filter"),

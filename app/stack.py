@@ -13,7 +13,15 @@ from app.finetune import FineTuner
 from app.jobs import ActivateRunner, DuplicatesRunner, FinetuneRunner, IndexRunner, JobManager
 from app.metrics import Metrics
 from app.retrieval import Retrieval
-from index import DB_FILE, CollectionStore, Database, FaissBackends, JobStore
+from index import (
+    DB_FILE,
+    BackendFactory,
+    CollectionStore,
+    Database,
+    FaissBackends,
+    JobStore,
+    MilvusBackends,
+)
 from models.encoder import load_encoder
 from models.registry import ModelRegistry
 
@@ -40,9 +48,19 @@ class Stack:
 
 
 def open_store(settings: Settings) -> CollectionStore:
+    backends: BackendFactory
+    if settings.vector_backend == "milvus":
+        token = settings.milvus_token
+        backends = MilvusBackends(
+            settings.milvus_target,
+            token=token.get_secret_value() if token else None,
+            nprobe=settings.nprobe,
+        )
+    else:
+        backends = FaissBackends(use_gpu=settings.faiss_gpu, nprobe=settings.nprobe)
     return CollectionStore(
         settings.data_dir,
-        backends=FaissBackends(use_gpu=settings.faiss_gpu, nprobe=settings.nprobe),
+        backends=backends,
         store_images=settings.store_images,
         snapshot_every=settings.snapshot_every,
     )

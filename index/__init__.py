@@ -29,6 +29,7 @@ from index.jobs import (
     UnknownJob,
 )
 from index.migration import Migration
+from index.milvus_backend import BackendUnavailable, MilvusBackends
 from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredItem, StoredVersion
 from index.values import InvalidValue
 
@@ -44,6 +45,8 @@ __all__ = [
     "Database",
     "DimensionMismatch",
     "FaissBackends",
+    "MilvusBackends",
+    "BackendUnavailable",
     "FaissIndex",
     "Hit",
     "InvalidFilter",

@@ -3,16 +3,23 @@
 A backend holds ``(label, vector)`` pairs, where labels are the store's int64 item labels,
 and answers inner-product searches over them. SQLite stays the source of truth: a backend
 can always be rebuilt from the stored embeddings, so it only has to serialise itself for
-faster start-ups. FAISS (``index.faiss_backend``) is the first implementation; a second
-one is a new module plus a ``BackendFactory``, with no change to the store's callers.
+faster start-ups. FAISS (``index.faiss_backend``) keeps its indexes in this process;
+Milvus (``index.milvus_backend``) keeps them in a Milvus server or Milvus Lite file, which
+persists them itself (``persistent``) and answers metadata filters itself
+(``native_filters``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from index.db import Database
+    from index.types import NewItem
 
 
 @dataclass
@@ -27,6 +34,11 @@ class VectorBackend(Protocol):
 
     d: int
     spec: str
+    # Metadata filters go to ``search`` as ``where`` (True) or as ``allowed`` labels.
+    native_filters: bool
+    # The vectors outlive this process: on start, every tombstone since the watermark is
+    # applied, also those of labels above it (they may have reached the backend).
+    persistent: bool
 
     @property
     def ntotal(self) -> int:
@@ -46,10 +58,19 @@ class VectorBackend(Protocol):
     def remove(self, labels: np.ndarray) -> None: ...
 
     def search(
-        self, xq: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self,
+        xq: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        where: dict[str, Any] | None = None,
     ) -> list[SearchResult]:
         """Top-``k`` labels per query row by inner product, best first; ``allowed``
-        restricts the candidates to those labels."""
+        restricts the candidates to those labels, ``where`` (``native_filters`` only) to
+        items whose metadata has each key equal to its value."""
+        ...
+
+    def drop(self) -> None:
+        """Delete what the backend keeps outside this process (its collection is gone)."""
         ...
 
     def needs_training(self) -> bool:
@@ -76,12 +97,32 @@ class BackendFactory(Protocol):
         """The normalised spec, or ``InvalidIndexSpec`` saying what is wrong with it."""
         ...
 
-    def create(self, d: int, spec: str) -> VectorBackend: ...
+    def attach(self, db: Database) -> None:
+        """The store's database (a backend that copies item payloads reads them there)."""
+        ...
 
-    def build(self, d: int, spec: str, labels: np.ndarray, xb: np.ndarray) -> VectorBackend:
+    def check_items(self, items: Sequence[NewItem]) -> None:
+        """Refuse (``InvalidValue``) items the backend cannot keep, before anything is
+        written."""
+        ...
+
+    def create(self, d: int, spec: str, key: str = "") -> VectorBackend:
+        """An empty index; ``key`` names it for good (a collection's uid and modality)."""
+        ...
+
+    def build(
+        self, d: int, spec: str, labels: np.ndarray, xb: np.ndarray, key: str = ""
+    ) -> VectorBackend:
         """A new index holding exactly these vectors, trained if there are enough of them."""
         ...
 
     def load(self, data: bytes) -> tuple[VectorBackend, dict[str, Any]]:
         """An index and the ``meta`` it was saved with; raises on anything unreadable."""
         ...
+
+    def prune(self, keys: Iterable[str]) -> None:
+        """Delete what the backend keeps for any key but these (collections gone while
+        the process was down)."""
+        ...
+
+    def close(self) -> None: ...

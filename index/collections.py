@@ -59,7 +59,7 @@ from index.search import (
     search_collection,
     vectors_after,
 )
-from index.snapshots import Snapshots
+from index.snapshots import Snapshots, backend_key
 from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredVersion
 from index.values import check_item
 
@@ -92,6 +92,7 @@ class CollectionStore:
             self.db.apply(JOBS_SCHEMA)  # deleting a collection cancels its jobs
             self.garbage = ImageGarbage(self.db, self.blobs)
             self.backends = backends or FaissBackends()
+            self.backends.attach(self.db)
             self.snapshots = Snapshots(self.db, self.backends, self.index_dir, snapshot_every)
             self.collections: dict[str, LiveCollection] = {}
             # Stored collections whose index cannot be built: listed, deletable, nothing else.
@@ -102,7 +103,10 @@ class CollectionStore:
                 "SELECT name, uid, index_spec, dim, model_version, created_at FROM collections"
             ).fetchall():
                 self._open(*row)
+            uids = self.db.writer.execute("SELECT uid FROM collections").fetchall()
+            self.backends.prune(backend_key(uid, m) for (uid,) in uids for m in Modality)
         except BaseException:
+            self.backends.close()
             os.close(self._lock)
             raise
 
@@ -137,6 +141,7 @@ class CollectionStore:
         self.snapshots.wait_idle()
         self.snapshot(only_dirty=True)
         self._closed = True
+        self.backends.close()
         self.db.close()
         os.close(self._lock)  # and with it the lock
 
@@ -204,6 +209,7 @@ class CollectionStore:
         else:
             with c.lock.write():
                 del self.collections[name]
+            c.drop_indexes()
         self.garbage.collect(digests)
         self.snapshots.remove_files(name)
 
@@ -244,6 +250,7 @@ class CollectionStore:
         check_model(c, model_version)
         for it in items:
             check_item(it.id, it.text, it.metadata)
+        self.backends.check_items(items)
         if not items and extra is None:
             return []
         with self.db.write_lock:

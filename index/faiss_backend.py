@@ -70,6 +70,9 @@ def training_size(index: faiss.Index) -> int:
 class FaissIndex:
     """One modality's vectors in FAISS (a ``VectorBackend``)."""
 
+    native_filters = False
+    persistent = False
+
     def __init__(
         self,
         d: int,
@@ -199,10 +202,16 @@ class FaissIndex:
 
     # --- search -----------------------------------------------------------------------------
     def search(
-        self, xq: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self,
+        xq: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        where: dict[str, Any] | None = None,
     ) -> list[SearchResult]:
         """Top-``k`` labels per query by inner product, best first; ``allowed`` restricts
         the candidates to those labels."""
+        if where:
+            raise ValueError("FAISS takes filters as allowed labels")
         xq = np.ascontiguousarray(xq, dtype=np.float32)
         if xq.ndim != 2 or xq.shape[1] != self.d:
             raise DimensionMismatch(f"query must have shape (n, {self.d}), got {xq.shape}")
@@ -270,6 +279,9 @@ class FaissIndex:
         ivf = faiss.try_extract_index_ivf(template)
         if ivf is not None:
             ivf.nprobe = self._nprobe_for(ivf)
+
+    def drop(self) -> None:
+        pass  # nothing outside this process
 
     # --- persistence ------------------------------------------------------------------------
     def to_bytes(self, meta: dict[str, Any]) -> bytes:
@@ -378,10 +390,24 @@ class FaissBackends:
         _build(d, normal)  # raises InvalidIndexSpec before anything is written
         return normal
 
-    def create(self, d: int, spec: str) -> FaissIndex:
+    def attach(self, db: Any) -> None:
+        pass  # FAISS keeps vectors only
+
+    def check_items(self, items: Any) -> None:
+        pass
+
+    def prune(self, keys: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def create(self, d: int, spec: str, key: str = "") -> FaissIndex:
         return FaissIndex(d, spec, gpu_resources=self.gpu_resources, nprobe=self.nprobe)
 
-    def build(self, d: int, spec: str, labels: np.ndarray, xb: np.ndarray) -> FaissIndex:
+    def build(
+        self, d: int, spec: str, labels: np.ndarray, xb: np.ndarray, key: str = ""
+    ) -> FaissIndex:
         return FaissIndex.build(
             d, spec, labels, xb, gpu_resources=self.gpu_resources, nprobe=self.nprobe
         )

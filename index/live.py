@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from index.backend import VectorBackend
 from index.rwlock import RWLock
 from index.types import CollectionInfo, Modality
+
+log = logging.getLogger(__name__)
 
 # No user's collection name starts with it: re-embedded copies live under it.
 SHADOW_PREFIX = "."
@@ -42,6 +45,15 @@ class LiveCollection:
         exclusive = any(s.index.exclusive_search for s in self.sides.values())
         with self.lock.write() if exclusive else self.lock.read():
             yield
+
+    def drop_indexes(self) -> None:
+        """Delete what the backend keeps of this incarnation outside the process (it is
+        gone for good); a failure is logged, and the next start drops what is left."""
+        for m, side in self.sides.items():
+            try:
+                side.index.drop()
+            except Exception as exc:
+                log.warning("dropping the %s index of %s: %s", m.value, self.name, exc)
 
     def info(self) -> CollectionInfo:
         with self.lock.read():

@@ -147,6 +147,8 @@ class Migration:
             if after is not None:
                 after()
             store.garbage.collect(digests)
+        for old in olds:
+            old.drop_indexes()
         for name, shadow in self.shadows.items():
             for side in store.collections[name].sides.values():
                 side.dirty += 1  # the moved indexes are snapshotted under their new name

@@ -20,6 +20,7 @@ from index.errors import ModelMismatch, UnknownItem
 from index.faiss_specs import DEFAULT_SPEC
 from index.filters import filter_labels
 from index.live import LiveCollection
+from index.milvus_specs import EXACT_TYPES
 from index.types import Hit, Item, Modality
 
 if TYPE_CHECKING:
@@ -32,10 +33,11 @@ RERANK = {"exact-codes": (2, 32), "compressed": (8, 256)}
 
 
 def candidates(spec: str, k: int) -> int:
-    """How deep to search an index built from ``spec`` for ``k`` hits ranked exactly."""
-    if spec == DEFAULT_SPEC:
+    """How deep to search an index built from ``spec`` (a FAISS or a Milvus spec) for ``k``
+    hits ranked exactly."""
+    if spec == DEFAULT_SPEC or spec in EXACT_TYPES:
         return k
-    compressed = "PQ" in spec or any(f"SQ{b}" in spec for b in (4, 6, 8))
+    compressed = "PQ" in spec or "_SQ" in spec or any(f"SQ{b}" in spec for b in (4, 6, 8))
     factor, extra = RERANK["compressed" if compressed else "exact-codes"]
     return max(k * factor, k + extra)
 
@@ -56,15 +58,22 @@ def search_collection(
     ``with_vectors`` puts each hit's stored vector on it."""
     c = store.get(name)
     check_model(c, model_version)
-    allowed = filter_labels(store.db.reader(), name, target, where) if where else None
-    exact = c.spec == DEFAULT_SPEC
+    index = c.sides[target].index
+    native = bool(where) and index.native_filters
+    if where and not native:
+        allowed = filter_labels(store.db.reader(), name, target, where)
+    else:
+        allowed = None
     depth = candidates(c.spec, k)
+    exact = depth == k
     with c.searching():
         if not store.is_current(c):
             # Swapped for a re-embedded copy since we looked it up: the caller embeds
             # the query again for the version now there.
             raise ModelMismatch(f"collection {name!r} moved to another model version")
-        results = c.sides[target].index.search(xq, depth, allowed=allowed)
+        results = c.sides[target].index.search(
+            xq, depth, allowed=allowed, where=where if native else None
+        )
         # Rows are read under the lock too, so a swap cannot delete them in between.
         wanted = sorted({int(x) for r in results for x in r.labels})
         rows = hit_rows(store.db.reader(), wanted, vectors=with_vectors or not exact)

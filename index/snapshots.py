@@ -34,6 +34,11 @@ from index.types import Modality
 log = logging.getLogger(__name__)
 
 
+def backend_key(uid: str, modality: Modality) -> str:
+    """What names one modality of one collection incarnation in a vector backend."""
+    return f"{uid}_{modality.value}"
+
+
 class Snapshots:
     def __init__(
         self, db: Database, backends: BackendFactory, index_dir: Path, snapshot_every: int
@@ -64,20 +69,28 @@ class Snapshots:
     def new(
         self, name: str, uid: str, spec: str, dim: int, model_version: str, created_at: float
     ) -> LiveCollection:
-        sides = {m: Side(self.backends.create(dim, spec)) for m in Modality}
+        sides: dict[Modality, Side] = {}
+        try:
+            for m in Modality:
+                sides[m] = Side(self.backends.create(dim, spec, key=backend_key(uid, m)))
+        except BaseException:
+            for side in sides.values():
+                side.index.drop()
+            raise
         return LiveCollection(name, uid, spec, dim, model_version, created_at, sides)
 
     def open(
         self, name: str, uid: str, spec: str, dim: int, model_version: str, created_at: float
     ) -> LiveCollection:
         """A stored collection with its indexes loaded and caught up, or rebuilt."""
-        c = self.new(name, uid, spec, dim, model_version, created_at)
+        sides: dict[Modality, Side] = {}
+        c = LiveCollection(name, uid, spec, dim, model_version, created_at, sides)
         for m in Modality:
             started = time.monotonic()
             index, label_mark, tomb_mark, how = self._load(c, m)
             if index is None:
                 labels, xb = load_vectors(self.db.reader(), name, m, dim)
-                index = self.backends.build(dim, spec, labels, xb)
+                index = self.backends.build(dim, spec, labels, xb, key=backend_key(uid, m))
                 label_mark = int(labels.max()) if len(labels) else 0
                 tomb_mark = max_tombstone(self.db.writer)
                 how = "rebuilt from SQLite"
@@ -127,7 +140,7 @@ class Snapshots:
             "SELECT seq, label FROM tombstones WHERE collection = ? AND modality = ? AND seq > ?",
             (name, m.value, tomb_mark),
         ).fetchall()
-        gone = [label for _, label in tombs if label <= label_mark]
+        gone = [label for _, label in tombs if index.persistent or label <= label_mark]
         if present is not None:
             gone = [int(x) for x in np.intersect1d(np.array(gone, dtype=np.int64), present)]
         index.remove(np.array(gone, dtype=np.int64))
@@ -208,7 +221,7 @@ class Snapshots:
         try:
             label_mark, tomb_mark = side.label_mark, side.tomb_mark
             labels, xb = load_vectors(self.db.reader(), c.name, m, c.dim, max_label=label_mark)
-            fresh = self.backends.build(c.dim, c.spec, labels, xb)
+            fresh = self.backends.build(c.dim, c.spec, labels, xb, key=backend_key(c.uid, m))
             with self.db.write_lock, c.lock.write():
                 if not current(c):
                     return

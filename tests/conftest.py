@@ -19,12 +19,23 @@ def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> ClipEncoder:
     return load_encoder("xmodal-tiny", "none", "cpu", tmp_path_factory.mktemp("models"))
 
 
+# The vector backends every API test runs against: FAISS in the process, and Milvus Lite
+# (the embedded Milvus, a local file).
+BACKENDS = ["faiss", "milvus"]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
-    """One in-process server for the API tests, with small limits so the limit tests stay
-    cheap."""
+def server(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[AppServer]:
+    """One in-process server per vector backend for the API tests, with small limits so
+    the limit tests stay cheap."""
     proc = AppServer(
-        tmp_path_factory.mktemp("server") / "data",
+        tmp_path_factory.mktemp(f"server-{backend}") / "data",
+        vector_backend=backend,
         max_upload_bytes=200_000,
         max_request_bytes=1_000_000,
         max_files_per_request=8,

@@ -17,7 +17,26 @@ import httpx
 
 from bench.serving import REPO, TINY, ServerProcess, free_port, image_bytes
 
-__all__ = ["REPO", "TINY", "AppServer", "CliRun", "ServerProcess", "image_bytes", "run_cli"]
+__all__ = [
+    "REPO",
+    "SPECS",
+    "TINY",
+    "AppServer",
+    "CliRun",
+    "ServerProcess",
+    "image_bytes",
+    "run_cli",
+]
+
+# One kind of index in each vector backend's spec grammar, as a collection's "index".
+SPECS = {
+    "faiss": {"flat": "Flat", "hnsw": "HNSW16", "compressed": "IVF4,PQ8x4"},
+    "milvus": {
+        "flat": "FLAT",
+        "hnsw": "HNSW:M=16,efConstruction=200",
+        "compressed": "IVF_SQ8:nlist=4",
+    },
+}
 
 
 @dataclass

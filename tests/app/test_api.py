@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import AppServer, image_bytes
+from tests.helpers import SPECS, AppServer, image_bytes
 
 COLOURS = {
     "red": (230, 20, 20),
@@ -76,17 +76,20 @@ def indexed(client: httpx.Client, collection: str) -> dict[str, Any]:
 
 
 # --- collections ------------------------------------------------------------------------------
-def test_collections_can_be_created_listed_read_and_deleted(client: httpx.Client) -> None:
+def test_collections_can_be_created_listed_read_and_deleted(
+    client: httpx.Client, backend: str
+) -> None:
     client.delete("/v1/collections/lifecycle")
-    r = client.post("/v1/collections", json={"name": "lifecycle", "index": "HNSW16"})
+    hnsw = SPECS[backend]["hnsw"]
+    r = client.post("/v1/collections", json={"name": "lifecycle", "index": hnsw})
     assert r.status_code == 201, r.text
     body = r.json()
-    assert body["name"] == "lifecycle" and body["index"] == "HNSW16"
+    assert body["name"] == "lifecycle" and body["index"] == hnsw
     assert body["counts"] == {"image": 0, "text": 0} and body["model"] == "xmodal-tiny@random-seed0"
     assert client.post("/v1/collections", json={"name": "lifecycle"}).status_code == 409
     listed = {c["name"]: c for c in client.get("/v1/collections").json()["collections"]}
     assert listed["lifecycle"]["dim"] == body["dim"]
-    assert client.get("/v1/collections/lifecycle").json()["index"] == "HNSW16"
+    assert client.get("/v1/collections/lifecycle").json()["index"] == hnsw
     assert client.delete("/v1/collections/lifecycle").status_code == 204
     r = client.get("/v1/collections/lifecycle")
     assert r.status_code == 404 and r.json()["error"]["code"] == "collection_not_found"

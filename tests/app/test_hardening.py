@@ -38,14 +38,33 @@ from tests.app.test_index_jobs import run_job, wait_for_job
 from tests.corpus import good_image, noise_png, write_jsonl, write_many
 from tests.helpers import TINY, AppServer
 
-
 # --- 1. a collection's FAISS factory string is trusted -------------------------------------------
-@pytest.mark.parametrize(
-    "spec", ["HNSW1", "IVF100000000,Flat", "IVF4", "PQ8x2", "LSH", "IDMap2,Flat", "Flat" * 60]
-)
-def test_untrusted_index_spec_is_refused_with_400(client: httpx.Client, spec: str) -> None:
+BAD_SPECS = {
+    "faiss": ["HNSW1", "IVF100000000,Flat", "IVF4", "PQ8x2", "LSH", "IDMap2,Flat", "Flat" * 60],
+    "milvus": [
+        "HNSW:M=1",
+        "IVF_FLAT:nlist=100000000",
+        "IVF_PQ:m=7",  # does not divide the dimension
+        "HNSW:M=16,M=16",
+        "FLAT:nlist=4",
+        "HNSW:M=-4",
+        "SCANN",
+        "GPU_CAGRA",  # Milvus Lite has no GPUs
+        "IVF_PQ",  # nor product quantisation
+        'FLAT" or true',
+        "FLAT" * 60,
+    ],
+}
+
+
+@pytest.mark.parametrize("n", range(len(BAD_SPECS["milvus"])))
+def test_untrusted_index_spec_is_refused_with_400(
+    client: httpx.Client, backend: str, n: int
+) -> None:
+    specs = BAD_SPECS[backend]
+    spec = specs[n % len(specs)]
     r = client.post("/v1/collections", json={"name": "spec-check", "index": spec})
-    assert r.status_code in (400, 422), r.text
+    assert r.status_code in (400, 422), (spec, r.text)
     assert client.get("/v1/collections/spec-check").status_code == 404
 
 

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import image_bytes
+from tests.helpers import SPECS, image_bytes
 
 WORDS = [
     *("apple", "river", "stone", "cloud", "forest", "engine"),
@@ -80,18 +80,18 @@ def assert_ranking(got: list[str], exact: tuple[list[str], np.ndarray], ex: Exac
 
 
 @pytest.fixture(scope="module")
-def texts(server: Any) -> dict[str, Any]:
-    """The 80 texts in an exact index; 1,040 in an HNSW and in an IVF-PQ index (enough to
-    train it)."""
+def texts(server: Any, backend: str) -> dict[str, Any]:
+    """The 80 texts in an exact index; 1,040 in an HNSW and in a compressed index (FAISS: IVF-PQ,
+    trained once enough arrive; Milvus: IVF-SQ8)."""
     with httpx.Client(base_url=server.url, timeout=60) as client:
-        names = {"Flat": "feat-flat", "HNSW16": "feat-hnsw", "IVF4,PQ8x4": "feat-ivfpq"}
-        for spec, name in names.items():
+        names = {kind: f"feat-{kind}" for kind in ("flat", "hnsw", "compressed")}
+        for kind, name in names.items():
             client.delete(f"/v1/collections/{name}")
-            r = client.post("/v1/collections", json={"name": name, "index": spec})
+            r = client.post("/v1/collections", json={"name": name, "index": SPECS[backend][kind]})
             assert r.status_code == 201, r.text
-            add_texts(client, name, TEXTS if spec == "Flat" else BIG)
+            add_texts(client, name, TEXTS if name == "feat-flat" else BIG)
         deadline = time.monotonic() + 60  # the store trains the index in the background
-        while not client.get("/v1/collections/feat-ivfpq").json()["trained"]["text"]:
+        while not client.get("/v1/collections/feat-compressed").json()["trained"]["text"]:
             assert time.monotonic() < deadline, "the IVF-PQ index was never trained"
             time.sleep(0.2)
         return {"names": names, "exact": Exact(client, TEXTS), "big": Exact(client, BIG)}
@@ -112,7 +112,7 @@ def walk(client: httpx.Client, name: str, k: int, pages: int | None = None) -> l
 
 
 def test_pages_walk_the_exact_ranking_once(client: httpx.Client, texts: dict[str, Any]) -> None:
-    name, ex = texts["names"]["Flat"], texts["exact"]
+    name, ex = texts["names"]["flat"], texts["exact"]
     q = ex.vector("river stone")
     hits = walk(client, name, 7)
     got = [h["id"] for h in hits]
@@ -126,7 +126,7 @@ def test_pages_walk_the_exact_ranking_once(client: httpx.Client, texts: dict[str
     )
 
 
-@pytest.mark.parametrize("spec", ["HNSW16", "IVF4,PQ8x4"])
+@pytest.mark.parametrize("spec", ["hnsw", "compressed"])
 def test_pages_of_approximate_indexes_are_the_exact_ones(
     client: httpx.Client, texts: dict[str, Any], spec: str
 ) -> None:
@@ -159,7 +159,7 @@ def test_pages_split_no_tie(client: httpx.Client, collection: str) -> None:
 
 
 def test_offset_bounds(client: httpx.Client, texts: dict[str, Any]) -> None:
-    name = texts["names"]["Flat"]
+    name = texts["names"]["flat"]
     r = client.post(f"/v1/collections/{name}/search", json={"text": "x", "k": 10, "offset": 495})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_k"
     r = client.post(f"/v1/collections/{name}/search", json={"text": "x", "offset": -1})
@@ -169,7 +169,7 @@ def test_offset_bounds(client: httpx.Client, texts: dict[str, Any]) -> None:
 
 
 def test_score_cut_offs(client: httpx.Client, texts: dict[str, Any]) -> None:
-    name, ex = texts["names"]["Flat"], texts["exact"]
+    name, ex = texts["names"]["flat"], texts["exact"]
     q = ex.vector("garden mirror")
     ids, scores = ex.rank(q)
     floor = float(scores[20])  # 21 hits at or above it
@@ -197,7 +197,7 @@ def test_score_cut_offs(client: httpx.Client, texts: dict[str, Any]) -> None:
 
 
 def test_combined_queries_are_the_weighted_sum(client: httpx.Client, texts: dict[str, Any]) -> None:
-    name, ex = texts["names"]["Flat"], texts["exact"]
+    name, ex = texts["names"]["flat"], texts["exact"]
     a, b, c = ex.vector("violin harbor"), ex.vector("desert"), ex.vector("number 7")
     parts = [
         {"text": "violin harbor", "weight": 1.0},
@@ -265,7 +265,7 @@ def test_an_image_and_a_text_combined(client: httpx.Client, collection: str) -> 
 
 
 def test_more_like_this_uses_the_stored_vector(client: httpx.Client, texts: dict[str, Any]) -> None:
-    name, ex = texts["names"]["Flat"], texts["exact"]
+    name, ex = texts["names"]["flat"], texts["exact"]
     q = ex.vectors[ex.ids.index("t010")]
     answer = search(client, name, item_id="t010", k=10)  # default: its own modality
     got = [h["id"] for h in answer["results"]]
@@ -336,7 +336,7 @@ def test_dedup_keeps_the_best_of_each_group(client: httpx.Client, collection: st
 
 
 def test_batch_answers_as_one_by_one(client: httpx.Client, texts: dict[str, Any]) -> None:
-    name = texts["names"]["Flat"]
+    name = texts["names"]["flat"]
     bodies: list[dict[str, Any]] = [
         {"text": "river stone", "target": "text", "k": 5},
         {"text": "desert", "target": "text", "k": 3, "offset": 3},
