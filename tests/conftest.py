@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from models.encoder import ClipEncoder, load_encoder
-from tests.helpers import AppServer
+from tests.helpers import BACKENDS, AppServer
 
 # No test may reach the internet: point the model hub at a closed loopback port.
 os.environ["HF_ENDPOINT"] = "https://127.0.0.1:9"
@@ -17,11 +17,6 @@ os.environ["HF_ENDPOINT"] = "https://127.0.0.1:9"
 def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> ClipEncoder:
 
     return load_encoder("xmodal-tiny", "none", "cpu", tmp_path_factory.mktemp("models"))
-
-
-# The vector backends every API test runs against: FAISS in the process, and Milvus Lite
-# (the embedded Milvus, a local file).
-BACKENDS = ["faiss", "milvus"]
 
 
 @pytest.fixture(scope="session", params=BACKENDS)

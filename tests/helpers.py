@@ -18,6 +18,7 @@ import httpx
 from bench.serving import REPO, TINY, ServerProcess, free_port, image_bytes
 
 __all__ = [
+    "BACKENDS",
     "REPO",
     "SPECS",
     "TINY",
@@ -27,6 +28,10 @@ __all__ = [
     "image_bytes",
     "run_cli",
 ]
+
+# The vector backends the API tests run against: FAISS in the process, and Milvus Lite
+# (the embedded Milvus, a local file).
+BACKENDS = ["faiss", "milvus"]
 
 # One kind of index in each vector backend's spec grammar, as a collection's "index".
 SPECS = {

@@ -15,8 +15,11 @@ import pytest
 from models.feature_map import FeatureMap
 from models.registry import ModelRegistry, ModelVersion
 from models.synthetic import write_dataset
+from index import MilvusBackends, Modality
+from index.milvus_backend import collection_name
+from index.snapshots import backend_key
 from tests.app.test_index_jobs import wait_for_job
-from tests.helpers import AppServer
+from tests.helpers import BACKENDS, AppServer
 
 BASE = "xmodal-tiny@random-seed0"
 QUERIES = [
@@ -50,12 +53,14 @@ def activate(c: httpx.Client, version: str, **body: Any) -> dict[str, Any]:
     return wait_for_job(c, r.json()["id"], timeout=300)
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AppServer, httpx.Client]]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def lab(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[tuple[AppServer, httpx.Client]]:
     data = tmp_path_factory.mktemp("activation") / "data"
     write_dataset(data / "import", "train", 400, seed=0, side=32)
     write_dataset(data / "import", "gallery", 80, seed=9, side=32)
-    server = AppServer(data).start()
+    server = AppServer(data, vector_backend=request.param).start()
     client = httpx.Client(base_url=server.url, timeout=60)
     assert client.post("/v1/collections", json={"name": "gallery"}).status_code == 201
     job = wait_for_job(
@@ -87,6 +92,7 @@ def test_activation_switches_every_collection_and_rollback_restores_the_answers(
     assert c.get("/readyz").json()["model"] == linear
     after_linear = answers(c, "gallery")
     assert after_linear != before
+    assert_backend_holds_only_live_collections(server)
     active = [m["version"] for m in c.get("/v1/models").json()["models"] if m["active"]]
     assert active == [linear]
 
@@ -110,6 +116,21 @@ def test_activation_switches_every_collection_and_rollback_restores_the_answers(
     assert answers(c, "gallery") == before
     assert c.get("/readyz").json()["model"] == BASE
     assert c.post(f"/v1/models/{BASE}/rollback").status_code == 409  # nothing before it
+    assert_backend_holds_only_live_collections(server)
+
+
+def assert_backend_holds_only_live_collections(server: AppServer) -> None:
+    """On Milvus, the collections of the versions switched away from were dropped: one Milvus
+    collection per modality of each live collection, and no other."""
+    store = server.app.state.services.store
+    if not isinstance(store.backends, MilvusBackends):
+        return
+    live = {
+        collection_name(backend_key(c.uid, m))
+        for c in store.collections.values()
+        for m in Modality
+    }
+    assert set(store.backends.client.list_collections()) == live
 
 
 def test_searches_during_activation_all_succeed_from_one_version(

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess, image_bytes
+from tests.helpers import BACKENDS, SPECS, ServerProcess, image_bytes
 
 
 def run_searches(
@@ -30,10 +30,16 @@ def run_searches(
     return out
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("snapshot_every", [1_000_000, 25], ids=["no-snapshot", "snapshots-midway"])
-def test_acknowledged_items_survive_kill_9(tmp_path: Path, snapshot_every: int) -> None:
+def test_acknowledged_items_survive_kill_9(
+    tmp_path: Path, snapshot_every: int, backend: str
+) -> None:
     server = ServerProcess(
-        tmp_path / "data", snapshot_every=snapshot_every, snapshot_interval_s=3600
+        tmp_path / "data",
+        snapshot_every=snapshot_every,
+        snapshot_interval_s=3600,
+        vector_backend=backend,
     ).start()
     images = {
         f"img-{i}": image_bytes((i * 9 % 256, 80, 200 - i), seed=i, size=(24, 24))
@@ -43,7 +49,9 @@ def test_acknowledged_items_survive_kill_9(tmp_path: Path, snapshot_every: int) 
         with httpx.Client(base_url=server.url, timeout=30) as c:
             assert c.post("/v1/collections", json={"name": "durable"}).status_code == 201
             assert (
-                c.post("/v1/collections", json={"name": "hnsw", "index": "HNSW8"}).status_code
+                c.post(
+                    "/v1/collections", json={"name": "hnsw", "index": SPECS[backend]["hnsw"]}
+                ).status_code
                 == 201
             )
             ids = list(images)

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import ray  # make test installs the scale extra
 
-from index import Modality
+from index import MilvusBackends, Modality
 from tests.app.test_index_jobs import wait_for_job
 from tests.corpus import write_folder, write_jsonl
-from tests.helpers import AppServer, run_cli
+from tests.helpers import BACKENDS, AppServer, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +28,15 @@ def cluster() -> Iterator[None]:
     yield
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, cluster: None) -> Iterator[AppServer]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def site(
+    tmp_path_factory: pytest.TempPathFactory, cluster: None, request: pytest.FixtureRequest
+) -> Iterator[AppServer]:
     server = AppServer(
-        tmp_path_factory.mktemp("ray") / "data", max_upload_bytes=200_000, import_chunk_size=8
+        tmp_path_factory.mktemp("ray") / "data",
+        max_upload_bytes=200_000,
+        import_chunk_size=8,
+        vector_backend=request.param,
     ).start()
     try:
         yield server
@@ -47,11 +52,22 @@ def index(client: httpx.Client, name: str, source: str, engine: str) -> dict[str
 
 
 def stored(site: AppServer, name: str) -> dict[str, np.ndarray]:
+    """Each item's vector as SQLite has it; on Milvus, also checked against what Milvus
+    holds (the job wrote there too)."""
     store = site.app.state.services.store
     out = {}
     for modality in Modality:
         labels, ids, vectors = store.vectors_after(name, modality, 0, 100_000)
         out.update(zip(ids, vectors, strict=True))
+        if isinstance(store.backends, MilvusBackends):
+            index = store.get(name).sides[modality].index
+            rows = store.backends.client.query(
+                index.name, filter="label >= 0", output_fields=["item_id", "vector", "modality"]
+            )
+            assert sorted(r["item_id"] for r in rows) == sorted(ids)
+            for r in rows:
+                assert r["modality"] == modality.value
+                np.testing.assert_allclose(r["vector"], out[r["item_id"]], atol=1e-6)
     return out
 
 
