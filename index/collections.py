@@ -49,7 +49,7 @@ from index.faiss_backend import FaissBackends
 from index.garbage import ImageGarbage
 from index.jobs import SCHEMA as JOBS_SCHEMA
 from index.jobs import cancel_jobs_of
-from index.live import SHADOW_PREFIX, LiveCollection
+from index.live import SHADOW_PREFIX, LiveCollection, Side
 from index.lock import lock_data_dir
 from index.migration import drop_unfinished
 from index.search import (
@@ -317,20 +317,23 @@ class CollectionStore:
             if extra is not None:
                 extra(conn)
             tomb_mark = max_tombstone(conn)
-        with c.lock.write():
-            for m in Modality:
-                side = c.sides[m]
-                gone = [label for mod, label, _ in replaced if mod is m]
-                side.index.remove(np.array(gone, dtype=np.int64))
-                mine = [(label, row) for mod, label, row in added if mod is m]
-                if mine:
-                    labels = np.array([label for label, _ in mine], dtype=np.int64)
-                    side.index.add(labels, vectors[[row for _, row in mine]])
-                    side.label_mark = max(side.label_mark, int(labels.max()))
-                if gone:
-                    side.tomb_mark = max(side.tomb_mark, tomb_mark)
-                side.dirty += len(gone) + len(mine)
-        self.garbage.collect([d for _, _, d in replaced if d is not None])
+
+        def change(m: Modality, side: Side) -> None:
+            gone = [label for mod, label, _ in replaced if mod is m]
+            side.index.remove(np.array(gone, dtype=np.int64))
+            mine = [(label, row) for mod, label, row in added if mod is m]
+            if mine:
+                labels = np.array([label for label, _ in mine], dtype=np.int64)
+                side.index.add(labels, vectors[[row for _, row in mine]])
+                side.label_mark = max(side.label_mark, int(labels.max()))
+            if gone:
+                side.tomb_mark = max(side.tomb_mark, tomb_mark)
+            side.dirty += len(gone) + len(mine)
+
+        try:
+            self.snapshots.apply(c, list(Modality), change)
+        finally:
+            self.garbage.collect([d for _, _, d in replaced if d is not None])
 
     def delete_item(self, name: str, item_id: str) -> None:
         with self.db.write_lock:
@@ -350,13 +353,17 @@ class CollectionStore:
                 (c.name, old[1], old[0]),
             )
             assert cur.lastrowid is not None
-        side = c.sides[Modality(old[1])]
-        with c.lock.write():
+
+        def change(m: Modality, side: Side) -> None:
             side.index.remove(np.array([old[0]], dtype=np.int64))
             side.tomb_mark = max(side.tomb_mark, int(cur.lastrowid))
             side.dirty += 1
-        if old[2] is not None:
-            self.garbage.collect([old[2]])
+
+        try:
+            self.snapshots.apply(c, [Modality(old[1])], change)
+        finally:
+            if old[2] is not None:
+                self.garbage.collect([old[2]])
 
     def get_item(self, name: str, item_id: str) -> Item:
         self.get(name)

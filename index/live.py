@@ -26,6 +26,7 @@ class Side:
     tomb_mark: int = 0  # highest tombstone seq applied to the index
     dirty: int = 0  # changes since the last snapshot
     busy: bool = False  # a background snapshot or rebuild owns this side
+    lagging: bool = False  # the backend failed a change: catch up from SQLite before the next
 
 
 @dataclass

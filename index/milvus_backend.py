@@ -264,9 +264,12 @@ class MilvusBackends:
             self.client.create_collection,
             name,
             schema=schema,
-            index_params=index_params,
             consistency_level="Strong",  # an acknowledged write is searchable
         )
+        # Not waited for (pymilvus polls every 0.5 s): an empty collection's index is built
+        # at once, and later segments are indexed by Milvus as they seal.
+        index._call("index", self.client.create_index, name, index_params, sync=False)
+        index._call("load", self.client.load_collection, name)
         index._count = 0
         return index
 

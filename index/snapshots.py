@@ -152,6 +152,34 @@ class Snapshots:
         index.train()
         return label_mark, tomb_mark
 
+    def apply(
+        self, c: LiveCollection, sides: list[Modality], change: Callable[[Modality, Side], None]
+    ) -> None:
+        """Apply a change SQLite has committed to the indexes of ``sides``. A side whose
+        backend failed an earlier change (a Milvus server that did not answer) is caught up
+        from SQLite instead, which includes this change; the first failure is raised after
+        every side was tried (the write is durable; it becomes searchable on the next
+        write that reaches the backend, or on the next start)."""
+        failed: Exception | None = None
+        with c.lock.write():
+            for m in sides:
+                side = c.sides[m]
+                try:
+                    if side.lagging:
+                        side.label_mark, side.tomb_mark = self.catch_up(
+                            c.name, m, side.index, side.label_mark, side.tomb_mark
+                        )
+                        side.lagging = False
+                        side.dirty += 1
+                    else:
+                        change(m, side)
+                except Exception as exc:
+                    log.error("the %s index of %s missed a change: %s", m.value, c.name, exc)
+                    side.lagging = True
+                    failed = failed or exc
+        if failed is not None:
+            raise failed
+
     # --- writing ------------------------------------------------------------------------------
     def write_all(self, collections: list[LiveCollection], only_dirty: bool = False) -> int:
         """Write every (or every changed) index to disk; returns how many were written."""

@@ -12,12 +12,12 @@ import httpx
 import numpy as np
 import pytest
 
-from models.feature_map import FeatureMap
-from models.registry import ModelRegistry, ModelVersion
-from models.synthetic import write_dataset
 from index import MilvusBackends, Modality
 from index.milvus_backend import collection_name
 from index.snapshots import backend_key
+from models.feature_map import FeatureMap
+from models.registry import ModelRegistry, ModelVersion
+from models.synthetic import write_dataset
 from tests.app.test_index_jobs import wait_for_job
 from tests.helpers import BACKENDS, AppServer
 
@@ -126,9 +126,7 @@ def assert_backend_holds_only_live_collections(server: AppServer) -> None:
     if not isinstance(store.backends, MilvusBackends):
         return
     live = {
-        collection_name(backend_key(c.uid, m))
-        for c in store.collections.values()
-        for m in Modality
+        collection_name(backend_key(c.uid, m)) for c in store.collections.values() for m in Modality
     }
     assert set(store.backends.client.list_collections()) == live
 
