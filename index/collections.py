@@ -353,10 +353,11 @@ class CollectionStore:
                 (c.name, old[1], old[0]),
             )
             assert cur.lastrowid is not None
+            seq = int(cur.lastrowid)
 
         def change(m: Modality, side: Side) -> None:
             side.index.remove(np.array([old[0]], dtype=np.int64))
-            side.tomb_mark = max(side.tomb_mark, int(cur.lastrowid))
+            side.tomb_mark = max(side.tomb_mark, seq)
             side.dirty += 1
 
         try:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -92,11 +93,89 @@ def test_compose_settings_exist_and_their_defaults_are_the_services() -> None:
         assert f"XMODAL_{name}" in env
 
 
+def resolved(env: dict[str, Any]) -> dict[str, str]:
+    """Compose's ``${VAR:-default}`` values as they are with nothing exported."""
+    return {k: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(v)) for k, v in env.items()}
+
+
+def flag(command: str, name: str) -> str:
+    m = re.search(rf"(?:^| )--?{name}[= ](\S+)", command)
+    assert m is not None, (name, command)
+    return m.group(1)
+
+
+def test_the_scale_profile_wires_xmodal_to_milvus_and_ray() -> None:
+    spec = compose()
+    services = spec["services"]
+    scale = {n for n, s in services.items() if s.get("profiles") == ["scale"]}
+    assert scale == {"xmodal-scale", "ray-head", "ray-gpu-worker", "milvus", "milvus-etcd"} | {
+        "milvus-minio"
+    }
+    api, head, worker = services["xmodal-scale"], services["ray-head"], services["ray-gpu-worker"]
+    env = resolved(api["environment"])
+    settings = Settings(
+        **{k.removeprefix("XMODAL_").lower(): v for k, v in env.items() if v != ""}  # type: ignore[arg-type]
+    )
+    assert settings.vector_backend == "milvus"
+    # xmodal -> Milvus: the service name and the port Milvus serves its API on.
+    milvus_uri = urlparse(settings.milvus_target)
+    assert milvus_uri.scheme == "http" and (milvus_uri.hostname, milvus_uri.port) == (
+        "milvus",
+        19530,
+    )
+    # Milvus -> etcd and MinIO: their service names, the ports they listen on, one key pair.
+    milvus = services["milvus"]
+    menv = resolved(milvus["environment"])
+    etcd = services["milvus-etcd"]
+    assert (
+        menv["ETCD_ENDPOINTS"]
+        == "milvus-etcd:"
+        + urlparse(flag(etcd["command"], "listen-client-urls")).netloc.split(":")[1]
+    )
+    assert menv["MINIO_ADDRESS"] == "milvus-minio:9000"  # MinIO's API port
+    minio = resolved(services["milvus-minio"]["environment"])
+    assert (menv["MINIO_ACCESS_KEY_ID"], menv["MINIO_SECRET_ACCESS_KEY"]) == (
+        minio["MINIO_ACCESS_KEY"],
+        minio["MINIO_SECRET_KEY"],
+    )
+    # xmodal -> the Ray head's client server; the worker -> the head's GCS port.
+    ray_address = urlparse(str(settings.ray_address))
+    assert ray_address.scheme == "ray" and ray_address.hostname == "ray-head"
+    assert str(ray_address.port) == flag(head["command"], "ray-client-server-port")
+    assert flag(worker["command"], "address") == "ray-head:" + flag(head["command"], "port")
+    assert flag(worker["command"], "num-gpus") == "1" and flag(head["command"], "num-gpus") == "0"
+    gpu = worker["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and gpu["count"] == 1
+    # One image for the three, with the extra that brings Ray and pymilvus.
+    for service in (api, head, worker):
+        assert service["image"] == "xmodal:gpu-scale"
+        assert service["build"]["args"]["SCALE"] == "1"
+        assert "xmodal-scale-data:/data" in service["volumes"]  # sources and image files
+    pyproject = (REPO / "pyproject.toml").read_text()
+    extra = re.search(r"^scale = \[(.*)\]$", pyproject, re.M)
+    assert extra is not None and "ray[data]" in extra.group(1) and "pymilvus" in extra.group(1)
+    # Start order: whatever waits for a service's health has a health check to wait for.
+    for name, service in services.items():
+        for needed, how in (service.get("depends_on") or {}).items():
+            assert needed in services, (name, needed)
+            if how["condition"] == "service_healthy":
+                check = services[needed].get("healthcheck", {})
+                assert check and not check.get("disable"), (name, needed)
+    assert set(api["depends_on"]) == {"milvus", "ray-head", "ray-gpu-worker"}
+    # Not the default server's data dir: two servers cannot hold one.
+    assert "xmodal-data:/data" not in api["volumes"]
+    assert {"xmodal-scale-data", "milvus-data"} <= set(spec["volumes"])
+
+
 def test_dockerfile_installs_with_the_readme_command() -> None:
     readme = (REPO / "README.md").read_text()
     runs = [args for word, args in dockerfile_instructions() if word == "RUN"]
     installs = [cmd for args in runs for cmd in args.split("&&") if "pip install" in cmd]
-    assert [c.strip() for c in installs] == ['pip install ".${EXTRAS}"']
+    assert [c.strip() for c in installs] == [
+        'pip install ".${EXTRAS}"',
+        'if [ "$SCALE" = "1" ]; then pip install ".[scale]"; fi',
+    ]
+    assert "`pip install '.[scale]'`" in readme
     extras = dict(re.findall(r'AS base-(\w+)\n(?:.*\n)*?ENV .*EXTRAS="([^"]*)"', DOCKERFILE))
     assert extras == {"cpu": "", "gpu": "[gpu]"}
     for variant, extra in extras.items():
