@@ -269,6 +269,17 @@ class Settings(BaseSettings):
             value = [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
         return value
 
+    @field_validator("milvus_uri")
+    @classmethod
+    def _milvus_uri_kind(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            if not value.endswith(".db"):
+                raise ValueError(
+                    "XMODAL_MILVUS_URI is http(s)://host:port (a Milvus server) or a file path"
+                    " ending in .db (Milvus Lite)"
+                )
+        return value
+
     @field_validator("log_format")
     @classmethod
     def _known_format(cls, value: str) -> str:

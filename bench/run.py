@@ -1,4 +1,5 @@
-"""`make bench`: encoder throughput, search latency at 100k vectors, HTTP searches/s.
+"""`make bench`: encoder throughput, search latency at 100k vectors (FAISS, and both vector
+backends through the store), HTTP searches/s.
 
     python -m bench.run [--model xmodal-tiny] [--pretrained none] [--device auto]
 
@@ -25,6 +26,7 @@ import httpx
 import numpy as np
 import torch
 
+from bench import vectors
 from bench.ingest import bench_index_job
 from bench.serving import ServerProcess, image_bytes
 from index import FaissIndex
@@ -236,6 +238,9 @@ def main() -> None:
     parser.add_argument(
         "--specs", default="Flat;HNSW32;IVF1024,Flat", help="FAISS specs, ;-separated"
     )
+    parser.add_argument(
+        "--backend-vectors", type=int, default=100_000, help="FAISS and Milvus rows (0: skip)"
+    )
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--corpus", type=int, default=512, help="images indexed for the HTTP run")
@@ -302,6 +307,9 @@ def main() -> None:
                     where,
                 )
             )
+    if args.backend_vectors:
+        results["backends"], backend_rows = vectors.rows(args.backend_vectors, 512, 300, 30)
+        rows += backend_rows
     if not args.skip_http:
         h = bench_http(
             args.model, args.pretrained, args.device, args.clients, args.seconds, args.corpus

@@ -196,7 +196,7 @@ class MilvusBackends:
         self, uri: str, token: str | None = None, nprobe: int | None = None, timeout: float = 10.0
     ) -> None:
         self.uri = uri
-        self.local = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
+        self.local = not uri.startswith(("http://", "https://"))
         self.nprobe = nprobe
         self._token = token
         self._timeout = timeout

@@ -1,0 +1,120 @@
+"""The vector backends side by side through the store (what the service runs): insert rate
+and search latency at 100k vectors, with a metadata filter and without, on FAISS and on
+Milvus Lite (the embedded Milvus; a Milvus server adds a network hop, and its own nodes).
+
+    .venv/bin/python -m bench.vectors --vectors 100000 --dim 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from index import CollectionStore, FaissBackends, MilvusBackends, Modality, NewItem
+from index.backend import BackendFactory
+
+VERSION = "bench@v1"
+SHARDS = 10  # items carry {"shard": i % 10}: a filter on one shard keeps a tenth
+
+
+def backends(name: str, root: Path) -> BackendFactory:
+    if name == "milvus":
+        return MilvusBackends(str(root / "milvus.db"))
+    return FaissBackends(use_gpu=False)
+
+
+def bench_backend(
+    name: str, n: int, d: int, queries: int, filtered: int, chunk: int = 1000
+) -> dict[str, float]:
+    rng = np.random.default_rng(0)
+    xb = rng.standard_normal((n, d), dtype=np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    xq = rng.standard_normal((queries, d), dtype=np.float32)
+    xq /= np.linalg.norm(xq, axis=1, keepdims=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = CollectionStore(Path(tmp) / "data", backends=backends(name, Path(tmp)))
+        try:
+            store.create_collection("bench", d, VERSION)
+            started = time.perf_counter()
+            for start in range(0, n, chunk):
+                items = [
+                    NewItem(f"t{i}", Modality.TEXT, {"shard": i % SHARDS}, text=f"text {i}")
+                    for i in range(start, min(n, start + chunk))
+                ]
+                store.upsert("bench", items, xb[start : start + len(items)], VERSION)
+            insert_s = time.perf_counter() - started
+            out: dict[str, float] = {"inserts_per_s": n / insert_s}
+            for label, where in (("all", None), ("filtered", {"shard": 3})):
+                # Milvus Lite evaluates a JSON filter row by row: fewer filtered queries.
+                lat = search_latencies(store, xq if where is None else xq[:filtered], where)
+                out[f"{label}_p50_ms"] = float(np.percentile(lat, 50))
+                out[f"{label}_p99_ms"] = float(np.percentile(lat, 99))
+            return out
+        finally:
+            store.close()
+
+
+def search_latencies(
+    store: CollectionStore, xq: np.ndarray, where: dict[str, Any] | None
+) -> np.ndarray:
+    def one(q: np.ndarray) -> None:
+        hits = store.search("bench", Modality.TEXT, q[None], 10, model_version=VERSION, where=where)
+        assert len(hits[0]) == 10
+
+    for q in xq[:3]:
+        one(q)  # warm-up
+    lat = []
+    for q in xq:
+        t = time.perf_counter()
+        one(q)
+        lat.append(time.perf_counter() - t)
+    return np.array(lat) * 1000
+
+
+def rows(
+    n: int, d: int, queries: int, filtered: int
+) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+    """Both backends, one after the other in this process: results and table rows."""
+    results: dict[str, Any] = {}
+    table = []
+    for name in ("faiss", "milvus"):
+        r = results[name] = bench_backend(name, n, d, queries, filtered)
+        where = "in process" if name == "faiss" else "Milvus Lite, embedded"
+        table += [
+            (
+                f"{name} backend: insert {n:,} x {d} through the store, 1,000 a call",
+                f"{r['inserts_per_s']:,.0f} vectors/s",
+                where,
+            ),
+            (
+                f"{name} backend: search {n:,} x {d}, exact, k=10, no filter / a filter keeping"
+                f" 1/10 ({queries} / {filtered} queries)",
+                f"p50 {r['all_p50_ms']:.2f} / {r['filtered_p50_ms']:.2f} ms, "
+                f"p99 {r['all_p99_ms']:.2f} / {r['filtered_p99_ms']:.2f} ms",
+                where,
+            ),
+        ]
+    return results, table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--vectors", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--filtered-queries", type=int, default=30)
+    args = parser.parse_args()
+    _, table = rows(args.vectors, args.dim, args.queries, args.filtered_queries)
+    for name, value, where in table:
+        print(f"| {name} | {value} | {where} |")
+
+
+if __name__ == "__main__":
+    main()
