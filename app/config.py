@@ -272,12 +272,12 @@ class Settings(BaseSettings):
     @field_validator("milvus_uri")
     @classmethod
     def _milvus_uri_kind(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            if not value.endswith(".db"):
-                raise ValueError(
-                    "XMODAL_MILVUS_URI is http(s)://host:port (a Milvus server) or a file path"
-                    " ending in .db (Milvus Lite)"
-                )
+        remote = value is None or value.startswith(("http://", "https://"))
+        if not remote and not str(value).endswith(".db"):
+            raise ValueError(
+                "XMODAL_MILVUS_URI is http(s)://host:port (a Milvus server) or a file path"
+                " ending in .db (Milvus Lite)"
+            )
         return value
 
     @field_validator("log_format")

@@ -57,7 +57,7 @@ def _milvus() -> Any:
     except ImportError as exc:  # an optional extra
         raise BackendUnavailable(
             "XMODAL_VECTOR_BACKEND=milvus needs pymilvus (and milvus-lite for a local file):"
-            " pip install 'xmodal[scale]'"
+            " pip install '.[scale]'"
         ) from exc
     return pymilvus
 
