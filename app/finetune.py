@@ -89,8 +89,11 @@ class FineTuner:
             raise SourceError(
                 f"{len(train)} training pairs; fine-tuning needs at least {MIN_PAIRS}"
             )
+        target = self.load_pairs(params["target_source"]) if params.get("target_source") else None
         data = {
             "source": params["source"],
+            "target_source": params.get("target_source"),
+            "target_items": None if target is None else len(target),
             "eval_source": params.get("eval_source"),
             "eval_fraction": None
             if params.get("eval_source")
@@ -145,6 +148,7 @@ class FineTuner:
             self.run_model,
             on_step=on_step,
             should_stop=should_stop,
+            target=None if target is None else (target.images, target.texts),
         )
         detail["phase"] = "evaluating result"
         self.jobs.report(job.id, detail)

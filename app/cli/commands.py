@@ -229,6 +229,7 @@ def _finetune(args: argparse.Namespace) -> int:
         "method": args.method,
         "eval_source": args.eval_source,
         "eval_fraction": args.eval_fraction,
+        "target_source": args.target_source,
         "seed": args.seed,
         "hyperparameters": hyperparameters,
     }

@@ -146,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument(
         "--eval-fraction", type=float, default=0.1, help="share of the pairs held out"
     )
+    tune.add_argument(
+        "--target-source",
+        help="images and texts of the domain to adapt to, pairing ignored (adversarial,"
+        " subspace_alignment)",
+    )
     tune.add_argument("--seed", type=int, default=0, help="seed of the split and the training")
     tune.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="a hyperparameter, e.g. epochs=5"

@@ -11,7 +11,8 @@ from app.engine import Engine
 from app.finetune import FINETUNE_JOB, FineTuner
 from app.jobs.loop import JobStopped, OnProgress
 from index import Job, JobState, JobStore
-from models.adapt.methods import TrainingStopped, check_hyperparameters
+from models.adapt.methods import TARGETED, TrainingStopped, check_hyperparameters
+from models.errors import InvalidParameters
 from models.sources import open_source
 
 
@@ -38,6 +39,12 @@ class FinetuneRunner:
         open_source(root, params["source"])  # 400 now for a bad source
         if params.get("eval_source"):
             open_source(root, params["eval_source"])
+        if params.get("target_source"):
+            if params["method"] not in TARGETED:
+                raise InvalidParameters(
+                    f"target_source is for {' and '.join(sorted(TARGETED))}, not {params['method']}"
+                )
+            open_source(root, params["target_source"])
         params["hyperparameters"] = check_hyperparameters(
             params["method"], params.get("hyperparameters") or {}
         )

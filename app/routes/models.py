@@ -36,6 +36,11 @@ class FinetuneRequest(BaseModel):
     eval_fraction: float = Field(
         0.1, gt=0, lt=1, description="Held-out share of the pairs (fixed seed)."
     )
+    target_source: str | None = Field(
+        None,
+        description="Images and texts of the domain to adapt to, pairing ignored: the "
+        "domain discriminator of `adversarial`, the target of `subspace_alignment`.",
+    )
     seed: int = 0
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict, description="The method's settings; see the README."

@@ -1,11 +1,14 @@
 """Linear maps on frozen embeddings: both towers stay as they are; one d x d map per
 modality is learnt with the CLIP loss on cached, paired embeddings. Seconds, not minutes,
-and applying it to stored vectors needs no re-encoding."""
+and applying it to stored vectors needs no re-encoding. With an ``Adversary`` (the
+``adversarial`` method) a modality discriminator is trained beside the maps through a
+gradient-reversal layer, so the two modalities' projections become indistinguishable."""
 
 from __future__ import annotations
 
 import math
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,6 +16,9 @@ import torch.nn.functional as F
 
 from models.adapt.contrastive import clip_loss
 from models.adapt.methods import LinearConfig, StepCallback, TrainStep
+
+if TYPE_CHECKING:
+    from models.adapt.adversarial import Adversary
 from models.feature_map import FeatureMap
 
 
@@ -21,6 +27,7 @@ def fit_linear(
     text_vectors: np.ndarray,
     cfg: LinearConfig,
     on_step: StepCallback | None = None,
+    adversary: Adversary | None = None,
 ) -> FeatureMap:
     """Learn one d x d map per modality with the CLIP loss on cached, paired embeddings; the
     towers stay frozen. Each modality is standardised first (centred on its training mean,
@@ -38,9 +45,20 @@ def fit_linear(
     w_img = torch.nn.Parameter(torch.eye(d))
     w_txt = torch.nn.Parameter(torch.eye(d))
     log_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-    optimiser = torch.optim.AdamW(
-        [w_img, w_txt, log_scale], lr=cfg.lr, weight_decay=cfg.weight_decay
-    )
+    moments = {
+        "image": (torch.from_numpy(mu_img), torch.from_numpy(sd_img), w_img),
+        "text": (torch.from_numpy(mu_txt), torch.from_numpy(sd_txt), w_txt),
+    }
+
+    def project(vectors: torch.Tensor, modality: str) -> torch.Tensor:
+        """Embeddings of the base through the current map (the adversary's other data)."""
+        mu, sd, w = moments[modality]
+        return F.normalize((vectors - mu) / sd @ w, dim=-1)
+
+    params = [w_img, w_txt, log_scale]
+    if adversary is not None:
+        params += list(adversary.parameters())
+    optimiser = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
     n = len(x)
     steps = cfg.epochs * max(1, math.ceil(n / cfg.batch_size))
@@ -55,6 +73,8 @@ def fit_linear(
             img = F.normalize(x[idx] @ w_img, dim=-1)
             txt = F.normalize(t[idx] @ w_txt, dim=-1)
             loss = clip_loss(img, txt, log_scale.clamp(0, math.log(100)).exp())
+            if adversary is not None:
+                loss = loss + adversary.loss(img, txt, step / steps, project)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

@@ -1,7 +1,8 @@
 """The adaptation methods, their settings and what they report while they run.
 
 Importing this module needs no torch (the CLI lists the methods from here); the methods
-themselves live in ``contrastive``, ``linear`` and ``subspace``, and ``run`` picks one.
+themselves live in ``contrastive``, ``linear``, ``subspace``, ``cca`` and ``adversarial``, and
+``run`` picks one.
 """
 
 from __future__ import annotations
@@ -44,6 +45,44 @@ class SubspaceConfig:
 
 
 @dataclass(frozen=True)
+class AdversarialConfig:
+    epochs: int = 200
+    lr: float = 1e-2
+    weight_decay: float = 1e-4
+    batch_size: int = 1024
+    adversary_weight: float = 0.3  # the reversed gradient's weight once warmed up
+    warmup_fraction: float = 0.3  # of the training over which that weight rises from 0
+    hidden: int = 64  # the discriminator's hidden units
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        ok = (
+            1 <= self.epochs <= 100_000
+            and self.lr > 0
+            and self.batch_size >= 2
+            and 0 <= self.adversary_weight <= 10
+            and 0 <= self.warmup_fraction <= 1
+            and 1 <= self.hidden <= 4096
+        )
+        if not ok:
+            raise TypeError(
+                "epochs 1..100000, lr > 0, batch_size >= 2, adversary_weight 0..10,"
+                " warmup_fraction 0..1, hidden 1..4096"
+            )
+
+
+@dataclass(frozen=True)
+class CcaConfig:
+    dims: int = 32  # canonical components kept
+    reg: float = 0.01  # ridge on each covariance, as a fraction of its mean variance
+    power: float = 0.0  # each component scaled by its correlation to this power
+
+    def __post_init__(self) -> None:
+        if self.dims < 1 or self.reg < 0 or not 0 <= self.power <= 8:
+            raise TypeError("dims >= 1, reg >= 0 and 0 <= power <= 8")
+
+
+@dataclass(frozen=True)
 class TrainStep:
     epoch: int
     step: int
@@ -61,14 +100,18 @@ class TrainingStopped(Exception):
     """``should_stop`` said so (a cancelled job)."""
 
 
-Config = ContrastiveConfig | LinearConfig | SubspaceConfig
+Config = ContrastiveConfig | LinearConfig | SubspaceConfig | CcaConfig | AdversarialConfig
 # name -> settings; a method that trains a feature map over a frozen base is in MAPS.
 METHODS: dict[str, type[Config]] = {
     "contrastive": ContrastiveConfig,
     "linear": LinearConfig,
     "subspace_alignment": SubspaceConfig,
+    "cca": CcaConfig,
+    "adversarial": AdversarialConfig,
 }
-MAPS = frozenset({"linear", "subspace_alignment"})
+MAPS = frozenset({"linear", "subspace_alignment", "cca", "adversarial"})
+# Methods that take unpaired images and texts of a target domain (``target_source``).
+TARGETED = frozenset({"adversarial", "subspace_alignment"})
 
 
 def check_hyperparameters(method: str, hyperparameters: dict[str, Any]) -> dict[str, Any]:

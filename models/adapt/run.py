@@ -16,10 +16,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from models.adapt.adversarial import fit_adversarial
+from models.adapt.cca import fit_cca
 from models.adapt.contrastive import train_contrastive
 from models.adapt.linear import fit_linear
 from models.adapt.methods import (
     MAPS,
+    AdversarialConfig,
+    CcaConfig,
     ContrastiveConfig,
     LinearConfig,
     StepCallback,
@@ -84,8 +88,11 @@ def adapt(
     run_model: RunModel = direct,
     on_step: StepCallback | None = None,
     should_stop: StopCheck | None = None,
+    target: tuple[Sequence[Image.Image], Sequence[str]] | None = None,
 ) -> Adapted:
-    """``encoder`` adapted to the pairs by ``method`` (checked hyperparameters), as ``version``."""
+    """``encoder`` adapted to the pairs by ``method`` (checked hyperparameters), as ``version``;
+    ``target``: images and texts of the domain to adapt to, their pairing ignored (the
+    ``TARGETED`` methods)."""
     if method not in MAPS:
         # A mapped version trains the OpenCLIP model under its map, as it always did.
         clip = encoder.clip if isinstance(encoder, MappedEncoder) else encoder
@@ -106,10 +113,26 @@ def adapt(
     xt = embed(encoder.encode_texts, texts, run_model)
     if method == "linear":
         fmap = fit_linear(xi, xt, LinearConfig(**hyperparameters), on_step=on_step)
+    elif method == "cca":
+        fmap, _ = fit_cca(xi, xt, CcaConfig(**hyperparameters))
     else:
-        # Unsupervised: the pairing is deliberately thrown away.
-        shuffled = xt[np.random.default_rng(0).permutation(len(xt))]
-        fmap = fit_subspace_alignment(xi, shuffled, SubspaceConfig(**hyperparameters))
+        ti, tt = xi, xt
+        if target is not None:
+            ti = embed(encoder.encode_images, target[0], run_model)
+            tt = embed(encoder.encode_texts, target[1], run_model)
+        if method == "adversarial":
+            fmap, _ = fit_adversarial(
+                xi,
+                xt,
+                AdversarialConfig(**hyperparameters),
+                on_step=on_step,
+                target_images=None if target is None else ti,
+                target_texts=None if target is None else tt,
+            )
+        else:
+            # Unsupervised: the pairing is deliberately thrown away.
+            shuffled = tt[np.random.default_rng(0).permutation(len(tt))]
+            fmap = fit_subspace_alignment(ti, shuffled, SubspaceConfig(**hyperparameters))
     return Adapted(MappedEncoder(encoder, fmap, version), "map.npz", fmap.save)
 
 

@@ -84,6 +84,29 @@ def test_linear_job_with_a_separate_evaluation_source(
     assert r.json()["metrics"]["t2i_r5"] == pytest.approx(detail["result_metrics"]["t2i_r5"])
 
 
+def test_closed_form_and_adversarial_jobs_map_the_base(
+    client: httpx.Client, shapes: dict[str, str]
+) -> None:
+    """`cca` (seconds, no steps) and `adversarial` with a target source: versions that map
+    their base, with their data recorded and a gain on the held-out pairs."""
+    cca = finetune(client, source=shapes["train"], method="cca", hyperparameters={"dims": 16})
+    assert cca["state"] == "succeeded", cca
+    assert cca["detail"]["beats_base"] is True
+    model = client.get(f"/v1/models/{cca['detail']['version']}").json()
+    assert model["method"] == "cca" and model["hyperparameters"]["dims"] == 16
+    adv = finetune(
+        client,
+        source=shapes["train"],
+        method="adversarial",
+        target_source=shapes["eval"],
+        hyperparameters={"epochs": 20},
+    )
+    assert adv["state"] == "succeeded", adv
+    data = adv["detail"]["data"]
+    assert data["target_source"] == shapes["eval"] and data["target_items"] == 160
+    assert adv["detail"]["loss_curve"] and adv["detail"]["beats_base"] is True
+
+
 def test_bad_finetune_and_evaluate_requests(client: httpx.Client, shapes: dict[str, str]) -> None:
     cases = [
         ({"source": shapes["train"], "method": "magic"}, 400, "invalid_parameters"),
@@ -93,6 +116,30 @@ def test_bad_finetune_and_evaluate_requests(client: httpx.Client, shapes: dict[s
             "invalid_parameters",
         ),
         ({"source": "../../etc/passwd", "method": "linear"}, 400, "invalid_source"),
+        (
+            {"source": shapes["train"], "method": "contrastive", "target_source": shapes["eval"]},
+            400,
+            "invalid_parameters",
+        ),
+        (
+            {"source": shapes["train"], "method": "adversarial", "target_source": "../x"},
+            400,
+            "invalid_source",
+        ),
+        (
+            {"source": shapes["train"], "method": "cca", "hyperparameters": {"dims": 0}},
+            400,
+            "invalid_parameters",
+        ),
+        (
+            {
+                "source": shapes["train"],
+                "method": "adversarial",
+                "hyperparameters": {"adversary_weight": -1},
+            },
+            400,
+            "invalid_parameters",
+        ),
         ({"source": "missing.jsonl"}, 400, "invalid_source"),
         ({"source": shapes["train"], "eval_fraction": 1.5}, 422, "invalid_request"),
     ]

@@ -188,11 +188,12 @@ def test_evaluation_runs_every_model_call_through_run_model() -> None:
         evaluate(enc, [image(0)], ["t0"])
 
 
-@pytest.mark.parametrize("method", ["linear", "subspace_alignment"])
+@pytest.mark.parametrize("method", ["linear", "subspace_alignment", "cca", "adversarial"])
 def test_a_mapped_version_is_stored_and_opened_over_its_base(tmp_path: Path, method: str) -> None:
     base = FakeEncoder("base")
     images, texts = [image(i) for i in range(40)], [f"caption {i}" for i in range(40)]
-    hyper = check_hyperparameters(method, {"epochs": 2} if method == "linear" else {"dims": 8})
+    small = {"linear": {"epochs": 2}, "adversarial": {"epochs": 2}}
+    hyper = check_hyperparameters(method, small.get(method, {"dims": 8}))
     adapted = adapt(method, hyper, base, images, texts, "base@" + method)
     assert adapted.artifact == "map.npz" and isinstance(adapted.encoder, MappedEncoder)
     registry = ModelRegistry(tmp_path)
