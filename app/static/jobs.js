@@ -70,9 +70,17 @@ async function loadReport() {
   const detail = job.detail || {};
   $("report").hidden = false;
   const phase = detail.phase ? `, ${detail.phase}` : "";
-  $("report-title").textContent = `Fine-tuning ${job.id}: ${job.state}${phase}` +
+  const method = (job.params && job.params.method) || "";
+  const target = job.params && job.params.target_source;
+  $("report-title").textContent =
+    `Fine-tuning ${job.id} (${method}${target ? `, target ${target}` : ""}): ${job.state}${phase}` +
     (detail.version ? ` → ${detail.version}` : "");
-  drawLoss(detail.loss_curve || []);
+  drawLoss(
+    detail.loss_curve || [],
+    CLOSED_FORM.has(method)
+      ? `${method} is fitted in closed form: no training steps, no loss curve`
+      : "the loss curve appears once training has run a few steps",
+  );
   const tbody = $("recall-table").tBodies[0];
   tbody.replaceChildren();
   const base = detail.base_metrics || {};
@@ -95,7 +103,10 @@ async function loadReport() {
   }
 }
 
-function drawLoss(points) {
+// Methods fitted without gradient steps.
+const CLOSED_FORM = new Set(["cca", "subspace_alignment"]);
+
+function drawLoss(points, empty) {
   const svg = $("loss-chart");
   svg.replaceChildren();
   const ns = "http://www.w3.org/2000/svg";
@@ -109,7 +120,7 @@ function drawLoss(points) {
     svg.append(t);
   };
   if (points.length < 2) {
-    text(W / 2, H / 2, "the loss curve appears once training has run a few steps", "middle");
+    text(W / 2, H / 2, empty, "middle");
     return;
   }
   const losses = points.map((p) => p.loss);

@@ -277,6 +277,7 @@ def test_jobs_panel_follows_jobs_and_shows_the_fine_tuning_report(
     expect(page.locator("#report")).to_be_visible()
     expect(tune_row).to_contain_text("succeeded", timeout=120_000)  # the list kept updating
     expect(page.locator("#report-title")).to_contain_text("succeeded")
+    expect(page.locator("#report-title")).to_contain_text("(contrastive)")
     detail = httpx.get(f"{site.url}/v1/jobs/{tune_job}").json()["detail"]
     points = page.get_attribute("#loss-chart polyline", "points") or ""
     assert len(points.split()) == len(detail["loss_curve"]) >= 2
@@ -304,6 +305,17 @@ def test_jobs_panel_follows_jobs_and_shows_the_fine_tuning_report(
         assert row.nth(3).get_attribute("class") == verdict, (metric, base, tuned)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "ui-finetune-report.png"), full_page=True)
+
+    # A closed-form method: its name, and why there is no curve, instead of a wait.
+    with httpx.Client(base_url=site.url, timeout=60) as c:
+        cca_job = c.post(
+            "/v1/finetune", json={"source": "pairs.jsonl", "method": "cca", "eval_fraction": 0.25}
+        ).json()["id"]
+    cca_row = page.locator(f"#jobs-body tr[data-id='{cca_job}']")
+    expect(cca_row).to_contain_text("succeeded", timeout=60_000)
+    cca_row.click()
+    expect(page.locator("#report-title")).to_contain_text(f"{cca_job} (cca): succeeded")
+    expect(page.locator("#loss-chart")).to_contain_text("fitted in closed form")
 
 
 @pytest.mark.parametrize("how", ["drop", "paste"])
