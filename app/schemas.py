@@ -36,6 +36,11 @@ class CollectionOut(BaseModel):
         None,
         description="Why the collection cannot serve (it can only be deleted); null when it does.",
     )
+    index_report: dict[str, Any] | None = Field(
+        None,
+        description="What its index measured when a re-index job chose it (recall against "
+        "exact search, latency, bytes per vector, per modality); null before any.",
+    )
 
 
 class CollectionList(BaseModel):

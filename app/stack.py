@@ -10,7 +10,14 @@ from app.activation import Activator, restore_active
 from app.config import Settings
 from app.engine import Engine
 from app.finetune import FineTuner
-from app.jobs import ActivateRunner, DuplicatesRunner, FinetuneRunner, IndexRunner, JobManager
+from app.jobs import (
+    ActivateRunner,
+    DuplicatesRunner,
+    FinetuneRunner,
+    IndexRunner,
+    JobManager,
+    ReindexRunner,
+)
 from app.metrics import Metrics
 from app.retrieval import Retrieval
 from index import (
@@ -105,6 +112,7 @@ def build_stack(
                 FinetuneRunner(settings, job_store, engine, finetuner),
                 ActivateRunner(job_store, activator),
                 DuplicatesRunner(settings, store, job_store),
+                ReindexRunner(store, job_store),
             ],
             max_queued=settings.max_queued_jobs,
         )

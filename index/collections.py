@@ -12,6 +12,7 @@ event loop run them in an executor.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -117,9 +118,12 @@ class CollectionStore:
         try:
             # The grammar first: a spec stored before it existed may crash FAISS outright.
             normal = self.backends.check(dim, spec)
-            self.collections[name] = self.snapshots.open(
-                name, uid, normal, dim, model_version, created_at
-            )
+            c = self.snapshots.open(name, uid, normal, dim, model_version, created_at)
+            row = self.db.writer.execute(
+                "SELECT report FROM index_reports WHERE uid = ?", (uid,)
+            ).fetchone()
+            c.index_report = None if row is None else json.loads(row[0])
+            self.collections[name] = c
         except Exception as exc:
             log.error("collection %s cannot serve: %s", name, exc)
             self.broken[name] = CollectionInfo(

@@ -54,6 +54,10 @@ CREATE TABLE IF NOT EXISTS tombstones (
     label INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tombstones_by_collection ON tombstones (collection, modality, seq);
+CREATE TABLE IF NOT EXISTS index_reports (
+    uid TEXT PRIMARY KEY,
+    report TEXT NOT NULL
+);
 """
 
 DB_FILE = "xmodal.sqlite3"
@@ -157,6 +161,10 @@ def delete_rows(conn: sqlite3.Connection, collection: str) -> list[str]:
     ]
     conn.execute("DELETE FROM items WHERE collection = ?", (collection,))
     conn.execute("DELETE FROM tombstones WHERE collection = ?", (collection,))
+    conn.execute(
+        "DELETE FROM index_reports WHERE uid IN (SELECT uid FROM collections WHERE name = ?)",
+        (collection,),
+    )
     conn.execute("DELETE FROM collections WHERE name = ?", (collection,))
     return digests
 

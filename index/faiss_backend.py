@@ -31,7 +31,10 @@ log = logging.getLogger(__name__)
 faiss: Any = _faiss
 
 GPU_MAX_K = 2048  # FAISS GPU k-selection limit
-_MAGIC = b"XMIDX1\n"
+# Version 2: snapshots of version 1 may hold IVF indexes whose labels a delete had shifted
+# (see ``can_remove``); they are rebuilt from SQLite, once, instead of trusted.
+_MAGIC = b"XMIDX2\n"
+_BEFORE_IVF_FIX = b"XMIDX1\n"
 
 
 def gpu_count() -> int:
@@ -115,8 +118,10 @@ class FaissIndex:
 
     @property
     def can_remove(self) -> bool:
-        inner = self._cpu_index_kind
-        return not self.on_gpu and isinstance(inner, (faiss.IndexFlat, faiss.IndexIVF))
+        """Only a flat index removes in place: ``IndexIDMap2`` renumbers its ids to match
+        the positions a flat index shifts down, but an IVF index keeps its internal ids,
+        so removing from one left every later label pointing at its neighbour's vector."""
+        return not self.on_gpu and isinstance(self._cpu_index_kind, faiss.IndexFlat)
 
     def needs_training(self) -> bool:
         return not self.trained and self._index.ntotal >= self.train_size
@@ -301,6 +306,8 @@ class FaissIndex:
 
     @staticmethod
     def read_meta(data: bytes) -> dict[str, Any]:
+        if data.startswith(_BEFORE_IVF_FIX):
+            raise ValueError("a snapshot from before the IVF delete fix")
         if not data.startswith(_MAGIC):
             raise ValueError("not an xmodal index snapshot")
         (n,) = struct.unpack_from("<Q", data, len(_MAGIC))

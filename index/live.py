@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from index.backend import VectorBackend
 from index.rwlock import RWLock
@@ -40,6 +41,7 @@ class LiveCollection:
     sides: dict[Modality, Side]
     # Searches share the indexes; index mutations and a swap exclude them.
     lock: RWLock = field(default_factory=RWLock)
+    index_report: dict[str, Any] | None = None  # the last re-index job's measurements
 
     @contextlib.contextmanager
     def searching(self) -> Iterator[None]:
@@ -66,4 +68,5 @@ class LiveCollection:
                 created_at=self.created_at,
                 counts={m: s.index.ntotal for m, s in self.sides.items()},
                 trained={m: s.index.trained for m, s in self.sides.items()},
+                index_report=self.index_report,
             )

@@ -251,8 +251,8 @@ class Snapshots:
             labels, xb = load_vectors(self.db.reader(), c.name, m, c.dim, max_label=label_mark)
             fresh = self.backends.build(c.dim, c.spec, labels, xb, key=backend_key(c.uid, m))
             with self.db.write_lock, c.lock.write():
-                if not current(c):
-                    return
+                if not current(c) or c.sides[m] is not side:
+                    return  # deleted, swapped, or re-indexed meanwhile
                 label_mark, tomb_mark = self.catch_up(
                     c.name, m, fresh, label_mark, tomb_mark, present=labels
                 )

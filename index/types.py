@@ -93,3 +93,4 @@ class CollectionInfo:
     counts: dict[Modality, int]
     trained: dict[Modality, bool]
     error: str | None = None  # why the collection cannot serve (None: it serves)
+    index_report: dict[str, Any] | None = None  # what its index measured (a re-index job)

@@ -4,10 +4,13 @@ from app.jobs.adapt import ActivateRunner, FinetuneRunner
 from app.jobs.duplicates import DUPLICATES_JOB, DuplicatesRunner
 from app.jobs.index import INDEX_JOB, IndexRunner
 from app.jobs.loop import JobFailed, JobManager, JobStopped, Runner, job_summary
+from app.jobs.reindex import REINDEX_JOB, ReindexRunner
 
 __all__ = [
     "DUPLICATES_JOB",
     "INDEX_JOB",
+    "REINDEX_JOB",
+    "ReindexRunner",
     "ActivateRunner",
     "DuplicatesRunner",
     "FinetuneRunner",

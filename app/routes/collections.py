@@ -1,6 +1,12 @@
 from __future__ import annotations
 
+import math
+import threading
+from typing import Any, Literal
+
+import numpy as np
 from fastapi import APIRouter, Response, status
+from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import ReadAccess, WriteAccess
@@ -8,7 +14,10 @@ from app.bodies import StrictJSONRoute
 from app.deps import EngineDep, StoreDep
 from app.openapi import errors
 from app.schemas import CollectionCreate, CollectionList, CollectionOut
-from index import CollectionInfo
+from index import CollectionInfo, CollectionStore, Modality
+from index.advice import advise, faiss_only
+from index.reindex import stored_vectors
+from models.errors import QueueFull
 
 router = APIRouter(
     route_class=StrictJSONRoute,
@@ -28,6 +37,7 @@ def collection_out(info: CollectionInfo) -> CollectionOut:
         counts=info.counts,
         trained=info.trained,
         error=info.error,
+        index_report=info.index_report,
     )
 
 
@@ -63,3 +73,65 @@ async def get_collection(name: str, store: StoreDep) -> CollectionOut:
 async def delete_collection(name: str, store: StoreDep) -> Response:
     await run_in_threadpool(store.delete_collection, name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+Target = Literal["recall_at_1", "recall_at_10", "p50_ms"]
+
+
+def _default_targets() -> dict[Target, float]:
+    return {"recall_at_10": 0.95}
+
+
+class IndexAdviceRequest(BaseModel):
+    targets: dict[Target, float] = Field(
+        default_factory=_default_targets,
+        description="What the index must reach: recall at least, `p50_ms` at most.",
+    )
+    modality: Modality | None = Field(
+        None, description="Whose vectors to measure on (default: the modality with more)."
+    )
+    sample: int = Field(
+        5000, ge=100, le=20_000, description="Vectors of the collection to build each index on."
+    )
+    specs: list[str] | None = Field(
+        None, max_length=12, description="Specs to try (default: a ladder from Flat to PQ)."
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _finite(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, target in value.items():
+            if not math.isfinite(target) or target < 0 or (key != "p50_ms" and target > 1):
+                raise ValueError(f"{key}: recall targets are 0 to 1, p50_ms a positive number")
+        return value
+
+
+_advising = threading.Lock()  # building indexes takes the CPU: one advice at a time
+
+
+@router.post(
+    "/{name}/index-advice", dependencies=[WriteAccess], responses=errors(400, 404, 409, 429)
+)
+async def index_advice(name: str, body: IndexAdviceRequest, store: StoreDep) -> dict[str, Any]:
+    """Build each spec of a ladder (or `specs`) on a sample of the collection's vectors and
+    measure it against exact search: recall as served and raw, p50 latency, bytes per
+    vector; `choice` is the smallest that meets every target (null if none does)."""
+    if not _advising.acquire(blocking=False):
+        raise QueueFull("an index advice is already being measured; try again when it is done")
+    try:
+        return await run_in_threadpool(_advise, store, name, body)
+    finally:
+        _advising.release()
+
+
+def _advise(store: CollectionStore, name: str, body: IndexAdviceRequest) -> dict[str, Any]:
+    backends = faiss_only(store.backends)
+    info = store.serving(name)
+    modality = body.modality or max(Modality, key=lambda m: info.counts.get(m, 0))
+    labels, xb = stored_vectors(store, name, modality)
+    if len(labels) > body.sample:
+        keep = np.sort(np.random.default_rng(0).choice(len(labels), body.sample, replace=False))
+        labels, xb = labels[keep], xb[keep]
+    specs = [backends.check(info.dim, s) for s in body.specs] if body.specs else None
+    answer = advise(backends, labels, xb, {str(k): v for k, v in body.targets.items()}, specs)
+    return {"collection": name, "modality": modality.value, "sample": len(labels), **answer}

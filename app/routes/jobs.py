@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from app.auth import ReadAccess, WriteAccess
 from app.bodies import StrictJSONRoute
 from app.deps import JobsDep
-from app.jobs import DUPLICATES_JOB, INDEX_JOB, DuplicatesRunner, job_summary
+from app.jobs import DUPLICATES_JOB, INDEX_JOB, REINDEX_JOB, DuplicatesRunner, job_summary
 from app.openapi import errors
 from index import Modality, UnknownJob
 from models.sources import Format
@@ -37,6 +37,14 @@ class DuplicatesJobCreate(BaseModel):
         0.95, gt=0, le=1, description="Cosine at or above which two items are near-duplicates."
     )
     modality: Modality = Field(Modality.IMAGE, description="Which items to compare.")
+
+
+class ReindexJobCreate(BaseModel):
+    index: str = Field(
+        min_length=1,
+        max_length=200,
+        description="The FAISS index spec to move to (the grammar of a collection's `index`).",
+    )
 
 
 class JobOut(BaseModel):
@@ -96,6 +104,24 @@ async def start_duplicates_job(
     groups are at `GET /v1/jobs/{id}/result` once it has succeeded."""
     params = {"threshold": body.threshold, "modality": body.modality.value}
     job = await run_in_threadpool(jobs.submit, DUPLICATES_JOB, name, params)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobCreated(id=job.id, state=job.state.value)
+
+
+@router.post(
+    "/v1/collections/{name}/jobs/reindex",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[WriteAccess],
+    responses=errors(400, 404, 409, 429),
+)
+async def start_reindex_job(
+    name: str, body: ReindexJobCreate, jobs: JobsDep, response: Response
+) -> JobCreated:
+    """Move the collection to another index spec without re-embedding: built and measured
+    from the stored vectors while the old index serves, then switched at once; the report
+    (recall against exact search, latency, bytes per vector) is on the job and the
+    collection. Re-index to `previous_index` to switch back."""
+    job = await run_in_threadpool(jobs.submit, REINDEX_JOB, name, {"index": body.index})
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobCreated(id=job.id, state=job.state.value)
 
