@@ -308,8 +308,9 @@ def main() -> None:
                 )
             )
     if args.backend_vectors:
+        results["index_specs"], spec_rows = vectors.spec_rows(args.backend_vectors, 512)
         results["backends"], backend_rows = vectors.rows(args.backend_vectors, 512, 300, 30)
-        rows += backend_rows
+        rows += spec_rows + backend_rows
     if not args.skip_http:
         h = bench_http(
             args.model, args.pretrained, args.device, args.clients, args.seconds, args.corpus

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from index.advice import IndexReport, faiss_only, measure
+from index.advice import IndexReport, advise, faiss_only, measure
 from index.backend import VectorBackend
 from index.db import load_vectors, max_tombstone
 from index.errors import UnknownCollection
@@ -50,6 +50,28 @@ def stored_vectors(
     d = store.get(name).dim
     xb = np.concatenate(chunks) if chunks else np.zeros((0, d), np.float32)
     return np.array(labels, dtype=np.int64), np.ascontiguousarray(xb, dtype=np.float32)
+
+
+def advise_collection(
+    store: CollectionStore,
+    name: str,
+    targets: dict[str, float],
+    modality: Modality | None = None,
+    sample: int = 5000,
+    specs: list[str] | None = None,
+) -> dict[str, Any]:
+    """``index.advice.advise`` on a sample of a collection's vectors (of ``modality``, by
+    default the one with more)."""
+    backends = faiss_only(store.backends)
+    info = store.serving(name)
+    modality = modality or max(Modality, key=lambda m: info.counts.get(m, 0))
+    labels, xb = stored_vectors(store, name, modality)
+    if len(labels) > sample:
+        keep = np.sort(np.random.default_rng(0).choice(len(labels), sample, replace=False))
+        labels, xb = labels[keep], xb[keep]
+    checked = [backends.check(info.dim, s) for s in specs] if specs else None
+    answer = advise(backends, labels, xb, targets, checked)
+    return {"collection": name, "modality": modality.value, "sample": len(labels), **answer}
 
 
 def build_new_index(

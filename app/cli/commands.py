@@ -209,6 +209,82 @@ def _duplicates(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- indexes ----------------------------------------------------------------------------------
+REPORT_COLUMNS = ("recall_at_1", "recall_at_10", "raw_recall_at_10", "p50_ms", "bytes_per_vector")
+
+
+def _report_table(rows: list[dict[str, Any]], first: str) -> str:
+    lines = ["\t".join((first, *REPORT_COLUMNS))]
+    for row in rows:
+        cells = [
+            f"{row[c]:.3f}" if c != "bytes_per_vector" else f"{row[c]:.0f}" for c in REPORT_COLUMNS
+        ]
+        lines.append("\t".join((str(row.get(first, row.get("spec"))), *cells)))
+    return "\n".join(lines)
+
+
+def _reindex(args: argparse.Namespace) -> int:
+    """Move a collection to another index spec; print what the new index measured."""
+    params = {"index": args.index}
+    if args.server:
+        with _client(args) as client:
+            path = f"/v1/collections/{args.collection}/jobs/reindex"
+            job = client.run_job(path, params, show_progress)
+    else:
+        from app.jobs import REINDEX_JOB
+
+        with _local_stack() as stack:
+            job = _run_local(
+                stack, stack.jobs.submit(REINDEX_JOB, args.collection, params), show_progress
+            )
+    sys.stderr.write("\n")
+    if not _ok(job):
+        print(
+            f"job {job['id']} {job['state']}: {job.get('message') or ''}".rstrip(), file=sys.stderr
+        )
+        return 1
+    report = job["detail"]["report"]
+    rows = [{"modality": m, **r} for m, r in report.items() if r["vectors"]]
+    print(f"{args.collection} now uses {job['params']['index']}", file=sys.stderr)
+    print(_report_table(rows, "modality"))
+    return 0
+
+
+def _index_advice(args: argparse.Namespace) -> int:
+    """Measure a ladder of index specs on a sample of a collection; print the table and the
+    smallest that meets the targets."""
+    if not 100 <= args.sample <= 20_000:
+        raise CliError("--sample is 100 to 20000 vectors", 2)
+    targets = {
+        k: v
+        for k, v in (
+            ("recall_at_1", args.recall_at_1),
+            ("recall_at_10", args.recall_at_10),
+            ("p50_ms", args.p50_ms),
+        )
+        if v is not None
+    }
+    if args.server:
+        body = {"targets": targets, "sample": args.sample, "modality": args.modality}
+        with _client(args, timeout=None) as client:
+            answer = client.post(f"/v1/collections/{args.collection}/index-advice", body)
+    else:
+        from index import Modality
+        from index.reindex import advise_collection
+
+        with _local_stack() as stack:
+            modality = Modality(args.modality) if args.modality else None
+            answer = advise_collection(stack.store, args.collection, targets, modality, args.sample)
+    print(_report_table(answer["rows"], "spec"))
+    wanted = ", ".join(f"{k} {v}" for k, v in targets.items())
+    choice = answer["choice"] or "none of them"
+    print(
+        f"smallest meeting {wanted} on {answer['sample']} {answer['modality']}s: {choice}",
+        file=sys.stderr,
+    )
+    return 0 if answer["choice"] else 1
+
+
 def _ok(job: dict[str, Any]) -> bool:
     return bool(job["state"] == "succeeded")
 
@@ -328,6 +404,8 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "models": _models,
     "demo": _demo,
     "duplicates": _duplicates,
+    "reindex": _reindex,
+    "index-advice": _index_advice,
 }
 
 

@@ -137,6 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
     _server_options(dup, "default: run the job in this process on XMODAL_DATA_DIR")
     dup.set_defaults(handler="duplicates")
 
+    rx = command("reindex", "Move a collection to another FAISS index spec, no re-embedding.")
+    rx.add_argument("collection", help="the collection")
+    rx.add_argument("index", help="the new spec, e.g. HNSW32 or IVF1024,PQ64")
+    _server_options(rx, "default: run the job in this process on XMODAL_DATA_DIR")
+    rx.set_defaults(handler="reindex")
+
+    adv = command("index-advice", "Measure index specs on a collection's vectors; pick one.")
+    adv.add_argument("collection", help="the collection")
+    adv.add_argument("--recall-at-10", type=float, default=0.95, help="target recall@10")
+    adv.add_argument("--recall-at-1", type=float, default=None, help="target recall@1")
+    adv.add_argument("--p50-ms", type=float, default=None, help="target median latency")
+    adv.add_argument("--sample", type=int, default=5000, help="vectors to build each index on")
+    adv.add_argument("--modality", choices=["image", "text"], help="whose vectors (default: more)")
+    _server_options(adv, "default: measure in this process on XMODAL_DATA_DIR")
+    adv.set_defaults(handler="index-advice")
+
     tune = command("finetune", "Fine-tune the model on image-caption pairs.")
     tune.add_argument("source", help="manifest or folder of pairs, relative to the import root")
     tune.add_argument("--method", default="contrastive", choices=list(METHODS), help="the method")

@@ -4,7 +4,6 @@ import math
 import threading
 from typing import Any, Literal
 
-import numpy as np
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
@@ -15,8 +14,7 @@ from app.deps import EngineDep, StoreDep
 from app.openapi import errors
 from app.schemas import CollectionCreate, CollectionList, CollectionOut
 from index import CollectionInfo, CollectionStore, Modality
-from index.advice import advise, faiss_only
-from index.reindex import stored_vectors
+from index.reindex import advise_collection
 from models.errors import QueueFull
 
 router = APIRouter(
@@ -125,13 +123,5 @@ async def index_advice(name: str, body: IndexAdviceRequest, store: StoreDep) -> 
 
 
 def _advise(store: CollectionStore, name: str, body: IndexAdviceRequest) -> dict[str, Any]:
-    backends = faiss_only(store.backends)
-    info = store.serving(name)
-    modality = body.modality or max(Modality, key=lambda m: info.counts.get(m, 0))
-    labels, xb = stored_vectors(store, name, modality)
-    if len(labels) > body.sample:
-        keep = np.sort(np.random.default_rng(0).choice(len(labels), body.sample, replace=False))
-        labels, xb = labels[keep], xb[keep]
-    specs = [backends.check(info.dim, s) for s in body.specs] if body.specs else None
-    answer = advise(backends, labels, xb, {str(k): v for k, v in body.targets.items()}, specs)
-    return {"collection": name, "modality": modality.value, "sample": len(labels), **answer}
+    targets = {str(k): v for k, v in body.targets.items()}
+    return advise_collection(store, name, targets, body.modality, body.sample, body.specs)

@@ -7,13 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from index import CollectionStore, FaissBackends, Modality, NewItem
 from index.reindex import build_new_index, switch_index
 from tests.app.test_bad_input import assert_error
+from tests.app.test_index_cli import xmodal
 from tests.app.test_index_jobs import wait_for_job
 from tests.app.test_search_features import BIG, add_texts, search
+from tests.helpers import AppServer
 from tests.index.test_store import D, V, normalised
 
 
@@ -133,3 +136,43 @@ def test_index_advice_measures_a_ladder_and_picks_the_smallest_that_meets_the_ta
     for bad in ({"targets": {"recall_at_10": 1.5}}, {"targets": {"speed": 1}}, {"sample": 5}):
         assert_error(client.post(url, json=bad), 422)
     assert_error(client.post(url, json={"specs": ["HNSW1"]}), 400, "invalid_index")
+
+
+def test_the_cli_reindexes_and_advises_in_process_and_against_a_server(
+    tmp_path: Path, client: httpx.Client, server: AppServer, backend: str
+) -> None:
+    data = tmp_path / "data"
+    store = CollectionStore(data, backends=FaissBackends(use_gpu=False))
+    store.create_collection("c", 64, "xmodal-tiny@random-seed0")
+    xb = np.random.default_rng(0).standard_normal((600, 64)).astype(np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    items = [NewItem(f"t{i}", Modality.TEXT, {}, text=f"t{i}") for i in range(600)]
+    store.upsert("c", items, xb, "xmodal-tiny@random-seed0")
+    store.close()
+    run = xmodal("reindex", "c", "HNSW16", data_dir=data)
+    assert run.returncode == 0, run.stderr
+    assert "c now uses HNSW16" in run.stderr and run.stdout.startswith("modality\trecall_at_1")
+    assert run.stdout.splitlines()[1].startswith("text\t")
+    run = xmodal("index-advice", "c", "--sample", "300", "--recall-at-10", "0.99", data_dir=data)
+    assert run.returncode == 0, run.stderr
+    table = [line.split("\t") for line in run.stdout.splitlines()]
+    assert table[0][0] == "spec" and {"Flat", "SQ8", "HNSW32"} <= {row[0] for row in table[1:]}
+    assert "smallest meeting recall_at_10 0.99 on 300 texts:" in run.stderr
+    assert xmodal("index-advice", "c", "--sample", "5", data_dir=data).returncode == 2
+    store = CollectionStore(data, backends=FaissBackends(use_gpu=False))
+    assert store.get_collection("c").index_spec == "HNSW16"
+    store.close()
+    # Against a server: the same commands over HTTP.
+    client.delete("/v1/collections/cli-rx")
+    client.post("/v1/collections", json={"name": "cli-rx"})
+    add_texts(client, "cli-rx", dict(list(BIG.items())[:200]))
+    remote = xmodal("reindex", "cli-rx", "SQ8", "--server", server.url, data_dir=data)
+    if backend == "milvus":
+        assert remote.returncode == 1 and "FAISS" in remote.stderr
+        return
+    assert remote.returncode == 0, remote.stderr
+    assert client.get("/v1/collections/cli-rx").json()["index"] == "SQ8"
+    advice = xmodal(
+        "index-advice", "cli-rx", "--sample", "150", "--server", server.url, data_dir=data
+    )
+    assert advice.returncode in (0, 1) and advice.stdout.startswith("spec\t"), advice.stderr
