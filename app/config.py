@@ -33,6 +33,12 @@ class Settings(BaseSettings):
         "auto", description="`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`, ..."
     )
     seed: int = Field(0, description="Seed for random weights (`pretrained=none`).")
+    quantize_text: bool = Field(
+        False,
+        description="Encode texts with int8 linear layers (dynamic quantisation) on the CPU: "
+        "faster queries for a small loss of recall (BENCHMARKS.md); images, fine-tuning and "
+        "checkpoints stay float.",
+    )
     data_dir: Path = Field(Path("./data"), description="Items, images, indexes and model cache.")
     model_cache: Path | None = Field(
         None, description="Where downloaded weights are cached (default: `<data dir>/models`)."

@@ -96,6 +96,8 @@ def build_stack(
             settings.model_cache_dir,
             settings.seed,
         )
+        if settings.quantize_text:
+            encoder.enable_int8_text()
         engine = Engine(encoder, settings, metrics or Metrics())
         job_store = JobStore(store.db)
         registry = ModelRegistry(settings.data_dir / "versions")

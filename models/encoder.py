@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -89,6 +91,44 @@ class ClipEncoder:
             )
         else:
             self.autocast_dtype = None
+        self._text_model: Any = self.model  # what encodes texts (see enable_int8_text)
+
+    @property
+    def int8_text(self) -> bool:
+        return self._text_model is not self.model
+
+    def enable_int8_text(self) -> None:
+        """Encode texts with a copy of the model whose linear layers are int8 (PyTorch's
+        dynamic quantisation: int8 weights, activations quantised per batch), on the CPU.
+        The float model stays for images, fine-tuning and checkpoints; the version name
+        does not change (the same weights, computed at lower precision, as bf16 autocast
+        on a GPU)."""
+        if self.device.type != "cpu":
+            raise ModelLoadError("int8 text quantisation runs on the CPU only")
+        if self.int8_text:
+            return
+        visual = getattr(self.model, "visual", None)
+        if visual is not None:
+            self.model.visual = torch.nn.Identity()  # not copied: texts never need it
+        try:
+            clone = copy.deepcopy(self.model)
+        finally:
+            if visual is not None:
+                self.model.visual = visual
+        with warnings.catch_warnings():
+            # PyTorch marks torch.ao.quantization deprecated (torchao is its successor); in
+            # this version it is what runs its CPU int8 kernels.
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torch.ao.quantization import quantize_dynamic
+
+            quantised = quantize_dynamic(clone, {torch.nn.Linear}, dtype=torch.qint8)
+        for module in quantised.modules():
+            if isinstance(module, torch.ao.nn.quantized.dynamic.Linear):
+                # OpenCLIP asks a block's first linear layer for the dtype to cast inputs
+                # to; an int8 layer answers with this (OpenCLIP's hook for int8 layers).
+                setattr(module, "int8_original_dtype", torch.float32)  # noqa: B010
+        self._text_model = quantised
 
     @property
     def device_name(self) -> str:
@@ -130,7 +170,7 @@ class ClipEncoder:
 
     def encode_token_batch(self, tokens: torch.Tensor) -> np.ndarray:
         with torch.inference_mode(), self._autocast():
-            features = self.model.encode_text(tokens.to(self.device, non_blocking=True))
+            features = self._text_model.encode_text(tokens.to(self.device, non_blocking=True))
         return _normalised(features)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

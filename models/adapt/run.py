@@ -152,6 +152,9 @@ def open_version(
     if loaded:
         device = str(next(iter(loaded.values())).device)
     if record.method not in MAPS:
-        return load_encoder(record.architecture, str(path), device, cache_dir, version=version)
+        opened = load_encoder(record.architecture, str(path), device, cache_dir, version=version)
+        if any(getattr(e, "int8_text", False) for e in loaded.values()):
+            opened.enable_int8_text()  # as the serving encoder runs
+        return opened
     base = open_version(registry, record.base, loaded, device, cache_dir)
     return MappedEncoder(base, FeatureMap.load(path), record.version)
