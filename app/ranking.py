@@ -49,7 +49,10 @@ class Page:
 
 
 def first_depth(spec: SearchSpec) -> int:
-    return spec.needed + len(spec.exclude)
+    """One hit more than the ranking needs: if it scores below the last one needed, the
+    page is complete without a second search (with exactly as many, the last fetched hit
+    is the last needed, which can never score below itself: every search ran twice)."""
+    return spec.needed + len(spec.exclude) + 1
 
 
 def rank(fetch: Fetch, spec: SearchSpec, max_depth: int, hits: list[Hit] | None = None) -> Page:

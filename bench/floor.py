@@ -1,0 +1,302 @@
+"""A search against its floor: the same closed-loop clients drive a FastAPI endpoint that
+does no work (it parses a search body and answers a fixed 10-hit body of the same shape)
+and xmodal's search on 20,000 text vectors (text to text) and on 512 images (text to
+image), in one run; each search row is also given as a fraction of the floor's rate.
+
+    .venv/bin/python -m bench.floor [--clients 16,64] [--seconds 15] [--profile DIR]
+
+Both servers are processes of their own, served by uvicorn with the same options
+(`xmodal serve`'s: no access log from uvicorn, default loop and HTTP parser). The clients
+are threads of this process, on the same machine. With ``--profile``, py-spy samples the
+xmodal server during the first text-to-text run and the top functions by own time and by
+cumulative time are written there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from bench.serving import REPO, ServerProcess, free_port, image_bytes
+
+HITS = [
+    {
+        "id": f"item-{i:05d}",
+        "score": 0.9 - i / 100,
+        "modality": "text",
+        "metadata": {"n": i},
+        "text": f"a caption of item {i}",
+    }
+    for i in range(10)
+]
+FIXED = {"results": HITS, "next_offset": 10, "took_ms": 0.1}
+
+
+class Body(BaseModel):
+    """What the floor parses: a search body's fields, validated as xmodal's are."""
+
+    text: str
+    target: str | None = None
+    k: int = 10
+
+
+def floor_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/v1/collections/{name}/search")
+    async def search(name: str, body: Body) -> dict[str, Any]:
+        return FIXED
+
+    return app
+
+
+def serve_floor(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        floor_app(),
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        log_level="warning",
+    )
+
+
+class FloorProcess:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.floor", "--serve", str(self.port)], cwd=REPO
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                httpx.post(f"{self.url}/v1/collections/x/search", json={"text": "x"}, timeout=1)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise TimeoutError("the floor server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def drive(
+    url: str, path: str, body: Callable[[int, int], dict[str, Any]], clients: int, seconds: float
+) -> dict[str, float]:
+    """``clients`` threads, each sending the next request when the last is answered."""
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def client(worker: int) -> None:
+        nonlocal errors
+        mine, bad, i = [], 0, 0
+        with httpx.Client(base_url=url, timeout=60) as c:
+            while time.monotonic() < stop_at:
+                t = time.perf_counter()
+                r = c.post(path, json=body(worker, i))
+                mine.append(time.perf_counter() - t)
+                bad += r.status_code != 200
+                i += 1
+        with lock:
+            latencies.extend(mine)
+            errors += bad
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    lat = np.array(latencies) * 1000
+    return {
+        "per_s": len(latencies) / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "errors": float(errors),
+    }
+
+
+def fill(url: str, texts: int, images: int) -> None:
+    with httpx.Client(base_url=url, timeout=120) as c:
+        for name in ("texts", "images"):
+            c.delete(f"/v1/collections/{name}")
+            assert c.post("/v1/collections", json={"name": name}).status_code == 201
+        for start in range(0, texts, 64):
+            items = [
+                {"id": f"t{i}", "text": f"{i % 97} words about thing {i}", "metadata": {"n": i}}
+                for i in range(start, min(texts, start + 64))
+            ]
+            r = c.post("/v1/collections/texts/texts", json={"items": items})
+            assert r.status_code == 200, r.text
+        for start in range(0, images, 32):
+            files = [
+                (
+                    "files",
+                    (
+                        f"{i}.jpg",
+                        image_bytes((i % 255, 90, 160), seed=i, size=(96, 96), fmt="JPEG"),
+                    ),
+                )
+                for i in range(start, min(images, start + 32))
+            ]
+            assert c.post("/v1/collections/images/images", files=files).status_code == 200
+
+
+def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        print("py-spy is not installed: no profile", file=sys.stderr)
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--output",
+            str(out / "xmodal-search.txt"),
+            "--nonblocking",
+        ],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--summarise", type=Path, help="print the tables of a py-spy raw file")
+    parser.add_argument("--clients", default="16,64")
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--texts", type=int, default=20_000)
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--profile", type=Path, help="write a py-spy profile of xmodal here")
+    args = parser.parse_args()
+    if args.serve:
+        serve_floor(args.serve)
+        return
+    if args.summarise:
+        print(summarise(args.summarise))
+        return
+    rows: list[str] = []
+    floor = FloorProcess()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = ServerProcess(Path(tmp) / "data", max_k=100).start(timeout=300)
+        try:
+            fill(server.url, args.texts, args.images)
+            search = "/v1/collections/{}/search"
+            for n in (int(x) for x in args.clients.split(",")):
+                base = drive(
+                    floor.url,
+                    search.format("x"),
+                    lambda w, i: {"text": f"q {w} {i}"},
+                    n,
+                    args.seconds,
+                )
+                rows.append(row(f"no-op FastAPI endpoint, fixed 10-hit body, {n} clients", base))
+                spy = None
+                if args.profile and n == 16:
+                    spy = profile(server.proc.pid, args.seconds, args.profile)  # type: ignore[union-attr]
+                for name, target in (("texts", "text"), ("images", "image")):
+                    got = drive(
+                        server.url,
+                        search.format(name),
+                        lambda w, i, t=target: {"text": f"query {w} {i}", "target": t, "k": 10},
+                        n,
+                        args.seconds,
+                    )
+                    rows.append(
+                        row(f"xmodal search text->{target}, {n} clients", got, base["per_s"])
+                    )
+                    if spy is not None:
+                        spy.wait()
+                        spy = None
+            batch = drive(
+                server.url,
+                "/v1/collections/texts/search/batch",
+                lambda w, i: {
+                    "queries": [{"text": f"q {w} {i} {j}", "target": "text"} for j in range(64)]
+                },
+                4,
+                args.seconds,
+            )
+            batch = {**batch, "per_s": batch["per_s"] * 64}
+            rows.append(
+                row(
+                    "xmodal search/batch text->text, 64 queries a request, 4 clients",
+                    batch,
+                    unit="queries",
+                )
+            )
+        finally:
+            server.stop()
+            floor.stop()
+    print("| benchmark | rate | p50 | p99 | of the floor |")
+    print("|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+def summarise(raw: Path, top: int = 25) -> str:
+    """py-spy's collapsed stacks (``frame;frame;... count``) as two tables: the frames the
+    samples were in (own time) and the frames on the stack (cumulative), as shares of all
+    samples of the server's threads."""
+    own: dict[str, int] = {}
+    cumulative: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        total += n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames[1:]):  # the first is the thread
+            cumulative[frame] = cumulative.get(frame, 0) + n
+    lines = [f"{total} samples", "", "| own time | frame |", "|---|---|"]
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"| {100 * n / total:.1f}% | `{frame}` |")
+    lines += ["", "| on the stack | frame |", "|---|---|"]
+    for frame, n in sorted(cumulative.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"| {100 * n / total:.1f}% | `{frame}` |")
+    return "\n".join(lines)
+
+
+def row(name: str, r: dict[str, float], floor: float | None = None, unit: str = "requests") -> str:
+    share = f"{r['per_s'] / floor:.2f}" if floor else "-"
+    errors = f", {int(r['errors'])} errors" if r["errors"] else ""
+    return (
+        f"| {name} | {r['per_s']:,.0f} {unit}/s{errors} | {r['p50_ms']:.1f} ms | "
+        f"{r['p99_ms']:.1f} ms | {share} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
