@@ -19,18 +19,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from bench.serving import REPO, ServerProcess, free_port, image_bytes
+from bench.serving import REPO, ServerProcess, add_images, drive, free_port
 
 HITS = [
     {
@@ -97,45 +94,6 @@ class FloorProcess:
         self.proc.wait(30)
 
 
-def drive(
-    url: str, path: str, body: Callable[[int, int], dict[str, Any]], clients: int, seconds: float
-) -> dict[str, float]:
-    """``clients`` threads, each sending the next request when the last is answered."""
-    latencies: list[float] = []
-    errors = 0
-    lock = threading.Lock()
-    stop_at = time.monotonic() + seconds
-
-    def client(worker: int) -> None:
-        nonlocal errors
-        mine, bad, i = [], 0, 0
-        with httpx.Client(base_url=url, timeout=60) as c:
-            while time.monotonic() < stop_at:
-                t = time.perf_counter()
-                r = c.post(path, json=body(worker, i))
-                mine.append(time.perf_counter() - t)
-                bad += r.status_code != 200
-                i += 1
-        with lock:
-            latencies.extend(mine)
-            errors += bad
-
-    started = time.monotonic()
-    threads = [threading.Thread(target=client, args=(w,)) for w in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - started
-    lat = np.array(latencies) * 1000
-    return {
-        "per_s": len(latencies) / elapsed,
-        "p50_ms": float(np.percentile(lat, 50)),
-        "p99_ms": float(np.percentile(lat, 99)),
-        "errors": float(errors),
-    }
-
-
 def fill(url: str, texts: int, images: int) -> None:
     with httpx.Client(base_url=url, timeout=120) as c:
         for name in ("texts", "images"):
@@ -148,18 +106,7 @@ def fill(url: str, texts: int, images: int) -> None:
             ]
             r = c.post("/v1/collections/texts/texts", json={"items": items})
             assert r.status_code == 200, r.text
-        for start in range(0, images, 32):
-            files = [
-                (
-                    "files",
-                    (
-                        f"{i}.jpg",
-                        image_bytes((i % 255, 90, 160), seed=i, size=(96, 96), fmt="JPEG"),
-                    ),
-                )
-                for i in range(start, min(images, start + 32))
-            ]
-            assert c.post("/v1/collections/images/images", files=files).status_code == 200
+        add_images(c, "images", images)
 
 
 def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:

@@ -16,7 +16,6 @@ import os
 import platform
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 
 from bench import vectors
 from bench.ingest import bench_index_job
-from bench.serving import ServerProcess, image_bytes
+from bench.serving import ServerProcess, add_images, drive
 from index import FaissIndex
 from models.encoder import ClipEncoder, load_encoder
 
@@ -128,57 +127,19 @@ def bench_http(
         try:
             with httpx.Client(base_url=server.url, timeout=60) as c:
                 assert c.post("/v1/collections", json={"name": "bench"}).status_code == 201
-                for start in range(0, corpus, 32):
-                    files = [
-                        (
-                            "files",
-                            (
-                                f"{i}.jpg",
-                                image_bytes((i % 255, 90, 160), seed=i, size=(96, 96), fmt="JPEG"),
-                            ),
-                        )
-                        for i in range(start, min(corpus, start + 32))
-                    ]
-                    r = c.post("/v1/collections/bench/images", files=files)
-                    assert r.status_code == 200, r.text
-            latencies: list[float] = []
-            errors = 0
-            lock = threading.Lock()
-            stop_at = time.monotonic() + seconds
-
-            def client(worker: int) -> None:
-                nonlocal errors
-                mine, bad, i = [], 0, 0
-                with httpx.Client(base_url=server.url, timeout=60) as c:
-                    while time.monotonic() < stop_at:
-                        t = time.perf_counter()
-                        r = c.post(
-                            "/v1/collections/bench/search",
-                            json={"text": f"query {worker} {i}", "k": 10},
-                        )
-                        mine.append(time.perf_counter() - t)
-                        bad += r.status_code != 200
-                        i += 1
-                with lock:
-                    latencies.extend(mine)
-                    errors += bad
-
-            started = time.monotonic()
-            threads = [threading.Thread(target=client, args=(w,)) for w in range(clients)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            elapsed = time.monotonic() - started
-            lat_ms = np.array(latencies) * 1000
+                add_images(c, "bench", corpus)
+            h = drive(
+                server.url,
+                "/v1/collections/bench/search",
+                lambda worker, i: {"text": f"query {worker} {i}", "k": 10},
+                clients,
+                seconds,
+            )
             batched = bench_batch_http(server.url)
             return {
                 **batched,
-                "searches_per_s": len(latencies) / elapsed,
-                "p50_ms": float(np.percentile(lat_ms, 50)),
-                "p99_ms": float(np.percentile(lat_ms, 99)),
-                "errors": float(errors),
-                "requests": float(len(latencies)),
+                "searches_per_s": h["per_s"],
+                **{k: h[k] for k in ("p50_ms", "p99_ms", "errors", "requests")},
             }
         finally:
             server.stop()

@@ -9,7 +9,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,60 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def drive(
+    url: str, path: str, body: Callable[[int, int], dict[str, Any]], clients: int, seconds: float
+) -> dict[str, float]:
+    """``clients`` threads, each sending the next request when the last is answered."""
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def client(worker: int) -> None:
+        nonlocal errors
+        mine, bad, i = [], 0, 0
+        with httpx.Client(base_url=url, timeout=60) as c:
+            while time.monotonic() < stop_at:
+                t = time.perf_counter()
+                r = c.post(path, json=body(worker, i))
+                mine.append(time.perf_counter() - t)
+                bad += r.status_code != 200
+                i += 1
+        with lock:
+            latencies.extend(mine)
+            errors += bad
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(w,)) for w in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    lat = np.array(latencies) * 1000
+    return {
+        "per_s": len(latencies) / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "errors": float(errors),
+        "requests": float(len(latencies)),
+    }
+
+
+def add_images(client: httpx.Client, collection: str, n: int) -> None:
+    """``n`` small distinct JPEGs into ``collection``, 32 a request."""
+    for start in range(0, n, 32):
+        files = [
+            (
+                "files",
+                (f"{i}.jpg", image_bytes((i % 255, 90, 160), seed=i, size=(96, 96), fmt="JPEG")),
+            )
+            for i in range(start, min(n, start + 32))
+        ]
+        r = client.post(f"/v1/collections/{collection}/images", files=files)
+        assert r.status_code == 200, r.text
 
 
 TINY = {"model": "xmodal-tiny", "pretrained": "none", "device": "cpu", "log_level": "warning"}

@@ -58,8 +58,7 @@ def search_collection(
     ``with_vectors`` puts each hit's stored vector on it."""
     c = store.get(name)
     check_model(c, model_version)
-    index = c.sides[target].index
-    native = bool(where) and index.native_filters
+    native = bool(where) and c.sides[target].index.native_filters
     if where and not native:
         allowed = filter_labels(store.db.reader(), name, target, where)
     else:
