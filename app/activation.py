@@ -1,6 +1,8 @@
 """Switching the served model to another version, collections and all.
 
-An activation job re-embeds every collection of the active version into a hidden copy:
+An activation job re-embeds every collection of the active version into a hidden copy
+(unless the new version keeps the active one's embedding space, as a distilled query
+encoder keeps its teacher's: then it only switches):
 ``linear`` and ``subspace_alignment`` versions map the stored vectors (each item keeps
 its unmapped vector, so other maps and a rollback to the base need no re-encoding
 either); other versions re-encode the stored images and texts. Searches keep using the
@@ -91,30 +93,38 @@ class Activator:
         new = self.finetuner.encoder_for(target, self.engine.encoders)
         self.engine.add_version(new)
         detail: dict[str, Any] = {"phase": "re-embedding", "from": current.version, "to": target}
-        done = 0
+        done = total = 0
         migration = None
         try:
-            # Every collection of the serving version moves, those created meanwhile too.
-            migration = Migration(
-                self.store,
-                current.version,
-                target,
-                lambda items: reembed(items, current, new, self._load_image, self.engine.run_model),
-            )
-            detail["collections"] = migration.names
-            total = migration.total
-            self.jobs.report(job.id, detail, done=0, total=total)
-            started = time.monotonic()
-            while True:
-                if should_stop():
-                    raise TrainingStopped
-                n = migration.copy()
+            if new.space != current.space:
+                # Every collection of the serving space moves, those created meanwhile too.
+                migration = Migration(
+                    self.store,
+                    current.space,
+                    new.space,
+                    lambda items: reembed(
+                        items, current, new, self._load_image, self.engine.run_model
+                    ),
+                )
                 detail["collections"] = migration.names
-                if not n:
-                    break
-                done += n
-                self.jobs.report(job.id, detail, done=done, seconds=time.monotonic() - started)
+                total = migration.total
+                self.jobs.report(job.id, detail, done=0, total=total)
                 started = time.monotonic()
+                while True:
+                    if should_stop():
+                        raise TrainingStopped
+                    n = migration.copy()
+                    detail["collections"] = migration.names
+                    if not n:
+                        break
+                    done += n
+                    self.jobs.report(job.id, detail, done=done, seconds=time.monotonic() - started)
+                    started = time.monotonic()
+            else:
+                # A query-side version (distill) or its teacher: the stored vectors are
+                # already the new version's; only how queries are encoded changes.
+                detail["collections"] = []
+                detail["message"] = f"{target} keeps {current.space}'s vectors: no re-embedding"
 
             def switch() -> None:
                 self.engine.activate(target)
@@ -131,7 +141,10 @@ class Activator:
             detail["phase"] = "switching"
             if not self.jobs.pass_point_of_no_return(job.id, detail):
                 raise TrainingStopped
-            migration.commit(after=switch)
+            if migration is None:
+                switch()  # writes go on meanwhile: their vectors are in the shared space
+            else:
+                migration.commit(after=switch)
         except BaseException:
             if migration is not None:
                 migration.abort()

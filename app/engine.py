@@ -52,42 +52,45 @@ class Engine:
         # Images are decoded (and kept, for training) at twice the model's input side at
         # most: enough for its resize and crop, and no 12 MP bitmaps held in memory.
         self.image_side = 2 * int(size[0] if isinstance(size, (tuple, list)) else size)
-        self.images: DynamicBatcher[tuple[str, torch.Tensor]] = self._batcher(
-            self._encode_mixed("encode_image_tensors"), "image", metrics
+        # Batch items are (encoding function, input): one model call per function present,
+        # so two versions, or a version's queries and its stored texts, share a batch.
+        self.images: DynamicBatcher[tuple[Callable[..., np.ndarray], torch.Tensor]] = self._batcher(
+            self._encode_mixed, "image", metrics
         )
-        self.texts: DynamicBatcher[tuple[str, str]] = self._batcher(
-            self._encode_mixed("encode_texts"), "text", metrics
+        self.texts: DynamicBatcher[tuple[Callable[..., np.ndarray], str]] = self._batcher(
+            self._encode_mixed, "text", metrics
         )
 
-    def _encode_mixed(self, method: str) -> Callable[[list[tuple[str, Any]]], np.ndarray]:
-        """A batch function over (version, input) items: one model call per version present."""
+    def _encode_mixed(self, items: list[tuple[Callable[..., np.ndarray], Any]]) -> np.ndarray:
+        out = np.empty((len(items), self.dim), dtype=np.float32)
+        groups: dict[Callable[..., np.ndarray], list[int]] = {}
+        for i, (fn, _) in enumerate(items):
+            groups.setdefault(fn, []).append(i)
+        for fn, rows in groups.items():
+            out[rows] = fn([items[i][1] for i in rows])
+        return out
 
-        def encode(items: list[tuple[str, Any]]) -> np.ndarray:
-            out = np.empty((len(items), self.dim), dtype=np.float32)
-            groups: dict[str, list[int]] = {}
-            for i, (version, _) in enumerate(items):
-                groups.setdefault(version, []).append(i)
-            for version, rows in groups.items():
-                encoder = self.encoder_of(version)
-                out[rows] = getattr(encoder, method)([items[i][1] for i in rows])
-            return out
-
-        return encode
-
-    def encoder_of(self, version: str) -> Encoder:
-        encoder = self.encoders.get(version)
+    def encoder_of(self, space: str) -> Encoder:
+        """The encoder for vectors of ``space`` (a collection's model version): the active
+        one if it writes them (a distilled version writes its teacher's), else the version
+        of that name."""
+        if self.encoder.space == space:
+            return self.encoder
+        encoder = self.encoders.get(space)
         if encoder is None:
-            raise ModelMismatch(
-                f"model {version!r} is not loaded; this server runs {self.version!r}"
-            )
+            raise ModelMismatch(f"model {space!r} is not loaded; this server runs {self.version!r}")
         return encoder
 
     def add_version(self, encoder: Encoder) -> None:
         self.encoders[encoder.version] = encoder
 
     def activate(self, version: str) -> None:
-        """Embed new items with ``version`` from now on (it must be loaded)."""
-        self.encoder = self.encoder_of(version)
+        """Serve ``version`` from now on (it must be loaded): new items, and the queries of
+        the collections in its space, are embedded with it."""
+        encoder = self.encoders.get(version)
+        if encoder is None:
+            raise ModelMismatch(f"model {version!r} is not loaded")
+        self.encoder = encoder
 
     def drop_version(self, version: str) -> None:
         """Unload ``version`` unless it serves or is the configured model."""
@@ -109,7 +112,13 @@ class Engine:
 
     @property
     def version(self) -> str:
+        """The active version (what ``/v1/models`` marks active)."""
         return self.encoder.version
+
+    @property
+    def space(self) -> str:
+        """The embedding space of the active version: what new items and collections get."""
+        return self.encoder.space
 
     @property
     def dim(self) -> int:
@@ -136,10 +145,14 @@ class Engine:
         return self._model_thread.submit(fn, *args).result()
 
     # --- entry points -------------------------------------------------------------------------
-    async def embed_texts(self, texts: Sequence[str], version: str | None = None) -> np.ndarray:
-        v = version or self.version
-        self.encoder_of(v)
-        return await self.texts.submit([(v, t) for t in texts], self.settings.request_timeout_s)
+    async def embed_texts(
+        self, texts: Sequence[str], space: str | None = None, query: bool = False
+    ) -> np.ndarray:
+        """Texts as stored items (or, ``query``, as a search's query) in ``space`` (default:
+        the active version's)."""
+        encoder = self.encoder_of(space or self.space)
+        fn = encoder.encode_queries if query else encoder.encode_texts
+        return await self.texts.submit([(fn, t) for t in texts], self.settings.request_timeout_s)
 
     async def prepare_images(
         self, blobs: Sequence[bytes], names: Sequence[str] | None = None
@@ -167,12 +180,11 @@ class Engine:
         return [r for r in results if isinstance(r, PreparedImage)]
 
     async def embed_prepared(
-        self, images: Sequence[PreparedImage], version: str | None = None
+        self, images: Sequence[PreparedImage], space: str | None = None
     ) -> np.ndarray:
-        v = version or self.version
-        self.encoder_of(v)
+        fn = self.encoder_of(space or self.space).encode_image_tensors
         return await self.images.submit(
-            [(v, im.pixels) for im in images], self.settings.request_timeout_s
+            [(fn, im.pixels) for im in images], self.settings.request_timeout_s
         )
 
     def _prepare(self, data: bytes) -> PreparedImage:

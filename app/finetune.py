@@ -16,12 +16,14 @@ from typing import Any
 
 from app.config import Settings
 from index import Job, JobStore
-from models.adapt.methods import MIN_PAIRS, TrainStep, check_hyperparameters
+from models.adapt.distill import text_speed
+from models.adapt.methods import MIN_PAIRS, QUERY_SIDE, TrainStep, check_hyperparameters
 from models.adapt.pairs import Pairs, load_pairs
 from models.adapt.run import RunModel, adapt, direct, evaluate, open_version
 from models.encoder import Encoder
 from models.registry import ModelRegistry, ModelVersion
 from models.sources import SourceError
+from models.student import teacher_of
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,8 @@ class FineTuner:
             "skipped": train.skipped[:20],
         }
         self.jobs.report(job.id, detail, done=0)
+        if method in QUERY_SIDE:
+            encoder = teacher_of(encoder)  # a student is measured against its teacher
         base_metrics = evaluate(encoder, held.images, held.texts, self.run_model)
         detail["base_metrics"] = base_metrics
 
@@ -153,15 +157,21 @@ class FineTuner:
         detail["phase"] = "evaluating result"
         self.jobs.report(job.id, detail)
         result_metrics = evaluate(adapted.encoder, held.images, held.texts, self.run_model)
+        metrics = {"base": base_metrics, "result": result_metrics}
+        if method in QUERY_SIDE:
+            detail["phase"] = "timing"
+            self.jobs.report(job.id, detail)
+            metrics.update(self._speeds(encoder, adapted.encoder, held.texts + train.texts))
+            detail["speed"] = metrics["speed"]
         version = ModelVersion(
             version=version_name,
             architecture=encoder.model_name,
-            base=encoder.version,
+            base=adapted.base,
             method=method,
             artifact=adapted.artifact,
             data=data,
             hyperparameters=hyper,
-            metrics={"base": base_metrics, "result": result_metrics},
+            metrics=metrics,
             history=history,
         )
         self.registry.save(version, adapted.write)
@@ -180,6 +190,17 @@ class FineTuner:
             version.beats_base,
         )
         return version
+
+    def _speeds(self, base: Encoder, new: Encoder, texts: list[str]) -> dict[str, dict[str, float]]:
+        """How fast the base and the new version encode query texts, on this machine, in
+        turn with the requests (so under load both read slower alike)."""
+        sample = texts[:256]
+        before = text_speed(base.encode_queries, sample, self.run_model)
+        after = text_speed(new.encode_queries, sample, self.run_model)
+        speed = {f"base_{k}": v for k, v in before.items()}
+        speed.update({f"result_{k}": v for k, v in after.items()})
+        speed["speedup"] = round(after["texts_per_second"] / before["texts_per_second"], 3)
+        return {"speed": speed}
 
 
 def thin(points: list[dict[str, float]], most: int) -> list[dict[str, float]]:

@@ -90,7 +90,7 @@ class Retrieval:
             )
 
         async def encode(version: str) -> np.ndarray:
-            return await self.engine.embed_texts([text], version)
+            return await self.engine.embed_texts([text], version, query=True)
 
         return Query(Modality.TEXT, encode)
 
@@ -243,7 +243,7 @@ class Retrieval:
         """Embed with the active version and store. If an activation switched the
         collection between the two steps, embed again with the version now active."""
         for attempt in (1, 2):
-            version = self.engine.version
+            version = self.engine.space
             vectors = await encode(version)
             try:
                 stored: list[str] = await run_in_threadpool(
@@ -265,7 +265,7 @@ class Retrieval:
         """``_add`` for a batch job's thread: ``embed`` gives the items and their vectors
         for a model version (on the model thread), committed with ``extra``."""
         for attempt in (1, 2):
-            version = self.engine.version
+            version = self.engine.space
             items, vectors = embed(version)
             try:
                 self.store.upsert(name, items, vectors, version, extra=extra, uid=uid)
@@ -276,5 +276,5 @@ class Retrieval:
 
     def _retry(self, attempt: int, version: str) -> bool:
         """Whether a write refused for its model version is worth one more try: the first
-        time, and only if the active version changed since it was embedded."""
-        return attempt == 1 and self.engine.version != version
+        time, and only if the active embedding space changed since it was embedded."""
+        return attempt == 1 and self.engine.space != version

@@ -58,7 +58,7 @@ def bench_index_job(
         stack = build_stack(settings)
         jobs = stack.jobs
         try:
-            stack.store.create_collection("bench", stack.engine.dim, stack.engine.version)
+            stack.store.create_collection("bench", stack.engine.dim, stack.engine.space)
             # The warm-up starts the worker pool.
             jobs.run(jobs.submit(INDEX_JOB, "bench", {"source": "warmup", "engine": engine}))
             job = jobs.submit(INDEX_JOB, "bench", {"source": "photos", "engine": engine})

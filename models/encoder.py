@@ -25,7 +25,21 @@ from models.loading import ResolvedWeights, resolve_weights
 log = logging.getLogger(__name__)
 
 # Very long strings only cost tokenizer time: the tokenizer truncates to the context anyway.
-_CHARS_PER_TOKEN_BOUND = 24
+CHARS_PER_TOKEN_BOUND = 24
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """What inference runs in: bf16 (or fp16) on a GPU, float32 elsewhere."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    dtype = autocast_dtype(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -43,7 +57,11 @@ def resolve_device(device: str) -> torch.device:
 @runtime_checkable
 class Encoder(Protocol):
     """What the service asks of a model version: preprocess an image, encode image tensors
-    and texts into L2-normalised float32 rows of ``dim`` columns."""
+    and texts into L2-normalised float32 rows of ``dim`` columns.
+
+    ``space`` names the embedding space its vectors live in: its own version, except for a
+    distilled query encoder, which writes its teacher's vectors and only encodes queries
+    differently (``encode_queries``; ``separate_queries`` says whether it does)."""
 
     version: str
     model_name: str
@@ -62,9 +80,22 @@ class Encoder(Protocol):
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray: ...
 
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    @property
+    def space(self) -> str: ...
+
+    @property
+    def separate_queries(self) -> bool: ...
+
+    @property
+    def clip(self) -> ClipEncoder: ...
+
 
 class ClipEncoder:
     """An OpenCLIP model with its preprocessing and tokenizer behind a narrow contract."""
+
+    separate_queries = False
 
     def __init__(
         self,
@@ -85,13 +116,16 @@ class ClipEncoder:
         cfg = open_clip.get_model_config(model_name) or {}
         self.dim = int(cfg["embed_dim"])
         self.context_length = int(getattr(tokenizer, "context_length", 77))
-        if device.type == "cuda":
-            self.autocast_dtype: torch.dtype | None = (
-                torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            )
-        else:
-            self.autocast_dtype = None
+        self.autocast_dtype = autocast_dtype(device)
         self._text_model: Any = self.model  # what encodes texts (see enable_int8_text)
+
+    @property
+    def space(self) -> str:
+        return self.version
+
+    @property
+    def clip(self) -> ClipEncoder:
+        return self
 
     @property
     def int8_text(self) -> bool:
@@ -136,11 +170,6 @@ class ClipEncoder:
             return torch.cuda.get_device_name(self.device)
         return "cpu"
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
-
     # --- images -------------------------------------------------------------------------
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
         """Resize/crop/normalise one RGB image into a (3, H, W) tensor (CPU, any thread)."""
@@ -153,9 +182,9 @@ class ClipEncoder:
             raise ValueError(
                 f"expected a non-empty (n, 3, H, W) batch, got shape {tuple(batch.shape)}"
             )
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.device):
             features = self.model.encode_image(batch.to(self.device, non_blocking=True))
-        return _normalised(features)
+        return normalised(features)
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:
@@ -164,19 +193,22 @@ class ClipEncoder:
 
     # --- texts --------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        bound = self.context_length * _CHARS_PER_TOKEN_BOUND
+        bound = self.context_length * CHARS_PER_TOKEN_BOUND
         tokens: torch.Tensor = self.tokenizer([t[:bound] for t in texts])
         return tokens
 
     def encode_token_batch(self, tokens: torch.Tensor) -> np.ndarray:
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast(self.device):
             features = self._text_model.encode_text(tokens.to(self.device, non_blocking=True))
-        return _normalised(features)
+        return normalised(features)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return self.encode_token_batch(self.tokenize(texts))
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode_texts(texts)
 
     # --- checkpoints --------------------------------------------------------------------
     def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
@@ -198,13 +230,13 @@ class ClipEncoder:
         return target
 
 
-def _normalised(features: torch.Tensor) -> np.ndarray:
+def normalised(features: torch.Tensor) -> np.ndarray:
     out = F.normalize(features.float(), dim=-1).cpu().numpy()
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
 @contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
+def seeded(seed: int) -> Iterator[None]:
     """Seed weight initialisation without disturbing the caller's random state."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -248,7 +280,7 @@ def load_encoder(
     if preprocess_cfg:
         kwargs["force_preprocess_cfg"] = preprocess_cfg
     try:
-        with _seeded(seed), _random_weights_expected(resolved.checkpoint is None):
+        with seeded(seed), _random_weights_expected(resolved.checkpoint is None):
             model, _, preprocess = open_clip.create_model_and_transforms(
                 model_name, pretrained=resolved.checkpoint, device="cpu", **kwargs
             )
@@ -277,6 +309,8 @@ class MappedEncoder:
         self.base = base
         self.feature_map = feature_map
         self.version = version
+        self.space = version
+        self.separate_queries = base.separate_queries
         self.model_name = base.model_name
         self.dim = base.dim
         self.device = base.device
@@ -289,12 +323,7 @@ class MappedEncoder:
     @property
     def clip(self) -> ClipEncoder:
         """The OpenCLIP encoder at the bottom of the chain (what contrastive training tunes)."""
-        base = self.base
-        while isinstance(base, MappedEncoder):
-            base = base.base
-        if not isinstance(base, ClipEncoder):
-            raise TypeError(f"{self.version} does not rest on an OpenCLIP encoder")
-        return base
+        return self.base.clip
 
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
         return self.base.preprocess_image(image)
@@ -311,3 +340,8 @@ class MappedEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return self.feature_map.apply(self.base.encode_texts(texts), "text")
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.feature_map.apply(self.base.encode_queries(texts), "text")

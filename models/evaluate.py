@@ -35,12 +35,17 @@ def first_relevant_ranks(
 
 
 def retrieval_metrics(
-    image_vectors: np.ndarray, text_vectors: np.ndarray, groups: Sequence[object] | None = None
+    image_vectors: np.ndarray,
+    text_vectors: np.ndarray,
+    groups: Sequence[object] | None = None,
+    query_vectors: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Recall@1/5/10 (percent), mean reciprocal rank and median rank, both directions, for
-    pairs (image i, text i)."""
+    pairs (image i, text i). ``query_vectors``: the texts as a search embeds them, where
+    that differs from how they are stored (a distilled query encoder)."""
     out: dict[str, float] = {}
-    for name, q, t in (("t2i", text_vectors, image_vectors), ("i2t", image_vectors, text_vectors)):
+    queries = text_vectors if query_vectors is None else query_vectors
+    for name, q, t in (("t2i", queries, image_vectors), ("i2t", image_vectors, text_vectors)):
         ranks = first_relevant_ranks(q, t, groups)
         for k in KS:
             out[f"{name}_r{k}"] = float(100.0 * np.mean(ranks <= k))

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from models.encoder import ClipEncoder
+
 
 def _unit(seed: bytes, dim: int) -> np.ndarray:
     rng = np.random.default_rng(int.from_bytes(hashlib.sha256(seed).digest()[:8], "little"))
@@ -30,6 +32,16 @@ class FakeEncoder:
         self.preprocess = None
         self.calls: Counter[str] = Counter()  # "texts"/"images" -> items encoded
 
+    separate_queries = False
+
+    @property
+    def space(self) -> str:
+        return self.version
+
+    @property
+    def clip(self) -> ClipEncoder:
+        raise TypeError("a fake encoder has no OpenCLIP model")
+
     @property
     def device_name(self) -> str:
         return "cpu"
@@ -48,6 +60,9 @@ class FakeEncoder:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         self.calls["texts"] += len(texts)
         return self._stack([f"{self.version}\0{t}".encode() for t in texts])
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode_texts(texts)
 
     def _stack(self, seeds: list[bytes]) -> np.ndarray:
         if not seeds:

@@ -159,7 +159,7 @@ def _index_build_local(args: argparse.Namespace) -> int:
         if args.create:
             with contextlib.suppress(CollectionExists):
                 stack.store.create_collection(
-                    args.collection, stack.engine.dim, stack.engine.version, args.index
+                    args.collection, stack.engine.dim, stack.engine.space, args.index
                 )
         params = {"source": args.source, "format": args.format}
         if args.ray is not None:

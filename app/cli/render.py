@@ -132,4 +132,12 @@ def finetune_summary(job: dict[str, Any]) -> str:
         lines.append(f"version {detail['version']}: beats its base: {detail['beats_base']}")
         columns = {"base": detail["base_metrics"], "fine-tuned": detail["result_metrics"]}
         lines.append(metrics_table(columns))
+    speed = detail.get("speed")
+    if speed:  # a distilled query encoder
+        lines.append(
+            f"texts/s (batch 256): {speed['base_texts_per_second']:,.0f} ->"
+            f" {speed['result_texts_per_second']:,.0f} ({speed['speedup']:.2f}x);"
+            f" one text: {speed['base_single_text_ms']:.2f} ->"
+            f" {speed['result_single_text_ms']:.2f} ms"
+        )
     return "\n".join(lines)

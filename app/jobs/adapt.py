@@ -11,9 +11,11 @@ from app.engine import Engine
 from app.finetune import FINETUNE_JOB, FineTuner
 from app.jobs.loop import JobStopped, OnProgress
 from index import Job, JobState, JobStore
-from models.adapt.methods import TARGETED, TrainingStopped, check_hyperparameters
+from models.adapt.distill import student_cfg
+from models.adapt.methods import TARGETED, DistillConfig, TrainingStopped, check_hyperparameters
 from models.errors import InvalidParameters
 from models.sources import open_source
+from models.student import teacher_of
 
 
 def _stopped(jobs: JobStore, job: Job) -> None:
@@ -48,6 +50,9 @@ class FinetuneRunner:
         params["hyperparameters"] = check_hyperparameters(
             params["method"], params.get("hyperparameters") or {}
         )
+        if params["method"] == "distill":  # the student's shape against the teacher's
+            teacher = teacher_of(self.engine.encoder)
+            student_cfg(teacher.model_name, DistillConfig(**params["hyperparameters"]))
         return params
 
     def run(

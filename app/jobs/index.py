@@ -168,7 +168,7 @@ class IndexRunner:
         """Look up what is stored already and hand the chunk's images to the decoders."""
         records = [self._check(r) for r in records]
         existing = self.store.existing(collection, [r.id for r in records if r.error is None])
-        version = self.engine.version
+        version = self.engine.space
         expected = {
             r.id: known.content_sha256
             for r in records
@@ -253,7 +253,7 @@ class IndexRunner:
         done, failed = 0, 0
         errors: list[dict[str, Any]] = []
         texts: list[SourceRecord] = []
-        version = self.engine.version
+        version = self.engine.space
         refused: set[str] = set()
 
         counts: collections.Counter[str] = collections.Counter()

@@ -168,7 +168,7 @@ class RayIngest:
         runner.store.serving(collection)
         if job.total is None:
             runner.jobs.set_total(job.id, source.count())
-        version = runner.engine.version
+        version = runner.engine.space
         encoder = ray.put(runner.engine.encoder_of(version))  # pickled once, for every actor
         gpus = float(ray.cluster_resources().get("GPU", 0))
         actors = max(1, int(gpus) if gpus else settings.ray_actors)

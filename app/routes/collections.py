@@ -46,7 +46,7 @@ async def create_collection(
     body: CollectionCreate, store: StoreDep, engine: EngineDep
 ) -> CollectionOut:
     info = await run_in_threadpool(
-        store.create_collection, body.name, engine.dim, engine.version, body.index
+        store.create_collection, body.name, engine.dim, engine.space, body.index
     )
     return collection_out(info)
 

@@ -46,4 +46,4 @@ async def embed(body: EmbedRequest, engine: EngineDep, settings: SettingsDep) ->
             blobs, [f"images_base64[{i}]" for i in range(len(blobs))]
         )
         vectors = await engine.embed_prepared(prepared)
-    return EmbedResponse(vectors=vectors.tolist(), model=engine.version, dim=engine.dim)
+    return EmbedResponse(vectors=vectors.tolist(), model=engine.space, dim=engine.dim)

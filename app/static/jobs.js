@@ -87,19 +87,31 @@ async function loadReport() {
   const result = detail.result_metrics || {};
   for (const name of Object.keys(base)) {
     if (name === "pairs") continue;
-    const row = tbody.insertRow();
     const [label, higherIsBetter] = metricLabel(name);
-    row.dataset.metric = name;
-    row.insertCell().textContent = label;
-    row.insertCell().textContent = fmt(base[name], 2);
-    row.insertCell().textContent = name in result ? fmt(result[name], 2) : "";
-    const change = row.insertCell();
-    if (name in result) {
-      const delta = Number((result[name] - base[name]).toFixed(2)); // as shown: no "-0.00"
-      change.textContent = `${delta > 0 ? "+" : ""}${fmt(delta, 2)}`;
-      const better = higherIsBetter ? delta > 0 : delta < 0;
-      change.className = delta === 0 ? "same" : better ? "better" : "worse";
-    }
+    addRow(tbody, name, label, base[name], result[name], higherIsBetter);
+  }
+  // A distilled query encoder is also judged by how fast it encodes texts.
+  const speed = detail.speed;
+  if (speed) {
+    addRow(tbody, "texts_per_second", "texts encoded per second (batches of 256)",
+      speed.base_texts_per_second, speed.result_texts_per_second, true);
+    addRow(tbody, "single_text_ms", "one query text, ms (lower is better)",
+      speed.base_single_text_ms, speed.result_single_text_ms, false);
+  }
+}
+
+function addRow(tbody, name, label, before, after, higherIsBetter) {
+  const row = tbody.insertRow();
+  row.dataset.metric = name;
+  row.insertCell().textContent = label;
+  row.insertCell().textContent = fmt(before, 2);
+  row.insertCell().textContent = after === undefined ? "" : fmt(after, 2);
+  const change = row.insertCell();
+  if (after !== undefined) {
+    const delta = Number((after - before).toFixed(2)); // as shown: no "-0.00"
+    change.textContent = `${delta > 0 ? "+" : ""}${fmt(delta, 2)}`;
+    const better = higherIsBetter ? delta > 0 : delta < 0;
+    change.className = delta === 0 ? "same" : better ? "better" : "worse";
   }
 }
 

@@ -69,7 +69,7 @@ def _freeze(model: Any, cfg: ContrastiveConfig) -> None:
         _lock(model.positional_embedding)
 
 
-def _schedule(step: int, total: int, warmup: int) -> float:
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
@@ -109,7 +109,7 @@ def train_contrastive(
     steps_per_epoch = max(1, len(images) // effective)
     total_steps = steps_per_epoch * cfg.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: _schedule(s, total_steps, cfg.warmup_steps)
+        optimiser, lambda s: warmup_cosine(s, total_steps, cfg.warmup_steps)
     )
     autocast_dtype = encoder.autocast_dtype
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)

@@ -1,8 +1,8 @@
 """The adaptation methods, their settings and what they report while they run.
 
 Importing this module needs no torch (the CLI lists the methods from here); the methods
-themselves live in ``contrastive``, ``linear``, ``subspace``, ``cca`` and ``adversarial``, and
-``run`` picks one.
+themselves live in ``contrastive``, ``linear``, ``subspace``, ``cca``, ``adversarial`` and
+``distill``, and ``run`` picks one.
 """
 
 from __future__ import annotations
@@ -83,6 +83,49 @@ class CcaConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    # The student's text tower; 0: derived from the teacher's (half its width, a third of
+    # its layers, heads of 32 or more units, the teacher's context length).
+    width: int = 0
+    layers: int = 0
+    heads: int = 0
+    context_length: int = 0
+    loss: str = "cosine"  # or "mse": the student's raw output against the teacher's vector
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    # The gate: the student's mean Recall@K may fall this many points below its teacher's,
+    # and it must encode texts faster.
+    max_recall_drop: float = 2.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        ok = (
+            (self.width == 0 or 8 <= self.width <= 4096)
+            and 0 <= self.layers <= 48
+            and 0 <= self.heads <= 64
+            and (self.context_length == 0 or 4 <= self.context_length <= 512)
+            and self.loss in ("cosine", "mse")
+            and 1 <= self.epochs <= 10_000
+            and self.batch_size >= 2
+            and 0 < self.lr <= 1
+            and self.weight_decay >= 0
+            and self.warmup_steps >= 0
+            and 0 <= self.max_recall_drop <= 100
+        )
+        if not ok:
+            raise TypeError(
+                "width 0 or 8..4096, layers 0..48, heads 0..64, context_length 0 or 4..512,"
+                " loss cosine or mse, epochs 1..10000, batch_size >= 2, 0 < lr <= 1,"
+                " max_recall_drop 0..100"
+            )
+        if self.width and self.heads and self.width % self.heads:
+            raise TypeError(f"width {self.width} is not a multiple of heads {self.heads}")
+
+
+@dataclass(frozen=True)
 class TrainStep:
     epoch: int
     step: int
@@ -100,7 +143,14 @@ class TrainingStopped(Exception):
     """``should_stop`` said so (a cancelled job)."""
 
 
-Config = ContrastiveConfig | LinearConfig | SubspaceConfig | CcaConfig | AdversarialConfig
+Config = (
+    ContrastiveConfig
+    | LinearConfig
+    | SubspaceConfig
+    | CcaConfig
+    | AdversarialConfig
+    | DistillConfig
+)
 # name -> settings; a method that trains a feature map over a frozen base is in MAPS.
 METHODS: dict[str, type[Config]] = {
     "contrastive": ContrastiveConfig,
@@ -108,10 +158,13 @@ METHODS: dict[str, type[Config]] = {
     "subspace_alignment": SubspaceConfig,
     "cca": CcaConfig,
     "adversarial": AdversarialConfig,
+    "distill": DistillConfig,
 }
 MAPS = frozenset({"linear", "subspace_alignment", "cca", "adversarial"})
 # Methods that take unpaired images and texts of a target domain (``target_source``).
 TARGETED = frozenset({"adversarial", "subspace_alignment"})
+# Methods whose version keeps its base's embedding space: only queries are encoded anew.
+QUERY_SIDE = frozenset({"distill"})
 
 
 def check_hyperparameters(method: str, hyperparameters: dict[str, Any]) -> dict[str, Any]:

@@ -45,7 +45,8 @@ def reembed(
     """The vectors of ``items`` under ``new`` (they are under ``current`` now), and for each
     the unmapped vector to keep beside it (None when ``new`` maps nothing).
     ``load_image(item)`` gives a stored image back, or raises saying why it cannot."""
-    cur_base = current.base.version if isinstance(current, MappedEncoder) else None
+    # Compared by embedding space: a distilled version writes its teacher's vectors.
+    cur_base = current.base.space if isinstance(current, MappedEncoder) else None
 
     def raw_kept() -> np.ndarray | None:
         kept = [it.raw_embedding for it in items]
@@ -56,9 +57,9 @@ def reembed(
     if isinstance(new, MappedEncoder):
         base = new.base
         raw = None
-        if base.version == current.version:
+        if base.space == current.space:
             raw = np.stack([it.embedding for it in items])
-        elif base.version == cur_base:
+        elif base.space == cur_base:
             raw = raw_kept()
         if raw is None:
             raw = encode(items, base, load_image, run_model)
@@ -68,7 +69,7 @@ def reembed(
             if rows:
                 out[rows] = new.feature_map.apply(raw[rows], modality)
         return out, list(raw)
-    vectors = raw_kept() if new.version == cur_base else None
+    vectors = raw_kept() if new.space == cur_base else None
     if vectors is None:
         vectors = encode(items, new, load_image, run_model)
     return vectors, [None] * len(items)

@@ -19,12 +19,14 @@ from PIL import Image
 from models.adapt.adversarial import fit_adversarial
 from models.adapt.cca import fit_cca
 from models.adapt.contrastive import train_contrastive
+from models.adapt.distill import fit_distill
 from models.adapt.linear import fit_linear
 from models.adapt.methods import (
     MAPS,
     AdversarialConfig,
     CcaConfig,
     ContrastiveConfig,
+    DistillConfig,
     LinearConfig,
     StepCallback,
     StopCheck,
@@ -36,6 +38,7 @@ from models.evaluate import retrieval_metrics
 from models.feature_map import FeatureMap
 from models.registry import ModelRegistry
 from models.sources import SourceError
+from models.student import STUDENT_FILE, DistilledEncoder, Student, teacher_of
 
 RunModel = Callable[..., Any]
 ENCODE_BATCH = 256
@@ -67,8 +70,10 @@ def evaluate(
         raise SourceError("evaluation needs at least two image-caption pairs")
     xi = embed(encoder.encode_images, images, run_model)
     xt = embed(encoder.encode_texts, texts, run_model)
+    # Queries: what a text search embeds; stored texts (image-to-text): what an upload does.
+    xq = embed(encoder.encode_queries, texts, run_model) if encoder.separate_queries else None
     # Identical captions are interchangeable: a retrieval of either counts.
-    return retrieval_metrics(xi, xt, groups=texts)
+    return retrieval_metrics(xi, xt, groups=texts, query_vectors=xq)
 
 
 @dataclass
@@ -76,6 +81,7 @@ class Adapted:
     encoder: Encoder  # serves the new version
     artifact: str  # file name in the version's folder
     write: Callable[[Path], object]  # writes the artifact there
+    base: str  # the version it builds on
 
 
 def adapt(
@@ -93,10 +99,18 @@ def adapt(
     """``encoder`` adapted to the pairs by ``method`` (checked hyperparameters), as ``version``;
     ``target``: images and texts of the domain to adapt to, their pairing ignored (the
     ``TARGETED`` methods)."""
+    if method == "distill":
+        # The student learns the teacher's text vectors for the captions; pairs unused.
+        teacher = teacher_of(encoder)
+        unique = sorted(set(texts))
+        targets = embed(teacher.encode_texts, unique, run_model)
+        config = DistillConfig(**hyperparameters)
+        student = fit_distill(teacher.clip, unique, targets, config, on_step, should_stop)
+        distilled = DistilledEncoder(teacher, student, version)
+        return Adapted(distilled, STUDENT_FILE, student.save, teacher.version)
     if method not in MAPS:
         # A mapped version trains the OpenCLIP model under its map, as it always did.
-        clip = encoder.clip if isinstance(encoder, MappedEncoder) else encoder
-        assert isinstance(clip, ClipEncoder)
+        clip = encoder.clip
         model = train_contrastive(
             clip,
             images,
@@ -108,7 +122,7 @@ def adapt(
         tuned = ClipEncoder(
             model, clip.preprocess, clip.tokenizer, clip.device, clip.model_name, version
         )
-        return Adapted(tuned, "checkpoint.pt", tuned.save_checkpoint)
+        return Adapted(tuned, "checkpoint.pt", tuned.save_checkpoint, encoder.version)
     xi = embed(encoder.encode_images, images, run_model)
     xt = embed(encoder.encode_texts, texts, run_model)
     if method == "linear":
@@ -133,7 +147,7 @@ def adapt(
             # Unsupervised: the pairing is deliberately thrown away.
             shuffled = tt[np.random.default_rng(0).permutation(len(tt))]
             fmap = fit_subspace_alignment(ti, shuffled, SubspaceConfig(**hyperparameters))
-    return Adapted(MappedEncoder(encoder, fmap, version), "map.npz", fmap.save)
+    return Adapted(MappedEncoder(encoder, fmap, version), "map.npz", fmap.save, encoder.version)
 
 
 def open_version(
@@ -151,6 +165,10 @@ def open_version(
     path = registry.artifact_path(record)
     if loaded:
         device = str(next(iter(loaded.values())).device)
+    if record.method == "distill":
+        teacher = open_version(registry, record.base, loaded, device, cache_dir)
+        student = Student.load(path, teacher.device)
+        return DistilledEncoder(teacher, student, record.version)
     if record.method not in MAPS:
         opened = load_encoder(record.architecture, str(path), device, cache_dir, version=version)
         if any(getattr(e, "int8_text", False) for e in loaded.values()):

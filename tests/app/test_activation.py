@@ -15,8 +15,10 @@ import pytest
 from index import MilvusBackends, Modality
 from index.milvus_backend import collection_name
 from index.snapshots import backend_key
+from models.encoder import load_encoder
 from models.feature_map import FeatureMap
-from models.registry import ModelRegistry, ModelVersion
+from models.registry import ModelRegistry, ModelVersion, mean_recall
+from models.student import STUDENT_FILE, Student
 from models.synthetic import write_dataset
 from tests.app.test_index_jobs import wait_for_job
 from tests.helpers import BACKENDS, AppServer
@@ -206,6 +208,71 @@ def test_a_version_that_did_not_beat_its_base_needs_force(
     assert wait_for_job(c, r.json()["id"])["state"] == "succeeded"
     assert c.post("/v1/models/no-such/activate", json={}).status_code == 404
     assert c.post(f"/v1/models/{BASE}/activate", json={}).status_code == 409  # already active
+
+
+def text_hits(c: httpx.Client, query: str, k: int = 5) -> list[tuple[str, float, str]]:
+    r = c.post("/v1/collections/gallery/search", json={"text": query, "k": k, "target": "text"})
+    assert r.status_code == 200, r.text
+    return [(h["id"], h["score"], h["text"]) for h in r.json()["results"]]
+
+
+def test_a_distilled_version_switches_only_the_query_encoder(
+    lab: tuple[AppServer, httpx.Client], tmp_path: Path
+) -> None:
+    """Activating a student re-embeds nothing: the collections keep the teacher's vectors
+    and space, new items get the teacher's vectors, and each text search is scored with the
+    student's query vector against them. It survives a restart; rolling back is as quick."""
+    server, c = lab
+    assert c.get("/readyz").json()["model"] == BASE
+    before = answers(c, "gallery")
+    distilled = finetune(c, "distill", epochs=20)
+    record = c.get(f"/v1/models/{distilled}").json()
+    assert record["method"] == "distill" and record["base"] == BASE
+    speed = record["metrics"]["speed"]
+    assert speed["base_texts_per_second"] > 0 and speed["result_texts_per_second"] > 0
+    assert record["beats_base"] == (
+        speed["speedup"] > 1
+        and mean_recall(record["metrics"]["result"])
+        >= mean_recall(record["metrics"]["base"]) - record["hyperparameters"]["max_recall_drop"]
+    )
+
+    job = activate(c, distilled, force=True)
+    assert job["state"] == "succeeded" and "no re-embedding" in job["detail"]["message"]
+    assert job["total"] in (None, 0) and job["detail"]["collections"] == []
+    assert c.get("/readyz").json()["model"] == distilled
+    assert c.get("/v1/collections/gallery").json()["model"] == BASE  # the teacher's space
+    active = [m["version"] for m in c.get("/v1/models").json()["models"] if m["active"]]
+    assert active == [distilled]
+
+    teacher = load_encoder("xmodal-tiny", "none", "cpu", tmp_path, seed=0)  # BASE
+    folder = ModelRegistry(server.data_dir / "versions").folder(distilled)
+    student = Student.load(folder / STUDENT_FILE, teacher.device)
+    query = QUERIES[0]
+    hits = text_hits(c, query)
+    texts = [text for _, _, text in hits]
+    want = teacher.encode_texts(texts) @ student.encode([query])[0]
+    np.testing.assert_allclose([s for _, s, _ in hits], want, atol=1e-4)
+    teacher_scores = teacher.encode_texts(texts) @ teacher.encode_texts([query])[0]
+    assert not np.allclose([s for _, s, _ in hits], teacher_scores, atol=1e-3)
+
+    # New items are stored as the teacher encodes them, in the teacher's space.
+    r = c.post("/v1/collections/gallery/texts", json={"items": [{"id": "fresh", "text": query}]})
+    assert r.status_code == 200
+    assert c.get("/v1/collections/gallery/items/fresh").json()["model"] == BASE
+    scores = {i: score for i, score, _ in text_hits(c, query, k=100)}  # all 81 texts
+    expected = float(teacher.encode_texts([query])[0] @ student.encode([query])[0])
+    assert abs(scores["fresh"] - expected) < 1e-4
+    assert c.delete("/v1/collections/gallery/items/fresh").status_code == 204
+
+    server.stop()  # the active student is restored at start
+    server.start()
+    assert c.get("/readyz").json()["model"] == distilled
+    np.testing.assert_allclose([s for _, s, _ in text_hits(c, query)], want, atol=1e-4)
+
+    r = c.post(f"/v1/models/{distilled}/rollback")
+    assert wait_for_job(c, r.json()["id"])["state"] == "succeeded"
+    assert c.get("/readyz").json()["model"] == BASE
+    assert answers(c, "gallery") == before
 
 
 def test_failed_activation_leaves_the_serving_model_and_collections_untouched(

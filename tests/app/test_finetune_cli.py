@@ -73,3 +73,31 @@ def test_finetune_against_a_server(server: AppServer) -> None:
     assert "succeeded" in proc.stdout
     listing = xmodal("models", "--server", server.url, data_dir=server.data_dir)
     assert "linear" in listing.stdout
+
+    # A distilled query encoder reports both encoders' speeds; a student too long refused.
+    proc = xmodal(
+        "finetune",
+        "cli-ft.jsonl",
+        "--method",
+        "distill",
+        "--server",
+        server.url,
+        "--set",
+        "epochs=3",
+        data_dir=server.data_dir,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "texts/s (batch 256)" in proc.stdout and "one text:" in proc.stdout
+    bad = xmodal(
+        "finetune",
+        "cli-ft.jsonl",
+        "--method",
+        "distill",
+        "--server",
+        server.url,
+        "--set",
+        "context_length=64",
+        data_dir=server.data_dir,
+    )
+    assert bad.returncode == 1 and "longer than the teacher's (32)" in bad.stderr
+    assert "Traceback" not in bad.stderr

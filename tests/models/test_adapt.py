@@ -13,7 +13,8 @@ from PIL import Image
 
 from app.cli.parser import build_parser
 from index.types import Modality, StoredItem
-from models.adapt.methods import METHODS, check_hyperparameters
+from models.adapt.distill import student_cfg
+from models.adapt.methods import METHODS, DistillConfig, check_hyperparameters
 from models.adapt.pairs import Pairs
 from models.adapt.reembed import StoredContent, reembed
 from models.adapt.run import adapt, evaluate, open_version
@@ -22,6 +23,7 @@ from models.errors import InvalidParameters
 from models.feature_map import FeatureMap
 from models.registry import ModelRegistry, ModelVersion, UnknownModel
 from models.sources import SourceError
+from models.student import DistilledEncoder, Student
 from tests.fakes import FakeEncoder
 
 D = 16
@@ -171,6 +173,36 @@ def test_missing_raw_vectors_fall_back_to_encoding_and_a_missing_image_is_said()
 
     with pytest.raises(LookupError, match="no stored image"):
         reembed(items, current, FakeEncoder("other"), no_image)
+
+
+def distilled(teacher: FakeEncoder, version: str) -> DistilledEncoder:
+    cfg = student_cfg("xmodal-tiny", DistillConfig())
+    return DistilledEncoder(teacher, Student("xmodal-tiny", teacher.dim, cfg), version)
+
+
+def test_plans_compare_embedding_spaces_so_a_student_counts_as_its_teacher() -> None:
+    """A student writes its teacher's vectors: a map over the teacher, from a serving
+    student, maps the stored vectors; from a map back to the student, the kept raw vectors
+    are the answer; and what is stored under a student is encoded by its teacher."""
+    base = FakeEncoder("base")
+    student = distilled(base, "base@distill")
+    items, pictures = stored(base)
+    mapped = MappedEncoder(base, random_map(3), "base@linear")
+    base.calls.clear()
+    vectors, raws = reembed(items, student, mapped, loader(pictures))
+    assert not base.calls
+    np.testing.assert_allclose(vectors, what_encoding_gives(mapped, items, pictures), atol=1e-5)
+    mapped_items, _ = stored(mapped, raw=base)
+    base.calls.clear()
+    back, _ = reembed(mapped_items, mapped, student, loader(pictures))
+    assert not base.calls
+    np.testing.assert_allclose(back, what_encoding_gives(base, items, pictures), atol=1e-6)
+    other = FakeEncoder("other")
+    items, pictures = stored(other)
+    base.calls.clear()
+    moved, _ = reembed(items, other, student, loader(pictures))
+    assert base.calls == {"texts": 3, "images": 3}  # the teacher's, not the student's
+    np.testing.assert_allclose(moved, what_encoding_gives(base, items, pictures), atol=1e-6)
 
 
 # --- evaluate, adapt, open ----------------------------------------------------------------------

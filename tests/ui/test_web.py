@@ -317,6 +317,31 @@ def test_jobs_panel_follows_jobs_and_shows_the_fine_tuning_report(
     expect(page.locator("#report-title")).to_contain_text(f"{cca_job} (cca): succeeded")
     expect(page.locator("#loss-chart")).to_contain_text("fitted in closed form")
 
+    # A distilled query encoder: both encoders' speeds beside the recall.
+    with httpx.Client(base_url=site.url, timeout=60) as c:
+        distill_job = c.post(
+            "/v1/finetune",
+            json={
+                "source": "pairs.jsonl",
+                "method": "distill",
+                "eval_fraction": 0.25,
+                "hyperparameters": {"epochs": 3},
+            },
+        ).json()["id"]
+    distill_row = page.locator(f"#jobs-body tr[data-id='{distill_job}']")
+    expect(distill_row).to_contain_text("succeeded", timeout=60_000)
+    distill_row.click()
+    expect(page.locator("#report-title")).to_contain_text(f"{distill_job} (distill): succeeded")
+    with httpx.Client(base_url=site.url, timeout=60) as c:
+        speed = c.get(f"/v1/jobs/{distill_job}").json()["detail"]["speed"]
+    for metric, before, after in (
+        ("texts_per_second", "base_texts_per_second", "result_texts_per_second"),
+        ("single_text_ms", "base_single_text_ms", "result_single_text_ms"),
+    ):
+        cells = page.locator(f"#recall-table tr[data-metric='{metric}'] td")
+        expect(cells.nth(1)).to_have_text(f"{speed[before]:.2f}")
+        expect(cells.nth(2)).to_have_text(f"{speed[after]:.2f}")
+
 
 @pytest.mark.parametrize("how", ["drop", "paste"])
 def test_dropped_or_pasted_images_search_too(page: Page, site: AppServer, how: str) -> None:

@@ -1,0 +1,160 @@
+"""Distilled query encoders: a smaller OpenCLIP text tower (the student) trained to put
+captions where the serving model's text tower (the teacher) puts them.
+
+A ``DistilledEncoder`` lives in its teacher's embedding space (``space``): images and
+stored texts are encoded by the teacher, exactly as before, and only queries
+(``encode_queries``) by the student. So activating one needs no re-embedding, and rolling
+back to the teacher none either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import open_clip
+import torch
+from open_clip.model import _build_text_tower  # OpenCLIP's own text-tower factory
+from PIL import Image
+
+from models.encoder import CHARS_PER_TOKEN_BOUND, ClipEncoder, Encoder, autocast, normalised
+from models.errors import InvalidParameters, ModelLoadError
+from models.loading import register_model_configs
+
+STUDENT_FILE = "student.pt"
+
+
+def teacher_text_cfg(model_name: str) -> dict[str, Any]:
+    """The teacher architecture's text tower settings, or ``InvalidParameters`` where there
+    is no OpenCLIP text transformer to shrink (a Hugging Face text tower)."""
+    register_model_configs()
+    cfg = open_clip.get_model_config(model_name) or {}
+    text = dict(cfg.get("text_cfg") or {})
+    if not text or text.get("hf_model_name"):
+        raise InvalidParameters(
+            f"distill needs an OpenCLIP text transformer; {model_name} has none to shrink"
+        )
+    return text
+
+
+class Student:
+    """A text tower of its own shape, its tokenizer, and the shape it was built with."""
+
+    def __init__(self, model_name: str, embed_dim: int, text_cfg: dict[str, Any]) -> None:
+        self.model_name = model_name
+        self.embed_dim = embed_dim
+        self.text_cfg = dict(text_cfg)
+        self.module: Any = _build_text_tower(embed_dim, self.text_cfg)
+        self.context_length = int(self.text_cfg["context_length"])
+        self.tokenizer = open_clip.get_tokenizer(model_name, context_length=self.context_length)
+        self.device = torch.device("cpu")
+
+    @property
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    def to(self, device: torch.device) -> Student:
+        self.module = self.module.to(device)
+        self.device = device
+        return self
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        bound = self.context_length * CHARS_PER_TOKEN_BOUND
+        tokens: torch.Tensor = self.tokenizer([t[:bound] for t in texts])
+        return tokens
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        tokens = self.tokenize(texts).to(self.device, non_blocking=True)
+        self.module.eval()
+        with torch.inference_mode(), autocast(self.device):
+            features = self.module(tokens)
+        return normalised(features)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Weights and shape, written atomically."""
+        target = Path(path)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
+                record = {
+                    "state_dict": state,
+                    "model_name": self.model_name,
+                    "embed_dim": self.embed_dim,
+                    "text_cfg": self.text_cfg,
+                }
+                torch.save(record, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: torch.device) -> Student:
+        try:
+            record = torch.load(path, map_location="cpu", weights_only=True)
+            student = cls(record["model_name"], int(record["embed_dim"]), record["text_cfg"])
+            student.module.load_state_dict(record["state_dict"])
+        except Exception as exc:  # a damaged or foreign file: say which
+            raise ModelLoadError(f"could not load the student text tower {path}: {exc}") from exc
+        return student.to(device)
+
+
+class DistilledEncoder:
+    """The teacher for images and stored texts, the student for queries."""
+
+    separate_queries = True
+
+    def __init__(self, teacher: Encoder, student: Student, version: str) -> None:
+        if student.embed_dim != teacher.dim:
+            raise ModelLoadError(
+                f"the student writes {student.embed_dim}-d vectors; its teacher {teacher.dim}-d"
+            )
+        self.teacher = teacher
+        self.student = student
+        self.version = version
+        self.space = teacher.space
+        self.model_name = teacher.model_name
+        self.dim = teacher.dim
+        self.device = teacher.device
+        self.preprocess = teacher.preprocess
+
+    @property
+    def device_name(self) -> str:
+        return self.teacher.device_name
+
+    @property
+    def clip(self) -> ClipEncoder:
+        return self.teacher.clip
+
+    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
+        return self.teacher.preprocess_image(image)
+
+    def encode_image_tensors(self, pixels: Sequence[torch.Tensor] | torch.Tensor) -> np.ndarray:
+        return self.teacher.encode_image_tensors(pixels)
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self.teacher.encode_images(images)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.teacher.encode_texts(texts)
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self.student.encode(texts)
+
+
+def teacher_of(encoder: Encoder) -> Encoder:
+    """What a new student learns from: the serving encoder, or its teacher if it is a
+    student itself (a student of a student would learn the first one's errors)."""
+    return encoder.teacher if isinstance(encoder, DistilledEncoder) else encoder
