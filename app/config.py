@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     request_timeout_s: Annotated[float, Field(gt=0)] = Field(
         30.0, description="Deadline for an input's encoding; past it the request gets 504."
     )
+    small_batch_threads: Annotated[int, Field(ge=0, le=1024)] = Field(
+        1,
+        description="CPU threads torch uses for an encoder batch of fewer than 32 inputs (a "
+        "few queries): one keeps them from waiting on each other on a busy machine; larger "
+        "batches and batch jobs use torch's default. 0: torch's default for all.",
+    )
     decode_workers: Annotated[int, Field(ge=1)] = Field(
         default_factory=_default_decode_workers,
         description="Threads decoding and preprocessing images.",

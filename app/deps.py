@@ -1,4 +1,8 @@
-"""Route dependencies: the settings and the parts of the stack, each checked for readiness."""
+"""Route dependencies: the settings and the parts of the stack, each checked for readiness.
+
+Each reads the request alone, with no dependency of its own, and is ``async def``: FastAPI
+runs a plain ``def`` dependency in its thread pool, and resolves every level of nesting
+per request (measured, a search paid four thread hops and 0.3 ms for these)."""
 
 from __future__ import annotations
 
@@ -16,37 +20,47 @@ from app.stack import Stack
 from index import CollectionStore
 
 
-def get_services(request: Request) -> Services:
+def _services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-def get_settings(request: Request) -> Settings:
-    return get_services(request).settings
-
-
-def get_stack(services: Annotated[Services, Depends(get_services)]) -> Stack:
+def _stack(request: Request) -> Stack:
+    services = _services(request)
     if services.stack is None:
         raise NotReady(services.load_error or "the model is still loading")
     return services.stack
 
 
-def get_store(services: Annotated[Services, Depends(get_services)]) -> CollectionStore:
+async def get_services(request: Request) -> Services:
+    return _services(request)
+
+
+async def get_settings(request: Request) -> Settings:
+    return _services(request).settings
+
+
+async def get_stack(request: Request) -> Stack:
+    return _stack(request)
+
+
+async def get_store(request: Request) -> CollectionStore:
+    services = _services(request)
     if services.store is None:
         raise NotReady(services.load_error or "the store is still opening")
     return services.store
 
 
-def get_engine(stack: Annotated[Stack, Depends(get_stack)]) -> Engine:
-    return stack.engine
+async def get_engine(request: Request) -> Engine:
+    return _stack(request).engine
 
 
-def get_jobs(stack: Annotated[Stack, Depends(get_stack)]) -> JobManager:
-    return stack.jobs
+async def get_jobs(request: Request) -> JobManager:
+    return _stack(request).jobs
 
 
-def get_retrieval(stack: Annotated[Stack, Depends(get_stack)]) -> Retrieval:
-    return stack.retrieval
+async def get_retrieval(request: Request) -> Retrieval:
+    return _stack(request).retrieval
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

@@ -49,6 +49,12 @@ class Metrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.search_batch = Histogram(
+            "xmodal_search_batch_size",
+            "Searches ranked in one call (those that arrived while the last call ran).",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
         self.queue_wait = Histogram(
             "xmodal_encoder_queue_wait_seconds",
             "Time an input waited for its encoder batch.",

@@ -19,6 +19,7 @@ from app.config import Settings
 from app.engine import Engine, PreparedImage
 from app.errors import ApiError, bad_request, too_large
 from app.ranking import Page, SearchSpec, combine, first_depth, rank
+from app.search_queue import SearchQueue
 from index import CollectionInfo, CollectionStore, Hit, Modality, ModelMismatch, NewItem
 
 Encode = Callable[[str], Awaitable[np.ndarray]]  # model version -> vectors
@@ -45,15 +46,27 @@ class Part:
 
 
 class Retrieval:
-    def __init__(self, settings: Settings, store: CollectionStore, engine: Engine) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: CollectionStore,
+        engine: Engine,
+        observe_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.engine = engine
+        self.searches = SearchQueue(self._rank_all, observe=observe_batch)
 
     # --- checks -----------------------------------------------------------------------------
     async def collection(self, name: str) -> CollectionInfo:
         """The collection, or 404 before any heavy work."""
         return await run_in_threadpool(self.store.serving, name)
+
+    def space_of(self, name: str) -> str:
+        """The model version (embedding space) of the collection's vectors, or 404: no
+        thread hop, no lock, so every search and upload asks it first."""
+        return self.store.model_version_of(name)
 
     def check_k(self, k: int) -> None:
         if not 1 <= k <= self.settings.max_k:
@@ -118,10 +131,10 @@ class Retrieval:
         for _, spec in queries:
             self.check_page(spec)
         for attempt in (1, 2):
-            info = await self.collection(name)
+            version = self.space_of(name)
             try:
                 vectors = await asyncio.gather(
-                    *(self._vector(name, parts, info.model_version) for parts, _ in queries)
+                    *(self._vector(name, parts, version) for parts, _ in queries)
                 )
                 planned = [
                     replace(
@@ -131,8 +144,8 @@ class Retrieval:
                     )
                     for (_, spec), (_, default_target, own) in zip(queries, vectors, strict=True)
                 ]
-                return await run_in_threadpool(
-                    self._rank_all, name, info.model_version, [v for v, _, _ in vectors], planned
+                return await self.searches.search(
+                    name, version, [v for v, _, _ in vectors], planned
                 )
             except ModelMismatch:
                 if attempt == 2:
@@ -222,7 +235,7 @@ class Retrieval:
 
     # --- writes -----------------------------------------------------------------------------
     async def add_texts(self, name: str, items: Sequence[NewItem]) -> list[str]:
-        await self.collection(name)
+        self.space_of(name)
         texts = [it.text or "" for it in items]
         self.check_texts(texts, [it.id for it in items])
 

@@ -98,7 +98,8 @@ def build_stack(
         )
         if settings.quantize_text:
             encoder.enable_int8_text()
-        engine = Engine(encoder, settings, metrics or Metrics())
+        metrics = metrics or Metrics()
+        engine = Engine(encoder, settings, metrics)
         job_store = JobStore(store.db)
         registry = ModelRegistry(settings.data_dir / "versions")
         finetuner = FineTuner(settings, registry, job_store, engine.run_model, engine.image_side)
@@ -106,7 +107,7 @@ def build_stack(
         if restored:
             log.info("serving %s, the version last activated", restored)
         activator = Activator(settings, store, engine, finetuner, job_store)
-        retrieval = Retrieval(settings, store, engine)
+        retrieval = Retrieval(settings, store, engine, metrics.search_batch.observe)
         jobs = JobManager(
             job_store,
             [

@@ -15,11 +15,13 @@ cumulative time are written there.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,22 @@ class FloorProcess:
         self.proc.wait(30)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pid: int, run: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """``run``'s figures, with the server's and this (client) process's CPU per request."""
+    server, client = cpu_seconds(pid), time.process_time()
+    out = run()
+    n = max(1.0, out["requests"])
+    out["server_cpu_ms"] = 1000 * (cpu_seconds(pid) - server) / n
+    out["client_cpu_ms"] = 1000 * (time.process_time() - client) / n
+    return out
+
+
 def fill(url: str, texts: int, images: int) -> None:
     with httpx.Client(base_url=url, timeout=120) as c:
         for name in ("texts", "images"):
@@ -152,32 +170,55 @@ def main() -> None:
     if args.summarise:
         print(summarise(args.summarise))
         return
+    print(table(floor_rows(args.clients, args.seconds, args.texts, args.images, args.profile)))
+
+
+TABLE_HEAD = (
+    "| benchmark | rate | p50 | p99 | of the floor | server CPU | client CPU |\n"
+    "|---|---|---|---|---|---|---|"
+)
+
+
+def table(rows: list[str]) -> str:
+    return "\n".join([TABLE_HEAD, *rows])
+
+
+def floor_rows(
+    clients: str, seconds: float, texts: int, images: int, profile_dir: Path | None = None
+) -> list[str]:
+    """The floor and xmodal's searches, driven alike, as table rows (see the module doc)."""
     rows: list[str] = []
     floor = FloorProcess()
     with tempfile.TemporaryDirectory() as tmp:
         server = ServerProcess(Path(tmp) / "data", max_k=100).start(timeout=300)
         try:
-            fill(server.url, args.texts, args.images)
+            fill(server.url, texts, images)
             search = "/v1/collections/{}/search"
-            for n in (int(x) for x in args.clients.split(",")):
-                base = drive(
-                    floor.url,
-                    search.format("x"),
-                    lambda w, i: {"text": f"q {w} {i}"},
-                    n,
-                    args.seconds,
+            for n in (int(x) for x in clients.split(",")):
+                base = measured(
+                    floor.proc.pid,
+                    lambda n=n: drive(
+                        floor.url,
+                        search.format("x"),
+                        lambda w, i: {"text": f"q {w} {i}"},
+                        n,
+                        seconds,
+                    ),
                 )
                 rows.append(row(f"no-op FastAPI endpoint, fixed 10-hit body, {n} clients", base))
                 spy = None
-                if args.profile and n == 16:
-                    spy = profile(server.proc.pid, args.seconds, args.profile)  # type: ignore[union-attr]
+                if profile_dir and n == 16:
+                    spy = profile(server.proc.pid, seconds, profile_dir)  # type: ignore[union-attr]
                 for name, target in (("texts", "text"), ("images", "image")):
-                    got = drive(
-                        server.url,
-                        search.format(name),
-                        lambda w, i, t=target: {"text": f"query {w} {i}", "target": t, "k": 10},
-                        n,
-                        args.seconds,
+                    got = measured(
+                        server.proc.pid,  # type: ignore[union-attr]
+                        lambda n=n, name=name, target=target: drive(
+                            server.url,
+                            search.format(name),
+                            lambda w, i: {"text": f"query {w} {i}", "target": target, "k": 10},
+                            n,
+                            seconds,
+                        ),
                     )
                     rows.append(
                         row(f"xmodal search text->{target}, {n} clients", got, base["per_s"])
@@ -185,16 +226,24 @@ def main() -> None:
                     if spy is not None:
                         spy.wait()
                         spy = None
-            batch = drive(
-                server.url,
-                "/v1/collections/texts/search/batch",
-                lambda w, i: {
-                    "queries": [{"text": f"q {w} {i} {j}", "target": "text"} for j in range(64)]
-                },
-                4,
-                args.seconds,
+            batch = measured(
+                server.proc.pid,  # type: ignore[union-attr]
+                lambda: drive(
+                    server.url,
+                    "/v1/collections/texts/search/batch",
+                    lambda w, i: {
+                        "queries": [{"text": f"q {w} {i} {j}", "target": "text"} for j in range(64)]
+                    },
+                    4,
+                    seconds,
+                ),
             )
-            batch = {**batch, "per_s": batch["per_s"] * 64}
+            batch = {
+                **batch,
+                "per_s": batch["per_s"] * 64,
+                "server_cpu_ms": batch["server_cpu_ms"] / 64,
+                "client_cpu_ms": batch["client_cpu_ms"] / 64,
+            }
             rows.append(
                 row(
                     "xmodal search/batch text->text, 64 queries a request, 4 clients",
@@ -205,9 +254,7 @@ def main() -> None:
         finally:
             server.stop()
             floor.stop()
-    print("| benchmark | rate | p50 | p99 | of the floor |")
-    print("|---|---|---|---|---|")
-    print("\n".join(rows))
+    return rows
 
 
 def summarise(raw: Path, top: int = 25) -> str:
@@ -239,9 +286,11 @@ def summarise(raw: Path, top: int = 25) -> str:
 def row(name: str, r: dict[str, float], floor: float | None = None, unit: str = "requests") -> str:
     share = f"{r['per_s'] / floor:.2f}" if floor else "-"
     errors = f", {int(r['errors'])} errors" if r["errors"] else ""
+    each = {"requests": "request", "queries": "query"}[unit]
     return (
         f"| {name} | {r['per_s']:,.0f} {unit}/s{errors} | {r['p50_ms']:.1f} ms | "
-        f"{r['p99_ms']:.1f} ms | {share} |"
+        f"{r['p99_ms']:.1f} ms | {share} | {r['server_cpu_ms']:.2f} ms/{each} | "
+        f"{r['client_cpu_ms']:.2f} ms/{each} |"
     )
 
 

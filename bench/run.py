@@ -1,5 +1,6 @@
 """`make bench`: encoder throughput, search latency at 100k vectors (FAISS, and both vector
-backends through the store), HTTP searches/s.
+backends through the store), HTTP searches/s, and a search against its floor (a no-op
+FastAPI endpoint driven by the same clients, `bench/floor.py`).
 
     python -m bench.run [--model xmodal-tiny] [--pretrained none] [--device auto]
 
@@ -25,7 +26,7 @@ import httpx
 import numpy as np
 import torch
 
-from bench import vectors
+from bench import floor, vectors
 from bench.ingest import bench_index_job
 from bench.serving import ServerProcess, add_images, drive
 from index import FaissIndex
@@ -207,6 +208,9 @@ def main() -> None:
     parser.add_argument("--corpus", type=int, default=512, help="images indexed for the HTTP run")
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument(
+        "--floor-clients", default="16,64", help="the floor table's client counts ('': none)"
+    )
+    parser.add_argument(
         "--train-pairs", type=int, default=1024, help="pairs for the training row (0: skip)"
     )
     parser.add_argument(
@@ -351,11 +355,20 @@ def main() -> None:
             )
         )
 
+    floor_table = None
+    if not args.skip_http and args.floor_clients:
+        # Closed-loop clients against a no-op FastAPI endpoint and against xmodal's search
+        # (20,000 texts, 512 images), each search row as a fraction of the floor.
+        floor_table = floor.table(floor.floor_rows(args.floor_clients, args.seconds, 20_000, 512))
+        results["floor"] = floor_table
+
     print(f"\nmodel {encoder.version}; torch {torch.__version__}; CPU {cpu}\n")
     print("| benchmark | result | device |")
     print("|---|---|---|")
     for name, value, where in rows:
         print(f"| {name} | {value} | {where} |")
+    if floor_table:
+        print(f"\nA search against its floor ({device}):\n\n{floor_table}")
     out = Path(args.out)
     out.mkdir(exist_ok=True)
     path = out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"

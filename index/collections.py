@@ -217,6 +217,11 @@ class CollectionStore:
         self.garbage.collect(digests)
         self.snapshots.remove_files(name)
 
+    def model_version_of(self, name: str) -> str:
+        """The model version of ``name``'s vectors, without waiting on its lock (fit for
+        the event loop); a missing or broken collection raises as ``get`` does."""
+        return self.get(name).model_version
+
     def get(self, name: str) -> LiveCollection:
         c = self.collections.get(name)
         if c is None:

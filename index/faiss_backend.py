@@ -31,10 +31,22 @@ log = logging.getLogger(__name__)
 faiss: Any = _faiss
 
 GPU_MAX_K = 2048  # FAISS GPU k-selection limit
+# Query batches below this many rows are searched on one OpenMP thread: FAISS splits a
+# flat search by query, so one query leaves the second thread spinning (twice the CPU for
+# the same answer) and a few gain little on a busy machine; the server's search workers
+# run batches side by side instead. Larger batches (and jobs) use every thread.
+SMALL_QUERY_BATCH = 20
+_OMP_THREADS = faiss.omp_get_max_threads()
 # Version 2: snapshots of version 1 may hold IVF indexes whose labels a delete had shifted
 # (see ``can_remove``); they are rebuilt from SQLite, once, instead of trusted.
 _MAGIC = b"XMIDX2\n"
 _BEFORE_IVF_FIX = b"XMIDX1\n"
+
+
+def _omp_threads(n: int) -> None:
+    """OpenMP threads for this thread's next FAISS calls (the setting is per thread)."""
+    if faiss.omp_get_max_threads() != n:
+        faiss.omp_set_num_threads(n)
 
 
 def gpu_count() -> int:
@@ -240,6 +252,8 @@ class FaissIndex:
         if params is None and not self.on_gpu:
             params = self._params(None, k_eff)
         k_eff = min(k_eff, total, GPU_MAX_K if self.on_gpu else total)
+        if not self.on_gpu:
+            _omp_threads(1 if len(xq) < SMALL_QUERY_BATCH else _OMP_THREADS)
         D, I = self._index.search(xq, k_eff, params=params)
         deleted = np.fromiter(self.soft_deleted, np.int64, len(self.soft_deleted))
         out = []

@@ -62,7 +62,7 @@ async def add_images(
     ] = None,
     metadata: Annotated[list[str] | None, Form(description="One JSON object per file.")] = None,
 ) -> IndexedOut:
-    await retrieval.collection(name)  # 404 before any heavy work
+    retrieval.space_of(name)  # 404 before any heavy work
     retrieval.check_files(len(files))
     if ids and len(ids) != len(files):
         raise _invalid(f"give one id per file: {len(ids)} for {len(files)} files")

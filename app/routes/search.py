@@ -99,7 +99,7 @@ async def search(
     started = time.perf_counter()
     spec = spec_of(body)
     retrieval.check_page(spec)
-    await retrieval.collection(name)
+    retrieval.space_of(name)  # 404 before any heavy work
     parts = await parts_of(body, retrieval, settings)
     page = await retrieval.search(name, parts, spec)
     return SearchResponse(
@@ -125,7 +125,7 @@ async def search_batch(
             retrieval.check_page(spec)
         except ApiError as exc:
             raise ApiError(exc.status, exc.code, f"queries[{i}]: {exc.message}") from exc
-    await retrieval.collection(name)
+    retrieval.space_of(name)  # 404 before any heavy work
     queries = []
     for i, (q, spec) in enumerate(zip(body.queries, specs, strict=True)):
         try:
@@ -170,7 +170,7 @@ async def search_by_upload(
         dedup=dedup,
     )
     retrieval.check_page(spec)
-    await retrieval.collection(name)
+    retrieval.space_of(name)  # 404 before any heavy work
     data = await read_upload(file, settings.max_upload_bytes)
     parts = [Part(weight, await retrieval.image_query(data, file.filename or "file"))]
     if text is not None:

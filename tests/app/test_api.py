@@ -272,6 +272,7 @@ def test_concurrent_searches_each_get_their_own_answer(
     assert all(want == got for want, got in pairs)
     metrics = client.get("/metrics").text
     assert 'xmodal_encoder_batch_size_count{modality="text"}' in metrics
+    assert "xmodal_search_batch_size_count" in metrics
 
 
 # --- health and metrics -----------------------------------------------------------------------

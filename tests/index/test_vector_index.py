@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import threading
+
+import faiss
 import numpy as np
 import pytest
 
 from index import DimensionMismatch, FaissIndex, InvalidIndexSpec
+from index.faiss_backend import SMALL_QUERY_BATCH
 
 D = 32
 
@@ -38,6 +42,31 @@ def test_flat_matches_numpy_brute_force(data: tuple[np.ndarray, np.ndarray, np.n
     for r, i_row, d_row in zip(results, I, Dist, strict=True):
         np.testing.assert_array_equal(r.labels, i_row)
         np.testing.assert_allclose(r.scores, d_row, rtol=1e-5, atol=1e-5)
+
+
+def test_a_few_queries_search_on_one_thread_and_many_on_all_with_the_same_answers(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    """In a thread of its own, as the server's search workers are: the OpenMP setting is
+    per thread. One query and a batch of SMALL_QUERY_BATCH give the same, exact answers."""
+    xb, xq, labels = data
+    index = FaissIndex(D)
+    index.add(labels, xb)
+    default = faiss.omp_get_max_threads()
+    seen: dict[str, object] = {}
+
+    def work() -> None:
+        one = index.search(xq[:1], 10)[0]
+        seen["after one"] = faiss.omp_get_max_threads()
+        many = index.search(np.tile(xq, (SMALL_QUERY_BATCH // len(xq) + 1, 1)), 10)
+        seen["after many"] = faiss.omp_get_max_threads()
+        seen["same"] = np.array_equal(one.labels, many[0].labels)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert seen == {"after one": 1, "after many": default, "same": True}
+    assert faiss.omp_get_max_threads() == default  # this thread's setting untouched
 
 
 def test_allowed_labels_restrict_results_exactly(

@@ -1,0 +1,129 @@
+"""Searches arriving together are ranked together; each gets its own pages or its own
+group's error. And the engine's threads: few for a few queries, torch's default for jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from app.config import Settings
+from app.engine import SMALL_BATCH, Engine
+from app.metrics import Metrics
+from app.ranking import Page, SearchSpec
+from app.search_queue import SearchQueue
+from index import UnknownCollection
+from models.encoder import ClipEncoder
+from tests.helpers import TINY
+
+Call = tuple[str, str, int]
+
+
+class Ranker:
+    """Ranks by returning, for each query, a page naming its collection and its vector's
+    first value; records every call; the first call waits until released, so the searches
+    submitted meanwhile pile up."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.release = threading.Event()
+        self.started = threading.Event()
+
+    def __call__(
+        self, name: str, version: str, vectors: Sequence[np.ndarray], specs: Sequence[SearchSpec]
+    ) -> list[Page]:
+        self.calls.append((name, version, len(vectors)))
+        self.started.set()
+        self.release.wait(10)
+        if name == "gone":
+            raise UnknownCollection("collection 'gone' does not exist")
+        return [Page([], int(v[0])) for v in vectors]
+
+
+def vec(i: float) -> np.ndarray:
+    return np.array([i, 0.0], dtype=np.float32)
+
+
+def test_searches_waiting_together_are_ranked_in_one_call_per_collection() -> None:
+    asyncio.run(_together())
+
+
+async def _together() -> None:
+    ranker = Ranker()
+    queue = SearchQueue(ranker, workers=1)
+    first = asyncio.ensure_future(queue.search("a", "v1", [vec(0)], [SearchSpec()]))
+    await asyncio.to_thread(ranker.started.wait, 10)
+    # While the first is being ranked: three more on "a" (one of two queries), one on "b".
+    later = [
+        asyncio.ensure_future(queue.search("a", "v1", [vec(1)], [SearchSpec()])),
+        asyncio.ensure_future(queue.search("b", "v1", [vec(2)], [SearchSpec()])),
+        asyncio.ensure_future(
+            queue.search("a", "v1", [vec(3), vec(4)], [SearchSpec(), SearchSpec(k=3)])
+        ),
+        asyncio.ensure_future(queue.search("a", "v2", [vec(5)], [SearchSpec()])),
+    ]
+    await asyncio.sleep(0.05)
+    ranker.release.set()
+    pages = await asyncio.gather(first, *later)
+    assert [[p.next_offset for p in ps] for ps in pages] == [[0], [1], [2], [3, 4], [5]]
+    # One call for the first, then one per (collection, version) for all that waited.
+    assert ranker.calls[0] == ("a", "v1", 1)
+    assert sorted(ranker.calls[1:]) == [("a", "v1", 3), ("a", "v2", 1), ("b", "v1", 1)]
+
+
+def test_an_error_fails_only_its_groups_searches_and_a_caller_that_left_is_skipped() -> None:
+    asyncio.run(_errors())
+
+
+async def _errors() -> None:
+    ranker = Ranker()
+    queue = SearchQueue(ranker, workers=1)
+    blocker = asyncio.ensure_future(queue.search("a", "v1", [vec(0)], [SearchSpec()]))
+    await asyncio.to_thread(ranker.started.wait, 10)
+    gone = asyncio.ensure_future(queue.search("gone", "v1", [vec(1)], [SearchSpec()]))
+    left = asyncio.ensure_future(queue.search("a", "v1", [vec(2)], [SearchSpec()]))
+    fine = asyncio.ensure_future(queue.search("a", "v1", [vec(3)], [SearchSpec()]))
+    await asyncio.sleep(0.05)
+    left.cancel()  # its client went away while it waited
+    ranker.release.set()
+    assert (await blocker)[0].next_offset == 0
+    with pytest.raises(UnknownCollection):
+        await gone
+    assert (await fine)[0].next_offset == 3
+    assert left.cancelled()
+    assert ("a", "v1", 1) in ranker.calls[1:]  # the one that left was not ranked
+    # The queue still works after all that.
+    assert (await queue.search("b", "v1", [vec(7)], [SearchSpec()]))[0].next_offset == 7
+
+
+def test_a_few_queries_are_encoded_on_one_thread_and_jobs_on_torchs_default(
+    tiny_encoder: ClipEncoder, tmp_path: Path
+) -> None:
+    asyncio.run(_threads(tiny_encoder, tmp_path))
+
+
+async def _threads(tiny_encoder: ClipEncoder, tmp_path: Path) -> None:
+    default = torch.get_num_threads()
+    engine = Engine(tiny_encoder, Settings(**{**TINY, "data_dir": tmp_path}), Metrics())
+    engine.start()
+    seen: list[int] = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        seen.append(torch.get_num_threads())
+        return tiny_encoder.encode_texts(texts)
+
+    try:
+        await engine.texts.submit([(encode, "a red circle")], 10)
+        await engine.texts.submit([(encode, f"text {i}") for i in range(SMALL_BATCH)], 10)
+        job_threads = await asyncio.to_thread(engine.run_model, torch.get_num_threads)
+        await engine.texts.submit([(encode, "a blue square")], 10)
+    finally:
+        await engine.stop()
+        torch.set_num_threads(default)
+    assert seen[0] == 1 and job_threads == default and seen[-1] == 1
+    assert all(n == default for n in seen[1:-1])  # a batch of SMALL_BATCH or more
