@@ -101,7 +101,9 @@ class Settings(BaseSettings):
         64, description="Most inputs in one encoder call."
     )
     max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = Field(
-        5.0, description="How long the first input of a batch waits for others to join."
+        5.0,
+        description="How long the first input of a batch waits for others to join (a "
+        "request after a quiet spell this long, still alone, does not wait).",
     )
     max_queue: Annotated[int, Field(ge=1)] = Field(
         2048,

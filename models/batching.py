@@ -2,8 +2,9 @@
 
 Each request puts its items on a bounded queue with one future per item. A single worker
 task gathers items into batches of at most ``max_batch_size``, waiting at most
-``max_wait_ms`` after the first item for more to arrive, and runs the model function in
-an executor so the event loop never blocks. A full queue refuses the request at once
+``max_wait_ms`` after the first item for more to arrive (not at all for a request that
+came after a quiet spell of ``max_wait_ms`` and is still alone), and runs the model
+function in an executor so the event loop never blocks. A full queue refuses the request at once
 (``QueueFull``); a request still unanswered at its deadline gets ``DeadlineExceeded``.
 """
 
@@ -35,6 +36,7 @@ class _Entry(Generic[T]):
     future: asyncio.Future[np.ndarray]
     enqueued: float
     deadline: float
+    alone: bool = False  # no other request arrived within max_wait before it
 
 
 class DynamicBatcher(Generic[T]):
@@ -61,6 +63,7 @@ class DynamicBatcher(Generic[T]):
         self.name = name
         self._observe = observe
         self._pending: collections.deque[_Entry[T]] = collections.deque()
+        self._last_arrival = float("-inf")
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
 
@@ -96,7 +99,9 @@ class DynamicBatcher(Generic[T]):
             )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        entries = [_Entry(item, loop.create_future(), now, now + timeout) for item in items]
+        alone = now - self._last_arrival > self.max_wait
+        self._last_arrival = now
+        entries = [_Entry(item, loop.create_future(), now, now + timeout, alone) for item in items]
         self._pending.extend(entries)
         self._arrived.set()
         try:
@@ -134,8 +139,12 @@ class DynamicBatcher(Generic[T]):
         while not self._pending:
             self._arrived.clear()
             await self._arrived.wait()
-        # Give concurrent requests up to max_wait (from the oldest arrival) to join.
-        while len(self._pending) < self.max_batch_size:
+        # Give concurrent requests up to max_wait (from the oldest arrival) to join; unless
+        # the oldest came after a quiet spell and is still the only request waiting: then
+        # nobody is likely to join, and waiting would only add max_wait to its latency.
+        first = self._pending[0]
+        quiet = first.alone and self._pending[-1].enqueued == first.enqueued
+        while not quiet and len(self._pending) < self.max_batch_size:
             remaining = self._pending[0].enqueued + self.max_wait - time.monotonic()
             if remaining <= 0:
                 break

@@ -65,19 +65,34 @@ def test_each_request_gets_its_own_rows_under_concurrency(executor: ThreadPoolEx
     assert max(sizes) > 1, "concurrent requests were never batched together"
 
 
-def test_batches_wait_at_most_max_wait(executor: ThreadPoolExecutor) -> None:
-    async def main() -> float:
-        batcher = DynamicBatcher(_encode, executor=executor, max_batch_size=1000, max_wait_ms=50)
+def test_a_request_after_a_quiet_spell_goes_at_once_and_one_close_behind_waits(
+    executor: ThreadPoolExecutor,
+) -> None:
+    """Alone after a quiet spell, a request has nobody to wait for (max_wait is 10 s here,
+    and it is answered long before); a request arriving within max_wait of another waits
+    for companions up to max_wait (50 ms), then goes alone."""
+
+    async def main() -> tuple[float, float]:
+        batcher = DynamicBatcher(
+            _encode, executor=executor, max_batch_size=1000, max_wait_ms=10_000
+        )
         batcher.start()
         started = time.monotonic()
-        await batcher.submit([1], timeout=5)
-        elapsed = time.monotonic() - started
+        await batcher.submit([1], timeout=30)
+        quiet = time.monotonic() - started
         await batcher.stop()
-        return elapsed
+        batcher = DynamicBatcher(_encode, executor=executor, max_batch_size=1000, max_wait_ms=50)
+        batcher.start()
+        await batcher.submit([1], timeout=5)
+        started = time.monotonic()
+        await batcher.submit([2], timeout=5)  # right behind the first
+        behind = time.monotonic() - started
+        await batcher.stop()
+        return quiet, behind
 
-    elapsed = run(main())
-    # A lone request waits for companions up to max_wait, then goes alone.
-    assert 0.04 <= elapsed < 2.0
+    quiet, behind = run(main())
+    assert quiet < 5.0
+    assert 0.04 <= behind < 2.0
 
 
 def test_a_full_batch_does_not_wait(executor: ThreadPoolExecutor) -> None:
