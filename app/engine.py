@@ -5,8 +5,9 @@ never run on the event loop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -49,7 +50,7 @@ class Engine:
             settings.decode_workers, thread_name_prefix="xmodal-decode"
         )
         self._decoding = 0  # images handed to the decoding pool and not back yet
-        self._default_threads = self._threads = torch.get_num_threads()
+        self._default_threads = torch.get_num_threads()
         size = getattr(encoder.model.visual, "image_size", 224)
         # Images are decoded (and kept, for training) at twice the model's input side at
         # most: enough for its resize and crop, and no 12 MP bitmaps held in memory.
@@ -64,25 +65,31 @@ class Engine:
         )
 
     def _encode_mixed(self, items: list[tuple[Callable[..., np.ndarray], Any]]) -> np.ndarray:
-        self._use_threads(len(items))
         out = np.empty((len(items), self.dim), dtype=np.float32)
         groups: dict[Callable[..., np.ndarray], list[int]] = {}
         for i, (fn, _) in enumerate(items):
             groups.setdefault(fn, []).append(i)
-        for fn, rows in groups.items():
-            out[rows] = fn([items[i][1] for i in rows])
+        with self._threads_for(len(items)):
+            for fn, rows in groups.items():
+                out[rows] = fn([items[i][1] for i in rows])
         return out
 
-    def _use_threads(self, inputs: int) -> None:
-        """Torch's CPU threads for a model call of ``inputs`` (on the model thread, where
-        every model call runs): few for a few queries, whose tiny operations gain nothing
-        from splitting and lose much when one of the threads is descheduled (measured:
-        a batch of 8 texts took 12.5 ms under load with two threads, 6.3 with one)."""
+    @contextlib.contextmanager
+    def _threads_for(self, inputs: int) -> Iterator[None]:
+        """Torch's CPU threads during an encoder call of ``inputs``: few for a few queries,
+        whose tiny operations gain nothing from splitting and lose much when one of the
+        threads is descheduled (measured: a batch of 8 texts took 12.5 ms under load with
+        two threads, 6.3 with one). The setting is process-wide, so it is put back at
+        once: training, which runs outside the model thread, keeps torch's default."""
         small = self.settings.small_batch_threads
-        want = small if small and inputs < SMALL_BATCH else self._default_threads
-        if want != self._threads and self.encoder.device.type == "cpu":
-            torch.set_num_threads(want)
-            self._threads = want
+        if not small or inputs >= SMALL_BATCH or self.encoder.device.type != "cpu":
+            yield
+            return
+        torch.set_num_threads(small)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(self._default_threads)
 
     def encoder_of(self, space: str) -> Encoder:
         """The encoder for vectors of ``space`` (a collection's model version): the active
@@ -156,12 +163,7 @@ class Engine:
     def run_model(self, fn: Callable[..., R], *args: Any) -> R:
         """Run ``fn`` on the model thread from a plain thread (batch jobs), in turn with the
         request batches, and wait for it."""
-
-        def call() -> R:
-            self._use_threads(SMALL_BATCH)  # a job's call: torch's default threads
-            return fn(*args)
-
-        return self._model_thread.submit(call).result()
+        return self._model_thread.submit(fn, *args).result()
 
     # --- entry points -------------------------------------------------------------------------
     async def embed_texts(

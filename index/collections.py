@@ -218,8 +218,7 @@ class CollectionStore:
         self.snapshots.remove_files(name)
 
     def model_version_of(self, name: str) -> str:
-        """The model version of ``name``'s vectors, without waiting on its lock (fit for
-        the event loop); a missing or broken collection raises as ``get`` does."""
+        """``name``'s model version, lock-free (fit for the event loop); raises as ``get``."""
         return self.get(name).model_version
 
     def get(self, name: str) -> LiveCollection:

@@ -233,12 +233,14 @@ def _finish(sock: socket.socket, rest: bytes) -> int:
 
 
 def test_concurrency_limit_answers_429_and_spares_probes(tmp_path: Path) -> None:
-    # Each embed waits a second for companions to batch with: two of them hold both slots.
+    # Each embed right behind another waits a second for companions to batch with: two of
+    # them hold both slots. (The first after a quiet spell, alone, goes at once.)
     server = AppServer(
         tmp_path / "data", max_concurrent_requests=2, max_wait_ms=1000, max_batch_size=64
     ).start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c, ThreadPoolExecutor(2) as pool:
+            assert c.post("/v1/embed", json={"texts": ["first"]}).status_code == 200
             held = [
                 pool.submit(httpx.post, server.url + "/v1/embed", json={"texts": [f"t{i}"]})
                 for i in range(2)

@@ -40,9 +40,12 @@ def test_full_queue_answers_429_and_the_rest_succeed(tmp_path: Path) -> None:
 
 
 def test_request_past_its_deadline_answers_504(tmp_path: Path) -> None:
-    # The batch waits 200 ms for companions; the deadline is 50 ms.
-    server = AppServer(tmp_path / "data", request_timeout_s=0.05, max_wait_ms=200).start()
+    # A request right behind another waits a second for companions; the deadline is 50 ms.
+    # (The first, after a quiet spell and alone, goes at once.)
+    server = AppServer(tmp_path / "data", request_timeout_s=0.05, max_wait_ms=1000).start()
     try:
+        first = httpx.post(server.url + "/v1/embed", json={"texts": ["first"]}, timeout=30)
+        assert first.status_code == 200
         r = httpx.post(server.url + "/v1/embed", json={"texts": ["too slow"]}, timeout=30)
         assert r.status_code == 504
         assert r.json()["error"]["code"] == "deadline_exceeded"

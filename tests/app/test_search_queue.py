@@ -126,4 +126,5 @@ async def _threads(tiny_encoder: ClipEncoder, tmp_path: Path) -> None:
         await engine.stop()
         torch.set_num_threads(default)
     assert seen[0] == 1 and job_threads == default and seen[-1] == 1
+    assert torch.get_num_threads() == default  # put back after each small batch
     assert all(n == default for n in seen[1:-1])  # a batch of SMALL_BATCH or more
