@@ -41,6 +41,7 @@ class SearchQueue:
         self._workers = workers  # batches searched at once (searches are CPU work)
         self._pending: list[_Search] = []
         self._running = 0
+        self._tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
 
     async def search(
         self, name: str, version: str, vectors: Sequence[np.ndarray], specs: Sequence[SearchSpec]
@@ -49,7 +50,9 @@ class SearchQueue:
         self._pending.append(_Search(name, version, vectors, specs, future))
         if self._running < self._workers:
             self._running += 1
-            asyncio.get_running_loop().create_task(self._drain())
+            task = asyncio.get_running_loop().create_task(self._drain())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return await future
 
     async def _drain(self) -> None:
