@@ -25,7 +25,7 @@ from models.loading import ResolvedWeights, resolve_weights
 log = logging.getLogger(__name__)
 
 # Very long strings only cost tokenizer time: the tokenizer truncates to the context anyway.
-CHARS_PER_TOKEN_BOUND = 24
+_CHARS_PER_TOKEN_BOUND = 24
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -193,9 +193,7 @@ class ClipEncoder:
 
     # --- texts --------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        bound = self.context_length * CHARS_PER_TOKEN_BOUND
-        tokens: torch.Tensor = self.tokenizer([t[:bound] for t in texts])
-        return tokens
+        return tokenize(self.tokenizer, self.context_length, texts)
 
     def encode_token_batch(self, tokens: torch.Tensor) -> np.ndarray:
         with torch.inference_mode(), autocast(self.device):
@@ -213,21 +211,35 @@ class ClipEncoder:
     # --- checkpoints --------------------------------------------------------------------
     def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
         """Write the weights atomically in the layout ``XMODAL_PRETRAINED=path`` loads."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-                torch.save({"state_dict": state, "model_name": self.model_name}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return target
+        return save_weights(self.model, path, model_name=self.model_name)
+
+
+def tokenize(tokenizer: Any, context_length: int, texts: Sequence[str]) -> torch.Tensor:
+    """Token ids of ``texts``; very long strings are cut first (they would only cost the
+    tokenizer time: it truncates to the context anyway)."""
+    bound = context_length * _CHARS_PER_TOKEN_BOUND
+    tokens: torch.Tensor = tokenizer([t[:bound] for t in texts])
+    return tokens
+
+
+def save_weights(module: torch.nn.Module, path: str | os.PathLike[str], **fields: Any) -> Path:
+    """``{"state_dict": module's weights on the CPU, **fields}`` written atomically (temp
+    file, fsync, rename): complete or absent."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+            torch.save({"state_dict": state, **fields}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return target
 
 
 def normalised(features: torch.Tensor) -> np.ndarray:

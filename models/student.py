@@ -9,9 +9,7 @@ back to the teacher none either.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,14 @@ import torch
 from open_clip.model import _build_text_tower  # OpenCLIP's own text-tower factory
 from PIL import Image
 
-from models.encoder import CHARS_PER_TOKEN_BOUND, ClipEncoder, Encoder, autocast, normalised
+from models.encoder import (
+    ClipEncoder,
+    Encoder,
+    autocast,
+    normalised,
+    save_weights,
+    tokenize,
+)
 from models.errors import InvalidParameters, ModelLoadError
 from models.loading import register_model_configs
 
@@ -64,9 +69,7 @@ class Student:
         return self
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
-        bound = self.context_length * CHARS_PER_TOKEN_BOUND
-        tokens: torch.Tensor = self.tokenizer([t[:bound] for t in texts])
-        return tokens
+        return tokenize(self.tokenizer, self.context_length, texts)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
@@ -79,26 +82,13 @@ class Student:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Weights and shape, written atomically."""
-        target = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                state = {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
-                record = {
-                    "state_dict": state,
-                    "model_name": self.model_name,
-                    "embed_dim": self.embed_dim,
-                    "text_cfg": self.text_cfg,
-                }
-                torch.save(record, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return target
+        return save_weights(
+            self.module,
+            path,
+            model_name=self.model_name,
+            embed_dim=self.embed_dim,
+            text_cfg=self.text_cfg,
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: torch.device) -> Student:

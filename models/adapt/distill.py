@@ -61,23 +61,22 @@ def _top_directions(matrix: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _start_from_teacher(student: Student, teacher: ClipEncoder) -> bool:
-    """Token and position embeddings projected from the teacher's; False where the two
-    towers do not line up (another vocabulary)."""
+def _start_from_teacher(student: Student, teacher: ClipEncoder) -> None:
+    """Token and position embeddings projected from the teacher's (left at random where
+    the two towers do not line up: another vocabulary, a wider student)."""
     text = getattr(teacher.model, "text", teacher.model)  # CustomTextCLIP keeps it apart
     tokens = getattr(text, "token_embedding", None)
     positions = getattr(text, "positional_embedding", None)
     mine = student.module
     if tokens is None or positions is None or tokens.weight.shape[0] != mine.vocab_size:
-        return False
+        return
     width = mine.token_embedding.weight.shape[1]
     if width > tokens.weight.shape[1]:
-        return False
+        return
     project = _top_directions(tokens.weight.detach().cpu(), width)
     mine.token_embedding.weight.copy_(tokens.weight.detach().cpu().float() @ project)
     context = mine.positional_embedding.shape[0]
     mine.positional_embedding.copy_(positions.detach().cpu().float()[:context] @ project)
-    return True
 
 
 def fit_distill(
