@@ -66,7 +66,8 @@ class UnknownJob(StoreError):
 
 
 class JobFinished(StoreError):
-    """The job already ended; it cannot be cancelled any more."""
+    """The job already ended: it cannot be cancelled any more, and a chunk it was about to
+    commit is not stored (a cancel is a line nothing crosses after it was acknowledged)."""
 
 
 class JobNotCancellable(StoreError):
@@ -282,9 +283,12 @@ def cancel_jobs_of(conn: sqlite3.Connection, collection: str, reason: str) -> in
 
 
 def _apply(conn: sqlite3.Connection, job_id: str, p: Progress) -> None:
-    row = conn.execute("SELECT errors, detail FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    row = conn.execute("SELECT errors, detail, state FROM jobs WHERE id = ?", (job_id,)).fetchone()
     if row is None:
         raise UnknownJob(f"job {job_id!r} does not exist")
+    if JobState(row[2]).finished:
+        # Cancelled while the chunk was on its way: raising rolls the chunk back with it.
+        raise JobFinished(f"job {job_id!r} already {row[2]}")
     errors, detail = json.loads(row[0]), json.loads(row[1])
     if p.errors and len(errors) < MAX_ERRORS:
         errors.extend(p.errors[: MAX_ERRORS - len(errors)])

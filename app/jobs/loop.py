@@ -15,7 +15,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol, TypeVar
 
 from app.errors import ApiError, AppError
-from index import Job, JobState, JobStore, StoreError
+from index import Job, JobFinished, JobState, JobStore, StoreError
 from models.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,8 @@ class JobManager:
         except JobStopped:
             log.info("job %s: stopped with the server; it resumes on the next start", job.id)
             return self.jobs.get(job.id)
+        except JobFinished:
+            log.info("job %s: cancelled while committing; that chunk was not stored", job.id)
         except (StoreError, ModelError, AppError) as exc:
             self.jobs.finish(job.id, JobState.FAILED, str(exc))
         except BrokenProcessPool as exc:

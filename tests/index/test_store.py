@@ -15,9 +15,12 @@ from index import (
     FaissBackends,
     InvalidFilter,
     InvalidIndexSpec,
+    JobFinished,
+    JobStore,
     Modality,
     ModelMismatch,
     NewItem,
+    Progress,
     UnknownCollection,
     UnknownItem,
 )
@@ -276,3 +279,22 @@ def test_soft_deleted_vectors_are_compacted_away(tmp_path: Path) -> None:
     s = CollectionStore(tmp_path, backends=CPU)
     assert s.get_collection("h").counts[Modality.IMAGE] == 1200
     s.close()
+
+
+def test_a_chunk_whose_job_was_cancelled_meanwhile_is_not_stored(store: CollectionStore) -> None:
+    """A job's progress is committed with its chunk; once the cancel is acknowledged no
+    chunk of that job lands, so what the cancelled job says it did is what is stored."""
+    jobs = JobStore(store.db)
+    store.create_collection("c", D, V)
+    job = jobs.create("index", "c", {})
+    assert jobs.start(job.id)
+    first = jobs.recorder(job.id, Progress(cursor=4, done=4))
+    store.upsert("c", items(4, Modality.TEXT), normalised(4, 0), V, extra=first)
+    jobs.cancel(job.id)
+    late = jobs.recorder(job.id, Progress(cursor=8, done=4))
+    with pytest.raises(JobFinished):
+        store.upsert("c", items(4, Modality.TEXT, start=4), normalised(4, 1), V, extra=late)
+    assert jobs.get(job.id).done == 4
+    assert store.get_collection("c").counts == {Modality.IMAGE: 0, Modality.TEXT: 4}
+    hits = top_ids(store, "c", Modality.TEXT, normalised(4, 1), k=8)
+    assert all(h in {f"txt-{i}" for i in range(4)} for row in hits for h in row)
