@@ -17,7 +17,13 @@ from typing import Any
 from app.config import Settings
 from index import Job, JobStore
 from models.adapt.distill import text_speed
-from models.adapt.methods import MIN_PAIRS, QUERY_SIDE, TrainStep, check_hyperparameters
+from models.adapt.methods import (
+    MIN_PAIRS,
+    QUERY_SIDE,
+    TrainingStopped,
+    TrainStep,
+    check_hyperparameters,
+)
 from models.adapt.pairs import Pairs, load_pairs
 from models.adapt.run import RunModel, adapt, direct, evaluate, open_version
 from models.encoder import Encoder
@@ -174,6 +180,11 @@ class FineTuner:
             metrics=metrics,
             history=history,
         )
+        # A cancel answered during the evaluation ends the job here, with no version saved;
+        # from here on a cancel is refused (409), so a cancelled job never leaves one.
+        detail["phase"] = "saving"
+        if not self.jobs.pass_point_of_no_return(job.id, detail):
+            raise TrainingStopped
         self.registry.save(version, adapted.write)
         detail.update(
             phase="done",

@@ -202,8 +202,13 @@ class JobStore:
         total: int | None = None,
         seconds: float = 0.0,
     ) -> None:
-        """Replace the job's ``detail`` (and set its counts) in one write."""
+        """Replace the job's ``detail`` (and set its counts) in one write. A job past its
+        point of no return stays past it (a cancel between the switch and the job's end
+        would otherwise be answered as if it had stopped the switch)."""
         with self.db.transaction() as conn:
+            row = conn.execute("SELECT detail FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is not None and json.loads(row[0]).get(NO_RETURN):
+                detail = {**detail, NO_RETURN: True}
             conn.execute(
                 "UPDATE jobs SET detail = ?, done = COALESCE(?, done), total = COALESCE(?, total),"
                 " run_seconds = run_seconds + ? WHERE id = ?",

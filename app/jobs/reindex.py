@@ -56,6 +56,10 @@ class ReindexRunner:
             if self.jobs.state(job.id) is JobState.RUNNING:
                 raise JobStopped
             return  # cancelled: the old index keeps serving
+        # From here a cancel is refused (409); one answered before this stops the job here.
+        detail["phase"] = "switching"
+        if not self.jobs.pass_point_of_no_return(job.id, detail):
+            return  # cancelled: the old index keeps serving
         report = {
             "index": spec,
             "previous_index": job.params["previous_index"],

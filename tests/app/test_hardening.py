@@ -23,8 +23,10 @@ from PIL import Image
 
 from app.activation import ACTIVATE_JOB
 from app.config import Settings
+from app.finetune import FINETUNE_JOB
 from app.jobs import INDEX_JOB
 from app.jobs.loop import JobQueueFull
+from app.jobs.reindex import REINDEX_JOB
 from app.main import create_app
 from app.stack import Stack, build_stack
 from index import DB_FILE, JobNotCancellable, JobState, Modality, NewItem
@@ -33,6 +35,7 @@ from models.adapt.pairs import load_pairs
 from models.feature_map import FeatureMap
 from models.registry import ModelVersion
 from models.sources import FileRef, resolve_under
+from models.synthetic import write_dataset
 from tests.app.test_bad_input import assert_error
 from tests.app.test_index_jobs import run_job, wait_for_job
 from tests.corpus import good_image, noise_png, write_jsonl, write_many
@@ -478,6 +481,44 @@ def test_races_around_activation_cancel_means_cancelled(tmp_path: Path) -> None:
             jobs.cancel(job.id)
         stack.activator.run(jobs.get(job.id), lambda: False)
         assert stack.engine.version == target
+    finally:
+        stack.close()
+
+
+def test_races_around_finetune_and_reindex_cancel_means_cancelled(tmp_path: Path) -> None:
+    """A cancel answered after a job's last look at it, before it saves a version or
+    switches an index, still stops it: nothing is saved or switched."""
+    data = tmp_path / "data"
+    write_dataset(data / "import", "train", 48, seed=0, side=32)
+    stack = build_stack(Settings(**{**TINY, "data_dir": data}))
+    try:
+        jobs = stack.jobs.jobs
+        params = {"source": "train.jsonl", "method": "cca", "hyperparameters": {"dims": 8}}
+        job = stack.jobs.submit(FINETUNE_JOB, None, params)
+        assert jobs.start(job.id)
+        assert jobs.cancel(job.id).state is JobState.CANCELLED
+        with pytest.raises(TrainingStopped):
+            stack.finetuner.run(jobs.get(job.id), stack.engine.encoder, lambda: False)
+        assert stack.registry.versions() == []
+        # The same job not cancelled saves its version (the check above could fail).
+        job = stack.jobs.submit(FINETUNE_JOB, None, params)
+        assert jobs.start(job.id)
+        saved = stack.finetuner.run(jobs.get(job.id), stack.engine.encoder, lambda: False)
+        assert [v.version for v in stack.registry.versions()] == [saved.version]
+
+        stack.store.create_collection("g", stack.engine.dim, stack.engine.version)
+        vectors = stack.engine.encoder.encode_texts(["a red circle", "a blue square"])
+        items = [NewItem(f"t{i}", Modality.TEXT, {}, text=str(i)) for i in range(2)]
+        stack.store.upsert("g", items, vectors, stack.engine.version)
+        job = stack.jobs.submit(REINDEX_JOB, "g", {"index": "SQfp16"})
+        assert jobs.start(job.id)
+        assert jobs.cancel(job.id).state is JobState.CANCELLED
+        stack.jobs.runners[REINDEX_JOB].run(jobs.get(job.id), lambda: False, None)
+        assert stack.store.get("g").spec == "Flat"
+        job = stack.jobs.submit(REINDEX_JOB, "g", {"index": "SQfp16"})
+        assert jobs.start(job.id)
+        stack.jobs.runners[REINDEX_JOB].run(jobs.get(job.id), lambda: False, None)
+        assert stack.store.get("g").spec == "SQfp16"
     finally:
         stack.close()
 

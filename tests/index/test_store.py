@@ -16,6 +16,7 @@ from index import (
     InvalidFilter,
     InvalidIndexSpec,
     JobFinished,
+    JobNotCancellable,
     JobStore,
     Modality,
     ModelMismatch,
@@ -298,3 +299,17 @@ def test_a_chunk_whose_job_was_cancelled_meanwhile_is_not_stored(store: Collecti
     assert store.get_collection("c").counts == {Modality.IMAGE: 0, Modality.TEXT: 4}
     hits = top_ids(store, "c", Modality.TEXT, normalised(4, 1), k=8)
     assert all(h in {f"txt-{i}" for i in range(4)} for row in hits for h in row)
+
+
+def test_a_job_past_its_point_of_no_return_stays_past_it(store: CollectionStore) -> None:
+    jobs = JobStore(store.db)
+    switching = jobs.create("reindex", None, {})
+    assert jobs.start(switching.id)
+    assert jobs.pass_point_of_no_return(switching.id, {"phase": "switching"})
+    jobs.report(switching.id, {"phase": "done"})  # the report after the switch keeps the mark
+    with pytest.raises(JobNotCancellable):
+        jobs.cancel(switching.id)
+    cancelled = jobs.create("reindex", None, {})
+    assert jobs.start(cancelled.id)
+    jobs.cancel(cancelled.id)
+    assert not jobs.pass_point_of_no_return(cancelled.id, {"phase": "switching"})
