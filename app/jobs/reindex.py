@@ -52,10 +52,8 @@ class ReindexRunner:
                 on_progress(self.jobs.get(job.id))
 
         indexes = build_new_index(self.store, name, spec, built)
-        if should_stop():
-            if self.jobs.state(job.id) is JobState.RUNNING:
-                raise JobStopped
-            return  # cancelled: the old index keeps serving
+        if should_stop() and self.jobs.state(job.id) is JobState.RUNNING:
+            raise JobStopped  # the server is stopping: the job starts over after the restart
         # From here a cancel is refused (409); one answered before this stops the job here.
         detail["phase"] = "switching"
         if not self.jobs.pass_point_of_no_return(job.id, detail):
