@@ -44,9 +44,9 @@ def bench_index_job(
     """Images indexed per second from JPEG files on disk, through a batch job (source
     walk, decoding, encoding, SQLite commits and FAISS adds), in this process or, with
     ``engine="ray"``, on a local Ray cluster started here (the warm-up job starts it)."""
-    from app.config import Settings
-    from app.jobs import INDEX_JOB
-    from app.stack import build_stack
+    from app.service.config import Settings
+    from app.service.jobs import INDEX_JOB
+    from app.service.stack import build_stack
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"

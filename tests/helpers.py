@@ -99,8 +99,8 @@ class AppServer:
     def start(self, timeout: float = 60.0, wait: bool = True) -> AppServer:
         import uvicorn
 
-        from app.config import Settings
-        from app.main import create_app
+        from app.api.main import create_app
+        from app.service.config import Settings
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         app = self.app = create_app(Settings(**self.settings))

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from app.config import Settings
+from app.service.config import Settings
 from tests.helpers import REPO, free_port
 
 DOCKERFILE = (REPO / "docker" / "Dockerfile").read_text()

@@ -29,8 +29,8 @@ from app.cli.render import (
 )
 
 if TYPE_CHECKING:
-    from app.config import Settings
-    from app.stack import Stack
+    from app.service.config import Settings
+    from app.service.stack import Stack
     from index import Job
 
 
@@ -39,7 +39,7 @@ def _client(args: argparse.Namespace, timeout: float | None = 60) -> ApiClient:
 
 
 def _settings() -> Settings:
-    from app.config import Settings
+    from app.service.config import Settings
 
     try:
         return Settings()
@@ -48,7 +48,7 @@ def _settings() -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from app.logs import configure
+    from app.service.logs import configure
     from models.errors import ModelLoadError
     from models.loading import resolve_weights
 
@@ -77,8 +77,8 @@ def _serve(args: argparse.Namespace) -> int:
         )
     import uvicorn
 
-    from app.main import create_app
-    from app.server import DrainingServer
+    from app.api.main import create_app
+    from app.api.server import DrainingServer
 
     app = create_app(settings)
     config = uvicorn.Config(
@@ -125,7 +125,7 @@ def _index_build_remote(args: argparse.Namespace) -> int:
 def _local_stack() -> Iterator[Stack]:
     """The store, the model and the jobs in this process, for commands run without
     ``--server``; the jobs run in the calling thread."""
-    from app.stack import build_stack
+    from app.service.stack import build_stack
 
     settings = _settings()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -137,7 +137,7 @@ def _local_stack() -> Iterator[Stack]:
 
 
 def _run_local(stack: Stack, job: Job, show: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    from app.jobs import job_summary
+    from app.service.jobs import job_summary
 
     print(f"job {job.id} running in this process", file=sys.stderr)
     try:
@@ -149,7 +149,7 @@ def _run_local(stack: Stack, job: Job, show: Callable[[dict[str, Any]], None]) -
 
 
 def _index_build_local(args: argparse.Namespace) -> int:
-    from app.jobs import INDEX_JOB
+    from app.service.jobs import INDEX_JOB
     from index import CollectionExists
     from models.sources import open_source
 
@@ -179,7 +179,7 @@ def _duplicates(args: argparse.Namespace) -> int:
             job = client.run_job(path, params, show_progress)
             result = client.get(f"/v1/jobs/{job['id']}/result") if _ok(job) else None
     else:
-        from app.jobs import DUPLICATES_JOB, DuplicatesRunner
+        from app.service.jobs import DUPLICATES_JOB, DuplicatesRunner
 
         with _local_stack() as stack:
             job = _run_local(
@@ -231,7 +231,7 @@ def _reindex(args: argparse.Namespace) -> int:
             path = f"/v1/collections/{args.collection}/jobs/reindex"
             job = client.run_job(path, params, show_progress)
     else:
-        from app.jobs import REINDEX_JOB
+        from app.service.jobs import REINDEX_JOB
 
         with _local_stack() as stack:
             job = _run_local(
@@ -313,7 +313,7 @@ def _finetune(args: argparse.Namespace) -> int:
         with _client(args) as client:
             job = client.run_job("/v1/finetune", params, show_training)
     else:
-        from app.finetune import FINETUNE_JOB
+        from app.service.finetune import FINETUNE_JOB
 
         with _local_stack() as stack:
             job = _run_local(stack, stack.jobs.submit(FINETUNE_JOB, None, params), show_training)
@@ -375,8 +375,8 @@ def _jobs(args: argparse.Namespace) -> int:
         with _client(args) as client:
             jobs = client.get("/v1/jobs")["jobs"]
     else:
-        from app.jobs import job_summary
-        from app.stack import open_job_store
+        from app.service.jobs import job_summary
+        from app.service.stack import open_job_store
 
         job_store = open_job_store(_settings())
         try:
@@ -390,7 +390,7 @@ def _jobs(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from app.demo import run
+    from app.cli.demo import run
 
     return run(Path(args.data_dir), args.port, args.pairs, args.epochs)
 
@@ -423,11 +423,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xmodal: {exc}", file=sys.stderr)
         return exc.code
     except Exception as exc:  # a domain error from the local store, sources or model
-        from app.errors import AppError
+        from app.service.errors import ServiceError
         from index import StoreError
         from models.errors import ModelError
 
-        if isinstance(exc, (StoreError, ModelError, AppError)):
+        if isinstance(exc, (StoreError, ModelError, ServiceError)):
             print(f"xmodal: {exc}", file=sys.stderr)
             return 1
         raise

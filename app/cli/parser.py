@@ -46,7 +46,7 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
 def _settings_epilog() -> str:
     """The settings that pick the model, and a few more, with their defaults."""
-    from app.config import Settings
+    from app.service.config import Settings
 
     fields = Settings.model_fields
 

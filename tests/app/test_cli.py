@@ -139,7 +139,7 @@ def test_serve_help_names_the_model_settings() -> None:
 
 def test_the_demo_knows_which_process_holds_its_port() -> None:
     """The demo checks that the server answering on its port is the one it started."""
-    from app.demo import listener_pids
+    from app.cli.demo import listener_pids
 
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))

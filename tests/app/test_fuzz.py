@@ -23,8 +23,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from app.config import Settings
-from app.main import create_app
+from app.api.main import create_app
+from app.service.config import Settings
 from tests.corpus import good_image, write_jsonl
 from tests.helpers import TINY, AppServer
 

@@ -21,14 +21,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.activation import ACTIVATE_JOB
-from app.config import Settings
-from app.finetune import FINETUNE_JOB
-from app.jobs import INDEX_JOB
-from app.jobs.loop import JobQueueFull
-from app.jobs.reindex import REINDEX_JOB
-from app.main import create_app
-from app.stack import Stack, build_stack
+from app.api.main import create_app
+from app.service.activation import ACTIVATE_JOB
+from app.service.config import Settings
+from app.service.finetune import FINETUNE_JOB
+from app.service.jobs import INDEX_JOB
+from app.service.jobs.loop import JobQueueFull
+from app.service.jobs.reindex import REINDEX_JOB
+from app.service.stack import Stack, build_stack
 from index import DB_FILE, JobNotCancellable, JobState, Modality, NewItem
 from models.adapt.methods import TrainingStopped
 from models.adapt.pairs import load_pairs

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app import logs
+from app.service import logs
 
 
 class Terminal(io.StringIO):

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.config import Settings
-from app.main import create_app
+from app.api.main import create_app
+from app.service.config import Settings
 from bench import load
 from tests.helpers import REPO, AppServer, ServerProcess, image_bytes
 

@@ -3,7 +3,7 @@ the hits might continue in a tie."""
 
 from __future__ import annotations
 
-from app.ranking import SearchSpec, rank
+from app.service.search.ranking import SearchSpec, rank
 from index import Hit, Modality
 
 

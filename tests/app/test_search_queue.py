@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from app.config import Settings
-from app.engine import SMALL_BATCH, Engine
-from app.metrics import Metrics
-from app.ranking import Page, SearchSpec
-from app.search_queue import SearchQueue
+from app.service.config import Settings
+from app.service.engine import SMALL_BATCH, Engine
+from app.service.metrics import Metrics
+from app.service.search.queue import SearchQueue
+from app.service.search.ranking import Page, SearchSpec
 from index import UnknownCollection
 from models.encoder import ClipEncoder
 from tests.helpers import TINY

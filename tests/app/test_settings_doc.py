@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from app.config import Settings, settings_table
+from app.service.config import Settings, settings_table
 from tests.helpers import REPO
 
 
@@ -8,6 +8,6 @@ def test_readme_settings_table_matches_the_settings_class() -> None:
     readme = (REPO / "README.md").read_text()
     start, end = "<!-- settings:start -->\n", "<!-- settings:end -->"
     documented = readme[readme.index(start) + len(start) : readme.index(end)]
-    assert documented == settings_table(), "regenerate with: python -m app.config"
+    assert documented == settings_table(), "regenerate with: python -m app.service.config"
     for name in Settings.model_fields:
         assert f"`XMODAL_{name.upper()}`" in documented

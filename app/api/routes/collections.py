@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any, Literal
+
+from fastapi import APIRouter, Response, status
+from pydantic import BaseModel, Field, field_validator
+from starlette.concurrency import run_in_threadpool
+
+from app.api.auth import ReadAccess, WriteAccess
+from app.api.bodies import StrictJSONRoute
+from app.api.deps import EngineDep, StoreDep
+from app.api.openapi import errors
+from app.api.schemas import CollectionCreate, CollectionList, CollectionOut
+from index import CollectionInfo, CollectionStore, Modality
+from index.reindex import advise_collection
+from models.errors import QueueFull
+
+router = APIRouter(
+    route_class=StrictJSONRoute,
+    prefix="/v1/collections",
+    tags=["collections"],
+    dependencies=[ReadAccess],
+)
+
+
+def collection_out(info: CollectionInfo) -> CollectionOut:
+    return CollectionOut(
+        name=info.name,
+        index=info.index_spec,
+        dim=info.dim,
+        model=info.model_version,
+        created_at=info.created_at,
+        counts=info.counts,
+        trained=info.trained,
+        error=info.error,
+        index_report=info.index_report,
+    )
+
+
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, dependencies=[WriteAccess], responses=errors(400, 409)
+)
+async def create_collection(
+    body: CollectionCreate, store: StoreDep, engine: EngineDep
+) -> CollectionOut:
+    info = await run_in_threadpool(
+        store.create_collection, body.name, engine.dim, engine.space, body.index
+    )
+    return collection_out(info)
+
+
+@router.get("")
+async def list_collections(store: StoreDep) -> CollectionList:
+    infos = await run_in_threadpool(store.list_collections)
+    return CollectionList(collections=[collection_out(i) for i in infos])
+
+
+@router.get("/{name}", responses=errors(404))
+async def get_collection(name: str, store: StoreDep) -> CollectionOut:
+    return collection_out(await run_in_threadpool(store.get_collection, name))
+
+
+@router.delete(
+    "/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[WriteAccess],
+    responses=errors(404),
+)
+async def delete_collection(name: str, store: StoreDep) -> Response:
+    await run_in_threadpool(store.delete_collection, name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+Target = Literal["recall_at_1", "recall_at_10", "p50_ms"]
+
+
+def _default_targets() -> dict[Target, float]:
+    return {"recall_at_10": 0.95}
+
+
+class IndexAdviceRequest(BaseModel):
+    targets: dict[Target, float] = Field(
+        default_factory=_default_targets,
+        description="What the index must reach: recall at least, `p50_ms` at most.",
+    )
+    modality: Modality | None = Field(
+        None, description="Whose vectors to measure on (default: the modality with more)."
+    )
+    sample: int = Field(
+        5000, ge=100, le=20_000, description="Vectors of the collection to build each index on."
+    )
+    specs: list[str] | None = Field(
+        None, max_length=12, description="Specs to try (default: a ladder from Flat to PQ)."
+    )
+
+    @field_validator("targets")
+    @classmethod
+    def _finite(cls, value: dict[str, float]) -> dict[str, float]:
+        for key, target in value.items():
+            if not math.isfinite(target) or target < 0 or (key != "p50_ms" and target > 1):
+                raise ValueError(f"{key}: recall targets are 0 to 1, p50_ms a positive number")
+        return value
+
+
+_advising = threading.Lock()  # building indexes takes the CPU: one advice at a time
+
+
+@router.post(
+    "/{name}/index-advice", dependencies=[WriteAccess], responses=errors(400, 404, 409, 429)
+)
+async def index_advice(name: str, body: IndexAdviceRequest, store: StoreDep) -> dict[str, Any]:
+    """Build each spec of a ladder (or `specs`) on a sample of the collection's vectors and
+    measure it against exact search: recall as served and raw, p50 latency, bytes per
+    vector; `choice` is the smallest that meets every target (null if none does)."""
+    if not _advising.acquire(blocking=False):
+        raise QueueFull("an index advice is already being measured; try again when it is done")
+    try:
+        return await run_in_threadpool(_advise, store, name, body)
+    finally:
+        _advising.release()
+
+
+def _advise(store: CollectionStore, name: str, body: IndexAdviceRequest) -> dict[str, Any]:
+    targets = {str(k): v for k, v in body.targets.items()}
+    return advise_collection(store, name, targets, body.modality, body.sample, body.specs)

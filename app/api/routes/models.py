@@ -1,0 +1,198 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, status
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from app.api.auth import ReadAccess, WriteAccess
+from app.api.bodies import StrictJSONRoute
+from app.api.deps import EngineDep, JobsDep, StackDep
+from app.api.errors import ApiError
+from app.api.openapi import errors
+from app.api.routes.jobs import JobCreated
+from app.service.activation import ACTIVATE_JOB
+from app.service.engine import Engine
+from app.service.finetune import FINETUNE_JOB
+from models.adapt.methods import METHODS
+from models.registry import ModelVersion
+
+router = APIRouter(route_class=StrictJSONRoute, tags=["models"], dependencies=[ReadAccess])
+
+
+class FinetuneRequest(BaseModel):
+    source: str = Field(
+        min_length=1, description="Manifest or folder of image-caption pairs under the import root."
+    )
+    method: str = Field(
+        "contrastive",
+        description="The adaptation method (see the README's method table).",
+        json_schema_extra={"enum": list(METHODS)},
+    )
+    eval_source: str | None = Field(
+        None, description="Separate evaluation pairs (else a held-out fraction)."
+    )
+    eval_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Held-out share of the pairs (fixed seed)."
+    )
+    target_source: str | None = Field(
+        None,
+        description="Images and texts of the domain to adapt to, pairing ignored: the "
+        "domain discriminator of `adversarial`, the target of `subspace_alignment`.",
+    )
+    seed: int = 0
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict, description="The method's settings; see the README."
+    )
+
+
+class EvaluateRequest(BaseModel):
+    model: str | None = Field(None, description="A model version (default: the one serving).")
+    source: str = Field(
+        min_length=1, description="Manifest or folder of image-caption pairs under the import root."
+    )
+
+
+class ModelOut(BaseModel):
+    version: str
+    base: str | None
+    method: str
+    metrics: dict[str, dict[str, float]]
+    active: bool
+    beats_base: bool | None = None
+    architecture: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    created_at: float | None = None
+
+
+class ModelList(BaseModel):
+    models: list[ModelOut]
+
+
+@router.post(
+    "/v1/finetune",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[WriteAccess],
+    responses=errors(400),
+)
+async def start_finetune(body: FinetuneRequest, jobs: JobsDep) -> JobCreated:
+    """Fine-tune the serving model on pairs from the import root; poll `GET /v1/jobs/{id}`."""
+    job = await run_in_threadpool(jobs.submit, FINETUNE_JOB, None, body.model_dump())
+    return JobCreated(id=job.id, state=job.state.value)
+
+
+@router.post("/v1/evaluate", dependencies=[WriteAccess], responses=errors(400, 404))
+async def evaluate(body: EvaluateRequest, stack: StackDep) -> dict[str, Any]:
+    """Recall@1/5/10 both ways, mean reciprocal rank and median rank on a set of pairs."""
+    engine = stack.engine
+    return await run_in_threadpool(
+        stack.finetuner.evaluate_source, body.source, body.model or engine.version, engine.encoders
+    )
+
+
+def _model_out(v: ModelVersion, active_version: str) -> ModelOut:
+    """A version as the listing shows it; the single-version route adds its lineage."""
+    return ModelOut(
+        version=v.version,
+        base=v.base,
+        method=v.method,
+        metrics=v.metrics,
+        active=v.version == active_version,
+        beats_base=v.beats_base,
+    )
+
+
+@router.get("/v1/models")
+async def list_models(stack: StackDep, engine: EngineDep) -> ModelList:
+    """The serving model and every fine-tuned version, oldest first."""
+    versions = await run_in_threadpool(stack.registry.versions)
+    out = [_model_out(v, engine.version) for v in versions]
+    out.insert(0, _configured_out(engine))
+    return ModelList(models=out)
+
+
+def _configured_out(engine: Engine) -> ModelOut:
+    """The configured model: the base every fine-tuned version builds on."""
+    configured = engine.configured_version
+    return ModelOut(
+        version=configured,
+        base=None,
+        method="pretrained",
+        metrics={},
+        active=configured == engine.version,
+        architecture=engine.encoders[configured].model_name,
+    )
+
+
+@router.get("/v1/models/{version:path}", responses=errors(404))
+async def get_model(version: str, stack: StackDep, engine: EngineDep) -> ModelOut:
+    """One version with its lineage (base, method, data, hyperparameters) and evaluation."""
+    if version == engine.configured_version:  # listed by GET /v1/models, so found here too
+        return _configured_out(engine)
+    v = await run_in_threadpool(stack.registry.get, version)
+    return _model_out(v, engine.version).model_copy(
+        update={
+            "architecture": v.architecture,
+            "data": v.data,
+            "hyperparameters": v.hyperparameters,
+            "created_at": v.created_at,
+        }
+    )
+
+
+class ActivateRequest(BaseModel):
+    force: bool = Field(False, description="Activate even if the version did not beat its base.")
+
+
+@router.post(
+    "/v1/models/{version:path}/activate",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[WriteAccess],
+    responses=errors(404, 409),
+)
+async def activate_model(
+    version: str,
+    stack: StackDep,
+    engine: EngineDep,
+    jobs: JobsDep,
+    body: ActivateRequest | None = None,
+) -> JobCreated:
+    """Re-embed every collection with ``version`` in the background, then switch to it at
+    once; refused unless the version beat its base on its evaluation (or ``force``)."""
+    if version == engine.version:
+        raise ApiError(409, "already_active", f"{version} is already active")
+    if version != engine.configured_version:
+        record = await run_in_threadpool(stack.registry.get, version)
+        if not record.beats_base and not (body and body.force):
+            raise ApiError(
+                409,
+                "not_better",
+                f"{version} did not beat its base on its evaluation;"
+                " pass force=true to activate it anyway",
+            )
+    job = await run_in_threadpool(jobs.submit, ACTIVATE_JOB, None, {"version": version})
+    return JobCreated(id=job.id, state=job.state.value)
+
+
+@router.post(
+    "/v1/models/{version:path}/rollback",
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[WriteAccess],
+    responses=errors(409),
+)
+async def rollback_model(
+    version: str, stack: StackDep, engine: EngineDep, jobs: JobsDep
+) -> JobCreated:
+    """Go back to the version that was active before ``version`` (the active one)."""
+    if version != engine.version:
+        raise ApiError(
+            409, "not_active", f"{version} is not the active version ({engine.version} is)"
+        )
+    history = stack.activator.state.history
+    if not history:
+        raise ApiError(409, "no_previous", f"no version was active before {version}")
+    params = {"version": history[-1], "rollback": True}
+    job = await run_in_threadpool(jobs.submit, ACTIVATE_JOB, None, params)
+    return JobCreated(id=job.id, state=job.state.value)

@@ -1,0 +1,99 @@
+"""Fetching a query image from a URL (clip-retrieval's ``image_url``), when allowed.
+
+Off unless ``XMODAL_IMAGE_URLS=true``. Then only http(s), no credentials in the URL, no
+redirects, at most ``XMODAL_MAX_UPLOAD_BYTES``, within ``XMODAL_IMAGE_URL_TIMEOUT_S``, and
+never to a private, loopback, link-local or otherwise non-public address unless it lies
+in ``XMODAL_IMAGE_URL_NETWORKS``. The address is checked where the connection is made
+(a network backend that resolves the name, checks every address, and connects to the
+one it checked), so a name that resolves to a public address when checked and to a
+private one when used (DNS rebinding) gets nowhere.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpcore
+
+from app.service.errors import Invalid, TooLarge
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class RefusedAddress(httpcore.ConnectError):
+    pass
+
+
+class PublicOnly(httpcore.SyncBackend):
+    """Connects only to public addresses, or to those in ``allowed``."""
+
+    def __init__(self, allowed: Sequence[Network]) -> None:
+        self.allowed = allowed
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host!r}: {exc}") from exc
+        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+        for address in addresses:
+            if not (address.is_global or any(address in net for net in self.allowed)):
+                raise RefusedAddress(f"{host!r} resolves to {address}, which is not public")
+        return super().connect_tcp(str(addresses[0]), port, timeout, local_address, socket_options)
+
+
+def check_url(url: str) -> None:
+    if len(url) > 2048:
+        raise Invalid("image_url is longer than 2048 characters", code="invalid_url")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid("image_url must be an http or https URL", code="invalid_url")
+    if parts.username or parts.password:
+        raise Invalid("image_url may not carry credentials", code="invalid_url")
+
+
+def fetch_image(url: str, limit: int, timeout_s: float, allowed: Sequence[Network] = ()) -> bytes:
+    """The bytes at ``url``; 400 (``image_url_refused``) for what may not or cannot be
+    fetched, 413 over ``limit``. Blocking: call it off the event loop."""
+    check_url(url)
+    deadline = time.monotonic() + timeout_s
+    timeouts = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
+    headers = [(b"User-Agent", b"xmodal"), (b"Accept", b"image/*")]
+    try:
+        with (
+            httpcore.ConnectionPool(network_backend=PublicOnly(allowed), retries=0) as pool,
+            pool.stream("GET", url, headers=headers, extensions={"timeout": timeouts}) as r,
+        ):
+            if r.status != 200:
+                raise refused(f"{url} answered {r.status} (redirects are not followed)")
+            chunks, size = [], 0
+            for chunk in r.iter_stream():
+                size += len(chunk)
+                if size > limit:
+                    raise TooLarge(f"the image at image_url is over {limit} bytes")
+                if time.monotonic() > deadline:
+                    raise refused(f"{url} took longer than {timeout_s:g} s")
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except RefusedAddress as exc:
+        raise refused(str(exc)) from exc
+    except httpcore.TimeoutException as exc:
+        raise refused(f"{url} took longer than {timeout_s:g} s") from exc
+    except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
+        raise refused(f"cannot fetch {url}: {exc or type(exc).__name__}") from exc
+
+
+def refused(message: str) -> Invalid:
+    return Invalid(message, code="image_url_refused")

@@ -1,0 +1,89 @@
+"""Fine-tune and activation jobs: thin runners over the fine-tuner and the activator."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from app.service.activation import ACTIVATE_JOB, Activator
+from app.service.config import Settings
+from app.service.engine import Engine
+from app.service.finetune import FINETUNE_JOB, FineTuner
+from app.service.jobs.loop import JobStopped, OnProgress
+from index import Job, JobState, JobStore
+from models.adapt.distill import student_cfg
+from models.adapt.methods import TARGETED, DistillConfig, TrainingStopped, check_hyperparameters
+from models.errors import InvalidParameters
+from models.sources import open_source
+from models.student import teacher_of
+
+
+def _stopped(jobs: JobStore, job: Job) -> None:
+    """After ``TrainingStopped``: a job still running was stopped by the server (it starts
+    over after the restart); otherwise it was cancelled and simply ends."""
+    if jobs.state(job.id) is JobState.RUNNING:
+        raise JobStopped from None
+
+
+class FinetuneRunner:
+    kind = FINETUNE_JOB
+
+    def __init__(
+        self, settings: Settings, jobs: JobStore, engine: Engine, finetuner: FineTuner
+    ) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.engine = engine
+        self.finetuner = finetuner
+
+    def check(self, collection: str | None, params: dict[str, Any]) -> dict[str, Any]:
+        root = self.settings.import_root_dir
+        open_source(root, params["source"])  # 400 now for a bad source
+        if params.get("eval_source"):
+            open_source(root, params["eval_source"])
+        if params.get("target_source"):
+            if params["method"] not in TARGETED:
+                raise InvalidParameters(
+                    f"target_source is for {' and '.join(sorted(TARGETED))}, not {params['method']}"
+                )
+            open_source(root, params["target_source"])
+        params["hyperparameters"] = check_hyperparameters(
+            params["method"], params.get("hyperparameters") or {}
+        )
+        if params["method"] == "distill":  # the student's shape against the teacher's
+            teacher = teacher_of(self.engine.encoder)
+            student_cfg(teacher.model_name, DistillConfig(**params["hyperparameters"]))
+        return params
+
+    def run(
+        self, job: Job, should_stop: Callable[[], bool], on_progress: OnProgress | None
+    ) -> None:
+        try:
+            self.finetuner.run(job, self.engine.encoder, should_stop)
+        except TrainingStopped:
+            _stopped(self.jobs, job)
+
+    def close(self) -> None:
+        pass
+
+
+class ActivateRunner:
+    kind = ACTIVATE_JOB
+
+    def __init__(self, jobs: JobStore, activator: Activator) -> None:
+        self.jobs = jobs
+        self.activator = activator
+
+    def check(self, collection: str | None, params: dict[str, Any]) -> dict[str, Any]:
+        return {"version": params["version"], "rollback": bool(params.get("rollback"))}
+
+    def run(
+        self, job: Job, should_stop: Callable[[], bool], on_progress: OnProgress | None
+    ) -> None:
+        try:
+            self.activator.run(job, should_stop)
+        except TrainingStopped:
+            _stopped(self.jobs, job)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,181 @@
+"""The job loop: one job at a time, in its own thread, each kind run by its runner.
+
+Jobs are durable (``index.jobs``): queued and running ones are picked up again after a
+restart. A runner raises ``JobStopped`` when the server is stopping (the job stays running,
+to be resumed), and any domain error fails the job with its message.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Protocol, TypeVar
+
+from app.service.errors import Busy, Failed, ServiceError
+from index import Job, JobFinished, JobState, JobStore, StoreError
+from models.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+OnProgress = Callable[[Job], None]
+T = TypeVar("T")
+StopCheck = Callable[[], bool]  # true once the job is cancelled or the server stops
+
+
+class JobStopped(Exception):
+    """The server is shutting down: leave the job running, to be resumed."""
+
+
+class JobFailed(Failed):
+    """A runner's own reason to fail a job, reported as its message."""
+
+
+class Runner(Protocol):
+    kind: str
+
+    def check(self, collection: str | None, params: dict[str, Any]) -> dict[str, Any]:
+        """Refuse a bad job before it is queued (a 4xx now, not a failed job later);
+        returns the params to store."""
+        ...
+
+    def run(
+        self, job: Job, should_stop: Callable[[], bool], on_progress: OnProgress | None
+    ) -> None:
+        """Run (or resume) the job to its end; returns normally when it succeeded or was
+        cancelled (``should_stop`` turned true)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class JobQueueFull(Busy):
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"{limit} jobs are queued or running already; retry later", "job_queue_full"
+        )
+
+
+class JobManager:
+    def __init__(self, jobs: JobStore, runners: list[Runner], max_queued: int = 64) -> None:
+        self.jobs = jobs
+        self.runners = {r.kind: r for r in runners}
+        self.max_queued = max_queued
+        self._submit_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Run queued jobs, beginning with any that a restart interrupted."""
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="xmodal-jobs")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        for runner in self.runners.values():
+            runner.close()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def submit(self, kind: str, collection: str | None, params: dict[str, Any]) -> Job:
+        params = self.runners[kind].check(collection, params)
+        with self._submit_lock:
+            if self.jobs.count_unfinished() >= self.max_queued:
+                raise JobQueueFull(self.max_queued)
+            job = self.jobs.create(kind, collection, params)
+        self._wake.set()
+        return job
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            for job in self.jobs.unfinished():
+                if self._stopping.is_set():
+                    return
+                try:
+                    self.run(job)
+                except Exception:  # the loop must outlive any one job
+                    log.exception("job %s crashed", job.id)
+                    self.jobs.finish(job.id, JobState.FAILED, "internal error; see the server log")
+            self._wake.wait(timeout=2.0)
+            self._wake.clear()
+
+    # --- running one job ------------------------------------------------------------------------
+    def run(self, job: Job, on_progress: OnProgress | None = None) -> Job:
+        """Run (or resume) ``job`` to its end in this thread."""
+        if not self.jobs.start(job.id):
+            return self.jobs.get(job.id)
+        log.info("job %s (%s) running: %s", job.id, job.kind, job.params)
+        runner = self.runners.get(job.kind)
+        try:
+            if runner is None:
+                raise JobFailed(f"no runner for jobs of kind {job.kind!r}")
+            runner.run(self.jobs.get(job.id), self._should_stop(job), on_progress)
+        except JobStopped:
+            log.info("job %s: stopped with the server; it resumes on the next start", job.id)
+            return self.jobs.get(job.id)
+        except JobFinished:
+            log.info("job %s: cancelled while committing; that chunk was not stored", job.id)
+        except (StoreError, ModelError, ServiceError) as exc:
+            self.jobs.finish(job.id, JobState.FAILED, str(exc))
+        except BrokenProcessPool as exc:
+            self.jobs.finish(job.id, JobState.FAILED, f"a decoding worker died: {exc}")
+        except Exception as exc:
+            log.exception("job %s failed", job.id)
+            self.jobs.finish(job.id, JobState.FAILED, f"internal error: {exc}")
+        else:
+            self.jobs.finish(job.id, JobState.SUCCEEDED)
+        finished = self.jobs.get(job.id)
+        log.info(
+            "job %s: %s, %d done, %d failed", job.id, finished.state, finished.done, finished.failed
+        )
+        return finished
+
+    def _should_stop(self, job: Job) -> Callable[[], bool]:
+        return lambda: self._stopping.is_set() or self.jobs.state(job.id) is not JobState.RUNNING
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    """The job as the API and the CLI show it."""
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "state": job.state.value,
+        "collection": job.collection,
+        "params": job.params,
+        "total": job.total,
+        "done": job.done,
+        "failed": job.failed,
+        "items_per_second": None
+        if job.items_per_second is None
+        else round(job.items_per_second, 2),
+        "eta_seconds": None if job.eta_seconds is None else round(job.eta_seconds, 1),
+        "errors": job.errors,
+        "message": job.message,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "detail": job.detail,
+    }
+
+
+def batched(records: Iterator[T], size: int) -> Iterator[list[T]]:
+    """``records`` in lists of ``size`` (the last one shorter)."""
+    while True:
+        chunk = list(itertools.islice(records, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+def shown(text: str, limit: int = 500) -> str:
+    """Text from a source as a job report can carry it: bounded, and valid unicode."""
+    return text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")

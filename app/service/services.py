@@ -1,0 +1,121 @@
+"""What the lifespan builds and the routes use: the stack, its readiness and its state."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from app.service.config import Settings
+from app.service.metrics import Metrics
+from app.service.stack import Stack, build_stack, open_store
+from app.service.threads import run_in_threadpool
+from app.service.thumbnails import ThumbnailCache
+from index import CollectionStore
+from models.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_S = 3600.0
+SWEEP_GRACE_S = 3600.0  # a batch job commits the images it decoded well within this
+
+
+class Services:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.store: CollectionStore | None = None  # opens first: it serves without a model
+        self.stack: Stack | None = None
+        self.thumbnails = ThumbnailCache(
+            settings.data_dir / "thumbnails", settings.max_image_pixels
+        )
+        self.load_error: str | None = None
+        self.shutting_down = False
+        self._tasks: list[asyncio.Task[None]] = []
+        metrics.add_state(self.metric_state)
+
+    @property
+    def ready(self) -> bool:
+        return self.stack is not None and not self.shutting_down
+
+    def start(self) -> None:
+        """Open the store and load the model in the background: /healthz answers at once,
+        /readyz once both are done."""
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._load(), name="xmodal-load"))
+        self._tasks.append(loop.create_task(self._snapshot_loop(), name="xmodal-snapshots"))
+        self._tasks.append(loop.create_task(self._sweep_loop(), name="xmodal-sweep"))
+
+    async def _load(self) -> None:
+        try:
+            self.store = await run_in_threadpool(open_store, self.settings)
+            self.store.garbage.on_removed.append(self.thumbnails.forget)
+            stack = await run_in_threadpool(build_stack, self.settings, self.metrics, self.store)
+            stack.engine.start()
+            stack.jobs.start()  # picks up jobs a restart interrupted
+            self.stack = stack
+            encoder = stack.engine.encoder
+            log.info("ready: model %s on %s", encoder.version, encoder.device_name)
+        except Exception as exc:
+            self.load_error = str(exc)
+            # Load errors carry their own explanation; anything else gets its traceback.
+            log.error("start-up failed: %s", exc, exc_info=not isinstance(exc, ModelLoadError))
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.snapshot_interval_s)
+            if self.store is not None:
+                try:
+                    await run_in_threadpool(self.store.snapshot, True)
+                except Exception:
+                    log.exception("periodic snapshot failed; SQLite still holds every item")
+
+    async def _sweep_loop(self) -> None:
+        """Now and then, remove image files and thumbnails no item refers to."""
+        while self.store is None:
+            await asyncio.sleep(1.0)
+        while True:  # once at start (what a killed process left), then every interval
+            try:
+                await run_in_threadpool(self.sweep)
+            except Exception:
+                log.exception("sweeping unreferenced images failed")
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+
+    def sweep(self, grace_s: float = SWEEP_GRACE_S) -> tuple[int, int]:
+        """Remove unreferenced image files older than ``grace_s`` and every unreferenced
+        thumbnail; returns how many of each."""
+        assert self.store is not None
+        images = self.store.garbage.sweep(grace_s)
+        thumbnails = self.thumbnails.sweep(self.store.garbage.referenced())
+        return images, thumbnails
+
+    async def stop(self) -> None:
+        self.shutting_down = True
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        stack = self.stack
+        if stack is not None:
+            # A running job stops at its next chunk boundary and resumes on the next start.
+            await run_in_threadpool(stack.jobs.stop)
+            await stack.engine.stop()
+        if self.store is not None:
+            await run_in_threadpool(self.store.close)
+
+    def metric_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"ready": self.ready}
+        if self.stack is not None:
+            engine = self.stack.engine
+            state["queue_depth"] = {
+                "image": engine.images.queue_depth,
+                "text": engine.texts.queue_depth,
+            }
+        if self.store is not None:
+            state["index_vectors"] = {
+                (c.name, m.value): n
+                for c in self.store.list_collections()
+                for m, n in c.counts.items()
+            }
+        return state

@@ -1,0 +1,131 @@
+"""One wiring for the server, the in-process CLI and the benchmarks: from ``Settings`` to
+the store, the engine, the model registry, the jobs and the activator."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from app.service.activation import Activator, restore_active
+from app.service.config import Settings
+from app.service.engine import Engine
+from app.service.finetune import FineTuner
+from app.service.jobs import (
+    ActivateRunner,
+    DuplicatesRunner,
+    FinetuneRunner,
+    IndexRunner,
+    JobManager,
+    ReindexRunner,
+)
+from app.service.limits import Limits
+from app.service.metrics import Metrics
+from app.service.search.retrieval import Retrieval
+from index import (
+    DB_FILE,
+    BackendFactory,
+    CollectionStore,
+    Database,
+    FaissBackends,
+    JobStore,
+    MilvusBackends,
+)
+from models.encoder import load_encoder
+from models.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    store: CollectionStore
+    engine: Engine
+    registry: ModelRegistry
+    finetuner: FineTuner
+    activator: Activator
+    jobs: JobManager
+    retrieval: Retrieval
+
+    @property
+    def limits(self) -> Limits:
+        return self.retrieval.limits
+
+    def close(self) -> None:
+        """Release what ``build_stack`` made, for callers without an event loop (the CLI);
+        the server stops the engine's batchers first."""
+        self.jobs.stop()
+        self.engine.shutdown()
+        self.store.close()
+
+
+def open_store(settings: Settings) -> CollectionStore:
+    backends: BackendFactory
+    if settings.vector_backend == "milvus":
+        token = settings.milvus_token
+        backends = MilvusBackends(
+            settings.milvus_target,
+            token=token.get_secret_value() if token else None,
+            nprobe=settings.nprobe,
+        )
+    else:
+        backends = FaissBackends(use_gpu=settings.faiss_gpu, nprobe=settings.nprobe)
+    return CollectionStore(
+        settings.data_dir,
+        backends=backends,
+        store_images=settings.store_images,
+        snapshot_every=settings.snapshot_every,
+    )
+
+
+def open_job_store(settings: Settings) -> JobStore:
+    """The job records alone (listing jobs needs neither indexes nor a model)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return JobStore(Database(settings.data_dir / DB_FILE))
+
+
+def build_stack(
+    settings: Settings, metrics: Metrics | None = None, store: CollectionStore | None = None
+) -> Stack:
+    """Open the store (unless given one), load the model (and the version the last
+    activation left active), and make the job manager. Blocking; nothing is started: the
+    server starts the engine's batchers and the job loop, the CLI runs jobs in its own
+    thread. On failure a store opened here is closed again; a given one stays open."""
+    given = store is not None
+    store = store or open_store(settings)
+    try:
+        encoder = load_encoder(
+            settings.model,
+            settings.pretrained,
+            settings.device,
+            settings.model_cache_dir,
+            settings.seed,
+        )
+        if settings.quantize_text:
+            encoder.enable_int8_text()
+        metrics = metrics or Metrics()
+        engine = Engine(encoder, settings, metrics)
+        job_store = JobStore(store.db)
+        registry = ModelRegistry(settings.data_dir / "versions")
+        finetuner = FineTuner(settings, registry, job_store, engine.run_model, engine.image_side)
+        restored = restore_active(settings, engine, finetuner)
+        if restored:
+            log.info("serving %s, the version last activated", restored)
+        activator = Activator(settings, store, engine, finetuner, job_store)
+        retrieval = Retrieval(Limits(settings), store, engine, metrics.search_batch.observe)
+        jobs = JobManager(
+            job_store,
+            [
+                IndexRunner(settings, store, job_store, engine, retrieval),
+                FinetuneRunner(settings, job_store, engine, finetuner),
+                ActivateRunner(job_store, activator),
+                DuplicatesRunner(settings, store, job_store),
+                ReindexRunner(store, job_store),
+            ],
+            max_queued=settings.max_queued_jobs,
+        )
+    except BaseException:
+        if not given:
+            store.close()
+        raise
+    return Stack(settings, store, engine, registry, finetuner, activator, jobs, retrieval)
