@@ -12,6 +12,7 @@ event loop run them in an executor.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,24 +20,20 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from index.backend import BackendFactory
-from index.blobs import BlobStore, sha256_hex
+from index.blobs import BlobStore
 from index.db import (
     DB_FILE,
     ITEM_COLUMNS,
     Database,
     count_items,
-    delete_rows,
-    dumps,
-    find_item,
     item_from_row,
-    max_tombstone,
     stored_versions,
 )
 from index.errors import (
@@ -49,8 +46,7 @@ from index.errors import (
 from index.faiss_backend import FaissBackends
 from index.garbage import ImageGarbage
 from index.jobs import SCHEMA as JOBS_SCHEMA
-from index.jobs import cancel_jobs_of
-from index.live import SHADOW_PREFIX, LiveCollection, Side
+from index.live import SHADOW_PREFIX, LiveCollection
 from index.lock import lock_data_dir
 from index.migration import drop_unfinished
 from index.search import (
@@ -63,6 +59,7 @@ from index.search import (
 from index.snapshots import Snapshots, backend_key
 from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredVersion
 from index.values import check_item
+from index.writes import LockedWriter, digest_of
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +93,7 @@ class CollectionStore:
             self.backends.attach(self.db)
             self.snapshots = Snapshots(self.db, self.backends, self.index_dir, snapshot_every)
             self.collections: dict[str, LiveCollection] = {}
+            self._writer = LockedWriter(self)
             # Stored collections whose index cannot be built: listed, deletable, nothing else.
             self.broken: dict[str, CollectionInfo] = {}
             self._closed = False
@@ -168,20 +166,8 @@ class CollectionStore:
             if name in self.collections or name in self.broken:
                 raise CollectionExists(f"collection {name!r} already exists")
             uid, now = uuid.uuid4().hex, time.time()
-            self.insert_collection_row(name, uid, spec, dim, model_version, now)
-            self.collections[name] = self.snapshots.new(name, uid, spec, dim, model_version, now)
+            self._writer.add_collection(name, uid, spec, dim, model_version, now)
         return self.get_collection(name)
-
-    def insert_collection_row(
-        self, name: str, uid: str, spec: str, dim: int, model_version: str, created_at: float
-    ) -> None:
-        """Record a collection (call under the write lock)."""
-        with self.db.locked_transaction() as conn:
-            conn.execute(
-                "INSERT INTO collections (name, uid, index_spec, dim, model_version, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (name, uid, spec, dim, model_version, created_at),
-            )
 
     def list_collections(self) -> list[CollectionInfo]:
         names = [n for n in self.collections if not n.startswith(SHADOW_PREFIX)]
@@ -199,23 +185,14 @@ class CollectionStore:
     def delete_collection(self, name: str) -> None:
         """Delete a collection, its items, its image files no other item uses, its
         snapshots, and cancel its jobs."""
-        with self.db.write_lock:
-            self.delete_collection_locked(name)
+        with self.locked() as writer:
+            writer.delete_collection(name)
 
-    def delete_collection_locked(self, name: str) -> None:
-        """``delete_collection`` for a caller that holds the write lock."""
-        c = None if name in self.broken else self.get(name)
-        with self.db.locked_transaction() as conn:
-            digests = delete_rows(conn, name)
-            cancel_jobs_of(conn, name, "its collection was deleted")
-        if c is None:
-            del self.broken[name]
-        else:
-            with c.lock.write():
-                del self.collections[name]
-            c.drop_indexes()
-        self.garbage.collect(digests)
-        self.snapshots.remove_files(name)
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[LockedWriter]:
+        """Hold the write lock: no other write lands until the block ends."""
+        with self.db.write_lock:
+            yield self._writer
 
     def model_version_of(self, name: str) -> str:
         """``name``'s model version, lock-free (fit for the event loop); raises as ``get``."""
@@ -261,118 +238,25 @@ class CollectionStore:
         self.backends.check_items(items)
         if not items and extra is None:
             return []
-        with self.db.write_lock:
+        # Image files are written and fsynced before the global write lock is taken: other
+        # writers do not wait on this request's disk.
+        if self.store_images:
+            for it in items:
+                if it.content is not None:
+                    self.blobs.put(it.content, digest_of(it))
+        with self.locked() as writer:
             c = self.get(name)  # may have been deleted while we waited
             if uid is not None and c.uid != uid:
                 raise UnknownCollection(f"collection {name!r} was deleted (and created again)")
-            self.upsert_locked(c, items, vectors, model_version, extra)
+            writer.upsert(c, items, vectors, model_version, extra)
         self.snapshots.after_write(c, self.is_current)
         return [it.id for it in items]
 
-    def upsert_locked(
-        self,
-        c: LiveCollection,
-        items: Sequence[NewItem],
-        vectors: np.ndarray,
-        model_version: str,
-        extra: Callable[[sqlite3.Connection], None] | None = None,
-    ) -> None:
-        """``upsert`` for a caller that holds the write lock."""
-        name = c.name
-        now = time.time()
-        digests = [_digest(it) if self.store_images else None for it in items]
-        for row, (it, digest) in enumerate(zip(items, digests, strict=True)):
-            if it.content is not None and digest is not None:
-                self.blobs.put(it.content, digest)
-            elif digest is not None and not self.blobs.exists(digest):
-                # Written by a worker, then collected by a concurrent delete of another
-                # item with the same bytes: keep the item, say it has no image.
-                log.warning("stored image of %r vanished before its commit", it.id)
-                digests[row] = None
-        replaced: list[tuple[Modality, int, str | None]] = []
-        added: list[tuple[Modality, int, int]] = []  # modality, label, row in vectors
-        with self.db.locked_transaction() as conn:
-            for row, (it, digest) in enumerate(zip(items, digests, strict=True)):
-                old = find_item(conn, name, it.id)
-                if old is not None:
-                    conn.execute("DELETE FROM items WHERE label = ?", (old[0],))
-                    conn.execute(
-                        "INSERT INTO tombstones (collection, modality, label) VALUES (?, ?, ?)",
-                        (name, old[1], old[0]),
-                    )
-                    replaced.append((Modality(old[1]), int(old[0]), old[2]))
-                raw = it.raw_embedding
-                cur = conn.execute(
-                    "INSERT INTO items (collection, id, modality, metadata, text,"
-                    " content_sha256, media_type, embedding, raw_embedding, model_version,"
-                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        name,
-                        it.id,
-                        it.modality.value,
-                        dumps(it.metadata),
-                        it.text,
-                        digest,
-                        it.media_type if digest is not None else None,
-                        vectors[row].tobytes(),
-                        None if raw is None else np.asarray(raw, np.float32).tobytes(),
-                        model_version,
-                        it.created_at or now,
-                    ),
-                )
-                assert cur.lastrowid is not None
-                added.append((it.modality, int(cur.lastrowid), row))
-            if extra is not None:
-                extra(conn)
-            tomb_mark = max_tombstone(conn)
-
-        def change(m: Modality, side: Side) -> None:
-            gone = [label for mod, label, _ in replaced if mod is m]
-            side.index.remove(np.array(gone, dtype=np.int64))
-            mine = [(label, row) for mod, label, row in added if mod is m]
-            if mine:
-                labels = np.array([label for label, _ in mine], dtype=np.int64)
-                side.index.add(labels, vectors[[row for _, row in mine]])
-                side.label_mark = max(side.label_mark, int(labels.max()))
-            if gone:
-                side.tomb_mark = max(side.tomb_mark, tomb_mark)
-            side.dirty += len(gone) + len(mine)
-
-        try:
-            self.snapshots.apply(c, list(Modality), change)
-        finally:
-            self.garbage.collect([d for _, _, d in replaced if d is not None])
-
     def delete_item(self, name: str, item_id: str) -> None:
-        with self.db.write_lock:
+        with self.locked() as writer:
             c = self.get(name)
-            self.delete_locked(c, item_id)
+            writer.delete(c, item_id)
         self.snapshots.after_write(c, self.is_current)
-
-    def delete_locked(self, c: LiveCollection, item_id: str) -> None:
-        """``delete_item`` for a caller that holds the write lock."""
-        with self.db.locked_transaction() as conn:
-            old = find_item(conn, c.name, item_id)
-            if old is None:
-                raise UnknownItem(f"item {item_id!r} is not in collection {c.name!r}")
-            conn.execute("DELETE FROM items WHERE label = ?", (old[0],))
-            cur = conn.execute(
-                "INSERT INTO tombstones (collection, modality, label) VALUES (?, ?, ?)",
-                (c.name, old[1], old[0]),
-            )
-            assert cur.lastrowid is not None
-            seq = int(cur.lastrowid)
-
-        def change(m: Modality, side: Side) -> None:
-            side.index.remove(np.array([old[0]], dtype=np.int64))
-            side.tomb_mark = max(side.tomb_mark, seq)
-            side.dirty += 1
-
-        try:
-            self.snapshots.apply(c, [Modality(old[1])], change)
-        finally:
-            if old[2] is not None:
-                self.garbage.collect([old[2]])
 
     def get_item(self, name: str, item_id: str) -> Item:
         self.get(name)
@@ -393,7 +277,8 @@ class CollectionStore:
         self.get(name)
         return stored_versions(self.db.reader(), name, ids)
 
-    def get_item_content(self, name: str, item_id: str) -> tuple[bytes, str]:
+    def get_item_content(self, name: str, item_id: str) -> tuple[bytes, str, str]:
+        """The stored image of an item: its bytes, media type and SHA-256."""
         item = self.get_item(name, item_id)
         if item.content_sha256 is None:
             raise UnknownItem(f"item {item_id!r} has no stored image")
@@ -401,7 +286,7 @@ class CollectionStore:
             data = self.blobs.get(item.content_sha256)
         except FileNotFoundError as exc:
             raise UnknownItem(f"the stored image of {item_id!r} is missing") from exc
-        return data, item.media_type or "application/octet-stream"
+        return data, item.media_type or "application/octet-stream", item.content_sha256
 
     # --- search -----------------------------------------------------------------------------
     def search(
@@ -442,9 +327,3 @@ class CollectionStore:
     def items_by_label(self, name: str, labels: Sequence[int]) -> dict[int, Item]:
         """Items by their row label (the integer ids of the clip-retrieval API)."""
         return items_by_label(self, name, labels)
-
-
-def _digest(item: NewItem) -> str | None:
-    if item.content is not None:
-        return sha256_hex(item.content)
-    return item.content_sha256

@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from index.db import STORED_COLUMNS, delete_rows, stored_item_from_row
-from index.errors import UnknownItem
+from index.errors import StoreError, UnknownItem
 from index.live import SHADOW_PREFIX
 from index.types import NewItem, StoredItem
 
 if TYPE_CHECKING:
     from index.collections import CollectionStore
+    from index.writes import LockedWriter
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,8 @@ class Migration:
         self.uids: dict[str, str] = {}  # which incarnation of each collection is copied
         self.shadows: dict[str, str] = {}
         try:
-            with store.db.write_lock:
-                self._follow()
+            with store.locked() as writer:
+                self._follow(writer)
         except BaseException:
             self.abort()
             raise
@@ -64,50 +65,41 @@ class Migration:
     def names(self) -> list[str]:
         return list(self.marks)
 
-    def _follow(self) -> None:
-        """Match the copies to the collections of the source version now (call under the
-        write lock): begin a copy of each new one, drop the copy of each one deleted."""
-        live = self.store.collections
+    def _follow(self, writer: LockedWriter) -> None:
+        """Match the copies to the collections of the source version now: begin a copy of
+        each new one, drop the copy of each one deleted."""
         for name in list(self.marks):
-            c = live.get(name)
+            c = writer.live(name)
             if c is None or c.uid != self.uids[name]:
-                self.store.delete_collection_locked(self.shadows.pop(name))
+                writer.delete_collection(self.shadows.pop(name))
                 del self.marks[name], self.uids[name]
-        for name, c in list(live.items()):
-            if name.startswith(SHADOW_PREFIX) or name in self.marks:
+        for name in writer.names():
+            c = writer.live(name)
+            if c is None or name.startswith(SHADOW_PREFIX) or name in self.marks:
                 continue
             if c.model_version == self.source_version:
-                self.shadows[name] = self._begin(name)
+                # A hidden, empty copy of its configuration for the new version.
+                shadow = f"{SHADOW_PREFIX}{name}.{uuid.uuid4().hex[:8]}"
+                uid = uuid.uuid4().hex
+                writer.add_collection(shadow, uid, c.spec, c.dim, self.version, c.created_at)
+                self.shadows[name] = shadow
                 self.marks[name], self.uids[name] = 0, c.uid
-
-    def _begin(self, name: str) -> str:
-        """A hidden, empty copy of ``name``'s configuration for the new version (call under
-        the write lock)."""
-        c = self.store.get(name)
-        shadow = f"{SHADOW_PREFIX}{name}.{uuid.uuid4().hex[:8]}"
-        uid = uuid.uuid4().hex
-        self.store.insert_collection_row(shadow, uid, c.spec, c.dim, self.version, c.created_at)
-        self.store.collections[shadow] = self.store.snapshots.new(
-            shadow, uid, c.spec, c.dim, self.version, c.created_at
-        )
-        return shadow
 
     @property
     def total(self) -> int:
         """Items the originals hold now: what copying has to get through."""
         total = 0
         for name in self.marks:
-            c = self.store.collections.get(name)
-            if c is not None:
-                total += sum(c.info().counts.values())
+            with contextlib.suppress(StoreError):  # deleted meanwhile
+                total += sum(self.store.get_collection(name).counts.values())
         return total
 
     def copy(self) -> int:
         """Copy the next batch of items; returns how many (0: all copied up to now)."""
-        with self.store.db.write_lock:
-            self._follow()
+        with self.store.locked() as writer:
+            self._follow(writer)
         for name in list(self.marks):
-            n = self._copy_batch(name, locked=False)
+            n = self._copy_batch(name, None)
             if n:
                 return n
         return 0
@@ -117,40 +109,24 @@ class Migration:
         once the swap is done, still under the write lock (switching the model that
         embeds new items), so no write can land between the swap and the switch."""
         store = self.store
-        digests: list[str] = []
-        with store.db.write_lock:
-            self._follow()  # collections created or deleted up to the last moment
+        with store.locked() as writer:
+            self._follow(writer)  # collections created or deleted up to the last moment
             for name in self.marks:
-                while self._copy_batch(name, locked=True):
+                while self._copy_batch(name, writer):
                     pass
-                self._drop_deleted(name)
+                self._drop_deleted(name, writer)
             olds = [store.get(name) for name in self.marks]
             with contextlib.ExitStack() as stack:
                 for old in olds:  # in-flight searches finish on the old vectors first
                     stack.enter_context(old.lock.write())
-                with store.db.locked_transaction() as conn:
-                    for name, shadow in self.shadows.items():
-                        digests += delete_rows(conn, name)
-                        for table, column in (
-                            ("items", "collection"),
-                            ("tombstones", "collection"),
-                            ("collections", "name"),
-                        ):
-                            conn.execute(
-                                f"UPDATE {table} SET {column} = ? WHERE {column} = ?",
-                                (name, shadow),
-                            )
-                for name, shadow in self.shadows.items():
-                    moved = store.collections.pop(shadow)
-                    moved.name = name
-                    store.collections[name] = moved
+                digests = writer.replace(self.shadows)
             if after is not None:
                 after()
-            store.garbage.collect(digests)
+            writer.collect(digests)
         for old in olds:
             old.drop_indexes()
         for name, shadow in self.shadows.items():
-            for side in store.collections[name].sides.values():
+            for side in store.get(name).sides.values():
                 side.dirty += 1  # the moved indexes are snapshotted under their new name
             store.snapshots.remove_folder(shadow)
             store.snapshots.remove_files(name)
@@ -164,9 +140,9 @@ class Migration:
         self.shadows = {}
 
     # --- steps ----------------------------------------------------------------------------------
-    def _copy_batch(self, name: str, locked: bool) -> int:
-        """Re-embed the items of ``name`` after its mark into its copy (``locked``: the
-        caller holds the write lock)."""
+    def _copy_batch(self, name: str, writer: LockedWriter | None) -> int:
+        """Re-embed the items of ``name`` after its mark into its copy (with ``writer``:
+        the caller holds the write lock already)."""
         rows = self.store.db.reader().execute(
             f"SELECT {STORED_COLUMNS} FROM items WHERE collection = ? AND label > ?"
             " ORDER BY label LIMIT ?",
@@ -189,17 +165,16 @@ class Migration:
             )
             for it, raw in zip(items, raws, strict=True)
         ]
-        with contextlib.nullcontext() if locked else self.store.db.write_lock:
-            shadow = self.store.collections.get(self.shadows.get(name, ""))
+        with contextlib.nullcontext(writer) if writer else self.store.locked() as held:
+            shadow = held.live(self.shadows.get(name, ""))
             if shadow is None:
                 return 0  # the collection was deleted meanwhile: its copy went with it
-            self.store.upsert_locked(shadow, copies, vectors, self.version)
+            held.upsert(shadow, copies, vectors, self.version)
         self.marks[name] = items[-1].label
         return len(items)
 
-    def _drop_deleted(self, name: str) -> None:
-        """Remove from the copy the ids deleted from the original since they were copied
-        (call under the write lock)."""
+    def _drop_deleted(self, name: str, writer: LockedWriter) -> None:
+        """Remove from the copy the ids deleted from the original since they were copied."""
         shadow = self.store.get(self.shadows[name])
         gone = self.store.db.reader().execute(
             "SELECT id FROM items WHERE collection = ? EXCEPT SELECT id FROM items"
@@ -208,7 +183,7 @@ class Migration:
         )
         for (item_id,) in gone.fetchall():
             with contextlib.suppress(UnknownItem):
-                self.store.delete_locked(shadow, item_id)
+                writer.delete(shadow, item_id)
 
 
 def drop_unfinished(store: CollectionStore) -> None:

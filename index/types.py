@@ -26,7 +26,8 @@ class NewItem:
     text: str | None = None
     content: bytes | None = None  # image bytes to keep (None: keep nothing)
     media_type: str | None = None
-    # Bytes already written to the blob store (by a decoding worker) under this digest.
+    # The SHA-256 of the image: with ``content``, of those bytes (hashed once, by the caller
+    # that read them); without, bytes already written to the blob store by a decoding worker.
     content_sha256: str | None = None
     # For a mapped model version: the embedding before the map, kept so that other maps,
     # or a rollback to the base, need no re-encoding.

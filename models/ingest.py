@@ -201,3 +201,11 @@ class IngestPipeline:
                 initargs=(os.getpid(),),
             )
         return self._pool
+
+
+def encode_uint8(encoder: Encoder, pixels: PixelPipeline, batch: np.ndarray) -> np.ndarray:
+    """A batch of (n, H, W, 3) uint8 pixels from the PIL stage, normalised on the
+    encoder's device and encoded (a Ray actor's work)."""
+    return encoder.encode_image_tensors(
+        pixels.normalise(np.ascontiguousarray(batch), encoder.device)
+    )

@@ -65,7 +65,6 @@ def _serve(args: argparse.Namespace) -> int:
             settings.model,
             settings.pretrained,
             settings.model_cache_dir,
-            seed=settings.seed,
             check_only=True,
         )
     except ModelLoadError as exc:
@@ -350,7 +349,6 @@ def _models(args: argparse.Namespace) -> int:
             settings.model,
             settings.pretrained,
             settings.model_cache_dir,
-            seed=settings.seed,
             check_only=True,
         ).version
         models = [

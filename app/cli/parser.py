@@ -18,7 +18,6 @@ SERVE_SETTINGS = {
     "model": "OpenCLIP architecture, or xmodal-tiny",
     "pretrained": "pretrained tag, a checkpoint file, or none (random weights)",
     "device": "auto (CUDA when present), cpu, cuda, cuda:1, ...",
-    "seed": "seed of random weights",
     "data_dir": "collections, images, jobs, model versions",
     "model_cache": "downloaded weights (unset: <data dir>/models)",
     "host": "bind address",

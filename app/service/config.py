@@ -32,7 +32,6 @@ class Settings(BaseSettings):
     device: str = Field(
         "auto", description="`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`, ..."
     )
-    seed: int = Field(0, description="Seed for random weights (`pretrained=none`).")
     quantize_text: bool = Field(
         False,
         description="Encode texts with int8 linear layers (dynamic quantisation) on the CPU: "
@@ -87,9 +86,6 @@ class Settings(BaseSettings):
         description="Comma-separated private networks `image_url` may reach anyway "
         "(e.g. `10.1.0.0/16` for an internal image host).",
     )
-    image_url_timeout_s: Annotated[float, Field(gt=0, le=120)] = Field(
-        10.0, description="How long fetching an `image_url` may take."
-    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated origins allowed to call the API from a browser (`*` for "
@@ -112,12 +108,6 @@ class Settings(BaseSettings):
     )
     request_timeout_s: Annotated[float, Field(gt=0)] = Field(
         30.0, description="Deadline for an input's encoding; past it the request gets 504."
-    )
-    small_batch_threads: Annotated[int, Field(ge=0, le=1024)] = Field(
-        1,
-        description="CPU threads torch uses for an encoder batch of fewer than 32 inputs (a "
-        "few queries): one keeps them from waiting on each other on a busy machine; larger "
-        "batches and batch jobs use torch's default. 0: torch's default for all.",
     )
     decode_workers: Annotated[int, Field(ge=1)] = Field(
         default_factory=_default_decode_workers,
@@ -147,11 +137,6 @@ class Settings(BaseSettings):
     )
     max_queued_jobs: Annotated[int, Field(ge=1)] = Field(
         64, description="Jobs queued or running at once; submitting more gets 429."
-    )
-    max_json_values: Annotated[int, Field(ge=1)] = Field(
-        100_000,
-        description="Most values (counted by their separators) in one JSON body, refused "
-        "with 413 before it is parsed: parsing costs far more memory than the bytes.",
     )
     max_image_pixels: Annotated[int, Field(ge=1)] = Field(
         64_000_000, description="Most decoded pixels per image (decompression bombs get 413)."
@@ -190,12 +175,6 @@ class Settings(BaseSettings):
     import_batch_size: Annotated[int, Field(ge=1)] = Field(
         256, description="Images per encoder call in batch jobs."
     )
-    import_prefetch_chunks: Annotated[int, Field(ge=1)] = Field(
-        2, description="Chunks being decoded ahead of the one being encoded."
-    )
-    import_device_decode: bool | None = Field(
-        None, description="Decode JPEGs with torchvision on the model's device (default: on CUDA)."
-    )
 
     # --- storage -----------------------------------------------------------------------------
     vector_backend: Literal["faiss", "milvus"] = Field(
@@ -215,9 +194,6 @@ class Settings(BaseSettings):
         None,
         description="Ray cluster for index jobs with engine `ray` (`auto`, `ray://host:10001`); "
         "unset: a local cluster started in the server's process.",
-    )
-    ray_num_cpus: Annotated[int, Field(ge=1)] | None = Field(
-        None, description="CPUs of that local cluster (default: all)."
     )
     ray_actors: Annotated[int, Field(ge=1)] = Field(
         1, description="Encoding actors of a Ray job on a cluster without GPUs (else one per GPU)."
@@ -332,10 +308,31 @@ class Settings(BaseSettings):
         return self.model_cache or self.data_dir / "models"
 
 
+# The sections of the settings reference, each named at its first setting.
+SECTIONS = {
+    "model": "Model",
+    "host": "Server",
+    "api_keys": "Access",
+    "max_batch_size": "Batching",
+    "max_upload_bytes": "Limits",
+    "import_root": "Batch indexing",
+    "vector_backend": "Storage and scale-out",
+}
+
+
 def settings_table() -> str:
-    """The Markdown reference of every setting, as the README shows it."""
-    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    """The Markdown reference of every setting, a table per section, as docs show it."""
+    rows: list[str] = []
     for name, field in Settings.model_fields.items():
+        if name in SECTIONS:
+            if rows:
+                rows.append("")
+            rows += [
+                f"### {SECTIONS[name]}",
+                "",
+                "| variable | default | meaning |",
+                "|---|---|---|",
+            ]
         if field.default_factory is not None:
             default = {"decode_workers": "number of CPUs, at most 8"}.get(name, "none")
         else:

@@ -26,6 +26,7 @@ from models.images import decode_image
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SMALL_BATCH = 32  # inputs below which an encoder call counts as a few queries
+SMALL_BATCH_THREADS = 1  # torch's CPU threads for such a call (see _threads_for)
 R = TypeVar("R")
 
 
@@ -81,11 +82,10 @@ class Engine:
         threads is descheduled (measured: a batch of 8 texts took 12.5 ms under load with
         two threads, 6.3 with one). The setting is process-wide, so it is put back at
         once: training, which runs outside the model thread, keeps torch's default."""
-        small = self.settings.small_batch_threads
-        if not small or inputs >= SMALL_BATCH or self.encoder.device.type != "cpu":
+        if inputs >= SMALL_BATCH or self.encoder.device.type != "cpu":
             yield
             return
-        torch.set_num_threads(small)
+        torch.set_num_threads(SMALL_BATCH_THREADS)
         try:
             yield
         finally:

@@ -1,9 +1,9 @@
 """Fetching a query image from a URL (clip-retrieval's ``image_url``), when allowed.
 
 Off unless ``XMODAL_IMAGE_URLS=true``. Then only http(s), no credentials in the URL, no
-redirects, at most ``XMODAL_MAX_UPLOAD_BYTES``, within ``XMODAL_IMAGE_URL_TIMEOUT_S``, and
-never to a private, loopback, link-local or otherwise non-public address unless it lies
-in ``XMODAL_IMAGE_URL_NETWORKS``. The address is checked where the connection is made
+redirects, at most ``XMODAL_MAX_UPLOAD_BYTES``, within ``TIMEOUT_S`` seconds, and never
+to a private, loopback, link-local or otherwise non-public address unless it lies in
+``XMODAL_IMAGE_URL_NETWORKS``. The address is checked where the connection is made
 (a network backend that resolves the name, checks every address, and connects to the
 one it checked), so a name that resolves to a public address when checked and to a
 private one when used (DNS rebinding) gets nowhere.
@@ -23,6 +23,7 @@ import httpcore
 from app.service.errors import Invalid, TooLarge
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+TIMEOUT_S = 10.0  # a query image that takes longer is not worth the request's wait
 
 
 class RefusedAddress(httpcore.ConnectError):
@@ -64,7 +65,9 @@ def check_url(url: str) -> None:
         raise Invalid("image_url may not carry credentials", code="invalid_url")
 
 
-def fetch_image(url: str, limit: int, timeout_s: float, allowed: Sequence[Network] = ()) -> bytes:
+def fetch_image(
+    url: str, limit: int, allowed: Sequence[Network] = (), timeout_s: float = TIMEOUT_S
+) -> bytes:
     """The bytes at ``url``; 400 (``image_url_refused``) for what may not or cannot be
     fetched, 413 over ``limit``. Blocking: call it off the event loop."""
     check_url(url)

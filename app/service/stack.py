@@ -99,7 +99,6 @@ def build_stack(
             settings.pretrained,
             settings.device,
             settings.model_cache_dir,
-            settings.seed,
         )
         if settings.quantize_text:
             encoder.enable_int8_text()

@@ -524,7 +524,7 @@ def test_races_around_finetune_and_reindex_cancel_means_cancelled(tmp_path: Path
 
 
 def test_races_around_deletion_stop_the_job_and_leave_no_files(tmp_path: Path) -> None:
-    server = AppServer(tmp_path / "data", import_chunk_size=16, import_prefetch_chunks=2).start()
+    server = AppServer(tmp_path / "data", import_chunk_size=16).start()
     root = server.data_dir / "import"
     write_many(root, "many", 800)
     try:

@@ -9,12 +9,9 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 
 from bench.serving import tiny_env
-from index import CollectionStore, FaissBackends, Modality
-from models.encoder import ClipEncoder
-from models.images import decode_image
+from index import CollectionStore, FaissBackends
 from tests.corpus import Corpus, write_folder, write_jsonl
 from tests.helpers import REPO, AppServer, CliRun, run_cli
 
@@ -131,38 +128,6 @@ def test_build_against_a_running_server(server: AppServer) -> None:
     )
     assert proc.returncode == 1 and "does not exist" in proc.stderr
     assert httpx.get(f"{server.url}/v1/collections/cli-fresh").status_code == 404
-
-
-def test_device_decode_path_gives_the_same_neighbours(
-    tmp_path: Path, tiny_encoder: ClipEncoder
-) -> None:
-    """The nvJPEG path (run here with torchvision's CPU decoder) stores vectors that find
-    the same images as the PIL path's vectors do; PNGs and WebPs fall back to PIL."""
-    data = tmp_path / "data"
-    corpus = write_folder(data / "import", "pics")
-    proc = xmodal(
-        "index",
-        "build",
-        "pics",
-        "--collection",
-        "dev",
-        "--create",
-        data_dir=data,
-        XMODAL_IMPORT_DEVICE_DECODE="true",
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert_summary(proc.stdout, corpus)
-    store = CollectionStore(data, backends=FaissBackends(use_gpu=False))
-    try:
-        for item_id, raw in corpus.images.items():
-            query = tiny_encoder.encode_images([decode_image(raw, 10**8).image])
-            hit = store.search("dev", Modality.IMAGE, query, 1, model_version=tiny_encoder.version)[
-                0
-            ][0]
-            assert hit.id == item_id
-            assert hit.score == pytest.approx(1.0, abs=0.02)
-    finally:
-        store.close()
 
 
 def test_an_unreachable_server_is_one_line_naming_it(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def alive(pid: int) -> bool:
 def test_job_killed_midway_resumes_without_duplicates_or_losses(tmp_path: Path) -> None:
     data = tmp_path / "data"
     corpus = write_many(data / "import", "many", 1500)
-    server = ServerProcess(data, import_chunk_size=10, import_prefetch_chunks=1).start()
+    server = ServerProcess(data, import_chunk_size=10).start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
             assert c.post("/v1/collections", json={"name": "big"}).status_code == 201
@@ -90,7 +90,7 @@ def test_job_killed_midway_resumes_without_duplicates_or_losses(tmp_path: Path) 
 def test_cancelled_job_stops_and_keeps_what_it_stored(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_many(data / "import", "many", 1500)
-    server = AppServer(data, import_chunk_size=10, import_prefetch_chunks=1).start()
+    server = AppServer(data, import_chunk_size=10).start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
             assert c.post("/v1/collections", json={"name": "big"}).status_code == 201

@@ -4,8 +4,8 @@ from app.service.config import Settings, settings_table
 from tests.helpers import REPO
 
 
-def test_readme_settings_table_matches_the_settings_class() -> None:
-    readme = (REPO / "README.md").read_text()
+def test_settings_reference_matches_the_settings_class() -> None:
+    readme = (REPO / "docs" / "configuration.md").read_text()
     start, end = "<!-- settings:start -->\n", "<!-- settings:end -->"
     documented = readme[readme.index(start) + len(start) : readme.index(end)]
     assert documented == settings_table(), "regenerate with: python -m app.service.config"

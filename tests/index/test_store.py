@@ -149,7 +149,7 @@ def test_shared_image_bytes_stay_while_any_item_uses_them(store: CollectionStore
     digest = store.get_item("c", "dup-0").content_sha256
     assert digest
     store.delete_item("c", "dup-0")
-    assert store.get_item_content("c", "dup-1") == (b"same bytes", "image/png")
+    assert store.get_item_content("c", "dup-1")[:2] == (b"same bytes", "image/png")
     store.delete_item("c", "dup-1")
     assert not store.blobs.exists(digest)
 

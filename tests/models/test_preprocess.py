@@ -4,13 +4,16 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from models.encoder import ClipEncoder
 from models.images import decode_image
+from models.ingest import IngestLimits, IngestPipeline
 from models.preprocess import DecodeTask, PixelPipeline, decode_files, decode_jpegs_on_device
-from models.sources import FileRef
+from models.sources import FileRef, open_source
+from tests.corpus import write_folder
 from tests.helpers import image_bytes
 
 
@@ -64,3 +67,39 @@ def test_device_decoder_matches_pil_and_leaves_rotated_jpegs_to_pil(
     assert out[0] is not None
     via_pil = pipeline.to_uint8(decode_image(photo, 10**7).image).astype(int)
     assert np.abs(out[0].permute(1, 2, 0).numpy().astype(int) - via_pil).mean() < 4
+
+
+def test_device_decode_path_gives_the_same_neighbours(
+    tmp_path: Path, tiny_encoder: ClipEncoder
+) -> None:
+    """The ingest pipeline's nvJPEG path (run here with torchvision's CPU decoder) gives
+    vectors that find the same images as the PIL path's vectors do; PNGs and WebPs fall
+    back to PIL."""
+    corpus = write_folder(tmp_path, "pics")
+    records = [
+        r for r in open_source(tmp_path, "pics", None).records() if r.id in corpus.images
+    ]
+
+    def vectors(device_decode: bool) -> tuple[list[str], np.ndarray]:
+        pipeline = IngestPipeline(
+            tiny_encoder.preprocess,
+            tiny_encoder.device,
+            IngestLimits(10**7, 10**8, workers=1),
+            lambda fn, *args: fn(*args),
+            device_decode=device_decode,
+        )
+        try:
+            decoded = pipeline.finish(pipeline.start(records, {}))
+            assert all(d.error is None for _, d in decoded), decoded
+            pixels = [d.pixels for _, d in decoded]
+            return [r.id for r, _ in decoded], pipeline.encode_pixels(tiny_encoder, pixels)
+        finally:
+            pipeline.close()
+
+    ids, on_device = vectors(True)
+    pil_ids, with_pil = vectors(False)
+    assert ids == pil_ids and sorted(ids) == sorted(corpus.images)
+    # Each device-path vector's nearest PIL-path vector is its own image's.
+    scores = on_device @ with_pil.T
+    assert list(scores.argmax(axis=1)) == list(range(len(ids)))
+    assert np.diag(scores) == pytest.approx(1.0, abs=0.02)

@@ -113,7 +113,6 @@ async def knn_service(
                 fetch_image,
                 body.image_url,
                 settings.max_upload_bytes,
-                settings.image_url_timeout_s,
                 settings.image_url_network_list,
             )
         part = Part(query=await retrieval.image_query(data, "image"))

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Annotated, Any
 
@@ -16,6 +15,7 @@ from app.api.schemas import IndexedOut, ItemOut, TextItemsIn
 from app.api.uploads import read_upload
 from app.service.thumbnails import SIZES
 from index import InvalidValue, Modality, NewItem, UnknownItem
+from index.blobs import sha256_hex
 
 router = APIRouter(
     route_class=StrictJSONRoute,
@@ -68,14 +68,17 @@ async def add_images(
         raise _invalid(f"give one id per file: {len(ids)} for {len(files)} files")
     meta = _parse_metadata(metadata, len(files))
     blobs = [await read_upload(f, settings.max_upload_bytes) for f in files]
-    item_ids = list(ids) if ids else [hashlib.sha256(b).hexdigest() for b in blobs]
+    digests = [sha256_hex(b) for b in blobs]  # the one hash of each upload
+    item_ids = list(ids) if ids else digests
     for item_id in item_ids:
         if not 0 < len(item_id) <= 512:
             raise _invalid("ids must be 1 to 512 characters")
     prepared = await engine.prepare_images(blobs, [f.filename or "" for f in files])
     items = [
-        NewItem(item_id, Modality.IMAGE, m, content=b, media_type=p.media_type)
-        for item_id, m, b, p in zip(item_ids, meta, blobs, prepared, strict=True)
+        NewItem(
+            item_id, Modality.IMAGE, m, content=b, content_sha256=d, media_type=p.media_type
+        )
+        for item_id, m, b, d, p in zip(item_ids, meta, blobs, digests, prepared, strict=True)
     ]
     return IndexedOut(ids=await retrieval.add_images(name, items, prepared))
 
@@ -94,8 +97,8 @@ async def add_texts(name: str, body: TextItemsIn, retrieval: RetrievalDep) -> In
     responses={**binary("image/*", "The stored image, as uploaded."), **errors(404, 409)},
 )
 async def get_item_image(name: str, item_id: str, store: StoreDep) -> Response:
-    data, media_type = await run_in_threadpool(store.get_item_content, name, item_id)
-    etag = '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+    data, media_type, digest = await run_in_threadpool(store.get_item_content, name, item_id)
+    etag = f'"{digest[:32]}"'
     return Response(
         data,
         media_type=media_type,

@@ -63,9 +63,6 @@ class FinetuneRunner:
         except TrainingStopped:
             _stopped(self.jobs, job)
 
-    def close(self) -> None:
-        pass
-
 
 class ActivateRunner:
     kind = ACTIVATE_JOB
@@ -84,6 +81,3 @@ class ActivateRunner:
             self.activator.run(job, should_stop)
         except TrainingStopped:
             _stopped(self.jobs, job)
-
-    def close(self) -> None:
-        pass

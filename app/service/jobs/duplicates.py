@@ -122,6 +122,3 @@ class DuplicatesRunner:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-
-    def close(self) -> None:
-        pass

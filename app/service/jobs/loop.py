@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from app.service.errors import Busy, Failed, ServiceError
 from index import Job, JobFinished, JobState, JobStore, StoreError
@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 
 OnProgress = Callable[[Job], None]
 T = TypeVar("T")
-StopCheck = Callable[[], bool]  # true once the job is cancelled or the server stops
 
 
 class JobStopped(Exception):
@@ -47,6 +46,11 @@ class Runner(Protocol):
         """Run (or resume) the job to its end; returns normally when it succeeded or was
         cancelled (``should_stop`` turned true)."""
         ...
+
+
+@runtime_checkable
+class Closing(Protocol):
+    """A runner that holds resources (worker processes) to release when the loop stops."""
 
     def close(self) -> None: ...
 
@@ -80,7 +84,8 @@ class JobManager:
         if self._thread is not None:
             self._thread.join(timeout=60)
         for runner in self.runners.values():
-            runner.close()
+            if isinstance(runner, Closing):
+                runner.close()
 
     @property
     def stopping(self) -> bool:

@@ -68,6 +68,3 @@ class ReindexRunner:
         switch_index(self.store, name, job.params["collection_uid"], spec, indexes, report)
         detail.update(phase="done", report=reports)
         self.jobs.report(job.id, detail, seconds=time.monotonic() - started)
-
-    def close(self) -> None:
-        pass

@@ -1,0 +1,219 @@
+"""The store's write path, and what a caller holding the write lock may do.
+
+Every change to a collection's items goes through ``LockedWriter``: the store's own
+writes (``CollectionStore.upsert``, ``delete_item``, ``create_collection``,
+``delete_collection``) take the write lock and call it, and so does a migration
+(``index.migration``), which holds the lock across several steps: it adds hidden
+collections, fills them, and swaps them in for their originals, without reaching into
+the store's internals. Each change commits to SQLite first, then updates the in-memory
+indexes under the collection's lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from index.blobs import sha256_hex
+from index.db import delete_rows, dumps, find_item, max_tombstone
+from index.errors import UnknownItem
+from index.jobs import cancel_jobs_of
+from index.live import LiveCollection, Side
+from index.types import Modality, NewItem
+
+if TYPE_CHECKING:
+    from index.collections import CollectionStore
+
+log = logging.getLogger(__name__)
+
+
+def digest_of(item: NewItem) -> str | None:
+    """The SHA-256 of an item's image: given by the caller that read the bytes, or hashed
+    here when it was not."""
+    if item.content is not None and item.content_sha256 is None:
+        return sha256_hex(item.content)
+    return item.content_sha256
+
+
+class LockedWriter:
+    """Changes to collections, for a caller that holds the store's write lock
+    (``CollectionStore.locked``)."""
+
+    def __init__(self, store: CollectionStore) -> None:
+        self.store = store
+
+    def live(self, name: str) -> LiveCollection | None:
+        """The collection serving (or hidden) under ``name``, if any."""
+        return self.store.collections.get(name)
+
+    def names(self) -> list[str]:
+        return list(self.store.collections)
+
+    def add_collection(
+        self, name: str, uid: str, spec: str, dim: int, model_version: str, created_at: float
+    ) -> LiveCollection:
+        """Record a new, empty collection and serve it under ``name``."""
+        store = self.store
+        with store.db.locked_transaction() as conn:
+            conn.execute(
+                "INSERT INTO collections (name, uid, index_spec, dim, model_version, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (name, uid, spec, dim, model_version, created_at),
+            )
+        c = store.snapshots.new(name, uid, spec, dim, model_version, created_at)
+        store.collections[name] = c
+        return c
+
+    def delete_collection(self, name: str) -> None:
+        """Delete a collection, its items, its image files no other item uses, its
+        snapshots, and cancel its jobs."""
+        store = self.store
+        c = None if name in store.broken else store.get(name)
+        with store.db.locked_transaction() as conn:
+            digests = delete_rows(conn, name)
+            cancel_jobs_of(conn, name, "its collection was deleted")
+        if c is None:
+            del store.broken[name]
+        else:
+            with c.lock.write():
+                del store.collections[name]
+            c.drop_indexes()
+        store.garbage.collect(digests)
+        store.snapshots.remove_files(name)
+
+    def replace(self, copies: Mapping[str, str]) -> list[str]:
+        """Swap each hidden copy in for the collection it copies (name -> copy), in one
+        transaction; returns the image digests of the replaced items, to collect once
+        nothing refers to them. The caller holds the originals' locks."""
+        store = self.store
+        digests: list[str] = []
+        with store.db.locked_transaction() as conn:
+            for name, copy in copies.items():
+                digests += delete_rows(conn, name)
+                for table, column in (
+                    ("items", "collection"),
+                    ("tombstones", "collection"),
+                    ("collections", "name"),
+                ):
+                    conn.execute(
+                        f"UPDATE {table} SET {column} = ? WHERE {column} = ?", (name, copy)
+                    )
+        for name, copy in copies.items():
+            moved = store.collections.pop(copy)
+            moved.name = name
+            store.collections[name] = moved
+        return digests
+
+    def collect(self, digests: Sequence[str]) -> None:
+        """Remove the image files of ``digests`` that no item refers to any more."""
+        self.store.garbage.collect(digests)
+
+    def upsert(
+        self,
+        c: LiveCollection,
+        items: Sequence[NewItem],
+        vectors: np.ndarray,
+        model_version: str,
+        extra: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        """Store ``items`` with their ``vectors`` in ``c``; an existing id is replaced."""
+        store = self.store
+        name = c.name
+        now = time.time()
+        digests = [digest_of(it) if store.store_images else None for it in items]
+        for row, (it, digest) in enumerate(zip(items, digests, strict=True)):
+            if digest is None or store.blobs.exists(digest):
+                continue
+            if it.content is not None:
+                # Not written yet (a caller that holds the lock), or written before the lock
+                # and collected meanwhile by a delete of another item with the same bytes.
+                store.blobs.put(it.content, digest)
+            else:
+                # Written by a worker, then collected likewise: keep the item, say it has
+                # no image.
+                log.warning("stored image of %r vanished before its commit", it.id)
+                digests[row] = None
+        replaced: list[tuple[Modality, int, str | None]] = []
+        added: list[tuple[Modality, int, int]] = []  # modality, label, row in vectors
+        with store.db.locked_transaction() as conn:
+            for row, (it, digest) in enumerate(zip(items, digests, strict=True)):
+                old = find_item(conn, name, it.id)
+                if old is not None:
+                    conn.execute("DELETE FROM items WHERE label = ?", (old[0],))
+                    conn.execute(
+                        "INSERT INTO tombstones (collection, modality, label) VALUES (?, ?, ?)",
+                        (name, old[1], old[0]),
+                    )
+                    replaced.append((Modality(old[1]), int(old[0]), old[2]))
+                raw = it.raw_embedding
+                cur = conn.execute(
+                    "INSERT INTO items (collection, id, modality, metadata, text,"
+                    " content_sha256, media_type, embedding, raw_embedding, model_version,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        it.id,
+                        it.modality.value,
+                        dumps(it.metadata),
+                        it.text,
+                        digest,
+                        it.media_type if digest is not None else None,
+                        vectors[row].tobytes(),
+                        None if raw is None else np.asarray(raw, np.float32).tobytes(),
+                        model_version,
+                        it.created_at or now,
+                    ),
+                )
+                assert cur.lastrowid is not None
+                added.append((it.modality, int(cur.lastrowid), row))
+            if extra is not None:
+                extra(conn)
+            tomb_mark = max_tombstone(conn)
+
+        def change(m: Modality, side: Side) -> None:
+            gone = [label for mod, label, _ in replaced if mod is m]
+            side.index.remove(np.array(gone, dtype=np.int64))
+            mine = [(label, row) for mod, label, row in added if mod is m]
+            if mine:
+                labels = np.array([label for label, _ in mine], dtype=np.int64)
+                side.index.add(labels, vectors[[row for _, row in mine]])
+                side.label_mark = max(side.label_mark, int(labels.max()))
+            if gone:
+                side.tomb_mark = max(side.tomb_mark, tomb_mark)
+            side.dirty += len(gone) + len(mine)
+
+        try:
+            store.snapshots.apply(c, list(Modality), change)
+        finally:
+            store.garbage.collect([d for _, _, d in replaced if d is not None])
+
+    def delete(self, c: LiveCollection, item_id: str) -> None:
+        """Delete one item of ``c``."""
+        store = self.store
+        with store.db.locked_transaction() as conn:
+            old = find_item(conn, c.name, item_id)
+            if old is None:
+                raise UnknownItem(f"item {item_id!r} is not in collection {c.name!r}")
+            conn.execute("DELETE FROM items WHERE label = ?", (old[0],))
+            cur = conn.execute(
+                "INSERT INTO tombstones (collection, modality, label) VALUES (?, ?, ?)",
+                (c.name, old[1], old[0]),
+            )
+            assert cur.lastrowid is not None
+            seq = int(cur.lastrowid)
+
+        def change(m: Modality, side: Side) -> None:
+            side.index.remove(np.array([old[0]], dtype=np.int64))
+            side.tomb_mark = max(side.tomb_mark, seq)
+            side.dirty += 1
+
+        try:
+            store.snapshots.apply(c, [Modality(old[1])], change)
+        finally:
+            if old[2] is not None:
+                store.garbage.collect([old[2]])
