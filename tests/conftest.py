@@ -6,11 +6,14 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from app.service.jobs.ray_engine import LOOPBACK_ENV
 from models.encoder import ClipEncoder, load_encoder
 from tests.helpers import BACKENDS, AppServer
 
 # No test may reach the internet: point the model hub at a closed loopback port.
 os.environ["HF_ENDPOINT"] = "https://127.0.0.1:9"
+# A local Ray cluster started by a test listens on loopback only (before ray is imported).
+os.environ.update(LOOPBACK_ENV)
 
 
 @pytest.fixture(scope="session")
@@ -19,9 +22,16 @@ def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> ClipEncoder:
     return load_encoder("xmodal-tiny", "none", "cpu", tmp_path_factory.mktemp("models"))
 
 
-@pytest.fixture(scope="session", params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """API tests run on FAISS; a test marked ``both_backends`` (its answers depend on the
+    vector backend) runs on Milvus Lite too. Store scenarios compared across backends are
+    in tests/parity/."""
+    given = any(
+        "backend" in str(m.args[0]) for m in metafunc.definition.iter_markers("parametrize")
+    )
+    if "backend" in metafunc.fixturenames and not given:
+        both = metafunc.definition.get_closest_marker("both_backends") is not None
+        metafunc.parametrize("backend", BACKENDS if both else ["faiss"], scope="session")
 
 
 @pytest.fixture(scope="session")

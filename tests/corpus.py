@@ -175,3 +175,16 @@ def write_many(root: Path, name: str, n: int) -> Corpus:
         (base / rel).write_bytes(data)
         corpus.images[rel] = data
     return corpus
+
+
+# Captions made of a few words, for the search tests (their exact ranking is computed
+# with numpy on the server's own embeddings).
+WORDS = [
+    *("apple", "river", "stone", "cloud", "forest", "engine"),
+    *("violin", "harbor", "desert", "pencil", "garden", "mirror"),
+]
+TEXTS = {f"t{i:03d}": f"{WORDS[i % 12]} {WORDS[(i * 5 + 1) % 12]} number {i}" for i in range(80)}
+BIG = {
+    f"b{i:04d}": f"{WORDS[i % 12]} {WORDS[(i * 7 + 3) % 12]} {WORDS[(i // 12) % 12]} {i}"
+    for i in range(1040)
+}

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from bench.serving import REPO, TINY, ServerProcess, free_port, image_bytes
+from bench.serving import REPO, TINY, ServerProcess, free_port, image_bytes, tiny_env
 
 __all__ = [
     "BACKENDS",
@@ -141,3 +141,12 @@ class AppServer:
             self._server.should_exit = True
             self._thread.join(60)
             self._server = self._thread = None
+
+
+def cli_env(data_dir: Path, env: dict[str, str]) -> dict[str, str]:
+    return {**tiny_env(data_dir=data_dir, max_upload_bytes=200_000), **env}
+
+
+def xmodal(*args: str, data_dir: Path, **env: str) -> CliRun:
+    """``xmodal ARGS`` in this process: the ``main`` the console script calls."""
+    return run_cli(list(args), cli_env(data_dir, env))

@@ -76,6 +76,7 @@ def indexed(client: httpx.Client, collection: str) -> dict[str, Any]:
 
 
 # --- collections ------------------------------------------------------------------------------
+@pytest.mark.both_backends
 def test_collections_can_be_created_listed_read_and_deleted(
     client: httpx.Client, backend: str
 ) -> None:

@@ -5,25 +5,15 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
+from tests.api import assert_error
 from tests.helpers import image_bytes
 
 PNG = image_bytes((10, 20, 30), seed=1)
 TEXT_FILE = b"this is plainly not an image\n"
-
-
-def assert_error(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    assert r.status_code == status, f"{r.status_code} {r.text}"
-    body = r.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    assert body["error"]["message"]
-    if code is not None:
-        assert body["error"]["code"] == code, body
-    return body
 
 
 @pytest.fixture

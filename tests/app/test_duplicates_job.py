@@ -5,7 +5,6 @@ neighbours only)."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from bench.serving import tiny_env
+from tests.api import submit_and_wait
 from tests.helpers import run_cli
 
 WORDS = ["apple", "river", "stone", "cloud", "forest", "engine", "violin", "harbor"]
@@ -54,16 +54,7 @@ def all_pairs_groups(ids: list[str], x: np.ndarray, threshold: float) -> set[fro
 
 
 def run_job(client: httpx.Client, name: str, **body: Any) -> dict[str, Any]:
-    r = client.post(f"/v1/collections/{name}/jobs/duplicates", json=body)
-    assert r.status_code == 202, r.text
-    job_id = r.json()["id"]
-    deadline = time.monotonic() + 120
-    while True:
-        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
-        if job["state"] not in ("queued", "running"):
-            return job
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    return submit_and_wait(client, f"/v1/collections/{name}/jobs/duplicates", body)
 
 
 @pytest.fixture

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from models.synthetic import write_dataset
-from tests.app.test_index_cli import xmodal
-from tests.helpers import AppServer
+from tests.helpers import AppServer, xmodal
 
 
 def test_finetune_eval_and_models_in_process(tmp_path: Path) -> None:

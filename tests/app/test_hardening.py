@@ -36,8 +36,7 @@ from models.feature_map import FeatureMap
 from models.registry import ModelVersion
 from models.sources import FileRef, resolve_under
 from models.synthetic import write_dataset
-from tests.app.test_bad_input import assert_error
-from tests.app.test_index_jobs import run_job, wait_for_job
+from tests.api import assert_error, run_job, wait_for_job
 from tests.corpus import good_image, noise_png, write_jsonl, write_many
 from tests.helpers import TINY, AppServer
 
@@ -60,6 +59,7 @@ BAD_SPECS = {
 }
 
 
+@pytest.mark.both_backends
 @pytest.mark.parametrize("n", range(len(BAD_SPECS["milvus"])))
 def test_untrusted_index_spec_is_refused_with_400(
     client: httpx.Client, backend: str, n: int

@@ -10,19 +10,9 @@ from pathlib import Path
 
 import httpx
 
-from bench.serving import tiny_env
 from index import CollectionStore, FaissBackends
 from tests.corpus import Corpus, write_folder, write_jsonl
-from tests.helpers import REPO, AppServer, CliRun, run_cli
-
-
-def cli_env(data_dir: Path, env: dict[str, str]) -> dict[str, str]:
-    return {**tiny_env(data_dir=data_dir, max_upload_bytes=200_000), **env}
-
-
-def xmodal(*args: str, data_dir: Path, **env: str) -> CliRun:
-    """``xmodal ARGS`` in this process: the ``main`` the console script calls."""
-    return run_cli(list(args), cli_env(data_dir, env))
+from tests.helpers import REPO, AppServer, cli_env, xmodal
 
 
 def xmodal_process(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -4,38 +4,15 @@ from __future__ import annotations
 
 import base64
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
+from tests.api import run_job
 from tests.corpus import Corpus, write_csv, write_folder, write_jsonl, write_parquet, write_shards
 from tests.helpers import AppServer
-
-
-def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.1)
-    raise TimeoutError(f"job {job_id} still {job['state']} after {timeout} s")
-
-
-def run_job(
-    client: httpx.Client, collection: str, source: str, fmt: str | None = None
-) -> dict[str, Any]:
-    r = client.post(
-        f"/v1/collections/{collection}/jobs/index", json={"source": source, "format": fmt}
-    )
-    assert r.status_code == 202, r.text
-    body = r.json()
-    assert body["state"] == "queued" and r.headers["location"] == f"/v1/jobs/{body['id']}"
-    return wait_for_job(client, body["id"])
 
 
 def assert_all_searchable(client: httpx.Client, collection: str, corpus: Corpus) -> None:

@@ -12,12 +12,10 @@ import pytest
 
 from index import CollectionStore, FaissBackends, Modality, NewItem
 from index.reindex import build_new_index, switch_index
-from tests.app.test_bad_input import assert_error
-from tests.app.test_index_cli import xmodal
-from tests.app.test_index_jobs import wait_for_job
-from tests.app.test_search_features import BIG, add_texts, search
-from tests.helpers import AppServer
-from tests.index.test_store import D, V, normalised
+from tests.api import add_texts, assert_error, search, wait_for_job
+from tests.corpus import BIG
+from tests.helpers import AppServer, xmodal
+from tests.stores import D, V, normalised
 
 
 def test_a_switch_keeps_the_writes_made_while_the_index_was_built(tmp_path: Path) -> None:
@@ -73,6 +71,7 @@ def answers(client: httpx.Client, name: str) -> list[list[tuple[str, float]]]:
     return out
 
 
+@pytest.mark.both_backends
 def test_reindex_measures_switches_and_switches_back(
     client: httpx.Client, texts: str, backend: str
 ) -> None:
@@ -112,6 +111,7 @@ def test_bad_reindex_requests_fail_before_a_job(client: httpx.Client, collection
     assert_error(r, 404, "collection_not_found")
 
 
+@pytest.mark.both_backends
 def test_index_advice_measures_a_ladder_and_picks_the_smallest_that_meets_the_target(
     client: httpx.Client, texts: str, backend: str
 ) -> None:
@@ -138,6 +138,7 @@ def test_index_advice_measures_a_ladder_and_picks_the_smallest_that_meets_the_ta
     assert_error(client.post(url, json={"specs": ["HNSW1"]}), 400, "invalid_index")
 
 
+@pytest.mark.both_backends
 def test_the_cli_reindexes_and_advises_in_process_and_against_a_server(
     tmp_path: Path, client: httpx.Client, server: AppServer, backend: str
 ) -> None:

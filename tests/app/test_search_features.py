@@ -12,17 +12,9 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.api import add_texts, search
+from tests.corpus import BIG, TEXTS, WORDS
 from tests.helpers import SPECS, image_bytes
-
-WORDS = [
-    *("apple", "river", "stone", "cloud", "forest", "engine"),
-    *("violin", "harbor", "desert", "pencil", "garden", "mirror"),
-]
-TEXTS = {f"t{i:03d}": f"{WORDS[i % 12]} {WORDS[(i * 5 + 1) % 12]} number {i}" for i in range(80)}
-BIG = {
-    f"b{i:04d}": f"{WORDS[i % 12]} {WORDS[(i * 7 + 3) % 12]} {WORDS[(i // 12) % 12]} {i}"
-    for i in range(1040)
-}
 
 
 def embed(client: httpx.Client, texts: list[str]) -> np.ndarray:
@@ -32,20 +24,6 @@ def embed(client: httpx.Client, texts: list[str]) -> np.ndarray:
         assert r.status_code == 200, r.text
         out.append(np.array(r.json()["vectors"], dtype=np.float32))
     return np.concatenate(out)
-
-
-def add_texts(client: httpx.Client, name: str, texts: dict[str, str]) -> None:
-    items = [{"id": i, "text": t, "metadata": {"n": n}} for n, (i, t) in enumerate(texts.items())]
-    for start in range(0, len(items), 16):
-        r = client.post(f"/v1/collections/{name}/texts", json={"items": items[start : start + 16]})
-        assert r.status_code == 200, r.text
-
-
-def search(client: httpx.Client, name: str, **body: Any) -> dict[str, Any]:
-    r = client.post(f"/v1/collections/{name}/search", json=body)
-    assert r.status_code == 200, r.text
-    answer: dict[str, Any] = r.json()
-    return answer
 
 
 class Exact:
@@ -111,6 +89,7 @@ def walk(client: httpx.Client, name: str, k: int, pages: int | None = None) -> l
     return got
 
 
+@pytest.mark.both_backends
 def test_pages_walk_the_exact_ranking_once(client: httpx.Client, texts: dict[str, Any]) -> None:
     name, ex = texts["names"]["flat"], texts["exact"]
     q = ex.vector("river stone")
@@ -126,6 +105,7 @@ def test_pages_walk_the_exact_ranking_once(client: httpx.Client, texts: dict[str
     )
 
 
+@pytest.mark.both_backends
 @pytest.mark.parametrize("spec", ["hnsw", "compressed"])
 def test_pages_of_approximate_indexes_are_the_exact_ones(
     client: httpx.Client, texts: dict[str, Any], spec: str

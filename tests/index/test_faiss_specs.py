@@ -8,6 +8,7 @@ import pytest
 
 from index import FaissBackends, FaissIndex, InvalidIndexSpec, gpu_count
 from index.faiss_specs import parse_spec
+from tests.stores import unit_vectors
 
 D = 32
 
@@ -68,8 +69,7 @@ REFUSED = [
 
 
 def normalised(n: int, seed: int) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, D)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return unit_vectors(n, D, seed)
 
 
 @pytest.mark.parametrize("spec", ACCEPTED)

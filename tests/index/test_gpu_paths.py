@@ -12,13 +12,13 @@ import pytest
 
 from index import FaissIndex, gpu_count
 from index.faiss_backend import new_gpu_resources
+from tests.stores import unit_vectors
 
 D = 32
 
 
 def normalised(n: int, seed: int) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, D)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return unit_vectors(n, D, seed)
 
 
 def exact(xq: np.ndarray, xb: np.ndarray, labels: np.ndarray, k: int) -> list[list[int]]:

@@ -12,7 +12,7 @@ import pytest
 
 from index import CollectionStore, FaissBackends, Migration, Modality, ModelMismatch, NewItem
 from index.types import StoredItem
-from tests.index.test_store import items, normalised
+from tests.stores import items, normalised
 
 D = 16
 V1, V2 = "model@v1", "model@v2"

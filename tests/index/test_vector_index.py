@@ -8,13 +8,13 @@ import pytest
 
 from index import DimensionMismatch, FaissIndex, InvalidIndexSpec
 from index.faiss_backend import SMALL_QUERY_BATCH
+from tests.stores import unit_vectors
 
 D = 32
 
 
 def normalised(n: int, seed: int) -> np.ndarray:
-    x = np.random.default_rng(seed).standard_normal((n, D)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return unit_vectors(n, D, seed)
 
 
 def brute_force(

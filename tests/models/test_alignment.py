@@ -18,7 +18,7 @@ from models.encoder import ClipEncoder, load_encoder
 from models.evaluate import retrieval_metrics
 from models.feature_map import FeatureMap
 from models.synthetic import render, samples
-from tests.models.test_finetune import SEEDS, split
+from tests.models.splits import SEEDS, split
 
 
 def t2i_r5(fmap: FeatureMap | None, xi: np.ndarray, xt: np.ndarray, groups: list[str]) -> float:

@@ -23,7 +23,7 @@ from models.errors import InvalidParameters, ModelLoadError
 from models.registry import ModelRegistry, ModelVersion
 from models.student import STUDENT_FILE, DistilledEncoder, Student, teacher_of
 from models.synthetic import samples
-from tests.models.test_finetune import SEEDS, split
+from tests.models.splits import SEEDS, split
 
 FAST = {"epochs": 30}
 

@@ -24,22 +24,7 @@ from models.encoder import ClipEncoder, load_encoder
 from models.encoder import ClipEncoder as Encoder
 from models.evaluate import retrieval_metrics
 from models.synthetic import render, samples
-
-SEEDS = (0, 1, 2)
-
-
-Split = tuple[list[Image.Image], list[str], list[Image.Image], list[str]]
-
-
-def split(seed: int, n_train: int = 640, n_test: int = 200) -> Split:
-    train = list(samples(n_train, seed, "a"))
-    test = list(samples(n_test, 1000 + seed, "a"))
-    return (
-        [render(s, side=48) for s in train],
-        [s.caption for s in train],
-        [render(s, side=48) for s in test],
-        [s.caption for s in test],
-    )
+from tests.models.splits import SEEDS, Split, split
 
 
 def t2i_r5(encoder: ClipEncoder, images: list[Image.Image], texts: list[str]) -> float:

@@ -76,9 +76,7 @@ def test_device_decode_path_gives_the_same_neighbours(
     vectors that find the same images as the PIL path's vectors do; PNGs and WebPs fall
     back to PIL."""
     corpus = write_folder(tmp_path, "pics")
-    records = [
-        r for r in open_source(tmp_path, "pics", None).records() if r.id in corpus.images
-    ]
+    records = [r for r in open_source(tmp_path, "pics", None).records() if r.id in corpus.images]
 
     def vectors(device_decode: bool) -> tuple[list[str], np.ndarray]:
         pipeline = IngestPipeline(

@@ -75,9 +75,7 @@ async def add_images(
             raise _invalid("ids must be 1 to 512 characters")
     prepared = await engine.prepare_images(blobs, [f.filename or "" for f in files])
     items = [
-        NewItem(
-            item_id, Modality.IMAGE, m, content=b, content_sha256=d, media_type=p.media_type
-        )
+        NewItem(item_id, Modality.IMAGE, m, content=b, content_sha256=d, media_type=p.media_type)
         for item_id, m, b, d, p in zip(item_ids, meta, blobs, digests, prepared, strict=True)
     ]
     return IndexedOut(ids=await retrieval.add_images(name, items, prepared))

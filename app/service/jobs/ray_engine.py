@@ -18,6 +18,7 @@ local cluster in its own process the first time a job asks for one, bound to loo
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 import time
@@ -42,20 +43,24 @@ WINDOW_CHUNKS = 8  # chunks handed to Ray at once: enough to keep the actors bus
 _LOCK = threading.Lock()
 
 
+# Ray's own switch for a cluster on loopback only (its default on macOS and Windows): read
+# once when ray is imported, and inherited by the GCS, the raylet and the workers it starts.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
 def ray_available() -> bool:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether Ray is installed (without importing it: importing fixes its network mode)."""
+    return importlib.util.find_spec("ray") is not None
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> None:
     """Join the cluster at ``address``, or start a local one in this process (once), its
-    head and workers listening on loopback only."""
-    import ray
-
+    GCS, raylet and workers listening on loopback only."""
     with _LOCK:
+        if not address:
+            os.environ.update(LOOPBACK_ENV)
+        import ray
+
         if ray.is_initialized():
             return
         if address:

@@ -23,7 +23,7 @@ from index import (
     NewItem,
 )
 from index.milvus_specs import filter_expression, literal, parse_spec
-from tests.index.test_store import D, V, die, normalised
+from tests.stores import D, V, die, normalised
 
 # Keys and values that a pasted expression would choke on, or be steered by.
 ODD = ['quo"te', "back\\slash", "new\nline", "it's", 'x"] or true or metadata["a', "ünï", ""]

@@ -5,6 +5,7 @@ source: same ids, same vectors, same failures; a second run finds everything unc
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,18 +14,17 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import ray  # make test installs the scale extra
 
+from app.service.jobs.ray_engine import connect
 from index import MilvusBackends, Modality
-from tests.app.test_index_jobs import wait_for_job
+from tests.api import wait_for_job
 from tests.corpus import write_folder, write_jsonl
 from tests.helpers import BACKENDS, AppServer, run_cli
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[None]:
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)
+    connect(None, num_cpus=2)  # the server's own local cluster, on loopback
     yield
 
 
@@ -137,3 +137,38 @@ def test_a_ray_job_can_be_cancelled_and_keeps_what_it_committed(site: AppServer)
         # Every chunk it committed is there, and nothing after it.
         stored_texts = client.get("/v1/collections/cancelled").json()["counts"]["text"]
         assert stored_texts == job["done"]
+
+
+def listening_sockets_of(names: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(process name, local address) of every listening TCP socket held by a process whose
+    name starts with one of ``names`` (read from /proc, as ``ss -ltnp`` does)."""
+    inodes: dict[str, str] = {}  # socket inode -> local address
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                inodes[fields[9]] = fields[1][:width]
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            name = (proc / "comm").read_text().strip()
+            if not name.startswith(names):
+                continue
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    found.append((name, inodes[target[8:-1]]))
+        except OSError:
+            continue  # a process that ended meanwhile
+    return found
+
+
+def test_the_local_cluster_listens_on_loopback_only(cluster: None) -> None:
+    """The GCS, the raylet and the workers of the local cluster the server starts bind
+    127.0.0.1 (in /proc's hex: 0100007F), never the machine's network address."""
+    loopback = ("0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000")
+    sockets = listening_sockets_of(("gcs_server", "raylet", "ray::"))
+    assert any(name == "gcs_server" for name, _ in sockets), sockets
+    assert [s for s in sockets if s[1] not in loopback] == []
