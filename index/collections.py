@@ -302,8 +302,9 @@ class CollectionStore:
     ) -> list[list[Hit]]:
         """Best ``k`` items of modality ``target`` for each query row (``index.search``)."""
         return search_collection(
-            self,
-            name,
+            self.get(name),
+            self.db,
+            self.is_current,
             target,
             xq,
             k,
@@ -316,14 +317,15 @@ class CollectionStore:
         self, name: str, item_id: str, model_version: str
     ) -> tuple[Modality, np.ndarray]:
         """The modality and stored vector of one item."""
-        return item_vector(self, name, item_id, model_version)
+        return item_vector(self.get(name), self.db, item_id, model_version)
 
     def vectors_after(
         self, name: str, modality: Modality, after: int, limit: int
     ) -> tuple[list[int], list[str], np.ndarray]:
         """Stored vectors in label order, ``limit`` at a time (``index.search``)."""
-        return vectors_after(self, name, modality, after, limit)
+        return vectors_after(self.get(name), self.db, modality, after, limit)
 
     def items_by_label(self, name: str, labels: Sequence[int]) -> dict[int, Item]:
         """Items by their row label (the integer ids of the clip-retrieval API)."""
-        return items_by_label(self, name, labels)
+        self.get(name)
+        return items_by_label(self.db, name, labels)

@@ -10,21 +10,18 @@ asked for at two depths agrees on its common prefix.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from index.db import ITEM_COLUMNS, SQL_CHUNK, hit_rows, item_from_row
+from index.db import ITEM_COLUMNS, SQL_CHUNK, Database, hit_rows, item_from_row
 from index.errors import ModelMismatch, UnknownItem
 from index.faiss_specs import DEFAULT_SPEC
 from index.filters import filter_labels
 from index.live import LiveCollection
 from index.milvus_specs import EXACT_TYPES
 from index.types import Hit, Item, Modality
-
-if TYPE_CHECKING:
-    from index.collections import CollectionStore
 
 # An approximate index is asked for this many times the hits wanted, and at least this
 # many more: graphs and inverted lists over full vectors (HNSW, IVF-Flat, SQfp16) rank
@@ -43,8 +40,9 @@ def candidates(spec: str, k: int) -> int:
 
 
 def search_collection(
-    store: CollectionStore,
-    name: str,
+    c: LiveCollection,
+    db: Database,
+    is_current: Callable[[LiveCollection], bool],
     target: Modality,
     xq: np.ndarray,
     k: int,
@@ -55,18 +53,16 @@ def search_collection(
 ) -> list[list[Hit]]:
     """Best ``k`` items of modality ``target`` for each query row, best first;
     ``where`` keeps only items whose metadata has each key equal to its value;
-    ``with_vectors`` puts each hit's stored vector on it."""
-    c = store.get(name)
+    ``with_vectors`` puts each hit's stored vector on it. ``is_current`` tells whether
+    ``c`` still serves under its name (not swapped for a re-embedded copy)."""
+    name = c.name
     check_model(c, model_version)
     native = bool(where) and c.sides[target].index.native_filters
-    if where and not native:
-        allowed = filter_labels(store.db.reader(), name, target, where)
-    else:
-        allowed = None
+    allowed = filter_labels(db.reader(), name, target, where) if where and not native else None
     depth = candidates(c.spec, k)
     exact = depth == k
     with c.searching():
-        if not store.is_current(c):
+        if not is_current(c):
             # Swapped for a re-embedded copy since we looked it up: the caller embeds
             # the query again for the version now there.
             raise ModelMismatch(f"collection {name!r} moved to another model version")
@@ -75,7 +71,7 @@ def search_collection(
         )
         # Rows are read under the lock too, so a swap cannot delete them in between.
         wanted = sorted({int(x) for r in results for x in r.labels})
-        rows = hit_rows(store.db.reader(), wanted, vectors=with_vectors or not exact)
+        rows = hit_rows(db.reader(), wanted, vectors=with_vectors or not exact)
     queries = np.ascontiguousarray(xq, dtype=np.float32)
     hits: list[list[Hit]] = []
     for q, r in zip(queries, results, strict=True):
@@ -104,13 +100,13 @@ def search_collection(
 
 
 def item_vector(
-    store: CollectionStore, name: str, item_id: str, model_version: str
+    c: LiveCollection, db: Database, item_id: str, model_version: str
 ) -> tuple[Modality, np.ndarray]:
     """The modality and stored vector of one item (the one its index holds)."""
-    c = store.get(name)
+    name = c.name
     check_model(c, model_version)
     row = (
-        store.db.reader()
+        db.reader()
         .execute(
             "SELECT modality, embedding, model_version FROM items WHERE collection = ? AND id = ?",
             (name, item_id),
@@ -124,15 +120,14 @@ def item_vector(
     return Modality(row[0]), np.frombuffer(row[1], np.float32).copy()
 
 
-def items_by_label(store: CollectionStore, name: str, labels: Sequence[int]) -> dict[int, Item]:
+def items_by_label(db: Database, name: str, labels: Sequence[int]) -> dict[int, Item]:
     """The items of collection ``name`` stored under each of ``labels`` that exists."""
-    store.get(name)
     out: dict[int, Item] = {}
     unique = list(dict.fromkeys(labels))
     for start in range(0, len(unique), SQL_CHUNK):
         chunk = unique[start : start + SQL_CHUNK]
         marks = ",".join("?" * len(chunk))
-        for row in store.db.reader().execute(
+        for row in db.reader().execute(
             f"SELECT label, {ITEM_COLUMNS} FROM items WHERE collection = ? AND label IN ({marks})",
             [name, *chunk],
         ):
@@ -141,13 +136,13 @@ def items_by_label(store: CollectionStore, name: str, labels: Sequence[int]) -> 
 
 
 def vectors_after(
-    store: CollectionStore, name: str, modality: Modality, after: int, limit: int
+    c: LiveCollection, db: Database, modality: Modality, after: int, limit: int
 ) -> tuple[list[int], list[str], np.ndarray]:
     """Up to ``limit`` stored vectors of one modality with labels above ``after``, in label
     order: their labels, ids and vectors (for walking a whole collection)."""
-    c = store.get(name)
+    name = c.name
     rows = (
-        store.db.reader()
+        db.reader()
         .execute(
             "SELECT label, id, embedding FROM items WHERE collection = ? AND modality = ?"
             " AND label > ? ORDER BY label LIMIT ?",

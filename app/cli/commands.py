@@ -269,11 +269,10 @@ def _index_advice(args: argparse.Namespace) -> int:
             answer = client.post(f"/v1/collections/{args.collection}/index-advice", body)
     else:
         from index import Modality
-        from index.reindex import advise_collection
 
         with _local_stack() as stack:
             modality = Modality(args.modality) if args.modality else None
-            answer = advise_collection(stack.store, args.collection, targets, modality, args.sample)
+            answer = stack.advisor.advise(args.collection, targets, modality, args.sample)
     print(_report_table(answer["rows"], "spec"))
     wanted = ", ".join(f"{k} {v}" for k, v in targets.items())
     choice = answer["choice"] or "none of them"

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from app.service.activation import Activator, restore_active
+from app.service.advice import Advisor
 from app.service.config import Settings
 from app.service.engine import Engine
 from app.service.finetune import FineTuner
@@ -46,6 +47,7 @@ class Stack:
     activator: Activator
     jobs: JobManager
     retrieval: Retrieval
+    advisor: Advisor
 
     @property
     def limits(self) -> Limits:
@@ -117,7 +119,7 @@ def build_stack(
             [
                 IndexRunner(settings, store, job_store, engine, retrieval),
                 FinetuneRunner(settings, job_store, engine, finetuner),
-                ActivateRunner(job_store, activator),
+                ActivateRunner(job_store, activator, registry),
                 DuplicatesRunner(settings, store, job_store),
                 ReindexRunner(store, job_store),
             ],
@@ -127,4 +129,6 @@ def build_stack(
         if not given:
             store.close()
         raise
-    return Stack(settings, store, engine, registry, finetuner, activator, jobs, retrieval)
+    return Stack(
+        settings, store, engine, registry, finetuner, activator, jobs, retrieval, Advisor(store)
+    )

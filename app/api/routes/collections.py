@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import math
-import threading
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response, status
@@ -10,12 +9,10 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import ReadAccess, WriteAccess
 from app.api.bodies import StrictJSONRoute
-from app.api.deps import EngineDep, StoreDep
+from app.api.deps import EngineDep, StackDep, StoreDep
 from app.api.openapi import errors
 from app.api.schemas import CollectionCreate, CollectionList, CollectionOut
-from index import CollectionInfo, CollectionStore, Modality
-from index.reindex import advise_collection
-from models.errors import QueueFull
+from index import CollectionInfo, Modality
 
 router = APIRouter(
     route_class=StrictJSONRoute,
@@ -104,24 +101,14 @@ class IndexAdviceRequest(BaseModel):
         return value
 
 
-_advising = threading.Lock()  # building indexes takes the CPU: one advice at a time
-
-
 @router.post(
     "/{name}/index-advice", dependencies=[WriteAccess], responses=errors(400, 404, 409, 429)
 )
-async def index_advice(name: str, body: IndexAdviceRequest, store: StoreDep) -> dict[str, Any]:
+async def index_advice(name: str, body: IndexAdviceRequest, stack: StackDep) -> dict[str, Any]:
     """Build each spec of a ladder (or `specs`) on a sample of the collection's vectors and
     measure it against exact search: recall as served and raw, p50 latency, bytes per
     vector; `choice` is the smallest that meets every target (null if none does)."""
-    if not _advising.acquire(blocking=False):
-        raise QueueFull("an index advice is already being measured; try again when it is done")
-    try:
-        return await run_in_threadpool(_advise, store, name, body)
-    finally:
-        _advising.release()
-
-
-def _advise(store: CollectionStore, name: str, body: IndexAdviceRequest) -> dict[str, Any]:
     targets = {str(k): v for k, v in body.targets.items()}
-    return advise_collection(store, name, targets, body.modality, body.sample, body.specs)
+    return await run_in_threadpool(
+        stack.advisor.advise, name, targets, body.modality, body.sample, body.specs
+    )

@@ -9,7 +9,6 @@ from starlette.concurrency import run_in_threadpool
 from app.api.auth import ReadAccess, WriteAccess
 from app.api.bodies import StrictJSONRoute
 from app.api.deps import EngineDep, JobsDep, StackDep
-from app.api.errors import ApiError
 from app.api.openapi import errors
 from app.api.routes.jobs import JobCreated
 from app.service.activation import ACTIVATE_JOB
@@ -153,26 +152,12 @@ class ActivateRequest(BaseModel):
     responses=errors(404, 409),
 )
 async def activate_model(
-    version: str,
-    stack: StackDep,
-    engine: EngineDep,
-    jobs: JobsDep,
-    body: ActivateRequest | None = None,
+    version: str, jobs: JobsDep, body: ActivateRequest | None = None
 ) -> JobCreated:
     """Re-embed every collection with ``version`` in the background, then switch to it at
     once; refused unless the version beat its base on its evaluation (or ``force``)."""
-    if version == engine.version:
-        raise ApiError(409, "already_active", f"{version} is already active")
-    if version != engine.configured_version:
-        record = await run_in_threadpool(stack.registry.get, version)
-        if not record.beats_base and not (body and body.force):
-            raise ApiError(
-                409,
-                "not_better",
-                f"{version} did not beat its base on its evaluation;"
-                " pass force=true to activate it anyway",
-            )
-    job = await run_in_threadpool(jobs.submit, ACTIVATE_JOB, None, {"version": version})
+    params = {"version": version, "force": bool(body and body.force)}
+    job = await run_in_threadpool(jobs.submit, ACTIVATE_JOB, None, params)
     return JobCreated(id=job.id, state=job.state.value)
 
 
@@ -182,17 +167,8 @@ async def activate_model(
     dependencies=[WriteAccess],
     responses=errors(409),
 )
-async def rollback_model(
-    version: str, stack: StackDep, engine: EngineDep, jobs: JobsDep
-) -> JobCreated:
+async def rollback_model(version: str, jobs: JobsDep) -> JobCreated:
     """Go back to the version that was active before ``version`` (the active one)."""
-    if version != engine.version:
-        raise ApiError(
-            409, "not_active", f"{version} is not the active version ({engine.version} is)"
-        )
-    history = stack.activator.state.history
-    if not history:
-        raise ApiError(409, "no_previous", f"no version was active before {version}")
-    params = {"version": history[-1], "rollback": True}
+    params = {"version": version, "rollback": True}
     job = await run_in_threadpool(jobs.submit, ACTIVATE_JOB, None, params)
     return JobCreated(id=job.id, state=job.state.value)

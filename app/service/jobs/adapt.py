@@ -8,12 +8,14 @@ from typing import Any
 from app.service.activation import ACTIVATE_JOB, Activator
 from app.service.config import Settings
 from app.service.engine import Engine
+from app.service.errors import Conflict
 from app.service.finetune import FINETUNE_JOB, FineTuner
 from app.service.jobs.loop import JobStopped, OnProgress
 from index import Job, JobState, JobStore
 from models.adapt.distill import student_cfg
 from models.adapt.methods import TARGETED, DistillConfig, TrainingStopped, check_hyperparameters
 from models.errors import InvalidParameters
+from models.registry import ModelRegistry
 from models.sources import open_source
 from models.student import teacher_of
 
@@ -65,14 +67,41 @@ class FinetuneRunner:
 
 
 class ActivateRunner:
+    """Activation and rollback jobs. The gate is here, so that every door (the API, the
+    CLI) refuses the same versions: an activation needs a version that beat its base on
+    its evaluation (or ``force``); a rollback names the active version and goes back to
+    the one active before it."""
+
     kind = ACTIVATE_JOB
 
-    def __init__(self, jobs: JobStore, activator: Activator) -> None:
+    def __init__(self, jobs: JobStore, activator: Activator, registry: ModelRegistry) -> None:
         self.jobs = jobs
         self.activator = activator
+        self.registry = registry
 
     def check(self, collection: str | None, params: dict[str, Any]) -> dict[str, Any]:
-        return {"version": params["version"], "rollback": bool(params.get("rollback"))}
+        engine = self.activator.engine
+        version = params["version"]
+        if params.get("rollback"):
+            if version != engine.version:
+                raise Conflict(
+                    f"{version} is not the active version ({engine.version} is)", "not_active"
+                )
+            history = self.activator.state.history
+            if not history:
+                raise Conflict(f"no version was active before {version}", "no_previous")
+            return {"version": history[-1], "rollback": True}
+        if version == engine.version:
+            raise Conflict(f"{version} is already active", "already_active")
+        if version != engine.configured_version:
+            record = self.registry.get(version)  # 404 for an unknown version
+            if not record.beats_base and not params.get("force"):
+                raise Conflict(
+                    f"{version} did not beat its base on its evaluation;"
+                    " pass force=true to activate it anyway",
+                    "not_better",
+                )
+        return {"version": version, "rollback": False}
 
     def run(
         self, job: Job, should_stop: Callable[[], bool], on_progress: OnProgress | None

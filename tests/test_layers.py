@@ -1,0 +1,47 @@
+"""The doors go one way: ``app/api -> app/service -> models, index``; nothing in the
+service knows HTTP, and ``models`` and ``index`` never import ``app`` or each other."""
+
+from __future__ import annotations
+
+import ast
+
+from tests.helpers import REPO
+
+
+def imports(package: str) -> dict[str, set[str]]:
+    """Each module of ``package`` with the top two levels of every module it imports."""
+    out = {}
+    for path in sorted((REPO / package).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module)
+        out[str(path.relative_to(REPO))] = {".".join(n.split(".")[:2]) for n in names}
+    return out
+
+
+def offenders(package: str, forbidden: tuple[str, ...]) -> list[str]:
+    return [
+        f"{module} imports {name}"
+        for module, names in imports(package).items()
+        for name in sorted(names)
+        if any(name == f or name.startswith(f + ".") for f in forbidden)
+    ]
+
+
+def test_the_service_knows_no_http() -> None:
+    assert offenders("app/service", ("fastapi", "starlette", "uvicorn", "app.api", "app.cli")) == []
+
+
+def test_models_and_index_stay_below_the_app() -> None:
+    assert offenders("models", ("app", "index")) == []
+    assert offenders("index", ("app", "models", "torch")) == []
+
+
+def test_the_cli_reaches_the_http_floor_only_to_serve() -> None:
+    found = offenders("app/cli", ("app.api",))
+    assert found == ["app/cli/commands.py imports app.api"], (
+        found
+    )  # `xmodal serve` builds the app; everything else goes through the service
