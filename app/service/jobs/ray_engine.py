@@ -4,13 +4,13 @@ The job runs as an in-process one does, through the same chunk accounting
 (``app.service.jobs.chunks``: chunks in source order, each chunk's items and the job's
 progress committed in one transaction, failures counted per record, cancel and resume
 from the last committed chunk), except for where the work is done: the source's records
-go to Ray Data a window of chunks at a time; reading, hashing and decoding run as Ray
+go to the cluster a window of chunks at a time; reading, hashing and decoding run as Ray
 tasks on the cluster's CPUs (the same function the in-process job's worker processes
-run), and encoding in a pool of actors (``map_batches`` with a class and an
-``ActorPoolStrategy``, one GPU each when the cluster has GPUs), each given the job's
-encoder once. The vectors come back in batches and are committed here. If an activation
-switches the collection's model version meanwhile, the chunk is encoded again in this
-process with the new version.
+run), and encoding in actors (one per GPU when the cluster has GPUs), started once per
+job and given the job's encoder once: a window's batches go to them in turn, each
+decoded batch straight from its task to an actor. The vectors come back in batches and
+are committed here. If an activation switches the collection's model version meanwhile,
+the chunk is encoded again in this process with the new version.
 
 Ray is optional (``pip install 'xmodal[scale]'``); without an address the server starts a
 local cluster in its own process the first time a job asks for one, bound to loopback.
@@ -22,7 +22,7 @@ import importlib.util
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 RAY_ENGINE = "ray"
 WINDOW_CHUNKS = 8  # chunks handed to Ray at once: enough to keep the actors busy
+DECODE_BATCH = 32  # records per decoding task
 _LOCK = threading.Lock()
 
 
@@ -79,14 +80,10 @@ class Embedder:
     texts (rows of other kinds pass through with a zero vector)."""
 
     def __init__(self, encoder: Any) -> None:
-        import ray
-
-        if isinstance(encoder, ray.ObjectRef):  # put once by the driver, fetched once here
-            encoder = ray.get(encoder)
-        self.encoder = encoder
+        self.encoder = encoder  # put once by the driver, fetched by Ray once per actor
         self.pixels = PixelPipeline.from_preprocess(encoder.preprocess)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def embed(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["seq"])
         vectors = np.zeros((n, self.encoder.dim), np.float32)
         images = [i for i in range(n) if batch["has_pixels"][i]]
@@ -189,7 +186,6 @@ class RayIngest:
         self, job: Job, should_stop: Callable[[], bool], on_progress: OnProgress | None
     ) -> None:
         import ray
-        import ray.data
 
         runner, settings = self.runner, self.settings
         connect(job.params.get("ray_address") or settings.ray_address)
@@ -197,65 +193,80 @@ class RayIngest:
         records = book.records(settings.import_root_dir)
         version = runner.engine.space
         encoder = runner.engine.encoder_of(version)
-        shared = ray.put(encoder)  # pickled once, for every actor
-        gpus = float(ray.cluster_resources().get("GPU", 0))
-        actors = max(1, int(gpus) if gpus else settings.ray_actors)
         store = runner.store
         limits = {
             "max_bytes": settings.max_upload_bytes,
             "max_pixels": settings.max_image_pixels,
             "sink": store.blobs.put if store.store_images else None,
         }
-        pixels = PixelPipeline.from_preprocess(encoder.preprocess)
+        # Sent once each, not with every task.
+        pixels = ray.put(PixelPipeline.from_preprocess(encoder.preprocess))
+        limits_ref = ray.put(limits)
+        decode = ray.remote(_decode_rows)
+        actors = _start_actors(ray, ray.put(encoder), settings.ray_actors)
         size = settings.import_chunk_size
-        for window in batched(records, size * WINDOW_CHUNKS):
-            if book.stopping(should_stop):
-                return
-            started = time.monotonic()
-            window = book.check(window)
-            existing = book.existing(window)
-            expected = book.expected(window, existing, version)
-            rows = [_row(r, expected.get(r.id, "")) for r in window]
-            ds = (
-                ray.data.from_items(rows)
-                .map_batches(
-                    _decode_rows,  # type: ignore[arg-type]  # fn_kwargs fill the rest
-                    fn_kwargs={"pipeline": pixels, "limits": limits},
-                    batch_size=32,
-                    batch_format="numpy",
-                )
-                .map_batches(
-                    Embedder,
-                    fn_constructor_kwargs={"encoder": shared},
-                    compute=ray.data.ActorPoolStrategy(size=actors),
-                    num_gpus=1 if gpus else 0,
-                    batch_size=settings.import_batch_size,
-                    batch_format="numpy",
-                )
-            )
-            results: dict[int, Outcome] = {}
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                for i, seq in enumerate(batch["seq"]):
-                    results[int(seq)] = Outcome(
-                        str(batch["error"][i]) or None,
-                        bool(batch["unchanged"][i]),
-                        str(batch["media_type"][i]) or None,
-                        str(batch["sha256"][i]) or None,
-                        batch["vector"][i],
-                    )
-            elapsed = time.monotonic() - started
-
-            def vectors(
-                chunk: SortedChunk[Outcome], now: str, results: dict[int, Outcome] = results
-            ) -> np.ndarray:
-                if now != version:  # an activation switched the collection meanwhile
-                    return runner.reencode(chunk, now)
-                return np.stack([results[seq].vector for seq in chunk.seqs]).astype(np.float32)
-
-            for chunk in batched(iter(window), size):
+        try:
+            for window in batched(records, size * WINDOW_CHUNKS):
                 if book.stopping(should_stop):
                     return
-                seconds = elapsed * len(chunk) / len(window)
-                book.commit(book.sort(chunk, results, existing, version, seconds), vectors)
-                if on_progress is not None:
-                    on_progress(runner.jobs.get(job.id))
+                started = time.monotonic()
+                window = book.check(window)
+                existing = book.existing(window)
+                expected = book.expected(window, existing, version)
+                rows = [_row(r, expected.get(r.id, "")) for r in window]
+                pending = [
+                    actors[i % len(actors)].embed.remote(
+                        decode.remote(_columns(batch), pixels, limits_ref)
+                    )
+                    for i, batch in enumerate(batched(iter(rows), DECODE_BATCH))
+                ]
+                results: dict[int, Outcome] = {}
+                for batch in ray.get(pending):
+                    for i, seq in enumerate(batch["seq"]):
+                        results[int(seq)] = Outcome(
+                            str(batch["error"][i]) or None,
+                            bool(batch["unchanged"][i]),
+                            str(batch["media_type"][i]) or None,
+                            str(batch["sha256"][i]) or None,
+                            batch["vector"][i],
+                        )
+                elapsed = time.monotonic() - started
+
+                def vectors(
+                    chunk: SortedChunk[Outcome], now: str, results: dict[int, Outcome] = results
+                ) -> np.ndarray:
+                    if now != version:  # an activation switched the collection meanwhile
+                        return runner.reencode(chunk, now)
+                    return np.stack([results[seq].vector for seq in chunk.seqs]).astype(np.float32)
+
+                for chunk in batched(iter(window), size):
+                    if book.stopping(should_stop):
+                        return
+                    seconds = elapsed * len(chunk) / len(window)
+                    book.commit(book.sort(chunk, results, existing, version, seconds), vectors)
+                    if on_progress is not None:
+                        on_progress(runner.jobs.get(job.id))
+        finally:
+            for actor in actors:  # their model copies and GPUs go back to the cluster
+                ray.kill(actor)
+
+
+def _start_actors(ray: Any, encoder: Any, cpu_actors: int) -> list[Any]:
+    """The job's encoding actors: one per GPU of the cluster, else ``cpu_actors``. On CPUs
+    they leave at least one CPU to the decoding tasks (an actor holding every CPU would
+    leave the tasks it waits on unscheduled)."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if gpus:
+        options: dict[str, float] = {"num_gpus": 1, "num_cpus": 0}
+        count = gpus
+    else:
+        count = cpu_actors
+        options = {"num_cpus": min(1.0, max(resources.get("CPU", 1) - 1, 0) / count)}
+    actor = ray.remote(Embedder).options(**options)
+    return [actor.remote(encoder) for _ in range(count)]
+
+
+def _columns(rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Rows as the column batch the tasks and actors take."""
+    return {key: np.array([r[key] for r in rows], dtype=object) for key in rows[0]}
