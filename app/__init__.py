@@ -1,1 +1,3 @@
-"""HTTP layer: the only package that imports fastapi. Wires models and index together."""
+"""The service in floors: ``api`` (HTTP: the only floor that imports fastapi), ``service``
+(settings, wiring, engine, retrieval, jobs), ``cli`` (the ``xmodal`` command and the demo),
+``web`` (the static page). It wires ``models`` and ``index`` together."""

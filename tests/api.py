@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -19,6 +20,15 @@ def assert_error(r: httpx.Response, status: int, code: str | None = None) -> dic
     if code is not None:
         assert body["error"]["code"] == code, body
     return body
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30, what: str = "") -> None:
+    """Return as soon as ``condition()`` holds (polled every 0.05 s); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not after {timeout} s: {what or condition}")
+        time.sleep(0.05)
 
 
 def wait_for_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict[str, Any]:

@@ -16,6 +16,20 @@ os.environ["HF_ENDPOINT"] = "https://127.0.0.1:9"
 os.environ.update(LOOPBACK_ENV)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under xdist, each worker (and every server or CLI process it starts) gets its share
+    of the cores for torch and FAISS: two workers with two threads each on two cores lose
+    more to descheduled threads than they gain (the fine-tuning fixture of
+    tests/models/test_finetune.py took 83 s so)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        share = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        torch.set_num_threads(share)
+
+
 @pytest.fixture(scope="session")
 def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> ClipEncoder:
 

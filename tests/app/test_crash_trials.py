@@ -17,7 +17,7 @@ from tests.api import wait_for_job
 from tests.corpus import write_many
 from tests.helpers import ServerProcess, image_bytes
 
-KILLS = 10
+KILLS = 7  # each round is a server start, about 6 s of imports here
 CORPUS = 600  # images for the batch job: enough that it spans several kills
 
 

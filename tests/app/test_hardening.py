@@ -24,6 +24,7 @@ from PIL import Image
 from app.api.main import create_app
 from app.service.activation import ACTIVATE_JOB
 from app.service.config import Settings
+from app.service.errors import Conflict
 from app.service.finetune import FINETUNE_JOB
 from app.service.jobs import INDEX_JOB
 from app.service.jobs.loop import JobQueueFull
@@ -464,8 +465,12 @@ def test_races_around_activation_cancel_means_cancelled(tmp_path: Path) -> None:
         stack.store.upsert("g", items, vectors, base)
         target = _identity_version(stack)
         jobs = stack.jobs.jobs
+        # The gate is the runner's: a version that did not beat its base needs force.
+        with pytest.raises(Conflict, match="did not beat its base"):
+            stack.jobs.submit(ACTIVATE_JOB, None, {"version": target})
+        forced = {"version": target, "force": True}
         # A cancel that lands after the last look at it, before the switch: nothing switches.
-        job = stack.jobs.submit(ACTIVATE_JOB, None, {"version": target})
+        job = stack.jobs.submit(ACTIVATE_JOB, None, forced)
         assert jobs.start(job.id)
         assert jobs.cancel(job.id).state is JobState.CANCELLED
         with pytest.raises(TrainingStopped):
@@ -474,7 +479,7 @@ def test_races_around_activation_cancel_means_cancelled(tmp_path: Path) -> None:
         assert [c.model_version for c in stack.store.list_collections()] == [base]
         assert sorted(stack.store.collections) == ["g"]  # no copy left behind
         # Past the point of no return, a cancel is refused rather than answered falsely.
-        job = stack.jobs.submit(ACTIVATE_JOB, None, {"version": target})
+        job = stack.jobs.submit(ACTIVATE_JOB, None, forced)
         assert jobs.start(job.id)
         assert jobs.pass_point_of_no_return(job.id, {"phase": "switching"})
         with pytest.raises(JobNotCancellable):

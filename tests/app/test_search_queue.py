@@ -108,6 +108,8 @@ def test_a_few_queries_are_encoded_on_one_thread_and_jobs_on_torchs_default(
 
 
 async def _threads(tiny_encoder: ClipEncoder, tmp_path: Path) -> None:
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)  # more than small batches use, whatever the suite set
     default = torch.get_num_threads()
     engine = Engine(tiny_encoder, Settings(**{**TINY, "data_dir": tmp_path}), Metrics())
     engine.start()
@@ -124,7 +126,8 @@ async def _threads(tiny_encoder: ClipEncoder, tmp_path: Path) -> None:
         await engine.texts.submit([(encode, "a blue square")], 10)
     finally:
         await engine.stop()
-        torch.set_num_threads(default)
+        after = torch.get_num_threads()
+        torch.set_num_threads(saved)
     assert seen[0] == 1 and job_threads == default and seen[-1] == 1
-    assert torch.get_num_threads() == default  # put back after each small batch
+    assert after == default  # put back after each small batch
     assert all(n == default for n in seen[1:-1])  # a batch of SMALL_BATCH or more
