@@ -83,7 +83,9 @@ class Embedder:
         self.encoder = encoder  # put once by the driver, fetched by Ray once per actor
         self.pixels = PixelPipeline.from_preprocess(encoder.preprocess)
 
-    def embed(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def embed(self, *parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One encoder call over the rows of every decoded batch given."""
+        batch = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
         n = len(batch["seq"])
         vectors = np.zeros((n, self.encoder.dim), np.float32)
         images = [i for i in range(n) if batch["has_pixels"][i]]
@@ -205,6 +207,7 @@ class RayIngest:
         decode = ray.remote(_decode_rows)
         actors = _start_actors(ray, ray.put(encoder), settings.ray_actors)
         size = settings.import_chunk_size
+        per_call = max(1, settings.import_batch_size // DECODE_BATCH)
         try:
             for window in batched(records, size * WINDOW_CHUNKS):
                 if book.stopping(should_stop):
@@ -214,11 +217,15 @@ class RayIngest:
                 existing = book.existing(window)
                 expected = book.expected(window, existing, version)
                 rows = [_row(r, expected.get(r.id, "")) for r in window]
+                decoded = [
+                    decode.remote(_columns(batch), pixels, limits_ref)
+                    for batch in batched(iter(rows), DECODE_BATCH)
+                ]
+                # Each actor call encodes up to import_batch_size rows: several decoded
+                # batches, handed over as they are (Ray resolves them on the actor's side).
                 pending = [
-                    actors[i % len(actors)].embed.remote(
-                        decode.remote(_columns(batch), pixels, limits_ref)
-                    )
-                    for i, batch in enumerate(batched(iter(rows), DECODE_BATCH))
+                    actors[i % len(actors)].embed.remote(*group)
+                    for i, group in enumerate(batched(iter(decoded), per_call))
                 ]
                 results: dict[int, Outcome] = {}
                 for batch in ray.get(pending):
