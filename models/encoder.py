@@ -21,6 +21,8 @@ from PIL import Image
 from models.errors import ModelLoadError
 from models.feature_map import FeatureMap
 from models.loading import ResolvedWeights, resolve_weights
+from models.pixels import PixelSpec
+from models.preprocess import normalise
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ class Encoder(Protocol):
     model_name: str
     dim: int
     device: torch.device
-    preprocess: Any
+    pixels: PixelSpec  # what its image tower takes
 
     @property
     def device_name(self) -> str: ...
@@ -108,7 +110,8 @@ class ClipEncoder:
     ) -> None:
         # OpenCLIP's factories return nn.Module; encode_image/encode_text are its methods.
         self.model: Any = model.eval()
-        self.preprocess = preprocess
+        self.preprocess = preprocess  # OpenCLIP's transforms, read once into ``pixels``
+        self.pixels = PixelSpec.from_preprocess(preprocess)
         self.tokenizer = tokenizer
         self.device = device
         self.model_name = model_name
@@ -173,8 +176,7 @@ class ClipEncoder:
     # --- images -------------------------------------------------------------------------
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
         """Resize/crop/normalise one RGB image into a (3, H, W) tensor (CPU, any thread)."""
-        tensor: torch.Tensor = self.preprocess(image)
-        return tensor
+        return normalise(self.pixels, self.pixels.fit(image)[None], "cpu")[0]
 
     def encode_image_tensors(self, pixels: Sequence[torch.Tensor] | torch.Tensor) -> np.ndarray:
         batch = pixels if isinstance(pixels, torch.Tensor) else torch.stack(list(pixels))
@@ -326,7 +328,7 @@ class MappedEncoder:
         self.model_name = base.model_name
         self.dim = base.dim
         self.device = base.device
-        self.preprocess = base.preprocess
+        self.pixels = base.pixels
 
     @property
     def device_name(self) -> str:

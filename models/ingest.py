@@ -1,40 +1,34 @@
 """The batch-ingest pipeline: image files to pixels ready for the model, in parallel.
 
-Image files are read, hashed, decoded and resized in worker processes (PIL), or on CUDA
-decoded by nvJPEG on the model's device, while the previous chunk is being encoded, so
-decoding and the model overlap. ``start`` hands a chunk's images to the decoders (at
-prefetch time), ``finish`` collects them, and ``encode_pixels`` stacks and normalises a
-batch on the device and encodes it. Files that hold the bytes an item already has come
-back ``unchanged`` without being decoded.
+Image files are read, hashed, decoded and resized in threads of this process (PIL lets go
+of the GIL while it decodes and resamples, and threads start at once, where worker
+processes took seconds each to start and to import their libraries), or on CUDA decoded
+by nvJPEG on the model's device, while the previous chunk is being encoded, so decoding
+and the model overlap. ``start`` hands a chunk's images to the decoders (at prefetch
+time), ``finish`` collects them and makes the chunk's image files durable at once, and
+``encode_pixels`` stacks and normalises a batch on the device and encodes it. Files that
+hold the bytes an item already has come back ``unchanged`` without being decoded.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+from models.decoding import BlobSink, Decoded, DecodeTask, decode_file, read_and_hash
 from models.encoder import Encoder
-from models.preprocess import (
-    BlobSink,
-    Decoded,
-    DecodeTask,
-    PixelPipeline,
-    decode_files,
-    decode_jpegs_on_device,
-    init_worker,
-    read_and_hash,
-)
+from models.pixels import PixelSpec
+from models.preprocess import decode_jpegs_on_device, normalise
 from models.sources import SourceRecord
 
 ModelRunner = Callable[..., Any]  # run_model(fn, *args) -> fn(*args), on the model thread
-_TASK_SIZE = 16  # files per worker task: large enough to amortise the IPC
+_TASK_SIZE = 8  # files per decoding task
 
 
 @dataclass
@@ -50,26 +44,29 @@ class PendingChunk:
 class IngestLimits:
     max_bytes: int
     max_pixels: int
-    workers: int | None = None  # decoding processes (None: one per core)
+    workers: int | None = None  # decoding threads (None: one per core)
 
 
 class IngestPipeline:
     def __init__(
         self,
-        preprocess: Any,
+        pixels: PixelSpec,
         device: torch.device,
         limits: IngestLimits,
         run_model: ModelRunner,
         device_decode: bool | None = None,
         sink: BlobSink | None = None,
     ) -> None:
-        self.pipeline = PixelPipeline.from_preprocess(preprocess)
+        self.pixels = pixels
         self.device = device
         self.limits = limits
         self.run_model = run_model
-        self.device_decode = device.type == "cuda" if device_decode is None else device_decode
+        if device_decode is None:
+            # nvJPEG's resize reproduces a plain resize-and-crop only
+            device_decode = device.type == "cuda" and pixels.custom is None
+        self.device_decode = device_decode
         self.sink = sink  # where decoded files' bytes are kept (None: nowhere)
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self._io_pool: ThreadPoolExecutor | None = None
 
     def close(self) -> None:
@@ -79,10 +76,6 @@ class IngestPipeline:
         if self._io_pool is not None:
             self._io_pool.shutdown(wait=True, cancel_futures=True)
             self._io_pool = None
-
-    def reset(self) -> None:
-        """Forget a broken worker pool; the next chunk starts a new one."""
-        self._pool = None
 
     # --- a chunk --------------------------------------------------------------------------------
     def start(self, images: list[SourceRecord], expected: dict[str, str]) -> PendingChunk:
@@ -98,19 +91,15 @@ class IngestPipeline:
                     read = self._io().submit(read_and_hash, task, self.limits.max_bytes)
                     chunk.reads.append((r, read))
             return chunk
-        with_files = [r for r in images if r.image is not None]
-        for start in range(0, len(with_files), _TASK_SIZE):
-            part = with_files[start : start + _TASK_SIZE]
-            chunk.decodes.append((part, self._decode(part, expected)))
+        chunk.decodes = self._decode([r for r in images if r.image is not None], expected)
         return chunk
 
     def finish(self, chunk: PendingChunk) -> list[tuple[SourceRecord, Decoded]]:
-        """Each image with its pixels, its error, or ``unchanged``."""
-        if self.device_decode:
-            return self._device_decode(chunk)
-        out: list[tuple[SourceRecord, Decoded]] = []
-        for records, future in chunk.decodes:
-            out += list(zip(records, future.result(), strict=True))
+        """Each image with its pixels, its error, or ``unchanged``; the image files kept
+        are durable when this returns, before the chunk commits."""
+        out = self._device_decode(chunk) if self.device_decode else self._collect(chunk.decodes)
+        if self.sink is not None:
+            self.sink.make_durable([d.sha256 for _, d in out if d.pixels is not None and d.sha256])
         return out
 
     def encode_pixels(
@@ -119,15 +108,19 @@ class IngestPipeline:
         """Stack a batch (HWC arrays from the PIL workers, CHW tensors already on the device
         from nvJPEG), normalise it on the device and encode it (on the model thread)."""
         device = self.device
-        batch = torch.stack(
-            [
-                p.to(device)
-                if isinstance(p, torch.Tensor)
-                else torch.from_numpy(np.ascontiguousarray(p)).to(device).permute(2, 0, 1)
-                for p in pixels
-            ]
-        )
-        return encoder.encode_image_tensors(self.pipeline.normalise(batch, device))
+        arrays = [p for p in pixels if isinstance(p, np.ndarray)]
+        if len(arrays) == len(pixels):  # one copy to the device
+            batch = torch.from_numpy(np.stack(arrays)).to(device, non_blocking=True)
+        else:
+            batch = torch.stack(
+                [
+                    p.to(device)
+                    if isinstance(p, torch.Tensor)
+                    else torch.from_numpy(np.ascontiguousarray(p)).to(device).permute(2, 0, 1)
+                    for p in pixels
+                ]
+            )
+        return encoder.encode_image_tensors(normalise(self.pixels, batch, device))
 
     # --- device decoding ------------------------------------------------------------------------
     def _device_decode(self, chunk: PendingChunk) -> list[tuple[SourceRecord, Decoded]]:
@@ -146,7 +139,7 @@ class IngestPipeline:
             self.run_model(
                 decode_jpegs_on_device,
                 blobs,
-                self.pipeline,
+                self.pixels,
                 self.device,
                 self.limits.max_pixels,
             )
@@ -160,27 +153,47 @@ class IngestPipeline:
                 fallback.append(r)
                 continue
             if self.sink is not None and read.raw is not None and read.sha256 is not None:
-                writes.append(self._io().submit(self.sink, read.raw, read.sha256))
+                writes.append(self._io().submit(self.sink.put, read.raw, read.sha256, False))
             out.append((r, Decoded(read.sha256, "image/jpeg", pixels)))
-        if fallback:
-            out += list(zip(fallback, self._decode(fallback, {}).result(), strict=True))
+        out += self._collect(self._decode(fallback, {}))
         for w in writes:
-            w.result()  # every image file is on disk before its item commits
+            w.result()  # every image file is written before its item commits
         return out
 
     def _decode(
         self, records: list[SourceRecord], expected: dict[str, str]
-    ) -> Future[list[Decoded]]:
-        """Read, hash, decode and resize ``records``' files in a worker process."""
-        tasks = [DecodeTask(r.image, expected.get(r.id)) for r in records if r.image is not None]
-        return self._decode_pool().submit(
-            decode_files,
-            tasks,
-            self.pipeline,
-            self.limits.max_bytes,
-            self.limits.max_pixels,
-            self.sink,
-        )
+    ) -> list[tuple[list[SourceRecord], Future[list[Decoded]]]]:
+        """Read, hash, decode and resize ``records``' files on the decoding threads, a few
+        files per task (one future per file costs more than hashing an unchanged one)."""
+        with_files = [r for r in records if r.image is not None]
+        return [
+            (part, self._decode_pool().submit(self._decode_part, part, expected))
+            for part in (
+                with_files[i : i + _TASK_SIZE] for i in range(0, len(with_files), _TASK_SIZE)
+            )
+        ]
+
+    def _decode_part(self, records: list[SourceRecord], expected: dict[str, str]) -> list[Decoded]:
+        lim = self.limits
+        return [
+            decode_file(
+                DecodeTask(r.image, expected.get(r.id)),
+                self.pixels,
+                lim.max_bytes,
+                lim.max_pixels,
+                self.sink,
+            )
+            for r in records
+            if r.image is not None
+        ]
+
+    @staticmethod
+    def _collect(
+        parts: list[tuple[list[SourceRecord], Future[list[Decoded]]]],
+    ) -> list[tuple[SourceRecord, Decoded]]:
+        return [
+            pair for records, future in parts for pair in zip(records, future.result(), strict=True)
+        ]
 
     # --- pools ----------------------------------------------------------------------------------
     def _io(self) -> ThreadPoolExecutor:
@@ -190,22 +203,16 @@ class IngestPipeline:
             )
         return self._io_pool
 
-    def _decode_pool(self) -> ProcessPoolExecutor:
+    def _decode_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
             workers = self.limits.workers or os.cpu_count() or 1
-            # spawn, not fork: the parent holds CUDA, torch thread pools and sqlite handles.
-            self._pool = ProcessPoolExecutor(
-                workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=init_worker,
-                initargs=(os.getpid(),),
-            )
+            self._pool = ThreadPoolExecutor(workers, thread_name_prefix="xmodal-import-decode")
         return self._pool
 
 
-def encode_uint8(encoder: Encoder, pixels: PixelPipeline, batch: np.ndarray) -> np.ndarray:
+def encode_uint8(encoder: Encoder, batch: np.ndarray) -> np.ndarray:
     """A batch of (n, H, W, 3) uint8 pixels from the PIL stage, normalised on the
     encoder's device and encoded (a Ray actor's work)."""
     return encoder.encode_image_tensors(
-        pixels.normalise(np.ascontiguousarray(batch), encoder.device)
+        normalise(encoder.pixels, np.ascontiguousarray(batch), encoder.device)
     )

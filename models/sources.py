@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from models.import_root import SourceError, open_under, resolve_under
+from models.import_root import SourceError, check_relative, open_under, resolve_under
 
 __all__ = ["FileRef", "Source", "SourceError", "SourceRecord", "open_source", "resolve_under"]
 
@@ -226,6 +226,14 @@ class Source:
         for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
             dirnames.sort()
             names = set(filenames)
+            # The walk enters no linked folder, so a file that is not a link itself lies
+            # in the folder's own resolved path: resolved once, not once per file.
+            try:
+                real_dir: Path | None = resolve_under(
+                    self.root, str(Path(dirpath).relative_to(self.root))
+                )
+            except SourceError:
+                real_dir = None  # each file says why below
             for name in sorted(filenames):
                 stem, suffix = os.path.splitext(name)
                 if suffix.lower() not in IMAGE_SUFFIXES:
@@ -234,8 +242,7 @@ class Source:
                 rel = full.relative_to(base).as_posix()
                 try:
                     ref: FileRef | None = FileRef(
-                        str(resolve_under(self.root, str(full.relative_to(self.root)))),
-                        str(self.root),
+                        str(self._resolved(full, real_dir)), str(self.root)
                     )
                     error = None
                 except SourceError as exc:
@@ -244,6 +251,13 @@ class Source:
                 caption = stem + ".txt"
                 if caption in names:
                     yield self._caption_record(Path(dirpath) / caption, rel)
+
+    def _resolved(self, full: Path, real_dir: Path | None) -> Path:
+        relative = str(full.relative_to(self.root))
+        if real_dir is None or os.path.islink(full):
+            return resolve_under(self.root, relative)
+        check_relative(relative)
+        return real_dir / full.name
 
     def _caption_record(self, path: Path, image_id: str) -> SourceRecord:
         rel = path.relative_to(self.path).as_posix()

@@ -118,7 +118,7 @@ class DistilledEncoder:
         self.model_name = teacher.model_name
         self.dim = teacher.dim
         self.device = teacher.device
-        self.preprocess = teacher.preprocess
+        self.pixels = teacher.pixels
 
     @property
     def device_name(self) -> str:

@@ -42,10 +42,11 @@ def noise_png(side: int, seed: int) -> bytes:
 
 
 def good_image(i: int) -> bytes:
+    """Small PNGs and WebPs; JPEGs large enough to decode at a reduced scale (the job's
+    and the request's way to the same pixels)."""
     fmt = ("JPEG", "PNG", "WEBP")[i % 3]
-    return image_bytes(
-        (i * 37 % 256, 255 - i * 11 % 256, 90), seed=1000 + i, size=(28, 24), fmt=fmt
-    )
+    size = (300, 200) if fmt == "JPEG" else (28, 24)
+    return image_bytes((i * 37 % 256, 255 - i * 11 % 256, 90), seed=1000 + i, size=size, fmt=fmt)
 
 
 def write_folder(root: Path, name: str, n: int = 12) -> Corpus:

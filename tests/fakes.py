@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from models.encoder import ClipEncoder
+from models.pixels import PixelSpec
 
 
 def _unit(seed: bytes, dim: int) -> np.ndarray:
@@ -29,7 +30,7 @@ class FakeEncoder:
         self.model_name = "fake"
         self.dim = dim
         self.device = torch.device("cpu")
-        self.preprocess = None
+        self.pixels = PixelSpec(4, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
         self.calls: Counter[str] = Counter()  # "texts"/"images" -> items encoded
 
     separate_queries = False
@@ -47,7 +48,7 @@ class FakeEncoder:
         return "cpu"
 
     def preprocess_image(self, image: Image.Image) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(image.convert("RGB").resize((4, 4))).copy())
+        return torch.from_numpy(self.pixels.fit(image.convert("RGB")).copy())
 
     def encode_image_tensors(self, pixels: Sequence[torch.Tensor] | torch.Tensor) -> np.ndarray:
         rows = list(pixels)

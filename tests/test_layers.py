@@ -4,6 +4,8 @@ service knows HTTP, and ``models`` and ``index`` never import ``app`` or each ot
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 
 from tests.helpers import REPO
 
@@ -45,3 +47,16 @@ def test_the_cli_reaches_the_http_floor_only_to_serve() -> None:
     assert found == ["app/cli/commands.py imports app.api"], (
         found
     )  # `xmodal serve` builds the app; everything else goes through the service
+
+
+def test_decoding_images_does_not_load_torch() -> None:
+    """What a batch job's decoding threads and a Ray job's decoding tasks import: a process
+    that only decodes files never pays for torch (about 2 s and 0.5 GB each)."""
+    code = (
+        "import sys, models.decoding, models.pixels, models.images, models.sources; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"

@@ -167,7 +167,7 @@ class Settings(BaseSettings):
         "paths resolving outside it are refused.",
     )
     import_workers: Annotated[int, Field(ge=1)] | None = Field(
-        None, description="Decoding worker processes for batch jobs (default: one per core)."
+        None, description="Decoding threads for batch jobs (default: one per core)."
     )
     import_chunk_size: Annotated[int, Field(ge=1)] = Field(
         512, description="Records per committed chunk of a batch job (the resume granularity)."

@@ -19,9 +19,10 @@ from app.service.config import Settings
 from app.service.metrics import Metrics
 from index import ModelMismatch
 from models.batching import DynamicBatcher
+from models.decoding import pixels_of
 from models.encoder import ClipEncoder, Encoder
 from models.errors import ImageDecodeError, ImageTooLarge, QueueFull
-from models.images import decode_image
+from models.preprocess import normalise
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,8 +54,8 @@ class Engine:
         self._decoding = 0  # images handed to the decoding pool and not back yet
         self._default_threads = torch.get_num_threads()
         size = getattr(encoder.model.visual, "image_size", 224)
-        # Images are decoded (and kept, for training) at twice the model's input side at
-        # most: enough for its resize and crop, and no 12 MP bitmaps held in memory.
+        # Training images are kept at twice the model's input side at most: room for
+        # augmentation, and no 12 MP bitmaps held in memory.
         self.image_side = 2 * int(size[0] if isinstance(size, (tuple, list)) else size)
         # Batch items are (encoding function, input): one model call per function present,
         # so two versions, or a version's queries and its stored texts, share a batch.
@@ -209,9 +210,8 @@ class Engine:
         )
 
     def _prepare(self, data: bytes) -> PreparedImage:
-        decoded = decode_image(data, self.settings.max_image_pixels, draft_size=self.image_side)
-        try:
-            pixels = self.encoder.preprocess_image(decoded.image)
-        except Exception as exc:  # e.g. an image too small to resize: the file, not us
-            raise ImageDecodeError(f"cannot be prepared for the model: {exc}") from exc
-        return PreparedImage(pixels, decoded.media_type)
+        """The pixels a batch job would give the same file (``models.decoding``), so an
+        uploaded copy of an indexed image finds it with the same vector."""
+        spec = self.encoder.pixels
+        pixels, media_type = pixels_of(data, spec, self.settings.max_image_pixels)
+        return PreparedImage(normalise(spec, pixels[None], "cpu")[0], media_type)

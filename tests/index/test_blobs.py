@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import index.blobs as blobs_module
 from index.blobs import BlobStore, atomic_write, sha256_hex
 
 
@@ -44,3 +45,21 @@ def test_a_failed_atomic_write_keeps_the_old_file(tmp_path: Path) -> None:
         atomic_write(target, "not bytes")  # type: ignore[arg-type]
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+@pytest.mark.parametrize("syncfs", [True, False], ids=["syncfs", "fsync-each"])
+def test_a_chunk_of_files_written_lazily_is_made_durable_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: bool
+) -> None:
+    """A batch job writes a chunk's files without an fsync each, then one call makes them
+    all durable before the chunk commits (syncfs on Linux; an fsync per file and folder
+    where there is none)."""
+    if not syncfs:
+        monkeypatch.setattr(blobs_module, "_SYNCFS", None)
+    store = BlobStore(tmp_path / "blobs")
+    datas = [bytes([i]) * (1000 + i) for i in range(20)]
+    digests = [store.put(d, durable=False) for d in datas]
+    assert not list((tmp_path / "blobs").glob("??/??/.*.tmp"))  # renamed into place
+    store.make_durable(digests)
+    assert [store.get(d) for d in digests] == datas
+    store.make_durable([])  # nothing to do

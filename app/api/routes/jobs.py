@@ -27,7 +27,7 @@ class IndexJobCreate(BaseModel):
     format: Format | None = Field(None, description="The source's format (default: from the path).")
     engine: Literal["local", "ray"] = Field(
         "local",
-        description="`local`: decoding processes and the server's model; `ray`: Ray tasks "
+        description="`local`: decoding threads and the server's model; `ray`: Ray tasks "
         "decode and an actor pool encodes, on the cluster XMODAL_RAY_ADDRESS names.",
     )
 

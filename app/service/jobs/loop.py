@@ -11,7 +11,6 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from app.service.errors import Busy, Failed, ServiceError
@@ -50,7 +49,7 @@ class Runner(Protocol):
 
 @runtime_checkable
 class Closing(Protocol):
-    """A runner that holds resources (worker processes) to release when the loop stops."""
+    """A runner that holds resources (thread pools) to release when the loop stops."""
 
     def close(self) -> None: ...
 
@@ -131,8 +130,6 @@ class JobManager:
             log.info("job %s: cancelled while committing; that chunk was not stored", job.id)
         except (StoreError, ModelError, ServiceError) as exc:
             self.jobs.finish(job.id, JobState.FAILED, str(exc))
-        except BrokenProcessPool as exc:
-            self.jobs.finish(job.id, JobState.FAILED, f"a decoding worker died: {exc}")
         except Exception as exc:
             log.exception("job %s failed", job.id)
             self.jobs.finish(job.id, JobState.FAILED, f"internal error: {exc}")
@@ -172,8 +169,15 @@ def job_summary(job: Job) -> dict[str, Any]:
     }
 
 
-def batched(records: Iterator[T], size: int) -> Iterator[list[T]]:
-    """``records`` in lists of ``size`` (the last one shorter)."""
+def batched(records: Iterator[T], size: int, ramp: int = 0) -> Iterator[list[T]]:
+    """``records`` in lists of ``size`` (the last one shorter); with ``ramp``, the first
+    ``ramp`` lists smaller, from ``size >> ramp`` doubling up (a job's first progress comes
+    after a small chunk, not a whole one)."""
+    for step in range(ramp, -1, -1):
+        chunk = list(itertools.islice(records, max(1, size >> step)))
+        if not chunk:
+            return
+        yield chunk
     while True:
         chunk = list(itertools.islice(records, size))
         if not chunk:

@@ -5,11 +5,11 @@ The job runs as an in-process one does, through the same chunk accounting
 progress committed in one transaction, failures counted per record, cancel and resume
 from the last committed chunk), except for where the work is done: the source's records
 go to the cluster a window of chunks at a time; reading, hashing and decoding run as Ray
-tasks on the cluster's CPUs (the same function the in-process job's worker processes
-run), and encoding in actors (one per GPU when the cluster has GPUs), started once per
-job and given the job's encoder once: a window's batches go to them in turn, each
-decoded batch straight from its task to an actor. The vectors come back in batches and
-are committed here. If an activation switches the collection's model version meanwhile,
+tasks on the cluster's CPUs (the function the in-process job's decoding threads run, which
+does not import torch), and encoding in actors (one per GPU when the cluster has GPUs),
+started once per job and given the job's encoder once: a window's batches go to them in
+turn, each decoded batch straight from its task to an actor. The vectors come back in
+batches and are committed here. If an activation switches the collection's model version meanwhile,
 the chunk is encoded again in this process with the new version.
 
 Ray is optional (``pip install 'xmodal[scale]'``); without an address the server starts a
@@ -31,8 +31,9 @@ import numpy as np
 from app.service.jobs.chunks import SortedChunk
 from app.service.jobs.loop import OnProgress, batched
 from index import Job
+from models.decoding import DecodeTask, decode_files
 from models.ingest import encode_uint8
-from models.preprocess import DecodeTask, PixelPipeline, decode_files
+from models.pixels import PixelSpec
 from models.sources import FileRef, SourceRecord
 
 if TYPE_CHECKING:
@@ -81,7 +82,6 @@ class Embedder:
 
     def __init__(self, encoder: Any) -> None:
         self.encoder = encoder  # put once by the driver, fetched by Ray once per actor
-        self.pixels = PixelPipeline.from_preprocess(encoder.preprocess)
 
     def embed(self, *parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One encoder call over the rows of every decoded batch given."""
@@ -90,7 +90,7 @@ class Embedder:
         vectors = np.zeros((n, self.encoder.dim), np.float32)
         images = [i for i in range(n) if batch["has_pixels"][i]]
         if images:
-            vectors[images] = encode_uint8(self.encoder, self.pixels, batch["pixels"][images])
+            vectors[images] = encode_uint8(self.encoder, batch["pixels"][images])
         texts = [i for i in range(n) if batch["kind"][i] == "text" and not batch["error"][i]]
         if texts:
             vectors[texts] = self.encoder.encode_texts([str(batch["text"][i]) for i in texts])
@@ -100,11 +100,12 @@ class Embedder:
 
 
 def _decode_rows(
-    batch: dict[str, np.ndarray], pipeline: PixelPipeline, limits: dict[str, Any]
+    batch: dict[str, np.ndarray], spec: PixelSpec, limits: dict[str, Any]
 ) -> dict[str, np.ndarray]:
-    """A Ray task: read, hash and decode a batch's image rows (texts pass through)."""
+    """A Ray task: read, hash and decode a batch's image rows (texts pass through); the
+    image files kept are durable when it returns."""
     n = len(batch["seq"])
-    side = pipeline.size
+    side = spec.size
     pixels = np.zeros((n, side, side, 3), np.uint8)
     has_pixels = np.zeros(n, bool)
     sha = np.array(batch["sha256"], dtype=object)
@@ -126,7 +127,7 @@ def _decode_rows(
     ]
     for i, d in zip(
         todo,
-        decode_files(tasks, pipeline, limits["max_bytes"], limits["max_pixels"], limits["sink"]),
+        decode_files(tasks, spec, limits["max_bytes"], limits["max_pixels"], limits["sink"]),
         strict=True,
     ):
         sha[i], media[i] = d.sha256 or "", d.media_type or ""
@@ -199,10 +200,10 @@ class RayIngest:
         limits = {
             "max_bytes": settings.max_upload_bytes,
             "max_pixels": settings.max_image_pixels,
-            "sink": store.blobs.put if store.store_images else None,
+            "sink": store.blobs if store.store_images else None,
         }
         # Sent once each, not with every task.
-        pixels = ray.put(PixelPipeline.from_preprocess(encoder.preprocess))
+        pixels = ray.put(encoder.pixels)
         limits_ref = ray.put(limits)
         decode = ray.remote(_decode_rows)
         actors = _start_actors(ray, ray.put(encoder), settings.ray_actors)
