@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser run run-tiny demo test lint format bench load clean
+.PHONY: install browser run run-tiny demo test lint format bench bench-gpu bench-ingest load clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,15 @@ format: install
 ## Encoder throughput, search latency at 100k vectors, HTTP searches/s (see BENCHMARKS.md).
 bench: install
 	$(BIN)/python -m bench.run
+
+## Every GPU figure in one command (encoders, ingest, search, HTTP); on a GPU host with the
+## ../shared/gpu kit run `source .gpu/gpu-env.sh && PYTHONPATH=$$PWD python -m bench.gpu`.
+bench-gpu: install
+	$(BIN)/python -m bench.gpu $(GPU_ARGS)
+
+## The index job against plain PIL on one core, on the same files (medians of 3 runs).
+bench-ingest: install
+	$(BIN)/python -m bench.ingest $(INGEST_ARGS)
 
 ## Many clients searching, uploading and deleting for 30 s; checks no acknowledged write is
 ## lost. Starts its own tiny server; `$(BIN)/python -m bench.load --url URL` for another.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import multiprocessing
 import os
 import statistics
 import tempfile
@@ -47,16 +48,31 @@ def photo_jpeg(seed: int, width: int = 640, height: int = 480) -> bytes:
     return buf.getvalue()
 
 
-def write_jpegs(folder: Path, n: int, width: int, height: int, scenes: int = 64) -> int:
+def write_jpegs(
+    folder: Path, n: int, width: int, height: int, scenes: int = 64, processes: int = 1
+) -> int:
     """``n`` photo-like JPEGs, quality 90, over ``scenes`` scenes each with its own grain
-    (so every file's bytes differ); returns total bytes."""
+    (so every file's bytes differ), written by ``processes`` processes; returns total
+    bytes."""
     folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    bases = [scene(rng, width, height) for _ in range(min(n, scenes))]
+    parts = [
+        (folder, lo, min(n, lo + -(-n // processes)), width, height, scenes)
+        for lo in range(0, n, -(-n // processes))
+    ]
+    if processes == 1:
+        return sum(_write_part(*p) for p in parts)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(processes) as pool:
+        return sum(pool.starmap(_write_part, parts))
+
+
+def _write_part(folder: Path, lo: int, hi: int, width: int, height: int, scenes: int) -> int:
+    rng = np.random.default_rng(lo)
+    bases = [scene(rng, width, height) for _ in range(min(hi - lo, scenes))]
     total = 0
-    for i in range(n):
+    for i in range(lo, hi):
         path = folder / f"{i:06d}.jpg"
-        photo(rng, width, height, bases[i % len(bases)]).save(path, quality=90)
+        photo(rng, width, height, bases[(i - lo) % len(bases)]).save(path, quality=90)
         total += path.stat().st_size
     return total
 
@@ -113,6 +129,7 @@ def bench_index_job(
     workers: int | None,
     engine: str = "local",
     warm_up: bool = False,
+    plain_sample: int | None = None,
 ) -> dict[str, float]:
     """An index job over ``n`` JPEGs on disk (source walk, reading, hashing, decoding,
     encoding, image files kept, SQLite commits and FAISS adds), timed from its submission
@@ -126,7 +143,7 @@ def bench_index_job(
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        nbytes = write_jpegs(data / "import" / "photos", n, *size)
+        nbytes = write_jpegs(data / "import" / "photos", n, *size, processes=os.cpu_count() or 1)
         files = sorted((data / "import" / "photos").iterdir())
         settings = Settings(
             model=model, pretrained=pretrained, device=device, data_dir=data, import_workers=workers
@@ -139,7 +156,7 @@ def bench_index_job(
             if warm_up:
                 write_jpegs(data / "import" / "warmup", 32, *size)
                 jobs.run(jobs.submit(INDEX_JOB, "bench", {"source": "warmup", "engine": engine}))
-            plain = plain_pil_rate(files)
+            plain = plain_pil_rate(files[:plain_sample])
             params = {"source": "photos", "engine": engine}
             job = jobs.submit(INDEX_JOB, "bench", params)
             started = time.perf_counter()

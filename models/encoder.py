@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from models.errors import ModelLoadError
+from models.fast_paths import patch_embedding_as_matmul
 from models.feature_map import FeatureMap
 from models.loading import ResolvedWeights, resolve_weights
 from models.pixels import PixelSpec
@@ -121,6 +122,12 @@ class ClipEncoder:
         self.context_length = int(getattr(tokenizer, "context_length", 77))
         self.autocast_dtype = autocast_dtype(device)
         self._text_model: Any = self.model  # what encodes texts (see enable_int8_text)
+        # On a GPU: a ViT's patch convolution as a matrix multiply (cuDNN's kernel for it
+        # is slow), or a convolutional tower in channels-last layout (the tensor cores').
+        self._channels_last = False
+        if device.type == "cuda" and not patch_embedding_as_matmul(self.model):
+            self.model.visual.to(memory_format=torch.channels_last)
+            self._channels_last = True
 
     @property
     def space(self) -> str:
@@ -184,8 +191,11 @@ class ClipEncoder:
             raise ValueError(
                 f"expected a non-empty (n, 3, H, W) batch, got shape {tuple(batch.shape)}"
             )
+        batch = batch.to(self.device, non_blocking=True)
+        if self._channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), autocast(self.device):
-            features = self.model.encode_image(batch.to(self.device, non_blocking=True))
+            features = self.model.encode_image(batch)
         return normalised(features)
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:

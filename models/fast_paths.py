@@ -10,7 +10,7 @@ checkpoints and fine-tuning do not notice.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import nn
@@ -41,7 +41,7 @@ class PatchEmbedding(nn.Module):
         return out.reshape(n, gh, gw, -1).permute(0, 3, 1, 2)
 
 
-def can_embed_as_matmul(conv: Any) -> bool:
+def can_embed_as_matmul(conv: Any) -> TypeGuard[nn.Conv2d]:
     return (
         isinstance(conv, nn.Conv2d)
         and conv.bias is None
