@@ -199,6 +199,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=None, help="decoding threads")
     parser.add_argument("--engine", default="local", choices=("local", "ray"))
+    parser.add_argument(
+        "--plain-sample", type=int, default=None, help="files the plain-PIL yardstick reads"
+    )
     args = parser.parse_args()
     width, height = (int(x) for x in args.size.split("x"))
     keys = (
@@ -222,6 +225,7 @@ def main() -> None:
                 args.workers,
                 args.engine,
                 warm_up=args.engine == "ray",
+                plain_sample=args.plain_sample,
             )
             for _ in range(args.runs)
         ]

@@ -122,12 +122,17 @@ class ClipEncoder:
         self.context_length = int(getattr(tokenizer, "context_length", 77))
         self.autocast_dtype = autocast_dtype(device)
         self._text_model: Any = self.model  # what encodes texts (see enable_int8_text)
-        # On a GPU: a ViT's patch convolution as a matrix multiply (cuDNN's kernel for it
-        # is slow), or a convolutional tower in channels-last layout (the tensor cores').
-        self._channels_last = False
-        if device.type == "cuda" and not patch_embedding_as_matmul(self.model):
-            self.model.visual.to(memory_format=torch.channels_last)
-            self._channels_last = True
+        # On a GPU, a ViT's patch convolution as a matrix multiply (cuDNN's kernel for it
+        # is slow). A convolutional tower (a ResNet) in channels-last layout, everywhere:
+        # the GPU's tensor cores and the CPU's oneDNN kernels both run faster on it
+        # (xmodal-tiny's tower 1.5-1.9x on this project's 2-core CPU).
+        if device.type == "cuda":
+            patch_embedding_as_matmul(self.model)
+        visual: Any = self.model.visual
+        convs = sum(isinstance(m, torch.nn.Conv2d) for m in visual.modules())
+        self._channels_last = convs > 1
+        if self._channels_last:
+            visual.to(memory_format=torch.channels_last)
 
     @property
     def space(self) -> str:

@@ -122,7 +122,9 @@ def train_contrastive(
             if i not in pixels_cache:
                 pixels_cache[i] = encoder.preprocess_image(images[i])
             out.append(pixels_cache[i])
-        return torch.stack(out).to(device, non_blocking=True)
+        # Channels-last, as the encoder lays out a convolutional tower (the same for a ViT).
+        batch = torch.stack(out).to(device, non_blocking=True)
+        return batch.contiguous(memory_format=torch.channels_last)
 
     def autocast() -> Any:
         if autocast_dtype is None:
