@@ -6,7 +6,8 @@ image), in one run; each search row is also given as a fraction of the floor's r
     .venv/bin/python -m bench.floor [--clients 16,64] [--seconds 15] [--profile DIR]
 
 Both servers are processes of their own, served by uvicorn with the same options
-(`xmodal serve`'s: no access log from uvicorn, default loop and HTTP parser). The clients
+(`xmodal serve`'s: no access log from uvicorn, and its own choice of event loop and HTTP
+parser: uvloop and httptools, which `uvicorn[standard]` brings). The clients
 are threads of this process, on the same machine. With ``--profile``, py-spy samples the
 xmodal server during the first text-to-text run and the top functions by own time and by
 cumulative time are written there.
