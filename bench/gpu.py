@@ -203,36 +203,17 @@ def ingest(s: Sizes, device: str) -> dict[str, Any]:
 
 def search(s: Sizes, gpu: bool) -> dict[str, Any]:
     """Exact search over ``vectors`` x ``dim`` built as the service builds it (on the GPU
-    when FAISS has one): one query at a time, and batches of 64."""
+    when FAISS has one): one query at a time, and 64 at once."""
+    from bench.run import bench_search
     from index.faiss_backend import FaissBackends
 
-    rng = np.random.default_rng(0)
-    xb = rng.standard_normal((s.vectors, s.dim), dtype=np.float32)
-    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
-    xq = rng.standard_normal((s.queries, s.dim), dtype=np.float32)
-    xq /= np.linalg.norm(xq, axis=1, keepdims=True)
-    backends = FaissBackends(use_gpu=gpu)
-    started = time.perf_counter()
-    index = backends.build(s.dim, "Flat", np.arange(s.vectors, dtype=np.int64), xb)
-    build_s = time.perf_counter() - started
-    for q in xq[:20]:
-        index.search(q[None], 10)
-    one = []
-    for q in xq:
-        t = time.perf_counter()
-        index.search(q[None], 10)
-        one.append(time.perf_counter() - t)
-    batches = [xq[i : i + 64] for i in range(0, len(xq) - 63, 64)] or [xq]
-    t = time.perf_counter()
-    for b in batches:
-        index.search(b, 10)
-    batch_s = time.perf_counter() - t
+    r = bench_search(s.dim, s.vectors, "Flat", s.queries, FaissBackends(use_gpu=gpu).gpu_resources)
     return {
-        "on_gpu": bool(index.on_gpu),
-        "build_s": build_s,
-        "p50_ms_one_query": float(np.percentile(np.array(one) * 1000, 50)),
-        "p99_ms_one_query": float(np.percentile(np.array(one) * 1000, 99)),
-        "queries_per_s_batches_of_64": sum(len(b) for b in batches) / batch_s,
+        "on_gpu": bool(r["on_gpu"]),
+        "build_s": r["build_s"],
+        "p50_ms_one_query": r["p50_ms"],
+        "p99_ms_one_query": r["p99_ms"],
+        "queries_per_s_batches_of_64": 1000 / r["batch64_ms_per_query"],
     }
 
 
