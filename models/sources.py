@@ -173,10 +173,9 @@ class Source:
                 for n, line in enumerate(f, 1):
                     if not line.strip():
                         continue
-                    try:
-                        value = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        yield n, f"{self.path.name} line {n}: invalid JSON ({exc.msg})"
+                    value, why = _json(line)
+                    if why is not None:
+                        yield n, f"{self.path.name} line {n}: invalid JSON ({why})"
                         continue
                     yield (
                         n,
@@ -330,12 +329,10 @@ class Source:
         )
         metadata: dict[str, Any] = {"shard": shard.name, "key": key}
         if "json" in by_ext and by_ext["json"].size <= MAX_CAPTION_CHARS:
-            try:
-                extra = json.loads(_member_bytes(tar, by_ext["json"]))
-                if isinstance(extra, dict):
-                    metadata.update({k: v for k, v in extra.items() if k not in _RESERVED})
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                pass  # bad sidecar metadata does not sink a good image
+            # Bad sidecar metadata does not sink a good image.
+            extra, _ = _json(_member_bytes(tar, by_ext["json"]))
+            if isinstance(extra, dict):
+                metadata.update({k: v for k, v in extra.items() if k not in _RESERVED})
         text = None
         if "txt" in by_ext:
             if by_ext["txt"].size > MAX_CAPTION_CHARS * 4:  # UTF-8: up to 4 bytes a character
@@ -403,31 +400,15 @@ def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     return f.read() if f is not None else b""
 
 
-@dataclass(frozen=True)
-class Pair:
-    """An image and its caption, for training and evaluation."""
-
-    id: str
-    image: FileRef
-    text: str
-
-
-def read_pairs(source: Source) -> tuple[list[Pair], list[str]]:
-    """The image-caption pairs of ``source`` (a caption names its image by ``image_id``),
-    and a reason for every record that could not be paired."""
-    images: dict[str, FileRef] = {}
-    pairs: list[Pair] = []
-    skipped: list[str] = []
-    for record in source.records():
-        if record.error is not None:
-            skipped.append(record.error)
-        elif record.kind == "image" and record.image is not None:
-            images[record.id] = record.image
-        elif record.kind == "text" and record.text:
-            image_id = record.metadata.get("image_id")
-            if image_id in images:
-                pairs.append(Pair(str(image_id), images.pop(str(image_id)), record.text))
-            else:
-                skipped.append(f"{record.id}: a text without an image")
-    skipped += [f"{image_id}: an image without a caption" for image_id in images]
-    return pairs, skipped
+def _json(text: str | bytes) -> tuple[Any, str | None]:
+    """A record's JSON, or why not: invalid, nested deeper than Python's parser goes, a
+    number past Python's digit limit, bytes that are not UTF-8. One record's problem,
+    never the job's."""
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        return None, exc.msg
+    except RecursionError:
+        return None, "nested too deeply"
+    except ValueError as exc:  # an integer of thousands of digits, bytes not UTF-8
+        return None, str(exc)[:200]

@@ -11,7 +11,7 @@ from PIL import Image
 
 from models.errors import ImageDecodeError, ImageTooLarge
 from models.images import decode_image
-from models.sources import Pair, open_source, read_pairs
+from models.sources import FileRef, Source, open_source
 
 
 @dataclass
@@ -35,6 +35,36 @@ class Pairs:
         train = self.subset(order[cut:])
         train.skipped = self.skipped
         return train, self.subset(sorted(order[:cut]))
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An image and its caption, for training and evaluation."""
+
+    id: str
+    image: FileRef
+    text: str
+
+
+def read_pairs(source: Source) -> tuple[list[Pair], list[str]]:
+    """The image-caption pairs of ``source`` (a caption names its image by ``image_id``),
+    and a reason for every record that could not be paired."""
+    images: dict[str, FileRef] = {}
+    pairs: list[Pair] = []
+    skipped: list[str] = []
+    for record in source.records():
+        if record.error is not None:
+            skipped.append(record.error)
+        elif record.kind == "image" and record.image is not None:
+            images[record.id] = record.image
+        elif record.kind == "text" and record.text:
+            image_id = record.metadata.get("image_id")
+            if image_id in images:
+                pairs.append(Pair(str(image_id), images.pop(str(image_id)), record.text))
+            else:
+                skipped.append(f"{record.id}: a text without an image")
+    skipped += [f"{image_id}: an image without a caption" for image_id in images]
+    return pairs, skipped
 
 
 def load_pairs(

@@ -74,3 +74,50 @@ def test_formats_are_detected_or_refused(tmp_path: Path) -> None:
         open_source(tmp_path, "a.csv", "folder")
     with pytest.raises(SourceError, match="does not exist"):
         open_source(tmp_path, "nope")
+
+
+HOSTILE_JSON = {
+    "deep array": "[" * 100_000 + "]" * 100_000,
+    "deep object": '{"a": ' * 50_000 + "1" + "}" * 50_000,
+    "deep inside a record": '{"id": "x", "text": "t", "meta": ' + "[" * 60_000 + "]" * 60_000 + "}",
+    "5,000-digit integer": '{"id": "n", "text": "t", "n": ' + "7" * 5_000 + "}",
+    "huge exponent float": '{"id": "f", "text": "t", "n": 1e999999}',
+}
+
+
+def test_a_hostile_json_line_fails_alone(tmp_path: Path) -> None:
+    """Nesting past the parser's depth, numbers past Python's digit limit: each such line
+    is one failed record with its reason, and the lines around it are read."""
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    lines = [
+        '{"id": "before", "text": "first"}',
+        *HOSTILE_JSON.values(),
+        '{"id": "after", "text": "last"}',
+    ]
+    (folder / "m.jsonl").write_text("\n".join(lines) + "\n")
+    records = list(open_source(tmp_path, "hostile/m.jsonl").records())
+    by_id = {r.id: r for r in records}
+    assert by_id["before"].text == "first" and by_id["after"].text == "last"
+    failed = [r for r in records if r.error]
+    assert len(failed) == 4, [(r.id, r.error) for r in records]  # 1e999999 is inf: parsed
+    assert all("invalid JSON" in (r.error or "") for r in failed)
+    assert any("nested too deeply" in (r.error or "") for r in failed)
+    assert any("digits" in (r.error or "") for r in failed)
+
+
+def test_a_hostile_shard_sidecar_leaves_its_image(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    folder = tmp_path / "wds"
+    folder.mkdir()
+    with tarfile.open(folder / "shard-00000.tar", "w") as tar:
+        for key, sidecar in (("a", "[" * 100_000), ("b", '{"n": ' + "9" * 5_000 + "}")):
+            for ext, data in (("jpg", b"\xff\xd8not really"), ("json", sidecar.encode())):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    records = list(open_source(tmp_path, "wds").records())
+    assert [r.id for r in records if r.kind == "image"] == ["a", "b"]
+    assert all(r.error is None and set(r.metadata) == {"shard", "key"} for r in records)
