@@ -50,9 +50,40 @@ class PublicOnly(httpcore.SyncBackend):
             raise httpcore.ConnectError(f"cannot resolve {host!r}: {exc}") from exc
         addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
         for address in addresses:
-            if not (address.is_global or any(address in net for net in self.allowed)):
+            if not (is_public(address) or any(address in net for net in self.allowed)):
                 raise RefusedAddress(f"{host!r} resolves to {address}, which is not public")
         return super().connect_tcp(str(addresses[0]), port, timeout, local_address, socket_options)
+
+
+# IPv6 forms that carry an IPv4 address in their last 32 bits (NAT64: the well-known
+# prefix and the local-use one), and deprecated ranges nothing public lives in.
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+_DEPRECATED = (
+    ipaddress.IPv6Network("::/96"),  # IPv4-compatible addresses
+    ipaddress.IPv6Network("fec0::/10"),  # site-local
+)
+
+
+def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """A globally reachable unicast address, and for an IPv6 address that carries an IPv4
+    one (mapped, NAT64, 6to4, Teredo), that IPv4 address too: ``64:ff9b::a9fe:a9fe`` is the
+    cloud metadata address, reached through a NAT64 gateway."""
+    if address.is_multicast or not address.is_global:
+        return False
+    if isinstance(address, ipaddress.IPv4Address):
+        return True
+    if any(address in net for net in _DEPRECATED):
+        return False
+    embedded: list[ipaddress.IPv4Address] = []
+    if address.ipv4_mapped is not None:
+        embedded.append(address.ipv4_mapped)
+    if address.sixtofour is not None:
+        embedded.append(address.sixtofour)
+    if address.teredo is not None:
+        embedded += list(address.teredo)
+    if any(address in net for net in _NAT64):
+        embedded.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return all(is_public(v4) for v4 in embedded)
 
 
 def check_url(url: str) -> None:
