@@ -115,6 +115,12 @@ def test_the_clip_client_searches_texts(site: AppServer) -> None:
     vector = httpx.post(f"{site.url}/v1/embed", json={"texts": ["a blue square"]}).json()
     by_vector = client.query(embedding_input=vector["vectors"][0])
     assert [r["id"] for r in by_vector] == [r["id"] for r in results]
+    # Only the direction counts: the largest finite float32s and tiny numbers alike.
+    v = vector["vectors"][0]
+    peak = max(abs(x) for x in v)
+    for scale in (3e38, 1e300, 1e-300):
+        scaled = client.query(embedding_input=[x / peak * scale for x in v])
+        assert [r["id"] for r in scaled] == [r["id"] for r in results], scale
 
 
 def test_the_clip_client_searches_pictures_by_image_file(site: AppServer, tmp_path: Path) -> None:

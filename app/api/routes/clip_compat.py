@@ -157,16 +157,19 @@ async def _collection(indice_name: str | None, retrieval: Retrieval) -> str:
 
 
 def _given_vector(values: list[float], dim: int) -> Query:
-    vector = np.asarray(values, dtype=np.float32)
+    vector = np.asarray(values, dtype=np.float64)
     if vector.shape != (dim,) or not np.all(np.isfinite(vector)):
         raise bad_request(
             f"embedding_input must be {dim} finite numbers, the collection's dimension",
             code="invalid_query",
         )
-    norm = float(np.linalg.norm(vector))
-    if norm == 0:
+    # Scaled by its largest part first: the direction is what counts, and the norm of
+    # large finite numbers (3e38 is a float32) must not overflow to infinity.
+    peak = float(np.max(np.abs(vector)))
+    if peak == 0:
         raise bad_request("embedding_input is all zeros", code="empty_query")
-    row = (vector / norm)[None, :]
+    vector /= peak
+    row = (vector / np.linalg.norm(vector)).astype(np.float32)[None, :]
 
     async def encode(version: str) -> np.ndarray:
         return row
