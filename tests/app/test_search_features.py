@@ -344,5 +344,24 @@ def test_batch_answers_as_one_by_one(client: httpx.Client, texts: dict[str, Any]
         f"/v1/collections/{name}/search/batch", json={"queries": [{"text": "a"}] * 65}
     )
     assert many.status_code == 413
+    # The batch as a whole within one request's limits (here 16 texts, 8 images): texts
+    # and images counted over every query's parts and shorthands.
+    eight = [{"text": f"word {j}"} for j in range(8)]
+    for queries, what in (
+        ([{"query": eight}] * 2 + [{"text": "one more"}], "texts"),
+        ([{"query": [{"image_base64": "aGk="}] * 2}] * 4 + [{"image_base64": "aGk="}], "files"),
+    ):
+        r = client.post(f"/v1/collections/{name}/search/batch", json={"queries": queries})
+        assert r.status_code == 413 and what in r.json()["error"]["message"], r.text
+    full = client.post(
+        f"/v1/collections/{name}/search/batch", json={"queries": [{"query": eight}] * 2}
+    )
+    assert full.status_code == 200, full.text  # 16 texts: at the limit
+    # A stored item that is not there is named by its query.
+    r = client.post(
+        f"/v1/collections/{name}/search/batch",
+        json={"queries": [{"text": "a"}, {"item_id": "no-such-item"}]},
+    )
+    assert r.status_code == 404 and "queries[1]" in r.json()["error"]["message"], r.text
     empty = client.post(f"/v1/collections/{name}/search/batch", json={"queries": []})
     assert empty.status_code == 422

@@ -129,6 +129,16 @@ async def search_batch(
     and filter. One bad query refuses the whole request, naming it."""
     started = time.perf_counter()
     retrieval.limits.check_batch(len(body.queries))
+    # The batch as a whole within what one request may embed: texts and images counted
+    # over every query's parts, before any is decoded or encoded.
+    texts: list[str] = []
+    images = 0
+    for q in body.queries:
+        pairs = [(p.text, p.image_base64) for p in q.query or []] + [(q.text, q.image_base64)]
+        texts += [text for text, _ in pairs if text is not None]
+        images += sum(image is not None for _, image in pairs)
+    retrieval.limits.check_texts(texts)
+    retrieval.limits.check_files(images)
     specs = [spec_of(q) for q in body.queries]
     for i, spec in enumerate(specs):
         with _naming(f"queries[{i}]: "):

@@ -15,12 +15,20 @@ from typing import Any, TypeVar
 import numpy as np
 
 from app.service.engine import Engine, PreparedImage
-from app.service.errors import Invalid, TooLarge
+from app.service.errors import Invalid, ServiceError, TooLarge
 from app.service.limits import Limits
 from app.service.search.queue import SearchQueue
 from app.service.search.ranking import Page, SearchSpec, combine, first_depth, rank
 from app.service.threads import run_in_threadpool
-from index import CollectionInfo, CollectionStore, Hit, Modality, ModelMismatch, NewItem
+from index import (
+    CollectionInfo,
+    CollectionStore,
+    Hit,
+    Modality,
+    ModelMismatch,
+    NewItem,
+    UnknownItem,
+)
 
 Encode = Callable[[str], Awaitable[np.ndarray]]  # model version -> vectors
 T = TypeVar("T")
@@ -138,9 +146,18 @@ class Retrieval:
         for _, spec in queries:
             self.check_page(spec)
 
+        async def named(i: int, parts: Sequence[Part], version: str) -> Any:
+            """A query's vector; what goes wrong names the query (``queries[i]: ...``)."""
+            try:
+                return await self._vector(name, parts, version)
+            except ServiceError as exc:
+                raise exc.prefixed(f"queries[{i}]: ") from exc
+            except UnknownItem as exc:
+                raise UnknownItem(f"queries[{i}]: {exc}") from exc
+
         async def once(version: str) -> list[Page]:
             vectors = await asyncio.gather(
-                *(self._vector(name, parts, version) for parts, _ in queries)
+                *(named(i, parts, version) for i, (parts, _) in enumerate(queries))
             )
             planned = [
                 replace(spec, target=spec.target or default_target, exclude=spec.exclude | own)
