@@ -34,12 +34,26 @@ def check_text(value: str, what: str) -> None:
             ) from None
 
 
+# An item's URL is /items/{id}, its image's /items/{id}/image: an id ending so would name
+# another item's image instead of itself.
+RESERVED_ID_ENDINGS = ("/image", "/thumbnail")
+
+
 def check_id(value: str, what: str = "an id") -> None:
-    """Ids travel in URL paths: no control characters (a newline could never be fetched)."""
+    """Ids travel in URL paths: no control characters (a newline could never be fetched),
+    no ``.`` or ``..`` segment (clients resolve them away), no ending an item URL's
+    sub-resource has."""
     check_text(value, what)
     bad = next((ch for ch in value if ord(ch) < 32 or ord(ch) == 127), None)
     if bad is not None:
         raise InvalidValue(f"{what} holds the control character {bad!r}: not allowed in ids")
+    if any(segment in (".", "..") for segment in value.split("/")):
+        raise InvalidValue(f"{what} has a '.' or '..' segment, which URLs resolve away")
+    ending = next((e for e in RESERVED_ID_ENDINGS if value.endswith(e)), None)
+    if ending is not None:
+        raise InvalidValue(
+            f"{what} ends in {ending!r}: its URL would name another item's {ending[1:]}"
+        )
 
 
 def check_key(key: Any, what: str) -> None:
@@ -64,6 +78,9 @@ def check_scalar(value: Any, what: str) -> None:
             raise InvalidValue(f"{what}: numbers must be finite (no NaN or Infinity)")
     elif isinstance(value, str):
         check_text(value, what)
+        if "\x00" in value:
+            # SQLite's JSON functions end a string at a NUL: it could be stored, never matched.
+            raise InvalidValue(f"{what}: a string holds a NUL character")
     else:
         raise InvalidValue(f"{what}: {type(value).__name__} is not a JSON value")
 

@@ -208,6 +208,12 @@ def test_values_json_allows_but_the_store_cannot_use_get_4xx(
         b'{"items": [{"id": "n", "text": "\\ud800 lone"}]}',
         b'{"items": [{"id": "\\ud800", "text": "t"}]}',
         b'{"items": [{"id": "a\\nb", "text": "t"}]}',
+        b'{"items": [{"id": "n", "text": "t", "metadata": {"k": "a\\u0000b"}}]}',
+        b'{"items": [{"id": "n", "text": "t", "metadata": {"k": ["x", {"y": "\\u0000"}]}}]}',
+        *(
+            b'{"items": [{"id": "%s", "text": "t"}]}' % bad
+            for bad in (b"x/image", b"a/b/thumbnail", b"/image", b"..", b"a/../b", b"./a")
+        ),
         b'{"items": [{"id": "n", "text": "t", "metadata": ' + b"[" * 5000 + b"]" * 5000 + b"}]}",
         b'{"items": [{"id": "n", "text": "t", "metadata": {"a": ' + b"[" * 40 + b"]" * 40 + b"}}]}",
         b'{"items": [{"id": "n", "text": "t"}]}\xff\xfe',
@@ -221,6 +227,7 @@ def test_values_json_allows_but_the_store_cannot_use_get_4xx(
         b'{"text": "x", "target": "text", "filter": {"n": 99999999999999999999}}',
         b'{"text": "x", "target": "text", "filter": {"\\ud800": 1}}',
         b'{"text": "x", "target": "text", "filter": {"a\\u0000b": 1}}',
+        b'{"text": "x", "target": "text", "filter": {"k": "a\\u0000b"}}',
         b'{"text": "\\udc00", "target": "text"}',
     ]
     for body in searches:
