@@ -25,11 +25,27 @@ from index.errors import UnknownItem
 from index.jobs import cancel_jobs_of
 from index.live import LiveCollection, Side
 from index.types import Modality, NewItem
+from index.values import InvalidValue
 
 if TYPE_CHECKING:
     from index.collections import CollectionStore
 
 log = logging.getLogger(__name__)
+
+
+def check_finite(items: Sequence[NewItem], vectors: np.ndarray) -> None:
+    rows = ~np.isfinite(vectors).all(axis=1) if len(vectors) else np.zeros(0, bool)
+    bad = [it.id for it, row in zip(items, rows, strict=True) if row]
+    bad += [
+        it.id
+        for it in items
+        if it.raw_embedding is not None and not np.isfinite(it.raw_embedding).all()
+    ]
+    if bad:
+        raise InvalidValue(
+            f"the vector of {bad[0]!r} is not finite (NaN or infinity), and "
+            f"{len(bad) - 1} more: the model gave them; nothing was stored"
+        )
 
 
 def digest_of(item: NewItem) -> str | None:
@@ -121,7 +137,10 @@ class LockedWriter:
         model_version: str,
         extra: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
-        """Store ``items`` with their ``vectors`` in ``c``; an existing id is replaced."""
+        """Store ``items`` with their ``vectors`` in ``c``; an existing id is replaced.
+        A non-finite vector (a model that diverged, an activation to a broken version)
+        refuses the whole write: it would answer every search with NaN."""
+        check_finite(items, vectors)
         store = self.store
         name = c.name
         now = time.time()

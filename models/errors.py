@@ -27,3 +27,7 @@ class QueueFull(ModelError):
 
 class DeadlineExceeded(ModelError):
     """The request waited past its deadline before the encoder produced its result."""
+
+
+class TrainingDiverged(ModelError):
+    """Training produced a non-finite loss, weight or vector: nothing of it is kept."""

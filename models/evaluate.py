@@ -27,10 +27,14 @@ def first_relevant_ranks(
     )
     ranks = np.empty(n, dtype=np.int64)
     for start in range(0, n, chunk):
-        scores = queries[start : start + chunk] @ targets.T
+        # A NaN score ranks below everything; a query whose relevant targets all score
+        # NaN (or -inf) is a miss at every K, never the rank 1 that "nothing scores
+        # higher" would give.
+        scores = np.nan_to_num(queries[start : start + chunk] @ targets.T, nan=-np.inf)
         relevant = labels[start : start + chunk, None] == labels[None, :]
         best = np.where(relevant, scores, -np.inf).max(axis=1)
-        ranks[start : start + chunk] = 1 + (scores > best[:, None]).sum(axis=1)
+        rank = 1 + (scores > best[:, None]).sum(axis=1)
+        ranks[start : start + chunk] = np.where(np.isfinite(best), rank, max(n, KS[-1]) + 1)
     return ranks
 
 

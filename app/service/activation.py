@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from app.service.config import Settings
@@ -34,6 +35,8 @@ from index.blobs import atomic_write
 from index.types import StoredItem
 from models.adapt.methods import TrainingStopped
 from models.adapt.reembed import StoredContent, reembed
+from models.encoder import Encoder
+from models.errors import TrainingDiverged
 from models.images import decode_image
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,7 @@ class Activator:
             self.jobs.report(job.id, {"phase": "done", "message": f"{target} is already active"})
             return
         new = self.finetuner.encoder_for(target, self.engine.encoders)
+        self._probe(new)
         self.engine.add_version(new)
         detail: dict[str, Any] = {"phase": "re-embedding", "from": current.version, "to": target}
         done = total = 0
@@ -163,6 +167,23 @@ class Activator:
             current.version,
             len(detail["collections"]),
         )
+
+    def _probe(self, encoder: Encoder) -> None:
+        """A version whose encoders give a non-finite vector never serves: tried on a text,
+        a query and an image before anything is re-embedded (each chunk written after is
+        checked by the store as well)."""
+        side = encoder.pixels.size
+        image = Image.new("RGB", (side, side), (127, 127, 127))
+        tries = (
+            (encoder.encode_texts, ["a photo of a dog"]),
+            (encoder.encode_queries, ["a photo of a dog"]),
+            (encoder.encode_images, [image]),
+        )
+        for encode, inputs in tries:
+            if not np.isfinite(self.engine.run_model(encode, inputs)).all():
+                raise TrainingDiverged(
+                    f"{encoder.version} gives non-finite vectors: it cannot serve"
+                )
 
     def _load_image(self, item: StoredContent) -> Image.Image:
         assert isinstance(item, StoredItem)

@@ -25,6 +25,7 @@ from models.adapt.methods import (
     StopCheck,
     TrainingStopped,
     TrainStep,
+    finite_loss,
 )
 from models.encoder import ClipEncoder
 
@@ -167,6 +168,7 @@ def train_contrastive(
                         loss = clip_loss(imgs, txts, model.logit_scale.exp())
                     scaler.scale(loss / len(micro)).backward()
             lr = float(optimiser.param_groups[0]["lr"])  # the rate this step used
+            finite_loss(float(loss.detach()), step, lr)
             scaler.step(optimiser)
             scaler.update()
             scheduler.step()

@@ -29,6 +29,7 @@ from models.adapt.methods import (
     StopCheck,
     TrainingStopped,
     TrainStep,
+    finite_loss,
 )
 from models.encoder import ClipEncoder, seeded
 from models.errors import InvalidParameters
@@ -131,6 +132,7 @@ def fit_distill(
             else:
                 loss = ((out - want) ** 2).sum(-1).mean()
             lr = float(optimiser.param_groups[0]["lr"])
+            finite_loss(float(loss.detach()), step, lr)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

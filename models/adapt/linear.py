@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from models.adapt.contrastive import clip_loss
-from models.adapt.methods import LinearConfig, StepCallback, TrainStep
+from models.adapt.methods import LinearConfig, StepCallback, TrainStep, finite_loss
 
 if TYPE_CHECKING:
     from models.adapt.adversarial import Adversary
@@ -75,6 +75,7 @@ def fit_linear(
             loss = clip_loss(img, txt, log_scale.clamp(0, math.log(100)).exp())
             if adversary is not None:
                 loss = loss + adversary.loss(img, txt, step / steps, project)
+            finite_loss(float(loss.detach()), step, cfg.lr)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()

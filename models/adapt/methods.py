@@ -7,11 +7,12 @@ themselves live in ``contrastive``, ``linear``, ``subspace``, ``cca``, ``adversa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from models.errors import InvalidParameters
+from models.errors import InvalidParameters, TrainingDiverged
 
 MIN_PAIRS = 4  # training pairs below which no method is worth running
 
@@ -143,6 +144,17 @@ class TrainingStopped(Exception):
     """``should_stop`` said so (a cancelled job)."""
 
 
+def finite_loss(loss: float, step: int, lr: float) -> float:
+    """``loss``, or ``TrainingDiverged`` when it is NaN or infinite: raised before the
+    step's gradients reach the weights, so nothing non-finite is ever saved."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"training diverged: the loss was {loss} at step {step + 1} (learning rate "
+            f"{lr:g}); try a lower lr"
+        )
+    return loss
+
+
 Config = (
     ContrastiveConfig
     | LinearConfig
@@ -178,7 +190,61 @@ def check_hyperparameters(method: str, hyperparameters: dict[str, Any]) -> dict[
         raise InvalidParameters(
             f"{method} takes no {', '.join(unknown)}; it takes {', '.join(known)}"
         )
+    for name, value in hyperparameters.items():
+        _check_value(method, name, value, known[name])
     try:
         return asdict(config(**hyperparameters))
     except TypeError as exc:
         raise InvalidParameters(f"bad hyperparameters for {method}: {exc}") from exc
+
+
+# What a request may set, by name: (lowest, highest, lowest excluded). Bounded so that one
+# request cannot ask for a week of training or a learning rate no optimiser survives.
+_RANGES: dict[str, tuple[float, float, bool]] = {
+    "epochs": (1, 10_000, False),
+    "batch_size": (2, 65_536, False),
+    "accumulate": (1, 1_024, False),
+    "lr": (0, 1, True),
+    "weight_decay": (0, 10, False),
+    "warmup_steps": (0, 1_000_000, False),
+    "freeze_image_blocks": (0, 1_000, False),
+    "freeze_text_blocks": (0, 1_000, False),
+    "seed": (0, 2**32 - 1, False),
+    "dims": (1, 4_096, False),
+    "reg": (0, 1e6, False),
+    "power": (0, 8, False),
+    "adversary_weight": (0, 10, False),
+    "warmup_fraction": (0, 1, False),
+    "hidden": (1, 4_096, False),
+    "width": (0, 4_096, False),
+    "layers": (0, 48, False),
+    "heads": (0, 64, False),
+    "context_length": (0, 512, False),
+    "max_recall_drop": (0, 100, False),
+}
+
+
+def _check_value(method: str, name: str, value: Any, kind: Any) -> None:
+    """One hyperparameter of the type its field declares (a boolean is not a number, a
+    float not an integer), finite and within its range."""
+    kind = str(kind)
+    where = f"{method}: {name}"
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise InvalidParameters(f"{where} must be true or false, got {value!r}")
+        return
+    if kind == "str":
+        if not isinstance(value, str):
+            raise InvalidParameters(f"{where} must be a string, got {value!r}")
+        return
+    numbers = (int,) if kind == "int" else (int, float)
+    if isinstance(value, bool) or not isinstance(value, numbers):
+        raise InvalidParameters(
+            f"{where} must be {'an integer' if kind == 'int' else 'a number'}, got {value!r}"
+        )
+    if not math.isfinite(value):
+        raise InvalidParameters(f"{where} must be finite, got {value!r}")
+    low, high, open_low = _RANGES.get(name, (-math.inf, math.inf, False))
+    if value > high or value < low or (open_low and value == low):
+        lowest = f"above {low:g}" if open_low else f"at least {low:g}"
+        raise InvalidParameters(f"{where} must be {lowest} and at most {high:g}, got {value!r}")

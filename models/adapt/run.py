@@ -34,6 +34,7 @@ from models.adapt.methods import (
 )
 from models.adapt.subspace import fit_subspace_alignment
 from models.encoder import ClipEncoder, Encoder, MappedEncoder, load_encoder
+from models.errors import TrainingDiverged
 from models.evaluate import retrieval_metrics
 from models.feature_map import FeatureMap
 from models.registry import ModelRegistry
@@ -72,6 +73,11 @@ def evaluate(
     xt = embed(encoder.encode_texts, texts, run_model)
     # Queries: what a text search embeds; stored texts (image-to-text): what an upload does.
     xq = embed(encoder.encode_queries, texts, run_model) if encoder.separate_queries else None
+    for what, x in (("images", xi), ("texts", xt), ("queries", xq)):
+        if x is not None and not np.all(np.isfinite(x)):
+            raise TrainingDiverged(
+                f"{encoder.version} gives non-finite vectors for its {what}: it cannot serve"
+            )
     # Identical captions are interchangeable: a retrieval of either counts.
     return retrieval_metrics(xi, xt, groups=texts, query_vectors=xq)
 

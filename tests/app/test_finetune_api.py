@@ -131,6 +131,21 @@ def test_bad_finetune_and_evaluate_requests(client: httpx.Client, shapes: dict[s
             400,
             "invalid_parameters",
         ),
+        *(
+            (
+                {"source": shapes["train"], "method": m, "hyperparameters": h},
+                400,
+                "invalid_parameters",
+            )
+            for m, h in (
+                ("linear", {"lr": 1e30, "epochs": 20}),
+                ("adversarial", {"lr": 1e30}),
+                ("contrastive", {"lr": 1e10}),
+                ("linear", {"lr": -1}),
+                ("contrastive", {"batch_size": 0}),
+                ("linear", {"epochs": True}),
+            )
+        ),
         (
             {
                 "source": shapes["train"],

@@ -23,6 +23,7 @@ from index import (
     UnknownCollection,
     UnknownItem,
 )
+from index.values import InvalidValue
 from tests.stores import CPU, D, V, die, items, normalised, top_ids
 
 
@@ -270,3 +271,18 @@ def test_a_job_past_its_point_of_no_return_stays_past_it(store: CollectionStore)
     assert jobs.start(cancelled.id)
     jobs.cancel(cancelled.id)
     assert not jobs.pass_point_of_no_return(cancelled.id, {"phase": "switching"})
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_vector_refuses_the_whole_write(store: CollectionStore, bad: float) -> None:
+    """What a diverged model or a broken version gives never reaches an index: every search
+    would answer NaN."""
+    store.create_collection("c", D, V)
+    xb = normalised(4, seed=1)
+    xb[2, 0] = bad
+    with pytest.raises(InvalidValue, match="'img-2' is not finite"):
+        store.upsert("c", items(4), xb, V)
+    raw = [NewItem("r", Modality.TEXT, text="t", raw_embedding=np.full(D, bad, np.float32))]
+    with pytest.raises(InvalidValue, match="not finite"):
+        store.upsert("c", raw, normalised(1, seed=2), V)
+    assert store.get_collection("c").counts == {"image": 0, "text": 0}

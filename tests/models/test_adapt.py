@@ -14,12 +14,14 @@ from PIL import Image
 from app.cli.parser import build_parser
 from index.types import Modality, StoredItem
 from models.adapt.distill import student_cfg
-from models.adapt.methods import METHODS, DistillConfig, check_hyperparameters
+from models.adapt.linear import fit_linear
+from models.adapt.methods import METHODS, DistillConfig, LinearConfig, check_hyperparameters
 from models.adapt.pairs import Pairs
 from models.adapt.reembed import StoredContent, reembed
 from models.adapt.run import adapt, evaluate, open_version
 from models.encoder import MappedEncoder
-from models.errors import InvalidParameters
+from models.errors import InvalidParameters, TrainingDiverged
+from models.evaluate import retrieval_metrics
 from models.feature_map import FeatureMap
 from models.registry import ModelRegistry, ModelVersion, UnknownModel
 from models.sources import SourceError
@@ -57,6 +59,49 @@ def test_hyperparameters_are_completed_and_mistakes_named() -> None:
         check_hyperparameters("lora", {})
     with pytest.raises(InvalidParameters, match="takes no learning_rate"):
         check_hyperparameters("contrastive", {"learning_rate": 1e-3})
+
+
+@pytest.mark.parametrize(
+    ("method", "hyperparameters", "named"),
+    [
+        ("linear", {"lr": 1e30}, "lr must be above 0 and at most 1"),
+        ("adversarial", {"lr": -1}, "lr must be above 0"),
+        ("contrastive", {"lr": 0}, "lr must be above 0"),
+        ("contrastive", {"batch_size": 0}, "batch_size must be at least 2"),
+        ("linear", {"epochs": True}, "epochs must be an integer"),
+        ("linear", {"epochs": 2.5}, "epochs must be an integer"),
+        ("distill", {"epochs": 10**9}, "epochs must be at least 1 and at most 10000"),
+        ("contrastive", {"lock_image": 1}, "lock_image must be true or false"),
+        ("cca", {"reg": "a lot"}, "reg must be a number"),
+        ("adversarial", {"warmup_fraction": 2}, "warmup_fraction must be at least 0 and at most 1"),
+        ("contrastive", {"seed": -1}, "seed must be at least 0"),
+    ],
+)
+def test_hyperparameters_are_checked_by_type_and_range_at_submit(
+    method: str, hyperparameters: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(InvalidParameters, match=named):
+        check_hyperparameters(method, hyperparameters)
+
+
+def test_a_diverging_run_fails_with_its_reason_and_nan_scores_are_misses() -> None:
+    rng = np.random.default_rng(0)
+    xi, xt = rng.standard_normal((64, D)), rng.standard_normal((64, D))
+    with pytest.raises(TrainingDiverged, match="the loss was nan"):
+        fit_linear(xi.astype(np.float32), xt.astype(np.float32), LinearConfig(lr=1e30, epochs=20))
+    # An encoder whose vectors are NaN is no perfect retriever: every pair is a miss...
+    nan = np.full((8, D), np.nan, np.float32)
+    metrics = retrieval_metrics(nan, nan)
+    assert metrics["t2i_r1"] == metrics["t2i_r10"] == metrics["i2t_r10"] == 0.0
+    assert metrics["t2i_mrr"] < 0.2
+    half = rng.standard_normal((8, D)).astype(np.float32)
+    half[::2] = np.nan
+    assert retrieval_metrics(half, half)["t2i_r1"] == 50.0
+    # ... and evaluating it fails rather than scoring it.
+    w = np.full((D, D), np.nan, np.float32)
+    broken = MappedEncoder(FakeEncoder(dim=D), FeatureMap(w, w, nan[0], nan[0]), "x")
+    with pytest.raises(TrainingDiverged, match="non-finite vectors"):
+        evaluate(broken, [image(i) for i in range(4)], [f"t{i}" for i in range(4)])
 
 
 def test_the_cli_offers_exactly_the_methods() -> None:

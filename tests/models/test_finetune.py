@@ -22,6 +22,7 @@ from models.adapt.methods import (
 from models.adapt.subspace import fit_subspace_alignment
 from models.encoder import ClipEncoder, load_encoder
 from models.encoder import ClipEncoder as Encoder
+from models.errors import TrainingDiverged
 from models.evaluate import retrieval_metrics
 from models.synthetic import render, samples
 from tests.models.splits import SEEDS, Split, split
@@ -131,6 +132,20 @@ def test_accumulation_contrasts_the_whole_effective_batch(tiny_encoder: ClipEnco
     assert len(steps) == 2  # 128 pairs / (16 x 4)
     # A loss over 64 pairs starts near log(64), one over 16 near log(16).
     assert steps[0].loss > np.log(32)
+
+
+def test_contrastive_training_that_diverges_fails_before_the_weights_take_it(
+    tiny_encoder: ClipEncoder,
+) -> None:
+    ti, tt, _, _ = split(0, n_train=32, n_test=2)
+    before = {k: v.clone() for k, v in tiny_encoder.model.state_dict().items()}
+    steps: list[TrainStep] = []
+    cfg = ContrastiveConfig(epochs=3, batch_size=16, lr=1e10, warmup_steps=0)
+    with pytest.raises(TrainingDiverged, match="the loss was nan"):
+        train_contrastive(tiny_encoder, ti, tt, cfg, on_step=steps.append)
+    assert all(np.isfinite(s.loss) for s in steps)  # what was reported before it stopped
+    after = tiny_encoder.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # a copy was trained
 
 
 def test_training_stops_when_asked(tiny_encoder: ClipEncoder) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -303,6 +304,23 @@ def test_failed_activation_leaves_the_serving_model_and_collections_untouched(
             assert answers(c, "gallery") == before
             # A linear version over the same base maps the stored vectors: no content needed.
             linear = finetune(c, "linear", epochs=10)
+            # The same version with its map's weights made NaN on disk (what a diverged
+            # training would have left, had it been saved): refused before anything moves.
+            record = next(
+                p
+                for p in (data / "versions").glob("*/version.json")
+                if json.loads(p.read_text())["version"] == linear
+            )
+            artifact = record.parent / "map.npz"
+            saved = artifact.read_bytes()
+            good = FeatureMap.load(artifact)
+            nan = np.full_like(good.text_weight, np.nan)
+            FeatureMap(good.image_weight, nan, good.image_mean, good.text_mean).save(artifact)
+            job = activate(c, linear, force=True)
+            assert job["state"] == "failed" and "non-finite vectors" in job["message"], job
+            assert c.get("/readyz").json()["model"] == BASE
+            assert answers(c, "gallery") == before
+            artifact.write_bytes(saved)
             assert activate(c, linear, force=True)["state"] == "succeeded"
 
             # A cancelled fine-tune stores no version.
