@@ -189,6 +189,13 @@ def test_indices_list_and_bad_bodies(site: AppServer) -> None:
         r = requests.post(url, data=body, timeout=60)
         assert r.status_code == status, (body, r.text)
         assert "error" in r.json()
+    # /metadata's ids are row numbers: true is not 1, nor 1.5, nor a number past 64 bits.
+    for ids in ("[true]", "[1.5]", '["1"]', f"[{2**70}]", "[-1]"):
+        body = f'{{"ids": {ids}, "indice_name": "captions"}}'
+        r = requests.post(f"{site.url}/metadata", data=body, timeout=60)
+        assert r.status_code == 422 and "error" in r.json(), (ids, r.text)
+    r = requests.post(f"{site.url}/metadata", json={"ids": [0], "indice_name": "captions"})
+    assert r.status_code == 200 and r.json()[0]["id"] == 0
 
 
 class ImageHost(http.server.BaseHTTPRequestHandler):

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import ReadAccess
@@ -63,7 +63,8 @@ class KnnRequest(BaseModel):
 class MetadataRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    ids: Annotated[list[int], Field(max_length=1000)]
+    # Strict: JSON's true is no id 1, nor 1.5 an id 1; labels are 64-bit row numbers.
+    ids: Annotated[list[Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]], Field(max_length=1000)]
     indice_name: str | None = None
 
 
