@@ -19,6 +19,7 @@ import numpy as np
 
 from models.errors import ImageDecodeError, ImageTooLarge
 from models.images import decode_image
+from models.import_root import reason
 from models.pixels import PixelSpec
 from models.sources import FileRef
 
@@ -58,7 +59,9 @@ def read_and_hash(task: DecodeTask, max_bytes: int) -> Decoded:
         data = task.ref.read(max_bytes)
     except FileNotFoundError:
         return Decoded(error="file not found")
-    except (OSError, ValueError) as exc:
+    except OSError as exc:  # its reason, not the server's path of the file
+        return Decoded(error=f"cannot read: {reason(exc)}")
+    except ValueError as exc:
         return Decoded(error=f"cannot read: {exc}")
     digest = hashlib.sha256(data).hexdigest()
     if task.expect_sha256 == digest:

@@ -31,6 +31,14 @@ class OutsideRoot(OSError):
     """An opened file that is not a regular file under the import root."""
 
 
+def reason(exc: BaseException) -> str:
+    """Why a file operation failed, without the server's path of the file (an ``OSError``
+    with an errno puts it in its text): what job reports and API errors may show."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
 def check_relative(relative: str) -> None:
     """A path string the file system can take, or ``SourceError`` saying why not."""
     if "\x00" in relative:
@@ -52,9 +60,9 @@ def resolve_under(root: Path, relative: str) -> Path:
     try:
         target = (base / relative).resolve()
     except (OSError, RuntimeError) as exc:  # a link loop, an unreadable directory
-        raise SourceError(f"{_short(relative)!r} cannot be resolved: {exc}") from None
+        raise SourceError(f"{_short(relative)!r} cannot be resolved: {reason(exc)}") from None
     if target != base and base not in target.parents:
-        raise SourceError(f"{_short(relative)!r} resolves outside the import root {base}")
+        raise SourceError(f"{_short(relative)!r} resolves outside the import root")
     return target
 
 

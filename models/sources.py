@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from models.import_root import SourceError, check_relative, open_under, resolve_under
+from models.import_root import SourceError, check_relative, open_under, reason, resolve_under
 
 __all__ = ["FileRef", "Source", "SourceError", "SourceRecord", "open_source", "resolve_under"]
 
@@ -265,7 +265,7 @@ class Source:
             with self.open_text(resolved) as f:
                 text = f.read(MAX_CAPTION_CHARS + 1).strip()
         except (SourceError, OSError) as exc:
-            return SourceRecord(0, rel, "text", error=f"{rel}: {exc}")
+            return SourceRecord(0, rel, "text", error=f"{rel}: {reason(exc)}")
         if len(text) > MAX_CAPTION_CHARS:
             return SourceRecord(0, rel, "text", error=f"{rel}: over {MAX_CAPTION_CHARS} characters")
         if not text:
@@ -290,7 +290,10 @@ class Source:
                 tar = stack.enter_context(tarfile.open(fileobj=f, mode="r:"))
             except (tarfile.TarError, OSError) as exc:
                 yield SourceRecord(
-                    0, shard.name, "image", error=f"{shard.name}: not a readable tar shard ({exc})"
+                    0,
+                    shard.name,
+                    "image",
+                    error=f"{shard.name}: not a readable tar shard ({reason(exc)})",
                 )
                 return
             group: list[tarfile.TarInfo] = []
@@ -310,7 +313,7 @@ class Source:
                     0,
                     f"{shard.name}:{key}",
                     "image",
-                    error=f"{shard.name}: truncated or corrupt shard ({exc})",
+                    error=f"{shard.name}: truncated or corrupt shard ({reason(exc)})",
                 )
             if group:
                 yield from self._sample(shard, tar, key or "", group)
@@ -366,14 +369,16 @@ def open_source(root: Path, relative: str, fmt: str | None = None) -> Source:
     shown = relative if len(relative) <= 200 else relative[:200] + "..."
     try:
         if not path.exists():
-            raise SourceError(f"{shown!r} does not exist under the import root {root}")
+            raise SourceError(f"{shown!r} does not exist under the import root")
         chosen = cast(Format, fmt) if fmt is not None else detect_format(path)
         if chosen == "folder" and not path.is_dir():
             raise SourceError(f"{shown!r} is not a folder")
         if chosen in ("jsonl", "csv", "parquet") and not path.is_file():
             raise SourceError(f"{shown!r} is not a manifest file")
     except OSError as exc:
-        raise SourceError(f"{shown!r} cannot be read: {exc.strerror or exc}") from None
+        raise SourceError(
+            f"{shown!r} cannot be read: {exc.strerror or type(exc).__name__}"
+        ) from None
     return Source(root.resolve(), path, chosen)
 
 

@@ -150,10 +150,13 @@ def _run_local(stack: Stack, job: Job, show: Callable[[dict[str, Any]], None]) -
 def _index_build_local(args: argparse.Namespace) -> int:
     from app.service.jobs import INDEX_JOB
     from index import CollectionExists
-    from models.sources import open_source
+    from models.sources import SourceError, open_source
 
     settings = _settings()
-    open_source(settings.import_root_dir, args.source, args.format)  # before creating anything
+    try:  # before creating anything; the operator's own machine: name the root
+        open_source(settings.import_root_dir, args.source, args.format)
+    except SourceError as exc:
+        raise CliError(f"{exc} ({settings.import_root_dir.resolve()})") from exc
     with _local_stack() as stack:
         if args.create:
             with contextlib.suppress(CollectionExists):

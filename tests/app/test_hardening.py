@@ -155,6 +155,11 @@ def test_file_reads_that_escape_the_import_root_are_refused(
         job = run_job(client, collection, source, fmt)
         assert job["state"] == "succeeded", job
         assert job["failed"] >= 1, job
+        # The reasons name the records, never where the server keeps its files.
+        assert str(tmp_path) not in json.dumps(job) and str(root) not in json.dumps(job), job
+    for source in ("../../etc", "no-such-source.jsonl", f"{collection}-folder/own.png"):
+        r = client.post(f"/v1/collections/{collection}/jobs/index", json={"source": source})
+        assert r.status_code in (400, 404) and str(root.resolve()) not in r.text, r.text
     counts = client.get(f"/v1/collections/{collection}").json()["counts"]
     assert counts == {"image": 1, "text": 0}  # own.png alone; its caption is a link out
     r = client.post(
