@@ -8,14 +8,14 @@ from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import ReadAccess, WriteAccess
-from app.api.bodies import StrictJSONRoute
+from app.api.bodies import ControlJSONRoute
 from app.api.deps import EngineDep, StackDep, StoreDep
 from app.api.openapi import errors
 from app.api.schemas import CollectionCreate, CollectionList, CollectionOut
 from index import CollectionInfo, Modality
 
 router = APIRouter(
-    route_class=StrictJSONRoute,
+    route_class=ControlJSONRoute,
     prefix="/v1/collections",
     tags=["collections"],
     dependencies=[ReadAccess],

@@ -6,7 +6,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from app.api.auth import MetricsAccess
-from app.api.bodies import StrictJSONRoute
+from app.api.bodies import ControlJSONRoute
 from app.api.deps import ServicesDep
 from app.api.errors import error_response
 from app.api.openapi import errors
@@ -18,7 +18,7 @@ class Ready(BaseModel):
     device: str
 
 
-router = APIRouter(route_class=StrictJSONRoute, tags=["health"])
+router = APIRouter(route_class=ControlJSONRoute, tags=["health"])
 
 
 @router.get("/healthz")

@@ -8,14 +8,14 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import ReadAccess, WriteAccess
-from app.api.bodies import StrictJSONRoute
+from app.api.bodies import ControlJSONRoute
 from app.api.deps import JobsDep
 from app.api.openapi import errors
 from app.service.jobs import DUPLICATES_JOB, INDEX_JOB, REINDEX_JOB, DuplicatesRunner, job_summary
 from index import Modality, UnknownJob
 from models.sources import Format
 
-router = APIRouter(route_class=StrictJSONRoute, tags=["jobs"], dependencies=[ReadAccess])
+router = APIRouter(route_class=ControlJSONRoute, tags=["jobs"], dependencies=[ReadAccess])
 
 
 class IndexJobCreate(BaseModel):

@@ -7,7 +7,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import ReadAccess, WriteAccess
-from app.api.bodies import StrictJSONRoute
+from app.api.bodies import ControlJSONRoute
 from app.api.deps import EngineDep, JobsDep, StackDep
 from app.api.openapi import errors
 from app.api.routes.jobs import JobCreated
@@ -17,7 +17,7 @@ from app.service.finetune import FINETUNE_JOB
 from models.adapt.methods import METHODS
 from models.registry import ModelVersion
 
-router = APIRouter(route_class=StrictJSONRoute, tags=["models"], dependencies=[ReadAccess])
+router = APIRouter(route_class=ControlJSONRoute, tags=["models"], dependencies=[ReadAccess])
 
 
 class FinetuneRequest(BaseModel):
