@@ -86,6 +86,12 @@ class Settings(BaseSettings):
         description="Comma-separated private networks `image_url` may reach anyway "
         "(e.g. `10.1.0.0/16` for an internal image host).",
     )
+    image_url_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="The most one `image_url` fetch may take, all of it."
+    )
+    image_url_fetches: int = Field(
+        4, ge=1, le=256, description="The most `image_url` fetches at once (429 beyond)."
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated origins allowed to call the API from a browser (`*` for "

@@ -3,16 +3,20 @@
 Off unless ``XMODAL_IMAGE_URLS=true``. Then only http(s), no credentials in the URL, no
 redirects, at most ``XMODAL_MAX_UPLOAD_BYTES``, within ``TIMEOUT_S`` seconds, and never
 to a private, loopback, link-local or otherwise non-public address unless it lies in
-``XMODAL_IMAGE_URL_NETWORKS``. The address is checked where the connection is made
-(a network backend that resolves the name, checks every address, and connects to the
-one it checked), so a name that resolves to a public address when checked and to a
-private one when used (DNS rebinding) gets nowhere.
+``XMODAL_IMAGE_URL_NETWORKS``. The timeout bounds the whole fetch (connecting, headers
+that trickle in a byte at a time, the body), and at most ``XMODAL_IMAGE_URL_FETCHES`` run
+at once (429 beyond), so slow hosts cannot fill the request threads. The address is
+checked where the connection is made (a network backend that resolves the name, checks
+every address, and connects to the one it checked), so a name that resolves to a public
+address when checked and to a private one when used (DNS rebinding) gets nowhere.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import ssl
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -20,7 +24,7 @@ from urllib.parse import urlsplit
 
 import httpcore
 
-from app.service.errors import Invalid, TooLarge
+from app.service.errors import Busy, Invalid, TooLarge
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 TIMEOUT_S = 10.0  # a query image that takes longer is not worth the request's wait
@@ -30,11 +34,50 @@ class RefusedAddress(httpcore.ConnectError):
     pass
 
 
-class PublicOnly(httpcore.SyncBackend):
-    """Connects only to public addresses, or to those in ``allowed``."""
+class _Deadline(httpcore.NetworkStream):
+    """A stream whose every read and write waits at most until one deadline: httpcore's
+    timeouts are per read, so a host sending its headers a byte at a time held a fetch for
+    as long as it liked."""
 
-    def __init__(self, allowed: Sequence[Network]) -> None:
+    def __init__(self, stream: httpcore.NetworkStream, deadline: float) -> None:
+        self.stream = stream
+        self.deadline = deadline
+
+    def _left(self, timeout: float | None) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise httpcore.ReadTimeout("the fetch's deadline passed")
+        return left if timeout is None else min(timeout, left)
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.stream.read(max_bytes, self._left(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self.stream.write(buffer, self._left(timeout))
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        tls = self.stream.start_tls(ssl_context, server_hostname, self._left(timeout))
+        return _Deadline(tls, self.deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self.stream.get_extra_info(info)
+
+
+class PublicOnly(httpcore.SyncBackend):
+    """Connects only to public addresses, or to those in ``allowed``, and (given a
+    ``deadline``) gives streams that end there."""
+
+    def __init__(self, allowed: Sequence[Network], deadline: float | None = None) -> None:
         self.allowed = allowed
+        self.deadline = deadline
 
     def connect_tcp(
         self,
@@ -52,7 +95,15 @@ class PublicOnly(httpcore.SyncBackend):
         for address in addresses:
             if not (is_public(address) or any(address in net for net in self.allowed)):
                 raise RefusedAddress(f"{host!r} resolves to {address}, which is not public")
-        return super().connect_tcp(str(addresses[0]), port, timeout, local_address, socket_options)
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            timeout = left if timeout is None else min(timeout, left)
+            if timeout <= 0:
+                raise httpcore.ConnectTimeout("the fetch's deadline passed")
+        stream = super().connect_tcp(
+            str(addresses[0]), port, timeout, local_address, socket_options
+        )
+        return stream if self.deadline is None else _Deadline(stream, self.deadline)
 
 
 # IPv6 forms that carry an IPv4 address in their last 32 bits (NAT64: the well-known
@@ -107,7 +158,9 @@ def fetch_image(
     headers = [(b"User-Agent", b"xmodal"), (b"Accept", b"image/*")]
     try:
         with (
-            httpcore.ConnectionPool(network_backend=PublicOnly(allowed), retries=0) as pool,
+            httpcore.ConnectionPool(
+                network_backend=PublicOnly(allowed, deadline), retries=0
+            ) as pool,
             pool.stream("GET", url, headers=headers, extensions={"timeout": timeouts}) as r,
         ):
             if r.status != 200:
@@ -117,8 +170,6 @@ def fetch_image(
                 size += len(chunk)
                 if size > limit:
                     raise TooLarge(f"the image at image_url is over {limit} bytes")
-                if time.monotonic() > deadline:
-                    raise refused(f"{url} took longer than {timeout_s:g} s")
                 chunks.append(chunk)
             return b"".join(chunks)
     except RefusedAddress as exc:
@@ -131,3 +182,25 @@ def fetch_image(
 
 def refused(message: str) -> Invalid:
     return Invalid(message, code="image_url_refused")
+
+
+class ImageFetcher:
+    """``fetch_image`` with the server's settings, at most ``concurrent`` at once."""
+
+    def __init__(
+        self, limit: int, allowed: Sequence[Network], timeout_s: float, concurrent: int
+    ) -> None:
+        self.limit = limit
+        self.allowed = allowed
+        self.timeout_s = timeout_s
+        self.concurrent = concurrent
+        self._slots = threading.BoundedSemaphore(concurrent)
+
+    def fetch(self, url: str) -> bytes:
+        check_url(url)
+        if not self._slots.acquire(blocking=False):
+            raise Busy(f"{self.concurrent} image_url fetches are in progress; retry shortly")
+        try:
+            return fetch_image(url, self.limit, self.allowed, self.timeout_s)
+        finally:
+            self._slots.release()

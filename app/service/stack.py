@@ -11,6 +11,7 @@ from app.service.advice import Advisor
 from app.service.config import Settings
 from app.service.engine import Engine
 from app.service.finetune import FineTuner
+from app.service.image_urls import ImageFetcher
 from app.service.jobs import (
     ActivateRunner,
     DuplicatesRunner,
@@ -48,6 +49,7 @@ class Stack:
     jobs: JobManager
     retrieval: Retrieval
     advisor: Advisor
+    images: ImageFetcher
 
     @property
     def limits(self) -> Limits:
@@ -129,6 +131,21 @@ def build_stack(
         if not given:
             store.close()
         raise
+    images = ImageFetcher(
+        settings.max_upload_bytes,
+        settings.image_url_network_list,
+        settings.image_url_timeout_s,
+        settings.image_url_fetches,
+    )
     return Stack(
-        settings, store, engine, registry, finetuner, activator, jobs, retrieval, Advisor(store)
+        settings,
+        store,
+        engine,
+        registry,
+        finetuner,
+        activator,
+        jobs,
+        retrieval,
+        Advisor(store),
+        images,
     )

@@ -8,8 +8,11 @@ import base64
 import http.server
 import importlib.util
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -49,6 +52,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
         tmp_path_factory.mktemp("clip") / "data",
         image_urls=True,
         image_url_networks="127.0.0.1/32",
+        image_url_timeout_s=1.5,
+        image_url_fetches=2,
     ).start()
     try:
         with httpx.Client(base_url=server.url, timeout=60) as c:
@@ -259,6 +264,56 @@ def test_image_urls_reach_only_allowed_addresses(site: AppServer, server: AppSer
         assert r.status_code == 400 and r.json()["error"]["code"] == "image_url_refused"
     finally:
         host.shutdown()
+
+
+def _trickle(listener: socket.socket, stop: threading.Event) -> None:
+    """A host that sends its headers a byte every 0.2 s, to each client at once."""
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\n" * 20:
+                if stop.wait(0.2):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    while not stop.is_set():
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def test_image_url_fetches_have_one_deadline_and_a_bound(site: AppServer) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+    threading.Thread(target=_trickle, args=(listener, stop), daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/slow.png"
+    body = json.dumps({"num_images": 3, "indice_name": "pictures", "image_url": url})
+
+    def post(_: int) -> tuple[int, str, float]:
+        started = time.monotonic()
+        r = requests.post(f"{site.url}/knn-service", data=body, timeout=60)
+        return r.status_code, r.json()["error"]["message"], time.monotonic() - started
+
+    try:
+        # Each read of a trickled byte is quick; the whole fetch still ends at 1.5 s.
+        status, message, took = post(0)
+        assert status == 400 and "took longer than 1.5 s" in message, message
+        assert took < 4, took
+        # Two fetches at once at most (XMODAL_IMAGE_URL_FETCHES=2): the others get 429.
+        with ThreadPoolExecutor(5) as pool:
+            answers = list(pool.map(post, range(5)))
+        statuses = sorted(a[0] for a in answers)
+        assert statuses.count(429) >= 3 and set(statuses) <= {400, 429}, answers
+        assert all("in progress" in m for s, m, _ in answers if s == 429)
+        assert max(a[2] for a in answers) < 4
+    finally:
+        stop.set()
+        listener.close()
 
 
 def test_the_routes_follow_the_read_key_rules(tmp_path: Path) -> None:

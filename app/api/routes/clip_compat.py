@@ -24,11 +24,10 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import ReadAccess
 from app.api.bodies import AnyJSONRoute
-from app.api.deps import RetrievalDep, ServicesDep, SettingsDep
+from app.api.deps import RetrievalDep, ServicesDep, SettingsDep, StackDep
 from app.api.errors import bad_request
 from app.api.openapi import errors
 from app.api.uploads import decode_base64
-from app.service.image_urls import fetch_image
 from app.service.search.ranking import SearchSpec
 from app.service.search.retrieval import Part, Query, Retrieval
 from index import Hit, Item, Modality, StoreError
@@ -85,6 +84,7 @@ async def knn_service(
     retrieval: RetrievalDep,
     services: ServicesDep,
     settings: SettingsDep,
+    stack: StackDep,
 ) -> list[dict[str, Any]]:
     """clip back's search: text, image, image URL or embedding against one side."""
     wanted = body.num_result_ids or body.num_images
@@ -110,12 +110,7 @@ async def knn_service(
             data = decode_base64(body.image, settings.max_upload_bytes, "image")
         else:
             assert body.image_url is not None
-            data = await run_in_threadpool(
-                fetch_image,
-                body.image_url,
-                settings.max_upload_bytes,
-                settings.image_url_network_list,
-            )
+            data = await run_in_threadpool(stack.images.fetch, body.image_url)
         part = Part(query=await retrieval.image_query(data, "image"))
     page = await retrieval.search(name, [part], spec)
     described = await run_in_threadpool(
