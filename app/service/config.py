@@ -150,6 +150,17 @@ class Settings(BaseSettings):
     max_k: Annotated[int, Field(ge=1, le=100_000)] = Field(
         1000, description="Most results one search may ask for (400 beyond)."
     )
+    max_search_hits: Annotated[int, Field(ge=1)] = Field(
+        20_000,
+        description="Most hits one request's searches may ask for together (each query's "
+        "offset + k, summed over a batch; 413 beyond). Deepening for ties and `dedup` may "
+        "fetch 8 x `XMODAL_MAX_K` more per request.",
+    )
+    search_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        10.0,
+        description="Deadline for a request's searches, from the start of its embedding; past "
+        "it the request gets 504.",
+    )
     max_concurrent_requests: Annotated[int, Field(ge=1)] = Field(
         256,
         description="Requests served at once, counted once their body has arrived; more get "

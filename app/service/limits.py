@@ -18,6 +18,8 @@ class Limits:
         self.max_files = settings.max_files_per_request
         self.max_batch_queries = settings.max_batch_queries
         self.max_upload_bytes = settings.max_upload_bytes
+        self.max_search_hits = settings.max_search_hits
+        self.search_timeout_s = settings.search_timeout_s
 
     def check_page(self, k: int, offset: int = 0) -> None:
         if not 1 <= k <= self.max_k:
@@ -51,3 +53,14 @@ class Limits:
     def check_batch(self, n: int) -> None:
         if n > self.max_batch_queries:
             raise TooLarge(f"{n} searches in one request; the limit is {self.max_batch_queries}")
+
+    def check_search_hits(self, depths: Sequence[int]) -> None:
+        """Searches of one request (each query's ``offset + k``) within the hit budget."""
+        total = sum(depths)
+        if total > self.max_search_hits:
+            raise TooLarge(
+                f"the searches ask for {total} hits together ({len(depths)} queries); the "
+                f"limit per request is {self.max_search_hits}: ask for fewer queries or a "
+                "smaller k",
+                code="search_too_large",
+            )

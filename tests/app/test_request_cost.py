@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 import random
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
 from app.api import bodies
 from app.api.bodies import CONTROL_BODY_BYTES, json_values
+from app.service.search.ranking import Budget, SearchSpec, rank
+from index import Hit, Modality
 from tests.api import assert_error
+from tests.helpers import AppServer
 
 
 # --- 9. counting a body's values, and bodies per route -------------------------------------------
@@ -68,3 +71,71 @@ def test_control_routes_take_small_bodies(
     streamed = client.post(path, content=_chunks(big_control_body), headers=headers)
     assert f"at most {CONTROL_BODY_BYTES} bytes" in assert_error(streamed, 413)["error"]["message"]
     assert client.get("/v1/collections/x").status_code == 404
+
+
+# --- 2. what one search may cost, and how long it may take ---------------------------------------
+def test_a_requests_searches_share_one_hit_budget(client: httpx.Client, collection: str) -> None:
+    items = [{"id": f"t{i}", "text": "the same words"} for i in range(12)]
+    assert client.post(f"/v1/collections/{collection}/texts", json={"items": items}).is_success
+    search = f"/v1/collections/{collection}/search"
+    # The shared server allows k up to 500 and, by default, 20,000 hits a request (and 16
+    # texts: these queries are stored items).
+    ok = {"queries": [{"item_id": "t1", "k": 500}] * 40}
+    assert client.post(search + "/batch", json=ok).status_code == 200
+    for body in (
+        {"queries": [{"item_id": "t1", "k": 500}] * 41},
+        {"queries": [{"item_id": "t2", "k": 250, "offset": 250, "dedup": 0.5}] * 41},
+    ):
+        r = client.post(search + "/batch", json=body)
+        message = assert_error(r, 413, "search_too_large")["error"]["message"]
+        assert "20500 hits" in message and "20000" in message, message
+
+
+def _deep(depths: list[int]) -> Callable[[int], list[Hit]]:
+    """A collection of 1,000 items tied at one score: every ranking must deepen."""
+
+    def fetch(depth: int) -> list[Hit]:
+        depths.append(depth)
+        return [Hit(f"i{n:04d}", 0.5, Modality.TEXT, {}, None) for n in range(depth)]
+
+    return fetch
+
+
+def test_deepening_stops_at_the_requests_budget_and_deadline() -> None:
+    unbounded: list[int] = []
+    rank(_deep(unbounded), SearchSpec(k=10), 1000)
+    assert unbounded[-1] == 1000  # ties at the page's end: down to max_depth
+    spent: list[int] = []
+    budget = Budget(hits=200, timeout_s=60)
+    for _ in range(3):  # three queries of one request
+        rank(_deep(spent), SearchSpec(k=10, budget=budget), 1000)
+    assert sum(spent) - 3 * spent[0] <= 200 and budget.hits >= 0
+    late: list[int] = []
+    page = rank(_deep(late), SearchSpec(k=10, budget=Budget(10**6, 1, deadline=1.0)), 1000)
+    assert late == [12] and len(page.hits) == 10  # past its deadline: no deepening
+
+
+@pytest.fixture(scope="module")
+def hurried(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    server = AppServer(tmp_path_factory.mktemp("hurried") / "data", search_timeout_s=0.001)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_search_past_its_deadline_gets_504(hurried: AppServer) -> None:
+    with httpx.Client(base_url=hurried.url, timeout=30) as c:
+        assert c.post("/v1/collections", json={"name": "c"}).status_code == 201
+        texts = {"items": [{"id": "a", "text": "a red bus"}]}
+        assert c.post("/v1/collections/c/texts", json=texts).is_success
+        for path, body in (
+            ("/v1/collections/c/search", {"text": "bus"}),
+            ("/v1/collections/c/search/batch", {"queries": [{"text": "bus"}] * 3}),
+            ("/knn-service", {"text": "bus", "indice_name": "c", "modality": "text"}),
+        ):
+            r = c.post(path, json=body)
+            message = assert_error(r, 504, "deadline_exceeded")["error"]["message"]
+            assert "longer than 0.001 s" in message, (path, message)
+        assert c.get("/v1/collections/c/items/a").status_code == 200  # the rest still answers

@@ -15,6 +15,7 @@ import torch
 from app.service.config import Settings
 from app.service.engine import SMALL_BATCH, Engine
 from app.service.metrics import Metrics
+from app.service.search import queue as queue_module
 from app.service.search.queue import SearchQueue
 from app.service.search.ranking import Page, SearchSpec
 from index import UnknownCollection
@@ -99,6 +100,71 @@ async def _errors() -> None:
     assert ("a", "v1", 1) in ranker.calls[1:]  # the one that left was not ranked
     # The queue still works after all that.
     assert (await queue.search("b", "v1", [vec(7)], [SearchSpec()]))[0].next_offset == 7
+
+
+class Busy(Ranker):
+    """Takes 0.1 s a call after the first (which waits to be released), and records how
+    many heavy calls ran at once and which calls overlapped a heavy one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.heavy_now = 0
+        self.most_heavy = 0
+        self.beside_heavy: list[str] = []
+
+    def __call__(
+        self, name: str, version: str, vectors: Sequence[np.ndarray], specs: Sequence[SearchSpec]
+    ) -> list[Page]:
+        heavy = sum(s.k for s in specs) > 100
+        with self.lock:
+            if not heavy and self.heavy_now:
+                self.beside_heavy.append(name)
+            self.heavy_now += heavy
+            self.most_heavy = max(self.most_heavy, self.heavy_now)
+        try:
+            if self.calls:
+                self.calls.append((name, version, len(vectors)))
+                threading.Event().wait(0.1)
+                return [Page([], int(v[0])) for v in vectors]
+            return super().__call__(name, version, vectors, specs)
+        finally:
+            with self.lock:
+                self.heavy_now -= heavy
+
+
+def test_light_searches_go_first_and_heavy_ones_take_one_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asyncio.run(_fair(workers=1))  # the order
+    ranker = asyncio.run(_fair(workers=2))
+    assert ranker.most_heavy == 1  # the other worker stayed free ...
+    assert "light" in ranker.beside_heavy  # ... and served the light search meanwhile
+    # A search that waited past AGE_S goes first whatever it costs.
+    monkeypatch.setattr(queue_module, "AGE_S", 0.0)
+    assert asyncio.run(_fair(workers=1)).calls[1][0] == "a"
+
+
+async def _fair(workers: int) -> Busy:
+    ranker = Busy()
+    queue = SearchQueue(ranker, workers=workers)
+    blocker = asyncio.ensure_future(queue.search("block", "v1", [vec(0)], [SearchSpec()]))
+    await asyncio.to_thread(ranker.started.wait, 10)
+    deep = [SearchSpec(k=1100)] * 8  # 8,816 hits: two do not fit in one batch
+    heavy = [
+        asyncio.ensure_future(queue.search(name, "v1", [vec(i)] * 8, deep))
+        for i, name in enumerate("aabbc", 1)
+    ]
+    await asyncio.sleep(0.01)
+    light = asyncio.ensure_future(queue.search("light", "v1", [vec(9)], [SearchSpec(k=1)]))
+    await asyncio.sleep(0.01)
+    ranker.release.set()
+    await asyncio.gather(blocker, *heavy, light)
+    names = [c[0] for c in ranker.calls]
+    if workers == 1 and queue_module.AGE_S > 0:
+        assert names[1] == "light", names  # before the heavy ones that came first
+        assert names.count("a") == 2, names  # BATCH_HITS kept them apart
+    return ranker
 
 
 def test_a_few_queries_are_encoded_on_one_thread_and_jobs_on_torchs_default(

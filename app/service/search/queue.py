@@ -7,17 +7,27 @@ and filter, one SQLite read of the hits). An idle server searches a lone query a
 busy one gathers the queries that came in while it was searching, so the thread hops, the
 FAISS calls and the SQLite reads are paid per batch instead of per request. A failure
 (the collection deleted, its version switched) fails only the searches of its group.
+
+Fair order: a worker takes the cheapest waiting search (in hits, ``ranking.cost``) and,
+with it, the waiting searches of the same collection and version that cost at most a few
+times as much, up to ``BATCH_HITS`` together, so a lone ``k: 1`` search does not wait
+behind a client's batches of deep ones, on its collection or another. Searches over
+``SMALL`` hits are heavy, and heavy ones run on one worker at a time: the others stay
+free for the light ones. A search that has waited longer than ``AGE_S`` goes first
+whatever it costs, so deep searches are not starved either; each is bounded by the
+request's hit budget (``Limits.check_search_hits``) and deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.service.search.ranking import Page, SearchSpec
+from app.service.search.ranking import Page, SearchSpec, cost
 from app.service.threads import run_in_threadpool
 
 Rank = Callable[[str, str, Sequence[np.ndarray], Sequence[SearchSpec]], list[Page]]
@@ -30,6 +40,17 @@ class _Search:
     vectors: Sequence[np.ndarray]
     specs: Sequence[SearchSpec]
     future: asyncio.Future[list[Page]]
+    cost: int = 0
+    since: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.cost = sum(cost(spec) for spec in self.specs)
+
+
+AGE_S = 1.0  # a search waiting this long goes next, whatever it costs
+BATCH_SPREAD = 4  # searches batched with the cheapest cost at most this many times more
+SMALL = 1024  # ... or at most this many hits; searches costing more are heavy
+BATCH_HITS = 16_384  # a batch stops growing here (a first search costing more goes alone)
 
 
 class SearchQueue:
@@ -41,6 +62,7 @@ class SearchQueue:
         self._workers = workers  # batches searched at once (searches are CPU work)
         self._pending: list[_Search] = []
         self._running = 0
+        self._heavy = False  # a worker is ranking heavy searches
         self._tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
 
     async def search(
@@ -57,14 +79,19 @@ class SearchQueue:
 
     async def _drain(self) -> None:
         try:
-            while self._pending:
-                batch, self._pending = self._pending, []
+            while batch := self._next():
                 live = [s for s in batch if not s.future.done()]  # not given up meanwhile
                 if not live:
                     continue
                 if self._observe is not None:
                     self._observe(len(live))
-                outcomes = await run_in_threadpool(self._run, live)
+                heavy = any(s.cost > SMALL for s in live)
+                self._heavy |= heavy
+                try:
+                    outcomes = await run_in_threadpool(self._run, live)
+                finally:
+                    if heavy:
+                        self._heavy = False
                 for s, outcome in zip(live, outcomes, strict=True):
                     if s.future.done():
                         continue
@@ -80,6 +107,30 @@ class SearchQueue:
             raise
         finally:
             self._running -= 1
+
+    def _next(self) -> list[_Search]:
+        """Takes the next batch off the waiting searches (see the module's fair order):
+        empty when nothing waits that this worker may take."""
+        self._pending = [s for s in self._pending if not s.future.done()]
+        eligible = [s for s in self._pending if not (self._heavy and s.cost > SMALL)]
+        if not eligible:
+            return []
+        oldest = min(eligible, key=lambda s: s.since)
+        if time.monotonic() - oldest.since > AGE_S:
+            first = oldest
+        else:
+            first = min(eligible, key=lambda s: s.cost)
+        ceiling = max(first.cost * BATCH_SPREAD, SMALL)
+        batch, total = [first], first.cost
+        for s in eligible:
+            if s is first or (s.name, s.version) != (first.name, first.version):
+                continue
+            if s.cost <= ceiling and total + s.cost <= BATCH_HITS:
+                batch.append(s)
+                total += s.cost
+        taken = {id(s) for s in batch}
+        self._pending = [s for s in self._pending if id(s) not in taken]
+        return batch
 
     def _run(self, batch: list[_Search]) -> list[list[Page] | BaseException]:
         """Each search's pages (or the error of its group), one ranking per group."""

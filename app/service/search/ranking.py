@@ -11,6 +11,7 @@ every page: no hit on two pages, none skipped.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,9 +19,41 @@ from typing import Any
 import numpy as np
 
 from index import Hit, Modality
+from models.errors import DeadlineExceeded
 
 # hits of one query row, ``depth`` deep: what the store answers
 Fetch = Callable[[int], list[Hit]]
+
+
+@dataclass
+class Budget:
+    """What one request may still spend beyond its first fetch: hits fetched while
+    deepening (for ties and near-duplicate collapse, shared by the request's queries), and
+    time. A ranking whose budget runs out ends where it is, as one at ``max_depth`` does."""
+
+    hits: int
+    timeout_s: float
+    deadline: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.deadline = self.deadline or time.monotonic() + self.timeout_s
+
+    def left_s(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def expired(self) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"the search took longer than {self.timeout_s:g} s (XMODAL_SEARCH_TIMEOUT_S)"
+        )
+
+    def take(self, hits: int) -> bool:
+        """Whether ``hits`` more may be fetched (and if so, they are spent): not past the
+        deadline (the request is answered 504 then; its searches stop deepening, and
+        the others ranked with them are not failed for it)."""
+        if hits > self.hits or self.left_s() <= 0:
+            return False
+        self.hits -= hits
+        return True
 
 
 @dataclass(frozen=True)
@@ -35,6 +68,7 @@ class SearchSpec:
     min_relative: float | None = None  # fraction of the best hit's score
     dedup: float | None = None  # cosine at or above which two hits are near-duplicates
     exclude: frozenset[str] = field(default_factory=frozenset)  # ids left out (the query's)
+    budget: Budget | None = field(default=None, compare=False)  # the request's, once planned
 
     @property
     def needed(self) -> int:
@@ -46,6 +80,12 @@ class SearchSpec:
 class Page:
     hits: list[Hit]
     next_offset: int | None
+
+
+def cost(spec: SearchSpec) -> int:
+    """What a search costs before any deepening, in hits: its first fetch (with the hits'
+    vectors when it collapses near-duplicates, about twice the work)."""
+    return first_depth(spec) * (2 if spec.dedup is not None else 1)
 
 
 def first_depth(spec: SearchSpec) -> int:
@@ -70,6 +110,8 @@ def rank(fetch: Fetch, spec: SearchSpec, max_depth: int, hits: list[Hit] | None 
         if len(ranking) >= spec.needed and hits[-1].score < ranking[spec.needed - 1].score:
             break  # every hit not fetched scores below the page's end: it is complete
         depth = min(depth * 2, max_depth)
+        if spec.budget is not None and not spec.budget.take(depth):
+            break
         hits = fetch(depth)
     end = spec.offset + spec.k
     return Page(ranking[spec.offset : end], end if len(ranking) > end else None)

@@ -18,7 +18,7 @@ from app.service.engine import Engine, PreparedImage
 from app.service.errors import Invalid, ServiceError, TooLarge
 from app.service.limits import Limits
 from app.service.search.queue import SearchQueue
-from app.service.search.ranking import Page, SearchSpec, combine, first_depth, rank
+from app.service.search.ranking import Budget, Page, SearchSpec, combine, first_depth, rank
 from app.service.threads import run_in_threadpool
 from index import (
     CollectionInfo,
@@ -145,6 +145,9 @@ class Retrieval:
         them) and searched as one matrix per target and filter, as FAISS does fastest."""
         for _, spec in queries:
             self.check_page(spec)
+        self.limits.check_search_hits([spec.offset + spec.k for _, spec in queries])
+        # Deepening may fetch as much again as one query going to its deepest would.
+        budget = Budget(8 * self.limits.max_k, self.limits.search_timeout_s)
 
         async def named(i: int, parts: Sequence[Part], version: str) -> Any:
             """A query's vector; what goes wrong names the query (``queries[i]: ...``)."""
@@ -160,10 +163,21 @@ class Retrieval:
                 *(named(i, parts, version) for i, (parts, _) in enumerate(queries))
             )
             planned = [
-                replace(spec, target=spec.target or default_target, exclude=spec.exclude | own)
+                replace(
+                    spec,
+                    target=spec.target or default_target,
+                    exclude=spec.exclude | own,
+                    budget=budget,
+                )
                 for (_, spec), (_, default_target, own) in zip(queries, vectors, strict=True)
             ]
-            return await self.searches.search(name, version, [v for v, _, _ in vectors], planned)
+            rows = [v for v, _, _ in vectors]
+            try:
+                return await asyncio.wait_for(
+                    self.searches.search(name, version, rows, planned), max(budget.left_s(), 0)
+                )
+            except TimeoutError:
+                raise budget.expired() from None
 
         return await retry_on_switch(lambda: self.space_of(name), once)
 
