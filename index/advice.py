@@ -15,11 +15,12 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import faiss
 import numpy as np
 
 from index.backend import VectorBackend
 from index.errors import InvalidIndexSpec
-from index.faiss_backend import FaissBackends
+from index.faiss_backend import FaissBackends, training_size
 from index.search import candidates
 
 K = 10
@@ -50,6 +51,21 @@ def faiss_only(backends: Any) -> FaissBackends:
             "index type is chosen when the collection is created"
         )
     return backends
+
+
+def check_trainable(backends: FaissBackends, d: int, spec: str, n: int) -> str:
+    """``spec`` normalised, if ``n`` vectors can train it: an untrained index searches
+    exactly (there is nothing of it to measure), and training far more centroids than
+    there are vectors costs minutes for nothing."""
+    normal = backends.check(d, spec)
+    need = training_size(faiss.index_factory(d, normal, faiss.METRIC_INNER_PRODUCT))
+    if need > n:
+        raise InvalidIndexSpec(
+            f"{normal} needs {need} vectors to train (39 per centroid of its IVF lists or PQ "
+            f"codes); the sample has {n}: use fewer centroids (IVF nlist, PQ nbits) or a "
+            "larger sample"
+        )
+    return normal
 
 
 def sample_queries(n: int, seed: int = 0) -> np.ndarray:

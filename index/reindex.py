@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from index.advice import IndexReport, advise, faiss_only, measure
+from index.advice import IndexReport, check_trainable, faiss_only, measure
 from index.backend import VectorBackend
 from index.db import load_vectors, max_tombstone
 from index.errors import UnknownCollection
@@ -52,16 +52,26 @@ def stored_vectors(
     return np.array(labels, dtype=np.int64), np.ascontiguousarray(xb, dtype=np.float32)
 
 
-def advise_collection(
+@dataclass(frozen=True)
+class AdviceSample:
+    """What index advice measures on: a sample of one modality's vectors, and the specs
+    asked for (checked: each in the grammar and trainable on the sample)."""
+
+    modality: Modality
+    labels: np.ndarray
+    vectors: np.ndarray
+    specs: list[str] | None
+
+
+def advice_sample(
     store: CollectionStore,
     name: str,
-    targets: dict[str, float],
     modality: Modality | None = None,
     sample: int = 5000,
     specs: list[str] | None = None,
-) -> dict[str, Any]:
-    """``index.advice.advise`` on a sample of a collection's vectors (of ``modality``, by
-    default the one with more)."""
+) -> AdviceSample:
+    """A sample of a collection's vectors (of ``modality``, by default the one with
+    more) for ``index.advice.advise``."""
     backends = faiss_only(store.backends)
     info = store.serving(name)
     modality = modality or max(Modality, key=lambda m: info.counts.get(m, 0))
@@ -69,9 +79,10 @@ def advise_collection(
     if len(labels) > sample:
         keep = np.sort(np.random.default_rng(0).choice(len(labels), sample, replace=False))
         labels, xb = labels[keep], xb[keep]
-    checked = [backends.check(info.dim, s) for s in specs] if specs else None
-    answer = advise(backends, labels, xb, targets, checked)
-    return {"collection": name, "modality": modality.value, "sample": len(labels), **answer}
+    checked = None
+    if specs:
+        checked = [check_trainable(backends, info.dim, s, len(labels)) for s in specs]
+    return AdviceSample(modality, labels, xb, checked)
 
 
 def build_new_index(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from bench.serving import REPO, TINY, ServerProcess, free_port, image_bytes, tiny_env
 
@@ -153,3 +154,36 @@ def cli_env(data_dir: Path, env: dict[str, str]) -> dict[str, str]:
 def xmodal(*args: str, data_dir: Path, **env: str) -> CliRun:
     """``xmodal ARGS`` in this process: the ``main`` the console script calls."""
     return run_cli(list(args), cli_env(data_dir, env))
+
+
+def children(pid: int, marker: bytes = b"") -> list[int]:
+    """The processes ``pid`` started (Linux /proc), those whose command line holds
+    ``marker`` if one is given."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and marker in cmdline:
+            out.append(int(stat.parent.name))
+    return out
+
+
+TINY_SPACE = "xmodal-tiny@random-seed0"  # the tiny model's embedding space
+
+
+def store_vectors(data: Path, name: str, n: int) -> None:
+    """A collection of ``n`` random text vectors in the tiny model's space, written
+    straight to the store (cheap: no encoding)."""
+    from index import CollectionStore, Modality, NewItem
+    from index.faiss_backend import FaissBackends
+
+    store = CollectionStore(data, backends=FaissBackends(use_gpu=False))
+    store.create_collection(name, 64, TINY_SPACE)
+    xb = np.random.default_rng(0).standard_normal((n, 64)).astype(np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    items = [NewItem(f"t{i}", Modality.TEXT, {}, text=f"t{i}") for i in range(n)]
+    store.upsert(name, items, xb, TINY_SPACE)
+    store.close()

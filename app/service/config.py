@@ -156,6 +156,11 @@ class Settings(BaseSettings):
         "offset + k, summed over a batch; 413 beyond). Deepening for ties and `dedup` may "
         "fetch 8 x `XMODAL_MAX_K` more per request.",
     )
+    advice_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        120.0,
+        description="Deadline for one index advice (504 past it; the measuring process is "
+        "ended, as it is when the client leaves or the server stops).",
+    )
     search_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
         10.0,
         description="Deadline for a request's searches, from the start of its embedding; past "

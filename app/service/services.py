@@ -98,6 +98,7 @@ class Services:
                 await task
         stack = self.stack
         if stack is not None:
+            stack.advisor.close()
             # A running job stops at its next chunk boundary and resumes on the next start.
             await run_in_threadpool(stack.jobs.stop)
             await stack.engine.stop()

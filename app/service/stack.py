@@ -58,6 +58,7 @@ class Stack:
     def close(self) -> None:
         """Release what ``build_stack`` made, for callers without an event loop (the CLI);
         the server stops the engine's batchers first."""
+        self.advisor.close()
         self.jobs.stop()
         self.engine.shutdown()
         self.store.close()
@@ -146,6 +147,6 @@ def build_stack(
         activator,
         jobs,
         retrieval,
-        Advisor(store),
+        Advisor(store, settings.advice_timeout_s, settings.data_dir / "tmp"),
         images,
     )

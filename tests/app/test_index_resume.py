@@ -10,21 +10,7 @@ import httpx
 
 from tests.api import wait_for_job
 from tests.corpus import write_many
-from tests.helpers import AppServer, ServerProcess
-
-
-def children(pid: int) -> list[int]:
-    """The processes ``pid`` started (Linux /proc)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
+from tests.helpers import AppServer, ServerProcess, children
 
 CORPUS = 800  # images: chunks of 10, so a kill lands well inside the job
 

@@ -18,8 +18,8 @@ import pytest
 from app.api.main import create_app
 from app.service.config import Settings
 from bench import load
-from tests.api import wait_until
-from tests.helpers import REPO, AppServer, ServerProcess, image_bytes
+from tests.api import assert_error, wait_until
+from tests.helpers import REPO, AppServer, ServerProcess, children, image_bytes, store_vectors
 
 KEYS = ("first-key-0123456789abcdef", "second-key-0123456789abcdef")
 # POSTs that only read: they need a key only with XMODAL_AUTH_READS.
@@ -266,20 +266,34 @@ def test_concurrency_limit_answers_429_and_spares_probes(tmp_path: Path) -> None
 
 
 def test_sigterm_drains_finishes_in_flight_requests_and_snapshots(tmp_path: Path) -> None:
+    store_vectors(tmp_path / "data", "many", 5000)
     server = ServerProcess(
         tmp_path / "data", shutdown_drain_s=2, snapshot_interval_s=3600, snapshot_every=10**6
     ).start()
     assert server.proc is not None
+    pid = server.proc.pid
+    # An index advice that would measure for about 8 s (issue 26.3): SIGTERM ends it.
+    advice = ThreadPoolExecutor(1).submit(
+        httpx.post,
+        f"{server.url}/v1/collections/many/index-advice",
+        json={"specs": ["HNSW128"] * 12},
+        timeout=60,
+    )
+    wait_until(lambda: children(pid, b"index.advice_run") != [], what="the advice measuring")
     with httpx.Client(base_url=server.url, timeout=30) as c:
         assert c.post("/v1/collections", json={"name": "drain"}).status_code == 201
         r = c.post("/v1/collections/drain/texts", json={"items": [{"id": "t", "text": "kept"}]})
         assert r.status_code == 200
-        assert not list((tmp_path / "data").rglob("*.xmidx"))  # nothing snapshotted yet
+        drained = tmp_path / "data" / "indexes" / "drain"
+        assert not list(drained.rglob("*.xmidx"))  # nothing snapshotted yet
         sock, rest = _hold_upload(server.url, "drain", "in-flight", image_bytes(seed=3))
         # The server reads the head and most of the body; a body still arriving takes no
         # slot yet (slow clients hold none), so there is nothing to poll for here.
         time.sleep(0.3)
         server.proc.send_signal(signal.SIGTERM)
+        stopped = advice.result()
+        assert_error(stopped, 503, "advice_stopped")
+        assert children(pid, b"index.advice_run") == []
         # Draining: not ready, still alive and still serving.
         wait_until(lambda: c.get("/readyz").status_code == 503, what="not ready")
         r = c.get("/readyz")
@@ -299,10 +313,7 @@ def test_sigterm_drains_finishes_in_flight_requests_and_snapshots(tmp_path: Path
     assert _finish(sock, rest) == 200
     # uvicorn re-raises the signal once its shutdown is done: dying of it is the clean end.
     assert server.proc.wait(30) in (0, -signal.SIGTERM)
-    assert sorted(p.name for p in (tmp_path / "data").rglob("*.xmidx")) == [
-        "image.xmidx",
-        "text.xmidx",
-    ]
+    assert sorted(p.name for p in drained.rglob("*.xmidx")) == ["image.xmidx", "text.xmidx"]
     again = ServerProcess(tmp_path / "data").start()
     try:
         counts = httpx.get(again.url + "/v1/collections/drain").json()["counts"]

@@ -4,19 +4,26 @@ fetches) and how long it may take."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import threading
+import time
 import tracemalloc
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from app.api import bodies
 from app.api.bodies import CONTROL_BODY_BYTES, json_values
+from app.service.advice import AdviceStopped, Advisor
 from app.service.search.ranking import Budget, SearchSpec, rank
-from index import Hit, Modality
-from tests.api import assert_error
-from tests.helpers import AppServer
+from index import CollectionStore, Hit, Modality
+from index.faiss_backend import FaissBackends
+from models.errors import DeadlineExceeded
+from tests.api import assert_error, wait_until
+from tests.helpers import AppServer, children, store_vectors
 
 
 # --- 9. counting a body's values, and bodies per route -------------------------------------------
@@ -117,7 +124,10 @@ def test_deepening_stops_at_the_requests_budget_and_deadline() -> None:
 
 @pytest.fixture(scope="module")
 def hurried(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
-    server = AppServer(tmp_path_factory.mktemp("hurried") / "data", search_timeout_s=0.001)
+    """A server whose searches time out at once, holding 5,000 vectors to advise on."""
+    data = tmp_path_factory.mktemp("hurried") / "data"
+    store_vectors(data, "many", 5000)
+    server = AppServer(data, search_timeout_s=0.001)
     server.start()
     try:
         yield server
@@ -139,3 +149,57 @@ def test_a_search_past_its_deadline_gets_504(hurried: AppServer) -> None:
             message = assert_error(r, 504, "deadline_exceeded")["error"]["message"]
             assert "longer than 0.001 s" in message, (path, message)
         assert c.get("/v1/collections/c/items/a").status_code == 200  # the rest still answers
+
+
+# --- 3. index advice: refused up front, or stopped ------------------------------------------------
+SLOW_SPECS = ["HNSW128"] * 12  # about 0.7 s each on 5,000 vectors here
+
+
+def _advice_processes(pid: int | None = None) -> list[int]:
+    """The processes of ``pid`` (this one by default) measuring an index advice."""
+    return children(pid or os.getpid(), b"index.advice_run")
+
+
+def test_specs_the_sample_cannot_train_are_refused_up_front(
+    client: httpx.Client, collection: str
+) -> None:
+    items = [{"id": f"t{i}", "text": f"text number {i}"} for i in range(12)]
+    assert client.post(f"/v1/collections/{collection}/texts", json={"items": items}).is_success
+    url = f"/v1/collections/{collection}/index-advice"
+    for spec in ("OPQ16_64,IVF65536,PQ16x12", "IVF64,Flat", "PQ8x12", "HNSW16_PQ8"):
+        r = client.post(url, json={"specs": ["Flat", spec], "sample": 20000})
+        message = assert_error(r, 400, "invalid_index")["error"]["message"]
+        assert "vectors to train" in message and "the sample has 12" in message, message
+    assert client.post(url, json={"specs": ["Flat", "HNSW16"]}).status_code == 200
+
+
+def test_advice_ends_at_its_deadline_when_stopped_and_when_closed(tmp_path: Path) -> None:
+    store_vectors(tmp_path / "data", "many", 5000)
+    store = CollectionStore(tmp_path / "data", backends=FaissBackends(use_gpu=False))
+    advisor = Advisor(store, 1.0, tmp_path / "tmp")
+    try:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="longer than 1 s"):
+            advisor.advise("many", {}, specs=SLOW_SPECS)
+        assert time.monotonic() - started < 4
+        for stopper in ("event", "close"):
+            stop = threading.Event()
+            trigger = stop.set if stopper == "event" else advisor.close
+            threading.Timer(0.5, trigger).start()
+            started = time.monotonic()
+            with pytest.raises(AdviceStopped):
+                advisor.advise("many", {}, specs=SLOW_SPECS, stop=stop)
+            assert time.monotonic() - started < 3
+        assert _advice_processes() == [] and list((tmp_path / "tmp").iterdir()) == []
+    finally:
+        store.close()
+
+
+def test_advice_stops_when_its_client_leaves(hurried: AppServer) -> None:
+    url = f"{hurried.url}/v1/collections/many/index-advice"
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url, json={"specs": SLOW_SPECS}, timeout=1.0)
+    wait_until(lambda: not _advice_processes(), timeout=5, what="the advice process ended")
+    # The advisor is free again at once (one advice at a time: a running one answers 429).
+    r = httpx.post(url, json={"specs": ["Flat"], "sample": 500}, timeout=30)
+    assert r.status_code == 200 and r.json()["rows"][0]["recall_at_10"] == 1.0, r.text

@@ -1,15 +1,17 @@
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 from typing import Any, Literal
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import ReadAccess, WriteAccess
 from app.api.bodies import ControlJSONRoute
-from app.api.deps import EngineDep, StackDep, StoreDep
+from app.api.deps import EngineDep, ServicesDep, StackDep, StoreDep
 from app.api.openapi import errors
 from app.api.schemas import CollectionCreate, CollectionList, CollectionOut
 from index import CollectionInfo, Modality
@@ -102,13 +104,29 @@ class IndexAdviceRequest(BaseModel):
 
 
 @router.post(
-    "/{name}/index-advice", dependencies=[WriteAccess], responses=errors(400, 404, 409, 429)
+    "/{name}/index-advice",
+    dependencies=[WriteAccess],
+    responses=errors(400, 404, 409, 429, 503, 504),
 )
-async def index_advice(name: str, body: IndexAdviceRequest, stack: StackDep) -> dict[str, Any]:
+async def index_advice(
+    name: str, body: IndexAdviceRequest, stack: StackDep, services: ServicesDep, request: Request
+) -> dict[str, Any]:
     """Build each spec of a ladder (or `specs`) on a sample of the collection's vectors and
     measure it against exact search: recall as served and raw, p50 latency, bytes per
-    vector; `choice` is the smallest that meets every target (null if none does)."""
+    vector; `choice` is the smallest that meets every target (null if none does). Specs
+    the sample cannot train are refused (400); the measuring stops at
+    `XMODAL_ADVICE_TIMEOUT_S` (504), when the client leaves, or when the server stops."""
     targets = {str(k): v for k, v in body.targets.items()}
-    return await run_in_threadpool(
-        stack.advisor.advise, name, targets, body.modality, body.sample, body.specs
+    stop = threading.Event()
+    work = asyncio.ensure_future(
+        run_in_threadpool(
+            stack.advisor.advise, name, targets, body.modality, body.sample, body.specs, stop
+        )
     )
+    try:
+        while not (await asyncio.wait({work}, timeout=0.25))[0]:
+            if services.shutting_down or await request.is_disconnected():
+                stop.set()
+        return work.result()
+    finally:
+        stop.set()  # this request was cancelled, or it is done
