@@ -21,6 +21,9 @@ from index.errors import StoreError
 
 MAX_ERRORS = 100  # the first failures are kept with their reasons; the rest are counted
 NO_RETURN = "past_point_of_no_return"  # in a job's detail: it can no longer be cancelled
+# Starts without the job's resume point moving after which it fails instead of starting
+# again: the server died under it each time (out of memory, most likely).
+MAX_STARTS = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -39,13 +42,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at REAL NOT NULL,
     started_at REAL,
     finished_at REAL,
-    detail TEXT NOT NULL DEFAULT '{}'
+    detail TEXT NOT NULL DEFAULT '{}',
+    starts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at);
 """
 _COLUMNS = (
     "id, kind, state, collection, params, total, done, failed, cursor, errors, message,"
-    " run_seconds, created_at, started_at, finished_at, detail"
+    " run_seconds, created_at, started_at, finished_at, detail, starts"
 )
 
 
@@ -92,6 +96,7 @@ class Job:
     started_at: float | None
     finished_at: float | None
     detail: dict[str, Any]  # what a kind of job reports beyond counts (training progress)
+    starts: int = 0  # times started since its resume point last moved (see MAX_STARTS)
 
     @property
     def items_per_second(self) -> float | None:
@@ -128,6 +133,10 @@ class JobStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         db.apply(SCHEMA)
+        with db.transaction() as conn:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            if "starts" not in columns:  # a database from before starts were counted
+                conn.execute("ALTER TABLE jobs ADD COLUMN starts INTEGER NOT NULL DEFAULT 0")
 
     def create(self, kind: str, collection: str | None, params: dict[str, Any]) -> Job:
         job_id = uuid.uuid4().hex[:16]
@@ -175,20 +184,38 @@ class JobStore:
         return [_job(r) for r in rows]
 
     def start(self, job_id: str) -> bool:
-        """Queued (or interrupted while running) -> running; False if it ended meanwhile."""
+        """Queued (or interrupted while running) -> running, counting the start; False if
+        it ended meanwhile, or if it has started ``MAX_STARTS`` times without its resume
+        point moving: the server died under it each time, so it fails with that reason
+        instead of taking the server down again on every start."""
         with self.db.transaction() as conn:
-            cur = conn.execute(
-                "UPDATE jobs SET state = ?, started_at = COALESCE(started_at, ?)"
-                " WHERE id = ? AND state IN (?, ?)",
-                (
-                    JobState.RUNNING.value,
-                    time.time(),
-                    job_id,
-                    JobState.QUEUED.value,
-                    JobState.RUNNING.value,
-                ),
+            row = conn.execute("SELECT state, starts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or JobState(row[0]).finished:
+                return False
+            if row[1] >= MAX_STARTS:
+                message = (
+                    f"the server stopped {row[1]} times while this job ran, without the job "
+                    "getting any further (out of memory, most likely: see the server log); it "
+                    "is not started again: submit it anew, with smaller settings if it ran "
+                    "out of memory"
+                )
+                conn.execute(
+                    "UPDATE jobs SET state = ?, message = ?, finished_at = ? WHERE id = ?",
+                    (JobState.FAILED.value, message, time.time(), job_id),
+                )
+                return False
+            conn.execute(
+                "UPDATE jobs SET state = ?, started_at = COALESCE(started_at, ?),"
+                " starts = starts + 1 WHERE id = ?",
+                (JobState.RUNNING.value, time.time(), job_id),
             )
-        return cur.rowcount == 1
+        return True
+
+    def stopped(self, job_id: str) -> None:
+        """The server stopped the job cleanly (to resume it on the next start): that start
+        does not count against it."""
+        with self.db.transaction() as conn:
+            conn.execute("UPDATE jobs SET starts = MAX(starts - 1, 0) WHERE id = ?", (job_id,))
 
     def set_total(self, job_id: str, total: int) -> None:
         with self.db.transaction() as conn:
@@ -303,8 +330,18 @@ def _apply(conn: sqlite3.Connection, job_id: str, p: Progress) -> None:
             counts[name] = counts.get(name, 0) + n
     conn.execute(
         "UPDATE jobs SET cursor = MAX(cursor, ?), done = done + ?, failed = failed + ?,"
-        " errors = ?, run_seconds = run_seconds + ?, detail = ? WHERE id = ?",
-        (p.cursor, p.done, p.failed, json.dumps(errors), p.seconds, json.dumps(detail), job_id),
+        " errors = ?, run_seconds = run_seconds + ?, detail = ?,"
+        " starts = CASE WHEN ? > cursor THEN 0 ELSE starts END WHERE id = ?",
+        (
+            p.cursor,
+            p.done,
+            p.failed,
+            json.dumps(errors),
+            p.seconds,
+            json.dumps(detail),
+            p.cursor,
+            job_id,
+        ),
     )
 
 
@@ -326,4 +363,5 @@ def _job(row: Sequence[Any]) -> Job:
         started_at=row[13],
         finished_at=row[14],
         detail=json.loads(row[15]),
+        starts=row[16],
     )

@@ -13,6 +13,7 @@ it), under AdamW with warm-up and cosine decay.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -36,9 +37,13 @@ from models.errors import InvalidParameters
 from models.student import Student, teacher_text_cfg
 
 
-def student_cfg(model_name: str, config: DistillConfig) -> dict[str, Any]:
+def student_cfg(
+    model_name: str, config: DistillConfig, available_bytes: int | None = None
+) -> dict[str, Any]:
     """The student's text tower settings: the teacher's, with the shape ``config`` asks for
-    (0: derived from the teacher's), or ``InvalidParameters`` naming what does not fit."""
+    (0: derived from the teacher's), or ``InvalidParameters`` naming what does not fit: a
+    student larger than its teacher's text tower, or (given ``available_bytes``) one whose
+    training would not fit in the memory there is."""
     teacher = teacher_text_cfg(model_name)
     t_width, t_layers = int(teacher["width"]), int(teacher["layers"])
     t_context = int(teacher.get("context_length", 77))
@@ -52,7 +57,46 @@ def student_cfg(model_name: str, config: DistillConfig) -> dict[str, Any]:
         raise InvalidParameters(
             f"context_length {context} is longer than the teacher's ({t_context})"
         )
-    return {**teacher, "width": width, "heads": heads, "layers": layers, "context_length": context}
+    for what, mine, theirs in (("width", width, t_width), ("layers", layers, t_layers)):
+        if mine > theirs:
+            raise InvalidParameters(
+                f"distill: {what} {mine} is larger than the teacher's text tower ({theirs}): "
+                "a student is smaller than its teacher"
+            )
+    if width // heads < 8:
+        raise InvalidParameters(f"distill: {heads} heads of width {width} are under 8 wide each")
+    cfg = {**teacher, "width": width, "heads": heads, "layers": layers, "context_length": context}
+    need = training_bytes(cfg)
+    if available_bytes is not None and need > available_bytes:
+        raise InvalidParameters(
+            f"distill: training this student takes about {need / 2**30:.1f} GiB and "
+            f"{available_bytes / 2**30:.1f} GiB are free: choose a smaller width or fewer layers"
+        )
+    return cfg
+
+
+def parameters(cfg: dict[str, Any]) -> int:
+    """About how many parameters a text transformer of ``cfg`` has: 12 width^2 per layer
+    (attention and a 4x MLP), the token and position embeddings."""
+    width, layers = int(cfg["width"]), int(cfg["layers"])
+    vocab, context = int(cfg.get("vocab_size", 49408)), int(cfg.get("context_length", 77))
+    return layers * 12 * width * width + (vocab + context) * width
+
+
+def training_bytes(cfg: dict[str, Any]) -> int:
+    """Memory to train a student of ``cfg`` with AdamW in float32: weights, gradients and
+    two moments (16 bytes a parameter), and as much again for activations and workspace."""
+    return 32 * parameters(cfg)
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device`` now (None where that cannot be told)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
 
 
 def _top_directions(matrix: torch.Tensor, k: int) -> torch.Tensor:

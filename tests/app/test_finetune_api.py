@@ -144,6 +144,11 @@ def test_bad_finetune_and_evaluate_requests(client: httpx.Client, shapes: dict[s
                 ("linear", {"lr": -1}),
                 ("contrastive", {"batch_size": 0}),
                 ("linear", {"epochs": True}),
+                # a student of 9.87 billion parameters; one wider or deeper than its teacher
+                ("distill", {"width": 4096, "layers": 48, "heads": 64}),
+                ("distill", {"width": 128}),
+                ("distill", {"layers": 4}),
+                ("distill", {"width": 32, "heads": 8}),
             )
         ),
         (

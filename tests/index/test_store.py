@@ -15,6 +15,7 @@ from index import (
     InvalidIndexSpec,
     JobFinished,
     JobNotCancellable,
+    JobState,
     JobStore,
     Modality,
     ModelMismatch,
@@ -23,6 +24,7 @@ from index import (
     UnknownCollection,
     UnknownItem,
 )
+from index.jobs import MAX_STARTS
 from index.values import InvalidValue
 from tests.stores import CPU, D, V, die, items, normalised, top_ids
 
@@ -286,3 +288,30 @@ def test_a_non_finite_vector_refuses_the_whole_write(store: CollectionStore, bad
     with pytest.raises(InvalidValue, match="not finite"):
         store.upsert("c", raw, normalised(1, seed=2), V)
     assert store.get_collection("c").counts == {"image": 0, "text": 0}
+
+
+def test_a_job_the_server_died_under_again_and_again_fails_instead_of_starting(
+    store: CollectionStore,
+) -> None:
+    """A job that takes the server down (out of memory) would otherwise be restarted at
+    every start, forever; one that gets further between deaths, or is stopped cleanly,
+    keeps being resumed."""
+    jobs = JobStore(store.db)
+    store.create_collection("c", D, V)
+    dying = jobs.create("finetune", None, {})
+    for _ in range(MAX_STARTS):  # each start, then the process dies before it ends
+        assert jobs.start(dying.id)
+    assert not jobs.start(dying.id)
+    failed = jobs.get(dying.id)
+    assert failed.state is JobState.FAILED and failed.finished_at is not None
+    assert f"stopped {MAX_STARTS} times" in (failed.message or "")
+    assert "out of memory" in (failed.message or "")
+    # An index job whose resume point moves between deaths, and one stopped cleanly.
+    moving = jobs.create("index", "c", {})
+    stopping = jobs.create("index", "c", {})
+    for life in range(2 * MAX_STARTS):
+        assert jobs.start(moving.id) and jobs.start(stopping.id)
+        jobs.advance(moving.id, Progress(cursor=10 * (life + 1), done=10))
+        jobs.stopped(stopping.id)
+    assert jobs.get(moving.id).starts == 0 and jobs.get(stopping.id).starts == 0
+    assert jobs.get(moving.id).state is JobState.RUNNING

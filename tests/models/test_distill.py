@@ -4,12 +4,13 @@ its shape, its file and how a stored version opens."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from models.adapt.distill import fit_distill, student_cfg, text_speed
+from models.adapt.distill import fit_distill, student_cfg, text_speed, training_bytes
 from models.adapt.linear import fit_linear
 from models.adapt.methods import (
     DistillConfig,
@@ -65,6 +66,30 @@ def test_bad_student_settings_are_refused_by_name(hyper: dict[str, object]) -> N
 def test_a_student_context_longer_than_the_teachers_is_refused() -> None:
     with pytest.raises(InvalidParameters, match="longer than the teacher"):
         student_cfg("xmodal-tiny", DistillConfig(context_length=64))
+
+
+@pytest.mark.parametrize(
+    ("model", "shape", "says"),
+    [
+        ("ViT-B-32", {"width": 4096, "layers": 48, "heads": 64}, "width 4096 is larger"),
+        ("ViT-B-32", {"layers": 13}, "layers 13 is larger than the teacher's text tower (12)"),
+        ("xmodal-tiny", {"width": 65}, "width 65 is larger than the teacher's text tower (64)"),
+        ("xmodal-tiny", {"width": 32, "heads": 8}, "under 8 wide"),
+    ],
+)
+def test_a_student_larger_than_its_teacher_is_refused(
+    model: str, shape: dict[str, int], says: str
+) -> None:
+    with pytest.raises(InvalidParameters, match=re.escape(says)):
+        student_cfg(model, DistillConfig(**shape))
+
+
+def test_a_student_whose_training_does_not_fit_in_memory_is_refused() -> None:
+    cfg = student_cfg("ViT-B-32", DistillConfig())
+    assert training_bytes(cfg) > 2**28  # 15.8 million parameters: about 0.47 GiB to train
+    assert student_cfg("ViT-B-32", DistillConfig(), training_bytes(cfg)) == cfg
+    with pytest.raises(InvalidParameters, match=r"0\.5 GiB and 0\.2 GiB are free"):
+        student_cfg("ViT-B-32", DistillConfig(), 2**28)
 
 
 @pytest.mark.parametrize(("loss", "mean", "least"), [("cosine", 0.95, 0.85), ("mse", 0.9, 0.6)])

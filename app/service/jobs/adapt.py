@@ -12,7 +12,7 @@ from app.service.errors import Conflict
 from app.service.finetune import FINETUNE_JOB, FineTuner
 from app.service.jobs.loop import JobStopped, OnProgress
 from index import Job, JobState, JobStore
-from models.adapt.distill import student_cfg
+from models.adapt.distill import free_memory, student_cfg
 from models.adapt.methods import TARGETED, DistillConfig, TrainingStopped, check_hyperparameters
 from models.errors import InvalidParameters
 from models.registry import ModelRegistry
@@ -54,7 +54,8 @@ class FinetuneRunner:
         )
         if params["method"] == "distill":  # the student's shape against the teacher's
             teacher = teacher_of(self.engine.encoder)
-            student_cfg(teacher.model_name, DistillConfig(**params["hyperparameters"]))
+            config = DistillConfig(**params["hyperparameters"])
+            student_cfg(teacher.model_name, config, free_memory(self.engine.encoder.device))
         return params
 
     def run(

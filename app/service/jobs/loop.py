@@ -125,6 +125,7 @@ class JobManager:
             runner.run(self.jobs.get(job.id), self._should_stop(job), on_progress)
         except JobStopped:
             log.info("job %s: stopped with the server; it resumes on the next start", job.id)
+            self.jobs.stopped(job.id)
             return self.jobs.get(job.id)
         except JobFinished:
             log.info("job %s: cancelled while committing; that chunk was not stored", job.id)
