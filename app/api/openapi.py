@@ -86,6 +86,7 @@ def _build(app: FastAPI, settings: Settings, keys_enabled: bool) -> dict[str, An
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
     _apply_limits(components, settings)
+    _state_json_rules(components)
     error_ref = {"$ref": "#/components/schemas/ErrorBody"}
     for path, route in routes(app):
         if not isinstance(route, APIRoute) or not route.include_in_schema:
@@ -152,3 +153,84 @@ def _apply_limits(components: dict[str, Any], settings: Settings) -> None:
     set_limits(prop("TextItemsIn", "items"), maxItems=settings.max_texts_per_request)
     set_limits(prop("EmbedRequest", "texts"), maxItems=settings.max_texts_per_request)
     set_limits(prop("EmbedRequest", "images_base64"), maxItems=settings.max_files_per_request)
+    # What the validators check that the models' own schemas leave out.
+    for model, field in (("SearchRequest", "image_base64"), ("QueryPart", "image_base64")):
+        set_limits(prop(model, field), pattern=BASE64)
+    set_limits(prop("KnnRequest", "image"), pattern=BASE64)
+    for option in prop("EmbedRequest", "images_base64").get("anyOf", []):
+        if option.get("type") == "array":
+            option["items"] = {"type": "string", "pattern": BASE64, "minLength": 1}
+    targets = prop("IndexAdviceRequest", "targets")
+    targets.pop("propertyNames", None)
+    targets["properties"] = {
+        "recall_at_1": {"type": "number", "minimum": 0, "maximum": 1},
+        "recall_at_10": {"type": "number", "minimum": 0, "maximum": 1},
+        "p50_ms": {"type": "number", "exclusiveMinimum": 0},
+    }
+    targets["additionalProperties"] = False
+    for name, model in components.items():
+        if not name.startswith("Body_"):
+            continue
+        # Multipart forms: at least one file; a field left out is the null (a form cannot
+        # send one).
+        for field, value in model.get("properties", {}).items():
+            if field == "files" and value.get("type") == "array":
+                value["minItems"] = 1
+            options = [o for o in value.get("anyOf", []) if o.get("type") != "null"]
+            if len(options) == 1 and len(value["anyOf"]) == 2:
+                del value["anyOf"]
+                value.update(options[0])
+
+
+INT64 = {"minimum": -(2**63), "maximum": 2**63 - 1}
+# A string without NUL: a format of our own (with its pattern in the description), as a
+# pattern on every string made schema-driven fuzzing several times slower.
+TEXT = {"format": "text-without-nul"}
+# What ``base64.b64decode(validate=True)`` takes, after an optional data URL's header.
+BASE64 = "^(data:[^,]*,)?([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+KEY = {"minLength": 1, "maxLength": 256, **TEXT}
+JSON_VALUE = {"$ref": "#/components/schemas/JsonValue"}
+
+
+def _state_json_rules(components: dict[str, Any]) -> None:
+    """Say in the schemas what every JSON body is held to (``app.api.bodies``): object keys
+    of 1 to 256 characters and strings, both without NUL; integers within 64 bits; and
+    free-form values (metadata, filters, hyperparameters, what clip back's clients send
+    beyond what is read) of those kinds."""
+    components["JsonValue"] = {
+        "description": "Any JSON value the store can keep. (Format `text-without-nul`: a "
+        "string without the character U+0000, pattern `^[^\\u0000]*$`.)",
+        "anyOf": [
+            {"type": "string", **TEXT},
+            {"type": "integer", **INT64},
+            {"type": "number"},
+            {"type": "boolean"},
+            {"type": "null"},
+            {"type": "array", "items": JSON_VALUE},
+            {"type": "object", "propertyNames": KEY, "additionalProperties": JSON_VALUE},
+        ],
+    }
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for child in node:
+                walk(child)
+            return
+        if not isinstance(node, dict):
+            return
+        if node.get("type") == "integer":
+            for bound, value in INT64.items():
+                node.setdefault(bound, value)
+        if node.get("type") == "string" and not {"pattern", "enum", "format"} & node.keys():
+            node.update(TEXT)
+        if node.get("type") == "object" and node.get("additionalProperties") is not False:
+            node.setdefault("propertyNames", KEY)  # (with only named keys: nothing to say)
+            if node.get("additionalProperties", True) in (True, {}):
+                node["additionalProperties"] = JSON_VALUE
+        for key, child in node.items():
+            if key != "additionalProperties" or child is not JSON_VALUE:
+                walk(child)
+
+    for name, model in components.items():
+        if name != "JsonValue":
+            walk(model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from index import COLLECTION_NAME
 from index.types import Modality
@@ -14,8 +14,25 @@ ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters: ids travel in URL 
 FilterValue = str | int | float | bool | None
 
 
+def one_of(*fields: str, kind: str = "string") -> dict[str, Any]:
+    """JSON schema: exactly one of ``fields`` is given (present, not null, and for a
+    string not blank), as the routes check."""
+    given: dict[str, Any] = {"type": kind}
+    if kind == "string":
+        given["pattern"] = r"\S"
+    return {"oneOf": [{"required": [f], "properties": {f: given}} for f in fields]}
+
+
+class RequestBody(BaseModel):
+    """A request body of the ``/v1`` API: a field it does not know is refused (422 naming
+    it), not silently ignored, so a misspelt ``fliter`` does not search everything. The
+    schema says so (``additionalProperties: false``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 # --- collections ------------------------------------------------------------------------------
-class CollectionCreate(BaseModel):
+class CollectionCreate(RequestBody):
     name: str = Field(pattern=COLLECTION_NAME.pattern, examples=["photos"])
     index: str | None = Field(
         None,
@@ -48,13 +65,13 @@ class CollectionList(BaseModel):
 
 
 # --- items ------------------------------------------------------------------------------------
-class TextItemIn(BaseModel):
+class TextItemIn(RequestBody):
     id: ItemId = Field(min_length=1, max_length=512, pattern=ID_PATTERN)
     text: str = Field(min_length=1)
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class TextItemsIn(BaseModel):
+class TextItemsIn(RequestBody):
     items: list[TextItemIn] = Field(min_length=1)
 
 
@@ -76,7 +93,11 @@ class ItemOut(BaseModel):
 MAX_QUERY_PARTS = 8
 
 
-class QueryPart(BaseModel):
+class QueryPart(RequestBody):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra=one_of("text", "image_base64", "item_id")
+    )
+
     text: str | None = Field(None, description="A text to embed.")
     image_base64: str | None = Field(None, description="An image to embed, base64 (or a data URL).")
     item_id: ItemId | None = Field(
@@ -91,7 +112,17 @@ class QueryPart(BaseModel):
     )
 
 
-class SearchRequest(BaseModel):
+class SearchRequest(RequestBody):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                *one_of("text", "image_base64", "item_id")["oneOf"],
+                {"required": ["query"], "properties": {"query": {"type": "array"}}},
+            ]
+        },
+    )
+
     text: str | None = Field(None, description="Query text (a one-part `query`).")
     image_base64: str | None = Field(
         None, description="Query image, base64-encoded bytes or a data URL (a one-part `query`)."
@@ -161,7 +192,7 @@ class SearchResponse(BaseModel):
     took_ms: float
 
 
-class BatchSearchRequest(BaseModel):
+class BatchSearchRequest(RequestBody):
     queries: list[SearchRequest] = Field(
         min_length=1, description="Searches, each as `POST .../search` takes it."
     )
@@ -178,7 +209,11 @@ class BatchSearchResponse(BaseModel):
 
 
 # --- embed ------------------------------------------------------------------------------------
-class EmbedRequest(BaseModel):
+class EmbedRequest(RequestBody):
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra=one_of("texts", "images_base64", kind="array")
+    )
+
     texts: list[str] | None = None
     images_base64: list[str] | None = None
 

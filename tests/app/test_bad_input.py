@@ -179,24 +179,32 @@ def test_malformed_bodies_get_422(client: httpx.Client, populated: str) -> None:
             files=[("files", ("a.png", PNG))],
             data={"metadata": ["[1, 2]"]},
         ),
-        client.post(
-            f"/v1/collections/{name}/images",
-            files=[("files", ("a.png", PNG))],
-            data={"ids": ["a", "b"]},
-        ),
         client.post(f"/v1/collections/{name}/search/image", data={"k": "3"}),  # no file
-        client.post(
-            f"/v1/collections/{name}/search/image",
-            files={"file": ("a.png", PNG)},
-            data={"filter": "{oops"},
-        ),
         client.post("/v1/collections", json={"name": "../escape"}),
+        # A field the route does not know: a misspelt filter is not an unfiltered search.
+        client.post(f"/v1/collections/{name}/search", json={"text": "x", "fliter": {"a": 1}}),
+        client.post("/v1/collections", json={"name": "fine", "indx": "HNSW32"}),
         client.post("/v1/collections", json={}),
         client.post("/v1/embed", json={"texts": "not a list"}),
     ]
     for r in bad:
         assert_error(r, 422, "invalid_request")
     assert "JSON" in bad[0].json()["error"]["message"]
+    assert any("fliter" in r.json()["error"]["message"] for r in bad)
+    assert client.get("/v1/collections/fine").status_code == 404
+    # Well-formed parts that disagree, or a form's filter that is not JSON: 400.
+    disagree = client.post(
+        f"/v1/collections/{name}/images",
+        files=[("files", ("a.png", PNG))],
+        data={"ids": ["a", "b"]},
+    )
+    assert "one id per file" in assert_error(disagree, 400)["error"]["message"]
+    unreadable = client.post(
+        f"/v1/collections/{name}/search/image",
+        files={"file": ("a.png", PNG)},
+        data={"filter": "{oops"},
+    )
+    assert_error(unreadable, 400, "invalid_filter")
 
 
 def test_empty_queries_and_k_out_of_range_get_400(client: httpx.Client, populated: str) -> None:
@@ -246,4 +254,4 @@ def test_json_filter_as_form_field_must_be_an_object(client: httpx.Client, popul
         files={"file": ("a.png", PNG)},
         data={"filter": json.dumps([1])},
     )
-    assert_error(r, 422)
+    assert "a JSON object" in assert_error(r, 400, "invalid_filter")["error"]["message"]

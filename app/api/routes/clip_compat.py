@@ -18,8 +18,9 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 import numpy as np
+from annotated_types import Ge, Le
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import ReadAccess
@@ -59,11 +60,20 @@ class KnnRequest(BaseModel):
     aesthetic_weight: float | str | None = None
 
 
+def _row_id(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("an id is a non-negative integer")
+    return value
+
+
+RowId = Annotated[int, Ge(0), Le(2**53 - 1), BeforeValidator(_row_id)]
+
+
 class MetadataRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    # Strict: JSON's true is no id 1, nor 1.5 an id 1; labels are 64-bit row numbers.
-    ids: Annotated[list[Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]], Field(max_length=1000)]
+    # JSON's true is no id 1, nor 1.5 nor "1"; 7.0 is the integer 7, as JSON Schema has it.
+    ids: Annotated[list[RowId], Field(max_length=1000)]
     indice_name: str | None = None
 
 

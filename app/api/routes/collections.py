@@ -6,14 +6,14 @@ import threading
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response, status
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import ReadAccess, WriteAccess
 from app.api.bodies import ControlJSONRoute
 from app.api.deps import EngineDep, ServicesDep, StackDep, StoreDep
 from app.api.openapi import errors
-from app.api.schemas import CollectionCreate, CollectionList, CollectionOut
+from app.api.schemas import CollectionCreate, CollectionList, CollectionOut, RequestBody
 from index import CollectionInfo, Modality
 
 router = APIRouter(
@@ -79,7 +79,7 @@ def _default_targets() -> dict[Target, float]:
     return {"recall_at_10": 0.95}
 
 
-class IndexAdviceRequest(BaseModel):
+class IndexAdviceRequest(RequestBody):
     targets: dict[Target, float] = Field(
         default_factory=_default_targets,
         description="What the index must reach: recall at least, `p50_ms` at most.",

@@ -33,7 +33,7 @@ def _parse_metadata(raw: list[str] | None, n: int) -> list[dict[str, Any]]:
     if not raw:
         return [{} for _ in range(n)]
     if len(raw) != n:
-        raise _invalid(f"give one metadata field per file: {len(raw)} for {n} files")
+        raise bad_request(f"give one metadata field per file: {len(raw)} for {n} files")
     out = []
     for i, text in enumerate(raw):
         try:
@@ -64,8 +64,8 @@ async def add_images(
 ) -> IndexedOut:
     retrieval.space_of(name)  # 404 before any heavy work
     retrieval.limits.check_files(len(files))
-    if ids and len(ids) != len(files):
-        raise _invalid(f"give one id per file: {len(ids)} for {len(files)} files")
+    if ids and len(ids) != len(files):  # well-formed parts that disagree: 400, as a query's
+        raise bad_request(f"give one id per file: {len(ids)} for {len(files)} files")
     meta = _parse_metadata(metadata, len(files))
     blobs = [await read_upload(f, settings.max_upload_bytes) for f in files]
     digests = [sha256_hex(b) for b in blobs]  # the one hash of each upload

@@ -11,6 +11,7 @@ from app.api.auth import ReadAccess, WriteAccess
 from app.api.bodies import ControlJSONRoute
 from app.api.deps import JobsDep
 from app.api.openapi import errors
+from app.api.schemas import RequestBody
 from app.service.jobs import DUPLICATES_JOB, INDEX_JOB, REINDEX_JOB, DuplicatesRunner, job_summary
 from index import Modality, UnknownJob
 from models.sources import Format
@@ -18,7 +19,7 @@ from models.sources import Format
 router = APIRouter(route_class=ControlJSONRoute, tags=["jobs"], dependencies=[ReadAccess])
 
 
-class IndexJobCreate(BaseModel):
+class IndexJobCreate(RequestBody):
     source: str = Field(
         min_length=1,
         description="Path relative to the import root: a JSONL/CSV/Parquet manifest, a folder "
@@ -32,14 +33,14 @@ class IndexJobCreate(BaseModel):
     )
 
 
-class DuplicatesJobCreate(BaseModel):
+class DuplicatesJobCreate(RequestBody):
     threshold: float = Field(
         0.95, gt=0, le=1, description="Cosine at or above which two items are near-duplicates."
     )
     modality: Modality = Field(Modality.IMAGE, description="Which items to compare.")
 
 
-class ReindexJobCreate(BaseModel):
+class ReindexJobCreate(RequestBody):
     index: str = Field(
         min_length=1,
         max_length=200,

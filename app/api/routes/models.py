@@ -11,6 +11,7 @@ from app.api.bodies import ControlJSONRoute
 from app.api.deps import EngineDep, JobsDep, StackDep
 from app.api.openapi import errors
 from app.api.routes.jobs import JobCreated
+from app.api.schemas import RequestBody
 from app.service.activation import ACTIVATE_JOB
 from app.service.engine import Engine
 from app.service.finetune import FINETUNE_JOB
@@ -20,7 +21,7 @@ from models.registry import ModelVersion
 router = APIRouter(route_class=ControlJSONRoute, tags=["models"], dependencies=[ReadAccess])
 
 
-class FinetuneRequest(BaseModel):
+class FinetuneRequest(RequestBody):
     source: str = Field(
         min_length=1, description="Manifest or folder of image-caption pairs under the import root."
     )
@@ -46,7 +47,7 @@ class FinetuneRequest(BaseModel):
     )
 
 
-class EvaluateRequest(BaseModel):
+class EvaluateRequest(RequestBody):
     model: str | None = Field(None, description="A model version (default: the one serving).")
     source: str = Field(
         min_length=1, description="Manifest or folder of image-caption pairs under the import root."
@@ -141,7 +142,7 @@ async def get_model(version: str, stack: StackDep, engine: EngineDep) -> ModelOu
     )
 
 
-class ActivateRequest(BaseModel):
+class ActivateRequest(RequestBody):
     force: bool = Field(False, description="Activate even if the version did not beat its base.")
 
 

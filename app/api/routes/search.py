@@ -198,14 +198,16 @@ async def search_by_upload(
 
 
 def _form_filter(value: str | None) -> dict[str, Any] | None:
+    """The form's ``filter`` field: a string holding a JSON object. Whatever is wrong
+    inside that string makes an invalid filter (400), as a filter in a JSON body does."""
     if not value:
         return None
     try:
         where = loads(value, "filter")
     except json.JSONDecodeError as exc:
-        raise ApiError(422, "invalid_request", f"filter is not valid JSON: {exc.msg}") from exc
+        raise ApiError(400, "invalid_filter", f"filter is not valid JSON: {exc.msg}") from exc
     except InvalidValue as exc:
-        raise ApiError(422, "invalid_request", str(exc)) from exc
+        raise ApiError(400, "invalid_filter", str(exc)) from exc
     if not isinstance(where, dict):
-        raise ApiError(422, "invalid_request", "filter must be a JSON object")
+        raise ApiError(400, "invalid_filter", "filter must be a JSON object")
     return where
