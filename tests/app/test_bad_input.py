@@ -169,16 +169,6 @@ def test_malformed_bodies_get_422(client: httpx.Client, populated: str) -> None:
         client.post(f"/v1/collections/{name}/texts", json={"texts": ["a"]}),
         client.post(f"/v1/collections/{name}/texts", json={"items": [{"id": "", "text": "a"}]}),
         client.post(f"/v1/collections/{name}/images", data={"ids": ["a"]}),  # no files
-        client.post(
-            f"/v1/collections/{name}/images",
-            files=[("files", ("a.png", PNG))],
-            data={"metadata": ["{not json"]},
-        ),
-        client.post(
-            f"/v1/collections/{name}/images",
-            files=[("files", ("a.png", PNG))],
-            data={"metadata": ["[1, 2]"]},
-        ),
         client.post(f"/v1/collections/{name}/search/image", data={"k": "3"}),  # no file
         client.post("/v1/collections", json={"name": "../escape"}),
         # A field the route does not know: a misspelt filter is not an unfiltered search.
@@ -205,6 +195,13 @@ def test_malformed_bodies_get_422(client: httpx.Client, populated: str) -> None:
         data={"filter": "{oops"},
     )
     assert_error(unreadable, 400, "invalid_filter")
+    for metadata in ("{not json", "[1, 2]", '{"a": NaN}'):
+        r = client.post(
+            f"/v1/collections/{name}/images",
+            files=[("files", ("a.png", PNG))],
+            data={"metadata": [metadata]},
+        )
+        assert "metadata 0" in assert_error(r, 400, "invalid_metadata")["error"]["message"]
 
 
 def test_empty_queries_and_k_out_of_range_get_400(client: httpx.Client, populated: str) -> None:

@@ -29,7 +29,13 @@ def _invalid(message: str) -> ApiError:
     return ApiError(422, "invalid_request", message)
 
 
+def _bad_metadata(message: str) -> ApiError:
+    # A form field is any string to the schema: what is wrong inside it is a 400.
+    return ApiError(400, "invalid_metadata", message)
+
+
 def _parse_metadata(raw: list[str] | None, n: int) -> list[dict[str, Any]]:
+    """One JSON object per file, each in a form field."""
     if not raw:
         return [{} for _ in range(n)]
     if len(raw) != n:
@@ -39,11 +45,11 @@ def _parse_metadata(raw: list[str] | None, n: int) -> list[dict[str, Any]]:
         try:
             value = loads(text, f"metadata {i}") if text.strip() else {}
         except json.JSONDecodeError as exc:
-            raise _invalid(f"metadata {i} is not valid JSON: {exc.msg}") from exc
+            raise _bad_metadata(f"metadata {i} is not valid JSON: {exc.msg}") from exc
         except InvalidValue as exc:
-            raise _invalid(str(exc)) from exc
+            raise _bad_metadata(f"metadata {i}: {exc}") from exc
         if not isinstance(value, dict):
-            raise _invalid(f"metadata {i} must be a JSON object")
+            raise _bad_metadata(f"metadata {i} must be a JSON object")
         out.append(value)
     return out
 
