@@ -17,7 +17,17 @@ from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.middleware import Admission, AdmissionLimits, RequestContext
 from app.api.openapi import install_openapi
-from app.api.routes import clip_compat, collections, embed, health, items, jobs, models, search
+from app.api.routes import (
+    clip_compat,
+    collections,
+    embed,
+    health,
+    items,
+    jobs,
+    models,
+    openai_compat,
+    search,
+)
 from app.service.config import Settings
 from app.service.metrics import Metrics
 from app.service.services import Services
@@ -51,7 +61,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     install_error_handlers(app)
     install_docs(app)
-    for module in (health, collections, items, search, embed, jobs, models, clip_compat):
+    for module in (
+        health,
+        collections,
+        items,
+        search,
+        embed,
+        openai_compat,
+        jobs,
+        models,
+        clip_compat,
+    ):
         app.include_router(module.router)
     # The web page: static files, no build step; it only talks to the API above.
     app.mount("/ui", StaticFiles(directory=STATIC_DIR), name="ui")

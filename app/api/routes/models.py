@@ -67,8 +67,18 @@ class ModelOut(BaseModel):
     created_at: float | None = None
 
 
+class OpenAIModel(BaseModel):
+    id: str
+    object: str = "model"
+    created: int
+    owned_by: str = "xmodal"
+
+
 class ModelList(BaseModel):
     models: list[ModelOut]
+    # The same versions as OpenAI's model list has them, for its clients.
+    object: str = "list"
+    data: list[OpenAIModel] = Field(default_factory=list)
 
 
 @router.post(
@@ -110,7 +120,9 @@ async def list_models(stack: StackDep, engine: EngineDep) -> ModelList:
     versions = await run_in_threadpool(stack.registry.versions)
     out = [_model_out(v, engine.version) for v in versions]
     out.insert(0, _configured_out(engine))
-    return ModelList(models=out)
+    created = {v.version: int(v.created_at or 0) for v in versions}
+    data = [OpenAIModel(id=m.version, created=created.get(m.version, 0)) for m in out]
+    return ModelList(models=out, data=data)
 
 
 def _configured_out(engine: Engine) -> ModelOut:
