@@ -16,6 +16,7 @@ from app.api.auth import KeyRing
 from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.middleware import Admission, AdmissionLimits, RequestContext
+from app.api.open_cors import OpenCors
 from app.api.openapi import install_openapi
 from app.api.routes import (
     clip_compat,
@@ -106,4 +107,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=600,
         )
     app.add_middleware(RequestContext, metrics=metrics)
+    app.add_middleware(OpenCors)  # outermost: clip back's routes answer any origin
     return app

@@ -184,10 +184,9 @@ def test_indices_list_and_bad_bodies(site: AppServer) -> None:
     for body, status in (
         ("not json", 422),
         (json.dumps({"modality": "image", "num_images": 5}), 400),  # no query
-        (json.dumps({"text": "a", "image": "aGk=", "num_images": 5}), 400),
         (json.dumps({"text": "a", "num_images": 0}), 422),
         (json.dumps({"text": "a", "num_images": 5, "indice_name": "nope"}), 404),
-        (json.dumps({"text": "a", "num_images": 5000}), 400),
+        (json.dumps({"text": "", "image": "", "image_url": "", "num_images": 5}), 400),
         (json.dumps({"embedding_input": [1.0, 2.0], "indice_name": "captions"}), 400),
         ('{"text": "a", "num_images": NaN}', 422),
     ):
@@ -264,6 +263,59 @@ def test_image_urls_reach_only_allowed_addresses(site: AppServer, server: AppSer
         assert r.status_code == 400 and r.json()["error"]["code"] == "image_url_refused"
     finally:
         host.shutdown()
+
+
+def test_what_clip_front_sends_is_answered_as_clip_back_would(site: AppServer) -> None:
+    knn = f"{site.url}/knn-service"
+
+    def post(**body: Any) -> list[dict[str, Any]]:
+        r = requests.post(knn, data=json.dumps(body), timeout=60)  # no content type, as it
+        assert r.status_code == 200, r.text
+        answer: list[dict[str, Any]] = r.json()
+        return answer
+
+    # Any origin may call clip back's routes (clip-front lives on another); /v1 stays shut.
+    origin = {"Origin": "http://127.0.0.1:9"}
+    r = requests.get(f"{site.url}/indices-list", headers=origin, timeout=60)
+    assert r.headers["access-control-allow-origin"] == "*"
+    pre = requests.options(
+        knn,
+        headers={**origin, "Access-Control-Request-Method": "POST"},
+        timeout=60,
+    )
+    assert pre.status_code == 204 and "POST" in pre.headers["access-control-allow-methods"]
+    r = requests.get(f"{site.url}/v1/collections", headers=origin, timeout=60)
+    assert "access-control-allow-origin" not in r.headers
+    # Its fixed num_result_ids (3,000, over the limit of 1,000) is clamped, not refused.
+    texts = post(
+        text="a red star",
+        num_images=40,
+        num_result_ids=3000,
+        indice_name="captions",
+        modality="text",
+    )
+    assert len(texts) == len(CAPTIONS) and sum("url" in t for t in texts) == len(CAPTIONS)
+    # Text hits get a picture of their caption each: unique, loadable, escaped.
+    urls = [t["url"] for t in texts]
+    assert len(set(urls)) == len(urls) and all(
+        u.startswith("data:image/svg+xml;base64,") for u in urls
+    )
+    svg = base64.b64decode(urls[0].split(",", 1)[1]).decode()
+    assert svg.startswith("<svg") and texts[0]["caption"] in svg
+    # An image with an empty text beside it is an image search; a text and an image: the text.
+    picture = base64.b64encode(image_bytes(seed=1, size=(48, 40))).decode()
+    by_image = post(image=picture, text="", num_images=3, indice_name="pictures")
+    expected = ranking(site, "pictures", image_base64=picture, target="image", k=3)
+    assert [h["xmodal_id"] for h in by_image] == [h["id"] for h in expected]
+    both = post(
+        text="a red star", image=picture, num_images=3, indice_name="captions", modality="text"
+    )
+    assert [h["xmodal_id"] for h in both] == [t["xmodal_id"] for t in texts[:3]]
+    # No index named: the first collection.
+    first = requests.get(f"{site.url}/indices-list", timeout=60).json()[0]
+    unnamed = post(text="a red star", num_images=3, indice_name="", modality="text")
+    named = post(text="a red star", num_images=3, indice_name=first, modality="text")
+    assert [h["id"] for h in unnamed] == [h["id"] for h in named]
 
 
 def _trickle(listener: socket.socket, stop: threading.Event) -> None:

@@ -4,8 +4,6 @@ server: what the page shows must be what the API answers, in the same order."""
 from __future__ import annotations
 
 import base64
-import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Route, expect
 
 from models.synthetic import write_dataset
 from tests.helpers import REPO, AppServer, image_bytes
@@ -28,26 +26,6 @@ COLOURS = [
     (240, 240, 240),
 ]
 KEY = "browser-test-key-0123456789"
-
-
-def chromium() -> str:
-    exe = os.environ.get("XMODAL_CHROMIUM") or shutil.which("chromium")
-    if exe is None:
-        pytest.fail(
-            "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
-        )
-    return exe
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
-        b = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ and ignored: xmodal has none of those models.
 from __future__ import annotations
 
 import base64
+import html
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -97,34 +98,45 @@ async def knn_service(
     stack: StackDep,
 ) -> list[dict[str, Any]]:
     """clip back's search: text, image, image URL or embedding against one side."""
-    wanted = body.num_result_ids or body.num_images
+    # Asked for more than the server gives: clamped, as clip-front always asks for 3,000
+    # (10,000 to download) and draws what comes back.
+    limit = retrieval.limits.max_k
+    wanted = min(body.num_result_ids or body.num_images, limit)
+    num_images = min(body.num_images, wanted)
     spec = SearchSpec(k=wanted, target=body.modality, dedup=DEDUP if body.deduplicate else None)
     retrieval.check_page(spec)
-    given = [x is not None for x in (body.text, body.image, body.image_url, body.embedding_input)]
-    if sum(given) != 1:
+    # clip back's order: the first given of text, image, image URL and embedding, an empty
+    # string being none (clip-front sends "text": "" beside an image).
+    text, image, image_url = (x or None for x in (body.text, body.image, body.image_url))
+    if text is not None:
+        image = image_url = None
+    if image is not None:
+        image_url = None
+    embedding = None if (text or image or image_url) else body.embedding_input
+    if text is None and image is None and image_url is None and embedding is None:
         raise bad_request(
             "give one of text, image, image_url or embedding_input", code="invalid_query"
         )
-    if body.image_url is not None and not settings.image_urls:
+    if image_url is not None and not settings.image_urls:
         raise bad_request(
             "image_url is off on this server (XMODAL_IMAGE_URLS)", code="image_url_refused"
         )
     name = await _collection(body.indice_name, retrieval)
     info = await retrieval.collection(name)
-    if body.text is not None:
-        part = Part(query=retrieval.text_query(body.text))
-    elif body.embedding_input is not None:
-        part = Part(query=_given_vector(body.embedding_input, info.dim))
+    if text is not None:
+        part = Part(query=retrieval.text_query(text))
+    elif embedding is not None:
+        part = Part(query=_given_vector(embedding, info.dim))
     else:
-        if body.image is not None:
-            data = decode_base64(body.image, settings.max_upload_bytes, "image")
+        if image is not None:
+            data = decode_base64(image, settings.max_upload_bytes, "image")
         else:
-            assert body.image_url is not None
-            data = await run_in_threadpool(stack.images.fetch, body.image_url)
+            assert image_url is not None
+            data = await run_in_threadpool(stack.images.fetch, image_url)
         part = Part(query=await retrieval.image_query(data, "image"))
     page = await retrieval.search(name, [part], spec)
     described = await run_in_threadpool(
-        _describe_hits, services, name, page.hits[: body.num_images], str(request.base_url)
+        _describe_hits, services, name, page.hits[:num_images], str(request.base_url)
     )
     out = []
     for i, hit in enumerate(page.hits):
@@ -153,7 +165,9 @@ async def metadata(
 
 
 async def _collection(indice_name: str | None, retrieval: Retrieval) -> str:
-    if indice_name is not None:
+    """The collection named, or the first that serves when none is (clip-front opened
+    without ``index=`` sends an empty name)."""
+    if indice_name:
         return indice_name
     infos = await run_in_threadpool(retrieval.store.list_collections)
     serving = [c.name for c in infos if c.error is None]
@@ -211,5 +225,27 @@ def _describe(services: Any, name: str, item: Item, base: str) -> dict[str, Any]
             out["image"] = base64.b64encode(jpeg).decode()
         if url is None:
             url = f"{base}v1/collections/{quote(name)}/items/{quote(item.id)}/image"
+    if url is None and item.text is not None:
+        url = caption_svg(item.id, item.text)
     out["url"] = url
-    return out
+    # What there is none of is left out, as clip back leaves out a column it lacks:
+    # clip-front reads the length of any caption it is given.
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def caption_svg(item_id: str, text: str) -> str:
+    """A small picture of a text item's caption, as a data URL: clip-front draws each hit
+    from its url, hides those whose image fails and folds equal urls into one, so every
+    text hit gets its own (the id is in it)."""
+    shown = text if len(text) <= 140 else text[:139] + "\u2026"
+    lines = [shown[i : i + 28] for i in range(0, len(shown), 28)][:5]
+    rows = "".join(
+        f'<text x="8" y="{28 + 22 * n}">{html.escape(line)}</text>' for n, line in enumerate(lines)
+    )
+    svg = (
+        '<svg xmlns="http://www.w3.org/2000/svg" width="256" height="144" '
+        'font-family="sans-serif" font-size="16">'
+        f"<title>{html.escape(item_id)}</title>"
+        f'<rect width="256" height="144" fill="#f4f1ea"/>{rows}</svg>'
+    )
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
