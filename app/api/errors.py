@@ -134,7 +134,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(422, "invalid_request", _validation_message(exc))
+        message = _validation_message(exc)
+        kind = request.headers.get("content-type", "")
+        whole_body = any(tuple(e.get("loc", ())) == ("body",) for e in exc.errors())
+        if whole_body and "json" not in kind and request.method in ("POST", "PUT", "PATCH"):
+            # curl -d sends application/x-www-form-urlencoded: the JSON was never read.
+            message += (
+                f"; the body was sent as {kind.split(';')[0] or 'no content type'}: "
+                "send JSON with Content-Type: application/json (curl: -H 'Content-Type: "
+                "application/json')"
+            )
+        return error_response(422, "invalid_request", message)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -181,6 +181,14 @@ def test_malformed_bodies_get_422(client: httpx.Client, populated: str) -> None:
         assert_error(r, 422, "invalid_request")
     assert "JSON" in bad[0].json()["error"]["message"]
     assert any("fliter" in r.json()["error"]["message"] for r in bad)
+    # JSON sent as a form (curl -d without a content type) says what to send instead.
+    form = client.post(
+        "/v1/collections",
+        content=b'{"name": "x"}',
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    message = assert_error(form, 422, "invalid_request")["error"]["message"]
+    assert "Content-Type: application/json" in message, message
     assert client.get("/v1/collections/fine").status_code == 404
     # Well-formed parts that disagree, or a form's filter that is not JSON: 400.
     disagree = client.post(
