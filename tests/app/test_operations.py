@@ -28,6 +28,7 @@ READ_ONLY_POSTS = {
     "/v1/collections/{name}/search/image",
     "/v1/collections/{name}/search/batch",
     "/v1/embed",
+    "/v1/embeddings",
 }
 PATH_VALUES = {"name": "c", "item_id": "i", "job_id": "j", "version": "v"}
 

@@ -89,7 +89,7 @@ class Watched:
         self.searches: list[dict[str, Any]] = []  # the /knn-service bodies sent
         page.on("console", lambda m: m.type == "error" and self.problems.append(m.text))
         page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
-        page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.url}"))
+        page.on("requestfailed", self._failed)
         page.on("response", self._response)
         page.route("**/*", self._route)
 
@@ -104,6 +104,12 @@ class Watched:
         else:
             self.problems.append(f"left loopback: {url}")
             route.abort()
+
+    def _failed(self, request: Any) -> None:
+        # The page's own cancels (a new search or page while lazy metadata is on its way)
+        # are not failures of the server.
+        if request.failure != "net::ERR_ABORTED":
+            self.problems.append(f"failed: {request.url} ({request.failure})")
 
     def _response(self, response: Any) -> None:
         if response.status >= 400:
