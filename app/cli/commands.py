@@ -26,6 +26,7 @@ from app.cli.render import (
     report,
     show_progress,
     show_training,
+    torch_mismatch,
 )
 
 if TYPE_CHECKING:
@@ -429,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(exc, (StoreError, ModelError, ServiceError)):
             print(f"xmodal: {exc}", file=sys.stderr)
+            return 1
+        if (mismatch := torch_mismatch(exc)) is not None:
+            print(f"xmodal: {mismatch}", file=sys.stderr)
             return 1
         raise
     return code

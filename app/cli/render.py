@@ -141,3 +141,21 @@ def finetune_summary(job: dict[str, Any]) -> str:
             f" {speed['result_single_text_ms']:.2f} ms"
         )
     return "\n".join(lines)
+
+
+def torch_mismatch(exc: BaseException) -> str | None:
+    """One sentence for a torchvision built for another torch (its compiled operators fail
+    to register at import: ``operator torchvision::nms does not exist``), else None."""
+    if not isinstance(exc, RuntimeError) or "torchvision::" not in str(exc):
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        torch, vision = version("torch"), version("torchvision")
+    except PackageNotFoundError:
+        torch = vision = "?"
+    return (
+        f"torch {torch} and torchvision {vision} do not belong together (torchvision's "
+        "compiled operators did not load): install them as one pair, e.g. `make clean && "
+        "make run`, which takes both from the same place"
+    )

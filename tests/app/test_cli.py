@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from app.cli.parser import build_parser
 from tests.helpers import REPO, ServerProcess
@@ -148,3 +149,28 @@ def test_the_demo_knows_which_process_holds_its_port() -> None:
         listener.listen()
         assert listener_pids(port) == {os.getpid()}
     assert listener_pids(port) == set()
+
+
+def test_a_torchvision_built_for_another_torch_is_one_sentence(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What `make run` printed as a raw traceback when pip paired a CPU torch with a CUDA
+    torchvision (the import fails in torchvision itself; it cannot be installed here, so
+    the command's handler raises what that import raises)."""
+    from app.cli import commands
+
+    def broken(args: object) -> int:
+        raise RuntimeError("operator torchvision::nms does not exist")
+
+    monkeypatch.setitem(commands.HANDLERS, "serve", broken)
+    assert commands.main(["serve"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "do not belong together" in err and "make clean" in err
+    assert "Traceback" not in err
+
+    def other(args: object) -> int:
+        raise RuntimeError("something else")
+
+    monkeypatch.setitem(commands.HANDLERS, "serve", other)
+    with pytest.raises(RuntimeError, match="something else"):  # other errors stay loud
+        commands.main(["serve"])
