@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 from fastapi import APIRouter
 
 from app.api.auth import ReadAccess
@@ -9,6 +10,8 @@ from app.api.errors import bad_request
 from app.api.openapi import errors
 from app.api.schemas import EmbedRequest, EmbedResponse
 from app.api.uploads import decode_base64
+from app.service.engine import Engine
+from app.service.limits import Limits
 
 router = APIRouter(
     route_class=StrictJSONRoute, prefix="/v1", tags=["embed"], dependencies=[ReadAccess]
@@ -31,13 +34,20 @@ async def embed(body: EmbedRequest, engine: EngineDep, limits: LimitsDep) -> Emb
         images = body.images_base64 or []
         if not images:
             raise bad_request("images_base64 must not be empty", code="empty_query")
-        limits.check_files(len(images))
-        blobs = [
-            decode_base64(b, limits.max_upload_bytes, f"images_base64[{i}]")
-            for i, b in enumerate(images)
-        ]
-        prepared = await engine.prepare_images(
-            blobs, [f"images_base64[{i}]" for i in range(len(blobs))]
-        )
-        vectors = await engine.embed_prepared(prepared)
+        labels = [f"images_base64[{i}]" for i in range(len(images))]
+        vectors = await embed_base64_images(engine, limits, images, labels)
     return EmbedResponse(vectors=vectors.tolist(), model=engine.space, dim=engine.dim)
+
+
+async def embed_base64_images(
+    engine: Engine, limits: Limits, images: list[str], labels: list[str]
+) -> np.ndarray:
+    """Vectors of base64 images (or data URLs) within the request limits; errors name
+    each image by its label."""
+    limits.check_files(len(images))
+    blobs = [
+        decode_base64(b, limits.max_upload_bytes, label)
+        for b, label in zip(images, labels, strict=True)
+    ]
+    prepared = await engine.prepare_images(blobs, labels)
+    return await engine.embed_prepared(prepared)

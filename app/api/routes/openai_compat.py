@@ -18,7 +18,7 @@ from app.api.bodies import StrictJSONRoute
 from app.api.deps import EngineDep, LimitsDep
 from app.api.errors import ApiError, bad_request
 from app.api.openapi import errors
-from app.api.uploads import decode_base64
+from app.api.routes.embed import embed_base64_images
 from app.service.engine import Engine
 from app.service.threads import run_in_threadpool
 from models.encoder import tokenize
@@ -95,7 +95,7 @@ async def embeddings(
     inputs = [body.input] if isinstance(body.input, str) else body.input
     images = [i for i, x in enumerate(inputs) if x.startswith(IMAGE_PREFIX)]
     texts = [i for i, x in enumerate(inputs) if not x.startswith(IMAGE_PREFIX)]
-    limits.check_files(len(images))
+    limits.check_files(len(images))  # both limits before any work
     limits.check_texts([inputs[i] for i in texts])
     vectors = np.zeros((len(inputs), engine.dim), np.float32)
     tokens = 0
@@ -106,13 +106,9 @@ async def embeddings(
         vectors[texts] = await engine.embed_texts(strings)
         tokens = await run_in_threadpool(count_tokens, engine, strings)
     if images:
-        where = [f"input[{i}]" for i in images]
-        blobs = [
-            decode_base64(inputs[i], limits.max_upload_bytes, w)
-            for i, w in zip(images, where, strict=True)
-        ]
-        prepared = await engine.prepare_images(blobs, where)
-        vectors[images] = await engine.embed_prepared(prepared)
+        vectors[images] = await embed_base64_images(
+            engine, limits, [inputs[i] for i in images], [f"input[{i}]" for i in images]
+        )
     data = [
         Embedding(index=i, embedding=_encoded(v, body.encoding_format))
         for i, v in enumerate(vectors)

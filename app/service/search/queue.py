@@ -40,7 +40,7 @@ class _Search:
     vectors: Sequence[np.ndarray]
     specs: Sequence[SearchSpec]
     future: asyncio.Future[list[Page]]
-    cost: int = 0
+    cost: int = field(init=False)  # in hits, from the specs (``ranking.cost``)
     since: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
