@@ -14,6 +14,7 @@ const state = {
   polling: null,
   nextOffset: null, // of the last search's next page
   extraImage: null, // the picture of the "Combine with" part
+  collections: [], // as GET /v1/collections listed them last
 };
 
 class ApiError extends Error {}
@@ -62,6 +63,7 @@ const DEDUP = 0.95; // cosine at which two hits count as near-duplicates
 // --- collections ---------------------------------------------------------------------------
 async function loadCollections() {
   const data = await apiJson("/v1/collections");
+  state.collections = data.collections;
   const select = $("collection");
   const previous = select.value;
   select.replaceChildren();
@@ -161,7 +163,8 @@ async function search(query, offset = 0) {
     body: JSON.stringify(body),
   });
   const label = extra ? `${query.label} combined with ${extra.text ? `“${extra.text}”` : "a picture"}` : query.label;
-  render(data, label, offset > 0);
+  render(data, label, offset > 0, minScore === "" ? null : Number(minScore));
+  if (offset === 0) remember(query);
   state.nextOffset = data.next_offset;
   $("more").hidden = data.next_offset === null;
 }
@@ -186,6 +189,8 @@ function clearImageQuery() {
   $("summary").textContent = "";
   $("details").hidden = true;
   say("");
+  remember(null);
+  showExamples().catch(fail);
   $("query").focus();
 }
 
@@ -193,104 +198,6 @@ async function searchWithItem(hit) {
   say(`Searching with ${hit.id} ...`);
   const blob = await (await api(searchPath(`items/${enc(hit.id)}/image`))).blob();
   await searchImage(blob, `the image ${hit.id}`);
-}
-
-function describe(hit) {
-  const meta = Object.keys(hit.metadata || {}).length
-    ? JSON.stringify(hit.metadata, null, 2)
-    : "(no metadata)";
-  return `id: ${hit.id}\nscore: ${hit.score.toFixed(4)}\nmodality: ${hit.modality}\n${meta}`;
-}
-
-function showDetails(hit) {
-  $("details").hidden = false;
-  $("details-title").textContent = hit.id;
-  $("details-body").textContent = describe(hit);
-}
-
-async function setThumbnail(img, hit) {
-  const path = searchPath(`items/${enc(hit.id)}/thumbnail?size=256`);
-  if (!state.key) {
-    img.src = path; // the browser caches it (ETag)
-    return;
-  }
-  // An <img> cannot send the Authorization header: fetch it, then show the bytes.
-  const url = URL.createObjectURL(await (await api(path)).blob());
-  state.urls.push(url);
-  img.src = url;
-}
-
-function render(data, label, append = false) {
-  const results = $("results");
-  let list = results.firstElementChild;
-  if (!append || !list) {
-    for (const url of state.urls) URL.revokeObjectURL(url);
-    state.urls = [];
-    results.replaceChildren();
-    $("details").hidden = true;
-    list = document.createElement(target() === "image" ? "div" : "ol");
-    list.className = target() === "image" ? "grid" : "list";
-    results.append(list);
-  }
-  const what = target() === "image" ? "image" : "text";
-  say("");
-  const shown = list.children.length + data.results.length;
-  $("summary").textContent = shown
-    ? `${plural(shown, what)} for ${label} (${data.took_ms.toFixed(1)} ms)`
-    : `No ${what}s in ${collection()} to match ${label}.`;
-  for (const hit of data.results) {
-    const el = document.createElement(hit.modality === "image" ? "figure" : "li");
-    el.className = `hit ${hit.modality}-hit`;
-    el.dataset.id = hit.id;
-    el.dataset.score = String(hit.score);
-    el.title = describe(hit);
-    el.tabIndex = 0;
-    if (hit.modality === "image") {
-      const img = document.createElement("img");
-      img.alt = hit.id;
-      img.loading = "lazy";
-      setThumbnail(img, hit).catch(fail);
-      // The whole id, wrapped: ids that share a long prefix must still be told apart.
-      const caption = document.createElement("figcaption");
-      const score = document.createElement("span");
-      score.className = "score";
-      score.textContent = hit.score.toFixed(3);
-      const id = document.createElement("span");
-      id.className = "id";
-      id.textContent = hit.id;
-      caption.append(score, id);
-      el.append(img, caption);
-      el.addEventListener("click", () => searchWithItem(hit).catch(fail));
-    } else {
-      const text = document.createElement("span");
-      text.className = "caption";
-      text.textContent = hit.text || hit.id;
-      const score = document.createElement("span");
-      score.className = "score";
-      score.textContent = hit.score.toFixed(3);
-      el.append(text, score);
-      el.addEventListener("click", () => {
-        $("query").value = hit.text || "";
-        searchText(hit.text || "").catch(fail);
-      });
-    }
-    const like = document.createElement("button");
-    like.type = "button";
-    like.className = "more-like";
-    like.textContent = "more like this";
-    like.title = `Search with the stored ${hit.modality} ${hit.id}`;
-    like.addEventListener("click", (e) => {
-      e.stopPropagation();
-      moreLikeThis(hit).catch(fail);
-    });
-    el.append(like);
-    el.addEventListener("mouseenter", () => showDetails(hit));
-    el.addEventListener("focus", () => showDetails(hit));
-    el.addEventListener("keydown", (e) => {
-      if (e.key === "Enter" && e.target === el) el.click();
-    });
-    list.append(el);
-  }
 }
 
 function imageFrom(items) {
@@ -325,7 +232,7 @@ function init() {
     if (state.key) sessionStorage.setItem(KEY_STORAGE, state.key);
     else sessionStorage.removeItem(KEY_STORAGE);
     say(state.key ? "Key set for this tab." : "Key cleared.");
-    loadCollections().catch(fail);
+    loadCollections().then(showExamples).catch(fail);
   });
   $("search-form").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -382,12 +289,15 @@ function init() {
   for (const radio of document.querySelectorAll("input[name=target]")) {
     radio.addEventListener("change", rerun);
   }
-  $("collection").addEventListener("change", rerun);
+  $("collection").addEventListener("change", () => {
+    if (state.last) rerun();
+    else showExamples().catch(fail);
+  });
   $("refresh-collections").addEventListener("click", () => loadCollections().catch(fail));
   for (const tab of document.querySelectorAll(".tab")) {
     tab.addEventListener("click", () => showPanel(tab.dataset.panel));
   }
-  loadCollections().catch(fail);
+  loadCollections().then(openLinked).catch(fail);
 }
 
 document.addEventListener("DOMContentLoaded", init);

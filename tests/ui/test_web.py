@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,81 +13,16 @@ import pytest
 from playwright.sync_api import Browser, Page, Route, expect
 
 from models.synthetic import write_dataset
-from tests.helpers import REPO, AppServer, image_bytes
-
-ARTIFACTS = REPO / "test-artifacts"
-COLOURS = [
-    (220, 30, 30),
-    (30, 170, 60),
-    (30, 70, 220),
-    (235, 210, 30),
-    (20, 20, 20),
-    (240, 240, 240),
-]
-KEY = "browser-test-key-0123456789"
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
-    """A server with a small gallery: 12 pictures and 8 captions."""
-    server = AppServer(tmp_path_factory.mktemp("ui") / "data").start()
-    try:
-        with httpx.Client(base_url=server.url, timeout=60) as c:
-            assert c.post("/v1/collections", json={"name": "gallery"}).status_code == 201
-            files = [("files", (f"p{i}.png", picture(i), "image/png")) for i in range(12)]
-            ids = [f"pic-{i}" for i in range(12)]
-            meta = [f'{{"n": {i}}}' for i in range(12)]
-            r = c.post(
-                "/v1/collections/gallery/images", files=files, data={"ids": ids, "metadata": meta}
-            )
-            assert r.status_code == 200, r.text
-            texts = [{"id": f"cap-{i}", "text": f"caption number {i}"} for i in range(8)]
-            assert c.post("/v1/collections/gallery/texts", json={"items": texts}).status_code == 200
-        yield server
-    finally:
-        server.stop()
-
-
-def picture(i: int) -> bytes:
-    return image_bytes(COLOURS[i % len(COLOURS)], size=(96, 72), seed=i)
-
-
-@pytest.fixture
-def page(browser: Browser, site: AppServer) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
-    pg = context.new_page()
-    pg.goto(site.url + "/")
-    expect(pg.locator("#collection option")).not_to_have_count(0)
-    try:
-        yield pg
-    finally:
-        context.close()
-
-
-def api_search(site: AppServer, **body: Any) -> list[str]:
-    r = httpx.post(f"{site.url}/v1/collections/gallery/search", json=body, timeout=60)
-    assert r.status_code == 200, r.text
-    return [h["id"] for h in r.json()["results"]]
-
-
-def set_k(page: Page, k: int) -> None:
-    page.eval_on_selector(
-        "#k",
-        f"el => {{ el.value = {k}; el.dispatchEvent(new Event('input')); }}",
-    )
-
-
-def shown_ids(page: Page, n: int) -> list[str]:
-    hits = page.locator("#results .hit")
-    expect(hits).to_have_count(n)
-    return [hits.nth(i).get_attribute("data-id") or "" for i in range(n)]
-
-
-def wait_images_loaded(page: Page) -> None:
-    page.wait_for_function(
-        "() => [...document.querySelectorAll('#results img')]"
-        ".every(img => img.complete && img.naturalWidth > 0)"
-    )
+from tests.helpers import AppServer, image_bytes
+from tests.ui.pages import (
+    ARTIFACTS,
+    KEY,
+    api_search,
+    picture,
+    set_k,
+    shown_ids,
+    wait_images_loaded,
+)
 
 
 def test_text_search_shows_the_apis_thumbnails_in_order(page: Page, site: AppServer) -> None:
