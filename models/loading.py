@@ -51,8 +51,9 @@ def offline_hint(cfg: dict[str, Any]) -> str:
         file = url.rsplit("/", 1)[-1] or "the checkpoint"
         where = f"download {url}"
     return (
-        f"On a machine with network access, {where}, copy it here and set "
-        f"XMODAL_PRETRAINED=/path/to/{file}. {NO_WEIGHTS_HINT}"
+        f"On a machine with network access, {where}, copy it to this machine (into "
+        f"data/models/, say) and set XMODAL_PRETRAINED=data/models/{file} (any path to the "
+        f"file works). {NO_WEIGHTS_HINT}"
     )
 
 

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.helpers import REPO, free_port
@@ -177,6 +178,10 @@ def test_the_first_session_works_on_the_files_the_readme_names(
     _, port, lines = demo
     printed = "".join(lines)
     assert "initialized randomly" not in printed  # the demo expects random weights
+    # The last lines name the search page, a linked search that works as it is.
+    page = re.search(rf"http://localhost:{port}/\?q=\S+", printed)
+    assert page, printed
+    assert httpx.get(page.group(0), timeout=30).status_code == 200
     assert "Traceback" not in printed
     first = section("A first session")
     steps = commands(shell_blocks(first)[0])
@@ -202,5 +207,7 @@ def test_ctrl_c_ends_the_demo_without_an_error_from_make(
     out, _ = proc.communicate(timeout=60)
     assert "***" not in out, out  # make's "make: *** [Makefile:..: demo] Interrupt"
     assert "Traceback" not in out, out
+    said = out.splitlines()
+    assert "stopping the server ..." in said and any(s.startswith("stopped (") for s in said), out
     with socket.socket() as probe:  # the demo's server is gone with it
         probe.bind(("127.0.0.1", port))

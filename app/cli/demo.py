@@ -106,6 +106,13 @@ def run(data_dir: Path, port: int, pairs: int, epochs: int) -> int:
         "XMODAL_LOG_LEVEL": os.environ.get("XMODAL_LOG_LEVEL", "warning"),
     }
     server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=env)
+
+    def forward(signum: int, frame: object) -> None:
+        # SIGTERM to the demo alone: the server hears it too, once, as it hears Ctrl-C.
+        server.send_signal(signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, forward)
     url = f"http://127.0.0.1:{port}"
     try:
         with ApiClient(url) as api:
@@ -159,12 +166,32 @@ def run(data_dir: Path, port: int, pairs: int, epochs: int) -> int:
         print(
             f"\nserving on {url}; try:\n  curl -s {url}/v1/collections/demo/search "
             "-H 'content-type: application/json' -d '{\"text\": \"a small red circle\"}'\n"
-            "Ctrl-C stops it."
+            f"The search page: http://localhost:{port}/?q=a+small+red+circle&collection=demo "
+            f"(the API's own page: http://localhost:{port}/docs)\n"
+            "Ctrl-C stops it.",
+            flush=True,
         )
         return server.wait()
     except KeyboardInterrupt:
+        _stop(server, signalled=True)
         return 0
     finally:
-        if server.poll() is None:
-            server.terminate()
-            server.wait(30)
+        _stop(server, signalled=False)
+
+
+def _stop(server: subprocess.Popen[bytes], signalled: bool) -> None:
+    """End the demo's server, saying so (a stop that takes seconds in silence looks like a
+    hang). ``signalled``: Ctrl-C (or the SIGTERM forwarded) reached it already, and it is
+    finishing what it holds; a second signal would cut that short."""
+    if server.poll() is not None and not signalled:
+        return
+    print("\nstopping the server ...", flush=True)
+    started = time.monotonic()
+    if not signalled:
+        server.terminate()
+    try:
+        server.wait(60)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+    print(f"stopped ({time.monotonic() - started:.1f} s)", flush=True)

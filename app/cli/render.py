@@ -86,7 +86,7 @@ def metrics_table(columns: dict[str, dict[str, float]]) -> str:
 
 def models_table(models: list[dict[str, Any]]) -> str:
     row = "{:1} {:40} {:20} {:>10} {:>10}  {}"
-    lines = [row.format("", "version", "method", "base R@5", "new R@5", "base")]
+    lines = [row.format("", "version", "method", "base R@5", "new R@5", "built on")]
     for m in models:
         base = m["metrics"].get("base", {}).get("t2i_r5")
         new = m["metrics"].get("result", {}).get("t2i_r5")
@@ -129,7 +129,8 @@ def finetune_summary(job: dict[str, Any]) -> str:
     message = f" ({job['message']})" if job.get("message") else ""
     lines = [f"job {job['id']} {job['state']}{message}"]
     if "result_metrics" in detail:
-        lines.append(f"version {detail['version']}: beats its base: {detail['beats_base']}")
+        beats = "yes" if detail["beats_base"] else "no"
+        lines.append(f"version {detail['version']}: beats its base: {beats}")
         columns = {"base": detail["base_metrics"], "fine-tuned": detail["result_metrics"]}
         lines.append(metrics_table(columns))
     speed = detail.get("speed")

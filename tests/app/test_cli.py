@@ -40,7 +40,7 @@ def test_serve_without_network_or_weights_exits_fast_with_the_way_out(tmp_path: 
     assert proc.returncode != 0
     # Which file, from where, what to set, and what works without it.
     assert "huggingface.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in proc.stderr
-    assert "XMODAL_PRETRAINED=/path/to/open_clip_model.safetensors" in proc.stderr
+    assert "XMODAL_PRETRAINED=data/models/open_clip_model.safetensors" in proc.stderr
     assert "make demo" in proc.stderr and "make run-tiny" in proc.stderr
 
 

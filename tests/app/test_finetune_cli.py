@@ -24,7 +24,7 @@ def test_finetune_eval_and_models_in_process(tmp_path: Path) -> None:
         data_dir=data,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "succeeded" in proc.stdout and "beats its base: True" in proc.stdout
+    assert "succeeded" in proc.stdout and "beats its base: yes" in proc.stdout
     assert "t2i_r5" in proc.stdout and "fine-tuned" in proc.stdout
     version = next(
         line.split()[1].rstrip(":")
@@ -33,6 +33,8 @@ def test_finetune_eval_and_models_in_process(tmp_path: Path) -> None:
     )
     listing = xmodal("models", data_dir=data)
     assert version in listing.stdout and "* xmodal-tiny@random-seed0" in listing.stdout
+    header = listing.stdout.splitlines()[0].split()
+    assert header[-2:] == ["built", "on"] and header.count("base") == 1  # one "base" column
     base = xmodal("eval", "held.jsonl", data_dir=data)
     tuned = xmodal("eval", "held.jsonl", "--model", version, data_dir=data)
     assert base.returncode == tuned.returncode == 0, tuned.stderr
