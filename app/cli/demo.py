@@ -151,7 +151,7 @@ def run(data_dir: Path, port: int, pairs: int, epochs: int) -> int:
                 c.post("/v1/collections", json={"name": "demo"})
             gallery = {"source": "shapes-gallery.jsonl"}
             job_id = api.post("/v1/collections/demo/jobs/index", gallery, (202,))["id"]
-            _wait(api, job_id, "indexing the gallery")
+            _wait(api, job_id, "indexing the gallery (400 pictures and their captions)")
             for query in EXAMPLES:
                 hits = c.post("/v1/collections/demo/search", json={"text": query, "k": 3}).json()[
                     "results"
