@@ -180,7 +180,7 @@ def demo(clone: Path) -> Iterator[tuple[subprocess.Popen[str], int, list[str]]]:
     deadline = time.monotonic() + 300
     for line in proc.stdout:
         lines.append(line)
-        if line.startswith("serving on"):
+        if line.startswith("Ctrl-C stops it"):  # the last line the demo prints
             break
         assert time.monotonic() < deadline, "".join(lines)
     else:
