@@ -35,7 +35,11 @@ class VectorBackend(Protocol):
     d: int
     spec: str
     # Metadata filters go to ``search`` as ``where`` (True) or as ``allowed`` labels.
+    # The store finds a filter's labels in SQLite first (an index lookup); a backend with
+    # native filters is given the filter itself only when they are more than
+    # ``max_allowed`` (a long list of labels is slower than its own evaluation).
     native_filters: bool
+    max_allowed: int
     # The vectors outlive this process: on start, every tombstone since the watermark is
     # applied, also those of labels above it (they may have reached the backend).
     persistent: bool

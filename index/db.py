@@ -60,6 +60,40 @@ CREATE TABLE IF NOT EXISTS index_reports (
 );
 """
 
+# Every top-level metadata key of every item, typed, for filters that use an index instead
+# of parsing each item's JSON: kind n (a number), s (a string), b (a boolean, value 0 or
+# 1), z (null), a (an array or object). ``value`` has no type affinity: numbers stay
+# numbers, strings strings. Kept by triggers, in the transaction that writes the item.
+FIELDS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS item_fields (
+    label INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    value
+);
+CREATE INDEX IF NOT EXISTS item_fields_by_value ON item_fields (key, kind, value);
+CREATE INDEX IF NOT EXISTS item_fields_by_label ON item_fields (label);
+CREATE TRIGGER IF NOT EXISTS item_fields_added AFTER INSERT ON items BEGIN
+    INSERT INTO item_fields (label, key, kind, value) SELECT new.label, {fields}
+    FROM json_each(new.metadata);
+END;
+CREATE TRIGGER IF NOT EXISTS item_fields_removed AFTER DELETE ON items BEGIN
+    DELETE FROM item_fields WHERE label = old.label;
+END;
+CREATE TRIGGER IF NOT EXISTS item_fields_changed AFTER UPDATE OF metadata ON items BEGIN
+    DELETE FROM item_fields WHERE label = old.label;
+    INSERT INTO item_fields (label, key, kind, value) SELECT new.label, {fields}
+    FROM json_each(new.metadata);
+END
+"""
+# json_each's columns as item_fields' key, kind and value.
+FIELD_COLUMNS = (
+    "key, CASE type WHEN 'integer' THEN 'n' WHEN 'real' THEN 'n' WHEN 'text' THEN 's'"
+    " WHEN 'true' THEN 'b' WHEN 'false' THEN 'b' WHEN 'null' THEN 'z' ELSE 'a' END,"
+    " CASE type WHEN 'true' THEN 1 WHEN 'false' THEN 0 WHEN 'array' THEN NULL"
+    " WHEN 'object' THEN NULL ELSE atom END"
+)
+
 DB_FILE = "xmodal.sqlite3"
 SQL_CHUNK = 500  # values per IN (...) query
 ITEM_COLUMNS = "id, modality, metadata, text, content_sha256, media_type, model_version, created_at"
@@ -89,16 +123,26 @@ class Database:
 
     def apply(self, schema: str) -> None:
         """Create what ``schema`` describes, if missing (one statement at a time, so no
-        implicit commit happens inside someone's transaction)."""
+        implicit commit happens inside someone's transaction; a trigger's body, which
+        holds semicolons, is one statement up to its ``END``)."""
         with self.transaction() as conn:
-            for statement in (s.strip() for s in schema.split(";")):
-                if statement:
-                    conn.execute(statement)
+            for statement in _statements(schema):
+                conn.execute(statement)
 
     def _migrate(self) -> None:
         columns = {row[1] for row in self.writer.execute("PRAGMA table_info(items)")}
         if "raw_embedding" not in columns:  # a database from before mapped versions
             self.writer.execute("ALTER TABLE items ADD COLUMN raw_embedding BLOB")
+        had_fields = self.writer.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'item_fields'"
+        ).fetchone()
+        self.apply(FIELDS_SCHEMA.replace("{fields}", FIELD_COLUMNS))
+        if not had_fields:  # a database from before operator filters: index what it holds
+            with self.transaction() as conn:
+                conn.execute(
+                    f"INSERT INTO item_fields (label, key, kind, value) SELECT items.label,"
+                    f" {FIELD_COLUMNS} FROM items, json_each(items.metadata)"
+                )
 
     def reader(self) -> sqlite3.Connection:
         """This thread's read-only view of the database."""
@@ -277,3 +321,18 @@ def stored_versions(
         ):
             out[row[0]] = StoredVersion(Modality(row[1]), row[2], row[3], row[4])
     return out
+
+
+def _statements(schema: str) -> Iterator[str]:
+    """``schema``'s statements: split at semicolons, except inside a trigger's body."""
+    pending = ""
+    for part in schema.split(";"):
+        pending = f"{pending};{part}" if pending else part
+        statement = pending.strip()
+        if not statement:
+            pending = ""
+            continue
+        if statement.upper().startswith("CREATE TRIGGER") and not statement.upper().endswith("END"):
+            continue
+        yield statement
+        pending = ""

@@ -86,6 +86,7 @@ class FaissIndex:
     """One modality's vectors in FAISS (a ``VectorBackend``)."""
 
     native_filters = False
+    max_allowed = 2**62  # any number: FAISS takes them as a selector
     persistent = False
 
     def __init__(

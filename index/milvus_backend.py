@@ -28,13 +28,8 @@ import numpy as np
 from index.backend import SearchResult
 from index.db import SQL_CHUNK, Database, dumps
 from index.errors import DimensionMismatch, StoreError
-from index.milvus_specs import (
-    filter_expression,
-    null_keys,
-    parse_spec,
-    search_params,
-    spec_params,
-)
+from index.milvus_filters import bool_keys, filter_expression, null_keys
+from index.milvus_specs import parse_spec, search_params, spec_params
 from index.types import NewItem
 from index.values import InvalidValue
 
@@ -72,6 +67,9 @@ class MilvusIndex:
     trained = True
     exclusive_search = False
     native_filters = True
+    # Up to this many labels a `label in [...]` beats Milvus's own JSON filter by far (Milvus
+    # Lite at 100k items: 0.16 s for 1,000 labels against 8.4 s for the filter itself).
+    max_allowed = 16_384
     persistent = True
 
     def __init__(self, factory: MilvusBackends, name: str, d: int, spec: str) -> None:
@@ -255,6 +253,7 @@ class MilvusBackends:
             schema.add_field(field, pymilvus.DataType.VARCHAR, max_length=length)
         schema.add_field("metadata", pymilvus.DataType.JSON)
         schema.add_field("null_keys", pymilvus.DataType.JSON)
+        schema.add_field("bool_keys", pymilvus.DataType.JSON)
         kind, params = spec_params(spec)
         index_params = self.client.prepare_index_params()
         index_params.add_index("vector", index_type=kind, metric_type="IP", params=params)
@@ -288,7 +287,13 @@ class MilvusBackends:
         if not self.client.has_collection(name):
             raise ValueError(f"Milvus has no collection {name}")
         self.client.load_collection(name)
-        return MilvusIndex(self, name, int(meta["d"]), str(meta["spec"])), meta
+        index = MilvusIndex(self, name, int(meta["d"]), str(meta["spec"]))
+        fields = {f["name"] for f in self.client.describe_collection(name)["fields"]}
+        if "bool_keys" not in fields:
+            # Made before filters had operators: SQLite answers its filters (exact, slower)
+            # until it is built again (a re-index, or a move to another model version).
+            index.native_filters = False
+        return index, meta
 
     def drop(self, name: str) -> None:
         try:
@@ -326,5 +331,6 @@ class MilvusBackends:
                     "model_version": version,
                     "metadata": values,
                     "null_keys": null_keys(values),
+                    "bool_keys": bool_keys(values),
                 }
         return out

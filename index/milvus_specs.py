@@ -19,11 +19,9 @@ The normalised form (stored and shown) names every parameter, defaults filled in
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from index.errors import InvalidIndexSpec
-from index.values import check_filter
 
 DEFAULT_SPEC = "FLAT"
 MAX_SPEC_CHARS = 200
@@ -123,45 +121,3 @@ def _default_m(d: int) -> int:
         if m >= 1 and d % m == 0:
             return m
     return 1
-
-
-def literal(value: Any) -> str:
-    """``value`` (a checked JSON scalar) as a Milvus expression literal: strings quoted
-    with every quote, backslash and line break escaped, so no input leaves its literal."""
-    if value is True or value is False:
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError("not a finite number")
-        return repr(value)
-    if isinstance(value, str):
-        escaped = (
-            value.replace("\\", "\\\\")
-            .replace('"', '\\"')
-            .replace("\n", "\\n")
-            .replace("\r", "\\r")
-            .replace("\t", "\\t")
-        )
-        return f'"{escaped}"'
-    raise TypeError(f"{type(value).__name__} is not a filter value")
-
-
-def filter_expression(where: dict[str, Any]) -> str:
-    """A metadata filter (each key equal to its value) as a Milvus expression over the
-    ``metadata`` JSON field. Milvus's ``is null`` also matches a missing key, so a ``null``
-    value is looked up in ``null_keys`` (the keys whose value is null, see ``null_keys``)."""
-    check_filter(where)
-    clauses = []
-    for key, value in where.items():
-        if value is None:
-            clauses.append(f"json_contains(null_keys, {literal(key)})")
-        else:
-            clauses.append(f"metadata[{literal(key)}] == {literal(value)}")
-    return " and ".join(clauses)
-
-
-def null_keys(metadata: dict[str, Any]) -> list[str]:
-    """The top-level keys of ``metadata`` whose value is null."""
-    return [key for key, value in metadata.items() if value is None]

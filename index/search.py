@@ -57,8 +57,9 @@ def search_collection(
     ``c`` still serves under its name (not swapped for a re-embedded copy)."""
     name = c.name
     check_model(c, model_version)
-    native = bool(where) and c.sides[target].index.native_filters
-    allowed = filter_labels(db.reader(), name, target, where) if where and not native else None
+    index = c.sides[target].index
+    allowed = filter_labels(db.reader(), name, target, where) if where else None
+    native = allowed is not None and index.native_filters and len(allowed) > index.max_allowed
     depth = candidates(c.spec, k)
     exact = depth == k
     with c.searching():
@@ -67,7 +68,7 @@ def search_collection(
             # the query again for the version now there.
             raise ModelMismatch(f"collection {name!r} moved to another model version")
         results = c.sides[target].index.search(
-            xq, depth, allowed=allowed, where=where if native else None
+            xq, depth, allowed=None if native else allowed, where=where if native else None
         )
         # Rows are read under the lock too, so a swap cannot delete them in between.
         wanted = sorted({int(x) for r in results for x in r.labels})

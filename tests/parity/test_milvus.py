@@ -22,7 +22,8 @@ from index import (
     Modality,
     NewItem,
 )
-from index.milvus_specs import filter_expression, literal, parse_spec
+from index.milvus_filters import filter_expression, literal
+from index.milvus_specs import parse_spec
 from tests.stores import D, V, die, normalised
 
 # Keys and values that a pasted expression would choke on, or be steered by.

@@ -1,0 +1,72 @@
+"""The typed index of metadata keys that filters read (``item_fields``): kept by triggers
+in the item's own transaction through replacements and deletes, and built for a database
+written before it existed."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from index import CollectionStore, Modality, NewItem
+from index.db import DB_FILE
+from tests.stores import CPU, D, V, normalised
+
+
+def fields(data: Path) -> list[tuple[int, str, str, object]]:
+    with sqlite3.connect(data / DB_FILE) as conn:
+        return sorted(conn.execute("SELECT label, key, kind, value FROM item_fields"))
+
+
+def labels(store: CollectionStore, where: dict[str, object]) -> list[str]:
+    (hits,) = store.search("c", Modality.TEXT, normalised(1, 3), 50, model_version=V, where=where)
+    return sorted(h.id for h in hits)
+
+
+def test_fields_follow_writes_replacements_and_deletes(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    store = CollectionStore(data, backends=CPU)
+    try:
+        store.create_collection("c", D, V)
+        meta = {"n": 2, "s": "x", "b": True, "z": None, "a": [1], 'q"k': 1.5}
+        store.upsert("c", [NewItem("t1", Modality.TEXT, meta, text="one")], normalised(1, 1), V)
+        ((label, *_),) = {row[:1] for row in fields(data)}
+        assert fields(data) == sorted(
+            [
+                (label, "n", "n", 2),
+                (label, "s", "s", "x"),
+                (label, "b", "b", 1),
+                (label, "z", "z", None),
+                (label, "a", "a", None),
+                (label, 'q"k', "n", 1.5),
+            ]
+        )
+        # Replaced: the old item's fields go with it, in the same transaction.
+        store.upsert("c", [NewItem("t1", Modality.TEXT, {"n": 3}, text="one")], normalised(1, 2), V)
+        assert [row[1:] for row in fields(data)] == [("n", "n", 3)]
+        assert labels(store, {"n": {"$gt": 2}}) == ["t1"] and labels(store, {"s": "x"}) == []
+        store.delete_item("c", "t1")
+        assert fields(data) == []
+        store.upsert("c", [NewItem("t2", Modality.TEXT, {"n": 1}, text="two")], normalised(1, 4), V)
+        store.delete_collection("c")
+        assert fields(data) == []
+    finally:
+        store.close()
+
+
+def test_a_database_from_before_the_field_index_gets_one_on_opening(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    store = CollectionStore(data, backends=CPU)
+    store.create_collection("c", D, V)
+    items = [NewItem(f"t{i}", Modality.TEXT, {"year": 2018 + i}, text=f"t{i}") for i in range(6)]
+    store.upsert("c", items, normalised(6, 1), V)
+    store.close()
+    with sqlite3.connect(data / DB_FILE) as conn:  # as an older version left it
+        for trigger in ("item_fields_added", "item_fields_removed", "item_fields_changed"):
+            conn.execute(f"DROP TRIGGER {trigger}")
+        conn.execute("DROP TABLE item_fields")
+    store = CollectionStore(data, backends=CPU)
+    try:
+        assert len(fields(data)) == 6
+        assert labels(store, {"year": {"$gte": 2021}}) == ["t3", "t4", "t5"]
+    finally:
+        store.close()
