@@ -11,7 +11,6 @@ from index.types import Modality
 
 ItemId = str
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters: ids travel in URL paths
-FilterValue = str | int | float | bool | None
 
 
 def one_of(*fields: str, kind: str = "string") -> dict[str, Any]:
@@ -151,8 +150,11 @@ class SearchRequest(RequestBody):
     offset: int = Field(
         0, ge=0, description="Results to skip (pages); `offset + k` at most `XMODAL_MAX_K`."
     )
-    filter: dict[str, FilterValue] | None = Field(
-        None, description="Keep items whose metadata has each key equal to its value."
+    filter: dict[str, Any] | None = Field(
+        None,
+        description='Keep items whose metadata passes it: `{"key": value}` (equal), '
+        '`{"key": {"$gte": 2020, "$lt": 2024}}` with `$eq $ne $gt $gte $lt $lte $in '
+        "$nin $exists`, and `$and` / `$or` over lists of filters (docs/search.md).",
     )
     min_score: float | None = Field(
         None, ge=-1, le=1, description="Leave out hits scoring below this cosine."

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from app.cli import search as search_command
 from app.cli.client import ApiClient, CliError
 from app.cli.parser import build_parser
 from app.cli.render import (
@@ -407,6 +408,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "duplicates": _duplicates,
     "reindex": _reindex,
     "index-advice": _index_advice,
+    "search": search_command.run,
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from app.cli.search import add_parser as add_search_parser
 from models.adapt.methods import METHODS
 
 FORMATS = ["jsonl", "csv", "parquet", "folder", "webdataset"]
@@ -178,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", help="a model version (default: the configured/serving one)")
     _server_options(ev, "default: evaluate in this process")
     ev.set_defaults(handler="eval")
+
+    add_search_parser(sub, Formatter)
 
     mods = command("models", "List model versions.")
     _server_options(mods, "default: the versions in XMODAL_DATA_DIR")
