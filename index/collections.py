@@ -53,6 +53,7 @@ from index.search import (
     check_model,
     item_vector,
     items_by_label,
+    lexical_search,
     search_collection,
     vectors_after,
 )
@@ -312,6 +313,12 @@ class CollectionStore:
             where=where,
             with_vectors=with_vectors,
         )
+
+    def lexical(
+        self, name: str, text: str, depth: int, where: dict[str, Any] | None = None
+    ) -> list[Hit]:
+        """The best ``depth`` texts for the words of ``text``, by BM25 (``index.lexical``)."""
+        return lexical_search(self.get(name), self.db, text, depth, where)
 
     def item_vector(
         self, name: str, item_id: str, model_version: str

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from index.lexical import BACKFILL as LEXICAL_BACKFILL
+from index.lexical import LEXICAL_SCHEMA
 from index.types import Item, Modality, StoredItem, StoredVersion
 
 SCHEMA = """
@@ -133,16 +135,23 @@ class Database:
         columns = {row[1] for row in self.writer.execute("PRAGMA table_info(items)")}
         if "raw_embedding" not in columns:  # a database from before mapped versions
             self.writer.execute("ALTER TABLE items ADD COLUMN raw_embedding BLOB")
-        had_fields = self.writer.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'item_fields'"
-        ).fetchone()
-        self.apply(FIELDS_SCHEMA.replace("{fields}", FIELD_COLUMNS))
-        if not had_fields:  # a database from before operator filters: index what it holds
-            with self.transaction() as conn:
-                conn.execute(
-                    f"INSERT INTO item_fields (label, key, kind, value) SELECT items.label,"
-                    f" {FIELD_COLUMNS} FROM items, json_each(items.metadata)"
-                )
+        fields_backfill = (
+            f"INSERT INTO item_fields (label, key, kind, value) SELECT items.label,"
+            f" {FIELD_COLUMNS} FROM items, json_each(items.metadata)"
+        )
+        # Tables filters and lexical search read, kept by triggers: a database from before
+        # one of them gets it built from what it holds.
+        for table, schema, backfill in (
+            ("item_fields", FIELDS_SCHEMA.replace("{fields}", FIELD_COLUMNS), fields_backfill),
+            ("item_texts", LEXICAL_SCHEMA, LEXICAL_BACKFILL),
+        ):
+            had = self.writer.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+            ).fetchone()
+            self.apply(schema)
+            if not had:
+                with self.transaction() as conn:
+                    conn.execute(backfill)
 
     def reader(self) -> sqlite3.Connection:
         """This thread's read-only view of the database."""

@@ -19,6 +19,7 @@ from index.db import ITEM_COLUMNS, SQL_CHUNK, Database, hit_rows, item_from_row
 from index.errors import ModelMismatch, UnknownItem
 from index.faiss_specs import DEFAULT_SPEC
 from index.filters import filter_labels
+from index.lexical import lexical_labels
 from index.live import LiveCollection
 from index.milvus_specs import EXACT_TYPES
 from index.types import Hit, Item, Modality
@@ -163,3 +164,21 @@ def check_model(c: LiveCollection, model_version: str) -> None:
             f"collection {c.name!r} holds vectors of model {c.model_version!r}, but the server "
             f"runs {model_version!r}; serve that model or re-create the collection"
         )
+
+
+def lexical_search(
+    c: LiveCollection, db: Database, text: str, depth: int, where: dict[str, Any] | None
+) -> list[Hit]:
+    """The best ``depth`` texts of the collection for the words of ``text`` by BM25
+    (``index.lexical``), best first, as hits scored by BM25 relevance."""
+    conn = db.reader()
+    ranked = lexical_labels(conn, c.name, text, depth, where)
+    rows = hit_rows(conn, [label for label, _ in ranked])
+    hits = []
+    for label, score in ranked:
+        row = rows.get(label)
+        if row is not None:  # deleted between the two reads
+            hits.append(
+                Hit(row[1], score, Modality(row[2]), json.loads(row[3]), row[4], label=label)
+            )
+    return hits

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -175,6 +175,12 @@ class SearchRequest(RequestBody):
     )
     include_self: bool = Field(
         False, description="Keep the query's own stored items (`item_id`) in the results."
+    )
+    mode: Literal["vector", "lexical", "hybrid"] = Field(
+        "vector",
+        description="How texts are ranked (text searches of texts): `vector` by cosine; "
+        "`lexical` by the query's words (BM25); `hybrid` both, fused by reciprocal rank "
+        "(k = 60). Lexical and hybrid need a text in the query (docs/search.md).",
     )
 
 

@@ -70,3 +70,30 @@ def test_a_database_from_before_the_field_index_gets_one_on_opening(tmp_path: Pa
         assert labels(store, {"year": {"$gte": 2021}}) == ["t3", "t4", "t5"]
     finally:
         store.close()
+
+
+def test_the_lexical_index_follows_texts_and_is_built_for_an_older_database(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "d"
+    store = CollectionStore(data, backends=CPU)
+    store.create_collection("c", D, V)
+    texts = ["red shoe AB-1234", "red shoe AB-1235", "a café in Zürich"]
+    items = [NewItem(f"t{i}", Modality.TEXT, {"n": i}, text=t) for i, t in enumerate(texts)]
+    store.upsert("c", items, normalised(3, 1), V)
+    store.upsert("c", [NewItem("img", Modality.IMAGE, {}, content=b"x")], normalised(1, 2), V)
+    assert [h.id for h in store.lexical("c", "AB-1235", 10)][:1] == ["t1"]
+    assert [h.id for h in store.lexical("c", "cafe zurich", 10)] == ["t2"]  # accents folded
+    store.upsert("c", [NewItem("t1", Modality.TEXT, {}, text="blue boot")], normalised(1, 3), V)
+    assert [h.id for h in store.lexical("c", "AB-1235", 10)] == ["t0"]  # the old text is gone
+    store.close()
+    with sqlite3.connect(data / DB_FILE) as conn:  # as a version before lexical search left it
+        for trigger in ("item_texts_added", "item_texts_removed", "item_texts_changed"):
+            conn.execute(f"DROP TRIGGER {trigger}")
+        conn.execute("DROP TABLE item_texts")
+    store = CollectionStore(data, backends=CPU)
+    try:
+        assert [h.id for h in store.lexical("c", "boot", 10)] == ["t1"]
+        assert [h.id for h in store.lexical("c", "shoe", 10, {"n": 0})] == ["t0"]
+    finally:
+        store.close()

@@ -49,6 +49,8 @@ def _took(started: float) -> float:
 
 
 def spec_of(body: SearchRequest) -> SearchSpec:
+    parts = body.query or []
+    texts = [body.text] if body.text is not None else [p.text for p in parts if p.weight > 0]
     return SearchSpec(
         k=body.k,
         offset=body.offset,
@@ -57,6 +59,10 @@ def spec_of(body: SearchRequest) -> SearchSpec:
         min_score=body.min_score,
         min_relative=body.min_relative,
         dedup=body.dedup,
+        mode=body.mode,
+        # The words lexical ranking matches: the query's text, or its parts' that weigh
+        # towards (a negative part's words are not looked for).
+        lexical_text=" ".join(t for t in texts if t) or None,
     )
 
 

@@ -68,6 +68,8 @@ class SearchSpec:
     min_relative: float | None = None  # fraction of the best hit's score
     dedup: float | None = None  # cosine at or above which two hits are near-duplicates
     exclude: frozenset[str] = field(default_factory=frozenset)  # ids left out (the query's)
+    mode: str = "vector"  # vector, lexical or hybrid (``hybrid``)
+    lexical_text: str | None = None  # the words lexical and hybrid modes match
     budget: Budget | None = field(default=None, compare=False)  # the request's, once planned
 
     @property

@@ -17,6 +17,7 @@ import numpy as np
 from app.service.engine import Engine, PreparedImage
 from app.service.errors import Invalid, ServiceError, TooLarge
 from app.service.limits import Limits
+from app.service.search import hybrid
 from app.service.search.queue import SearchQueue
 from app.service.search.ranking import Budget, Page, SearchSpec, combine, first_depth, rank
 from app.service.threads import run_in_threadpool
@@ -145,7 +146,16 @@ class Retrieval:
         them) and searched as one matrix per target and filter, as FAISS does fastest."""
         for _, spec in queries:
             self.check_page(spec)
-        self.limits.check_search_hits([spec.offset + spec.k for _, spec in queries])
+        queries = [(parts, hybrid.checked(spec)) for parts, spec in queries]
+        # A lexical or hybrid search reads its rankings fusion_depth deep.
+        self.limits.check_search_hits(
+            [
+                spec.offset + spec.k
+                if spec.mode == "vector"
+                else hybrid.fusion_depth(spec, self.limits.max_k)
+                for _, spec in queries
+            ]
+        )
         # Deepening may fetch as much again as one query going to its deepest would.
         budget = Budget(8 * self.limits.max_k, self.limits.search_timeout_s)
 
@@ -174,12 +184,45 @@ class Retrieval:
             rows = [v for v, _, _ in vectors]
             try:
                 return await asyncio.wait_for(
-                    self.searches.search(name, version, rows, planned), max(budget.left_s(), 0)
+                    self._search(name, version, rows, planned), max(budget.left_s(), 0)
                 )
             except TimeoutError:
                 raise budget.expired() from None
 
         return await retry_on_switch(lambda: self.space_of(name), once)
+
+    async def _search(
+        self, name: str, version: str, rows: list[np.ndarray], specs: list[SearchSpec]
+    ) -> list[Page]:
+        """Each query's page: the vector ranking through the search queue, the lexical one
+        from SQLite, fused for ``hybrid`` (``hybrid``)."""
+        depths = [hybrid.fusion_depth(s, self.limits.max_k) for s in specs]
+        vector = [i for i, s in enumerate(specs) if s.mode != "lexical"]
+        asked = [
+            s if s.mode == "vector" else hybrid.vector_part(s, depths[i])
+            for i, s in enumerate(specs)
+        ]
+        pages: list[Page] = [Page([], None)] * len(specs)
+        if vector:
+            found = await self.searches.search(
+                name, version, [rows[i] for i in vector], [asked[i] for i in vector]
+            )
+            for i, page in zip(vector, found, strict=True):
+                pages[i] = page
+        lexical = [i for i, s in enumerate(specs) if s.mode != "vector"]
+        if lexical:
+
+            def read() -> list[list[Hit]]:
+                return [
+                    self.store.lexical(name, specs[i].lexical_text or "", depths[i], specs[i].where)
+                    for i in lexical
+                ]
+
+            for i, hits in zip(lexical, await run_in_threadpool(read), strict=True):
+                spec = specs[i]
+                ranking = hits if spec.mode == "lexical" else hybrid.fuse([pages[i].hits, hits])
+                pages[i] = hybrid.page_of(ranking, spec)
+        return pages
 
     def check_page(self, spec: SearchSpec) -> None:
         self.limits.check_page(spec.k, spec.offset)
