@@ -153,8 +153,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--filtered-queries", type=int, default=30)
     parser.add_argument("--specs-only", action="store_true", help="only the index-spec table")
+    parser.add_argument("--backends-only", action="store_true", help="only the backends' rows")
     args = parser.parse_args()
-    _, table = spec_rows(args.vectors, args.dim)
+    _, table = ([], []) if args.backends_only else spec_rows(args.vectors, args.dim)
     if not args.specs_only:
         table += rows(args.vectors, args.dim, args.queries, args.filtered_queries)[1]
     for name, value, where in table:

@@ -155,8 +155,11 @@ async function search(query, offset = 0) {
   if (extra) parts.push({ ...(await partOf(extra)), weight: Number($("extra-weight").value) });
   const body = { query: parts, k: k(), offset, target: target() };
   const minScore = $("min-score").value.trim();
-  if (minScore !== "") body.min_score = Number(minScore);
-  if ($("dedup").checked) body.dedup = DEDUP;
+  // Matching words (lexical, hybrid) is for a text query finding texts, without extras.
+  const mode = target() === "text" && query.kind === "text" && !extra ? $("mode").value : "vector";
+  if (mode !== "vector") body.mode = mode;
+  if (minScore !== "" && mode !== "lexical") body.min_score = Number(minScore);
+  if ($("dedup").checked && mode === "vector") body.dedup = DEDUP;
   const data = await apiJson(searchPath("search"), {
     method: "POST",
     headers: { "Content-Type": "application/json" },
@@ -268,6 +271,7 @@ function init() {
     if (state.last && state.nextOffset !== null) search(state.last, state.nextOffset).catch(fail);
   });
   $("min-score").addEventListener("change", rerun);
+  $("mode").addEventListener("change", rerun);
   $("dedup").addEventListener("change", rerun);
   $("extra-text").addEventListener("change", rerun);
   $("extra-weight").addEventListener("change", rerun);

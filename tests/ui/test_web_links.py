@@ -91,3 +91,27 @@ def test_tiles_show_captions_and_an_empty_list_says_what_cut_it(
     expect(page.locator("#results .hit")).to_have_count(0)
     expect(page.locator("#summary")).to_contain_text("scored 0.99 or more")
     expect(page.locator("#summary")).to_contain_text("lower or clear Min score")
+
+
+def test_the_match_control_searches_texts_by_their_words(page: Page, site: AppServer) -> None:
+    page.check("input[name=target][value=text]")
+    page.select_option("#mode", "lexical")
+    page.fill("#query", "caption number 3")
+    page.click("#search-form button")
+    r = httpx.post(
+        f"{site.url}/v1/collections/gallery/search",
+        json={"text": "caption number 3", "mode": "lexical", "k": 12},
+        timeout=60,
+    )
+    expected = [h["id"] for h in r.json()["results"]]
+    assert expected[0] == "cap-3"  # the only caption with the word "3"
+    assert shown_ids(page, len(expected)) == expected
+    page.select_option("#mode", "hybrid")  # re-runs the query, fused
+    r = httpx.post(
+        f"{site.url}/v1/collections/gallery/search",
+        json={"query": [{"text": "caption number 3"}], "mode": "hybrid", "k": 12, "target": "text"},
+        timeout=60,
+    )
+    fused = [h["id"] for h in r.json()["results"]]
+    expect(page.locator("#results .hit").first).to_have_attribute("data-id", fused[0])
+    assert shown_ids(page, len(fused)) == fused
