@@ -26,6 +26,11 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     p.add_argument("-k", type=int, default=10, help="how many results")
     p.add_argument("--target", choices=["image", "text"], help="modality to find (default: image)")
     p.add_argument("--filter", metavar="JSON", help="keep items whose metadata passes it")
+    p.add_argument(
+        "--mode",
+        choices=["vector", "lexical", "hybrid"],
+        help="how texts are ranked: by vectors, by words (BM25), or both (texts only)",
+    )
     p.add_argument("--min-score", type=float, help="leave out hits scoring below this cosine")
     p.add_argument("--json", action="store_true", help="print the API's answer as JSON")
     port = os.environ.get("XMODAL_PORT") or "8000"
@@ -45,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         body["target"] = args.target
     if args.min_score is not None:
         body["min_score"] = args.min_score
+    if args.mode:
+        body["mode"] = args.mode
     if args.filter is not None:
         try:
             body["filter"] = json.loads(args.filter)

@@ -113,6 +113,17 @@ def test_operator_filters_in_every_search_form(
         data_dir=tmp_path,
     )
     assert table.returncode == 0 and "p1" in table.stdout and "a photo from 2016" in table.stdout
+    words = xmodal(
+        "search",
+        collection,
+        "2016",
+        "--mode",
+        "lexical",
+        "--server",
+        server.url,
+        data_dir=tmp_path,
+    )
+    assert words.returncode == 0 and words.stdout.split()[1] == "p1", words.stdout
     wrong = xmodal(
         "search",
         collection,
