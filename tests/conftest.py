@@ -84,11 +84,35 @@ def collection(client: httpx.Client, request: pytest.FixtureRequest) -> str:
     return name
 
 
+# The files that take longest (a minute or more of one worker each, measured on the 2-core
+# machine), handed out first: with --dist loadfile a worker takes the next file when it is
+# free, so the longest going first leaves no long file for the end, while the other
+# worker sits idle (longest processing time first).
+LONGEST_FIRST = (
+    "tests/app/test_crash_trials.py",
+    "tests/models/test_distill.py",
+    "tests/parity/test_durability.py",
+    "tests/models/test_finetune.py",
+    "tests/parity/test_ray_ingest.py",
+    "tests/test_first_hour.py",
+    "tests/app/test_fuzz.py",
+    "tests/app/test_operations.py",
+    "tests/ui/test_web.py",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 
     from index import gpu_count
 
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+
+    def order(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return rank.get(path, len(rank))
+
+    items.sort(key=order)  # stable: within a file, and among the others, as collected
     if torch.cuda.is_available() or gpu_count() > 0:
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
