@@ -1,23 +1,28 @@
-"""API keys: ``Authorization: Bearer <key>`` on the routes that need one.
+"""API keys on the routes: ``Authorization: Bearer <key>``.
 
-Every ``/v1`` router declares ``ReadAccess``; routes that change state add ``WriteAccess``.
-With no keys configured both let everything through (the loopback default). Keys are
-compared as SHA-256 digests with ``hmac.compare_digest`` against every configured key, so
-the time taken says nothing about how much of a key matched or which key it was.
+Every ``/v1`` router declares ``ReadAccess``; routes that change a collection add
+``WriteAccess``, those that change the service (collections themselves, models, fine-
+tuning) ``AdminAccess``. With no keys configured all three let everything through (the
+loopback default). A key that opens only some collections (``app.service.access``) is
+refused with 403 on a route of another collection, named by the path's ``{name}``, reads
+included whatever ``XMODAL_AUTH_READS`` says; routes that name a collection elsewhere (a
+job's, clip back's ``indice_name``) and listings ask ``grant_of`` themselves.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.errors import ApiError
+from app.service.access import ADMIN, READ, WRITE, Grant, KeyRing
 
-_bearer = HTTPBearer(auto_error=False, description="One of the keys in `XMODAL_API_KEYS`.")
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="A key of `XMODAL_API_KEYS`, or of the file `XMODAL_API_KEYS_FILE` names.",
+)
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
@@ -28,42 +33,67 @@ class Unauthorized(ApiError):
         super().__init__(401, "unauthorized", message)
 
 
-class KeyRing:
-    """The configured keys, kept only as digests."""
+class Forbidden(ApiError):
+    def __init__(self, message: str) -> None:
+        super().__init__(403, "forbidden", message)
 
-    def __init__(self, keys: list[str]) -> None:
-        self._digests = [hashlib.sha256(k.encode()).digest() for k in keys]
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._digests)
+def grant_of(request: Request) -> Grant | None:
+    """The presented key's grant (None: no key asked for or given; everything is open)."""
+    grant: Grant | None = getattr(request.state, "grant", None)
+    return grant
 
-    def check(self, presented: str | None) -> None:
-        if presented is None:
-            raise Unauthorized("this route needs an API key: send 'Authorization: Bearer <key>'")
-        digest = hashlib.sha256(presented.encode()).digest()
-        matched = False
-        for known in self._digests:  # no early exit: every key is compared every time
-            matched |= hmac.compare_digest(digest, known)
-        if not matched:
-            raise Unauthorized("the API key is not valid")
+
+def check_collection(request: Request, collection: str | None, level: int = READ) -> None:
+    """403 unless the request's key may act at ``level`` on ``collection``."""
+    grant = grant_of(request)
+    if grant is None:
+        return
+    if grant.level < level:
+        raise Forbidden(f"this key may {grant.name}; this needs {_NAMES[level]}")
+    if not grant.covers(collection):
+        what = f"the collection {collection!r}" if collection else "what belongs to no collection"
+        raise Forbidden(f"this key does not open {what}")
+
+
+_NAMES = {READ: "read", WRITE: "write", ADMIN: "admin"}
 
 
 class Requirement:
-    """A dependency that asks for a key when keys are configured and, for ``access_flag``,
-    when that setting is also on (``None``: whenever keys are configured). The API
-    description reads the same flag (``app.api.openapi``)."""
+    """A dependency that asks for a key at ``level`` when keys are configured and, for
+    ``access_flag``, when that setting is also on (``None``: whenever keys are configured).
+    A key presented on an open route is still held to its collections. The API description
+    reads the same flag (``app.api.openapi``)."""
 
-    def __init__(self, access_flag: str | None) -> None:
+    def __init__(self, level: int, access_flag: str | None = None) -> None:
+        self.level = level
         self.access_flag = access_flag
 
     async def __call__(self, request: Request, credentials: Credentials) -> None:
         ring: KeyRing = request.app.state.keys
+        if not ring.enabled:
+            return
         settings = request.app.state.services.settings
-        if ring.enabled and (self.access_flag is None or getattr(settings, self.access_flag)):
-            ring.check(credentials.credentials if credentials else None)
+        needed = self.access_flag is None or getattr(settings, self.access_flag)
+        presented = credentials.credentials if credentials else None
+        if presented is None:
+            if needed:
+                raise Unauthorized(
+                    "this route needs an API key: send 'Authorization: Bearer <key>'"
+                )
+            return
+        grant = ring.resolve(presented)
+        if grant is None:
+            if needed:
+                raise Unauthorized("the API key is not valid")
+            return  # an open route: as if no key had been sent
+        request.state.grant = grant
+        name = request.path_params.get("name")
+        if name is not None or grant.level < self.level:
+            check_collection(request, name, self.level)
 
 
-ReadAccess = Depends(Requirement("auth_reads"))
-WriteAccess = Depends(Requirement(None))
-MetricsAccess = Depends(Requirement("auth_metrics"))
+ReadAccess = Depends(Requirement(READ, "auth_reads"))
+WriteAccess = Depends(Requirement(WRITE))
+AdminAccess = Depends(Requirement(ADMIN))
+MetricsAccess = Depends(Requirement(READ, "auth_metrics"))

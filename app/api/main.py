@@ -12,7 +12,6 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from app.api.auth import KeyRing
 from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.middleware import Admission, AdmissionLimits, RequestContext
@@ -29,6 +28,7 @@ from app.api.routes import (
     openai_compat,
     search,
 )
+from app.service.access import KeyRing
 from app.service.config import Settings
 from app.service.metrics import Metrics
 from app.service.services import Services
@@ -86,7 +86,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The page names /ui/favicon.svg; tools and browsers that ask here get it too.
         return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
 
-    app.state.keys = KeyRing([k.get_secret_value() for k in settings.api_keys])
+    app.state.keys = KeyRing(
+        [k.get_secret_value() for k in settings.api_keys], settings.api_keys_file
+    )
     install_openapi(app, settings, app.state.keys.enabled)
     # Added innermost first. From the outside in: the request id, access log and request
     # metrics see every answer; CORS headers go on refusals as well; then the limits.

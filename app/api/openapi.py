@@ -24,6 +24,8 @@ DESCRIPTIONS = {
     304: "Not modified (the `If-None-Match` tag matches).",
     400: "The request is well-formed but cannot be done as asked.",
     401: "A key is needed, or the one sent is not valid.",
+    403: "The key sent does not open this collection, or may not do this (a key of "
+    "`XMODAL_API_KEYS_FILE`, scoped to collections, read or write).",
     404: "No such collection, item, job or model.",
     408: "The request body did not arrive in time (`XMODAL_BODY_TIMEOUT_S`).",
     409: "The request conflicts with the current state.",
@@ -104,6 +106,8 @@ def _build(app: FastAPI, settings: Settings, keys_enabled: bool) -> dict[str, An
                 common.append(401)
             else:
                 op.pop("security", None)
+            if settings.api_keys_file is not None and _guarded(route):
+                common.append(403)
             for status in common:
                 responses[str(status)] = {
                     "description": DESCRIPTIONS[status],
@@ -123,6 +127,11 @@ def _needs_key(route: APIRoute, settings: Settings) -> bool:
         ):
             return True
     return False
+
+
+def _guarded(route: APIRoute) -> bool:
+    """Whether ``route`` checks keys at all (a scoped key can then be refused, 403)."""
+    return any(isinstance(d.call, Requirement) for d in _walk(route.dependant))
 
 
 def _walk(dependant: Any) -> list[Any]:

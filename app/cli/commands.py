@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -72,7 +73,8 @@ def _serve(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         print(f"xmodal: cannot load the model: {exc}", file=sys.stderr)
         return 3
-    if not settings.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
+    keyless = not settings.api_keys and settings.api_keys_file is None
+    if keyless and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning(
             "listening on %s without XMODAL_API_KEYS: anyone who reaches it can write", host
         )
@@ -82,6 +84,8 @@ def _serve(args: argparse.Namespace) -> int:
     from app.api.server import DrainingServer
 
     app = create_app(settings)
+    # SIGHUP reads the API keys file again (keys are never logged, only their count).
+    signal.signal(signal.SIGHUP, lambda signum, frame: app.state.keys.reload())
     config = uvicorn.Config(
         app,
         host=host,

@@ -25,6 +25,7 @@ SERVE_SETTINGS = {
     "port": "port",
     "log_format": "auto (text at a terminal, else json), text or json",
     "api_keys": "comma-separated keys that writes need",
+    "api_keys_file": "a JSON file of keys scoped to collections (read, write, admin)",
 }
 
 

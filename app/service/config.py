@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.service.access import read_key_file
+
 MiB = 1024 * 1024
 
 
@@ -67,8 +69,14 @@ class Settings(BaseSettings):
     # --- access ------------------------------------------------------------------------------
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated API keys. When set, every route that changes state needs "
-        "`Authorization: Bearer <key>` (401 without).",
+        description="Comma-separated API keys, each an administrator. When set, every route "
+        "that changes state needs `Authorization: Bearer <key>` (401 without).",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="A JSON file of API keys scoped to collections with their access (read, "
+        "write, admin), beside `XMODAL_API_KEYS` (whose keys stay administrators); read at "
+        "start and again on SIGHUP (docs/deployment-and-security.md).",
     )
     auth_reads: bool = Field(
         False, description="With keys set, searches, embeddings and listings need a key too."
@@ -246,6 +254,13 @@ class Settings(BaseSettings):
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             value = [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _keys_file_usable(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            read_key_file(value)  # its reason, at start, rather than a 401 for every key
         return value
 
     @field_validator("api_keys")

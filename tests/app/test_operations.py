@@ -63,11 +63,20 @@ def assert_unauthorized(r: httpx.Response) -> None:
     assert r.headers["www-authenticate"].startswith("Bearer")
 
 
+SCOPED = "scoped-reader-key-0123456789"  # of the keys file, read on collection k0
+
+
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    root = tmp_path_factory.mktemp("keyed")
+    keys_file = root / "keys.json"
+    keys_file.write_text(
+        json.dumps({"keys": [{"key": SCOPED, "collections": ["k0"], "access": "read"}]})
+    )
     server = ServerProcess(
-        tmp_path_factory.mktemp("keyed") / "data",
+        root / "data",
         api_keys=",".join(KEYS),
+        api_keys_file=str(keys_file),
         log_level="info",
         log_format="json",
     ).start()
@@ -109,6 +118,30 @@ def test_every_state_changing_route_needs_a_key(keyed: ServerProcess) -> None:
             assert r.status_code != 401, (method, path)
         for path in ("/healthz", "/readyz", "/metrics"):
             assert c.get(path).status_code == 200
+
+
+def test_sighup_reads_the_keys_file_again(keyed: ServerProcess) -> None:
+    keys_file = keyed.data_dir.parent / "keys.json"
+    later = "a-later-writer-key-0123456789"
+    with httpx.Client(base_url=keyed.url, timeout=30) as c:
+        admin = {"Authorization": f"Bearer {KEYS[0]}"}
+        c.post("/v1/collections", json={"name": "hup"}, headers=admin)
+        items = {"items": [{"id": "t", "text": "x"}]}
+
+        def write(key: str) -> int:
+            auth = {"Authorization": f"Bearer {key}"}
+            return c.post("/v1/collections/hup/texts", json=items, headers=auth).status_code
+
+        assert write(SCOPED) == 403 and write(later) == 401
+        keys_file.write_text(
+            json.dumps({"keys": [{"key": later, "collections": ["hup"], "access": "write"}]})
+        )
+        assert keyed.proc is not None
+        keyed.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: write(later) == 200, what="the new key after SIGHUP")
+        assert write(SCOPED) == 401  # gone with the old file
+    log = keyed.log_path.read_text()
+    assert "API keys file reloaded: 1 keys" in log and later not in log
 
 
 def test_keys_and_bodies_stay_out_of_the_logs_and_requests_carry_ids(

@@ -24,7 +24,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from app.api.auth import ReadAccess
+from app.api.auth import ReadAccess, check_collection, grant_of
 from app.api.bodies import AnyJSONRoute
 from app.api.deps import RetrievalDep, ServicesDep, SettingsDep, StackDep
 from app.api.errors import bad_request
@@ -79,13 +79,15 @@ class MetadataRequest(BaseModel):
 
 
 @router.get("/indices-list")
-async def indices_list(services: ServicesDep) -> list[str]:
-    """The collections that can serve, as clip back lists its indices."""
+async def indices_list(services: ServicesDep, request: Request) -> list[str]:
+    """The collections that can serve, as clip back lists its indices (those the
+    presented key opens)."""
     store = services.store
     if store is None:
         return []
     infos = await run_in_threadpool(store.list_collections)
-    return [c.name for c in infos if c.error is None]
+    grant = grant_of(request)
+    return [c.name for c in infos if c.error is None and (grant is None or grant.covers(c.name))]
 
 
 @router.post("/knn-service", responses=errors(400, 404, 409, 413, 415, 429, 504))
@@ -121,7 +123,7 @@ async def knn_service(
         raise bad_request(
             "image_url is off on this server (XMODAL_IMAGE_URLS)", code="image_url_refused"
         )
-    name = await _collection(body.indice_name, retrieval)
+    name = await _collection(body.indice_name, retrieval, request)
     info = await retrieval.collection(name)
     if text is not None:
         part = Part(query=retrieval.text_query(text))
@@ -150,7 +152,7 @@ async def metadata(
     body: MetadataRequest, request: Request, retrieval: RetrievalDep, services: ServicesDep
 ) -> list[dict[str, Any]]:
     """The metadata of items by their integer ids (``{}`` for an id no longer stored)."""
-    name = await _collection(body.indice_name, retrieval)
+    name = await _collection(body.indice_name, retrieval, request)
     base = str(request.base_url)
 
     def look_up() -> list[dict[str, Any]]:
@@ -164,13 +166,15 @@ async def metadata(
     return await run_in_threadpool(look_up)
 
 
-async def _collection(indice_name: str | None, retrieval: Retrieval) -> str:
+async def _collection(indice_name: str | None, retrieval: Retrieval, request: Request) -> str:
     """The collection named, or the first that serves when none is (clip-front opened
-    without ``index=`` sends an empty name)."""
+    without ``index=`` sends an empty name); 403 for one the presented key does not open."""
     if indice_name:
+        check_collection(request, indice_name)
         return indice_name
     infos = await run_in_threadpool(retrieval.store.list_collections)
-    serving = [c.name for c in infos if c.error is None]
+    grant = grant_of(request)
+    serving = [c.name for c in infos if c.error is None and (grant is None or grant.covers(c.name))]
     if not serving:
         raise bad_request("there is no collection to search", code="invalid_query")
     return serving[0]

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response, status
 from pydantic import Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from app.api.auth import ReadAccess, WriteAccess
+from app.api.auth import AdminAccess, ReadAccess, WriteAccess, grant_of
 from app.api.bodies import ControlJSONRoute
 from app.api.deps import EngineDep, ServicesDep, StackDep, StoreDep
 from app.api.openapi import errors
@@ -39,7 +39,7 @@ def collection_out(info: CollectionInfo) -> CollectionOut:
 
 
 @router.post(
-    "", status_code=status.HTTP_201_CREATED, dependencies=[WriteAccess], responses=errors(400, 409)
+    "", status_code=status.HTTP_201_CREATED, dependencies=[AdminAccess], responses=errors(400, 409)
 )
 async def create_collection(
     body: CollectionCreate, store: StoreDep, engine: EngineDep
@@ -51,9 +51,12 @@ async def create_collection(
 
 
 @router.get("")
-async def list_collections(store: StoreDep) -> CollectionList:
+async def list_collections(store: StoreDep, request: Request) -> CollectionList:
+    """Every collection, or those the presented key opens."""
     infos = await run_in_threadpool(store.list_collections)
-    return CollectionList(collections=[collection_out(i) for i in infos])
+    grant = grant_of(request)
+    shown = [i for i in infos if grant is None or grant.covers(i.name)]
+    return CollectionList(collections=[collection_out(i) for i in shown])
 
 
 @router.get("/{name}", responses=errors(404))
@@ -64,7 +67,7 @@ async def get_collection(name: str, store: StoreDep) -> CollectionOut:
 @router.delete(
     "/{name}",
     status_code=status.HTTP_204_NO_CONTENT,
-    dependencies=[WriteAccess],
+    dependencies=[AdminAccess],
     responses=errors(404),
 )
 async def delete_collection(name: str, store: StoreDep) -> Response:

@@ -2,16 +2,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from app.api.auth import ReadAccess, WriteAccess
+from app.api.auth import ReadAccess, WriteAccess, check_collection, grant_of
 from app.api.bodies import ControlJSONRoute
 from app.api.deps import JobsDep
 from app.api.openapi import errors
 from app.api.schemas import RequestBody
+from app.service.access import ADMIN, WRITE
 from app.service.jobs import DUPLICATES_JOB, INDEX_JOB, REINDEX_JOB, DuplicatesRunner, job_summary
 from index import Modality, UnknownJob
 from models.sources import Format
@@ -132,10 +133,11 @@ async def start_reindex_job(
     responses={200: {"content": {"application/json": {}}}, **errors(404)},
     response_class=FileResponse,
 )
-async def job_result(job_id: str, jobs: JobsDep) -> FileResponse:
+async def job_result(job_id: str, jobs: JobsDep, request: Request) -> FileResponse:
     """What a finished duplicates job found: `{"collection", "modality", "threshold",
     "groups": [{"ids": [...]}]}`, largest groups first, ids in the order they were added."""
     job = await run_in_threadpool(jobs.jobs.get, job_id)
+    check_collection(request, job.collection)
     runner = jobs.runners[DUPLICATES_JOB]
     assert isinstance(runner, DuplicatesRunner)
     path = runner.result_path(job.id)
@@ -145,19 +147,26 @@ async def job_result(job_id: str, jobs: JobsDep) -> FileResponse:
 
 
 @router.get("/v1/jobs")
-async def list_jobs(jobs: JobsDep) -> JobList:
-    """The 100 most recent jobs, newest first."""
+async def list_jobs(jobs: JobsDep, request: Request) -> JobList:
+    """The 100 most recent jobs, newest first (those of the key's collections)."""
     listed = await run_in_threadpool(jobs.jobs.recent)
-    return JobList(jobs=[JobOut(**job_summary(j)) for j in listed])
+    grant = grant_of(request)
+    shown = [j for j in listed if grant is None or grant.covers(j.collection)]
+    return JobList(jobs=[JobOut(**job_summary(j)) for j in shown])
 
 
-@router.get("/v1/jobs/{job_id}", responses=errors(404))
-async def get_job(job_id: str, jobs: JobsDep) -> JobOut:
+@router.get("/v1/jobs/{job_id}", responses=errors(403, 404))
+async def get_job(job_id: str, jobs: JobsDep, request: Request) -> JobOut:
     """State and progress: counts, rate, ETA and the first failures with their reasons."""
-    return JobOut(**job_summary(await run_in_threadpool(jobs.jobs.get, job_id)))
+    job = await run_in_threadpool(jobs.jobs.get, job_id)
+    check_collection(request, job.collection)
+    return JobOut(**job_summary(job))
 
 
-@router.delete("/v1/jobs/{job_id}", dependencies=[WriteAccess], responses=errors(404, 409))
-async def cancel_job(job_id: str, jobs: JobsDep) -> JobOut:
-    """Cancel a queued or running job; what it already stored stays."""
+@router.delete("/v1/jobs/{job_id}", dependencies=[WriteAccess], responses=errors(403, 404, 409))
+async def cancel_job(job_id: str, jobs: JobsDep, request: Request) -> JobOut:
+    """Cancel a queued or running job; what it already stored stays. A job of a collection
+    takes a key that may write it; one of no collection (fine-tuning, activation), admin."""
+    job = await run_in_threadpool(jobs.jobs.get, job_id)
+    check_collection(request, job.collection, WRITE if job.collection else ADMIN)
     return JobOut(**job_summary(await run_in_threadpool(jobs.jobs.cancel, job_id)))

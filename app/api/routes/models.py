@@ -6,7 +6,7 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from app.api.auth import ReadAccess, WriteAccess
+from app.api.auth import AdminAccess, ReadAccess
 from app.api.bodies import ControlJSONRoute
 from app.api.deps import EngineDep, JobsDep, StackDep
 from app.api.openapi import errors
@@ -84,7 +84,7 @@ class ModelList(BaseModel):
 @router.post(
     "/v1/finetune",
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[WriteAccess],
+    dependencies=[AdminAccess],
     responses=errors(400),
 )
 async def start_finetune(body: FinetuneRequest, jobs: JobsDep) -> JobCreated:
@@ -93,7 +93,7 @@ async def start_finetune(body: FinetuneRequest, jobs: JobsDep) -> JobCreated:
     return JobCreated(id=job.id, state=job.state.value)
 
 
-@router.post("/v1/evaluate", dependencies=[WriteAccess], responses=errors(400, 404))
+@router.post("/v1/evaluate", dependencies=[AdminAccess], responses=errors(400, 404))
 async def evaluate(body: EvaluateRequest, stack: StackDep) -> dict[str, Any]:
     """Recall@1/5/10 both ways, mean reciprocal rank and median rank on a set of pairs."""
     engine = stack.engine
@@ -161,7 +161,7 @@ class ActivateRequest(RequestBody):
 @router.post(
     "/v1/models/{version:path}/activate",
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[WriteAccess],
+    dependencies=[AdminAccess],
     responses=errors(404, 409),
 )
 async def activate_model(
@@ -177,7 +177,7 @@ async def activate_model(
 @router.post(
     "/v1/models/{version:path}/rollback",
     status_code=status.HTTP_202_ACCEPTED,
-    dependencies=[WriteAccess],
+    dependencies=[AdminAccess],
     responses=errors(409),
 )
 async def rollback_model(version: str, jobs: JobsDep) -> JobCreated:
