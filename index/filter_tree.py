@@ -28,6 +28,7 @@ from index.values import InvalidValue, check_key, check_scalar
 MAX_DEPTH = 8  # nested $and / $or
 MAX_CONDITIONS = 256  # leaves in one filter
 MAX_IN = 512  # values of one $in / $nin
+MAX_VALUES = 4096  # values in one filter, all together (each is a bound SQL parameter)
 MAX_LIST = 64  # filters in one $and / $or
 
 COMPARISONS = ("$gt", "$gte", "$lt", "$lte")
@@ -87,6 +88,7 @@ def parse(where: Any) -> Node:
 class _Parser:
     def __init__(self) -> None:
         self.conditions = 0
+        self.values = 0
 
     def filter(self, where: Any, at: str, depth: int) -> Node:
         if not isinstance(where, dict):
@@ -160,6 +162,11 @@ class _Parser:
                     raise InvalidValue(f"{where} takes a non-empty list of values")
                 if len(operand) > MAX_IN:
                     raise InvalidValue(f"{where} takes at most {MAX_IN} values")
+                self.values += len(operand)
+                if self.values > MAX_VALUES:
+                    raise InvalidValue(
+                        f"{where}: a filter holds at most {MAX_VALUES} values in all"
+                    )
                 values = tuple(dict.fromkeys(self.scalar(v, key) for v in operand))
                 cond = Cond(key, "in", values)
                 nodes.append(cond if op == "$in" else Not(cond))

@@ -131,6 +131,7 @@ def test_generated_filters_give_the_same_items_on_both_backends(stores: dict[str
         ({"year": {"$gt": True}}, "$gt"),
         ({"year": {"$in": []}}, "$in"),
         ({"year": {"$in": list(range(513))}}, "at most 512"),
+        ({"$or": [{f"k{i}": {"$in": list(range(512))}} for i in range(9)]}, "4096 values"),
         ({"year": {"$regex": "x"}}, "$regex"),
         ({"$nor": [{"year": 1}]}, "$nor"),
         ({"$or": []}, "$or"),
