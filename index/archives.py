@@ -36,6 +36,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from index.collections import COLLECTION_NAME, COLLECTION_NAME_RULE
 from index.db import STORED_COLUMNS, stored_item_from_row
 from index.errors import CollectionExists, StoreError
 from index.live import SHADOW_PREFIX
@@ -284,12 +285,18 @@ def restore_archive(
             f"the archive is of the embedding space {info.model_version!r}, this server's is "
             f"{model_version!r}: restore with reembed to encode its images and texts again"
         )
-    if name in store.collections:
+    if not COLLECTION_NAME.match(name):
+        raise ValueError(COLLECTION_NAME_RULE)
+    if name in store.collections or name in store.broken:
         raise CollectionExists(f"collection {name!r} already exists")
+    try:  # the archive's index, if this store's backend builds it; else the default one
+        spec = store.backends.check(info.dim, info.index_spec)
+    except (StoreError, ValueError):
+        spec = store.backends.check(info.dim, None)
     shadow = f"{SHADOW_PREFIX}restore.{name}.{uuid.uuid4().hex[:8]}"
     with store.locked() as writer:
         writer.add_collection(
-            shadow, uuid.uuid4().hex, info.index_spec, info.dim, model_version, info.created_at
+            shadow, uuid.uuid4().hex, spec, info.dim, model_version, info.created_at
         )
     try:
         with tarfile.open(path, mode="r:") as tar:

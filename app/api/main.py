@@ -27,6 +27,7 @@ from app.api.routes import (
     models,
     openai_compat,
     search,
+    snapshots,
 )
 from app.service.access import KeyRing
 from app.service.config import Settings
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         embed,
         openai_compat,
         jobs,
+        snapshots,
         models,
         clip_compat,
     ):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from app.cli import search as search_command
+from app.cli import snapshot as snapshot_command
 from app.cli.client import ApiClient, CliError
 from app.cli.parser import build_parser
 from app.cli.render import (
@@ -413,6 +414,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "reindex": _reindex,
     "index-advice": _index_advice,
     "search": search_command.run,
+    "snapshot": snapshot_command.run,
 }
 
 

@@ -11,6 +11,7 @@ import argparse
 import os
 
 from app.cli.search import add_parser as add_search_parser
+from app.cli.snapshot import add_parser as add_snapshot_parser
 from models.adapt.methods import METHODS
 
 FORMATS = ["jsonl", "csv", "parquet", "folder", "webdataset"]
@@ -182,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(handler="eval")
 
     add_search_parser(sub, Formatter)
+    add_snapshot_parser(sub, Formatter)
 
     mods = command("models", "List model versions.")
     _server_options(mods, "default: the versions in XMODAL_DATA_DIR")

@@ -20,6 +20,7 @@ from app.service.jobs import (
     JobManager,
     ReindexRunner,
 )
+from app.service.jobs.snapshots import Archives, RestoreRunner, SnapshotRunner
 from app.service.limits import Limits
 from app.service.metrics import Metrics
 from app.service.search.retrieval import Retrieval
@@ -125,6 +126,8 @@ def build_stack(
                 ActivateRunner(job_store, activator, registry),
                 DuplicatesRunner(settings, store, job_store),
                 ReindexRunner(store, job_store),
+                SnapshotRunner(Archives(settings), store, job_store),
+                RestoreRunner(settings, store, job_store, engine),
             ],
             max_queued=settings.max_queued_jobs,
         )

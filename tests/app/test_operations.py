@@ -30,7 +30,7 @@ READ_ONLY_POSTS = {
     "/v1/embed",
     "/v1/embeddings",
 }
-PATH_VALUES = {"name": "c", "item_id": "i", "job_id": "j", "version": "v"}
+PATH_VALUES = {"name": "c", "item_id": "i", "job_id": "j", "version": "v", "snapshot": "s.tar"}
 
 
 def api_routes() -> list[tuple[str, str]]:

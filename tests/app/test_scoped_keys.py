@@ -90,6 +90,7 @@ def where(template: str, collection: str, jobs: dict[str, str], scratch: str) ->
         "item_id": "no-such-item",  # nothing is deleted or changed by an allowed request
         "job_id": jobs.get(collection, "no-such-job"),
         "version": "v",
+        "snapshot": "no-such-snapshot.tar",
     }
     return re.sub(r"\{(\w+)(:\w+)?\}", lambda m: values[m.group(1)], template)
 
