@@ -4,10 +4,10 @@ validators check: a request the schema allows is never refused as malformed (422
 for what a schema cannot say, such as a source that does not exist, is counted, not
 failed), and one it forbids is never accepted (2xx; unknown query parameters aside, which
 the API ignores, and "invalid" JSON bodies that the schema allows after all, checked with
-jsonschema: the fuzzer's mutation sometimes leaves a body valid). Seeded state (a collection with items,
-an import folder) so that generated requests reach more than 404s. A fixed seed; 28 valid
-and 28 invalid examples per operation by default (over 1,000 cases), more with
-``XMODAL_FUZZ_EXAMPLES``."""
+jsonschema: the fuzzer's mutation sometimes leaves a body valid). Seeded state (a
+collection with items, an import folder) so that generated requests reach more than
+404s. A fixed seed; 28 valid and 28 invalid examples per operation by default (over 1,000
+cases), more with ``XMODAL_FUZZ_EXAMPLES``."""
 
 from __future__ import annotations
 
