@@ -93,9 +93,14 @@ class _Writer:
 def write_archive(
     store: Any, name: str, dest: Path, should_stop: Callable[[], bool] = lambda: False
 ) -> ArchiveInfo:
-    """Write collection ``name`` of ``store`` (a ``CollectionStore``) to ``dest``."""
+    """Write collection ``name`` of ``store`` (a ``CollectionStore``) to ``dest``. Partial
+    files in its folder, left by a process killed while writing, are removed first (one
+    archive is written at a time: jobs run one after another, and one process holds a data
+    dir)."""
     c = store.get(name)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(".*.partial"):  # left by a process killed mid-way
+        stale.unlink(missing_ok=True)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
     conn = store.db._connect()  # a connection of its own: one read transaction throughout
     try:

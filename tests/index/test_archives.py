@@ -174,3 +174,43 @@ restore_archive(store, {str(archive)!r}, "r", {V!r}, vectors=slow)
         assert again.get_collection("c").counts[Modality.TEXT] == CHUNK + 150 - 1
     finally:
         again.close()
+
+
+def test_kill_9_while_archiving_leaves_no_archive_and_the_next_one_clears_up(
+    tmp_path: Path,
+) -> None:
+    store = CollectionStore(tmp_path / "a", backends=CPU)
+    filled(store)
+    store.close()
+    folder = tmp_path / "archives"
+    script = f"""
+import time
+from pathlib import Path
+from index import CollectionStore, FaissBackends
+from index.archives import write_archive
+store = CollectionStore({str(tmp_path / "a")!r}, backends=FaissBackends(use_gpu=False))
+calls = []
+def slow():
+    calls.append(1)
+    if len(calls) == 2:  # the first chunk is written
+        print("writing", flush=True)
+        time.sleep(30)
+    return False
+write_archive(store, "c", Path({str(folder / "c.tar")!r}), slow)
+"""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "writing\n"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not list(folder.glob("*.tar")) and list(folder.glob(".*.partial"))
+    store = CollectionStore(tmp_path / "a", backends=CPU)
+    try:
+        write_archive(store, "c", folder / "d.tar")
+        assert [p.name for p in folder.iterdir()] == ["d.tar"]
+        verify_archive(folder / "d.tar")
+    finally:
+        store.close()
