@@ -7,48 +7,27 @@ build the stack in this process and run their job in the calling thread.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
-
-from pydantic import ValidationError
+from collections.abc import Callable
+from typing import Any
 
 from app.cli import search as search_command
 from app.cli import snapshot as snapshot_command
-from app.cli.client import ApiClient, CliError
+from app.cli.client import CliError
+from app.cli.index_commands import duplicates, index_advice, index_build, reindex
+from app.cli.local import api_client, load_settings, local_stack, run_local
 from app.cli.parser import build_parser
 from app.cli.render import (
     finetune_summary,
     jobs_table,
     metrics_table,
     models_table,
-    report,
-    show_progress,
     show_training,
     torch_mismatch,
 )
-
-if TYPE_CHECKING:
-    from app.service.config import Settings
-    from app.service.stack import Stack
-    from index import Job
-
-
-def _client(args: argparse.Namespace, timeout: float | None = 60) -> ApiClient:
-    return ApiClient(args.server, getattr(args, "api_key", None), timeout)
-
-
-def _settings() -> Settings:
-    from app.service.config import Settings
-
-    try:
-        return Settings()
-    except ValidationError as exc:
-        raise CliError(f"invalid settings:\n{exc}", 2) from exc
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -56,7 +35,7 @@ def _serve(args: argparse.Namespace) -> int:
     from models.errors import ModelLoadError
     from models.loading import resolve_weights
 
-    settings = _settings()
+    settings = load_settings()
     host = args.host or settings.host
     port = args.port or settings.port
     configure(settings.log_level, settings.log_format)
@@ -100,203 +79,6 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- batch indexing -------------------------------------------------------------------------
-def _index_build(args: argparse.Namespace) -> int:
-    if args.server:
-        return _index_build_remote(args)
-    return _index_build_local(args)
-
-
-def _index_build_remote(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        created = False
-        if args.create:
-            collection = {"name": args.collection, "index": args.index}
-            created = "name" in client.post("/v1/collections", collection, (201, 409))
-        body = {"source": args.source, "format": args.format}
-        if args.ray is not None:
-            body["engine"] = "ray"
-        path = f"/v1/collections/{args.collection}/jobs/index"
-        try:
-            job_id = client.post(path, body, (202,))["id"]
-        except CliError:
-            if created:  # a bad source leaves no empty collection behind
-                client.delete(f"/v1/collections/{args.collection}")
-            raise
-        print(f"job {job_id} started on {client.url}", file=sys.stderr)
-        return report(client.wait_job(job_id, show_progress))
-
-
-@contextlib.contextmanager
-def _local_stack() -> Iterator[Stack]:
-    """The store, the model and the jobs in this process, for commands run without
-    ``--server``; the jobs run in the calling thread."""
-    from app.service.stack import build_stack
-
-    settings = _settings()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    stack = build_stack(settings)
-    try:
-        yield stack
-    finally:
-        stack.close()
-
-
-def _run_local(stack: Stack, job: Job, show: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    from app.service.jobs import job_summary
-
-    print(f"job {job.id} running in this process", file=sys.stderr)
-    try:
-        finished = stack.jobs.run(job, on_progress=lambda j: show(job_summary(j)))
-    except KeyboardInterrupt:
-        # Nobody would resume an in-process job: end it, keeping what it stored.
-        finished = stack.jobs.jobs.cancel(job.id)
-    return job_summary(finished)
-
-
-def _index_build_local(args: argparse.Namespace) -> int:
-    from app.service.jobs import INDEX_JOB
-    from index import CollectionExists
-    from models.sources import SourceError, open_source
-
-    settings = _settings()
-    try:  # before creating anything; the operator's own machine: name the root
-        open_source(settings.import_root_dir, args.source, args.format)
-    except SourceError as exc:
-        raise CliError(f"{exc} ({settings.import_root_dir.resolve()})") from exc
-    with _local_stack() as stack:
-        if args.create:
-            with contextlib.suppress(CollectionExists):
-                stack.store.create_collection(
-                    args.collection, stack.engine.dim, stack.engine.space, args.index
-                )
-        params = {"source": args.source, "format": args.format}
-        if args.ray is not None:
-            params.update(engine="ray", ray_address=args.ray or None)
-        job = stack.jobs.submit(INDEX_JOB, args.collection, params)
-        return report(_run_local(stack, job, show_progress))
-
-
-# --- near-duplicates --------------------------------------------------------------------------
-def _duplicates(args: argparse.Namespace) -> int:
-    """Run a duplicates job; print each group on a line (ids tab-separated), and write the
-    whole result as JSON to ``--out`` if given."""
-    params = {"threshold": args.threshold, "modality": args.modality}
-    if args.server:
-        with _client(args) as client:
-            path = f"/v1/collections/{args.collection}/jobs/duplicates"
-            job = client.run_job(path, params, show_progress)
-            result = client.get(f"/v1/jobs/{job['id']}/result") if _ok(job) else None
-    else:
-        from app.service.jobs import DUPLICATES_JOB, DuplicatesRunner
-
-        with _local_stack() as stack:
-            job = _run_local(
-                stack, stack.jobs.submit(DUPLICATES_JOB, args.collection, params), show_progress
-            )
-            runner = stack.jobs.runners[DUPLICATES_JOB]
-            assert isinstance(runner, DuplicatesRunner)
-            result = json.loads(runner.result_path(job["id"]).read_text()) if _ok(job) else None
-    sys.stderr.write("\n")
-    if result is None:
-        print(
-            f"job {job['id']} {job['state']}: {job.get('message') or ''}".rstrip(), file=sys.stderr
-        )
-        return 1
-    groups = result["groups"]
-    items = sum(len(g["ids"]) for g in groups)
-    print(
-        f"{len(groups)} groups of near-duplicates ({items} {args.modality}s) at cosine >= "
-        f"{args.threshold} among {job['done']}",
-        file=sys.stderr,
-    )
-    for group in groups:
-        print("\t".join(group["ids"]))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
-    return 0
-
-
-# --- indexes ----------------------------------------------------------------------------------
-REPORT_COLUMNS = ("recall_at_1", "recall_at_10", "raw_recall_at_10", "p50_ms", "bytes_per_vector")
-
-
-def _report_table(rows: list[dict[str, Any]], first: str) -> str:
-    lines = ["\t".join((first, *REPORT_COLUMNS))]
-    for row in rows:
-        cells = [
-            f"{row[c]:.3f}" if c != "bytes_per_vector" else f"{row[c]:.0f}" for c in REPORT_COLUMNS
-        ]
-        lines.append("\t".join((str(row.get(first, row.get("spec"))), *cells)))
-    return "\n".join(lines)
-
-
-def _reindex(args: argparse.Namespace) -> int:
-    """Move a collection to another index spec; print what the new index measured."""
-    params = {"index": args.index}
-    if args.server:
-        with _client(args) as client:
-            path = f"/v1/collections/{args.collection}/jobs/reindex"
-            job = client.run_job(path, params, show_progress)
-    else:
-        from app.service.jobs import REINDEX_JOB
-
-        with _local_stack() as stack:
-            job = _run_local(
-                stack, stack.jobs.submit(REINDEX_JOB, args.collection, params), show_progress
-            )
-    sys.stderr.write("\n")
-    if not _ok(job):
-        print(
-            f"job {job['id']} {job['state']}: {job.get('message') or ''}".rstrip(), file=sys.stderr
-        )
-        return 1
-    report = job["detail"]["report"]
-    rows = [{"modality": m, **r} for m, r in report.items() if r["vectors"]]
-    print(f"{args.collection} now uses {job['params']['index']}", file=sys.stderr)
-    print(_report_table(rows, "modality"))
-    return 0
-
-
-def _index_advice(args: argparse.Namespace) -> int:
-    """Measure a ladder of index specs on a sample of a collection; print the table and the
-    smallest that meets the targets."""
-    if not 100 <= args.sample <= 20_000:
-        raise CliError("--sample is 100 to 20000 vectors", 2)
-    targets = {
-        k: v
-        for k, v in (
-            ("recall_at_1", args.recall_at_1),
-            ("recall_at_10", args.recall_at_10),
-            ("p50_ms", args.p50_ms),
-        )
-        if v is not None
-    }
-    if args.server:
-        body = {"targets": targets, "sample": args.sample, "modality": args.modality}
-        with _client(args, timeout=None) as client:
-            answer = client.post(f"/v1/collections/{args.collection}/index-advice", body)
-    else:
-        from index import Modality
-
-        with _local_stack() as stack:
-            modality = Modality(args.modality) if args.modality else None
-            answer = stack.advisor.advise(args.collection, targets, modality, args.sample)
-    print(_report_table(answer["rows"], "spec"))
-    wanted = ", ".join(f"{k} {v}" for k, v in targets.items())
-    choice = answer["choice"] or "none of them"
-    print(
-        f"smallest meeting {wanted} on {answer['sample']} {answer['modality']}s: {choice}",
-        file=sys.stderr,
-    )
-    return 0 if answer["choice"] else 1
-
-
-def _ok(job: dict[str, Any]) -> bool:
-    return bool(job["state"] == "succeeded")
-
-
 # --- fine-tuning ------------------------------------------------------------------------------
 def _finetune(args: argparse.Namespace) -> int:
     hyperparameters: dict[str, Any] = {}
@@ -318,13 +100,13 @@ def _finetune(args: argparse.Namespace) -> int:
         "hyperparameters": hyperparameters,
     }
     if args.server:
-        with _client(args) as client:
+        with api_client(args) as client:
             job = client.run_job("/v1/finetune", params, show_training)
     else:
         from app.service.finetune import FINETUNE_JOB
 
-        with _local_stack() as stack:
-            job = _run_local(stack, stack.jobs.submit(FINETUNE_JOB, None, params), show_training)
+        with local_stack() as stack:
+            job = run_local(stack, stack.jobs.submit(FINETUNE_JOB, None, params), show_training)
     sys.stderr.write("\n")
     print(finetune_summary(job))
     return 0 if job["state"] == "succeeded" else 1
@@ -332,10 +114,10 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     if args.server:
-        with _client(args, timeout=None) as client:
+        with api_client(args, timeout=None) as client:
             result = client.post("/v1/evaluate", {"source": args.source, "model": args.model})
     else:
-        with _local_stack() as stack:
+        with local_stack() as stack:
             engine = stack.engine
             result = stack.finetuner.evaluate_source(
                 args.source, args.model or engine.version, engine.encoders
@@ -347,13 +129,13 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     if args.server:
-        with _client(args) as client:
+        with api_client(args) as client:
             models = client.get("/v1/models")["models"]
     else:
         from models.loading import resolve_weights
         from models.registry import ModelRegistry
 
-        settings = _settings()
+        settings = load_settings()
         active = resolve_weights(
             settings.model,
             settings.pretrained,
@@ -379,13 +161,13 @@ def _models(args: argparse.Namespace) -> int:
 
 def _jobs(args: argparse.Namespace) -> int:
     if args.server:
-        with _client(args) as client:
+        with api_client(args) as client:
             jobs = client.get("/v1/jobs")["jobs"]
     else:
         from app.service.jobs import job_summary
         from app.service.stack import open_job_store
 
-        job_store = open_job_store(_settings())
+        job_store = open_job_store(load_settings())
         try:
             jobs = [job_summary(j) for j in job_store.recent()]
         finally:
@@ -404,15 +186,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _serve,
-    "index build": _index_build,
+    "index build": index_build,
     "jobs": _jobs,
     "finetune": _finetune,
     "eval": _eval,
     "models": _models,
     "demo": _demo,
-    "duplicates": _duplicates,
-    "reindex": _reindex,
-    "index-advice": _index_advice,
+    "duplicates": duplicates,
+    "reindex": reindex,
+    "index-advice": index_advice,
     "search": search_command.run,
     "snapshot": snapshot_command.run,
 }

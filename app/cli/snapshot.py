@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from app.cli.client import CliError
+from app.cli.local import api_client, local_stack, run_local
 from app.cli.render import show_progress
 
 
@@ -41,12 +42,11 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from app.cli.commands import _client, _local_stack, _run_local
 
     if args.snapshot_command == "create":
         path = f"/v1/collections/{args.collection}/snapshots"
         if args.server:
-            with _client(args, timeout=None) as api:
+            with api_client(args, timeout=None) as api:
                 job = api.run_job(path, {}, show_progress)
                 sys.stderr.write("\n")
                 _check(job)
@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             from app.service.jobs.snapshots import SNAPSHOT_JOB, Archives
 
-            with _local_stack() as stack:
-                job = _run_local(
+            with local_stack() as stack:
+                job = run_local(
                     stack, stack.jobs.submit(SNAPSHOT_JOB, args.collection, {}), show_progress
                 )
                 sys.stderr.write("\n")
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if not source.is_file():
         raise CliError(f"{args.file}: no such file", code=2)
     if args.server:
-        with _client(args, timeout=None) as api, source.open("rb") as f:
+        with api_client(args, timeout=None) as api, source.open("rb") as f:
             r = api.http.post(
                 f"/v1/collections/{args.collection}/snapshots/restore",
                 files={"file": (source.name, f, "application/x-tar")},
@@ -88,8 +88,8 @@ def run(args: argparse.Namespace) -> int:
         from app.service.jobs.snapshots import RESTORE_JOB
 
         params = {"local": str(source.resolve()), "reembed": args.reembed}
-        with _local_stack() as stack:
-            job = _run_local(
+        with local_stack() as stack:
+            job = run_local(
                 stack, stack.jobs.submit(RESTORE_JOB, args.collection, params), show_progress
             )
     sys.stderr.write("\n")
