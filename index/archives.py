@@ -36,6 +36,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from index.blobs import fsync_dir
 from index.collections import COLLECTION_NAME, COLLECTION_NAME_RULE
 from index.db import STORED_COLUMNS, stored_item_from_row
 from index.errors import CollectionExists, StoreError
@@ -153,7 +154,7 @@ def write_archive(
             os.fsync(raw.fileno())
         conn.execute("COMMIT")
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return info
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -187,14 +188,6 @@ def _line(r: StoredItem) -> str:
         "created_at": r.created_at,
     }
     return json.dumps(record, ensure_ascii=False) + "\n"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- reading -------------------------------------------------------------------------------------

@@ -41,6 +41,18 @@ def filled(store: CollectionStore, n: int = CHUNK + 150, spec: str = "Flat") -> 
     store.delete_item("c", "t3")
 
 
+def kill_9_when(script: str, marker: str) -> None:
+    """Run ``script`` in a process of its own and kill -9 it once it prints ``marker``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == marker + "\n"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def answers(store: CollectionStore, name: str) -> list[list[tuple[str, float]]]:
     out = []
     for target in Modality:
@@ -159,14 +171,7 @@ def slow(items, archived):
     return archived
 restore_archive(store, {str(archive)!r}, "r", {V!r}, vectors=slow)
 """
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == "chunk\n"
-    finally:
-        proc.kill()
-        proc.wait()
+    kill_9_when(script, "chunk")
     again = CollectionStore(tmp_path / "a", backends=CPU)
     try:
         names = [c.name for c in again.list_collections()]
@@ -198,14 +203,7 @@ def slow():
     return False
 write_archive(store, "c", Path({str(folder / "c.tar")!r}), slow)
 """
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == "writing\n"
-    finally:
-        proc.kill()
-        proc.wait()
+    kill_9_when(script, "writing")
     assert not list(folder.glob("*.tar")) and list(folder.glob(".*.partial"))
     store = CollectionStore(tmp_path / "a", backends=CPU)
     try:
