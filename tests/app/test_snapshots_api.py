@@ -184,3 +184,16 @@ def test_the_cli_takes_and_restores_snapshots(
     assert list((local / "archives" / "here").glob("here-*.tar"))
     again = xmodal("snapshot", "restore", str(out), "--collection", "here", data_dir=local)
     assert again.returncode == 1 and "already exists" in again.stderr
+
+
+def test_partial_archives_left_by_a_killed_process_are_cleared_at_start(tmp_path: Path) -> None:
+    from app.service.config import Settings
+    from app.service.jobs.snapshots import Archives
+
+    archives = Archives(Settings(data_dir=tmp_path))
+    folder = archives.folder("photos")
+    folder.mkdir(parents=True)
+    (folder / ".photos-1.tar.0123abcd.partial").write_bytes(b"half")
+    (folder / "photos-2.tar").write_bytes(b"kept")
+    assert archives.clear_partials() == 1
+    assert [p.name for p in folder.iterdir()] == ["photos-2.tar"]

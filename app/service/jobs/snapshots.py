@@ -68,6 +68,14 @@ class Archives:
             out.append(SnapshotFile(path.name, stat.st_size, stat.st_mtime, _items_of(path)))
         return out
 
+    def clear_partials(self) -> int:
+        """Remove the partial archives a process killed while writing left (at start,
+        when no snapshot job runs); returns how many."""
+        stale = list(self.root.glob("*/.*.partial")) if self.root.is_dir() else []
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
+
     def upload_path(self) -> Path:
         folder = self.root / ".uploads"
         folder.mkdir(parents=True, exist_ok=True)
@@ -97,6 +105,7 @@ class SnapshotRunner:
         self.archives = archives
         self.store = store
         self.jobs = jobs
+        archives.clear_partials()  # the data dir as it was before a killed snapshot
 
     def check(self, collection: str | None, params: dict[str, Any]) -> dict[str, Any]:
         assert collection is not None
