@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from index.errors import InvalidFilter, StoreError
+from index.errors import StoreError
 
 MAX_DEPTH = 32  # nested objects and arrays in one metadata value
 MAX_KEY_CHARS = 256
@@ -107,20 +107,6 @@ def check_metadata(metadata: Any, what: str = "metadata") -> None:
     if not isinstance(metadata, dict):
         raise InvalidValue(f"{what} must be a JSON object")
     check_json(metadata, what)
-
-
-def check_filter(where: dict[str, Any]) -> None:
-    """A metadata filter: keys as in metadata, each value a scalar (``InvalidFilter``)."""
-    try:
-        for key, value in where.items():
-            check_key(key, "filter")
-            if isinstance(value, (dict, list)):
-                raise InvalidValue(
-                    f"filter value for {key!r} must be a string, number, boolean or null"
-                )
-            check_scalar(value, f"filter value for {key!r}")
-    except InvalidValue as exc:
-        raise InvalidFilter(str(exc)) from None
 
 
 def check_item(item_id: str, text: str | None, metadata: Any) -> None:

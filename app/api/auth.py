@@ -17,7 +17,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.errors import ApiError
-from app.service.access import ADMIN, READ, WRITE, Grant, KeyRing
+from app.service.access import ADMIN, LEVEL_NAMES, READ, WRITE, Grant, KeyRing
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -50,13 +50,10 @@ def check_collection(request: Request, collection: str | None, level: int = READ
     if grant is None:
         return
     if grant.level < level:
-        raise Forbidden(f"this key may {grant.name}; this needs {_NAMES[level]}")
+        raise Forbidden(f"this key may {grant.name}; this needs {LEVEL_NAMES[level]}")
     if not grant.covers(collection):
         what = f"the collection {collection!r}" if collection else "what belongs to no collection"
         raise Forbidden(f"this key does not open {what}")
-
-
-_NAMES = {READ: "read", WRITE: "write", ADMIN: "admin"}
 
 
 class Requirement:

@@ -20,7 +20,7 @@ from app.api.errors import ApiError
 from app.api.openapi import errors
 from app.api.routes.jobs import JobCreated
 from app.api.schemas import RequestBody
-from app.service.jobs.snapshots import RESTORE_JOB, SNAPSHOT_JOB, Archives, RestoreRunner
+from app.service.jobs.snapshots import RESTORE_JOB, SNAPSHOT_JOB, Archives, SnapshotRunner
 
 router = APIRouter(
     route_class=StrictJSONRoute,
@@ -51,9 +51,10 @@ class RestoreRequest(RequestBody):
 
 
 def _archives(jobs: Any) -> Archives:
-    runner = jobs.runners[RESTORE_JOB]
-    assert isinstance(runner, RestoreRunner)
-    return Archives(runner.settings)
+    """The server's snapshot folder (its snapshot runner's)."""
+    runner = jobs.runners[SNAPSHOT_JOB]
+    assert isinstance(runner, SnapshotRunner)
+    return runner.archives
 
 
 @router.post(

@@ -9,7 +9,9 @@ stored images and texts are embedded again, a chunk at a time, on the model thre
 
 from __future__ import annotations
 
+import json
 import re
+import tarfile
 import time
 import uuid
 from collections.abc import Callable
@@ -84,9 +86,6 @@ class Archives:
 
 def _items_of(path: Path) -> int | None:
     """The item count the archive's header gives (None if it cannot be read quickly)."""
-    import json
-    import tarfile
-
     try:
         with tarfile.open(path, mode="r:") as tar:
             first = tar.next()
