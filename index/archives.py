@@ -21,48 +21,38 @@ next start) or with the whole collection.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
-import re
 import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
+from index.archive_check import (
+    CHUNK,
+    FORMAT,
+    ArchiveError,
+    ArchiveInfo,
+    Rules,
+    Stopped,
+    open_tar,
+    records,
+    vectors,
+    verify,
+)
 from index.blobs import fsync_dir
 from index.collections import COLLECTION_NAME, COLLECTION_NAME_RULE
 from index.db import STORED_COLUMNS, stored_item_from_row
 from index.errors import CollectionExists, StoreError
 from index.live import SHADOW_PREFIX
 from index.types import Modality, NewItem, StoredItem
-
-FORMAT = "xmodal-collection-archive/1"
-CHUNK = 1000
-_MEMBER = re.compile(
-    r"collection\.json|MANIFEST\.json|items/\d{6}\.(jsonl|f32)|images/[0-9a-f]{64}"
-)
-MAX_MANIFEST_BYTES = 64 * 1024 * 1024
-
-
-class ArchiveError(StoreError):
-    """An archive that cannot be restored, with the reason (damaged, foreign, incomplete)."""
-
-
-@dataclass(frozen=True)
-class ArchiveInfo:
-    collection: str
-    index_spec: str
-    dim: int
-    model_version: str
-    created_at: float
-    items: int
 
 
 # --- writing -------------------------------------------------------------------------------------
@@ -112,7 +102,9 @@ def write_archive(
             (name,),
         ):
             counts[modality] = n
-        info = ArchiveInfo(name, c.spec, c.dim, c.model_version, c.created_at, sum(counts.values()))
+        info = ArchiveInfo(
+            name, c.spec, c.dim, c.model_version, c.created_at, sum(counts.values()), counts
+        )
         with (
             tmp.open("wb") as raw,
             tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar,
@@ -132,7 +124,7 @@ def write_archive(
             images: set[str] = set()
             for n, rows in enumerate(_chunks(conn, name)):
                 if should_stop():
-                    raise InterruptedError("stopped")
+                    raise Stopped("stopped")
                 w.add_bytes(f"items/{n:06d}.jsonl", "".join(_line(r) for r in rows).encode())
                 vectors = np.stack([r.embedding for r in rows]).astype("<f4")
                 w.add_bytes(f"items/{n:06d}.f32", vectors.tobytes())
@@ -163,6 +155,27 @@ def write_archive(
         conn.close()
 
 
+def archive_estimate(store: Any, name: str) -> int:
+    """About how many bytes an archive of collection ``name`` takes (its vectors, records
+    and distinct images), for the disk check before one is written."""
+    c = store.get(name)
+    conn = store.db.reader()
+    n, records = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(LENGTH(id) + LENGTH(metadata) + COALESCE(LENGTH(text), 0)"
+        " + 256), 0) FROM items WHERE collection = ?",
+        (name,),
+    ).fetchone()
+    images = 0
+    for (digest,) in conn.execute(
+        "SELECT DISTINCT content_sha256 FROM items WHERE collection = ?"
+        " AND content_sha256 IS NOT NULL",
+        (name,),
+    ):
+        with contextlib.suppress(OSError):
+            images += store.blobs.path(digest).stat().st_size + 1024
+    return int(n * c.dim * 4 + records + images + 64 * 1024)
+
+
 def _chunks(conn: Any, name: str) -> Iterator[list[StoredItem]]:
     after = -1
     while True:
@@ -191,94 +204,26 @@ def _line(r: StoredItem) -> str:
 
 
 # --- reading -------------------------------------------------------------------------------------
-def verify_archive(path: Path) -> tuple[ArchiveInfo, dict[str, Any]]:
-    """The archive's collection and header, once every member matches the manifest
-    (``ArchiveError`` with the reason otherwise). Reads the whole file once."""
-    try:
-        tar = tarfile.open(path, mode="r:")  # noqa: SIM115 (closed below, once it opened)
-    except (tarfile.TarError, OSError) as exc:
-        raise ArchiveError(f"not an archive of a collection: {exc}") from None
-    with tar:
-        try:
-            members = tar.getmembers()
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise ArchiveError(f"the archive is damaged: {exc}") from None
-        names = [m.name for m in members]
-        if "MANIFEST.json" not in names or "collection.json" not in names:
-            raise ArchiveError("not an archive of a collection: no manifest or header")
-        for m in members:
-            if not m.isfile() or not _MEMBER.fullmatch(m.name):
-                raise ArchiveError(f"the archive holds {m.name!r}, which no archive holds")
-        if len(set(names)) != len(names):
-            raise ArchiveError("the archive holds a member twice")
-        manifest_member = tar.getmember("MANIFEST.json")
-        if manifest_member.size > MAX_MANIFEST_BYTES:
-            raise ArchiveError("the manifest is too large")
-        manifest = _json(tar, manifest_member)
-        listed = manifest.get("members") if isinstance(manifest, dict) else None
-        if manifest.get("format") != FORMAT or not isinstance(listed, dict):
-            raise ArchiveError(f"not an archive of this format ({FORMAT})")
-        if set(listed) != set(names) - {"MANIFEST.json"}:
-            missing = sorted(set(listed) - set(names))
-            extra = sorted(set(names) - set(listed) - {"MANIFEST.json"})
-            raise ArchiveError(
-                f"the archive does not match its manifest (missing {missing[:3]}, "
-                f"not listed {extra[:3]})"
-            )
-        for m in members:
-            if m.name == "MANIFEST.json":
-                continue
-            expected = listed[m.name]
-            digest = hashlib.sha256()
-            f = tar.extractfile(m)
-            assert f is not None
-            size = 0
-            for block in iter(lambda f=f: f.read(1 << 20), b""):  # type: ignore[misc]
-                digest.update(block)
-                size += len(block)
-            if size != expected.get("size") or digest.hexdigest() != expected.get("sha256"):
-                raise ArchiveError(f"{m.name} is damaged: its checksum does not match the manifest")
-        header = _json(tar, tar.getmember("collection.json"))
-    try:
-        info = ArchiveInfo(
-            str(header["collection"]),
-            str(header["index_spec"]),
-            int(header["dim"]),
-            str(header["model_version"]),
-            float(header["created_at"]),
-            int(sum(header["counts"].values())),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise ArchiveError("the archive's header is incomplete") from None
-    return info, header
-
-
-def _json(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Any:
-    f = tar.extractfile(member)
-    assert f is not None
-    try:
-        return json.loads(f.read())
-    except ValueError:
-        raise ArchiveError(f"{member.name} is not JSON") from None
-
-
 Vectors = Callable[[list[NewItem], np.ndarray], np.ndarray]  # items, archived -> to store
+__all__ = ["ArchiveError", "ArchiveInfo", "Rules", "Stopped", "restore_archive", "write_archive"]
 
 
 def restore_archive(
     store: Any,
-    path: Path,
+    f: IO[bytes],
     name: str,
-    model_version: str,
-    vectors: Vectors | None = None,
-    on_chunk: Callable[[int], None] = lambda n: None,
-    should_stop: Callable[[], bool] = lambda: False,
+    space: tuple[str, int],
+    rules: Rules,
+    reembed: Vectors | None = None,
+    on_chunk: Callable[[int], None] = lambda done: None,
 ) -> ArchiveInfo:
-    """Create collection ``name`` from the archive at ``path`` (verified first), in
-    ``model_version``: the archive's own, or another when ``vectors`` gives each chunk's
-    vectors in it (re-encoding). ``CollectionExists`` if ``name`` is taken."""
-    info, _ = verify_archive(path)
-    if vectors is None and model_version != info.model_version:
+    """Create collection ``name`` from the archive ``f`` (verified first, see
+    ``index.archive_check``) in ``space`` (a model version and its dimension): the
+    archive's own, or another when ``reembed`` gives each chunk's vectors in it.
+    ``on_chunk`` hears the items restored so far. ``CollectionExists`` if ``name`` is taken."""
+    model_version, dim = space
+    info, _ = verify(f, rules, None if reembed else dim)
+    if reembed is None and model_version != info.model_version:
         raise ArchiveError(
             f"the archive is of the embedding space {info.model_version!r}, this server's is "
             f"{model_version!r}: restore with reembed to encode its images and texts again"
@@ -288,27 +233,25 @@ def restore_archive(
     if name in store.collections or name in store.broken:
         raise CollectionExists(f"collection {name!r} already exists")
     try:  # the archive's index, if this store's backend builds it; else the default one
-        spec = store.backends.check(info.dim, info.index_spec)
+        spec = store.backends.check(dim, info.index_spec)
     except (StoreError, ValueError):
-        spec = store.backends.check(info.dim, None)
+        spec = store.backends.check(dim, None)
     shadow = f"{SHADOW_PREFIX}restore.{name}.{uuid.uuid4().hex[:8]}"
     with store.locked() as writer:
-        writer.add_collection(
-            shadow, uuid.uuid4().hex, spec, info.dim, model_version, info.created_at
-        )
+        writer.add_collection(shadow, uuid.uuid4().hex, spec, dim, model_version, info.created_at)
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            present = set(tar.getnames())
-            n = 0
-            while f"items/{n:06d}.jsonl" in present:
-                if should_stop():
-                    raise InterruptedError("stopped")
-                items = _items(tar, n)
-                archived = _vectors(tar, n, len(items), info.dim)
-                rows = archived if vectors is None else vectors(items, archived)
+        counts = dict.fromkeys((m.value for m in Modality), 0)
+        with open_tar(f) as tar:
+            for n in range(info.chunks):
+                items = records(tar, n, rules, counts)
+                archived = vectors(tar, n, len(items), info.dim)
+                rows = archived if reembed is None else reembed(items, archived)
+                if rules.should_stop():
+                    raise Stopped("stopped")
                 store.upsert(shadow, items, rows, model_version)
-                on_chunk(len(items))
-                n += 1
+                on_chunk(sum(counts.values()))
+        if counts != info.counts:
+            raise ArchiveError(f"the archive's header counts {info.counts}, it holds {counts}")
         with store.locked() as writer:
             if writer.live(name) is not None:
                 raise CollectionExists(f"collection {name!r} was created meanwhile")
@@ -321,46 +264,3 @@ def restore_archive(
         if shadow in store.collections:
             store.delete_collection(shadow)
         raise
-
-
-def _items(tar: tarfile.TarFile, n: int) -> list[NewItem]:
-    f = tar.extractfile(f"items/{n:06d}.jsonl")
-    assert f is not None
-    out = []
-    for line in io.TextIOWrapper(f, encoding="utf-8"):
-        try:
-            r = json.loads(line)
-            modality = Modality(r["modality"])
-        except (ValueError, KeyError, TypeError):
-            raise ArchiveError(f"items/{n:06d}.jsonl holds a record that cannot be read") from None
-        content = None
-        if modality is Modality.IMAGE and r.get("content_sha256"):
-            blob = tar.extractfile(f"images/{r['content_sha256']}")
-            if blob is None:
-                raise ArchiveError(f"the image of {r['id']!r} is missing")
-            content = blob.read()
-        out.append(
-            NewItem(
-                str(r["id"]),
-                modality,
-                r.get("metadata") or {},
-                text=r.get("text"),
-                content=content,
-                media_type=r.get("media_type"),
-                content_sha256=r.get("content_sha256"),
-                created_at=r.get("created_at"),
-            )
-        )
-    return out
-
-
-def _vectors(tar: tarfile.TarFile, n: int, count: int, dim: int) -> np.ndarray:
-    f: IO[bytes] | None = tar.extractfile(f"items/{n:06d}.f32")
-    assert f is not None
-    data = f.read()
-    if len(data) != count * dim * 4:
-        raise ArchiveError(f"items/{n:06d}.f32 holds {len(data)} bytes, not {count} vectors")
-    vectors = np.frombuffer(data, dtype="<f4").reshape(count, dim).astype(np.float32)
-    if not np.isfinite(vectors).all():
-        raise ArchiveError(f"items/{n:06d}.f32 holds a number that is not finite")
-    return vectors

@@ -279,9 +279,9 @@ class CollectionStore:
         return stored_versions(self.db.reader(), name, ids)
 
     def get_item_content(self, name: str, item_id: str) -> tuple[bytes, str, str]:
-        """The stored image of an item: its bytes, media type and SHA-256."""
+        """The stored image of an image item: its bytes, media type and SHA-256."""
         item = self.get_item(name, item_id)
-        if item.content_sha256 is None:
+        if item.content_sha256 is None or item.modality is not Modality.IMAGE:
             raise UnknownItem(f"item {item_id!r} has no stored image")
         try:
             data = self.blobs.get(item.content_sha256)

@@ -26,6 +26,18 @@ MEDIA_TYPES = {
 }
 
 
+def media_type_of(data: bytes) -> str | None:
+    """The media type of image bytes from their header alone (None: not an accepted
+    image), for serving stored bytes with the type they really have."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as img:
+                return MEDIA_TYPES.get(img.format or "")
+    except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError):
+        return None
+
+
 @dataclass(frozen=True)
 class DecodedImage:
     image: Image.Image

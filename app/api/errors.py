@@ -46,6 +46,7 @@ _SERVICE: dict[type[service_errors.ServiceError], int] = {
     service_errors.Unprocessable: 422,
     service_errors.TooLarge: 413,
     service_errors.Conflict: 409,
+    service_errors.InsufficientStorage: 507,
     service_errors.Busy: 429,
     service_errors.NotReady: 503,
     service_errors.Failed: 500,

@@ -24,6 +24,20 @@ access_log = logging.getLogger("xmodal.access")
 # Probes and scrapes: never refused for load, logged at debug only.
 OPERATIONAL_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+# Pages that run their own scripts: the web page, its files, the API's documentation.
+PAGE_PATHS = ("/", "/docs", "/redoc")
+PAGE_PREFIXES = ("/ui/", "/docs-assets/")
+# On every other answer: no content sniffing, and if a browser renders one anyway (an image
+# opened in a tab, an error page), a document that runs and loads nothing.
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+NOTHING_RUNS = (
+    b"content-security-policy",
+    b"default-src 'none'; frame-ancestors 'none'; sandbox",
+)
+
+
+def is_page(path: str) -> bool:
+    return path in PAGE_PATHS or path.startswith(PAGE_PREFIXES)
 
 
 class RequestContext:
@@ -52,12 +66,15 @@ class RequestContext:
         token = logs.request_id.set(rid)
         started = time.perf_counter()
         status = 500
+        added = [(b"x-request-id", rid.encode()), NOSNIFF]
+        if not is_page(scope.get("path", "")):
+            added.append(NOTHING_RUNS)
 
         async def with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                message["headers"] = [*message.get("headers", []), *added]
             await send(message)
 
         try:

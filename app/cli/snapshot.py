@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
                         for block in r.iter_bytes():
                             out.write(block)
         else:
-            from app.service.jobs.snapshots import SNAPSHOT_JOB, SnapshotRunner
+            from app.service.jobs.snapshots import SNAPSHOT_JOB
 
             with local_stack() as stack:
                 job = run_local(
@@ -67,9 +67,7 @@ def run(args: argparse.Namespace) -> int:
                 sys.stderr.write("\n")
                 _check(job)
                 name = job["detail"]["snapshot"]
-                runner = stack.jobs.runners[SNAPSHOT_JOB]
-                assert isinstance(runner, SnapshotRunner)
-                kept = runner.archives.path(args.collection, name)
+                kept = stack.archives.path(args.collection, name)
                 if args.out:
                     shutil.copyfile(kept, args.out)
         print(f"{name}: {job['detail']['items']} items, {job['detail']['size']:,} bytes")

@@ -235,6 +235,14 @@ class Settings(BaseSettings):
     snapshot_every: Annotated[int, Field(ge=1)] = Field(
         10_000, description="Also snapshot an index after this many changes."
     )
+    snapshots_per_collection: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        10, description="Most snapshots kept of one collection (409 beyond: delete one)."
+    )
+    snapshot_bytes_per_collection: Annotated[int, Field(ge=1)] = Field(
+        100 * 1024 * MiB,
+        description="Most bytes of snapshots kept of one collection (409 beyond); a snapshot "
+        "also needs its size and 256 MiB free on the data dir's disk (507 otherwise).",
+    )
     nprobe: Annotated[int, Field(ge=1)] | None = Field(
         None, description="IVF lists probed per search (default: nlist/16, at least 8)."
     )

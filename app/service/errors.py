@@ -45,6 +45,12 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+class InsufficientStorage(ServiceError):
+    """The disk cannot hold what the request would write (507)."""
+
+    code = "insufficient_storage"
+
+
 class Busy(ServiceError):
     """A bounded queue is full; retry later (429)."""
 

@@ -20,7 +20,7 @@ from app.service.jobs import (
     JobManager,
     ReindexRunner,
 )
-from app.service.jobs.snapshots import Archives, RestoreRunner, SnapshotRunner
+from app.service.jobs.snapshots import Archives, RestoreRunner, SnapshotRunner, Uploads
 from app.service.limits import Limits
 from app.service.metrics import Metrics
 from app.service.search.retrieval import Retrieval
@@ -51,10 +51,18 @@ class Stack:
     retrieval: Retrieval
     advisor: Advisor
     images: ImageFetcher
+    archives: Archives
+    uploads: Uploads
 
     @property
     def limits(self) -> Limits:
         return self.retrieval.limits
+
+    def delete_collection(self, name: str) -> None:
+        """Delete the collection, and its snapshots with it: they are never handed to
+        whoever creates the name next."""
+        self.store.delete_collection(name)
+        self.archives.remove(name)
 
     def close(self) -> None:
         """Release what ``build_stack`` made, for callers without an event loop (the CLI);
@@ -118,6 +126,8 @@ def build_stack(
             log.info("serving %s, the version last activated", restored)
         activator = Activator(settings, store, engine, finetuner, job_store)
         retrieval = Retrieval(Limits(settings), store, engine, metrics.search_batch.observe)
+        archives = Archives(settings)
+        restores = RestoreRunner(settings, store, job_store, engine)
         jobs = JobManager(
             job_store,
             [
@@ -126,8 +136,8 @@ def build_stack(
                 ActivateRunner(job_store, activator, registry),
                 DuplicatesRunner(settings, store, job_store),
                 ReindexRunner(store, job_store),
-                SnapshotRunner(Archives(settings), store, job_store),
-                RestoreRunner(settings, store, job_store, engine),
+                SnapshotRunner(archives, store, job_store),
+                restores,
             ],
             max_queued=settings.max_queued_jobs,
         )
@@ -152,4 +162,6 @@ def build_stack(
         retrieval,
         Advisor(store, settings.advice_timeout_s, settings.data_dir / "tmp"),
         images,
+        archives,
+        restores.uploads,
     )

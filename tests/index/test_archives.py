@@ -14,11 +14,34 @@ import numpy as np
 import pytest
 
 from index import CollectionStore, FaissBackends, MilvusBackends, Modality, NewItem
-from index.archives import CHUNK, ArchiveError, restore_archive, verify_archive, write_archive
+from index.archive_check import CHUNK, verify
+from index.archives import ArchiveError, Rules, restore_archive, write_archive
 from index.errors import CollectionExists
 from index.live import SHADOW_PREFIX
 from tests.helpers import REPO
 from tests.stores import CPU, D, V, normalised
+
+
+def sniff(data: bytes) -> str:
+    """The media type of the test's stand-in images (the service decodes real ones)."""
+    if not data.startswith(b"png "):
+        raise ValueError("not a picture")
+    return "image/png"
+
+
+RULES = Rules(max_image_bytes=1 << 20, image_type=sniff)
+
+
+def restore(
+    store: CollectionStore, path: Path, name: str, version: str = V, **kw: object
+) -> object:
+    with path.open("rb") as f:
+        return restore_archive(store, f, name, (version, D), kw.pop("rules", RULES), **kw)  # type: ignore[arg-type]
+
+
+def verify_archive(path: Path, rules: Rules = RULES) -> object:
+    with path.open("rb") as f:
+        return verify(f, rules, D)
 
 
 def filled(store: CollectionStore, n: int = CHUNK + 150, spec: str = "Flat") -> None:
@@ -81,7 +104,7 @@ def test_an_archive_restores_with_the_same_answers(tmp_path: Path, onto: str, sp
     )
     target = CollectionStore(tmp_path / "b", backends=backends)
     try:
-        restore_archive(target, archive, "copy", V)
+        restore(target, archive, "copy")
         got = target.get_collection("copy")
         assert got.index_spec.upper() == spec.upper()
         assert got.counts == source.get_collection("c").counts
@@ -95,7 +118,7 @@ def test_an_archive_restores_with_the_same_answers(tmp_path: Path, onto: str, sp
         item = target.get_item("copy", "i5")
         assert target.get_item_content("copy", "i5")[0] == b"png 5" and item.metadata == {"n": 5}
         with pytest.raises(CollectionExists):
-            restore_archive(target, archive, "copy", V)
+            restore(target, archive, "copy")
         assert not [n for n in target.collections if n.startswith(SHADOW_PREFIX)]
     finally:
         source.close()
@@ -114,7 +137,7 @@ def test_damaged_foreign_and_other_space_archives_are_refused(tmp_path: Path) ->
         damaged = tmp_path / "damaged.tar"
         damaged.write_bytes(bytes(data))
         with pytest.raises(ArchiveError, match="damaged"):
-            restore_archive(store, damaged, "x", V)
+            restore(store, damaged, "x")
         foreign = tmp_path / "foreign.tar"
         with tarfile.open(foreign, "w") as tar:
             tar.add(archive, arcname="../../etc/passwd")
@@ -124,7 +147,7 @@ def test_damaged_foreign_and_other_space_archives_are_refused(tmp_path: Path) ->
         with pytest.raises(ArchiveError, match="not an archive"):
             verify_archive(tmp_path / "junk.tar")
         with pytest.raises(ArchiveError, match="reembed"):
-            restore_archive(store, archive, "x", "other-model@v9")
+            restore(store, archive, "x", "other-model@v9")
         assert "x" not in store.collections
         # Re-encoding: vectors from a caller, in the other space.
         store.create_collection("other", D, "other-model@v9")
@@ -132,7 +155,7 @@ def test_damaged_foreign_and_other_space_archives_are_refused(tmp_path: Path) ->
         def again(items: list[NewItem], archived: np.ndarray) -> np.ndarray:
             return normalised(len(items), 5)
 
-        restore_archive(store, archive, "moved", "other-model@v9", vectors=again)
+        restore(store, archive, "moved", "other-model@v9", reembed=again)
         assert store.get_collection("moved").model_version == "other-model@v9"
     finally:
         store.close()
@@ -152,7 +175,7 @@ def test_a_restore_that_fails_or_dies_midway_leaves_nothing(tmp_path: Path) -> N
         return archived
 
     with pytest.raises(RuntimeError):
-        restore_archive(store, archive, "r", V, vectors=fails)
+        restore(store, archive, "r", reembed=fails)
     assert "r" not in store.collections and not [n for n in store.collections if n.startswith(".")]
 
     store.close()
@@ -160,7 +183,7 @@ def test_a_restore_that_fails_or_dies_midway_leaves_nothing(tmp_path: Path) -> N
     script = f"""
 import sys, time
 from index import CollectionStore, FaissBackends
-from index.archives import restore_archive
+from index.archives import Rules, restore_archive
 store = CollectionStore({str(tmp_path / "a")!r}, backends=FaissBackends(use_gpu=False))
 calls = []
 def slow(items, archived):
@@ -169,7 +192,9 @@ def slow(items, archived):
         print("chunk", flush=True)
         time.sleep(30)
     return archived
-restore_archive(store, {str(archive)!r}, "r", {V!r}, vectors=slow)
+rules = Rules(1 << 20, lambda data: "image/png")
+with open({str(archive)!r}, "rb") as f:
+    restore_archive(store, f, "r", ({V!r}, {D}), rules, slow)
 """
     kill_9_when(script, "chunk")
     again = CollectionStore(tmp_path / "a", backends=CPU)

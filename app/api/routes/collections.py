@@ -70,8 +70,9 @@ async def get_collection(name: str, store: StoreDep) -> CollectionOut:
     dependencies=[AdminAccess],
     responses=errors(404),
 )
-async def delete_collection(name: str, store: StoreDep) -> Response:
-    await run_in_threadpool(store.delete_collection, name)
+async def delete_collection(name: str, stack: StackDep) -> Response:
+    """Delete the collection, its items, indexes and snapshots."""
+    await run_in_threadpool(stack.delete_collection, name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -16,6 +16,7 @@ from app.api.uploads import read_upload
 from app.service.thumbnails import SIZES
 from index import InvalidValue, Modality, NewItem, UnknownItem
 from index.blobs import sha256_hex
+from models.images import media_type_of
 
 router = APIRouter(
     route_class=StrictJSONRoute,
@@ -101,11 +102,13 @@ async def add_texts(name: str, body: TextItemsIn, retrieval: RetrievalDep) -> In
     responses={**binary("image/*", "The stored image, as uploaded."), **errors(404, 409)},
 )
 async def get_item_image(name: str, item_id: str, store: StoreDep) -> Response:
-    data, media_type, digest = await run_in_threadpool(store.get_item_content, name, item_id)
+    """The stored image of an image item, with the media type its bytes have (whatever was
+    recorded), never sniffed and never run as a page (``app.api.middleware``)."""
+    data, _, digest = await run_in_threadpool(store.get_item_content, name, item_id)
     etag = f'"{digest[:32]}"'
     return Response(
         data,
-        media_type=media_type,
+        media_type=media_type_of(data) or "application/octet-stream",
         headers={"ETag": etag, "Cache-Control": "private, max-age=3600"},
     )
 
@@ -135,7 +138,7 @@ async def get_item_thumbnail(
         )
     item = await run_in_threadpool(store.get_item, name, item_id)
     digest = item.content_sha256
-    if digest is None:
+    if digest is None or item.modality is not Modality.IMAGE:
         raise UnknownItem(f"item {item_id!r} has no stored image")
     headers = {"ETag": f'"{digest[:32]}-{size}"', "Cache-Control": "private, max-age=3600"}
     if if_none_match == headers["ETag"]:

@@ -15,12 +15,13 @@ from starlette.datastructures import UploadFile
 
 from app.api.auth import AdminAccess, ReadAccess, WriteAccess
 from app.api.bodies import StrictJSONRoute
-from app.api.deps import JobsDep
+from app.api.deps import JobsDep, StackDep
 from app.api.errors import ApiError
 from app.api.openapi import errors
 from app.api.routes.jobs import JobCreated
 from app.api.schemas import RequestBody
-from app.service.jobs.snapshots import RESTORE_JOB, SNAPSHOT_JOB, Archives, SnapshotRunner
+from app.service.jobs.snapshots import RESTORE_JOB, SNAPSHOT_JOB, Archives
+from app.service.stack import Stack
 
 router = APIRouter(
     route_class=StrictJSONRoute,
@@ -50,11 +51,11 @@ class RestoreRequest(RequestBody):
     )
 
 
-def _archives(jobs: Any) -> Archives:
-    """The server's snapshot folder (its snapshot runner's)."""
-    runner = jobs.runners[SNAPSHOT_JOB]
-    assert isinstance(runner, SnapshotRunner)
-    return runner.archives
+def _archives(stack: Stack, name: str) -> Archives:
+    """The server's snapshot folder, once ``name`` is a collection that exists (404
+    otherwise: no request names a path of the data dir)."""
+    stack.store.get(name)
+    return stack.archives
 
 
 @router.post(
@@ -72,15 +73,16 @@ async def take_snapshot(name: str, jobs: JobsDep, response: Response) -> JobCrea
 
 
 @router.get("")
-async def list_snapshots(name: str, jobs: JobsDep) -> SnapshotList:
+async def list_snapshots(name: str, stack: StackDep) -> SnapshotList:
     """The collection's snapshots, oldest first."""
-    listed = await run_in_threadpool(_archives(jobs).listed, name)
+    listed = await run_in_threadpool(_archives(stack, name).listed, name)
     return SnapshotList(snapshots=[SnapshotOut(**vars(s)) for s in listed])
 
 
-def _snapshot_path(jobs: Any, name: str, snapshot: str) -> Any:
+def _snapshot_path(stack: Stack, name: str, snapshot: str) -> Any:
+    archives = _archives(stack, name)
     try:
-        return _archives(jobs).path(name, snapshot)
+        return archives.path(name, snapshot)
     except FileNotFoundError:
         raise ApiError(
             404, "snapshot_not_found", f"collection {name!r} has no snapshot {snapshot!r}"
@@ -92,9 +94,9 @@ def _snapshot_path(jobs: Any, name: str, snapshot: str) -> Any:
     responses={200: {"content": {"application/x-tar": {}}}, **errors(404)},
     response_class=FileResponse,
 )
-async def download_snapshot(name: str, snapshot: str, jobs: JobsDep) -> FileResponse:
+async def download_snapshot(name: str, snapshot: str, stack: StackDep) -> FileResponse:
     """The archive file."""
-    path = _snapshot_path(jobs, name, snapshot)
+    path = _snapshot_path(stack, name, snapshot)
     return FileResponse(path, media_type="application/x-tar", filename=snapshot)
 
 
@@ -104,8 +106,8 @@ async def download_snapshot(name: str, snapshot: str, jobs: JobsDep) -> FileResp
     dependencies=[WriteAccess],
     responses=errors(404),
 )
-async def delete_snapshot(name: str, snapshot: str, jobs: JobsDep) -> Response:
-    path = _snapshot_path(jobs, name, snapshot)
+async def delete_snapshot(name: str, snapshot: str, stack: StackDep) -> Response:
+    path = _snapshot_path(stack, name, snapshot)
     await run_in_threadpool(path.unlink, True)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -137,7 +139,9 @@ _RESTORE_BODY = {
     responses=errors(400, 409, 413, 429),
     openapi_extra=_RESTORE_BODY,
 )
-async def restore_snapshot(name: str, request: Request, jobs: JobsDep) -> JobCreated:
+async def restore_snapshot(
+    name: str, request: Request, stack: StackDep, response: Response
+) -> JobCreated:
     """Create the collection ``name`` (which must not exist) from an archive, as a job:
     uploaded as the multipart field ``file``, or ``{"source": path under the import
     root}``. The archive is verified before anything is written; one from another
@@ -152,9 +156,13 @@ async def restore_snapshot(name: str, request: Request, jobs: JobsDep) -> JobCre
         reembed = str(form.get("reembed") or "false").lower()
         if reembed not in ("true", "false"):
             raise ApiError(400, "invalid_request", "reembed is true or false")
-        path = _archives(jobs).upload_path()
-        await run_in_threadpool(_save, upload, path)
-        params = {"upload": str(path), "reembed": reembed == "true"}
+        upload_id, path = stack.uploads.new()
+        try:
+            await run_in_threadpool(_save, upload, path)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        params = {"upload": upload_id, "reembed": reembed == "true"}
     else:
         try:
             body = RestoreRequest.model_validate_json(await request.body())
@@ -162,11 +170,12 @@ async def restore_snapshot(name: str, request: Request, jobs: JobsDep) -> JobCre
             raise RequestValidationError(exc.errors()) from None
         params = {"source": body.source, "reembed": body.reembed}
     try:
-        job = await run_in_threadpool(jobs.submit, RESTORE_JOB, name, params)
+        job = await run_in_threadpool(stack.jobs.submit, RESTORE_JOB, name, params)
     except BaseException:
         if "upload" in params:
-            os.unlink(params["upload"])
+            stack.uploads.remove(params["upload"])
         raise
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobCreated(id=job.id, state=job.state.value)
 
 

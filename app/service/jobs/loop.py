@@ -117,7 +117,7 @@ class JobManager:
         """Run (or resume) ``job`` to its end in this thread."""
         if not self.jobs.start(job.id):
             return self.jobs.get(job.id)
-        log.info("job %s (%s) running: %s", job.id, job.kind, job.params)
+        log.info("job %s (%s) running: %s", job.id, job.kind, job_summary(job)["params"])
         runner = self.runners.get(job.kind)
         try:
             if runner is None:
@@ -147,13 +147,14 @@ class JobManager:
 
 
 def job_summary(job: Job) -> dict[str, Any]:
-    """The job as the API and the CLI show it."""
+    """The job as the API and the CLI show it (params whose names start with ``_`` are the
+    runner's own, such as a file of the in-process CLI's user: never shown)."""
     return {
         "id": job.id,
         "kind": job.kind,
         "state": job.state.value,
         "collection": job.collection,
-        "params": job.params,
+        "params": {k: v for k, v in job.params.items() if not k.startswith("_")},
         "total": job.total,
         "done": job.done,
         "failed": job.failed,

@@ -2,34 +2,43 @@
 
 Snapshots live under ``<data dir>/archives/<collection>/<snapshot>.tar``, named by the time
 they were taken. A restore job creates its collection from an archive given as a path
-under the import root, or uploaded (kept under ``archives/.uploads`` until the job ends),
+under the import root, or uploaded (kept under ``uploads/`` until the job ends),
 in the archive's embedding space, or re-encoded with the serving model (``reembed``): its
 stored images and texts are embedded again, a chunk at a time, on the model thread.
 """
 
 from __future__ import annotations
 
-import json
 import re
+import shutil
 import tarfile
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from app.service.config import Settings
 from app.service.engine import Engine
-from app.service.errors import Invalid
+from app.service.errors import Conflict, InsufficientStorage, Invalid, ServiceError
 from app.service.jobs.loop import JobFailed, JobStopped, OnProgress
 from index import CollectionExists, CollectionStore, Job, JobState, JobStore, Modality, NewItem
-from index.archives import ArchiveError, restore_archive, verify_archive, write_archive
+from index.archive_check import checked_member, load_json
+from index.archives import (
+    ArchiveError,
+    Rules,
+    Stopped,
+    archive_estimate,
+    restore_archive,
+    write_archive,
+)
 from index.collections import COLLECTION_NAME, COLLECTION_NAME_RULE
+from models.errors import ModelError
 from models.images import decode_image
-from models.import_root import resolve_under
+from models.import_root import SourceError, open_under, reason, resolve_under
 
 SNAPSHOT_JOB = "snapshot"
 RESTORE_JOB = "restore"
@@ -45,12 +54,17 @@ class SnapshotFile:
 
 
 class Archives:
-    """Where snapshots are kept, and what is there."""
+    """Where snapshots are kept, and what is there: ``<data dir>/archives/<collection>/``,
+    removed with the collection, within a quota per collection (count and bytes)."""
 
     def __init__(self, settings: Settings) -> None:
         self.root = settings.data_dir / "archives"
+        self.max_count = settings.snapshots_per_collection
+        self.max_bytes = settings.snapshot_bytes_per_collection
 
     def folder(self, collection: str) -> Path:
+        if not COLLECTION_NAME.match(collection):  # never a path the name makes up
+            raise FileNotFoundError(collection)
         return self.root / collection
 
     def path(self, collection: str, snapshot: str) -> Path:
@@ -70,29 +84,65 @@ class Archives:
             out.append(SnapshotFile(path.name, stat.st_size, stat.st_mtime, _items_of(path)))
         return out
 
+    def remove(self, collection: str) -> None:
+        """Delete the collection's snapshots (it was deleted)."""
+        folder = self.folder(collection)
+        if folder.is_dir():
+            gone = folder.with_name(f".deleted.{collection}.{uuid.uuid4().hex[:8]}")
+            folder.rename(gone)  # at once: the name's next owner never sees them
+            shutil.rmtree(gone, ignore_errors=True)
+
+    def check_room(self, collection: str, estimate: int) -> None:
+        """Refuse a snapshot beyond the collection's quota, or one the disk cannot hold."""
+        kept = self.listed(collection)
+        if len(kept) >= self.max_count:
+            raise Conflict(
+                f"collection {collection!r} has {len(kept)} snapshots, its quota "
+                f"(XMODAL_SNAPSHOTS_PER_COLLECTION); delete one first",
+                code="snapshot_quota",
+            )
+        used = sum(s.size for s in kept)
+        if used + estimate > self.max_bytes:
+            raise Conflict(
+                f"collection {collection!r} has {used:,} bytes of snapshots and this one needs "
+                f"about {estimate:,} more: over its quota of {self.max_bytes:,} "
+                "(XMODAL_SNAPSHOT_BYTES_PER_COLLECTION); delete one first",
+                code="snapshot_quota",
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.root).free
+        if estimate + HEADROOM > free:
+            raise InsufficientStorage(
+                f"the data dir's disk has {free:,} bytes free; this snapshot needs about "
+                f"{estimate:,} and {HEADROOM:,} are kept free"
+            )
+
     def clear_partials(self) -> int:
         """Remove the partial archives a process killed while writing left (at start,
-        when no snapshot job runs); returns how many."""
-        stale = list(self.root.glob("*/.*.partial")) if self.root.is_dir() else []
+        when no snapshot job runs), and folders of deleted collections; returns how many."""
+        if not self.root.is_dir():
+            return 0
+        stale = list(self.root.glob("*/.*.partial"))
         for path in stale:
             path.unlink(missing_ok=True)
+        for folder in self.root.glob(".deleted.*"):
+            shutil.rmtree(folder, ignore_errors=True)
         return len(stale)
 
-    def upload_path(self) -> Path:
-        folder = self.root / ".uploads"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"{uuid.uuid4().hex}.tar"
+
+HEADROOM = 256 * 1024 * 1024  # bytes a snapshot leaves free on the data dir's disk
 
 
 def _items_of(path: Path) -> int | None:
-    """The item count the archive's header gives (None if it cannot be read quickly)."""
+    """The item count the archive's header gives (None if it cannot be read quickly: the
+    header must be a small plain file, first)."""
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        with path.open("rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
             first = tar.next()
             if first is None or first.name != "collection.json":
                 return None
-            f = tar.extractfile(first)
-            return int(sum(json.loads(f.read())["counts"].values())) if f else None
+            checked_member(first, 0)
+            return int(sum(load_json(tar, first)["counts"].values()))
     except (OSError, tarfile.TarError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -109,6 +159,7 @@ class SnapshotRunner:
     def check(self, collection: str | None, params: dict[str, Any]) -> dict[str, Any]:
         assert collection is not None
         uid = self.store.get(collection).uid  # 404 (409 for a broken one) now
+        self.archives.check_room(collection, archive_estimate(self.store, collection))
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         return {
             "collection_uid": uid,
@@ -121,11 +172,15 @@ class SnapshotRunner:
         assert job.collection is not None
         if self.store.get(job.collection).uid != job.params["collection_uid"]:
             raise JobFailed(f"collection {job.collection!r} was deleted and created again")
+        try:  # again: snapshots queued together each passed alone
+            self.archives.check_room(job.collection, archive_estimate(self.store, job.collection))
+        except ServiceError as exc:
+            raise JobFailed(str(exc)) from None
         dest = self.archives.folder(job.collection) / job.params["snapshot"]
         self.jobs.report(job.id, {"phase": "writing"})
         try:
             info = write_archive(self.store, job.collection, dest, should_stop)
-        except InterruptedError:
+        except Stopped:
             if self.jobs.state(job.id) is JobState.RUNNING:
                 raise JobStopped from None
             return  # cancelled: nothing was kept
@@ -140,6 +195,11 @@ class SnapshotRunner:
 
 
 class RestoreRunner:
+    """Restores run from a file the job itself opens: an upload kept under
+    ``<data dir>/uploads`` (removed when the job ends, whatever the outcome, and at start
+    when no job holds it), or a path under the import root opened with the index jobs'
+    defence (``open_under``). A job's params hold no server path."""
+
     kind = RESTORE_JOB
 
     def __init__(
@@ -149,6 +209,13 @@ class RestoreRunner:
         self.store = store
         self.jobs = jobs
         self.engine = engine
+        self.uploads = Uploads(settings.data_dir)
+        held = {
+            str(j.params.get("upload"))
+            for j in jobs.unfinished()
+            if j.kind == RESTORE_JOB and j.params.get("upload")
+        }
+        self.uploads.clear(keep=held)
 
     def check(self, collection: str | None, params: dict[str, Any]) -> dict[str, Any]:
         assert collection is not None
@@ -156,59 +223,72 @@ class RestoreRunner:
             raise Invalid(COLLECTION_NAME_RULE, code="invalid_name")
         if collection in self.store.collections:
             raise CollectionExists(f"collection {collection!r} already exists")
+        out: dict[str, Any] = {"reembed": bool(params.get("reembed"))}
         if params.get("upload"):
-            path = Path(params["upload"])
+            out["upload"] = self.uploads.check(str(params["upload"]))
         elif params.get("local"):  # the in-process CLI: a file of the user running it
-            path = Path(params["local"])
+            out["_local"] = str(params["local"])
         else:
-            path = resolve_under(self.settings.import_root_dir, str(params.get("source") or ""))
+            source = str(params.get("source") or "")
+            try:
+                path = resolve_under(self.settings.import_root_dir, source)
+            except SourceError as exc:
+                raise Invalid(str(exc), code="invalid_source") from None
             if not path.is_file():
                 raise Invalid(
-                    f"source {params.get('source')!r} is not a file under the import root"
+                    f"source {source[:200]!r} is not a file under the import root",
+                    code="invalid_source",
                 )
-        return {
-            "archive": str(path),
-            "upload": bool(params.get("upload")),
-            "reembed": bool(params.get("reembed")),
-        }
+            out["source"] = source
+        return out
+
+    def _open(self, params: dict[str, Any]) -> IO[bytes]:
+        if params.get("upload"):
+            return self.uploads.path(params["upload"]).open("rb")
+        if params.get("_local"):
+            return Path(params["_local"]).open("rb")
+        root = self.settings.import_root_dir
+        try:
+            return open_under(root, resolve_under(root, params["source"]))
+        except (OSError, SourceError) as exc:
+            raise JobFailed(f"the archive cannot be opened: {reason(exc)}") from None
 
     def run(
         self, job: Job, should_stop: Callable[[], bool], on_progress: OnProgress | None
     ) -> None:
         assert job.collection is not None
-        path = Path(job.params["archive"])
+        keep_upload = False
         try:
             self.jobs.report(job.id, {"phase": "verifying"})
-            info, _ = verify_archive(path)
-            self.jobs.report(job.id, {"phase": "restoring"}, done=0, total=info.items)
-            # Into the serving space: as archived, or encoded again (``reembed``).
-            version = self.engine.space
-            vectors = None
-            if job.params["reembed"] and info.model_version != version:
-                vectors = self._reembed
+            rules = Rules(self.settings.max_upload_bytes, _image_type(self.settings), should_stop)
+            version, dim = self.engine.space, self.engine.dim
+            reembed = self._reembed if job.params["reembed"] else None
             last = time.monotonic()
 
-            def chunk(n: int) -> None:
+            def chunk(done: int) -> None:
                 nonlocal last
                 now = time.monotonic()
-                self.jobs.report(job.id, {"phase": "restoring"}, done=n, seconds=now - last)
+                detail = {"phase": "restoring"}
+                self.jobs.report(job.id, detail, done=done, seconds=now - last)
                 last = now
 
             try:
-                restore_archive(
-                    self.store, path, job.collection, version, vectors, chunk, should_stop
-                )
-            except InterruptedError:
+                with self._open(job.params) as f:
+                    info = restore_archive(
+                        self.store, f, job.collection, (version, dim), rules, reembed, chunk
+                    )
+            except Stopped:
                 if self.jobs.state(job.id) is JobState.RUNNING:
+                    keep_upload = True  # the server is stopping: resumed on the next start
                     raise JobStopped from None
                 return  # cancelled: nothing was kept
             except (ArchiveError, CollectionExists) as exc:
                 raise JobFailed(str(exc)) from None
             detail = {"phase": "done", "items": info.items, "from": info.collection}
-            self.jobs.report(job.id, detail)
+            self.jobs.report(job.id, detail, done=info.items, total=info.items)
         finally:
-            if job.params["upload"] and self.jobs.state(job.id) is not JobState.RUNNING:
-                path.unlink(missing_ok=True)
+            if job.params.get("upload") and not keep_upload:
+                self.uploads.remove(job.params["upload"])
 
     def _reembed(self, items: list[NewItem], archived: np.ndarray) -> np.ndarray:
         """The chunk's vectors in the serving model's space: texts and images encoded again."""
@@ -228,3 +308,46 @@ class RestoreRunner:
                 decoded.append(decode_image(it.content, self.settings.max_image_pixels).image)
             out[[i for i, _ in images]] = self.engine.run_model(encoder.encode_images, decoded)
         return out
+
+
+def _image_type(settings: Settings) -> Callable[[bytes], str]:
+    def image_type(data: bytes) -> str:
+        try:
+            return decode_image(data, settings.max_image_pixels).media_type
+        except ModelError as exc:
+            raise ValueError(str(exc)) from None
+
+    return image_type
+
+
+class Uploads:
+    """Uploaded archives waiting for their restore job, outside the snapshots' folders."""
+
+    _ID = re.compile(r"[0-9a-f]{32}")
+
+    def __init__(self, data_dir: Path) -> None:
+        self.folder = data_dir / "uploads"
+
+    def new(self) -> tuple[str, Path]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        upload = uuid.uuid4().hex
+        return upload, self.folder / f"{upload}.tar"
+
+    def check(self, upload: str) -> str:
+        if not self._ID.fullmatch(upload) or not self.path(upload).is_file():
+            raise Invalid("no such upload", code="invalid_source")
+        return upload
+
+    def path(self, upload: str) -> Path:
+        return self.folder / f"{upload}.tar"
+
+    def remove(self, upload: str) -> None:
+        if self._ID.fullmatch(upload):
+            self.path(upload).unlink(missing_ok=True)
+
+    def clear(self, keep: set[str]) -> None:
+        """Remove what no unfinished restore holds (left by a crash)."""
+        if self.folder.is_dir():
+            for path in self.folder.iterdir():
+                if path.stem not in keep:
+                    path.unlink(missing_ok=True)
