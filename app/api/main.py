@@ -29,6 +29,7 @@ from app.api.routes import (
     search,
     snapshots,
 )
+from app.api.sites import SiteGuard
 from app.service.access import KeyRing
 from app.service.config import Settings
 from app.service.metrics import Metrics
@@ -110,6 +111,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["X-Request-ID", "Retry-After"],
             max_age=600,
         )
+    app.add_middleware(
+        SiteGuard,
+        bound=settings.host,
+        allowed_hosts=settings.allowed_hosts,
+        cors_origins=settings.cors_origins,
+        open_reads=not (app.state.keys.enabled and settings.auth_reads),
+    )
     app.add_middleware(RequestContext, metrics=metrics)
     app.add_middleware(OpenCors)  # outermost: clip back's routes answer any origin
     return app

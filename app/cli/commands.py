@@ -38,6 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     host = args.host or settings.host
     port = args.port or settings.port
+    settings = settings.model_copy(update={"host": host, "port": port})
     configure(settings.log_level, settings.log_format)
     log = logging.getLogger("xmodal.serve")
     # Check the weights before binding the port: a machine without network and without the

@@ -103,7 +103,14 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated origins allowed to call the API from a browser (`*` for "
-        "any); none by default.",
+        "any); none by default. Writes a browser sends from other origins without a key "
+        "are refused (403).",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated host names the server answers for besides the loopback "
+        "names and the bound address (any IP address too when bound to `0.0.0.0`); other "
+        "`Host` headers get 400 (DNS rebinding). `*`: any.",
     )
 
     # --- batching ----------------------------------------------------------------------------
@@ -297,7 +304,7 @@ class Settings(BaseSettings):
             ipaddress.ip_network(net, strict=False)  # ValueError names the bad one
         return value
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "allowed_hosts", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
