@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from index.lexical import BACKFILL as LEXICAL_BACKFILL
-from index.lexical import LEXICAL_SCHEMA
+from index.lexical import drop_lexical, ensure_lexical
 from index.types import Item, Modality, StoredItem, StoredVersion
 
 SCHEMA = """
@@ -141,17 +140,14 @@ class Database:
         )
         # Tables filters and lexical search read, kept by triggers: a database from before
         # one of them gets it built from what it holds.
-        for table, schema, backfill in (
-            ("item_fields", FIELDS_SCHEMA.replace("{fields}", FIELD_COLUMNS), fields_backfill),
-            ("item_texts", LEXICAL_SCHEMA, LEXICAL_BACKFILL),
-        ):
-            had = self.writer.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
-            ).fetchone()
-            self.apply(schema)
+        had = self.writer.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'item_fields'"
+        ).fetchone()
+        self.apply(FIELDS_SCHEMA.replace("{fields}", FIELD_COLUMNS))
+        with self.transaction() as conn:
             if not had:
-                with self.transaction() as conn:
-                    conn.execute(backfill)
+                conn.execute(fields_backfill)
+            ensure_lexical(conn)
 
     def reader(self) -> sqlite3.Connection:
         """This thread's read-only view of the database."""
@@ -204,6 +200,7 @@ def find_item(
 
 def delete_rows(conn: sqlite3.Connection, collection: str) -> list[str]:
     """Delete a collection's rows; returns the image digests its items referred to."""
+    drop_lexical(conn, collection)
     digests = [
         r[0]
         for r in conn.execute(

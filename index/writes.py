@@ -23,6 +23,7 @@ from index.blobs import sha256_hex
 from index.db import delete_rows, dumps, find_item, max_tombstone
 from index.errors import UnknownItem
 from index.jobs import cancel_jobs_of
+from index.lexical import create_lexical, move_lexical
 from index.live import LiveCollection, Side
 from index.types import Modality, NewItem
 from index.values import InvalidValue
@@ -81,6 +82,7 @@ class LockedWriter:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (name, uid, spec, dim, model_version, created_at),
             )
+            create_lexical(conn, name)
         c = store.snapshots.new(name, uid, spec, dim, model_version, created_at)
         store.collections[name] = c
         return c
@@ -119,6 +121,7 @@ class LockedWriter:
                     conn.execute(
                         f"UPDATE {table} SET {column} = ? WHERE {column} = ?", (name, copy)
                     )
+                move_lexical(conn, name, copy)
         for name, copy in copies.items():
             moved = store.collections.pop(copy)
             moved.name = name

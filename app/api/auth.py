@@ -90,7 +90,27 @@ class Requirement:
             check_collection(request, name, self.level)
 
 
+class MetricsRequirement(Requirement):
+    """``/metrics`` counts every collection's items: where a keys file scopes keys to
+    collections, only an administrator's key reads it (a key of one collection would
+    learn of the others); with ``XMODAL_API_KEYS`` alone, ``XMODAL_AUTH_METRICS`` decides."""
+
+    def __init__(self) -> None:
+        super().__init__(READ, "auth_metrics")
+
+    async def __call__(self, request: Request, credentials: Credentials) -> None:
+        ring: KeyRing = request.app.state.keys
+        if ring.file is None:
+            await super().__call__(request, credentials)
+            return
+        grant = ring.resolve(credentials.credentials) if credentials else None
+        if grant is None:
+            raise Unauthorized("/metrics needs an administrator's key here")
+        if grant.level < ADMIN:
+            raise Forbidden("/metrics shows every collection: it needs an administrator's key")
+
+
 ReadAccess = Depends(Requirement(READ, "auth_reads"))
 WriteAccess = Depends(Requirement(WRITE))
 AdminAccess = Depends(Requirement(ADMIN))
-MetricsAccess = Depends(Requirement(READ, "auth_metrics"))
+MetricsAccess = Depends(MetricsRequirement())

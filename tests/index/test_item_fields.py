@@ -9,6 +9,7 @@ from pathlib import Path
 
 from index import CollectionStore, Modality, NewItem
 from index.db import DB_FILE
+from index.lexical import table_of
 from tests.stores import CPU, D, V, normalised
 
 
@@ -87,13 +88,46 @@ def test_the_lexical_index_follows_texts_and_is_built_for_an_older_database(
     store.upsert("c", [NewItem("t1", Modality.TEXT, {}, text="blue boot")], normalised(1, 3), V)
     assert [h.id for h in store.lexical("c", "AB-1235", 10)] == ["t0"]  # the old text is gone
     store.close()
-    with sqlite3.connect(data / DB_FILE) as conn:  # as a version before lexical search left it
-        for trigger in ("item_texts_added", "item_texts_removed", "item_texts_changed"):
-            conn.execute(f"DROP TRIGGER {trigger}")
-        conn.execute("DROP TABLE item_texts")
+    with sqlite3.connect(data / DB_FILE) as conn:  # as the version of one shared table left it
+        t = table_of("c")
+        for trigger in ("added", "removed", "changed"):
+            conn.execute(f"DROP TRIGGER {t}_{trigger}")
+        conn.execute(f"DROP TABLE {t}")
+        conn.execute("CREATE VIRTUAL TABLE item_texts USING fts5(text)")
+        conn.execute(
+            "CREATE TRIGGER item_texts_added AFTER INSERT ON items BEGIN"
+            " INSERT INTO item_texts (rowid, text) VALUES (new.label, new.text); END"
+        )
     store = CollectionStore(data, backends=CPU)
     try:
         assert [h.id for h in store.lexical("c", "boot", 10)] == ["t1"]
         assert [h.id for h in store.lexical("c", "shoe", 10, {"n": 0})] == ["t0"]
+        store.upsert("c", [NewItem("t9", Modality.TEXT, {}, text="a boot")], normalised(1, 4), V)
+        assert {h.id for h in store.lexical("c", "boot", 10)} == {"t1", "t9"}
+        conn = store.db.reader()
+        assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'item_texts'").fetchone()
+    finally:
+        store.close()
+
+
+def test_lexical_matching_and_statistics_are_each_collections_own(tmp_path: Path) -> None:
+    """What collection b holds changes neither what a's lexical search matches nor its
+    scores (BM25 over a's texts alone), through writes, a delete and a swap."""
+    store = CollectionStore(tmp_path / "d", backends=CPU)
+    try:
+        texts = ["a rare orchid", "a common daisy", "a common rose", "rare and common"]
+        for name in ("a", "a2"):
+            store.create_collection(name, D, V)
+            items = [NewItem(f"t{i}", Modality.TEXT, {}, text=t) for i, t in enumerate(texts)]
+            store.upsert(name, items, normalised(4, 1), V)
+        store.create_collection("b", D, V)
+        lots = [NewItem(f"b{i}", Modality.TEXT, {}, text=f"rare word {i}") for i in range(300)]
+        store.upsert("b", lots, normalised(300, 2), V)
+        a = [(h.id, h.score) for h in store.lexical("a", "rare", 10)]
+        alone = [(h.id, h.score) for h in store.lexical("a2", "rare", 10)]
+        assert [i for i, _ in a] == ["t0", "t3"] and a == alone  # b's 300 texts count nowhere
+        store.delete_collection("b")
+        assert [(h.id, h.score) for h in store.lexical("a", "rare", 10)] == a
+        assert store.lexical("a", "word", 10) == []
     finally:
         store.close()

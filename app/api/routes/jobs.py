@@ -84,10 +84,18 @@ class JobList(BaseModel):
     responses=errors(400, 404, 409),
 )
 async def start_index_job(
-    name: str, body: IndexJobCreate, jobs: JobsDep, response: Response
+    name: str, body: IndexJobCreate, jobs: JobsDep, response: Response, request: Request
 ) -> JobCreated:
-    """Index a corpus from the import root in the background; poll `GET /v1/jobs/{id}`."""
-    params = {"source": body.source, "format": body.format, "engine": body.engine}
+    """Index a corpus from the import root in the background; poll `GET /v1/jobs/{id}`.
+    A key that is not an administrator's names a source under `<import root>/<name>/`,
+    relative to that folder."""
+    grant = grant_of(request)
+    params = {
+        "source": body.source,
+        "format": body.format,
+        "engine": body.engine,
+        "scoped": grant is not None and grant.level < ADMIN,
+    }
     job = await run_in_threadpool(jobs.submit, INDEX_JOB, name, params)
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobCreated(id=job.id, state=job.state.value)

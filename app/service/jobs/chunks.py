@@ -20,6 +20,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from app.service.config import Settings
 from app.service.jobs.loop import JobStopped, shown
 from app.service.limits import Limits
 from app.service.search.retrieval import Retrieval
@@ -70,6 +71,14 @@ class SortedChunk(Generic[O]):
     def seqs(self) -> list[int]:
         """The source position of each of ``items``."""
         return [r.seq for r in self.texts] + [r.seq for r, _ in self.images]
+
+
+def source_root(settings: Settings, collection: str | None, scoped: Any) -> Path:
+    """Where a job's sources lie: the import root, or for a key that opens only some
+    collections (``scoped``), the collection's own folder in it, ``<import root>/<name>/``:
+    such a key never reads what another collection's sources hold."""
+    root = settings.import_root_dir
+    return root / str(collection) if scoped else root
 
 
 class ChunkBook:

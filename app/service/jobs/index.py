@@ -21,7 +21,7 @@ import numpy as np
 from app.service.config import Settings
 from app.service.engine import Engine
 from app.service.errors import Invalid
-from app.service.jobs.chunks import ChunkBook, SortedChunk
+from app.service.jobs.chunks import ChunkBook, SortedChunk, source_root
 from app.service.jobs.loop import OnProgress, batched
 from app.service.jobs.ray_engine import RAY_ENGINE, RayIngest, ray_available
 from app.service.search.retrieval import Retrieval
@@ -80,7 +80,15 @@ class IndexRunner:
         # 404 (or 409 for a broken one) now, not a failed job later. The job writes into
         # this collection only, never into one created again later under the same name.
         uid = self.store.get(collection).uid
-        open_source(self.settings.import_root_dir, params["source"], params.get("format"))
+        scoped = bool(params.get("scoped"))
+        root = source_root(self.settings, collection, scoped)
+        if scoped and not root.is_dir():
+            raise Invalid(
+                f"this key reads sources under {collection}/ of the import root, which does "
+                "not exist",
+                code="invalid_source",
+            )
+        open_source(root, params["source"], params.get("format"))
         engine = params.get("engine") or "local"
         if engine == RAY_ENGINE and not ray_available():
             raise Invalid(
@@ -92,6 +100,8 @@ class IndexRunner:
             "collection_uid": uid,
             "engine": engine,
         }
+        if scoped:
+            checked["scoped"] = True
         if params.get("ray_address"):
             checked["ray_address"] = params["ray_address"]  # the in-process CLI's --ray ADDRESS
         return checked
@@ -124,7 +134,7 @@ class IndexRunner:
     ) -> None:
         book = self.book(job)
         chunks = batched(
-            book.records(self.settings.import_root_dir),
+            book.records(source_root(self.settings, job.collection, job.params.get("scoped"))),
             self.settings.import_chunk_size,
             ramp=RAMP_CHUNKS,
         )

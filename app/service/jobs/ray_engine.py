@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from app.service.jobs.chunks import SortedChunk
+from app.service.jobs.chunks import SortedChunk, source_root
 from app.service.jobs.loop import OnProgress, batched
 from index import Job
 from models.decoding import DecodeTask, decode_files
@@ -193,7 +193,7 @@ class RayIngest:
         runner, settings = self.runner, self.settings
         connect(job.params.get("ray_address") or settings.ray_address)
         book = runner.book(job)
-        records = book.records(settings.import_root_dir)
+        records = book.records(source_root(settings, job.collection, job.params.get("scoped")))
         version = runner.engine.space
         encoder = runner.engine.encoder_of(version)
         store = runner.store
