@@ -73,7 +73,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def required_level(route: APIRoute) -> int | None:
-    levels = [d.call.level for d in _walk(route.dependant) if isinstance(d.call, Requirement)]
+    """The level a route needs under a keys file (``scoped_level`` where it differs)."""
+    levels = [
+        getattr(d.call, "scoped_level", d.call.level)
+        for d in _walk(route.dependant)
+        if isinstance(d.call, Requirement)
+    ]
     return max(levels) if levels else None
 
 
