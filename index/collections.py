@@ -300,8 +300,10 @@ class CollectionStore:
         model_version: str,
         where: dict[str, Any] | None = None,
         with_vectors: bool = False,
+        deadline: float | None = None,
     ) -> list[list[Hit]]:
-        """Best ``k`` items of modality ``target`` for each query row (``index.search``)."""
+        """Best ``k`` items of modality ``target`` for each query row (``index.search``);
+        the filter's reads stop at ``deadline`` (``time.monotonic()``; ``Interrupted``)."""
         return search_collection(
             self.get(name),
             self.db,
@@ -312,13 +314,24 @@ class CollectionStore:
             model_version=model_version,
             where=where,
             with_vectors=with_vectors,
+            deadline=deadline,
         )
 
     def lexical(
-        self, name: str, text: str, depth: int, where: dict[str, Any] | None = None
+        self,
+        name: str,
+        text: str,
+        depth: int,
+        where: dict[str, Any] | None = None,
+        deadline: float | None = None,
     ) -> list[Hit]:
-        """The best ``depth`` texts for the words of ``text``, by BM25 (``index.lexical``)."""
-        return lexical_search(self.get(name), self.db, text, depth, where)
+        """The best ``depth`` texts for the words of ``text``, by BM25 (``index.lexical``),
+        read until ``deadline`` at the latest."""
+        return lexical_search(self.get(name), self.db, text, depth, where, deadline)
+
+    def size(self, name: str, modality: Modality) -> int:
+        """How many items of ``modality`` the collection holds (from its index: no read)."""
+        return int(self.get(name).sides[modality].index.ntotal)
 
     def item_vector(
         self, name: str, item_id: str, model_version: str

@@ -13,12 +13,14 @@ import contextlib
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from index.errors import Interrupted
 from index.lexical import drop_lexical, ensure_lexical
 from index.types import Item, Modality, StoredItem, StoredVersion
 
@@ -184,6 +186,27 @@ class Database:
             for conn in self._reader_conns:
                 conn.close()
             self._reader_conns.clear()
+
+
+@contextlib.contextmanager
+def interrupted_at(conn: sqlite3.Connection, deadline: float | None) -> Iterator[None]:
+    """Statements on ``conn`` stop once ``time.monotonic()`` passes ``deadline`` (SQLite
+    asks between steps of its virtual machine): ``Interrupted``, and the thread is free."""
+    if deadline is None:
+        yield
+        return
+    conn.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "interrupt" not in str(exc):
+            raise
+        raise Interrupted("the search passed its deadline while reading the catalogue") from None
+    finally:
+        conn.set_progress_handler(None, PROGRESS_STEPS)
+
+
+PROGRESS_STEPS = 2000  # virtual machine steps between deadline checks (microseconds)
 
 
 # --- queries shared by the collection store, its snapshots and migrations ------------------------

@@ -41,3 +41,7 @@ class ModelMismatch(StoreError):
 
 class InvalidFilter(StoreError):
     pass
+
+
+class Interrupted(StoreError):
+    """A read stopped at its caller's deadline (SQLite interrupted between steps)."""

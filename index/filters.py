@@ -3,7 +3,8 @@ means; ``index.db`` keeps the table, one row per top-level key of each item, typ
 
 Each condition is a set of labels read from the index on ``(key, kind, value)``, so a
 filter that keeps 1% of a collection reads about 1% of its rows; ``$and`` intersects the
-sets, ``$or`` unites them, a negation takes the rest of the collection's labels. Values
+sets, ``$or`` unites them, a negation subtracts its set (the collection's own labels are
+read once at most, for a filter whose result is a complement). Values
 are bound as parameters, never pasted into the statement; keys are compared as stored,
 whatever characters they hold.
 """
@@ -29,10 +30,7 @@ def filter_labels(
     """The labels of the items that pass ``where`` (``InvalidFilter`` for a bad filter)."""
     scope = (
         "SELECT label FROM items WHERE collection = ? AND modality = ?",
-        [
-            collection,
-            modality.value,
-        ],
+        [collection, modality.value],
     )
     chosen, params = labels_sql(parse(where), scope)
     sql = f"{scope[0]} AND label IN ({chosen})"
@@ -42,17 +40,67 @@ def filter_labels(
 
 def labels_sql(node: Node, scope: tuple[str, list[Any]]) -> tuple[str, list[Any]]:
     """A SELECT of the labels that pass ``node`` (among all items: the caller keeps those
-    of its collection), and its parameters; ``scope`` selects the collection's labels, for
-    negations."""
+    of its collection), and its parameters; ``scope`` selects the collection's labels, read
+    at most once, whatever the negations (``work``)."""
+    sql, params, complement = _sets(node)
+    if complement:  # the labels not in the set: the collection's, once, less the set
+        return f"{scope[0]} EXCEPT SELECT label FROM ({sql})", [*scope[1], *params]
+    return sql, params
+
+
+def work(node: Node) -> tuple[int, bool]:
+    """What a filter costs to evaluate: its conditions (an index lookup each) and whether
+    the collection's labels are read (once) for its negations."""
+    return _conditions(node), _sets(node)[2]
+
+
+def _conditions(node: Node) -> int:
     if isinstance(node, (All, Any_)):
-        parts = [labels_sql(n, scope) for n in node.nodes]
-        joiner = " INTERSECT " if isinstance(node, All) else " UNION "
-        sql = joiner.join(f"SELECT label FROM ({p[0]})" for p in parts)
-        return sql, [x for p in parts for x in p[1]]
+        return sum(_conditions(n) for n in node.nodes)
     if isinstance(node, Not):
-        inner, params = labels_sql(node.node, scope)
-        return f"{scope[0]} EXCEPT SELECT label FROM ({inner})", [*scope[1], *params]
-    return _cond_sql(node)
+        return _conditions(node.node)
+    return 1
+
+
+def _sets(node: Node) -> tuple[str, list[Any], bool]:
+    """``node`` as a SELECT of labels and whether it stands for their complement: a
+    negation flips the flag instead of reading the collection, so ``$and`` of conditions
+    and negations is the conditions' intersection less the negated ones' union, and the
+    whole filter reads the collection at most once (De Morgan for ``$or``)."""
+    if isinstance(node, Not):
+        sql, params, complement = _sets(node.node)
+        return sql, params, not complement
+    if isinstance(node, Cond):
+        sql, params = _cond_sql(node)
+        return sql, params, False
+    parts = [_sets(n) for n in node.nodes]
+    plain = [(sql, params) for sql, params, complement in parts if not complement]
+    flipped = [(sql, params) for sql, params, complement in parts if complement]
+    if isinstance(node, All):
+        # A and B and not C and not D = (A INTERSECT B) EXCEPT (C UNION D);
+        # not C and not D alone = the complement of (C UNION D).
+        if not plain:
+            return (*_joined(flipped, " UNION "), True)
+        sql, params = _joined(plain, " INTERSECT ")
+        if flipped:
+            more_sql, more = _joined(flipped, " UNION ")
+            sql, params = f"{sql} EXCEPT SELECT label FROM ({more_sql})", [*params, *more]
+        return sql, params, False
+    # A or B or not C or not D = the complement of (C INTERSECT D) EXCEPT (A UNION B).
+    if not flipped:
+        return (*_joined(plain, " UNION "), False)
+    sql, params = _joined(flipped, " INTERSECT ")
+    if plain:
+        more_sql, more = _joined(plain, " UNION ")
+        sql, params = f"{sql} EXCEPT SELECT label FROM ({more_sql})", [*params, *more]
+    return sql, params, True
+
+
+def _joined(parts: list[tuple[str, list[Any]]], joiner: str) -> tuple[str, list[Any]]:
+    if len(parts) == 1:
+        return parts[0]
+    sql = joiner.join(f"SELECT label FROM ({p[0]})" for p in parts)
+    return sql, [x for p in parts for x in p[1]]
 
 
 def _cond_sql(cond: Cond) -> tuple[str, list[Any]]:

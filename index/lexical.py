@@ -109,13 +109,18 @@ def ensure_lexical(conn: sqlite3.Connection) -> None:
             create_lexical(conn, name, backfill=True)
 
 
+def words(text: str) -> list[str]:
+    """The words of ``text`` a query matches (at most ``MAX_TERMS``)."""
+    return _WORD.findall(text)[:MAX_TERMS]
+
+
 def match_expression(text: str) -> str | None:
     """An FTS5 query for ``text``: its words as one phrase, or any of them (each quoted,
     so no word is read as an operator); None when it has no word."""
-    words = _WORD.findall(text)[:MAX_TERMS]
-    if not words:
+    found = words(text)
+    if not found:
         return None
-    quoted = ['"' + w.replace('"', '""') + '"' for w in words]
+    quoted = ['"' + w.replace('"', '""') + '"' for w in found]
     if len(quoted) == 1:
         return quoted[0]
     return f"({' '.join(quoted)}) OR " + " OR ".join(quoted)

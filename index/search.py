@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from index.db import ITEM_COLUMNS, SQL_CHUNK, Database, hit_rows, item_from_row
+from index.db import ITEM_COLUMNS, SQL_CHUNK, Database, hit_rows, interrupted_at, item_from_row
 from index.errors import ModelMismatch, UnknownItem
 from index.faiss_specs import DEFAULT_SPEC
 from index.filters import filter_labels
@@ -51,6 +51,7 @@ def search_collection(
     model_version: str,
     where: dict[str, Any] | None = None,
     with_vectors: bool = False,
+    deadline: float | None = None,
 ) -> list[list[Hit]]:
     """Best ``k`` items of modality ``target`` for each query row, best first;
     ``where`` keeps only items whose metadata has each key equal to its value;
@@ -59,7 +60,10 @@ def search_collection(
     name = c.name
     check_model(c, model_version)
     index = c.sides[target].index
-    allowed = filter_labels(db.reader(), name, target, where) if where else None
+    allowed = None
+    if where:
+        with interrupted_at(db.reader(), deadline):
+            allowed = filter_labels(db.reader(), name, target, where)
     native = allowed is not None and index.native_filters and len(allowed) > index.max_allowed
     depth = candidates(c.spec, k)
     exact = depth == k
@@ -167,12 +171,18 @@ def check_model(c: LiveCollection, model_version: str) -> None:
 
 
 def lexical_search(
-    c: LiveCollection, db: Database, text: str, depth: int, where: dict[str, Any] | None
+    c: LiveCollection,
+    db: Database,
+    text: str,
+    depth: int,
+    where: dict[str, Any] | None,
+    deadline: float | None = None,
 ) -> list[Hit]:
     """The best ``depth`` texts of the collection for the words of ``text`` by BM25
     (``index.lexical``), best first, as hits scored by BM25 relevance."""
     conn = db.reader()
-    ranked = lexical_labels(conn, c.name, text, depth, where)
+    with interrupted_at(conn, deadline):
+        ranked = lexical_labels(conn, c.name, text, depth, where)
     rows = hit_rows(conn, [label for label, _ in ranked])
     hits = []
     for label, score in ranked:

@@ -83,6 +83,7 @@ _DOMAIN: list[tuple[type[Exception], int, str]] = [
     (model_errors.ImageDecodeError, 415, "unsupported_media_type"),
     (model_errors.QueueFull, 429, "queue_full"),
     (model_errors.DeadlineExceeded, 504, "deadline_exceeded"),
+    (index.Interrupted, 504, "deadline_exceeded"),
     (model_errors.ModelLoadError, 503, "model_unavailable"),
 ]
 

@@ -55,11 +55,13 @@ class Limits:
             raise TooLarge(f"{n} searches in one request; the limit is {self.max_batch_queries}")
 
     def check_search_hits(self, depths: Sequence[int]) -> None:
-        """Searches of one request (each query's ``offset + k``) within the hit budget."""
+        """Searches of one request (each query's ``offset + k``, and what its filter and
+        words read, ``search.cost``) within the hit budget."""
         total = sum(depths)
         if total > self.max_search_hits:
             raise TooLarge(
-                f"the searches ask for {total} hits together ({len(depths)} queries); the "
+                f"the searches ask for {total} hits together (queries, filters and word "
+                "matching, which count for the rows they read); the "
                 f"limit per request is {self.max_search_hits}: ask for fewer queries or a "
                 "smaller k",
                 code="search_too_large",

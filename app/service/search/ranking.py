@@ -70,6 +70,7 @@ class SearchSpec:
     exclude: frozenset[str] = field(default_factory=frozenset)  # ids left out (the query's)
     mode: str = "vector"  # vector, lexical or hybrid (``hybrid``)
     lexical_text: str | None = None  # the words lexical and hybrid modes match
+    work: int = 0  # hits its filter and word matching count for (``cost.catalogue_work``)
     budget: Budget | None = field(default=None, compare=False)  # the request's, once planned
 
     @property
@@ -86,8 +87,9 @@ class Page:
 
 def cost(spec: SearchSpec) -> int:
     """What a search costs before any deepening, in hits: its first fetch (with the hits'
-    vectors when it collapses near-duplicates, about twice the work)."""
-    return first_depth(spec) * (2 if spec.dedup is not None else 1)
+    vectors when it collapses near-duplicates, about twice the work), and its filter's and
+    word matching's reads of the catalogue (``work``)."""
+    return first_depth(spec) * (2 if spec.dedup is not None else 1) + spec.work
 
 
 def first_depth(spec: SearchSpec) -> int:

@@ -18,6 +18,7 @@ from app.service.engine import Engine, PreparedImage
 from app.service.errors import Invalid, ServiceError, TooLarge
 from app.service.limits import Limits
 from app.service.search import hybrid
+from app.service.search.cost import filter_work, word_work
 from app.service.search.queue import SearchQueue
 from app.service.search.ranking import Budget, Page, SearchSpec, combine, first_depth, rank
 from app.service.threads import run_in_threadpool
@@ -147,7 +148,18 @@ class Retrieval:
         for _, spec in queries:
             self.check_page(spec)
         queries = [(parts, hybrid.checked(spec)) for parts, spec in queries]
-        # A lexical or hybrid search reads its rankings fusion_depth deep.
+        # A lexical or hybrid search reads its rankings fusion_depth deep; a filter and a
+        # query's words count for the rows they read, a filter shared by queries once.
+        filters = {json.dumps(spec.where, sort_keys=True): 0 for _, spec in queries}
+        planned_work = []
+        for _, spec in queries:
+            f, w = filter_work(self.store, name, spec), word_work(self.store, name, spec)
+            filters[json.dumps(spec.where, sort_keys=True)] = f
+            planned_work.append(f + w)
+        queries = [
+            (parts, replace(spec, work=w))
+            for (parts, spec), w in zip(queries, planned_work, strict=True)
+        ]
         self.limits.check_search_hits(
             [
                 spec.offset + spec.k
@@ -155,6 +167,8 @@ class Retrieval:
                 else hybrid.fusion_depth(spec, self.limits.max_k)
                 for _, spec in queries
             ]
+            + [word_work(self.store, name, spec) for _, spec in queries]
+            + list(filters.values())
         )
         # Deepening may fetch as much again as one query going to its deepest would.
         budget = Budget(8 * self.limits.max_k, self.limits.search_timeout_s)
@@ -194,35 +208,8 @@ class Retrieval:
     async def _search(
         self, name: str, version: str, rows: list[np.ndarray], specs: list[SearchSpec]
     ) -> list[Page]:
-        """Each query's page: the vector ranking through the search queue, the lexical one
-        from SQLite, fused for ``hybrid`` (``hybrid``)."""
-        depths = [hybrid.fusion_depth(s, self.limits.max_k) for s in specs]
-        vector = [i for i, s in enumerate(specs) if s.mode != "lexical"]
-        asked = [
-            s if s.mode == "vector" else hybrid.vector_part(s, depths[i])
-            for i, s in enumerate(specs)
-        ]
-        pages: list[Page] = [Page([], None)] * len(specs)
-        if vector:
-            found = await self.searches.search(
-                name, version, [rows[i] for i in vector], [asked[i] for i in vector]
-            )
-            for i, page in zip(vector, found, strict=True):
-                pages[i] = page
-        lexical = [i for i, s in enumerate(specs) if s.mode != "vector"]
-        if lexical:
-
-            def read() -> list[list[Hit]]:
-                return [
-                    self.store.lexical(name, specs[i].lexical_text or "", depths[i], specs[i].where)
-                    for i in lexical
-                ]
-
-            for i, hits in zip(lexical, await run_in_threadpool(read), strict=True):
-                spec = specs[i]
-                ranking = hits if spec.mode == "lexical" else hybrid.fuse([pages[i].hits, hits])
-                pages[i] = hybrid.page_of(ranking, spec)
-        return pages
+        """Each query's page, through the fair search queue (``_rank_all``)."""
+        return await self.searches.search(name, version, rows, specs)
 
     def check_page(self, spec: SearchSpec) -> None:
         self.limits.check_page(spec.k, spec.offset)
@@ -262,18 +249,29 @@ class Retrieval:
     def _rank_all(
         self, name: str, version: str, vectors: Sequence[np.ndarray], specs: Sequence[SearchSpec]
     ) -> list[Page]:
-        """Each query's page; queries that share a target and a filter are searched as
-        one matrix at the deepest first depth among them."""
-        pages: list[Page | None] = [None] * len(specs)
+        """Each query's page: the vector ranking, the lexical one from the catalogue, the
+        two fused for ``hybrid`` (``hybrid``); queries that share a target and a filter are
+        searched as one matrix at the deepest first depth among them. The catalogue's
+        reads stop at the latest deadline of the requests in the batch."""
+        deadlines = [s.budget.deadline for s in specs if s.budget is not None]
+        deadline = max(deadlines) if deadlines else None
+        depths = [hybrid.fusion_depth(s, self.limits.max_k) for s in specs]
+        asked = [
+            s if s.mode == "vector" else hybrid.vector_part(s, depths[i])
+            for i, s in enumerate(specs)
+        ]
+        pages: list[Page] = [Page([], None)] * len(specs)
         groups: dict[tuple[Any, ...], list[int]] = {}
-        for i, spec in enumerate(specs):
+        for i, spec in enumerate(asked):
+            if specs[i].mode == "lexical":
+                continue
             key = (spec.target, json.dumps(spec.where, sort_keys=True), spec.dedup is not None)
             groups.setdefault(key, []).append(i)
         max_depth = 4 * self.limits.max_k
         for members in groups.values():
-            first = specs[members[0]]
+            first = asked[members[0]]
             assert first.target is not None
-            depth = max(first_depth(specs[i]) for i in members)
+            depth = max(first_depth(asked[i]) for i in members)
 
             def fetch(depth: int, rows: np.ndarray, spec: SearchSpec = first) -> list[list[Hit]]:
                 assert spec.target is not None
@@ -285,19 +283,28 @@ class Retrieval:
                     model_version=version,
                     where=spec.where,
                     with_vectors=spec.dedup is not None,
+                    deadline=deadline,
                 )
 
             matrix = np.stack([vectors[i] for i in members])
             hits = fetch(depth, matrix)
             for i, found in zip(members, hits, strict=True):
-                spec, row = specs[i], vectors[i][None, :]
+                spec, row = asked[i], vectors[i][None, :]
                 one = found[: first_depth(spec)]  # as deep as this query alone would ask
 
                 def deeper(depth: int, row: np.ndarray = row) -> list[Hit]:
                     return fetch(depth, row)[0]
 
                 pages[i] = rank(deeper, spec, max_depth, one)
-        return [p for p in pages if p is not None]
+        for i, spec in enumerate(specs):
+            if spec.mode == "vector":
+                continue
+            words = self.store.lexical(
+                name, spec.lexical_text or "", depths[i], spec.where, deadline
+            )
+            ranking = words if spec.mode == "lexical" else hybrid.fuse([pages[i].hits, words])
+            pages[i] = hybrid.page_of(ranking, spec)
+        return pages
 
     # --- writes -----------------------------------------------------------------------------
     async def add_texts(self, name: str, items: Sequence[NewItem]) -> list[str]:
