@@ -99,7 +99,7 @@ def _parse(body: bytes, max_values: int) -> Any:
     try:
         return loads(body)
     except InvalidValue as exc:
-        raise HTTPException(422, f"body: {exc}") from None
+        raise HTTPException(422, str(exc)) from None
 
 
 class StrictRequest(Request):

@@ -116,7 +116,8 @@ def _validation_message(exc: RequestValidationError) -> str:
             parts.append(f"body is not valid JSON (error at character {position})")
             continue
         where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
     return "; ".join(parts) or "malformed request"
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import functools
+import typing
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
 from index import COLLECTION_NAME
 from index.types import Modality
@@ -25,9 +27,34 @@ def one_of(*fields: str, kind: str = "string") -> dict[str, Any]:
 class RequestBody(BaseModel):
     """A request body of the ``/v1`` API: a field it does not know is refused (422 naming
     it), not silently ignored, so a misspelt ``fliter`` does not search everything. The
-    schema says so (``additionalProperties: false``)."""
+    schema says so (``additionalProperties: false``). Values are taken as the schema types
+    them (``strict``): ``false`` is not a number's stand-in, nor ``"3"`` a count."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_floats(cls, data: Any) -> Any:
+        """JSON Schema's ``integer`` takes ``537.0``; a strict ``int`` would not."""
+        if isinstance(data, dict):
+            ints = _int_fields(cls)
+            if ints & data.keys():
+                data = {
+                    k: int(v) if k in ints and isinstance(v, float) and v.is_integer() else v
+                    for k, v in data.items()
+                }
+        return data
+
+
+@functools.cache
+def _int_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The fields of ``model`` that hold an integer (or nothing)."""
+    out = set()
+    for name, field in model.model_fields.items():
+        kinds = typing.get_args(field.annotation) or (field.annotation,)
+        if int in kinds and not {float, bool} & set(kinds):
+            out.add(field.alias or name)
+    return frozenset(out)
 
 
 # --- collections ------------------------------------------------------------------------------
@@ -141,7 +168,7 @@ class SearchRequest(RequestBody):
         "of vectors, normalised, is searched. Give `query`, `text`, `image_base64` or "
         "`item_id`: exactly one.",
     )
-    target: Modality | None = Field(
+    target: Annotated[Modality, Strict(False)] | None = Field(
         None,
         description="Modality to search. Default: the modality of the first stored item "
         "among the parts (more like this), else the other modality of the first text or image.",

@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 
 from app.cli.client import ApiClient
+from index.errors import DataDirInUse
+from index.lock import lock_data_dir
 from models.synthetic import write_dataset, write_samples
 
 EXAMPLES = ("a small red circle", "a large blue square", "a green cross at the top left")
@@ -87,6 +89,14 @@ def run(data_dir: Path, port: int, pairs: int, epochs: int) -> int:
     if port_in_use(port):
         # Otherwise the demo would talk to whatever answers there.
         raise SystemExit(f"xmodal demo: port {port} is in use; stop what runs there or pass --port")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:  # a demo already serving this data dir: say so, before starting a server
+        os.close(lock_data_dir(data_dir))
+    except DataDirInUse:
+        raise SystemExit(
+            f"xmodal demo: {data_dir} is in use by another xmodal (a demo still running?); "
+            "stop it, or pass --data-dir"
+        ) from None
     # SIGTERM ends the demo as Ctrl-C does: the server stops, the exit status is 0.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     root = data_dir / "import"
@@ -117,15 +127,7 @@ def run(data_dir: Path, port: int, pairs: int, epochs: int) -> int:
     try:
         with ApiClient(url) as api:
             c = api.http
-            for _ in range(600):
-                if server.poll() is not None:
-                    raise SystemExit(f"xmodal demo: the server exited ({server.returncode})")
-                try:
-                    if c.get("/readyz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.2)
+            wait_ready(c, server, "xmodal demo")
             # Whatever answers must be the server started here, not one that took the port
             # between the check above and its start.
             holders = listener_pids(port)
@@ -177,6 +179,36 @@ def run(data_dir: Path, port: int, pairs: int, epochs: int) -> int:
         return 0
     finally:
         _stop(server, signalled=False)
+
+
+STARTING = ("loading the model and the store", "shutting down")
+
+
+def wait_ready(
+    c: httpx.Client, server: subprocess.Popen[bytes], who: str, timeout_s: float = 120
+) -> None:
+    """Until the server started here answers ``/readyz``; else ``SystemExit`` with one
+    sentence that says why it did not come up (it exited, it could not load, it is slow)."""
+    deadline = time.monotonic() + timeout_s
+    why = "it did not answer"
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"{who}: the server exited with status {server.returncode}")
+        try:
+            r = c.get("/readyz")
+        except httpx.HTTPError:
+            r = None
+        if r is not None and r.status_code == 200:
+            return
+        if r is not None:
+            try:
+                why = str(r.json()["error"]["message"])
+            except (ValueError, KeyError, TypeError):
+                why = f"/readyz answered {r.status_code}"
+            if why not in STARTING:  # it started, and cannot load: waiting changes nothing
+                raise SystemExit(f"{who}: the server could not start: {why}")
+        time.sleep(0.2)
+    raise SystemExit(f"{who}: the server was not ready after {timeout_s:g} s ({why})")
 
 
 def _stop(server: subprocess.Popen[bytes], signalled: bool) -> None:

@@ -12,7 +12,7 @@ from app.service.metrics import Metrics
 from app.service.stack import Stack, build_stack, open_store
 from app.service.threads import run_in_threadpool
 from app.service.thumbnails import ThumbnailCache
-from index import CollectionStore
+from index import CollectionStore, DataDirInUse
 from models.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ class Services:
         except Exception as exc:
             self.load_error = str(exc)
             # Load errors carry their own explanation; anything else gets its traceback.
-            log.error("start-up failed: %s", exc, exc_info=not isinstance(exc, ModelLoadError))
+            known = isinstance(exc, (ModelLoadError, DataDirInUse))
+            log.error("start-up failed: %s", exc, exc_info=not known)
 
     async def _snapshot_loop(self) -> None:
         while True:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from app.cli.parser import build_parser
-from tests.helpers import REPO, ServerProcess
+from tests.helpers import REPO, AppServer, ServerProcess, free_port
 
 
 def test_serve_without_network_or_weights_exits_fast_with_the_way_out(tmp_path: Path) -> None:
@@ -174,3 +174,60 @@ def test_a_torchvision_built_for_another_torch_is_one_sentence(
     monkeypatch.setitem(commands.HANDLERS, "serve", other)
     with pytest.raises(RuntimeError, match="something else"):  # other errors stay loud
         commands.main(["serve"])
+
+
+def test_a_second_demo_on_a_data_dir_in_use_says_so_in_one_line(tmp_path: Path) -> None:
+    from index.lock import lock_data_dir
+
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    held = lock_data_dir(demo)  # as the first demo's server holds it
+    try:
+        proc = subprocess.run(
+            [
+                *(sys.executable, "-m", "app.cli", "demo"),
+                *("--port", str(free_port()), "--data-dir", str(demo)),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(held)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is in use by another xmodal" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_waiting_on_a_server_says_in_one_sentence_why_it_did_not_come_up(
+    tmp_path: Path,
+) -> None:
+    """The server exited; it answers that it cannot load (its data dir held elsewhere)."""
+    from app.cli.demo import wait_ready
+    from index.lock import lock_data_dir
+
+    exited = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    exited.wait()
+    with (
+        httpx.Client(base_url="http://127.0.0.1:9", timeout=1) as c,
+        pytest.raises(SystemExit, match="exited with status 3"),
+    ):
+        wait_ready(c, exited, "xmodal demo")
+    data = tmp_path / "data"
+    data.mkdir()
+    held = lock_data_dir(data)
+    server = AppServer(data).start(wait=False)
+    waiting = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        server.wait_listening()
+        with (
+            httpx.Client(base_url=server.url, timeout=5) as c,
+            pytest.raises(SystemExit, match="could not start: the data dir .* in use"),
+        ):
+            wait_ready(c, waiting, "xmodal demo", timeout_s=30)
+    finally:
+        waiting.kill()
+        server.stop()
+        os.close(held)

@@ -346,7 +346,7 @@ def test_slow_clients_do_not_lock_everyone_out(tmp_path: Path) -> None:
                     ("127.0.0.1", server.port), source_address=("127.0.0.2", 0)
                 )
                 sock.sendall(
-                    b"POST /v1/collections/s/search HTTP/1.1\r\nHost: x\r\n"
+                    b"POST /v1/collections/s/search HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                     b"Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{"
                 )
                 slow.append(sock)

@@ -116,8 +116,13 @@ def test_every_state_changing_route_needs_a_key(keyed: ServerProcess) -> None:
         for method, path in reads():
             r = c.request(method, concrete(path), json={"text": "x"})
             assert r.status_code != 401, (method, path)
-        for path in ("/healthz", "/readyz", "/metrics"):
+        for path in ("/healthz", "/readyz"):
             assert c.get(path).status_code == 200
+        # Under a keys file /metrics shows every collection to administrators only.
+        assert c.get("/metrics").status_code == 401
+        scoped = {"Authorization": f"Bearer {SCOPED}"}
+        assert c.get("/metrics", headers=scoped).status_code == 403
+        assert c.get("/metrics", headers={"Authorization": f"Bearer {KEYS[0]}"}).is_success
 
 
 def test_sighup_reads_the_keys_file_again(keyed: ServerProcess) -> None:

@@ -3,10 +3,10 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request, Response, status
-from pydantic import Field, field_validator
+from pydantic import Field, Strict, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import AdminAccess, ReadAccess, WriteAccess, grant_of
@@ -88,7 +88,7 @@ class IndexAdviceRequest(RequestBody):
         default_factory=_default_targets,
         description="What the index must reach: recall at least, `p50_ms` at most.",
     )
-    modality: Modality | None = Field(
+    modality: Annotated[Modality, Strict(False)] | None = Field(
         None, description="Whose vectors to measure on (default: the modality with more)."
     )
     sample: int = Field(

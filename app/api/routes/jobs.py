@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, Strict
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import ReadAccess, WriteAccess, check_collection, grant_of
@@ -38,7 +38,9 @@ class DuplicatesJobCreate(RequestBody):
     threshold: float = Field(
         0.95, gt=0, le=1, description="Cosine at or above which two items are near-duplicates."
     )
-    modality: Modality = Field(Modality.IMAGE, description="Which items to compare.")
+    modality: Annotated[Modality, Strict(False)] = Field(
+        Modality.IMAGE, description="Which items to compare."
+    )
 
 
 class ReindexJobCreate(RequestBody):

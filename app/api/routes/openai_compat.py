@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.api.auth import ReadAccess
 from app.api.bodies import StrictJSONRoute
@@ -47,6 +47,20 @@ class EmbeddingsRequest(BaseModel):
     dimensions: int | None = Field(
         None, ge=1, description="The model's own dimension only (no shortened vectors)."
     )
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _text_not_tokens(cls, value: Any) -> Any:
+        """Token ids (what LangChain's ``OpenAIEmbeddings`` sends by default) mean
+        nothing to another model's tokenizer: say what to send instead."""
+        items = value if isinstance(value, list) else [value]
+        if any(isinstance(x, int) or (isinstance(x, list) and x) for x in items):
+            raise ValueError(
+                "token arrays are not taken: send the text itself (this server tokenizes "
+                "for its own model); with LangChain, OpenAIEmbeddings(..., "
+                "check_embedding_ctx_length=False)"
+            )
+        return value
 
 
 class Embedding(BaseModel):

@@ -72,7 +72,7 @@ async def take_snapshot(name: str, jobs: JobsDep, response: Response) -> JobCrea
     return JobCreated(id=job.id, state=job.state.value)
 
 
-@router.get("")
+@router.get("", responses=errors(404))
 async def list_snapshots(name: str, stack: StackDep) -> SnapshotList:
     """The collection's snapshots, oldest first."""
     listed = await run_in_threadpool(_archives(stack, name).listed, name)
