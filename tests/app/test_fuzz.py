@@ -102,15 +102,24 @@ CHECKS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+KEY = "a-fuzzing-administrator-key-0123"
+
+
+@pytest.fixture(scope="module", params=["keyless", "keyed"])
+def fuzz_server(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[AppServer]:
+    """The keyless default, and a server whose every route needs a key (sent)."""
+    keys = {"api_keys": KEY, "auth_reads": "true", "auth_metrics": "true"}
     server = AppServer(
         tmp_path_factory.mktemp("fuzz") / "data",
         max_request_bytes=2_000_000,
         max_upload_bytes=500_000,
         max_queued_jobs=8,
         max_text_chars=2000,  # past 65,536 the fuzzer cannot make a string one too long
+        **(keys if request.param == "keyed" else {}),
     ).start()
+    server.headers = {"Authorization": f"Bearer {KEY}"} if request.param == "keyed" else {}  # type: ignore[attr-defined]
     write_jsonl(server.data_dir / "import", SEEDED, 4)
     try:
         yield server
@@ -121,7 +130,8 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]
 def seed(server: AppServer) -> None:
     """The collection the fuzzer is pointed at, with an image and a text (again, if a
     generated request deleted them)."""
-    with httpx.Client(base_url=server.url, timeout=30) as c:
+    headers = server.headers  # type: ignore[attr-defined]
+    with httpx.Client(base_url=server.url, timeout=30, headers=headers) as c:
         if c.get(f"/v1/collections/{SEEDED}").status_code == 404:
             c.post("/v1/collections", json={"name": SEEDED})
         if c.get(f"/v1/collections/{SEEDED}/items/i1").status_code == 404:
@@ -140,7 +150,10 @@ def seed(server: AppServer) -> None:
 @pytest.fixture(scope="module")
 def api(fuzz_server: AppServer) -> schemathesis.BaseSchema:
     seed(fuzz_server)
-    return schemathesis.openapi.from_url(fuzz_server.url + "/openapi.json")
+    return schemathesis.openapi.from_url(
+        fuzz_server.url + "/openapi.json",
+        headers=fuzz_server.headers,  # type: ignore[attr-defined]
+    )
 
 
 def _cases() -> list[tuple[str, GenerationMode]]:
@@ -185,7 +198,7 @@ def test_api_answers_as_documented(
             seed(fuzz_server)
         if "item_id" in params and zlib.crc32(repr(case.query).encode()) % 2:
             params["item_id"] = "i1"
-        case.call_and_validate(checks=CHECKS, timeout=60)
+        case.call_and_validate(checks=CHECKS, timeout=60, headers=fuzz_server.headers)  # type: ignore[attr-defined]
 
     run()
 

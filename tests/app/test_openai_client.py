@@ -66,8 +66,10 @@ def test_the_openai_client_gets_clear_errors(oa: openai.OpenAI, client: httpx.Cl
         oa.embeddings.create(model="text-embedding-3-small", input="x")
     with pytest.raises(openai.BadRequestError, match="dimensional vectors only"):
         oa.embeddings.create(model="xmodal-tiny", input="x", dimensions=8)
-    with pytest.raises(openai.UnprocessableEntityError):
-        oa.embeddings.create(model="xmodal-tiny", input=[[1, 2, 3]])  # token arrays
+    # Token arrays (LangChain's OpenAIEmbeddings by default): told what to send instead.
+    for tokens in ([[1, 2, 3]], [1, 2, 3]):
+        with pytest.raises(openai.UnprocessableEntityError, match="check_embedding_ctx_length"):
+            oa.embeddings.create(model="xmodal-tiny", input=tokens)
     with pytest.raises(openai.BadRequestError, match="blank"):
         oa.embeddings.create(model="xmodal-tiny", input=["  "])
     bad = client.post(
