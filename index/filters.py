@@ -76,24 +76,17 @@ def _sets(node: Node) -> tuple[str, list[Any], bool]:
     parts = [_sets(n) for n in node.nodes]
     plain = [(sql, params) for sql, params, complement in parts if not complement]
     flipped = [(sql, params) for sql, params, complement in parts if complement]
-    if isinstance(node, All):
-        # A and B and not C and not D = (A INTERSECT B) EXCEPT (C UNION D);
-        # not C and not D alone = the complement of (C UNION D).
-        if not plain:
-            return (*_joined(flipped, " UNION "), True)
-        sql, params = _joined(plain, " INTERSECT ")
-        if flipped:
-            more_sql, more = _joined(flipped, " UNION ")
-            sql, params = f"{sql} EXCEPT SELECT label FROM ({more_sql})", [*params, *more]
-        return sql, params, False
-    # A or B or not C or not D = the complement of (C INTERSECT D) EXCEPT (A UNION B).
-    if not flipped:
-        return (*_joined(plain, " UNION "), False)
-    sql, params = _joined(flipped, " INTERSECT ")
-    if plain:
-        more_sql, more = _joined(plain, " UNION ")
+    # A and B and not C and not D = (A INTERSECT B) EXCEPT (C UNION D), and alone
+    # not C and not D = the complement of (C UNION D); De Morgan: A or B or not C or not D
+    # = the complement of (C INTERSECT D) EXCEPT (A UNION B), and alone A UNION B.
+    kept, dropped = (plain, flipped) if isinstance(node, All) else (flipped, plain)
+    if not kept:
+        return (*_joined(dropped, " UNION "), isinstance(node, All))
+    sql, params = _joined(kept, " INTERSECT ")
+    if dropped:
+        more_sql, more = _joined(dropped, " UNION ")
         sql, params = f"{sql} EXCEPT SELECT label FROM ({more_sql})", [*params, *more]
-    return sql, params, True
+    return sql, params, isinstance(node, Any_)
 
 
 def _joined(parts: list[tuple[str, list[Any]]], joiner: str) -> tuple[str, list[Any]]:
