@@ -155,6 +155,16 @@ def write_archive(
         conn.close()
 
 
+@contextlib.contextmanager
+def _unreadable_is_refused() -> Iterator[None]:
+    """What cannot be read once verified (bytes that are not UTF-8, a member cut short)
+    is a reason the job gives, not an internal error."""
+    try:
+        yield
+    except (tarfile.TarError, UnicodeDecodeError, EOFError) as exc:
+        raise ArchiveError(f"the archive cannot be read: {exc}") from None
+
+
 def archive_estimate(store: Any, name: str) -> int:
     """About how many bytes an archive of collection ``name`` takes (its vectors, records
     and distinct images), for the disk check before one is written."""
@@ -241,7 +251,7 @@ def restore_archive(
         writer.add_collection(shadow, uuid.uuid4().hex, spec, dim, model_version, info.created_at)
     try:
         counts = dict.fromkeys((m.value for m in Modality), 0)
-        with open_tar(f) as tar:
+        with open_tar(f) as tar, _unreadable_is_refused():
             for n in range(info.chunks):
                 items = records(tar, n, rules, counts)
                 archived = vectors(tar, n, len(items), info.dim)

@@ -282,3 +282,10 @@ def test_progress_is_cumulative_and_a_cancel_stops_the_reading(
     with path.open("rb") as f, pytest.raises(Stopped):
         restore_archive(store, f, "r2", (V, D), rules)
     assert "r2" not in store.collections and len(calls) == 4
+
+
+def test_records_that_are_not_utf8_are_a_reason_not_an_internal_error(
+    store: CollectionStore, good: Members, tmp_path: Path
+) -> None:
+    broken = {**good, "items/000000.jsonl": b'{"id": "\xff\xfe"}\n'}
+    refused(store, craft(tmp_path / "u.tar", broken), "cannot be read")
