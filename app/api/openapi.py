@@ -185,6 +185,10 @@ def _apply_limits(components: dict[str, Any], settings: Settings) -> None:
         for field, value in model.get("properties", {}).items():
             if field == "files" and value.get("type") == "array":
                 value["minItems"] = 1
+            if field == "ids":  # what the upload route checks of each id
+                for option in value.get("anyOf", [value]):
+                    if option.get("type") == "array":
+                        option["items"] = {"type": "string", "minLength": 1, "maxLength": 512}
             options = [o for o in value.get("anyOf", []) if o.get("type") != "null"]
             if len(options) == 1 and len(value["anyOf"]) == 2:
                 del value["anyOf"]

@@ -102,7 +102,12 @@ class IndexAdviceRequest(RequestBody):
     @classmethod
     def _finite(cls, value: dict[str, float]) -> dict[str, float]:
         for key, target in value.items():
-            if not math.isfinite(target) or target < 0 or (key != "p50_ms" and target > 1):
+            if (
+                not math.isfinite(target)
+                or target < 0
+                or (key == "p50_ms" and target == 0)
+                or (key != "p50_ms" and target > 1)
+            ):
                 raise ValueError(f"{key}: recall targets are 0 to 1, p50_ms a positive number")
         return value
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -87,9 +87,10 @@ class ModelList(BaseModel):
     dependencies=[AdminAccess],
     responses=errors(400),
 )
-async def start_finetune(body: FinetuneRequest, jobs: JobsDep) -> JobCreated:
+async def start_finetune(body: FinetuneRequest, jobs: JobsDep, response: Response) -> JobCreated:
     """Fine-tune the serving model on pairs from the import root; poll `GET /v1/jobs/{id}`."""
     job = await run_in_threadpool(jobs.submit, FINETUNE_JOB, None, body.model_dump())
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobCreated(id=job.id, state=job.state.value)
 
 
@@ -165,12 +166,13 @@ class ActivateRequest(RequestBody):
     responses=errors(404, 409),
 )
 async def activate_model(
-    version: str, jobs: JobsDep, body: ActivateRequest | None = None
+    version: str, jobs: JobsDep, response: Response, body: ActivateRequest | None = None
 ) -> JobCreated:
     """Re-embed every collection with ``version`` in the background, then switch to it at
     once; refused unless the version beat its base on its evaluation (or ``force``)."""
     params = {"version": version, "force": bool(body and body.force)}
     job = await run_in_threadpool(jobs.submit, ACTIVATE_JOB, None, params)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobCreated(id=job.id, state=job.state.value)
 
 
@@ -178,10 +180,11 @@ async def activate_model(
     "/v1/models/{version:path}/rollback",
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[AdminAccess],
-    responses=errors(409),
+    responses=errors(404, 409),
 )
-async def rollback_model(version: str, jobs: JobsDep) -> JobCreated:
+async def rollback_model(version: str, jobs: JobsDep, response: Response) -> JobCreated:
     """Go back to the version that was active before ``version`` (the active one)."""
     params = {"version": version, "rollback": True}
     job = await run_in_threadpool(jobs.submit, ACTIVATE_JOB, None, params)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobCreated(id=job.id, state=job.state.value)
