@@ -10,6 +10,7 @@ import http.client
 import io
 import json
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,44 @@ def test_served_bytes_cannot_become_a_page(
     page = client.get("/")
     assert page.headers["x-content-type-options"] == "nosniff"
     assert "default-src 'none'" not in page.headers.get("content-security-policy", "")
+
+
+def test_a_cancelled_restore_stops_at_once_and_frees_the_job_loop(
+    client: httpx.Client, collection: str, server: AppServer, tmp_path: Path
+) -> None:
+    import numpy as np
+
+    from index import CollectionStore, FaissBackends, Modality, NewItem
+    from index.archives import write_archive
+    from tests.helpers import TINY_SPACE
+
+    store = CollectionStore(tmp_path / "big", backends=FaissBackends(use_gpu=False))
+    try:
+        store.create_collection("big", 64, TINY_SPACE)
+        n = 30_000
+        xb = np.random.default_rng(0).standard_normal((n, 64)).astype(np.float32)
+        xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+        items = [NewItem(f"t{i}", Modality.TEXT, {"n": i}, text=f"note {i}") for i in range(n)]
+        store.upsert("big", items, xb, TINY_SPACE)
+        root = server.data_dir / "import"
+        root.mkdir(exist_ok=True)
+        write_archive(store, "big", root / "big.tar")
+    finally:
+        store.close()
+    target = "cancelled-restore"
+    client.delete(f"/v1/collections/{target}")
+    r = client.post(f"/v1/collections/{target}/snapshots/restore", json={"source": "big.tar"})
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    deadline = time.monotonic() + 60
+    while client.get(f"/v1/jobs/{job_id}").json()["done"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert client.delete(f"/v1/jobs/{job_id}").json()["state"] == "cancelled"
+    cancelled = time.monotonic()
+    # The loop takes the next job once the restore has stopped (at its next chunk).
+    after = job(client, client.post(f"/v1/collections/{collection}/snapshots"))
+    assert after["state"] == "succeeded"
+    assert time.monotonic() - cancelled < 10
+    assert client.get(f"/v1/collections/{target}").status_code == 404
+    assert client.get(f"/v1/jobs/{job_id}").json()["done"] < 30_000
