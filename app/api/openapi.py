@@ -234,7 +234,9 @@ def _state_json_rules(components: dict[str, Any]) -> None:
         if node.get("type") == "integer":
             for bound, value in INT64.items():
                 node.setdefault(bound, value)
-        if node.get("type") == "string" and not {"pattern", "enum", "format"} & node.keys():
+        # A pattern does not exclude NUL (`\S` matches it, as does a data URL header):
+        # the format goes beside it.
+        if node.get("type") == "string" and not {"enum", "format"} & node.keys():
             node.update(TEXT)
         if node.get("type") == "object" and node.get("additionalProperties") is not False:
             node.setdefault("propertyNames", KEY)  # (with only named keys: nothing to say)
