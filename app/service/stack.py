@@ -140,6 +140,7 @@ def build_stack(
                 restores,
             ],
             max_queued=settings.max_queued_jobs,
+            uid_of=lambda name: store.get(name).uid,
         )
     except BaseException:
         if not given:

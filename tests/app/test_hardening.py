@@ -27,7 +27,7 @@ from app.service.config import Settings
 from app.service.errors import Conflict
 from app.service.finetune import FINETUNE_JOB
 from app.service.jobs import INDEX_JOB
-from app.service.jobs.loop import JobQueueFull
+from app.service.jobs.loop import JobContext, JobQueueFull
 from app.service.jobs.reindex import REINDEX_JOB
 from app.service.stack import Stack, build_stack
 from index import DB_FILE, JobNotCancellable, JobState, Modality, NewItem
@@ -538,11 +538,11 @@ def test_races_around_finetune_and_reindex_cancel_means_cancelled(tmp_path: Path
         job = stack.jobs.submit(REINDEX_JOB, "g", {"index": "SQfp16"})
         assert jobs.start(job.id)
         assert jobs.cancel(job.id).state is JobState.CANCELLED
-        stack.jobs.runners[REINDEX_JOB].run(jobs.get(job.id), lambda: False, None)
+        stack.jobs.runners[REINDEX_JOB].run(JobContext(jobs.get(job.id), jobs, lambda: False))
         assert stack.store.get("g").spec == "Flat"
         job = stack.jobs.submit(REINDEX_JOB, "g", {"index": "SQfp16"})
         assert jobs.start(job.id)
-        stack.jobs.runners[REINDEX_JOB].run(jobs.get(job.id), lambda: False, None)
+        stack.jobs.runners[REINDEX_JOB].run(JobContext(jobs.get(job.id), jobs, lambda: False))
         assert stack.store.get("g").spec == "SQfp16"
     finally:
         stack.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from app.service.activation import ACTIVATE_JOB, Activator
@@ -10,21 +9,14 @@ from app.service.config import Settings
 from app.service.engine import Engine
 from app.service.errors import Conflict
 from app.service.finetune import FINETUNE_JOB, FineTuner
-from app.service.jobs.loop import JobStopped, OnProgress
-from index import Job, JobState, JobStore
+from app.service.jobs.loop import JobContext
+from index import JobStore
 from models.adapt.distill import free_memory, student_cfg
 from models.adapt.methods import TARGETED, DistillConfig, TrainingStopped, check_hyperparameters
 from models.errors import InvalidParameters
 from models.registry import ModelRegistry
 from models.sources import open_source
 from models.student import teacher_of
-
-
-def _stopped(jobs: JobStore, job: Job) -> None:
-    """After ``TrainingStopped``: a job still running was stopped by the server (it starts
-    over after the restart); otherwise it was cancelled and simply ends."""
-    if jobs.state(job.id) is JobState.RUNNING:
-        raise JobStopped from None
 
 
 class FinetuneRunner:
@@ -58,13 +50,11 @@ class FinetuneRunner:
             student_cfg(teacher.model_name, config, free_memory(self.engine.encoder.device))
         return params
 
-    def run(
-        self, job: Job, should_stop: Callable[[], bool], on_progress: OnProgress | None
-    ) -> None:
+    def run(self, ctx: JobContext) -> None:
         try:
-            self.finetuner.run(job, self.engine.encoder, should_stop)
-        except TrainingStopped:
-            _stopped(self.jobs, job)
+            self.finetuner.run(ctx.job, self.engine.encoder, ctx.should_stop)
+        except TrainingStopped:  # a server stopping: the job starts over after the restart
+            ctx.interrupted()
 
 
 class ActivateRunner:
@@ -104,10 +94,8 @@ class ActivateRunner:
                 )
         return {"version": version, "rollback": False}
 
-    def run(
-        self, job: Job, should_stop: Callable[[], bool], on_progress: OnProgress | None
-    ) -> None:
+    def run(self, ctx: JobContext) -> None:
         try:
-            self.activator.run(job, should_stop)
+            self.activator.run(ctx.job, ctx.should_stop)
         except TrainingStopped:
-            _stopped(self.jobs, job)
+            ctx.interrupted()

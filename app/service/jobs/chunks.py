@@ -21,10 +21,10 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from app.service.config import Settings
-from app.service.jobs.loop import JobStopped, shown
+from app.service.jobs.loop import shown
 from app.service.limits import Limits
 from app.service.search.retrieval import Retrieval
-from index import CollectionStore, Job, JobState, JobStore, Modality, NewItem, Progress
+from index import CollectionStore, Job, JobStore, Modality, NewItem, Progress
 from index.types import StoredVersion
 from index.values import InvalidValue, check_item
 from models.sources import SourceRecord, open_source
@@ -110,15 +110,6 @@ class ChunkBook:
         if self.job.total is None:
             self.jobs.set_total(self.job.id, source.count())
         return itertools.islice(source.records(), self.job.cursor, None)
-
-    def stopping(self, should_stop: Callable[[], bool]) -> bool:
-        """True when the job was cancelled (what is committed stays); raises ``JobStopped``
-        when the server is stopping (the job stays running, to be resumed)."""
-        if not should_stop():
-            return False
-        if self.jobs.state(self.job.id) is JobState.RUNNING:
-            raise JobStopped
-        return True
 
     def check(self, records: Sequence[SourceRecord]) -> list[SourceRecord]:
         """A record the store would refuse is a failed record, not a failed job."""

@@ -14,13 +14,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from app.service.config import Settings
-from app.service.jobs.loop import JobFailed, JobStopped, OnProgress
-from index import CollectionStore, Job, JobState, JobStore, Modality
+from app.service.jobs.loop import JobContext
+from index import CollectionStore, JobStore, Modality
 
 DUPLICATES_JOB = "duplicates"
 BATCH = 256  # vectors searched as one matrix
@@ -40,22 +39,18 @@ class DuplicatesRunner:
 
     def check(self, collection: str | None, params: dict[str, Any]) -> dict[str, Any]:
         assert collection is not None
-        uid = self.store.get(collection).uid  # 404 or 409 now, not a failed job later
+        self.store.get(collection)  # 404 or 409 now, not a failed job later
         return {
             "threshold": float(params["threshold"]),
             "modality": Modality(params["modality"]).value,
-            "collection_uid": uid,
         }
 
-    def run(
-        self, job: Job, should_stop: Callable[[], bool], on_progress: OnProgress | None
-    ) -> None:
+    def run(self, ctx: JobContext) -> None:
+        job = ctx.job
         assert job.collection is not None
         name, modality = job.collection, Modality(job.params["modality"])
         threshold = float(job.params["threshold"])
         info = self.store.serving(name)
-        if self.store.get(name).uid != job.params["collection_uid"]:
-            raise JobFailed(f"collection {name!r} was deleted and created again")
         total = info.counts.get(modality, 0)
         self.jobs.report(job.id, {"phase": "searching"}, done=0, total=total)
         parent: dict[int, int] = {}
@@ -69,9 +64,7 @@ class DuplicatesRunner:
         ids: dict[int, str] = {}
         after, done, last = 0, 0, time.monotonic()
         while True:
-            if should_stop():
-                if self.jobs.state(job.id) is JobState.RUNNING:
-                    raise JobStopped
+            if ctx.stopping():
                 return  # cancelled
             labels, batch_ids, vectors = self.store.vectors_after(name, modality, after, BATCH)
             if not labels:
@@ -90,8 +83,7 @@ class DuplicatesRunner:
             now = time.monotonic()
             self.jobs.report(job.id, {"phase": "searching"}, done=done, seconds=now - last)
             last = now
-            if on_progress is not None:
-                on_progress(self.jobs.get(job.id))
+            ctx.progress()
         members: dict[int, list[int]] = {}
         for label in ids:  # labels deleted during the walk are not in any group
             members.setdefault(root(label), []).append(label)

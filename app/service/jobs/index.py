@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,7 @@ from app.service.config import Settings
 from app.service.engine import Engine
 from app.service.errors import Invalid
 from app.service.jobs.chunks import ChunkBook, SortedChunk, source_root
-from app.service.jobs.loop import OnProgress, batched
+from app.service.jobs.loop import JobContext, batched
 from app.service.jobs.ray_engine import RAY_ENGINE, RayIngest, ray_available
 from app.service.search.retrieval import Retrieval
 from index import CollectionStore, Job, JobStore
@@ -79,7 +78,7 @@ class IndexRunner:
         assert collection is not None
         # 404 (or 409 for a broken one) now, not a failed job later. The job writes into
         # this collection only, never into one created again later under the same name.
-        uid = self.store.get(collection).uid
+        self.store.get(collection)
         scoped = bool(params.get("scoped"))
         root = source_root(self.settings, collection, scoped)
         if scoped and not root.is_dir():
@@ -94,12 +93,7 @@ class IndexRunner:
             raise Invalid(
                 "this server has no Ray: pip install 'xmodal[scale]'", code="engine_unavailable"
             )
-        checked = {
-            "source": params["source"],
-            "format": params.get("format"),
-            "collection_uid": uid,
-            "engine": engine,
-        }
+        checked = {"source": params["source"], "format": params.get("format"), "engine": engine}
         if scoped:
             checked["scoped"] = True
         if params.get("ray_address"):
@@ -121,17 +115,14 @@ class IndexRunner:
         again = SortedChunk(chunk.records, chunk.texts, decoded, chunk.progress)
         return self._vectors(again, version)
 
-    def run(
-        self, job: Job, should_stop: Callable[[], bool], on_progress: OnProgress | None
-    ) -> None:
-        if job.params.get("engine") == RAY_ENGINE:
-            self.ray.run(job, should_stop, on_progress)
+    def run(self, ctx: JobContext) -> None:
+        if ctx.job.params.get("engine") == RAY_ENGINE:
+            self.ray.run(ctx)
             return
-        self._run(job, should_stop, on_progress)
+        self._run(ctx)
 
-    def _run(
-        self, job: Job, should_stop: Callable[[], bool], on_progress: OnProgress | None
-    ) -> None:
+    def _run(self, ctx: JobContext) -> None:
+        job = ctx.job
         book = self.book(job)
         chunks = batched(
             book.records(source_root(self.settings, job.collection, job.params.get("scoped"))),
@@ -149,7 +140,7 @@ class IndexRunner:
             if not pending:
                 return
             chunk = pending.popleft()
-            if book.stopping(should_stop):
+            if ctx.stopping():
                 return
             outcomes = {r.seq: d for r, d in self.pipeline.finish(chunk.pending)}
             sorted_chunk = book.sort(
@@ -161,8 +152,7 @@ class IndexRunner:
             )
             book.commit(sorted_chunk, self._vectors)
             last_commit = time.monotonic()
-            if on_progress is not None:
-                on_progress(self.jobs.get(job.id))
+            ctx.progress()
 
     def _start_chunk(self, book: ChunkBook, records: list[SourceRecord]) -> _Chunk:
         """Look up what is stored already and hand the chunk's images to the decoders."""

@@ -31,6 +31,46 @@ class JobFailed(Failed):
     """A runner's own reason to fail a job, reported as its message."""
 
 
+class JobContext:
+    """What the loop hands a runner with its job: whether to stop, and why (decided here
+    once: a cancel ends the job, a server stopping leaves it running to resume), and
+    progress to report."""
+
+    def __init__(
+        self,
+        job: Job,
+        jobs: JobStore,
+        server_stopping: Callable[[], bool],
+        on_progress: OnProgress | None = None,
+    ) -> None:
+        self.job = job
+        self.jobs = jobs
+        self._server_stopping = server_stopping
+        self._on_progress = on_progress
+
+    def should_stop(self) -> bool:
+        """The server is stopping or the job was cancelled: finish at the next safe point."""
+        return self._server_stopping() or self.jobs.state(self.job.id) is not JobState.RUNNING
+
+    def stopping(self) -> bool:
+        """Whether to stop here: True when the job was cancelled (the runner returns; what
+        it committed stays); ``JobStopped`` when the server is stopping (the job stays
+        running, and resumes on the next start)."""
+        return self.should_stop() and self.interrupted()
+
+    def interrupted(self) -> bool:
+        """After work stopped on ``should_stop``: ``JobStopped`` if the server is stopping,
+        else True (cancelled)."""
+        if self.jobs.state(self.job.id) is JobState.RUNNING:
+            raise JobStopped
+        return True
+
+    def progress(self) -> None:
+        """Tell whoever follows the job (the in-process CLI) where it stands."""
+        if self._on_progress is not None:
+            self._on_progress(self.jobs.get(self.job.id))
+
+
 class Runner(Protocol):
     kind: str
 
@@ -39,11 +79,9 @@ class Runner(Protocol):
         returns the params to store."""
         ...
 
-    def run(
-        self, job: Job, should_stop: Callable[[], bool], on_progress: OnProgress | None
-    ) -> None:
-        """Run (or resume) the job to its end; returns normally when it succeeded or was
-        cancelled (``should_stop`` turned true)."""
+    def run(self, ctx: JobContext) -> None:
+        """Run (or resume) ``ctx.job`` to its end; returns normally when it succeeded or was
+        cancelled (``ctx.stopping()``)."""
         ...
 
 
@@ -62,10 +100,22 @@ class JobQueueFull(Busy):
 
 
 class JobManager:
-    def __init__(self, jobs: JobStore, runners: list[Runner], max_queued: int = 64) -> None:
+    """``uid_of`` names a collection's incarnation: a job of a collection is pinned to the
+    one that exists when it is submitted (``collection_uid`` in its params), and fails,
+    rather than write into one deleted and created again under the same name meanwhile.
+    A runner that creates its collection (a restore) says ``pins_collection = False``."""
+
+    def __init__(
+        self,
+        jobs: JobStore,
+        runners: list[Runner],
+        max_queued: int = 64,
+        uid_of: Callable[[str], str] | None = None,
+    ) -> None:
         self.jobs = jobs
         self.runners = {r.kind: r for r in runners}
         self.max_queued = max_queued
+        self.uid_of = uid_of
         self._submit_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -91,7 +141,11 @@ class JobManager:
         return self._stopping.is_set()
 
     def submit(self, kind: str, collection: str | None, params: dict[str, Any]) -> Job:
-        params = self.runners[kind].check(collection, params)
+        runner = self.runners[kind]
+        params = runner.check(collection, params)
+        if self._pins(runner, collection):
+            assert collection is not None and self.uid_of is not None
+            params = {**params, "collection_uid": self.uid_of(collection)}
         with self._submit_lock:
             if self.jobs.count_unfinished() >= self.max_queued:
                 raise JobQueueFull(self.max_queued)
@@ -122,7 +176,9 @@ class JobManager:
         try:
             if runner is None:
                 raise JobFailed(f"no runner for jobs of kind {job.kind!r}")
-            runner.run(self.jobs.get(job.id), self._should_stop(job), on_progress)
+            job = self.jobs.get(job.id)
+            self._check_pin(runner, job)
+            runner.run(JobContext(job, self.jobs, self._stopping.is_set, on_progress))
         except JobStopped:
             log.info("job %s: stopped with the server; it resumes on the next start", job.id)
             self.jobs.stopped(job.id)
@@ -142,8 +198,20 @@ class JobManager:
         )
         return finished
 
-    def _should_stop(self, job: Job) -> Callable[[], bool]:
-        return lambda: self._stopping.is_set() or self.jobs.state(job.id) is not JobState.RUNNING
+    def _pins(self, runner: Runner, collection: str | None) -> bool:
+        return (
+            collection is not None
+            and self.uid_of is not None
+            and getattr(runner, "pins_collection", True)
+        )
+
+    def _check_pin(self, runner: Runner, job: Job) -> None:
+        """A pinned job's collection is still the one it was submitted for."""
+        if not self._pins(runner, job.collection) or "collection_uid" not in job.params:
+            return
+        assert job.collection is not None and self.uid_of is not None
+        if self.uid_of(job.collection) != job.params["collection_uid"]:
+            raise JobFailed(f"collection {job.collection!r} was deleted and created again")
 
 
 def job_summary(job: Job) -> dict[str, Any]:

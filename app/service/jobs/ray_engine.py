@@ -22,15 +22,14 @@ import importlib.util
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from app.service.jobs.chunks import SortedChunk, source_root
-from app.service.jobs.loop import OnProgress, batched
-from index import Job
+from app.service.jobs.loop import JobContext, batched
 from models.decoding import DecodeTask, decode_files
 from models.ingest import encode_uint8
 from models.pixels import PixelSpec
@@ -185,11 +184,10 @@ class RayIngest:
         self.runner = runner
         self.settings = runner.settings
 
-    def run(
-        self, job: Job, should_stop: Callable[[], bool], on_progress: OnProgress | None
-    ) -> None:
+    def run(self, ctx: JobContext) -> None:
         import ray
 
+        job = ctx.job
         runner, settings = self.runner, self.settings
         connect(job.params.get("ray_address") or settings.ray_address)
         book = runner.book(job)
@@ -211,7 +209,7 @@ class RayIngest:
         per_call = max(1, settings.import_batch_size // DECODE_BATCH)
         try:
             for window in batched(records, size * WINDOW_CHUNKS):
-                if book.stopping(should_stop):
+                if ctx.stopping():
                     return
                 started = time.monotonic()
                 window = book.check(window)
@@ -248,12 +246,11 @@ class RayIngest:
                     return np.stack([results[seq].vector for seq in chunk.seqs]).astype(np.float32)
 
                 for chunk in batched(iter(window), size):
-                    if book.stopping(should_stop):
+                    if ctx.stopping():
                         return
                     seconds = elapsed * len(chunk) / len(window)
                     book.commit(book.sort(chunk, results, existing, version, seconds), vectors)
-                    if on_progress is not None:
-                        on_progress(runner.jobs.get(job.id))
+                    ctx.progress()
         finally:
             for actor in actors:  # their model copies and GPUs go back to the cluster
                 ray.kill(actor)

@@ -8,11 +8,10 @@ nothing changes until the switch."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
-from app.service.jobs.loop import JobStopped, OnProgress
-from index import CollectionStore, Job, JobState, JobStore, Modality
+from app.service.jobs.loop import JobContext
+from index import CollectionStore, JobStore, Modality
 from index.advice import IndexReport, faiss_only
 from index.reindex import build_new_index, switch_index
 
@@ -31,11 +30,10 @@ class ReindexRunner:
         c = self.store.get(collection)  # 404 or 409 now
         backends = faiss_only(self.store.backends)  # 400 on Milvus
         spec = backends.check(c.dim, params["index"])  # 400 for a bad spec, before the job
-        return {"index": spec, "previous_index": c.spec, "collection_uid": c.uid}
+        return {"index": spec, "previous_index": c.spec}
 
-    def run(
-        self, job: Job, should_stop: Callable[[], bool], on_progress: OnProgress | None
-    ) -> None:
+    def run(self, ctx: JobContext) -> None:
+        job = ctx.job
         assert job.collection is not None
         name, spec = job.collection, job.params["index"]
         info = self.store.serving(name)
@@ -48,12 +46,11 @@ class ReindexRunner:
             reports[m.value] = report.as_dict()
             detail["report"] = reports
             self.jobs.report(job.id, detail, done=sum(r["vectors"] for r in reports.values()))
-            if on_progress is not None:
-                on_progress(self.jobs.get(job.id))
+            ctx.progress()
 
         indexes = build_new_index(self.store, name, spec, built)
-        if should_stop() and self.jobs.state(job.id) is JobState.RUNNING:
-            raise JobStopped  # the server is stopping: the job starts over after the restart
+        if ctx.stopping():  # a server stopping: the job starts over after the restart
+            return  # cancelled: the old index keeps serving
         # From here a cancel is refused (409); one answered before this stops the job here.
         detail["phase"] = "switching"
         if not self.jobs.pass_point_of_no_return(job.id, detail):

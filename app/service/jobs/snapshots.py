@@ -24,8 +24,8 @@ import numpy as np
 from app.service.config import Settings
 from app.service.engine import Engine
 from app.service.errors import Conflict, InsufficientStorage, Invalid, ServiceError
-from app.service.jobs.loop import JobFailed, JobStopped, OnProgress
-from index import CollectionExists, CollectionStore, Job, JobState, JobStore, Modality, NewItem
+from app.service.jobs.loop import JobContext, JobFailed, JobStopped
+from index import CollectionExists, CollectionStore, JobStore, Modality, NewItem
 from index.archive_check import checked_member, load_json
 from index.archives import (
     ArchiveError,
@@ -158,20 +158,14 @@ class SnapshotRunner:
 
     def check(self, collection: str | None, params: dict[str, Any]) -> dict[str, Any]:
         assert collection is not None
-        uid = self.store.get(collection).uid  # 404 (409 for a broken one) now
+        self.store.get(collection)  # 404 (409 for a broken one) now
         self.archives.check_room(collection, archive_estimate(self.store, collection))
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        return {
-            "collection_uid": uid,
-            "snapshot": f"{collection}-{stamp}-{uuid.uuid4().hex[:6]}.tar",
-        }
+        return {"snapshot": f"{collection}-{stamp}-{uuid.uuid4().hex[:6]}.tar"}
 
-    def run(
-        self, job: Job, should_stop: Callable[[], bool], on_progress: OnProgress | None
-    ) -> None:
+    def run(self, ctx: JobContext) -> None:
+        job = ctx.job
         assert job.collection is not None
-        if self.store.get(job.collection).uid != job.params["collection_uid"]:
-            raise JobFailed(f"collection {job.collection!r} was deleted and created again")
         try:  # again: snapshots queued together each passed alone
             self.archives.check_room(job.collection, archive_estimate(self.store, job.collection))
         except ServiceError as exc:
@@ -179,10 +173,9 @@ class SnapshotRunner:
         dest = self.archives.folder(job.collection) / job.params["snapshot"]
         self.jobs.report(job.id, {"phase": "writing"})
         try:
-            info = write_archive(self.store, job.collection, dest, should_stop)
+            info = write_archive(self.store, job.collection, dest, ctx.should_stop)
         except Stopped:
-            if self.jobs.state(job.id) is JobState.RUNNING:
-                raise JobStopped from None
+            ctx.interrupted()
             return  # cancelled: nothing was kept
         detail = {
             "phase": "done",
@@ -201,6 +194,7 @@ class RestoreRunner:
     defence (``open_under``). A job's params hold no server path."""
 
     kind = RESTORE_JOB
+    pins_collection = False  # it creates its collection
 
     def __init__(
         self, settings: Settings, store: CollectionStore, jobs: JobStore, engine: Engine
@@ -253,14 +247,15 @@ class RestoreRunner:
         except (OSError, SourceError) as exc:
             raise JobFailed(f"the archive cannot be opened: {reason(exc)}") from None
 
-    def run(
-        self, job: Job, should_stop: Callable[[], bool], on_progress: OnProgress | None
-    ) -> None:
+    def run(self, ctx: JobContext) -> None:
+        job = ctx.job
         assert job.collection is not None
         keep_upload = False
         try:
             self.jobs.report(job.id, {"phase": "verifying"})
-            rules = Rules(self.settings.max_upload_bytes, _image_type(self.settings), should_stop)
+            rules = Rules(
+                self.settings.max_upload_bytes, _image_type(self.settings), ctx.should_stop
+            )
             version, dim = self.engine.space, self.engine.dim
             reembed = self._reembed if job.params["reembed"] else None
             last = time.monotonic()
@@ -278,14 +273,15 @@ class RestoreRunner:
                         self.store, f, job.collection, (version, dim), rules, reembed, chunk
                     )
             except Stopped:
-                if self.jobs.state(job.id) is JobState.RUNNING:
-                    keep_upload = True  # the server is stopping: resumed on the next start
-                    raise JobStopped from None
+                ctx.interrupted()
                 return  # cancelled: nothing was kept
             except (ArchiveError, CollectionExists) as exc:
                 raise JobFailed(str(exc)) from None
             detail = {"phase": "done", "items": info.items, "from": info.collection}
             self.jobs.report(job.id, detail, done=info.items, total=info.items)
+        except JobStopped:
+            keep_upload = True  # the server is stopping: the job resumes on the next start
+            raise
         finally:
             if job.params.get("upload") and not keep_upload:
                 self.uploads.remove(job.params["upload"])
