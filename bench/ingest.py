@@ -183,7 +183,7 @@ def bench_index_job(
         "peak_rss_added_mb": (memory.peak - memory.base) / 2**20,
         "workers": float(settings.import_workers or os.cpu_count() or 1),
         "mean_kb": nbytes / n / 1024,
-        "device_decode": float(runner.pipeline.device_decode),
+        "device_decode": float(runner.local.pipeline.device_decode),
     }
 
 

@@ -21,6 +21,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import numpy as np
 
 from app.service.config import Settings
+from app.service.engine import Engine
 from app.service.jobs.loop import shown
 from app.service.limits import Limits
 from app.service.search.retrieval import Retrieval
@@ -79,6 +80,27 @@ def source_root(settings: Settings, collection: str | None, scoped: Any) -> Path
     such a key never reads what another collection's sources hold."""
     root = settings.import_root_dir
     return root / str(collection) if scoped else root
+
+
+@dataclass(frozen=True)
+class IngestParts:
+    """What both index engines (in process and on Ray) work with: each is built from these,
+    neither from the other."""
+
+    settings: Settings
+    store: CollectionStore
+    jobs: JobStore
+    engine: Engine
+    retrieval: Retrieval
+
+    def book(self, job: Job) -> ChunkBook:
+        """The job's chunk accounting."""
+        return ChunkBook(job, self.store, self.jobs, self.retrieval, self.retrieval.limits)
+
+    def records(self, book: ChunkBook) -> Iterator[SourceRecord]:
+        """The job's records from its last committed one, under the root its key may read."""
+        job = book.job
+        return book.records(source_root(self.settings, job.collection, job.params.get("scoped")))
 
 
 class ChunkBook:

@@ -20,11 +20,11 @@ import numpy as np
 from app.service.config import Settings
 from app.service.engine import Engine
 from app.service.errors import Invalid
-from app.service.jobs.chunks import ChunkBook, SortedChunk, source_root
+from app.service.jobs.chunks import ChunkBook, IngestParts, SortedChunk, source_root
 from app.service.jobs.loop import JobContext, batched
 from app.service.jobs.ray_engine import RAY_ENGINE, RayIngest, ray_available
 from app.service.search.retrieval import Retrieval
-from index import CollectionStore, Job, JobStore
+from index import CollectionStore, JobStore
 from index.types import StoredVersion
 from index.values import InvalidValue
 from models.decoding import Decoded
@@ -44,6 +44,9 @@ class _Chunk:
 
 
 class IndexRunner:
+    """Index jobs: checked here, run by one of two peer engines, in this process
+    (``LocalIngest``) or on Ray (``RayIngest``), each built from the same parts."""
+
     kind = INDEX_JOB
 
     def __init__(
@@ -56,23 +59,13 @@ class IndexRunner:
     ) -> None:
         self.settings = settings
         self.store = store
-        self.jobs = jobs
-        self.engine = engine
-        self.retrieval = retrieval
-        self.pipeline = IngestPipeline(
-            engine.encoder.pixels,
-            engine.encoder.device,
-            IngestLimits(
-                settings.max_upload_bytes, settings.max_image_pixels, settings.import_workers
-            ),
-            engine.run_model,
-            sink=store.blobs if store.store_images else None,
-        )
-        self.ray = RayIngest(self)
+        parts = IngestParts(settings, store, jobs, engine, retrieval)
+        self.local = LocalIngest(parts)
+        self.ray = RayIngest(parts, self.local.reencode)
         settings.import_root_dir.mkdir(parents=True, exist_ok=True)
 
     def close(self) -> None:
-        self.pipeline.close()
+        self.local.close()
 
     def check(self, collection: str | None, params: dict[str, Any]) -> dict[str, Any]:
         assert collection is not None
@@ -100,9 +93,33 @@ class IndexRunner:
             checked["ray_address"] = params["ray_address"]  # the in-process CLI's --ray ADDRESS
         return checked
 
-    def book(self, job: Job) -> ChunkBook:
-        """The job's chunk accounting (shared with the Ray engine)."""
-        return ChunkBook(job, self.store, self.jobs, self.retrieval, self.retrieval.limits)
+    def run(self, ctx: JobContext) -> None:
+        engine = self.ray if ctx.job.params.get("engine") == RAY_ENGINE else self.local
+        engine.run(ctx)
+
+
+class LocalIngest:
+    """An index job in this process: the ingest pipeline decodes a chunk's images while
+    the previous chunk is encoded on the model thread."""
+
+    def __init__(self, parts: IngestParts) -> None:
+        self.parts = parts
+        self.engine = parts.engine
+        settings, store = parts.settings, parts.store
+        self.chunk_size = settings.import_chunk_size
+        self.batch_size = settings.import_batch_size
+        self.pipeline = IngestPipeline(
+            parts.engine.encoder.pixels,
+            parts.engine.encoder.device,
+            IngestLimits(
+                settings.max_upload_bytes, settings.max_image_pixels, settings.import_workers
+            ),
+            parts.engine.run_model,
+            sink=store.blobs if store.store_images else None,
+        )
+
+    def close(self) -> None:
+        self.pipeline.close()
 
     def reencode(self, chunk: SortedChunk[Any], version: str) -> np.ndarray:
         """The vectors of ``chunk.items`` with ``version``, decoding its images again in
@@ -116,19 +133,8 @@ class IndexRunner:
         return self._vectors(again, version)
 
     def run(self, ctx: JobContext) -> None:
-        if ctx.job.params.get("engine") == RAY_ENGINE:
-            self.ray.run(ctx)
-            return
-        self._run(ctx)
-
-    def _run(self, ctx: JobContext) -> None:
-        job = ctx.job
-        book = self.book(job)
-        chunks = batched(
-            book.records(source_root(self.settings, job.collection, job.params.get("scoped"))),
-            self.settings.import_chunk_size,
-            ramp=RAMP_CHUNKS,
-        )
+        book = self.parts.book(ctx.job)
+        chunks = batched(self.parts.records(book), self.chunk_size, ramp=RAMP_CHUNKS)
         pending: collections.deque[_Chunk] = collections.deque()
         last_commit = time.monotonic()
         while True:
@@ -171,7 +177,7 @@ class IndexRunner:
         if chunk.texts:
             texts = [r.text or "" for r in chunk.texts]
             vectors.append(self.engine.run_model(encoder.encode_texts, texts))
-        batch = self.settings.import_batch_size
+        batch = self.batch_size
         for start in range(0, len(chunk.images), batch):
             pixels = [d.pixels for _, d in chunk.images[start : start + batch]]
             vectors.append(self.engine.run_model(self.pipeline.encode_pixels, encoder, pixels))

@@ -22,21 +22,18 @@ import importlib.util
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from app.service.jobs.chunks import SortedChunk, source_root
+from app.service.jobs.chunks import IngestParts, SortedChunk
 from app.service.jobs.loop import JobContext, batched
 from models.decoding import DecodeTask, decode_files
 from models.ingest import encode_uint8
 from models.pixels import PixelSpec
 from models.sources import FileRef, SourceRecord
-
-if TYPE_CHECKING:
-    from app.service.jobs.index import IndexRunner
 
 RAY_ENGINE = "ray"
 WINDOW_CHUNKS = 8  # chunks handed to Ray at once: enough to keep the actors busy
@@ -176,25 +173,29 @@ def _row(record: SourceRecord, expected: str) -> dict[str, Any]:
     }
 
 
-class RayIngest:
-    """An index job's run on Ray: the in-process runner's chunk book, with the vectors
-    computed on the cluster."""
+Reencode = Callable[[SortedChunk[Any], str], np.ndarray]  # a chunk again, in a version
 
-    def __init__(self, runner: IndexRunner) -> None:
-        self.runner = runner
-        self.settings = runner.settings
+
+class RayIngest:
+    """An index job's run on Ray: the same chunk book as in process, with the vectors
+    computed on the cluster. ``reencode`` encodes a chunk again in this process, for a
+    collection that switched versions under the job."""
+
+    def __init__(self, parts: IngestParts, reencode: Reencode) -> None:
+        self.parts = parts
+        self.settings = parts.settings
+        self.reencode = reencode
 
     def run(self, ctx: JobContext) -> None:
         import ray
 
-        job = ctx.job
-        runner, settings = self.runner, self.settings
+        job, parts, settings = ctx.job, self.parts, self.settings
         connect(job.params.get("ray_address") or settings.ray_address)
-        book = runner.book(job)
-        records = book.records(source_root(settings, job.collection, job.params.get("scoped")))
-        version = runner.engine.space
-        encoder = runner.engine.encoder_of(version)
-        store = runner.store
+        book = parts.book(job)
+        records = parts.records(book)
+        version = parts.engine.space
+        encoder = parts.engine.encoder_of(version)
+        store = parts.store
         limits = {
             "max_bytes": settings.max_upload_bytes,
             "max_pixels": settings.max_image_pixels,
@@ -242,7 +243,7 @@ class RayIngest:
                     chunk: SortedChunk[Outcome], now: str, results: dict[int, Outcome] = results
                 ) -> np.ndarray:
                     if now != version:  # an activation switched the collection meanwhile
-                        return runner.reencode(chunk, now)
+                        return self.reencode(chunk, now)
                     return np.stack([results[seq].vector for seq in chunk.seqs]).astype(np.float32)
 
                 for chunk in batched(iter(window), size):
