@@ -8,14 +8,14 @@ close through the CLIP loss; the two clouds of embeddings are pulled onto each o
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.adapt.linear import fit_linear
+from models.adapt.linear import Project, fit_linear
 from models.adapt.methods import AdversarialConfig, LinearConfig, StepCallback
 from models.feature_map import FeatureMap
 
@@ -36,9 +36,6 @@ class _Reverse(torch.autograd.Function):
 def reverse_gradient(x: torch.Tensor, weight: float) -> torch.Tensor:
     out: torch.Tensor = _Reverse.apply(x, weight)
     return out
-
-
-Project = Callable[[torch.Tensor, str], torch.Tensor]
 
 
 class Adversary:

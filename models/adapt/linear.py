@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -16,10 +17,20 @@ import torch.nn.functional as F
 
 from models.adapt.contrastive import clip_loss
 from models.adapt.methods import LinearConfig, StepCallback, TrainStep, finite_loss
-
-if TYPE_CHECKING:
-    from models.adapt.adversarial import Adversary
 from models.feature_map import FeatureMap
+
+Project = Callable[[torch.Tensor, str], torch.Tensor]  # embeddings of a modality -> mapped
+
+
+class Adversary(Protocol):
+    """A loss trained beside the maps (``models.adapt.adversarial``'s discriminators):
+    its parameters join the optimiser, its loss the maps' loss."""
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
+
+    def loss(
+        self, img: torch.Tensor, txt: torch.Tensor, progress: float, project: Project
+    ) -> torch.Tensor: ...
 
 
 def fit_linear(
