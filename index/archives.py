@@ -93,66 +93,62 @@ def write_archive(
     for stale in dest.parent.glob(".*.partial"):  # left by a process killed mid-way
         stale.unlink(missing_ok=True)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
-    conn = store.db._connect()  # a connection of its own: one read transaction throughout
     try:
-        conn.execute("BEGIN")
-        counts = dict.fromkeys((m.value for m in Modality), 0)
-        for modality, n in conn.execute(
-            "SELECT modality, COUNT(*) FROM items WHERE collection = ? GROUP BY modality",
-            (name,),
-        ):
-            counts[modality] = n
-        info = ArchiveInfo(
-            name, c.spec, c.dim, c.model_version, c.created_at, sum(counts.values()), counts
-        )
-        with (
-            tmp.open("wb") as raw,
-            tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar,
-        ):
-            w = _Writer(tar)
-            header = {
-                "format": FORMAT,
-                "collection": name,
-                "index_spec": c.spec,
-                "dim": c.dim,
-                "model_version": c.model_version,
-                "created_at": c.created_at,
-                "archived_at": time.time(),
-                "counts": counts,
-            }
-            w.add_bytes("collection.json", json.dumps(header).encode())
-            images: set[str] = set()
-            for n, rows in enumerate(_chunks(conn, name)):
-                if should_stop():
-                    raise Stopped("stopped")
-                w.add_bytes(f"items/{n:06d}.jsonl", "".join(_line(r) for r in rows).encode())
-                vectors = np.stack([r.embedding for r in rows]).astype("<f4")
-                w.add_bytes(f"items/{n:06d}.f32", vectors.tobytes())
-                for r in rows:
-                    digest = r.content_sha256
-                    if r.modality is Modality.IMAGE and digest and digest not in images:
-                        path = store.blobs.path(digest)
-                        if not path.exists():
-                            raise StoreError(
-                                f"the image of {r.id!r} went while archiving (deleted meanwhile?);"
-                                " archive again"
-                            )
-                        w.add_file(f"images/{digest}", path)
-                        images.add(digest)
-            manifest = {"format": FORMAT, "members": w.manifest}
-            w.add_bytes("MANIFEST.json", json.dumps(manifest).encode())
-            tar.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        conn.execute("COMMIT")
+        with store.db.read_transaction() as conn:  # one consistent view throughout
+            counts = dict.fromkeys((m.value for m in Modality), 0)
+            for modality, n in conn.execute(
+                "SELECT modality, COUNT(*) FROM items WHERE collection = ? GROUP BY modality",
+                (name,),
+            ):
+                counts[modality] = n
+            info = ArchiveInfo(
+                name, c.spec, c.dim, c.model_version, c.created_at, sum(counts.values()), counts
+            )
+            with (
+                tmp.open("wb") as raw,
+                tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar,
+            ):
+                w = _Writer(tar)
+                header = {
+                    "format": FORMAT,
+                    "collection": name,
+                    "index_spec": c.spec,
+                    "dim": c.dim,
+                    "model_version": c.model_version,
+                    "created_at": c.created_at,
+                    "archived_at": time.time(),
+                    "counts": counts,
+                }
+                w.add_bytes("collection.json", json.dumps(header).encode())
+                images: set[str] = set()
+                for n, rows in enumerate(_chunks(conn, name)):
+                    if should_stop():
+                        raise Stopped("stopped")
+                    w.add_bytes(f"items/{n:06d}.jsonl", "".join(_line(r) for r in rows).encode())
+                    vectors = np.stack([r.embedding for r in rows]).astype("<f4")
+                    w.add_bytes(f"items/{n:06d}.f32", vectors.tobytes())
+                    for r in rows:
+                        digest = r.content_sha256
+                        if r.modality is Modality.IMAGE and digest and digest not in images:
+                            path = store.blobs.path(digest)
+                            if not path.exists():
+                                raise StoreError(
+                                    f"the image of {r.id!r} went while archiving (deleted"
+                                    " meanwhile?); archive again"
+                                )
+                            w.add_file(f"images/{digest}", path)
+                            images.add(digest)
+                manifest = {"format": FORMAT, "members": w.manifest}
+                w.add_bytes("MANIFEST.json", json.dumps(manifest).encode())
+                tar.close()
+                raw.flush()
+                os.fsync(raw.fileno())
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
         return info
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    finally:
-        conn.close()
 
 
 @contextlib.contextmanager
@@ -240,7 +236,7 @@ def restore_archive(
         )
     if not COLLECTION_NAME.match(name):
         raise ValueError(COLLECTION_NAME_RULE)
-    if name in store.collections or name in store.broken:
+    if store.exists(name):
         raise CollectionExists(f"collection {name!r} already exists")
     try:  # the archive's index, if this store's backend builds it; else the default one
         spec = store.backends.check(dim, info.index_spec)
@@ -266,11 +262,10 @@ def restore_archive(
             if writer.live(name) is not None:
                 raise CollectionExists(f"collection {name!r} was created meanwhile")
             writer.replace({name: shadow})
-        for side in store.get(name).sides.values():
-            side.dirty += 1  # its indexes are snapshotted under the new name
+        store.mark_changed(name)  # its indexes are snapshotted under the new name
         store.snapshots.remove_folder(shadow)
         return info
     except BaseException:
-        if shadow in store.collections:
+        if store.exists(shadow):
             store.delete_collection(shadow)
         raise

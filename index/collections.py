@@ -37,7 +37,6 @@ from index.db import (
     stored_versions,
 )
 from index.errors import (
-    CollectionBroken,
     CollectionExists,
     DimensionMismatch,
     UnknownCollection,
@@ -48,7 +47,6 @@ from index.garbage import ImageGarbage
 from index.jobs import SCHEMA as JOBS_SCHEMA
 from index.live import SHADOW_PREFIX, LiveCollection
 from index.lock import lock_data_dir
-from index.migration import drop_unfinished
 from index.search import (
     check_model,
     item_vector,
@@ -58,6 +56,7 @@ from index.search import (
     vectors_after,
 )
 from index.snapshots import Snapshots, backend_key
+from index.state import StoreState
 from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredVersion
 from index.values import check_item
 from index.writes import LockedWriter, digest_of
@@ -85,20 +84,28 @@ class CollectionStore:
         self._lock = lock_data_dir(self.data_dir)
         try:
             self.index_dir = self.data_dir / "indexes"
-            self.blobs = BlobStore(self.data_dir / "blobs")
-            self.store_images = store_images
-            self.db = Database(self.data_dir / DB_FILE)
-            self.db.apply(JOBS_SCHEMA)  # deleting a collection cancels its jobs
-            self.garbage = ImageGarbage(self.db, self.blobs)
-            self.backends = backends or FaissBackends()
-            self.backends.attach(self.db)
-            self.snapshots = Snapshots(self.db, self.backends, self.index_dir, snapshot_every)
-            self.collections: dict[str, LiveCollection] = {}
-            self._writer = LockedWriter(self)
-            # Stored collections whose index cannot be built: listed, deletable, nothing else.
-            self.broken: dict[str, CollectionInfo] = {}
+            blobs = BlobStore(self.data_dir / "blobs")
+            db = Database(self.data_dir / DB_FILE)
+            db.apply(JOBS_SCHEMA)  # deleting a collection cancels its jobs
+            backends = backends or FaissBackends()
+            backends.attach(db)
+            self.state = StoreState(
+                db,
+                blobs,
+                store_images,
+                ImageGarbage(db, blobs),
+                backends,
+                Snapshots(db, backends, self.index_dir, snapshot_every),
+            )
+            # Read-only views of the state for the store's callers (the same objects).
+            self.db, self.blobs, self.store_images = db, blobs, store_images
+            self.garbage, self.backends = self.state.garbage, backends
+            self.snapshots = self.state.snapshots
+            self.collections = self.state.collections
+            self.broken = self.state.broken
+            self._writer = LockedWriter(self.state)
             self._closed = False
-            drop_unfinished(self)
+            self.state.drop_unfinished()
             for row in self.db.writer.execute(
                 "SELECT name, uid, index_spec, dim, model_version, created_at FROM collections"
             ).fetchall():
@@ -200,13 +207,17 @@ class CollectionStore:
         return self.get(name).model_version
 
     def get(self, name: str) -> LiveCollection:
-        c = self.collections.get(name)
-        if c is None:
-            broken = self.broken.get(name)
-            if broken is not None:
-                raise CollectionBroken(f"collection {name!r} cannot serve: {broken.error}")
-            raise UnknownCollection(f"collection {name!r} does not exist")
-        return c
+        return self.state.get(name)
+
+    def exists(self, name: str) -> bool:
+        """Whether ``name`` is taken, by a collection serving, hidden or broken."""
+        return name in self.collections or name in self.broken
+
+    def mark_changed(self, name: str) -> None:
+        """Have ``name``'s indexes written to disk at the next snapshot (they moved under
+        this name: a swap, a restore)."""
+        for side in self.get(name).sides.values():
+            side.dirty += 1
 
     def is_current(self, c: LiveCollection) -> bool:
         """Whether ``c`` still serves under its name (not deleted, not swapped)."""

@@ -162,6 +162,18 @@ class Database:
         return conn
 
     @contextlib.contextmanager
+    def read_transaction(self) -> Iterator[sqlite3.Connection]:
+        """A connection of its own in one read transaction: a consistent view for as long
+        as the block lasts, while writes go on (WAL)."""
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN")
+            yield conn
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A durable write transaction, serialised with every other writer."""
         with self.write_lock, self.locked_transaction() as conn:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from index.db import STORED_COLUMNS, delete_rows, stored_item_from_row
+from index.db import STORED_COLUMNS, stored_item_from_row
 from index.errors import StoreError, UnknownItem
 from index.live import SHADOW_PREFIX
 from index.types import NewItem, StoredItem
@@ -126,8 +126,7 @@ class Migration:
         for old in olds:
             old.drop_indexes()
         for name, shadow in self.shadows.items():
-            for side in store.get(name).sides.values():
-                side.dirty += 1  # the moved indexes are snapshotted under their new name
+            store.mark_changed(name)  # the moved indexes are snapshotted under their new name
             store.snapshots.remove_folder(shadow)
             store.snapshots.remove_files(name)
         self.shadows = {}
@@ -184,19 +183,3 @@ class Migration:
         for (item_id,) in gone.fetchall():
             with contextlib.suppress(UnknownItem):
                 writer.delete(shadow, item_id)
-
-
-def drop_unfinished(store: CollectionStore) -> None:
-    """Copies left by a migration that did not finish: it starts over."""
-    with store.db.transaction() as conn:
-        shadows = [
-            r[0]
-            for r in conn.execute(
-                "SELECT name FROM collections WHERE name LIKE ?", (SHADOW_PREFIX + "%",)
-            )
-        ]
-        for shadow in shadows:
-            delete_rows(conn, shadow)
-    for shadow in shadows:
-        log.info("dropped %s, left by an unfinished activation", shadow)
-        store.snapshots.remove_folder(shadow)

@@ -15,7 +15,6 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,11 +24,9 @@ from index.errors import UnknownItem
 from index.jobs import cancel_jobs_of
 from index.lexical import create_lexical, move_lexical
 from index.live import LiveCollection, Side
+from index.state import StoreState
 from index.types import Modality, NewItem
 from index.values import InvalidValue
-
-if TYPE_CHECKING:
-    from index.collections import CollectionStore
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +58,21 @@ class LockedWriter:
     """Changes to collections, for a caller that holds the store's write lock
     (``CollectionStore.locked``)."""
 
-    def __init__(self, store: CollectionStore) -> None:
-        self.store = store
+    def __init__(self, state: StoreState) -> None:
+        self.state = state
 
     def live(self, name: str) -> LiveCollection | None:
         """The collection serving (or hidden) under ``name``, if any."""
-        return self.store.collections.get(name)
+        return self.state.collections.get(name)
 
     def names(self) -> list[str]:
-        return list(self.store.collections)
+        return list(self.state.collections)
 
     def add_collection(
         self, name: str, uid: str, spec: str, dim: int, model_version: str, created_at: float
     ) -> LiveCollection:
         """Record a new, empty collection and serve it under ``name``."""
-        store = self.store
+        store = self.state
         with store.db.locked_transaction() as conn:
             conn.execute(
                 "INSERT INTO collections (name, uid, index_spec, dim, model_version, created_at)"
@@ -90,7 +87,7 @@ class LockedWriter:
     def delete_collection(self, name: str) -> None:
         """Delete a collection, its items, its image files no other item uses, its
         snapshots, and cancel its jobs."""
-        store = self.store
+        store = self.state
         c = None if name in store.broken else store.get(name)
         with store.db.locked_transaction() as conn:
             digests = delete_rows(conn, name)
@@ -108,7 +105,7 @@ class LockedWriter:
         """Swap each hidden copy in for the collection it copies (name -> copy), in one
         transaction; returns the image digests of the replaced items, to collect once
         nothing refers to them. The caller holds the originals' locks."""
-        store = self.store
+        store = self.state
         digests: list[str] = []
         with store.db.locked_transaction() as conn:
             for name, copy in copies.items():
@@ -130,7 +127,7 @@ class LockedWriter:
 
     def collect(self, digests: Sequence[str]) -> None:
         """Remove the image files of ``digests`` that no item refers to any more."""
-        self.store.garbage.collect(digests)
+        self.state.garbage.collect(digests)
 
     def upsert(
         self,
@@ -144,7 +141,7 @@ class LockedWriter:
         A non-finite vector (a model that diverged, an activation to a broken version)
         refuses the whole write: it would answer every search with NaN."""
         check_finite(items, vectors)
-        store = self.store
+        store = self.state
         name = c.name
         now = time.time()
         digests = [digest_of(it) if store.store_images else None for it in items]
@@ -216,7 +213,7 @@ class LockedWriter:
 
     def delete(self, c: LiveCollection, item_id: str) -> None:
         """Delete one item of ``c``."""
-        store = self.store
+        store = self.state
         with store.db.locked_transaction() as conn:
             old = find_item(conn, c.name, item_id)
             if old is None:

@@ -215,7 +215,7 @@ class RestoreRunner:
         assert collection is not None
         if not COLLECTION_NAME.match(collection):
             raise Invalid(COLLECTION_NAME_RULE, code="invalid_name")
-        if collection in self.store.collections:
+        if self.store.exists(collection):
             raise CollectionExists(f"collection {collection!r} already exists")
         out: dict[str, Any] = {"reembed": bool(params.get("reembed"))}
         if params.get("upload"):

@@ -1,0 +1,58 @@
+"""The collection store's state, held in one place: its database, image files, vector
+backends and index snapshots, and the collections serving or broken. The store
+(``index.collections``) owns it; the writer (``index.writes``) changes it under the
+store's write lock; nothing else assigns into it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from index.backend import BackendFactory
+from index.blobs import BlobStore
+from index.db import Database, delete_rows
+from index.errors import CollectionBroken, UnknownCollection
+from index.garbage import ImageGarbage
+from index.live import SHADOW_PREFIX, LiveCollection
+from index.snapshots import Snapshots
+from index.types import CollectionInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StoreState:
+    db: Database
+    blobs: BlobStore
+    store_images: bool
+    garbage: ImageGarbage
+    backends: BackendFactory
+    snapshots: Snapshots
+    collections: dict[str, LiveCollection] = field(default_factory=dict)
+    # Stored collections whose index cannot be built: listed, deletable, nothing else.
+    broken: dict[str, CollectionInfo] = field(default_factory=dict)
+
+    def get(self, name: str) -> LiveCollection:
+        c = self.collections.get(name)
+        if c is None:
+            broken = self.broken.get(name)
+            if broken is not None:
+                raise CollectionBroken(f"collection {name!r} cannot serve: {broken.error}")
+            raise UnknownCollection(f"collection {name!r} does not exist")
+        return c
+
+    def drop_unfinished(self) -> None:
+        """Hidden copies left by a migration or restore that did not finish: it starts
+        over (at start, before any collection is loaded)."""
+        with self.db.transaction() as conn:
+            shadows = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT name FROM collections WHERE name LIKE ?", (SHADOW_PREFIX + "%",)
+                )
+            ]
+            for shadow in shadows:
+                delete_rows(conn, shadow)
+        for shadow in shadows:
+            log.info("dropped %s, left by an unfinished activation or restore", shadow)
+            self.snapshots.remove_folder(shadow)
