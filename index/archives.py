@@ -48,7 +48,7 @@ from index.archive_check import (
     verify,
 )
 from index.blobs import fsync_dir
-from index.collections import COLLECTION_NAME, COLLECTION_NAME_RULE
+from index.collections import COLLECTION_NAME, COLLECTION_NAME_RULE, CollectionStore
 from index.db import STORED_COLUMNS, stored_item_from_row
 from index.errors import CollectionExists, StoreError
 from index.live import SHADOW_PREFIX
@@ -82,7 +82,7 @@ class _Writer:
 
 
 def write_archive(
-    store: Any, name: str, dest: Path, should_stop: Callable[[], bool] = lambda: False
+    store: CollectionStore, name: str, dest: Path, should_stop: Callable[[], bool] = lambda: False
 ) -> ArchiveInfo:
     """Write collection ``name`` of ``store`` (a ``CollectionStore``) to ``dest``. Partial
     files in its folder, left by a process killed while writing, are removed first (one
@@ -161,7 +161,7 @@ def _unreadable_is_refused() -> Iterator[None]:
         raise ArchiveError(f"the archive cannot be read: {exc}") from None
 
 
-def archive_estimate(store: Any, name: str) -> int:
+def archive_estimate(store: CollectionStore, name: str) -> int:
     """About how many bytes an archive of collection ``name`` takes (its vectors, records
     and distinct images), for the disk check before one is written."""
     c = store.get(name)
@@ -215,7 +215,7 @@ __all__ = ["ArchiveError", "ArchiveInfo", "Rules", "Stopped", "restore_archive",
 
 
 def restore_archive(
-    store: Any,
+    store: CollectionStore,
     f: IO[bytes],
     name: str,
     space: tuple[str, int],
