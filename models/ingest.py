@@ -26,6 +26,7 @@ from models.encoder import Encoder
 from models.pixels import PixelSpec
 from models.preprocess import decode_jpegs_on_device, normalise
 from models.sources import SourceRecord
+from models.stored import encode_pixels
 
 ModelRunner = Callable[..., Any]  # run_model(fn, *args) -> fn(*args), on the model thread
 _TASK_SIZE = 8  # files per decoding task
@@ -105,22 +106,11 @@ class IngestPipeline:
     def encode_pixels(
         self, encoder: Encoder, pixels: list[np.ndarray | torch.Tensor | None]
     ) -> np.ndarray:
-        """Stack a batch (HWC arrays from the PIL workers, CHW tensors already on the device
-        from nvJPEG), normalise it on the device and encode it (on the model thread)."""
-        device = self.device
-        arrays = [p for p in pixels if isinstance(p, np.ndarray)]
-        if len(arrays) == len(pixels):  # one copy to the device
-            batch = torch.from_numpy(np.stack(arrays)).to(device, non_blocking=True)
-        else:
-            batch = torch.stack(
-                [
-                    p.to(device)
-                    if isinstance(p, torch.Tensor)
-                    else torch.from_numpy(np.ascontiguousarray(p)).to(device).permute(2, 0, 1)
-                    for p in pixels
-                ]
-            )
-        return encoder.encode_image_tensors(normalise(self.pixels, batch, device))
+        """A decoded batch encoded (``models.stored.encode_pixels``: the one road)."""
+        batch = [p for p in pixels if p is not None]
+        if len(batch) != len(pixels):
+            raise ValueError("a batch to encode holds an image that was not decoded")
+        return encode_pixels(encoder, batch)
 
     # --- device decoding ------------------------------------------------------------------------
     def _device_decode(self, chunk: PendingChunk) -> list[tuple[SourceRecord, Decoded]]:

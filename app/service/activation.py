@@ -37,7 +37,6 @@ from models.adapt.methods import TrainingStopped
 from models.adapt.reembed import StoredContent, reembed
 from models.encoder import Encoder
 from models.errors import TrainingDiverged
-from models.images import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +106,12 @@ class Activator:
                     current.space,
                     new.space,
                     lambda items: reembed(
-                        items, current, new, self._load_image, self.engine.run_model
+                        items,
+                        current,
+                        new,
+                        self._load_bytes,
+                        self.settings.max_image_pixels,
+                        self.engine.run_model,
                     ),
                 )
                 detail["collections"] = migration.names
@@ -185,7 +189,7 @@ class Activator:
                     f"{encoder.version} gives non-finite vectors: it cannot serve"
                 )
 
-    def _load_image(self, item: StoredContent) -> Image.Image:
+    def _load_bytes(self, item: StoredContent) -> bytes:
         assert isinstance(item, StoredItem)
         digest = item.content_sha256
         if digest is None or not self.store.blobs.exists(digest):
@@ -194,7 +198,7 @@ class Activator:
                 " (XMODAL_STORE_IMAGES was off when it was added); a linear or"
                 " subspace_alignment version over the same base needs no content"
             )
-        return decode_image(self.store.blobs.get(digest), self.settings.max_image_pixels).image
+        return self.store.blobs.get(digest)
 
 
 def restore_active(settings: Settings, engine: Engine, finetuner: FineTuner) -> str | None:

@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
-from PIL import Image
 
 from models.adapt.run import RunModel, direct
 from models.encoder import Encoder, MappedEncoder
+from models.stored import encode_contents
 
 
 class StoredContent(Protocol):
@@ -32,19 +32,21 @@ class StoredContent(Protocol):
     def raw_embedding(self) -> np.ndarray | None: ...  # before the version's map, if any
 
 
-ImageLoader = Callable[[StoredContent], Image.Image]
+BytesLoader = Callable[[StoredContent], bytes]
 
 
 def reembed(
     items: Sequence[StoredContent],
     current: Encoder,
     new: Encoder,
-    load_image: ImageLoader,
+    load_bytes: BytesLoader,
+    max_pixels: int,
     run_model: RunModel = direct,
 ) -> tuple[np.ndarray, list[np.ndarray | None]]:
     """The vectors of ``items`` under ``new`` (they are under ``current`` now), and for each
     the unmapped vector to keep beside it (None when ``new`` maps nothing).
-    ``load_image(item)`` gives a stored image back, or raises saying why it cannot."""
+    ``load_bytes(item)`` gives a stored image's bytes back, or raises saying why it
+    cannot; they are encoded the way uploads and index jobs encode (``models.stored``)."""
     # Compared by embedding space: a distilled version writes its teacher's vectors.
     cur_base = current.base.space if isinstance(current, MappedEncoder) else None
 
@@ -62,7 +64,7 @@ def reembed(
         elif base.space == cur_base:
             raw = raw_kept()
         if raw is None:
-            raw = encode(items, base, load_image, run_model)
+            raw = encode_contents(items, base, load_bytes, max_pixels, run_model)
         out = np.empty_like(raw)
         for modality in ("image", "text"):
             rows = [i for i, it in enumerate(items) if it.modality == modality]
@@ -71,23 +73,5 @@ def reembed(
         return out, list(raw)
     vectors = raw_kept() if new.space == cur_base else None
     if vectors is None:
-        vectors = encode(items, new, load_image, run_model)
+        vectors = encode_contents(items, new, load_bytes, max_pixels, run_model)
     return vectors, [None] * len(items)
-
-
-def encode(
-    items: Sequence[StoredContent],
-    encoder: Encoder,
-    load_image: ImageLoader,
-    run_model: RunModel = direct,
-) -> np.ndarray:
-    """The stored content of ``items`` encoded again with ``encoder``."""
-    out = np.empty((len(items), encoder.dim), dtype=np.float32)
-    texts = [i for i, it in enumerate(items) if it.modality == "text"]
-    images = [i for i, it in enumerate(items) if it.modality == "image"]
-    if texts:
-        out[texts] = run_model(encoder.encode_texts, [items[i].text or "" for i in texts])
-    if images:
-        pixels = [encoder.preprocess_image(load_image(items[i])) for i in images]
-        out[images] = run_model(encoder.encode_image_tensors, pixels)
-    return out

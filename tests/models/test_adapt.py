@@ -3,6 +3,7 @@ re-embedding plan of an activation, and opening stored versions (a fake encoder)
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,14 @@ from models.adapt.methods import METHODS, DistillConfig, LinearConfig, check_hyp
 from models.adapt.pairs import Pairs
 from models.adapt.reembed import StoredContent, reembed
 from models.adapt.run import adapt, evaluate, open_version
+from models.decoding import pixels_of
 from models.encoder import MappedEncoder
 from models.errors import InvalidParameters, TrainingDiverged
 from models.evaluate import retrieval_metrics
 from models.feature_map import FeatureMap
 from models.registry import ModelRegistry, ModelVersion, UnknownModel
 from models.sources import SourceError
+from models.stored import encode_pixels
 from models.student import DistilledEncoder, Student
 from tests.fakes import FakeEncoder
 
@@ -127,9 +130,21 @@ def test_hold_out_is_a_fixed_disjoint_split() -> None:
 
 
 # --- re-embedding plan ------------------------------------------------------------------------
-def stored(
-    encoder: Any, raw: Any = None, n: int = 6
-) -> tuple[list[StoredItem], dict[str, Image.Image]]:
+MAX_PIXELS = 1_000_000
+
+
+def png(i: int) -> bytes:
+    out = io.BytesIO()
+    image(i).save(out, "PNG")
+    return out.getvalue()
+
+
+def road(encoder: Any, data: bytes) -> np.ndarray:
+    """An image file's vector the way uploads and index jobs make it."""
+    return encode_pixels(encoder, [pixels_of(data, encoder.pixels, MAX_PIXELS)[0]])[0]
+
+
+def stored(encoder: Any, raw: Any = None, n: int = 6) -> tuple[list[StoredItem], dict[str, bytes]]:
     """Items as ``encoder`` stored them: texts and images alternate; ``raw`` gives the
     vectors before its map, if it has one."""
     out, pictures = [], {}
@@ -137,9 +152,9 @@ def stored(
         modality = Modality.TEXT if i % 2 else Modality.IMAGE
         text = f"caption {i}" if modality is Modality.TEXT else None
         if modality is Modality.IMAGE:
-            pictures[f"id{i}"] = image(i)
-            vec = encoder.encode_images([image(i)])[0]
-            raw_vec = raw.encode_images([image(i)])[0] if raw else None
+            pictures[f"id{i}"] = png(i)
+            vec = road(encoder, png(i))
+            raw_vec = road(raw, png(i)) if raw else None
         else:
             vec = encoder.encode_texts([text])[0]
             raw_vec = raw.encode_texts([text])[0] if raw else None
@@ -149,8 +164,8 @@ def stored(
     return out, pictures
 
 
-def loader(pictures: dict[str, Image.Image]) -> Any:
-    def load(item: StoredContent) -> Image.Image:
+def loader(pictures: dict[str, bytes]) -> Any:
+    def load(item: StoredContent) -> bytes:
         assert isinstance(item, StoredItem)
         return pictures[item.id]
 
@@ -158,13 +173,13 @@ def loader(pictures: dict[str, Image.Image]) -> Any:
 
 
 def what_encoding_gives(
-    encoder: Any, items: list[StoredItem], pictures: dict[str, Image.Image]
+    encoder: Any, items: list[StoredItem], pictures: dict[str, bytes]
 ) -> np.ndarray:
     return np.stack(
         [
             encoder.encode_texts([it.text])[0]
             if it.modality is Modality.TEXT
-            else encoder.encode_images([pictures[it.id]])[0]
+            else road(encoder, pictures[it.id])
             for it in items
         ]
     )
@@ -175,7 +190,7 @@ def test_a_map_over_the_serving_version_maps_the_stored_vectors_without_encoding
     new = MappedEncoder(base, random_map(0), "base@linear")
     items, pictures = stored(base)
     base.calls.clear()
-    vectors, raws = reembed(items, base, new, loader(pictures))
+    vectors, raws = reembed(items, base, new, loader(pictures), MAX_PIXELS)
     assert not base.calls
     np.testing.assert_allclose(vectors, what_encoding_gives(new, items, pictures), atol=1e-5)
     np.testing.assert_array_equal(np.stack(raws), np.stack([it.embedding for it in items]))
@@ -187,8 +202,8 @@ def test_a_sibling_map_and_a_rollback_to_the_base_use_the_kept_raw_vectors() -> 
     sibling = MappedEncoder(base, random_map(2), "base@b")
     items, pictures = stored(current, raw=base)
     base.calls.clear()
-    to_sibling, sibling_raws = reembed(items, current, sibling, loader(pictures))
-    to_base, base_raws = reembed(items, current, base, loader(pictures))
+    to_sibling, sibling_raws = reembed(items, current, sibling, loader(pictures), MAX_PIXELS)
+    to_base, base_raws = reembed(items, current, base, loader(pictures), MAX_PIXELS)
     assert not base.calls  # neither route encoded anything
     np.testing.assert_allclose(to_sibling, what_encoding_gives(sibling, items, pictures), atol=1e-5)
     np.testing.assert_allclose(to_base, what_encoding_gives(base, items, pictures), atol=1e-6)
@@ -198,7 +213,7 @@ def test_a_sibling_map_and_a_rollback_to_the_base_use_the_kept_raw_vectors() -> 
 def test_another_model_encodes_the_stored_content_again() -> None:
     old, new = FakeEncoder("old"), FakeEncoder("new")
     items, pictures = stored(old)
-    vectors, raws = reembed(items, old, new, loader(pictures))
+    vectors, raws = reembed(items, old, new, loader(pictures), MAX_PIXELS)
     assert new.calls == {"texts": 3, "images": 3}
     np.testing.assert_allclose(vectors, what_encoding_gives(new, items, pictures), atol=1e-6)
     assert raws == [None] * len(items)
@@ -209,15 +224,15 @@ def test_missing_raw_vectors_fall_back_to_encoding_and_a_missing_image_is_said()
     current = MappedEncoder(base, random_map(1), "base@a")
     items, pictures = stored(current, raw=None)  # added before raw vectors were kept
     base.calls.clear()
-    vectors, _ = reembed(items, current, base, loader(pictures))
+    vectors, _ = reembed(items, current, base, loader(pictures), MAX_PIXELS)
     assert base.calls == {"texts": 3, "images": 3}
     np.testing.assert_allclose(vectors, what_encoding_gives(base, items, pictures), atol=1e-6)
 
-    def no_image(item: StoredContent) -> Image.Image:
+    def no_image(item: StoredContent) -> bytes:
         raise LookupError("no stored image")
 
     with pytest.raises(LookupError, match="no stored image"):
-        reembed(items, current, FakeEncoder("other"), no_image)
+        reembed(items, current, FakeEncoder("other"), no_image, MAX_PIXELS)
 
 
 def distilled(teacher: FakeEncoder, version: str) -> DistilledEncoder:
@@ -234,18 +249,18 @@ def test_plans_compare_embedding_spaces_so_a_student_counts_as_its_teacher() -> 
     items, pictures = stored(base)
     mapped = MappedEncoder(base, random_map(3), "base@linear")
     base.calls.clear()
-    vectors, raws = reembed(items, student, mapped, loader(pictures))
+    vectors, raws = reembed(items, student, mapped, loader(pictures), MAX_PIXELS)
     assert not base.calls
     np.testing.assert_allclose(vectors, what_encoding_gives(mapped, items, pictures), atol=1e-5)
     mapped_items, _ = stored(mapped, raw=base)
     base.calls.clear()
-    back, _ = reembed(mapped_items, mapped, student, loader(pictures))
+    back, _ = reembed(mapped_items, mapped, student, loader(pictures), MAX_PIXELS)
     assert not base.calls
     np.testing.assert_allclose(back, what_encoding_gives(base, items, pictures), atol=1e-6)
     other = FakeEncoder("other")
     items, pictures = stored(other)
     base.calls.clear()
-    moved, _ = reembed(items, other, student, loader(pictures))
+    moved, _ = reembed(items, other, student, loader(pictures), MAX_PIXELS)
     assert base.calls == {"texts": 3, "images": 3}  # the teacher's, not the student's
     np.testing.assert_allclose(moved, what_encoding_gives(base, items, pictures), atol=1e-6)
 

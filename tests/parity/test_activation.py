@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 from index import MilvusBackends, Modality
 from index.milvus_backend import collection_name
@@ -120,6 +122,59 @@ def test_activation_switches_every_collection_and_rollback_restores_the_answers(
     assert c.get("/readyz").json()["model"] == BASE
     assert c.post(f"/v1/models/{BASE}/rollback").status_code == 409  # nothing before it
     assert_backend_holds_only_live_collections(server)
+
+
+def store_ids(server: AppServer, name: str) -> set[str]:
+    return set(stored_vectors(server, name))
+
+
+def stored_vectors(server: AppServer, name: str) -> dict[str, np.ndarray]:
+    store = server.app.state.services.store
+    version = store.get(name).model_version
+    rows = store.db.reader().execute(
+        "SELECT id FROM items WHERE collection = ? ORDER BY label", (name,)
+    )
+    return {i: store.item_vector(name, i, version)[1] for (i,) in rows}
+
+
+def test_re_embedding_to_the_version_that_indexed_gives_the_vectors_indexing_gave(
+    lab: tuple[AppServer, httpx.Client],
+) -> None:
+    """One road from stored bytes to a vector: activating a fine-tuned version encodes the
+    stored pictures and texts again, and rolling back to the base encodes them once more,
+    the way the index job did (the same pixels), so every vector comes back within 1e-5."""
+    server, c = lab
+    assert c.get("/readyz").json()["model"] == BASE
+    # Photographs as people upload them: JPEGs larger than the model's input, not square.
+    c.delete("/v1/collections/photos")
+    assert c.post("/v1/collections", json={"name": "photos"}).status_code == 201
+    rng = np.random.default_rng(3)
+    files = []
+    for i in range(6):
+        pixels = rng.integers(0, 256, (180 + 20 * i, 300, 3), dtype=np.uint8)
+        out = io.BytesIO()
+        Image.fromarray(pixels).resize((900, 540 + 60 * i)).save(out, "JPEG", quality=85)
+        files.append(("files", (f"p{i}.jpg", out.getvalue(), "image/jpeg")))
+    assert c.post("/v1/collections/photos/images", files=files).status_code == 200
+    indexed = {**stored_vectors(server, "gallery"), **stored_vectors(server, "photos")}
+    tuned = finetune(c, "contrastive", epochs=2, lr=1e-3)
+    assert activate(c, tuned)["state"] == "succeeded"
+    moved = {**stored_vectors(server, "gallery"), **stored_vectors(server, "photos")}
+    assert max(float(np.abs(moved[i] - indexed[i]).max()) for i in indexed) > 1e-3
+    r = c.post(f"/v1/models/{tuned}/rollback")
+    assert wait_for_job(c, r.json()["id"])["state"] == "succeeded"
+    again = {**stored_vectors(server, "gallery"), **stored_vectors(server, "photos")}
+    assert again.keys() == indexed.keys()
+    store = server.app.state.services.store
+    kinds = {
+        i: store.get_item(
+            "gallery" if i in store_ids(server, "gallery") else "photos", i
+        ).modality.value
+        for i in indexed
+    }
+    assert {"image", "text"} <= set(kinds.values())
+    for i, vector in indexed.items():
+        assert np.allclose(again[i], vector, atol=1e-5), (i, kinds[i])
 
 
 def assert_backend_holds_only_live_collections(server: AppServer) -> None:

@@ -25,7 +25,7 @@ from app.service.config import Settings
 from app.service.engine import Engine
 from app.service.errors import Conflict, InsufficientStorage, Invalid, ServiceError
 from app.service.jobs.loop import JobContext, JobFailed, JobStopped
-from index import CollectionExists, CollectionStore, JobStore, Modality, NewItem
+from index import CollectionExists, CollectionStore, JobStore, NewItem
 from index.archive_check import checked_member, load_json
 from index.archives import (
     ArchiveError,
@@ -39,6 +39,7 @@ from index.collections import COLLECTION_NAME, COLLECTION_NAME_RULE
 from models.errors import ModelError
 from models.images import decode_image
 from models.import_root import SourceError, open_under, reason, resolve_under
+from models.stored import encode_contents
 
 SNAPSHOT_JOB = "snapshot"
 RESTORE_JOB = "restore"
@@ -287,23 +288,21 @@ class RestoreRunner:
                 self.uploads.remove(job.params["upload"])
 
     def _reembed(self, items: list[NewItem], archived: np.ndarray) -> np.ndarray:
-        """The chunk's vectors in the serving model's space: texts and images encoded again."""
-        encoder = self.engine.encoder
-        out = np.zeros((len(items), self.engine.dim), np.float32)
-        texts = [(i, it.text or "") for i, it in enumerate(items) if it.modality is Modality.TEXT]
-        if texts:
-            out[[i for i, _ in texts]] = self.engine.run_model(
-                encoder.encode_texts, [t for _, t in texts]
-            )
-        images = [(i, it) for i, it in enumerate(items) if it.modality is Modality.IMAGE]
-        if images:
-            decoded = []
-            for _, it in images:
-                if it.content is None:
-                    raise JobFailed(f"{it.id!r} has no stored image to encode again")
-                decoded.append(decode_image(it.content, self.settings.max_image_pixels).image)
-            out[[i for i, _ in images]] = self.engine.run_model(encoder.encode_images, decoded)
-        return out
+        """The chunk's vectors in the serving model's space: texts and images encoded again,
+        the way uploads and index jobs encode them (``models.stored``)."""
+
+        def content(item: NewItem) -> bytes:
+            if item.content is None:
+                raise JobFailed(f"{item.id!r} has no stored image to encode again")
+            return item.content
+
+        return encode_contents(
+            items,
+            self.engine.encoder,
+            content,
+            self.settings.max_image_pixels,
+            self.engine.run_model,
+        )
 
 
 def _image_type(settings: Settings) -> Callable[[bytes], str]:
