@@ -145,8 +145,9 @@ def bench_index_job(
         data = Path(tmp) / "data"
         nbytes = write_jpegs(data / "import" / "photos", n, *size, processes=os.cpu_count() or 1)
         files = sorted((data / "import" / "photos").iterdir())
+        threads = {"decode_workers": workers} if workers else {}
         settings = Settings(
-            model=model, pretrained=pretrained, device=device, data_dir=data, import_workers=workers
+            model=model, pretrained=pretrained, device=device, data_dir=data, **threads
         )
         stack = build_stack(settings)
         jobs = stack.jobs
@@ -181,7 +182,7 @@ def bench_index_job(
         "ratio_to_plain_pil": n / elapsed / plain,
         "unchanged_per_s": n / elapsed_unchanged,
         "peak_rss_added_mb": (memory.peak - memory.base) / 2**20,
-        "workers": float(settings.import_workers or os.cpu_count() or 1),
+        "workers": float(settings.decode_workers),
         "mean_kb": nbytes / n / 1024,
         "device_decode": float(runner.local.pipeline.device_decode),
     }

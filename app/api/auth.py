@@ -11,6 +11,7 @@ job's, clip back's ``indice_name``) and listings ask ``grant_of`` themselves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -18,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.errors import ApiError
 from app.service.access import ADMIN, LEVEL_NAMES, READ, WRITE, Grant, KeyRing
+from app.service.config import Settings
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -57,21 +59,24 @@ def check_collection(request: Request, collection: str | None, level: int = READ
 
 
 class Requirement:
-    """A dependency that asks for a key at ``level`` when keys are configured and, for
-    ``access_flag``, when that setting is also on (``None``: whenever keys are configured).
-    A key presented on an open route is still held to its collections. The API description
-    reads the same flag (``app.api.openapi``)."""
+    """A dependency that asks for a key at ``level`` when keys are configured and
+    ``needed(settings)`` says so (``None``: whenever keys are configured). A key presented
+    on an open route is still held to its collections. The API description asks the same
+    (``app.api.openapi``)."""
 
-    def __init__(self, level: int, access_flag: str | None = None) -> None:
+    def __init__(self, level: int, needed: Callable[[Settings], bool] | None = None) -> None:
         self.level = level
-        self.access_flag = access_flag
+        self.needed = needed
+
+    def asks_key(self, settings: Settings) -> bool:
+        return self.needed is None or self.needed(settings)
 
     async def __call__(self, request: Request, credentials: Credentials) -> None:
         ring: KeyRing = request.app.state.keys
         if not ring.enabled:
             return
         settings = request.app.state.services.settings
-        needed = self.access_flag is None or getattr(settings, self.access_flag)
+        needed = self.asks_key(settings)
         presented = credentials.credentials if credentials else None
         if presented is None:
             if needed:
@@ -93,12 +98,12 @@ class Requirement:
 class MetricsRequirement(Requirement):
     """``/metrics`` counts every collection's items: where a keys file scopes keys to
     collections, only an administrator's key reads it (a key of one collection would
-    learn of the others); with ``XMODAL_API_KEYS`` alone, ``XMODAL_AUTH_METRICS`` decides."""
+    learn of the others); with ``XMODAL_API_KEYS`` alone, ``XMODAL_AUTH_READS`` decides."""
 
     scoped_level = ADMIN  # what it needs where a keys file is in force
 
     def __init__(self) -> None:
-        super().__init__(READ, "auth_metrics")
+        super().__init__(READ, lambda s: s.auth_reads)
 
     async def __call__(self, request: Request, credentials: Credentials) -> None:
         ring: KeyRing = request.app.state.keys
@@ -112,7 +117,7 @@ class MetricsRequirement(Requirement):
             raise Forbidden("/metrics shows every collection: it needs an administrator's key")
 
 
-ReadAccess = Depends(Requirement(READ, "auth_reads"))
+ReadAccess = Depends(Requirement(READ, lambda s: s.auth_reads))
 WriteAccess = Depends(Requirement(WRITE))
 AdminAccess = Depends(Requirement(ADMIN))
 MetricsAccess = Depends(MetricsRequirement())

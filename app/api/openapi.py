@@ -122,9 +122,7 @@ def _needs_key(route: APIRoute, settings: Settings) -> bool:
     """Whether this server asks ``route`` for a key (its access rules and the settings)."""
     for dependency in _walk(route.dependant):
         call = dependency.call
-        if isinstance(call, Requirement) and (
-            call.access_flag is None or getattr(settings, call.access_flag)
-        ):
+        if isinstance(call, Requirement) and call.asks_key(settings):
             return True
     return False
 

@@ -24,6 +24,7 @@ from index.reindex import advice_sample
 from models.errors import DeadlineExceeded
 
 POLL_S = 0.2
+ADVICE_TIMEOUT_S = 120.0  # one index advice, all specs measured (504 past it)
 
 
 class AdviceStopped(NotReady):
@@ -107,8 +108,8 @@ class Advisor:
                         ) from None
                     if time.monotonic() > deadline:
                         raise DeadlineExceeded(
-                            f"index advice took longer than {self.timeout_s:g} s "
-                            "(XMODAL_ADVICE_TIMEOUT_S): measure fewer specs or a smaller sample"
+                            f"index advice took longer than {self.timeout_s:g} s: measure "
+                            "fewer specs or a smaller sample"
                         ) from None
         finally:
             if proc.poll() is None:

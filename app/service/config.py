@@ -15,6 +15,14 @@ from app.service.access import read_key_file
 MiB = 1024 * 1024
 
 
+# Knobs an operator does not turn, kept as constants beside what they tune (the settings
+# below are what an operator changes; docs/configuration.md lists them).
+MAX_QUEUE = 2048  # inputs waiting per queue (image decoding, each encoder) before 429
+# How long the first input of a batch waits for others to join (a request after a quiet
+# spell this long, still alone, does not wait).
+MAX_WAIT_MS = 5.0
+
+
 def _default_decode_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
@@ -79,10 +87,9 @@ class Settings(BaseSettings):
         "start and again on SIGHUP (docs/deployment-and-security.md).",
     )
     auth_reads: bool = Field(
-        False, description="With keys set, searches, embeddings and listings need a key too."
-    )
-    auth_metrics: bool = Field(
-        False, description="With keys set, `/metrics` needs a key too (health stays open)."
+        False,
+        description="With keys set, searches, embeddings, listings and `/metrics` need a key "
+        "too (under a keys file, `/metrics` needs an administrator's key anyway).",
     )
     image_urls: bool = Field(
         False,
@@ -93,12 +100,6 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated private networks `image_url` may reach anyway "
         "(e.g. `10.1.0.0/16` for an internal image host).",
-    )
-    image_url_timeout_s: float = Field(
-        10.0, gt=0, le=120, description="The most one `image_url` fetch may take, all of it."
-    )
-    image_url_fetches: int = Field(
-        4, ge=1, le=256, description="The most `image_url` fetches at once (429 beyond)."
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -117,22 +118,13 @@ class Settings(BaseSettings):
     max_batch_size: Annotated[int, Field(ge=1, le=4096)] = Field(
         64, description="Most inputs in one encoder call."
     )
-    max_wait_ms: Annotated[float, Field(ge=0, le=1000)] = Field(
-        5.0,
-        description="How long the first input of a batch waits for others to join (a "
-        "request after a quiet spell this long, still alone, does not wait).",
-    )
-    max_queue: Annotated[int, Field(ge=1)] = Field(
-        2048,
-        description="Inputs waiting per queue (image decoding, each encoder) before requests "
-        "get 429.",
-    )
     request_timeout_s: Annotated[float, Field(gt=0)] = Field(
         30.0, description="Deadline for an input's encoding; past it the request gets 504."
     )
     decode_workers: Annotated[int, Field(ge=1)] = Field(
         default_factory=_default_decode_workers,
-        description="Threads decoding and preprocessing images.",
+        description="Threads decoding and preprocessing images, for requests and for batch "
+        "jobs alike.",
     )
 
     # --- limits ------------------------------------------------------------------------------
@@ -147,9 +139,6 @@ class Settings(BaseSettings):
     )
     max_texts_per_request: Annotated[int, Field(ge=1)] = Field(
         256, description="Most texts in one indexing or embed request (413 beyond)."
-    )
-    max_batch_queries: Annotated[int, Field(ge=1)] = Field(
-        64, description="Most searches in one `search/batch` request (413 beyond)."
     )
     max_text_chars: Annotated[int, Field(ge=1)] = Field(
         65_536,
@@ -170,11 +159,6 @@ class Settings(BaseSettings):
         description="Most hits one request's searches may ask for together (each query's "
         "offset + k, summed over a batch; 413 beyond). Deepening for ties and `dedup` may "
         "fetch 8 x `XMODAL_MAX_K` more per request.",
-    )
-    advice_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
-        120.0,
-        description="Deadline for one index advice (504 past it; the measuring process is "
-        "ended, as it is when the client leaves or the server stops).",
     )
     search_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
         10.0,
@@ -203,14 +187,8 @@ class Settings(BaseSettings):
         description="Folder batch jobs read sources from (default: `<data dir>/import`); "
         "paths resolving outside it are refused.",
     )
-    import_workers: Annotated[int, Field(ge=1)] | None = Field(
-        None, description="Decoding threads for batch jobs (default: one per core)."
-    )
     import_chunk_size: Annotated[int, Field(ge=1)] = Field(
         512, description="Records per committed chunk of a batch job (the resume granularity)."
-    )
-    import_batch_size: Annotated[int, Field(ge=1)] = Field(
-        256, description="Images per encoder call in batch jobs."
     )
 
     # --- storage -----------------------------------------------------------------------------
@@ -232,9 +210,6 @@ class Settings(BaseSettings):
         description="Ray cluster for index jobs with engine `ray` (`auto`, `ray://host:10001`); "
         "unset: a local cluster started in the server's process.",
     )
-    ray_actors: Annotated[int, Field(ge=1)] = Field(
-        1, description="Encoding actors of a Ray job on a cluster without GPUs (else one per GPU)."
-    )
     store_images: bool = Field(True, description="Keep uploaded image bytes (content-addressed).")
     snapshot_interval_s: Annotated[float, Field(gt=0)] = Field(
         60.0, description="How often changed FAISS indexes are snapshotted to disk."
@@ -242,16 +217,10 @@ class Settings(BaseSettings):
     snapshot_every: Annotated[int, Field(ge=1)] = Field(
         10_000, description="Also snapshot an index after this many changes."
     )
-    snapshots_per_collection: Annotated[int, Field(ge=1, le=10_000)] = Field(
-        10, description="Most snapshots kept of one collection (409 beyond: delete one)."
-    )
     snapshot_bytes_per_collection: Annotated[int, Field(ge=1)] = Field(
         100 * 1024 * MiB,
         description="Most bytes of snapshots kept of one collection (409 beyond); a snapshot "
         "also needs its size and 256 MiB free on the data dir's disk (507 otherwise).",
-    )
-    nprobe: Annotated[int, Field(ge=1)] | None = Field(
-        None, description="IVF lists probed per search (default: nlist/16, at least 8)."
     )
     faiss_gpu: bool | None = Field(
         None, description="Serve FAISS indexes from the GPU (default: when FAISS reports one)."
@@ -340,10 +309,10 @@ class Settings(BaseSettings):
     def _queue_holds_a_whole_request(self) -> Settings:
         # A request bigger than the queue could never be admitted: it would get 429 forever.
         biggest = max(self.max_files_per_request, self.max_texts_per_request)
-        if self.max_queue < biggest:
+        if biggest > MAX_QUEUE:
             raise ValueError(
-                f"max_queue ({self.max_queue}) must be at least the largest request "
-                f"({biggest} inputs: max_files_per_request / max_texts_per_request)"
+                f"max_files_per_request and max_texts_per_request are at most {MAX_QUEUE} "
+                f"(the inputs a queue holds), got {biggest}"
             )
         return self
 

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from app.service.config import Settings
+from app.service.config import MAX_QUEUE, MAX_WAIT_MS, Settings
 from app.service.metrics import Metrics
 from index import ModelMismatch
 from models.batching import DynamicBatcher
@@ -126,8 +126,8 @@ class Engine:
             fn,
             executor=self._model_thread,
             max_batch_size=self.settings.max_batch_size,
-            max_wait_ms=self.settings.max_wait_ms,
-            max_queue=self.settings.max_queue,
+            max_wait_ms=MAX_WAIT_MS,
+            max_queue=MAX_QUEUE,
             name=f"{modality}-encoder",
             observe=metrics.batch_observer(modality),
         )
@@ -181,7 +181,7 @@ class Engine:
     ) -> list[PreparedImage]:
         """Decode and preprocess every image in parallel; the first bad one fails them all
         (with its name in the message) so a request is stored whole or not at all."""
-        limit = self.settings.max_queue
+        limit = MAX_QUEUE
         if self._decoding + len(blobs) > limit:
             raise QueueFull(
                 f"image decoding queue is full ({self._decoding} of {limit} waiting); retry"

@@ -1,10 +1,10 @@
 """Fetching a query image from a URL (clip-retrieval's ``image_url``), when allowed.
 
 Off unless ``XMODAL_IMAGE_URLS=true``. Then only http(s), no credentials in the URL, no
-redirects, at most ``XMODAL_MAX_UPLOAD_BYTES``, within ``TIMEOUT_S`` seconds, and never
+redirects, at most ``XMODAL_MAX_UPLOAD_BYTES``, within ``IMAGE_URL_TIMEOUT_S``, and never
 to a private, loopback, link-local or otherwise non-public address unless it lies in
 ``XMODAL_IMAGE_URL_NETWORKS``. The timeout bounds the whole fetch (connecting, headers
-that trickle in a byte at a time, the body), and at most ``XMODAL_IMAGE_URL_FETCHES`` run
+that trickle in a byte at a time, the body), and at most ``IMAGE_URL_FETCHES`` run
 at once (429 beyond), so slow hosts cannot fill the request threads. The address is
 checked where the connection is made (a network backend that resolves the name, checks
 every address, and connects to the one it checked), so a name that resolves to a public
@@ -27,7 +27,8 @@ import httpcore
 from app.service.errors import Busy, Invalid, TooLarge
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-TIMEOUT_S = 10.0  # a query image that takes longer is not worth the request's wait
+IMAGE_URL_TIMEOUT_S = 10.0  # a query image that takes longer is not worth the wait
+IMAGE_URL_FETCHES = 4  # fetches at once (429 beyond): slow hosts hold no more threads
 
 
 class RefusedAddress(httpcore.ConnectError):
@@ -148,7 +149,7 @@ def check_url(url: str) -> None:
 
 
 def fetch_image(
-    url: str, limit: int, allowed: Sequence[Network] = (), timeout_s: float = TIMEOUT_S
+    url: str, limit: int, allowed: Sequence[Network] = (), timeout_s: float = IMAGE_URL_TIMEOUT_S
 ) -> bytes:
     """The bytes at ``url``; 400 (``image_url_refused``) for what may not or cannot be
     fetched, 413 over ``limit``. Blocking: call it off the event loop."""

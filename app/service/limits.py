@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from app.service.config import Settings
 from app.service.errors import Invalid, TooLarge
 
+MAX_BATCH_QUERIES = 64  # searches in one search/batch request (413 beyond)
+
 
 class Limits:
     def __init__(self, settings: Settings) -> None:
@@ -16,7 +18,7 @@ class Limits:
         self.max_texts = settings.max_texts_per_request
         self.max_text_chars = settings.max_text_chars
         self.max_files = settings.max_files_per_request
-        self.max_batch_queries = settings.max_batch_queries
+        self.max_batch_queries = MAX_BATCH_QUERIES
         self.max_upload_bytes = settings.max_upload_bytes
         self.max_search_hits = settings.max_search_hits
         self.search_timeout_s = settings.search_timeout_s

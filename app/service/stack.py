@@ -7,11 +7,11 @@ import logging
 from dataclasses import dataclass
 
 from app.service.activation import Activator, restore_active
-from app.service.advice import Advisor
+from app.service.advice import ADVICE_TIMEOUT_S, Advisor
 from app.service.config import Settings
 from app.service.engine import Engine
 from app.service.finetune import FineTuner
-from app.service.image_urls import ImageFetcher
+from app.service.image_urls import IMAGE_URL_FETCHES, IMAGE_URL_TIMEOUT_S, ImageFetcher
 from app.service.jobs import (
     ActivateRunner,
     DuplicatesRunner,
@@ -80,10 +80,9 @@ def open_store(settings: Settings) -> CollectionStore:
         backends = MilvusBackends(
             settings.milvus_target,
             token=token.get_secret_value() if token else None,
-            nprobe=settings.nprobe,
         )
     else:
-        backends = FaissBackends(use_gpu=settings.faiss_gpu, nprobe=settings.nprobe)
+        backends = FaissBackends(use_gpu=settings.faiss_gpu)
     return CollectionStore(
         settings.data_dir,
         backends=backends,
@@ -149,8 +148,8 @@ def build_stack(
     images = ImageFetcher(
         settings.max_upload_bytes,
         settings.image_url_network_list,
-        settings.image_url_timeout_s,
-        settings.image_url_fetches,
+        IMAGE_URL_TIMEOUT_S,
+        IMAGE_URL_FETCHES,
     )
     return Stack(
         settings,
@@ -161,7 +160,7 @@ def build_stack(
         activator,
         jobs,
         retrieval,
-        Advisor(store, settings.advice_timeout_s, settings.data_dir / "tmp"),
+        Advisor(store, ADVICE_TIMEOUT_S, settings.data_dir / "tmp"),
         images,
         archives,
         restores.uploads,

@@ -47,14 +47,16 @@ def clip_client() -> ModuleType:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
     """Texts in one collection, pictures with captions and urls in another; image URLs
-    allowed from the loopback network only."""
-    server = AppServer(
-        tmp_path_factory.mktemp("clip") / "data",
-        image_urls=True,
-        image_url_networks="127.0.0.1/32",
-        image_url_timeout_s=1.5,
-        image_url_fetches=2,
-    ).start()
+    allowed from the loopback network only; fetches of 1.5 s at most, two at once (the
+    constants the stack reads, smaller here for the deadline test)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("app.service.stack.IMAGE_URL_TIMEOUT_S", 1.5)
+        patch.setattr("app.service.stack.IMAGE_URL_FETCHES", 2)
+        server = AppServer(
+            tmp_path_factory.mktemp("clip") / "data",
+            image_urls=True,
+            image_url_networks="127.0.0.1/32",
+        ).start()
     try:
         with httpx.Client(base_url=server.url, timeout=60) as c:
             assert c.post("/v1/collections", json={"name": "captions"}).status_code == 201
@@ -356,7 +358,7 @@ def test_image_url_fetches_have_one_deadline_and_a_bound(site: AppServer) -> Non
         status, message, took = post(0)
         assert status == 400 and "took longer than 1.5 s" in message, message
         assert took < 4, took
-        # Two fetches at once at most (XMODAL_IMAGE_URL_FETCHES=2): the others get 429.
+        # Two fetches at once at most (IMAGE_URL_FETCHES, 2 here): the others get 429.
         with ThreadPoolExecutor(5) as pool:
             answers = list(pool.map(post, range(5)))
         statuses = sorted(a[0] for a in answers)

@@ -36,12 +36,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         lines = [json.dumps({"id": f"{folder}{i}", "text": f"a {word} note {i}"}) for i in range(3)]
         (imports / folder / "notes.jsonl").write_text("\n".join(lines) + "\n")
     (imports / "top.jsonl").write_text(json.dumps({"id": "top", "text": "top secret"}) + "\n")
-    server = AppServer(
-        root / "data",
-        api_keys_file=str(keys),
-        import_root=str(imports),
-        snapshots_per_collection=2,
-    ).start()
+    with pytest.MonkeyPatch.context() as patch:  # a collection keeps two snapshots here
+        patch.setattr("app.service.jobs.snapshots.SNAPSHOTS_PER_COLLECTION", 2)
+        server = AppServer(root / "data", api_keys_file=str(keys), import_root=str(imports))
+        server.start()
     clients = {
         name: httpx.Client(
             base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60
@@ -102,7 +100,7 @@ def test_snapshots_stay_with_their_collection_within_a_quota(site: dict[str, Any
         assert wait_for_job(writer, r.json()["id"])["state"] == "succeeded"
     r = writer.post("/v1/collections/a/snapshots")
     assert r.status_code == 409 and r.json()["error"]["code"] == "snapshot_quota", r.text
-    assert "XMODAL_SNAPSHOTS_PER_COLLECTION" in r.json()["error"]["message"]
+    assert "2 snapshots" in r.json()["error"]["message"]
     # Deleted with the collection: the name's next owner starts with none.
     assert admin.delete("/v1/collections/a").status_code == 204
     assert admin.post("/v1/collections", json={"name": "a"}).status_code == 201

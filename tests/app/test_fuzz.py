@@ -152,7 +152,7 @@ def fuzz_server(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[AppServer]:
     """The keyless default, and a server whose every route needs a key (sent)."""
-    keys = {"api_keys": KEY, "auth_reads": "true", "auth_metrics": "true"}
+    keys = {"api_keys": KEY, "auth_reads": "true"}
     server = AppServer(
         tmp_path_factory.mktemp("fuzz") / "data",
         max_request_bytes=2_000_000,

@@ -415,10 +415,10 @@ def test_training_images_are_kept_at_the_size_the_model_needs(tmp_path: Path) ->
     )
 
 
-def test_image_decoding_queue_is_bounded(tmp_path: Path) -> None:
+def test_image_decoding_queue_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.service.engine.MAX_QUEUE", 8)
     server = AppServer(
         tmp_path / "data",
-        max_queue=8,
         max_files_per_request=8,
         max_texts_per_request=8,
         decode_workers=1,

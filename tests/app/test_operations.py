@@ -188,9 +188,7 @@ def test_keys_and_bodies_stay_out_of_the_logs_and_requests_carry_ids(
 
 
 def test_auth_reads_and_metrics_close_everything_but_health(tmp_path: Path) -> None:
-    server = AppServer(
-        tmp_path / "data", api_keys=KEYS[0], auth_reads="true", auth_metrics="true"
-    ).start()
+    server = AppServer(tmp_path / "data", api_keys=KEYS[0], auth_reads="true").start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
             for method, path in reads() + writes():
@@ -274,12 +272,13 @@ def _finish(sock: socket.socket, rest: bytes) -> int:
     return int(reply.split(b" ", 2)[1])
 
 
-def test_concurrency_limit_answers_429_and_spares_probes(tmp_path: Path) -> None:
+def test_concurrency_limit_answers_429_and_spares_probes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Each embed right behind another waits a second for companions to batch with: two of
     # them hold both slots. (The first after a quiet spell, alone, goes at once.)
-    server = AppServer(
-        tmp_path / "data", max_concurrent_requests=2, max_wait_ms=1000, max_batch_size=64
-    ).start()
+    monkeypatch.setattr("app.service.engine.MAX_WAIT_MS", 1000)
+    server = AppServer(tmp_path / "data", max_concurrent_requests=2, max_batch_size=64).start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c, ThreadPoolExecutor(2) as pool:
             assert c.post("/v1/embed", json={"texts": ["first"]}).status_code == 200

@@ -6,18 +6,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.helpers import AppServer
 
 
-def test_full_queue_answers_429_and_the_rest_succeed(tmp_path: Path) -> None:
+def test_full_queue_answers_429_and_the_rest_succeed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("app.service.engine.MAX_QUEUE", 16)
+    monkeypatch.setattr("app.service.engine.MAX_WAIT_MS", 0)
     server = AppServer(
         tmp_path / "data",
-        max_queue=16,
         max_texts_per_request=16,
         max_files_per_request=4,
         max_batch_size=4,
-        max_wait_ms=0,
     ).start()
     try:
         texts = [f"text number {i} " * 8 for i in range(16)]  # 16 inputs fill the queue alone
@@ -39,10 +42,13 @@ def test_full_queue_answers_429_and_the_rest_succeed(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_request_past_its_deadline_answers_504(tmp_path: Path) -> None:
+def test_request_past_its_deadline_answers_504(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A request right behind another waits a second for companions; the deadline is 50 ms.
     # (The first, after a quiet spell and alone, goes at once.)
-    server = AppServer(tmp_path / "data", request_timeout_s=0.05, max_wait_ms=1000).start()
+    monkeypatch.setattr("app.service.engine.MAX_WAIT_MS", 1000)
+    server = AppServer(tmp_path / "data", request_timeout_s=0.05).start()
     try:
         first = httpx.post(server.url + "/v1/embed", json={"texts": ["first"]}, timeout=30)
         assert first.status_code == 200

@@ -11,3 +11,13 @@ def test_settings_reference_matches_the_settings_class() -> None:
     assert documented == settings_table(), "regenerate with: python -m app.service.config"
     for name in Settings.model_fields:
         assert f"`XMODAL_{name.upper()}`" in documented
+
+
+def test_settings_are_few_and_grouped() -> None:
+    """At most 46 settings, each under a section an operator reads (tuning knobs nobody
+    turns are constants beside the code they tune)."""
+    from app.service.config import SECTIONS
+
+    names = list(Settings.model_fields)
+    assert len(names) <= 46, len(names)
+    assert names[0] in SECTIONS and set(SECTIONS) <= set(names)

@@ -124,7 +124,7 @@ async def index_advice(
     measure it against exact search: recall as served and raw, p50 latency, bytes per
     vector; `choice` is the smallest that meets every target (null if none does). Specs
     the sample cannot train are refused (400); the measuring stops at
-    `XMODAL_ADVICE_TIMEOUT_S` (504), when the client leaves, or when the server stops."""
+    two minutes (504), when the client leaves, or when the server stops."""
     targets = {str(k): v for k, v in body.targets.items()}
     stop = threading.Event()
     work = asyncio.ensure_future(

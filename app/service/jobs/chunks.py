@@ -82,6 +82,9 @@ def source_root(settings: Settings, collection: str | None, scoped: Any) -> Path
     return root / str(collection) if scoped else root
 
 
+IMPORT_BATCH = 256  # images per encoder call in batch jobs
+
+
 @dataclass(frozen=True)
 class IngestParts:
     """What both index engines (in process and on Ray) work with: each is built from these,

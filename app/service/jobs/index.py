@@ -20,7 +20,7 @@ import numpy as np
 from app.service.config import Settings
 from app.service.engine import Engine
 from app.service.errors import Invalid
-from app.service.jobs.chunks import ChunkBook, IngestParts, SortedChunk, source_root
+from app.service.jobs.chunks import IMPORT_BATCH, ChunkBook, IngestParts, SortedChunk, source_root
 from app.service.jobs.loop import JobContext, batched
 from app.service.jobs.ray_engine import RAY_ENGINE, RayIngest, ray_available
 from app.service.search.retrieval import Retrieval
@@ -107,12 +107,12 @@ class LocalIngest:
         self.engine = parts.engine
         settings, store = parts.settings, parts.store
         self.chunk_size = settings.import_chunk_size
-        self.batch_size = settings.import_batch_size
+        self.batch_size = IMPORT_BATCH
         self.pipeline = IngestPipeline(
             parts.engine.encoder.pixels,
             parts.engine.encoder.device,
             IngestLimits(
-                settings.max_upload_bytes, settings.max_image_pixels, settings.import_workers
+                settings.max_upload_bytes, settings.max_image_pixels, settings.decode_workers
             ),
             parts.engine.run_model,
             sink=store.blobs if store.store_images else None,

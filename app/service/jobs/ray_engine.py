@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from app.service.jobs.chunks import IngestParts, SortedChunk
+from app.service.jobs.chunks import IMPORT_BATCH, IngestParts, SortedChunk
 from app.service.jobs.loop import JobContext, batched
 from models.decoding import DecodeTask, decode_files
 from models.ingest import encode_uint8
@@ -36,6 +36,7 @@ from models.pixels import PixelSpec
 from models.sources import FileRef, SourceRecord
 
 RAY_ENGINE = "ray"
+RAY_CPU_ACTORS = 1  # encoding actors on a cluster without GPUs (else one per GPU)
 WINDOW_CHUNKS = 8  # chunks handed to Ray at once: enough to keep the actors busy
 DECODE_BATCH = 32  # records per decoding task
 _LOCK = threading.Lock()
@@ -205,9 +206,9 @@ class RayIngest:
         pixels = ray.put(encoder.pixels)
         limits_ref = ray.put(limits)
         decode = ray.remote(_decode_rows)
-        actors = _start_actors(ray, ray.put(encoder), settings.ray_actors)
+        actors = _start_actors(ray, ray.put(encoder), RAY_CPU_ACTORS)
         size = settings.import_chunk_size
-        per_call = max(1, settings.import_batch_size // DECODE_BATCH)
+        per_call = max(1, IMPORT_BATCH // DECODE_BATCH)
         try:
             for window in batched(records, size * WINDOW_CHUNKS):
                 if ctx.stopping():
@@ -221,7 +222,7 @@ class RayIngest:
                     decode.remote(_columns(batch), pixels, limits_ref)
                     for batch in batched(iter(rows), DECODE_BATCH)
                 ]
-                # Each actor call encodes up to import_batch_size rows: several decoded
+                # Each actor call encodes up to IMPORT_BATCH rows: several decoded
                 # batches, handed over as they are (Ray resolves them on the actor's side).
                 pending = [
                     actors[i % len(actors)].embed.remote(*group)

@@ -42,6 +42,7 @@ from models.import_root import SourceError, open_under, reason, resolve_under
 from models.stored import encode_contents
 
 SNAPSHOT_JOB = "snapshot"
+SNAPSHOTS_PER_COLLECTION = 10  # kept of one collection (409 beyond: delete one)
 RESTORE_JOB = "restore"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.tar")
 
@@ -60,7 +61,7 @@ class Archives:
 
     def __init__(self, settings: Settings) -> None:
         self.root = settings.data_dir / "archives"
-        self.max_count = settings.snapshots_per_collection
+        self.max_count = SNAPSHOTS_PER_COLLECTION
         self.max_bytes = settings.snapshot_bytes_per_collection
 
     def folder(self, collection: str) -> Path:
@@ -98,8 +99,8 @@ class Archives:
         kept = self.listed(collection)
         if len(kept) >= self.max_count:
             raise Conflict(
-                f"collection {collection!r} has {len(kept)} snapshots, its quota "
-                f"(XMODAL_SNAPSHOTS_PER_COLLECTION); delete one first",
+                f"collection {collection!r} has {len(kept)} snapshots, as many as a "
+                "collection keeps; delete one first",
                 code="snapshot_quota",
             )
         used = sum(s.size for s in kept)
