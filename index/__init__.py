@@ -19,7 +19,8 @@ from index.errors import (
     UnknownCollection,
     UnknownItem,
 )
-from index.faiss_backend import FaissBackends, FaissIndex, gpu_count
+from index.faiss_backend import FaissIndex, gpu_count
+from index.faiss_backends import FaissBackends
 from index.jobs import (
     Job,
     JobFinished,

@@ -20,7 +20,8 @@ import numpy as np
 
 from index.backend import VectorBackend
 from index.errors import InvalidIndexSpec
-from index.faiss_backend import FaissBackends, training_size
+from index.faiss_backend import training_size
+from index.faiss_backends import FaissBackends
 from index.search import candidates
 
 K = 10

@@ -18,7 +18,7 @@ import numpy as np
 
 from index.advice import advise
 from index.errors import InvalidIndexSpec
-from index.faiss_backend import FaissBackends
+from index.faiss_backends import FaissBackends
 
 
 def run(folder: Path) -> dict[str, Any]:

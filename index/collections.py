@@ -42,7 +42,7 @@ from index.errors import (
     UnknownCollection,
     UnknownItem,
 )
-from index.faiss_backend import FaissBackends
+from index.faiss_backends import FaissBackends
 from index.garbage import ImageGarbage
 from index.jobs import SCHEMA as JOBS_SCHEMA
 from index.live import SHADOW_PREFIX, LiveCollection

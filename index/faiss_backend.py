@@ -58,7 +58,7 @@ def new_gpu_resources() -> Any:
     return faiss.StandardGpuResources()
 
 
-def _build(d: int, spec: str) -> faiss.Index:
+def build_index(d: int, spec: str) -> faiss.Index:
     try:
         index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
@@ -100,7 +100,7 @@ class FaissIndex:
         self.d = int(d)
         self.spec = parse_spec(spec, self.d)  # only the grammar's families reach FAISS
         self._gpu_resources = gpu_resources
-        template = _build(self.d, self.spec)
+        template = build_index(self.d, self.spec)
         self.train_size = training_size(template)
         self.nprobe = nprobe
         self.soft_deleted: set[int] = set()
@@ -174,7 +174,7 @@ class FaissIndex:
     def train_template(self, sample: np.ndarray) -> faiss.Index:
         """Train a fresh index of this spec on ``sample``; touches no state, so it can run
         without the store's lock."""
-        template = _build(self.d, self.spec)
+        template = build_index(self.d, self.spec)
         template.train(np.ascontiguousarray(sample, dtype=np.float32))
         return template
 
@@ -396,43 +396,3 @@ def _gpu_servable(index: Any) -> bool:
     if isinstance(index, faiss.IndexScalarQuantizer):
         return int(index.sq.qtype) == faiss.ScalarQuantizer.QT_fp16
     return isinstance(index, (faiss.IndexFlat, faiss.IndexIVFFlat))
-
-
-class FaissBackends:
-    """The ``BackendFactory`` for FAISS: every index on the GPU when asked (or, by default,
-    when FAISS sees one), with one ``nprobe`` for IVF indexes (None: from nlist)."""
-
-    def __init__(self, use_gpu: bool | None = None, nprobe: int | None = None) -> None:
-        want_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
-        self.gpu_resources: Any = new_gpu_resources() if want_gpu else None
-        self.nprobe = nprobe
-
-    def check(self, d: int, spec: str | None) -> str:
-        normal = parse_spec(spec, d)
-        _build(d, normal)  # raises InvalidIndexSpec before anything is written
-        return normal
-
-    def attach(self, db: Any) -> None:
-        pass  # FAISS keeps vectors only
-
-    def check_items(self, items: Any) -> None:
-        pass
-
-    def prune(self, keys: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def create(self, d: int, spec: str, key: str = "") -> FaissIndex:
-        return FaissIndex(d, spec, gpu_resources=self.gpu_resources, nprobe=self.nprobe)
-
-    def build(
-        self, d: int, spec: str, labels: np.ndarray, xb: np.ndarray, key: str = ""
-    ) -> FaissIndex:
-        return FaissIndex.build(
-            d, spec, labels, xb, gpu_resources=self.gpu_resources, nprobe=self.nprobe
-        )
-
-    def load(self, data: bytes) -> tuple[FaissIndex, dict[str, Any]]:
-        return FaissIndex.from_bytes(data, gpu_resources=self.gpu_resources, nprobe=self.nprobe)

@@ -18,79 +18,34 @@ import json
 import os
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from models.import_root import SourceError, check_relative, open_under, reason, resolve_under
-
-__all__ = ["FileRef", "Source", "SourceError", "SourceRecord", "open_source", "resolve_under"]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
-FORMATS = ("jsonl", "csv", "parquet", "folder", "webdataset")
-Format = Literal["jsonl", "csv", "parquet", "folder", "webdataset"]
-RecordKind = Literal["image", "text"]
-# What a caption file may hold at most, to bound memory; jobs apply XMODAL_MAX_TEXT_CHARS.
-MAX_CAPTION_CHARS = 1_000_000
-_RESERVED = {"id", "image", "text"}
-_SUFFIX_FORMATS: tuple[tuple[str, Format], ...] = (
-    (".jsonl", "jsonl"),
-    (".ndjson", "jsonl"),
-    (".csv", "csv"),
-    (".parquet", "parquet"),
-    (".tar", "webdataset"),
+from models.source_records import (
+    FORMATS,
+    IMAGE_SUFFIXES,
+    MAX_CAPTION_CHARS,
+    FileRef,
+    Format,
+    SourceRecord,
+    detect_format,
 )
 
+__all__ = [
+    "FORMATS",
+    "FileRef",
+    "Format",
+    "Source",
+    "SourceError",
+    "SourceRecord",
+    "detect_format",
+    "open_source",
+    "resolve_under",
+]
 
-@dataclass(frozen=True)
-class FileRef:
-    """Bytes on disk under the import root ``root``: a whole file, or one member of an
-    uncompressed tar shard."""
-
-    path: str
-    root: str
-    offset: int = 0
-    size: int | None = None
-
-    def read(self, limit: int) -> bytes:
-        """Read at most ``limit`` bytes; raise ``ValueError`` for anything larger and
-        ``OSError`` for a file that is missing or not under the root once opened."""
-        with open_under(self.root, self.path) as f:
-            if self.size is None:
-                size = os.fstat(f.fileno()).st_size
-            else:
-                size = self.size
-                f.seek(self.offset)
-            if size > limit:
-                raise ValueError(f"file is {size} bytes; the limit is {limit}")
-            return f.read(size)
-
-
-@dataclass(frozen=True)
-class SourceRecord:
-    seq: int  # position in the source: resuming skips every record below the cursor
-    id: str
-    kind: RecordKind
-    image: FileRef | None = None
-    text: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None  # known bad before any decoding (bad line, path outside root)
-
-
-def detect_format(path: Path) -> Format:
-    if path.is_dir():
-        if any(p.suffix == ".tar" for p in path.iterdir()) and not _has_images(path):
-            return "webdataset"
-        return "folder"
-    name = path.name.lower()
-    for suffix, fmt in _SUFFIX_FORMATS:
-        if name.endswith(suffix):
-            return fmt
-    raise SourceError(f"cannot tell the format of {path.name!r}; give one of {', '.join(FORMATS)}")
-
-
-def _has_images(path: Path) -> bool:
-    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir())
+_RESERVED = {"id", "image", "text"}
 
 
 @dataclass

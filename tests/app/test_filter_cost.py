@@ -19,7 +19,7 @@ import pytest
 
 from index import CollectionStore, Interrupted, Modality, NewItem
 from index.db import interrupted_at
-from index.faiss_backend import FaissBackends
+from index.faiss_backends import FaissBackends
 from index.filter_tree import parse
 from index.filters import labels_sql, work
 from tests.helpers import TINY_SPACE, AppServer

@@ -20,7 +20,7 @@ from app.api.bodies import CONTROL_BODY_BYTES, json_values
 from app.service.advice import AdviceStopped, Advisor
 from app.service.search.ranking import Budget, SearchSpec, rank
 from index import CollectionStore, Hit, Modality
-from index.faiss_backend import FaissBackends
+from index.faiss_backends import FaissBackends
 from models.errors import DeadlineExceeded
 from tests.api import assert_error, wait_until
 from tests.helpers import AppServer, children, store_vectors
