@@ -19,6 +19,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from index.db import Database
+    from index.filter_tree import Node
     from index.types import NewItem
 
 
@@ -66,7 +67,7 @@ class VectorBackend(Protocol):
         xq: np.ndarray,
         k: int,
         allowed: np.ndarray | None = None,
-        where: dict[str, Any] | None = None,
+        where: Node | None = None,
     ) -> list[SearchResult]:
         """Top-``k`` labels per query row by inner product, best first; ``allowed``
         restricts the candidates to those labels, ``where`` (``native_filters`` only) to

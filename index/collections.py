@@ -22,7 +22,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -43,6 +42,7 @@ from index.errors import (
     UnknownItem,
 )
 from index.faiss_backends import FaissBackends
+from index.filter_tree import Filter, as_tree
 from index.garbage import ImageGarbage
 from index.jobs import SCHEMA as JOBS_SCHEMA
 from index.live import SHADOW_PREFIX, LiveCollection
@@ -309,7 +309,7 @@ class CollectionStore:
         k: int,
         *,
         model_version: str,
-        where: dict[str, Any] | None = None,
+        where: Filter | None = None,
         with_vectors: bool = False,
         deadline: float | None = None,
     ) -> list[list[Hit]]:
@@ -323,7 +323,7 @@ class CollectionStore:
             xq,
             k,
             model_version=model_version,
-            where=where,
+            where=as_tree(where),
             with_vectors=with_vectors,
             deadline=deadline,
         )
@@ -333,12 +333,12 @@ class CollectionStore:
         name: str,
         text: str,
         depth: int,
-        where: dict[str, Any] | None = None,
+        where: Filter | None = None,
         deadline: float | None = None,
     ) -> list[Hit]:
         """The best ``depth`` texts for the words of ``text``, by BM25 (``index.lexical``),
         read until ``deadline`` at the latest."""
-        return lexical_search(self.get(name), self.db, text, depth, where, deadline)
+        return lexical_search(self.get(name), self.db, text, depth, as_tree(where), deadline)
 
     def size(self, name: str, modality: Modality) -> int:
         """How many items of ``modality`` the collection holds (from its index: no read)."""

@@ -23,6 +23,7 @@ import numpy as np
 from index.backend import SearchResult
 from index.errors import DimensionMismatch, InvalidIndexSpec
 from index.faiss_specs import parse_spec
+from index.filter_tree import Node
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ class FaissIndex:
         xq: np.ndarray,
         k: int,
         allowed: np.ndarray | None = None,
-        where: dict[str, Any] | None = None,
+        where: Node | None = None,
     ) -> list[SearchResult]:
         """Top-``k`` labels per query by inner product, best first; ``allowed`` restricts
         the candidates to those labels."""

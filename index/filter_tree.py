@@ -76,6 +76,18 @@ def kind(value: Scalar) -> str:
     return "string"
 
 
+Filter = Node | dict[str, Any]  # a parsed tree, or a filter as JSON (parsed where it enters)
+
+
+def as_tree(where: Filter | None) -> Node | None:
+    """``where`` as a tree: parsed if it is still JSON (at the store's door, for callers
+    in this process), as it is if a caller parsed it already (the service does, once).
+    An empty filter is no filter (None)."""
+    if isinstance(where, (Cond, Not, All, Any_)):
+        return where
+    return parse(where) if where else None
+
+
 def parse(where: Any) -> Node:
     """The tree of a filter, or ``InvalidFilter`` naming the part that is wrong."""
     parser = _Parser()

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from index.filter_tree import All, Any_, Cond, Node, Not, kind, parse
+from index.filter_tree import All, Any_, Cond, Node, Not, kind
 from index.types import Modality
 
 _SQL_OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
@@ -25,14 +25,14 @@ _FIELD = "SELECT label FROM item_fields WHERE key = ?"
 
 
 def filter_labels(
-    conn: sqlite3.Connection, collection: str, modality: Modality, where: dict[str, Any]
+    conn: sqlite3.Connection, collection: str, modality: Modality, where: Node
 ) -> np.ndarray:
-    """The labels of the items that pass ``where`` (``InvalidFilter`` for a bad filter)."""
+    """The labels of the items that pass ``where``."""
     scope = (
         "SELECT label FROM items WHERE collection = ? AND modality = ?",
         [collection, modality.value],
     )
-    chosen, params = labels_sql(parse(where), scope)
+    chosen, params = labels_sql(where, scope)
     sql = f"{scope[0]} AND label IN ({chosen})"
     rows = conn.execute(sql, [*scope[1], *params]).fetchall()
     return np.array([r[0] for r in rows], dtype=np.int64)

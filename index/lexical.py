@@ -18,7 +18,7 @@ import re
 import sqlite3
 from typing import Any
 
-from index.filter_tree import parse
+from index.filter_tree import Node
 from index.filters import labels_sql
 from index.types import Modality
 
@@ -131,7 +131,7 @@ def lexical_labels(
     collection: str,
     text: str,
     depth: int,
-    where: dict[str, Any] | None = None,
+    where: Node | None = None,
 ) -> list[tuple[int, float]]:
     """The best ``depth`` text items of ``collection`` for ``text`` by BM25, as (label,
     score), best first (score: BM25 relevance, higher is better; ties by label)."""
@@ -146,7 +146,7 @@ def lexical_labels(
             "SELECT label FROM items WHERE collection = ? AND modality = ?",
             [collection, Modality.TEXT.value],
         )
-        chosen, more = labels_sql(parse(where), scope)
+        chosen, more = labels_sql(where, scope)
         sql += f" AND rowid IN ({chosen})"
         params += more
     sql += " ORDER BY score DESC, rowid LIMIT ?"

@@ -28,6 +28,7 @@ import numpy as np
 from index.backend import SearchResult
 from index.db import SQL_CHUNK, Database, dumps
 from index.errors import DimensionMismatch, StoreError
+from index.filter_tree import Node
 from index.milvus_filters import bool_keys, filter_expression, null_keys
 from index.milvus_specs import parse_spec, search_params, spec_params
 from index.types import NewItem
@@ -134,7 +135,7 @@ class MilvusIndex:
         xq: np.ndarray,
         k: int,
         allowed: np.ndarray | None = None,
-        where: dict[str, Any] | None = None,
+        where: Node | None = None,
     ) -> list[SearchResult]:
         xq = np.ascontiguousarray(xq, dtype=np.float32)
         if xq.ndim != 2 or xq.shape[1] != self.d:

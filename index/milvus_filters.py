@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from index.filter_tree import All, Any_, Cond, Node, Not, kind, parse
+from index.filter_tree import All, Any_, Cond, Node, Not, kind
 
 _OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
@@ -41,9 +41,9 @@ def literal(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not a filter value")
 
 
-def filter_expression(where: dict[str, Any]) -> str:
+def filter_expression(where: Node) -> str:
     """A metadata filter as a Milvus expression (``InvalidFilter`` for a bad filter)."""
-    return expression(parse(where))
+    return expression(where)
 
 
 def expression(node: Node) -> str:

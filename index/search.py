@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 
 from index.db import ITEM_COLUMNS, SQL_CHUNK, Database, hit_rows, interrupted_at, item_from_row
 from index.errors import ModelMismatch, UnknownItem
 from index.faiss_specs import DEFAULT_SPEC
+from index.filter_tree import Node
 from index.filters import filter_labels
 from index.lexical import lexical_labels
 from index.live import LiveCollection
@@ -49,7 +49,7 @@ def search_collection(
     k: int,
     *,
     model_version: str,
-    where: dict[str, Any] | None = None,
+    where: Node | None = None,
     with_vectors: bool = False,
     deadline: float | None = None,
 ) -> list[list[Hit]]:
@@ -175,7 +175,7 @@ def lexical_search(
     db: Database,
     text: str,
     depth: int,
-    where: dict[str, Any] | None,
+    where: Node | None,
     deadline: float | None = None,
 ) -> list[Hit]:
     """The best ``depth`` texts of the collection for the words of ``text`` by BM25

@@ -116,9 +116,9 @@ def test_generated_filters_give_the_same_items_on_both_backends(stores: dict[str
         # Milvus's own evaluation, used for filters that keep many items, agrees too.
         milvus = stores["milvus"]
         (native,) = (
-            milvus.get("c").sides[Modality.TEXT].index.search(normalised(1, 9), N, where=where)
+            milvus.get("c").sides[Modality.TEXT].index.search(normalised(1, 9), N, where=node)
         )
-        listed = filter_labels(milvus.db.reader(), "c", Modality.TEXT, where)
+        listed = filter_labels(milvus.db.reader(), "c", Modality.TEXT, node)
         assert sorted(native.labels.tolist()) == sorted(listed.tolist()), where
         nonempty += bool(expected) and len(expected) < N
     assert nonempty > 60  # the filters cut: neither everything nor nothing

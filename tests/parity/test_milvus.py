@@ -22,6 +22,7 @@ from index import (
     Modality,
     NewItem,
 )
+from index.filter_tree import parse
 from index.milvus_filters import filter_expression, literal
 from index.milvus_specs import parse_spec
 from tests.stores import D, V, die, normalised
@@ -82,7 +83,7 @@ def test_literals_cannot_leave_their_quotes() -> None:
         text = literal(value)
         assert json.loads(text.replace("\\'", "'")) == value  # one literal, every quote escaped
     assert literal(True) == "true" and literal(-3) == "-3" and literal(0.25) == "0.25"
-    assert filter_expression({"a": None}) == 'json_contains(null_keys, "a")'
+    assert filter_expression(parse({"a": None})) == 'json_contains(null_keys, "a")'
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ import math
 
 from app.service.search.ranking import SearchSpec
 from index import CollectionStore, Modality
-from index.filter_tree import parse
+from index.filter_tree import as_tree
 from index.filters import work
 from index.lexical import MAX_TERMS, words
 
@@ -26,11 +26,12 @@ ROWS_PER_HIT = 1000
 
 def filter_work(store: CollectionStore, name: str, spec: SearchSpec) -> int:
     """The hits ``spec``'s filter counts for (0: none)."""
-    if not spec.where:
+    tree = as_tree(spec.where)
+    if tree is None:
         return 0
     targets = [spec.target] if spec.target is not None else list(Modality)
     per = _per(max(store.size(name, m) for m in targets))
-    conditions, scan = work(parse(spec.where))
+    conditions, scan = work(tree)
     return (conditions + int(scan)) * per
 
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from index import Hit, Modality
+from index.filter_tree import Filter
 from models.errors import DeadlineExceeded
 
 # hits of one query row, ``depth`` deep: what the store answers
@@ -63,7 +63,7 @@ class SearchSpec:
     k: int = 10
     offset: int = 0
     target: Modality | None = None
-    where: dict[str, Any] | None = None
+    where: Filter | None = None  # a tree once the search is planned (parsed once)
     min_score: float | None = None  # absolute cosine
     min_relative: float | None = None  # fraction of the best hit's score
     dedup: float | None = None  # cosine at or above which two hits are near-duplicates

@@ -6,7 +6,6 @@ parse and map."""
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -31,6 +30,7 @@ from index import (
     NewItem,
     UnknownItem,
 )
+from index.filter_tree import as_tree
 
 Encode = Callable[[str], Awaitable[np.ndarray]]  # model version -> vectors
 T = TypeVar("T")
@@ -147,14 +147,18 @@ class Retrieval:
         them) and searched as one matrix per target and filter, as FAISS does fastest."""
         for _, spec in queries:
             self.check_page(spec)
-        queries = [(parts, hybrid.checked(spec)) for parts, spec in queries]
+        # Each filter is parsed here, once, and carried down as a tree (``index.filter_tree``).
+        queries = [
+            (parts, replace(hybrid.checked(spec), where=as_tree(spec.where)))
+            for parts, spec in queries
+        ]
         # A lexical or hybrid search reads its rankings fusion_depth deep; a filter and a
         # query's words count for the rows they read, a filter shared by queries once.
-        filters = {json.dumps(spec.where, sort_keys=True): 0 for _, spec in queries}
+        filters: dict[Any, int] = {spec.where: 0 for _, spec in queries}
         planned_work = []
         for _, spec in queries:
             f, w = filter_work(self.store, name, spec), word_work(self.store, name, spec)
-            filters[json.dumps(spec.where, sort_keys=True)] = f
+            filters[spec.where] = f
             planned_work.append(f + w)
         queries = [
             (parts, replace(spec, work=w))
@@ -265,7 +269,7 @@ class Retrieval:
         for i, spec in enumerate(asked):
             if specs[i].mode == "lexical":
                 continue
-            key = (spec.target, json.dumps(spec.where, sort_keys=True), spec.dedup is not None)
+            key = (spec.target, spec.where, spec.dedup is not None)
             groups.setdefault(key, []).append(i)
         max_depth = 4 * self.limits.max_k
         for members in groups.values():
