@@ -262,8 +262,8 @@ def restore_archive(
             if writer.live(name) is not None:
                 raise CollectionExists(f"collection {name!r} was created meanwhile")
             writer.replace({name: shadow})
-        store.mark_changed(name)  # its indexes are snapshotted under the new name
-        store.snapshots.remove_folder(shadow)
+        store.mark_changed(name)  # its indexes are dumped under the new name
+        store.dumps.remove_folder(shadow)
         return info
     except BaseException:
         if store.exists(shadow):

@@ -3,8 +3,8 @@
 Create, list and delete collections; upsert, delete and read items; search one modality
 of a collection with optional metadata filters. Writes commit to SQLite first (see
 ``index.db``) and then update the in-memory indexes under the collection's lock, so an
-acknowledged write survives a crash and is searchable once the call returns. Snapshots
-and recovery live in ``index.snapshots``, moving to another model version in
+acknowledged write survives a crash and is searchable once the call returns. IndexDumps
+and recovery live in ``index.dumps``, moving to another model version in
 ``index.migration``, metadata filters in ``index.filters``, unreferenced image files in
 ``index.garbage``, the data-dir lock in ``index.lock``. All methods block; callers on an
 event loop run them in an executor.
@@ -35,6 +35,7 @@ from index.db import (
     item_from_row,
     stored_versions,
 )
+from index.dumps import IndexDumps, backend_key
 from index.errors import (
     CollectionExists,
     DimensionMismatch,
@@ -55,7 +56,6 @@ from index.search import (
     search_collection,
     vectors_after,
 )
-from index.snapshots import Snapshots, backend_key
 from index.state import StoreState
 from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredVersion
 from index.values import check_item
@@ -77,7 +77,7 @@ class CollectionStore:
         *,
         backends: BackendFactory | None = None,
         store_images: bool = True,
-        snapshot_every: int = 10_000,
+        index_dump_every: int = 10_000,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -95,12 +95,12 @@ class CollectionStore:
                 store_images,
                 ImageGarbage(db, blobs),
                 backends,
-                Snapshots(db, backends, self.index_dir, snapshot_every),
+                IndexDumps(db, backends, self.index_dir, index_dump_every),
             )
             # Read-only views of the state for the store's callers (the same objects).
             self.db, self.blobs, self.store_images = db, blobs, store_images
             self.garbage, self.backends = self.state.garbage, backends
-            self.snapshots = self.state.snapshots
+            self.dumps = self.state.dumps
             self.collections = self.state.collections
             self.broken = self.state.broken
             self._writer = LockedWriter(self.state)
@@ -124,7 +124,7 @@ class CollectionStore:
         try:
             # The grammar first: a spec stored before it existed may crash FAISS outright.
             normal = self.backends.check(dim, spec)
-            c = self.snapshots.open(name, uid, normal, dim, model_version, created_at)
+            c = self.dumps.open(name, uid, normal, dim, model_version, created_at)
             row = self.db.writer.execute(
                 "SELECT report FROM index_reports WHERE uid = ?", (uid,)
             ).fetchone()
@@ -145,23 +145,23 @@ class CollectionStore:
             )
 
     def close(self) -> None:
-        """Snapshot what changed and release everything."""
+        """Dump what changed and release everything."""
         if self._closed:
             return
-        self.snapshots.wait_idle()
-        self.snapshot(only_dirty=True)
+        self.dumps.wait_idle()
+        self.dump(only_dirty=True)
         self._closed = True
         self.backends.close()
         self.db.close()
         os.close(self._lock)  # and with it the lock
 
-    def snapshot(self, only_dirty: bool = False) -> int:
+    def dump(self, only_dirty: bool = False) -> int:
         """Write every (or every changed) index to disk; returns how many were written."""
-        return self.snapshots.write_all(list(self.collections.values()), only_dirty)
+        return self.dumps.write_all(list(self.collections.values()), only_dirty)
 
     def wait_idle(self) -> None:
         """Wait for background training and compaction (tests, shutdown)."""
-        self.snapshots.wait_idle()
+        self.dumps.wait_idle()
 
     # --- collections ------------------------------------------------------------------------
     def create_collection(
@@ -214,7 +214,7 @@ class CollectionStore:
         return name in self.collections or name in self.broken
 
     def mark_changed(self, name: str) -> None:
-        """Have ``name``'s indexes written to disk at the next snapshot (they moved under
+        """Have ``name``'s indexes written to disk at the next dump (they moved under
         this name: a swap, a restore)."""
         for side in self.get(name).sides.values():
             side.dirty += 1
@@ -261,14 +261,14 @@ class CollectionStore:
             if uid is not None and c.uid != uid:
                 raise UnknownCollection(f"collection {name!r} was deleted (and created again)")
             writer.upsert(c, items, vectors, model_version, extra)
-        self.snapshots.after_write(c, self.is_current)
+        self.dumps.after_write(c, self.is_current)
         return [it.id for it in items]
 
     def delete_item(self, name: str, item_id: str) -> None:
         with self.locked() as writer:
             c = self.get(name)
             writer.delete(c, item_id)
-        self.snapshots.after_write(c, self.is_current)
+        self.dumps.after_write(c, self.is_current)
 
     def get_item(self, name: str, item_id: str) -> Item:
         self.get(name)

@@ -25,8 +25,8 @@ class Side:
     index: VectorBackend
     label_mark: int = 0  # highest item label applied to the index
     tomb_mark: int = 0  # highest tombstone seq applied to the index
-    dirty: int = 0  # changes since the last snapshot
-    busy: bool = False  # a background snapshot or rebuild owns this side
+    dirty: int = 0  # changes since the last dump
+    busy: bool = False  # a background dump or rebuild owns this side
     lagging: bool = False  # the backend failed a change: catch up from SQLite before the next
 
 

@@ -126,9 +126,9 @@ class Migration:
         for old in olds:
             old.drop_indexes()
         for name, shadow in self.shadows.items():
-            store.mark_changed(name)  # the moved indexes are snapshotted under their new name
-            store.snapshots.remove_folder(shadow)
-            store.snapshots.remove_files(name)
+            store.mark_changed(name)  # the moved indexes are dumped under their new name
+            store.dumps.remove_folder(shadow)
+            store.dumps.remove_files(name)
         self.shadows = {}
 
     def abort(self) -> None:

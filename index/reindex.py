@@ -112,7 +112,7 @@ def switch_index(
     report: dict[str, Any],
 ) -> None:
     """Catch the new indexes up and serve from them, with ``spec`` and ``report`` stored.
-    The catch-up compares labels, not tombstones (a snapshot may have pruned those): what
+    The catch-up compares labels, not tombstones (a dump may have pruned those): what
     was deleted since the read leaves, what was added (newer labels) joins."""
     with store.db.write_lock:
         c = store.get(name)

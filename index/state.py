@@ -1,5 +1,5 @@
 """The collection store's state, held in one place: its database, image files, vector
-backends and index snapshots, and the collections serving or broken. The store
+backends and index dumps, and the collections serving or broken. The store
 (``index.collections``) owns it; the writer (``index.writes``) changes it under the
 store's write lock; nothing else assigns into it."""
 
@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from index.backend import BackendFactory
 from index.blobs import BlobStore
 from index.db import Database, delete_rows
+from index.dumps import IndexDumps
 from index.errors import CollectionBroken, UnknownCollection
 from index.garbage import ImageGarbage
 from index.live import SHADOW_PREFIX, LiveCollection
-from index.snapshots import Snapshots
 from index.types import CollectionInfo
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ class StoreState:
     store_images: bool
     garbage: ImageGarbage
     backends: BackendFactory
-    snapshots: Snapshots
+    dumps: IndexDumps
     collections: dict[str, LiveCollection] = field(default_factory=dict)
     # Stored collections whose index cannot be built: listed, deletable, nothing else.
     broken: dict[str, CollectionInfo] = field(default_factory=dict)
@@ -55,4 +55,4 @@ class StoreState:
                 delete_rows(conn, shadow)
         for shadow in shadows:
             log.info("dropped %s, left by an unfinished activation or restore", shadow)
-            self.snapshots.remove_folder(shadow)
+            self.dumps.remove_folder(shadow)

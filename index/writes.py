@@ -80,7 +80,7 @@ class LockedWriter:
                 (name, uid, spec, dim, model_version, created_at),
             )
             create_lexical(conn, name)
-        c = store.snapshots.new(name, uid, spec, dim, model_version, created_at)
+        c = store.dumps.new(name, uid, spec, dim, model_version, created_at)
         store.collections[name] = c
         return c
 
@@ -99,7 +99,7 @@ class LockedWriter:
                 del store.collections[name]
             c.drop_indexes()
         store.garbage.collect(digests)
-        store.snapshots.remove_files(name)
+        store.dumps.remove_files(name)
 
     def replace(self, copies: Mapping[str, str]) -> list[str]:
         """Swap each hidden copy in for the collection it copies (name -> copy), in one
@@ -207,7 +207,7 @@ class LockedWriter:
             side.dirty += len(gone) + len(mine)
 
         try:
-            store.snapshots.apply(c, list(Modality), change)
+            store.dumps.apply(c, list(Modality), change)
         finally:
             store.garbage.collect([d for _, _, d in replaced if d is not None])
 
@@ -232,7 +232,7 @@ class LockedWriter:
             side.dirty += 1
 
         try:
-            store.snapshots.apply(c, [Modality(old[1])], change)
+            store.dumps.apply(c, [Modality(old[1])], change)
         finally:
             if old[2] is not None:
                 store.garbage.collect([old[2]])

@@ -211,11 +211,11 @@ class Settings(BaseSettings):
         "unset: a local cluster started in the server's process.",
     )
     store_images: bool = Field(True, description="Keep uploaded image bytes (content-addressed).")
-    snapshot_interval_s: Annotated[float, Field(gt=0)] = Field(
-        60.0, description="How often changed FAISS indexes are snapshotted to disk."
+    index_dump_interval_s: Annotated[float, Field(gt=0)] = Field(
+        60.0, description="How often changed FAISS indexes are dumped to disk."
     )
-    snapshot_every: Annotated[int, Field(ge=1)] = Field(
-        10_000, description="Also snapshot an index after this many changes."
+    index_dump_every: Annotated[int, Field(ge=1)] = Field(
+        10_000, description="Also dump an index after this many changes."
     )
     snapshot_bytes_per_collection: Annotated[int, Field(ge=1)] = Field(
         100 * 1024 * MiB,

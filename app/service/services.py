@@ -44,7 +44,7 @@ class Services:
         /readyz once both are done."""
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._load(), name="xmodal-load"))
-        self._tasks.append(loop.create_task(self._snapshot_loop(), name="xmodal-snapshots"))
+        self._tasks.append(loop.create_task(self._dump_loop(), name="xmodal-index-dumps"))
         self._tasks.append(loop.create_task(self._sweep_loop(), name="xmodal-sweep"))
 
     async def _load(self) -> None:
@@ -63,14 +63,14 @@ class Services:
             known = isinstance(exc, (ModelLoadError, DataDirInUse))
             log.error("start-up failed: %s", exc, exc_info=not known)
 
-    async def _snapshot_loop(self) -> None:
+    async def _dump_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.snapshot_interval_s)
+            await asyncio.sleep(self.settings.index_dump_interval_s)
             if self.store is not None:
                 try:
-                    await run_in_threadpool(self.store.snapshot, True)
+                    await run_in_threadpool(self.store.dump, True)
                 except Exception:
-                    log.exception("periodic snapshot failed; SQLite still holds every item")
+                    log.exception("periodic index dump failed; SQLite still holds every item")
 
     async def _sweep_loop(self) -> None:
         """Now and then, remove image files and thumbnails no item refers to."""

@@ -87,7 +87,7 @@ def open_store(settings: Settings) -> CollectionStore:
         settings.data_dir,
         backends=backends,
         store_images=settings.store_images,
-        snapshot_every=settings.snapshot_every,
+        index_dump_every=settings.index_dump_every,
     )
 
 

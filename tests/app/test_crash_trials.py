@@ -78,7 +78,7 @@ def test_acknowledged_writes_and_deletes_survive_repeated_kill_9(tmp_path: Path)
     ledgers = [Ledger() for _ in range(3)]
     job_id = None
     for round_ in range(KILLS + 1):
-        server = ServerProcess(data, import_chunk_size=32, snapshot_every=50).start()
+        server = ServerProcess(data, import_chunk_size=32, index_dump_every=50).start()
         try:
             with httpx.Client(base_url=server.url, timeout=30) as c:
                 if round_ == 0:

@@ -32,7 +32,7 @@ def test_a_switch_keeps_the_writes_made_while_the_index_was_built(tmp_path: Path
         for i in (3, 500, 999, 1100):
             store.delete_item("c", f"t{i}")
         store.upsert("c", [items[7]], xb[8:9], V)  # t7 now holds t8's vector
-        store.snapshot()
+        store.dump()
         switch_index(store, "c", uid, "IVF16,Flat", built, {"index": "IVF16,Flat"})
         c = store.get("c")
         assert c.spec == "IVF16,Flat" and c.sides[Modality.TEXT].index.trained

@@ -128,14 +128,14 @@ def test_reopening_after_a_clean_close_gives_the_same_results(tmp_path: Path) ->
     s.close()
 
 
-def test_without_a_final_snapshot_the_index_is_caught_up_from_sqlite(tmp_path: Path) -> None:
+def test_without_a_final_dump_the_index_is_caught_up_from_sqlite(tmp_path: Path) -> None:
     """Snapshot, keep writing (adds, replaces, deletes), then 'crash' (no close): reopening
     loads the snapshot and applies everything written after it."""
     xb, xq = normalised(400, 0), normalised(4, 1)
     s = CollectionStore(tmp_path, backends=CPU)
     s.create_collection("c", D, V)
     s.upsert("c", items(200), xb[:200], V)
-    s.snapshot()
+    s.dump()
     s.upsert("c", items(200, start=200), xb[200:], V)
     s.delete_item("c", "img-5")
     s.upsert("c", [NewItem("img-6", Modality.IMAGE, {}, content=b"x")], normalised(1, 77), V)
@@ -195,7 +195,7 @@ def test_collection_lifecycle_and_errors(store: CollectionStore) -> None:
     with pytest.raises(ModelMismatch):
         store.search("c", Modality.IMAGE, normalised(1, 0), 3, model_version="another-model")
     store.upsert("c", items(3), normalised(3, 0), V)
-    store.snapshot()
+    store.dump()
     assert [c.name for c in store.list_collections()] == ["c"]
     digest = store.get_item("c", "img-1").content_sha256
     store.delete_collection("c")

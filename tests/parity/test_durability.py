@@ -31,14 +31,16 @@ def run_searches(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("snapshot_every", [1_000_000, 25], ids=["no-snapshot", "snapshots-midway"])
+@pytest.mark.parametrize(
+    "index_dump_every", [1_000_000, 25], ids=["no-snapshot", "snapshots-midway"]
+)
 def test_acknowledged_items_survive_kill_9(
-    tmp_path: Path, snapshot_every: int, backend: str
+    tmp_path: Path, index_dump_every: int, backend: str
 ) -> None:
     server = ServerProcess(
         tmp_path / "data",
-        snapshot_every=snapshot_every,
-        snapshot_interval_s=3600,
+        index_dump_every=index_dump_every,
+        index_dump_interval_s=3600,
         vector_backend=backend,
     ).start()
     images = {

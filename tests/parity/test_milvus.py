@@ -156,7 +156,7 @@ def test_restart_after_a_crash_and_a_collection_deleted_meanwhile(tmp_path: Path
     batch, xb = odd_items(20), normalised(20, 0)
     s.upsert("keep", batch, xb, V)
     s.upsert("gone", batch, xb, V)
-    s.snapshot()
+    s.dump()
     s.delete_item("keep", "t-3")  # after the snapshot: only SQLite's tombstone knows
     gone_uid = s.get("gone").uid
     with s.db.transaction() as conn:  # a delete that died before it reached Milvus

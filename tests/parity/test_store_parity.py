@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from index import CollectionStore, FaissBackends, Migration, MilvusBackends, Modality
+from index.dumps import backend_key
 from index.milvus_backend import collection_name
-from index.snapshots import backend_key
 from index.types import StoredItem
 from tests.parity.test_milvus import ODD, odd_items
 from tests.stores import D, V, items, normalised

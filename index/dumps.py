@@ -1,10 +1,11 @@
-"""Snapshots of the vector indexes and recovery on start.
+"""IndexDumps of the vector indexes and recovery on start.
 
-The indexes live in memory; snapshots of them are written now and then (temp file,
+The indexes live in memory; dumps of them are written now and then (temp file,
 fsync, rename) together with two watermarks: the highest item label and the highest
-tombstone sequence they contain. On start each snapshot is loaded and caught up from
+tombstone sequence they contain. On start each dump is loaded and caught up from
 SQLite (labels added and tombstones written after the watermarks); a missing, stale or
-unreadable snapshot is rebuilt from the stored embeddings.
+unreadable dump is rebuilt from the stored embeddings. (A collection's *snapshot* is
+something else: an archive of the whole collection, ``index.archives``.)
 
 Labels are SQLite AUTOINCREMENT row ids and are never reused: replacing an item inserts a
 new row and leaves a tombstone for the old label, so catch-up needs no ordering. Training
@@ -39,14 +40,14 @@ def backend_key(uid: str, modality: Modality) -> str:
     return f"{uid}_{modality.value}"
 
 
-class Snapshots:
+class IndexDumps:
     def __init__(
-        self, db: Database, backends: BackendFactory, index_dir: Path, snapshot_every: int
+        self, db: Database, backends: BackendFactory, index_dir: Path, index_dump_every: int
     ) -> None:
         self.db = db
         self.backends = backends
         self.index_dir = index_dir
-        self.snapshot_every = snapshot_every
+        self.index_dump_every = index_dump_every
         self._busy_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
@@ -54,7 +55,7 @@ class Snapshots:
         return self.index_dir / name / f"{modality.value}.xmidx"
 
     def remove_files(self, name: str) -> None:
-        """Forget ``name``'s snapshots (a deleted collection, or one that moved)."""
+        """Forget ``name``'s dumps (a deleted collection, or one that moved)."""
         for m in Modality:
             with contextlib.suppress(FileNotFoundError):
                 self.path(name, m).unlink()
@@ -96,7 +97,7 @@ class Snapshots:
                 how = "rebuilt from SQLite"
             else:
                 label_mark, tomb_mark = self.catch_up(name, m, index, label_mark, tomb_mark)
-            c.sides[m] = Side(index, label_mark, tomb_mark, dirty=0 if how == "snapshot" else 1)
+            c.sides[m] = Side(index, label_mark, tomb_mark, dirty=0 if how == "dump" else 1)
             log.info(
                 "collection %s/%s: %d vectors, %s in %.2f s",
                 name,
@@ -112,16 +113,16 @@ class Snapshots:
         try:
             data = path.read_bytes()
         except FileNotFoundError:
-            return None, 0, 0, "no snapshot"
+            return None, 0, 0, "no dump"
         try:
             index, meta = self.backends.load(data)
-        except Exception as exc:  # any unreadable snapshot is rebuilt, never trusted
-            log.warning("snapshot %s unreadable (%s); rebuilding from SQLite", path, exc)
-            return None, 0, 0, "unreadable snapshot"
+        except Exception as exc:  # any unreadable dump is rebuilt, never trusted
+            log.warning("index dump %s unreadable (%s); rebuilding from SQLite", path, exc)
+            return None, 0, 0, "unreadable dump"
         if meta.get("uid") != c.uid or index.spec != c.spec or index.d != c.dim:
-            log.warning("snapshot %s belongs to another collection or spec; rebuilding", path)
-            return None, 0, 0, "stale snapshot"
-        return index, int(meta["label_mark"]), int(meta["tomb_mark"]), "snapshot"
+            log.warning("index dump %s belongs to another collection or spec; rebuilding", path)
+            return None, 0, 0, "stale dump"
+        return index, int(meta["label_mark"]), int(meta["tomb_mark"]), "dump"
 
     def catch_up(
         self,
@@ -205,7 +206,7 @@ class Snapshots:
         with c.lock.write():
             side.dirty -= dirty_then
         with self.db.transaction() as conn:
-            # Tombstones the snapshot already reflects are needed by no one.
+            # Tombstones the dump already reflects are needed by no one.
             conn.execute(
                 "DELETE FROM tombstones WHERE collection = ? AND modality = ? AND seq <= ?",
                 (c.name, m.value, meta["tomb_mark"]),
@@ -213,17 +214,17 @@ class Snapshots:
 
     # --- background upkeep --------------------------------------------------------------------
     def after_write(self, c: LiveCollection, current: Callable[[LiveCollection], bool]) -> None:
-        """Train, compact or snapshot ``c``'s indexes in the background when they need it;
+        """Train, compact or dump ``c``'s indexes in the background when they need it;
         ``current`` tells whether ``c`` is still the collection under its name."""
         for m, side in c.sides.items():
             if side.index.needs_training() or side.index.needs_compaction():
                 if self._claim(side):
                     self._spawn(self._rebuild, c, m, current)
-            elif side.dirty >= self.snapshot_every and self._claim(side):
+            elif side.dirty >= self.index_dump_every and self._claim(side):
                 self._spawn(self._write_in_background, c, m, current)
 
     def _claim(self, side: Side) -> bool:
-        """Mark ``side`` busy for one background snapshot or rebuild; False if it already is."""
+        """Mark ``side`` busy for one background dump or rebuild; False if it already is."""
         with self._busy_lock:
             if side.busy:
                 return False
@@ -237,7 +238,7 @@ class Snapshots:
             if current(c):
                 self._write(c, m)
         except Exception:
-            log.exception("snapshot of %s/%s failed; SQLite still has every item", c.name, m.value)
+            log.exception("index dump of %s/%s failed; SQLite still has every item", c.name, m.value)
         finally:
             c.sides[m].busy = False
 
