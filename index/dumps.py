@@ -238,7 +238,9 @@ class IndexDumps:
             if current(c):
                 self._write(c, m)
         except Exception:
-            log.exception("index dump of %s/%s failed; SQLite still has every item", c.name, m.value)
+            log.exception(
+                "index dump of %s/%s failed; SQLite still has every item", c.name, m.value
+            )
         finally:
             c.sides[m].busy = False
 
