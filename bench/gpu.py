@@ -205,7 +205,7 @@ def search(s: Sizes, gpu: bool) -> dict[str, Any]:
     """Exact search over ``vectors`` x ``dim`` built as the service builds it (on the GPU
     when FAISS has one): one query at a time, and 64 at once."""
     from bench.run import bench_search
-    from index.faiss_backends import FaissBackends
+    from index.vectors.faiss_backends import FaissBackends
 
     r = bench_search(s.dim, s.vectors, "Flat", s.queries, FaissBackends(use_gpu=gpu).gpu_resources)
     return {

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from index import CollectionStore, FaissBackends, MilvusBackends, Modality, NewItem
-from index.advice import ladder, measure
-from index.backend import BackendFactory
+from index.vectors.advice import ladder, measure
+from index.vectors.backend import BackendFactory
 
 VERSION = "bench@v1"
 SHARDS = 100  # items carry {"shard": i % 100}: one shard is 1% of them
@@ -125,7 +125,7 @@ def clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
 def spec_rows(n: int, d: int) -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:
     """Each spec of the advice ladder at ``n`` x ``d`` clustered unit vectors: recall@10
     against exact search (as served, and the index's own), p50 latency, bytes per vector,
-    measured as a re-index job measures them (``index.advice``)."""
+    measured as a re-index job measures them (``index.vectors.advice``)."""
     xb = clustered(n, d)
     labels = np.arange(1, n + 1, dtype=np.int64)
     backends = FaissBackends(use_gpu=False)

@@ -3,9 +3,17 @@
 NumPy in, NumPy out; no torch and no web imports.
 """
 
-from index.backend import BackendFactory, SearchResult, VectorBackend
+from index.catalogue.db import DB_FILE, Database
+from index.catalogue.jobs import (
+    Job,
+    JobFinished,
+    JobNotCancellable,
+    JobState,
+    JobStore,
+    Progress,
+    UnknownJob,
+)
 from index.collections import COLLECTION_NAME, CollectionStore
-from index.db import DB_FILE, Database
 from index.errors import (
     CollectionBroken,
     CollectionExists,
@@ -19,21 +27,13 @@ from index.errors import (
     UnknownCollection,
     UnknownItem,
 )
-from index.faiss_backend import FaissIndex, gpu_count
-from index.faiss_backends import FaissBackends
-from index.jobs import (
-    Job,
-    JobFinished,
-    JobNotCancellable,
-    JobState,
-    JobStore,
-    Progress,
-    UnknownJob,
-)
 from index.migration import Migration
-from index.milvus_backend import BackendUnavailable, MilvusBackends
 from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredItem, StoredVersion
 from index.values import InvalidValue
+from index.vectors.backend import BackendFactory, SearchResult, VectorBackend
+from index.vectors.faiss_backend import FaissIndex, gpu_count
+from index.vectors.faiss_backends import FaissBackends
+from index.vectors.milvus_backend import BackendUnavailable, MilvusBackends
 
 __all__ = [
     "COLLECTION_NAME",

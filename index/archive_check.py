@@ -33,10 +33,10 @@ from typing import IO, Any
 
 import numpy as np
 
-from index import faiss_specs, milvus_specs
 from index.errors import InvalidIndexSpec, StoreError
 from index.types import Modality, NewItem
 from index.values import InvalidValue, check_item
+from index.vectors import faiss_specs, milvus_specs
 
 FORMAT = "xmodal-collection-archive/1"
 CHUNK = 1000  # items a chunk

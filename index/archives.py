@@ -48,8 +48,8 @@ from index.archive_check import (
     verify,
 )
 from index.blobs import fsync_dir
+from index.catalogue.db import STORED_COLUMNS, stored_item_from_row
 from index.collections import COLLECTION_NAME, COLLECTION_NAME_RULE, CollectionStore
-from index.db import STORED_COLUMNS, stored_item_from_row
 from index.errors import CollectionExists, StoreError
 from index.live import SHADOW_PREFIX
 from index.types import Modality, NewItem, StoredItem

@@ -2,10 +2,10 @@
 
 Create, list and delete collections; upsert, delete and read items; search one modality
 of a collection with optional metadata filters. Writes commit to SQLite first (see
-``index.db``) and then update the in-memory indexes under the collection's lock, so an
+``index.catalogue.db``) and then update the in-memory indexes under the collection's lock, so an
 acknowledged write survives a crash and is searchable once the call returns. IndexDumps
-and recovery live in ``index.dumps``, moving to another model version in
-``index.migration``, metadata filters in ``index.filters``, unreferenced image files in
+and recovery live in ``index.vectors.dumps``, moving to another model version in
+``index.migration``, metadata filters in ``index.catalogue.filters``, unreferenced image files in
 ``index.garbage``, the data-dir lock in ``index.lock``. All methods block; callers on an
 event loop run them in an executor.
 """
@@ -25,9 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from index.backend import BackendFactory
 from index.blobs import BlobStore
-from index.db import (
+from index.catalogue.db import (
     DB_FILE,
     ITEM_COLUMNS,
     Database,
@@ -35,17 +34,15 @@ from index.db import (
     item_from_row,
     stored_versions,
 )
-from index.dumps import IndexDumps, backend_key
+from index.catalogue.jobs import SCHEMA as JOBS_SCHEMA
 from index.errors import (
     CollectionExists,
     DimensionMismatch,
     UnknownCollection,
     UnknownItem,
 )
-from index.faiss_backends import FaissBackends
 from index.filter_tree import Filter, as_tree
 from index.garbage import ImageGarbage
-from index.jobs import SCHEMA as JOBS_SCHEMA
 from index.live import SHADOW_PREFIX, LiveCollection
 from index.lock import lock_data_dir
 from index.search import (
@@ -59,6 +56,9 @@ from index.search import (
 from index.state import StoreState
 from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredVersion
 from index.values import check_item
+from index.vectors.backend import BackendFactory
+from index.vectors.dumps import IndexDumps, backend_key
+from index.vectors.faiss_backends import FaissBackends
 from index.writes import LockedWriter, digest_of
 
 log = logging.getLogger(__name__)
@@ -336,8 +336,8 @@ class CollectionStore:
         where: Filter | None = None,
         deadline: float | None = None,
     ) -> list[Hit]:
-        """The best ``depth`` texts for the words of ``text``, by BM25 (``index.lexical``),
-        read until ``deadline`` at the latest."""
+        """The best ``depth`` texts for the words of ``text``, by BM25
+        (``index.catalogue.lexical``), read until ``deadline`` at the latest."""
         return lexical_search(self.get(name), self.db, text, depth, as_tree(where), deadline)
 
     def size(self, name: str, modality: Modality) -> int:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from index.blobs import BlobStore
-from index.db import SQL_CHUNK, Database
+from index.catalogue.db import SQL_CHUNK, Database
 
 log = logging.getLogger(__name__)
 

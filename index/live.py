@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from index.backend import VectorBackend
 from index.rwlock import RWLock
 from index.types import CollectionInfo, Modality
+from index.vectors.backend import VectorBackend
 
 log = logging.getLogger(__name__)
 

@@ -14,15 +14,22 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from index.db import ITEM_COLUMNS, SQL_CHUNK, Database, hit_rows, interrupted_at, item_from_row
+from index.catalogue.db import (
+    ITEM_COLUMNS,
+    SQL_CHUNK,
+    Database,
+    hit_rows,
+    interrupted_at,
+    item_from_row,
+)
+from index.catalogue.filters import filter_labels
+from index.catalogue.lexical import lexical_labels
 from index.errors import ModelMismatch, UnknownItem
-from index.faiss_specs import DEFAULT_SPEC
 from index.filter_tree import Node
-from index.filters import filter_labels
-from index.lexical import lexical_labels
 from index.live import LiveCollection
-from index.milvus_specs import EXACT_TYPES
 from index.types import Hit, Item, Modality
+from index.vectors.faiss_specs import DEFAULT_SPEC
+from index.vectors.milvus_specs import EXACT_TYPES
 
 # An approximate index is asked for this many times the hits wanted, and at least this
 # many more: graphs and inverted lists over full vectors (HNSW, IVF-Flat, SQfp16) rank
@@ -179,7 +186,7 @@ def lexical_search(
     deadline: float | None = None,
 ) -> list[Hit]:
     """The best ``depth`` texts of the collection for the words of ``text`` by BM25
-    (``index.lexical``), best first, as hits scored by BM25 relevance."""
+    (``index.catalogue.lexical``), best first, as hits scored by BM25 relevance."""
     conn = db.reader()
     with interrupted_at(conn, deadline):
         ranked = lexical_labels(conn, c.name, text, depth, where)

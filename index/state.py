@@ -8,14 +8,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from index.backend import BackendFactory
 from index.blobs import BlobStore
-from index.db import Database, delete_rows
-from index.dumps import IndexDumps
+from index.catalogue.db import Database, delete_rows
 from index.errors import CollectionBroken, UnknownCollection
 from index.garbage import ImageGarbage
 from index.live import SHADOW_PREFIX, LiveCollection
 from index.types import CollectionInfo
+from index.vectors.backend import BackendFactory
+from index.vectors.dumps import IndexDumps
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from index.blobs import sha256_hex
-from index.db import delete_rows, dumps, find_item, max_tombstone
+from index.catalogue.db import delete_rows, dumps, find_item, max_tombstone
+from index.catalogue.jobs import cancel_jobs_of
+from index.catalogue.lexical import create_lexical, move_lexical
 from index.errors import UnknownItem
-from index.jobs import cancel_jobs_of
-from index.lexical import create_lexical, move_lexical
 from index.live import LiveCollection, Side
 from index.state import StoreState
 from index.types import Modality, NewItem

@@ -178,7 +178,7 @@ def store_vectors(data: Path, name: str, n: int) -> None:
     """A collection of ``n`` random text vectors in the tiny model's space, written
     straight to the store (cheap: no encoding)."""
     from index import CollectionStore, Modality, NewItem
-    from index.faiss_backends import FaissBackends
+    from index.vectors.faiss_backends import FaissBackends
 
     store = CollectionStore(data, backends=FaissBackends(use_gpu=False))
     store.create_collection(name, 64, TINY_SPACE)

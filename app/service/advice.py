@@ -1,5 +1,5 @@
 """Index advice as the service gives it: one measurement at a time, since building the
-ladder's indexes takes the CPU, each in a process of its own (``index.advice_run``) so
+ladder's indexes takes the CPU, each in a process of its own (``index.vectors.advice_run``) so
 that it ends at its deadline, when its client leaves, or when the server stops."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import index
 from app.service.errors import Busy, Failed, NotReady
 from index import CollectionStore, InvalidIndexSpec, Modality
-from index.reindex import advice_sample
+from index.vectors.reindex import advice_sample
 from models.errors import DeadlineExceeded
 
 POLL_S = 0.2
@@ -90,7 +90,7 @@ class Advisor:
         root = str(Path(index.__file__).resolve().parents[1])  # where ``index`` lives
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "index.advice_run", str(folder)],
+            [sys.executable, "-m", "index.vectors.advice_run", str(folder)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from index import CollectionStore, Interrupted, Modality, NewItem
-from index.db import interrupted_at
-from index.faiss_backends import FaissBackends
+from index.catalogue.db import interrupted_at
+from index.catalogue.filters import labels_sql, work
 from index.filter_tree import parse
-from index.filters import labels_sql, work
+from index.vectors.faiss_backends import FaissBackends
 from tests.helpers import TINY_SPACE, AppServer
 
 N = 20_000

@@ -317,7 +317,9 @@ def test_sigterm_drains_finishes_in_flight_requests_and_snapshots(tmp_path: Path
         json={"specs": ["HNSW128"] * 12},
         timeout=60,
     )
-    wait_until(lambda: children(pid, b"index.advice_run") != [], what="the advice measuring")
+    wait_until(
+        lambda: children(pid, b"index.vectors.advice_run") != [], what="the advice measuring"
+    )
     with httpx.Client(base_url=server.url, timeout=30) as c:
         assert c.post("/v1/collections", json={"name": "drain"}).status_code == 201
         r = c.post("/v1/collections/drain/texts", json={"items": [{"id": "t", "text": "kept"}]})
@@ -331,7 +333,7 @@ def test_sigterm_drains_finishes_in_flight_requests_and_snapshots(tmp_path: Path
         server.proc.send_signal(signal.SIGTERM)
         stopped = advice.result()
         assert_error(stopped, 503, "advice_stopped")
-        assert children(pid, b"index.advice_run") == []
+        assert children(pid, b"index.vectors.advice_run") == []
         # Draining: not ready, still alive and still serving.
         wait_until(lambda: c.get("/readyz").status_code == 503, what="not ready")
         r = c.get("/readyz")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from index import CollectionStore, FaissBackends, Modality, NewItem
-from index.reindex import build_new_index, switch_index
+from index.vectors.reindex import build_new_index, switch_index
 from tests.api import add_texts, assert_error, search, wait_for_job
 from tests.corpus import BIG
 from tests.helpers import AppServer, xmodal

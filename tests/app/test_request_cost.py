@@ -20,7 +20,7 @@ from app.api.bodies import CONTROL_BODY_BYTES, json_values
 from app.service.advice import AdviceStopped, Advisor
 from app.service.search.ranking import Budget, SearchSpec, rank
 from index import CollectionStore, Hit, Modality
-from index.faiss_backends import FaissBackends
+from index.vectors.faiss_backends import FaissBackends
 from models.errors import DeadlineExceeded
 from tests.api import assert_error, wait_until
 from tests.helpers import AppServer, children, store_vectors
@@ -157,7 +157,7 @@ SLOW_SPECS = ["HNSW128"] * 12  # about 0.7 s each on 5,000 vectors here
 
 def _advice_processes(pid: int | None = None) -> list[int]:
     """The processes of ``pid`` (this one by default) measuring an index advice."""
-    return children(pid or os.getpid(), b"index.advice_run")
+    return children(pid or os.getpid(), b"index.vectors.advice_run")
 
 
 def test_specs_the_sample_cannot_train_are_refused_up_front(

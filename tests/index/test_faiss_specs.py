@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from index import FaissBackends, FaissIndex, InvalidIndexSpec, gpu_count
-from index.faiss_specs import parse_spec
+from index.vectors.faiss_specs import parse_spec
 from tests.stores import unit_vectors
 
 D = 32

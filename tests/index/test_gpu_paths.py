@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from index import FaissIndex, gpu_count
-from index.faiss_backend import new_gpu_resources
+from index.vectors.faiss_backend import new_gpu_resources
 from tests.stores import unit_vectors
 
 D = 32

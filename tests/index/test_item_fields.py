@@ -8,8 +8,8 @@ import sqlite3
 from pathlib import Path
 
 from index import CollectionStore, Modality, NewItem
-from index.db import DB_FILE
-from index.lexical import table_of
+from index.catalogue.db import DB_FILE
+from index.catalogue.lexical import table_of
 from tests.stores import CPU, D, V, normalised
 
 

@@ -24,7 +24,7 @@ from index import (
     UnknownCollection,
     UnknownItem,
 )
-from index.jobs import MAX_STARTS
+from index.catalogue.jobs import MAX_STARTS
 from index.values import InvalidValue
 from tests.stores import CPU, D, V, die, items, normalised, top_ids
 

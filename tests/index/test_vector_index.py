@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from index import DimensionMismatch, FaissIndex, InvalidIndexSpec
-from index.faiss_backend import SMALL_QUERY_BATCH
+from index.vectors.faiss_backend import SMALL_QUERY_BATCH
 from tests.stores import unit_vectors
 
 D = 32

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from index import MilvusBackends, Modality
-from index.dumps import backend_key
-from index.milvus_backend import collection_name
+from index.vectors.dumps import backend_key
+from index.vectors.milvus_backend import collection_name
 from models.encoder import load_encoder
 from models.feature_map import FeatureMap
 from models.registry import ModelRegistry, ModelVersion, mean_recall

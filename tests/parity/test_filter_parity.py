@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from index import CollectionStore, FaissBackends, MilvusBackends, Modality, NewItem
+from index.catalogue.filters import filter_labels
 from index.errors import InvalidFilter
 from index.filter_tree import matches, parse
-from index.filters import filter_labels
 from tests.stores import D, V, normalised
 
 N = 240

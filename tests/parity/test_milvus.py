@@ -23,8 +23,8 @@ from index import (
     NewItem,
 )
 from index.filter_tree import parse
-from index.milvus_filters import filter_expression, literal
-from index.milvus_specs import parse_spec
+from index.vectors.milvus_filters import filter_expression, literal
+from index.vectors.milvus_specs import parse_spec
 from tests.stores import D, V, die, normalised
 
 # Keys and values that a pasted expression would choke on, or be steered by.

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from index import CollectionStore, FaissBackends, Migration, MilvusBackends, Modality
-from index.dumps import backend_key
-from index.milvus_backend import collection_name
 from index.types import StoredItem
+from index.vectors.dumps import backend_key
+from index.vectors.milvus_backend import collection_name
 from tests.parity.test_milvus import ODD, odd_items
 from tests.stores import D, V, items, normalised
 

@@ -1,6 +1,6 @@
 """The job loop: one job at a time, in its own thread, each kind run by its runner.
 
-Jobs are durable (``index.jobs``): queued and running ones are picked up again after a
+Jobs are durable (``index.catalogue.jobs``): queued and running ones are picked up again after a
 restart. A runner raises ``JobStopped`` when the server is stopping (the job stays running,
 to be resumed), and any domain error fails the job with its message.
 """

@@ -1,5 +1,5 @@
 """Re-index jobs: a collection moved to another index spec without re-embedding
-(``index.reindex``). The new index is built and measured from the stored vectors while
+(``index.vectors.reindex``). The new index is built and measured from the stored vectors while
 the old one serves; the switch is one swap under the collection's lock. The report
 (per modality: recall against exact search as served and raw, p50 latency, bytes per
 vector) goes on the job and on the collection. A job stopped by a restart starts over:
@@ -12,8 +12,8 @@ from typing import Any
 
 from app.service.jobs.loop import JobContext
 from index import CollectionStore, JobStore, Modality
-from index.advice import IndexReport, faiss_only
-from index.reindex import build_new_index, switch_index
+from index.vectors.advice import IndexReport, faiss_only
+from index.vectors.reindex import build_new_index, switch_index
 
 REINDEX_JOB = "reindex"
 

@@ -3,7 +3,7 @@
 A search's first fetch costs its depth in hits (``ranking.cost``). Its filter and its word
 matching read rows of the catalogue beside that: each condition is an index lookup that
 may touch every item of the collection holding its key, a filter whose result is a
-complement reads the collection's labels once more (``index.filters.work``), and each word
+complement reads the collection's labels once more (``index.catalogue.filters.work``), and each word
 of a lexical query reads the texts holding it. They are counted as one hit for every
 ``ROWS_PER_HIT`` items the collection holds, per condition, per scan and per word, so that
 they count against the request's hit budget (``Limits.check_search_hits``: 413 beyond)
@@ -17,9 +17,9 @@ import math
 
 from app.service.search.ranking import SearchSpec
 from index import CollectionStore, Modality
+from index.catalogue.filters import work
+from index.catalogue.lexical import MAX_TERMS, words
 from index.filter_tree import as_tree
-from index.filters import work
-from index.lexical import MAX_TERMS, words
 
 ROWS_PER_HIT = 1000
 

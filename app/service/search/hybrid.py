@@ -1,7 +1,7 @@
 """Lexical and hybrid rankings of text items (``mode`` of a text search).
 
 - ``vector`` (the default): the ranking by cosine (``ranking``).
-- ``lexical``: the texts holding the query's words, by BM25 (``index.lexical``); scores
+- ``lexical``: the texts holding the query's words, by BM25 (``index.catalogue.lexical``); scores
   are BM25 relevance, not cosines, so ``min_score`` does not apply (400) and
   ``min_relative`` is a fraction of the best BM25 score.
 - ``hybrid``: the vector ranking and the lexical one fused by reciprocal rank fusion:

@@ -1,5 +1,5 @@
 """Metadata filters as SQL over ``item_fields`` (``index.filter_tree`` says what a filter
-means; ``index.db`` keeps the table, one row per top-level key of each item, typed).
+means; ``index.catalogue.db`` keeps the table, one row per top-level key of each item, typed).
 
 Each condition is a set of labels read from the index on ``(key, kind, value)``, so a
 filter that keeps 1% of a collection reads about 1% of its rows; ``$and`` intersects the

@@ -18,8 +18,8 @@ import re
 import sqlite3
 from typing import Any
 
+from index.catalogue.filters import labels_sql
 from index.filter_tree import Node
-from index.filters import labels_sql
 from index.types import Modality
 
 MAX_TERMS = 32  # words of a query matched; more are ignored

@@ -1,5 +1,5 @@
 """Re-indexing a collection without re-embedding: a new index of another spec is built
-from the stored vectors while the old one serves, measured (``index.advice``), caught up
+from the stored vectors while the old one serves, measured (``index.vectors.advice``), caught up
 with what was written meanwhile, and swapped in under the collection's lock together
 with the spec stored in SQLite, so a search sees one index or the other, never neither.
 """
@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from index.advice import IndexReport, check_trainable, faiss_only, measure
-from index.backend import VectorBackend
-from index.db import load_vectors, max_tombstone
+from index.catalogue.db import load_vectors, max_tombstone
 from index.errors import UnknownCollection
 from index.live import Side
 from index.types import Modality
+from index.vectors.advice import IndexReport, check_trainable, faiss_only, measure
+from index.vectors.backend import VectorBackend
 
 if TYPE_CHECKING:
     from index.collections import CollectionStore
@@ -71,7 +71,7 @@ def advice_sample(
     specs: list[str] | None = None,
 ) -> AdviceSample:
     """A sample of a collection's vectors (of ``modality``, by default the one with
-    more) for ``index.advice.advise``."""
+    more) for ``index.vectors.advice.advise``."""
     backends = faiss_only(store.backends)
     info = store.serving(name)
     modality = modality or max(Modality, key=lambda m: info.counts.get(m, 0))

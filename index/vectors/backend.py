@@ -3,8 +3,8 @@
 A backend holds ``(label, vector)`` pairs, where labels are the store's int64 item labels,
 and answers inner-product searches over them. SQLite stays the source of truth: a backend
 can always be rebuilt from the stored embeddings, so it only has to serialise itself for
-faster start-ups. FAISS (``index.faiss_backend``) keeps its indexes in this process;
-Milvus (``index.milvus_backend``) keeps them in a Milvus server or Milvus Lite file, which
+faster start-ups. FAISS (``index.vectors.faiss_backend``) keeps its indexes in this process;
+Milvus (``index.vectors.milvus_backend``) keeps them in a Milvus server or Milvus Lite file, which
 persists them itself (``persistent``) and answers metadata filters itself
 (``native_filters``).
 """
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    from index.db import Database
+    from index.catalogue.db import Database
     from index.filter_tree import Node
     from index.types import NewItem
 

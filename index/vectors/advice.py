@@ -18,11 +18,11 @@ from typing import Any
 import faiss
 import numpy as np
 
-from index.backend import VectorBackend
 from index.errors import InvalidIndexSpec
-from index.faiss_backend import training_size
-from index.faiss_backends import FaissBackends
 from index.search import candidates
+from index.vectors.backend import VectorBackend
+from index.vectors.faiss_backend import training_size
+from index.vectors.faiss_backends import FaissBackends
 
 K = 10
 MAX_QUERIES = 200

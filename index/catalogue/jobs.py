@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from index.db import Database
+from index.catalogue.db import Database
 from index.errors import StoreError
 
 MAX_ERRORS = 100  # the first failures are kept with their reasons; the rest are counted

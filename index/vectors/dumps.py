@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from index.backend import BackendFactory, VectorBackend
 from index.blobs import atomic_write
-from index.db import Database, load_vectors, max_tombstone
+from index.catalogue.db import Database, load_vectors, max_tombstone
 from index.live import LiveCollection, Side
 from index.types import Modality
+from index.vectors.backend import BackendFactory, VectorBackend
 
 log = logging.getLogger(__name__)
 

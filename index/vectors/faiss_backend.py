@@ -20,10 +20,10 @@ from typing import Any
 import faiss as _faiss
 import numpy as np
 
-from index.backend import SearchResult
 from index.errors import DimensionMismatch, InvalidIndexSpec
-from index.faiss_specs import parse_spec
 from index.filter_tree import Node
+from index.vectors.backend import SearchResult
+from index.vectors.faiss_specs import parse_spec
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from index.catalogue.lexical import drop_lexical, ensure_lexical
 from index.errors import Interrupted
-from index.lexical import drop_lexical, ensure_lexical
 from index.types import Item, Modality, StoredItem, StoredVersion
 
 SCHEMA = """

@@ -1,4 +1,4 @@
-"""``python -m index.advice_run DIR``: index advice measured in a process of its own.
+"""``python -m index.vectors.advice_run DIR``: index advice measured in a process of its own.
 
 FAISS trains and builds in C++ that no other thread can interrupt, and an advice may
 build a dozen indexes; run here, the service can stop it at its deadline, when its
@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from index.advice import advise
 from index.errors import InvalidIndexSpec
-from index.faiss_backends import FaissBackends
+from index.vectors.advice import advise
+from index.vectors.faiss_backends import FaissBackends
 
 
 def run(folder: Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The ``BackendFactory`` for FAISS (``index.faiss_backend`` holds the index itself)."""
+"""The ``BackendFactory`` for FAISS (``index.vectors.faiss_backend`` holds the index itself)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from index.faiss_backend import FaissIndex, build_index, gpu_count, new_gpu_resources
-from index.faiss_specs import parse_spec
+from index.vectors.faiss_backend import FaissIndex, build_index, gpu_count, new_gpu_resources
+from index.vectors.faiss_specs import parse_spec
 
 
 class FaissBackends:

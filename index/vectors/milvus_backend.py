@@ -4,7 +4,7 @@
 ``http://host:19530`` address of a Milvus standalone or cluster. Each Milvus collection
 (``xmodal_<uid>_<modality>``) holds, per item, the store's label as primary key, the
 vector, the item's id, modality, model version and metadata; filtered searches are
-answered by Milvus itself from a filter expression (``index.milvus_specs``).
+answered by Milvus itself from a filter expression (``index.vectors.milvus_specs``).
 
 SQLite stays the source of truth, as on the FAISS backend: an item is committed there
 first and then written to Milvus, so what Milvus missed in a crash is written again on
@@ -25,14 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from index.backend import SearchResult
-from index.db import SQL_CHUNK, Database, dumps
+from index.catalogue.db import SQL_CHUNK, Database, dumps
 from index.errors import DimensionMismatch, StoreError
 from index.filter_tree import Node
-from index.milvus_filters import bool_keys, filter_expression, null_keys
-from index.milvus_specs import parse_spec, search_params, spec_params
 from index.types import NewItem
 from index.values import InvalidValue
+from index.vectors.backend import SearchResult
+from index.vectors.milvus_filters import bool_keys, filter_expression, null_keys
+from index.vectors.milvus_specs import parse_spec, search_params, spec_params
 
 log = logging.getLogger(__name__)
 
