@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from app.api.auth import Requirement
 from app.api.route_table import routes
+from app.api.uploads import BASE64
 from app.service.config import Settings
 
 DESCRIPTIONS = {
@@ -197,8 +198,6 @@ INT64 = {"minimum": -(2**63), "maximum": 2**63 - 1}
 # A string without NUL: a format of our own (with its pattern in the description), as a
 # pattern on every string made schema-driven fuzzing several times slower.
 TEXT = {"format": "text-without-nul"}
-# What ``base64.b64decode(validate=True)`` takes, after an optional data URL's header.
-BASE64 = "^(data:[^,]*,)?([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 KEY = {"minLength": 1, "maxLength": 256, **TEXT}
 JSON_VALUE = {"$ref": "#/components/schemas/JsonValue"}
 

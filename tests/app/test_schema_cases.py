@@ -31,6 +31,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("/v1/collections", {"name": "n-ok", "index": "Fl\x00at"}),
     ("/knn-service", {"text": "x", "indice_name": "{c}", "a\x00": 1}),
     ("/knn-service", {"text": "x", "indice_name": "{c}", "unknown": 1}),
+    ("/knn-service", {"text": "x", "image": "9\u00b7 not base64", "indice_name": "{c}"}),
     ("/v1/collections/{c}/search/batch", {"queries": [{"image_base64": "data:a\x00b,QUJD"}]}),
     (SEARCH, {"text": "a\x00b"}),
     ("/v1/finetune", {"source": "none.jsonl", "seed": 208391.0}),

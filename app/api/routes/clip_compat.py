@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import numpy as np
 from annotated_types import Ge, Le
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import ReadAccess, check_collection, grant_of
@@ -29,7 +30,7 @@ from app.api.bodies import AnyJSONRoute
 from app.api.deps import RetrievalDep, ServicesDep, SettingsDep, StackDep
 from app.api.errors import bad_request
 from app.api.openapi import errors
-from app.api.uploads import decode_base64
+from app.api.uploads import BASE64, decode_base64
 from app.service.search.ranking import SearchSpec
 from app.service.search.retrieval import Part, Query, Retrieval
 from index import Hit, Item, Modality, StoreError
@@ -59,6 +60,14 @@ class KnnRequest(BaseModel):
     use_violence_detector: bool = False
     aesthetic_score: int | str | None = None
     aesthetic_weight: float | str | None = None
+
+    @field_validator("image")
+    @classmethod
+    def _base64(cls, value: str | None) -> str | None:
+        """Checked whatever else the query gives, as the schema says (text goes first)."""
+        if value is not None and not re.fullmatch(BASE64, value):
+            raise ValueError("image is not valid base64")
+        return value
 
 
 def _row_id(value: Any) -> Any:
