@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install torch-cpu browser run run-tiny demo test lint format bench bench-gpu bench-ingest load clean
+.PHONY: install torch-cpu browser run run-tiny demo test test-quick lint format bench bench-gpu bench-ingest load clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ browser:
 ## Lint, type-check and run the default (CPU) test suite, the browser tests included.
 test: install browser lint
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+
+## The quick local loop: the suite without its slow tier (folders named slow, the browser).
+test-quick: install
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 lint: install
 	$(BIN)/ruff check app models index tests bench

@@ -89,16 +89,19 @@ def collection(client: httpx.Client, request: pytest.FixtureRequest) -> str:
 # free, so the longest going first leaves no long file for the end, while the other
 # worker sits idle (longest processing time first).
 LONGEST_FIRST = (
-    "tests/app/test_crash_trials.py",
-    "tests/models/test_distill.py",
-    "tests/parity/test_durability.py",
-    "tests/models/test_finetune.py",
-    "tests/parity/test_ray_ingest.py",
-    "tests/test_first_hour.py",
-    "tests/app/test_fuzz.py",
-    "tests/app/test_operations.py",
+    "tests/api/slow/test_crash_trials.py",
+    "tests/models/slow/test_distill.py",
+    "tests/parity/slow/test_durability.py",
+    "tests/models/slow/test_finetune.py",
+    "tests/parity/slow/test_ray_ingest.py",
+    "tests/slow/test_first_hour.py",
+    "tests/api/slow/test_fuzz.py",
+    "tests/api/slow/test_operations.py",
     "tests/ui/test_web.py",
 )
+# The slow tier, by folder: a ``slow`` folder on any floor, and the browser's. ``make
+# test-quick`` leaves it out for a quick local loop; ``make test`` runs everything.
+SLOW_PARTS = ("slow", "ui")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -113,6 +116,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return rank.get(path, len(rank))
 
     items.sort(key=order)  # stable: within a file, and among the others, as collected
+    for item in items:
+        if SLOW_PARTS and set(item.path.relative_to(config.rootpath).parts) & set(SLOW_PARTS):
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available() or gpu_count() > 0:
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")

@@ -23,7 +23,7 @@ from models.feature_map import FeatureMap
 from models.registry import ModelRegistry, ModelVersion, mean_recall
 from models.student import STUDENT_FILE, Student
 from models.synthetic import write_dataset
-from tests.api import wait_for_job
+from tests.calls import wait_for_job
 from tests.helpers import BACKENDS, AppServer
 
 BASE = "xmodal-tiny@random-seed0"

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.api import assert_error
+from tests.calls import assert_error
 from tests.helpers import image_bytes
 
 PNG = image_bytes((10, 20, 30), seed=1)

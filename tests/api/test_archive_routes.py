@@ -19,7 +19,7 @@ import httpx
 from app.service.config import Settings
 from app.service.jobs.snapshots import Uploads
 from index.archive_check import FORMAT
-from tests.api import wait_for_job
+from tests.calls import wait_for_job
 from tests.helpers import AppServer, image_bytes
 
 

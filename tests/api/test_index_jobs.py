@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api import run_job
+from tests.calls import run_job
 from tests.corpus import Corpus, write_csv, write_folder, write_jsonl, write_parquet, write_shards
 from tests.helpers import AppServer
 

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api import wait_for_job
+from tests.calls import wait_for_job
 from tests.helpers import AppServer
 
 WRITER = "writer-of-a-0123456789abcdef"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bench.serving import tiny_env
-from tests.api import submit_and_wait
+from tests.calls import submit_and_wait
 from tests.helpers import run_cli
 
 WORDS = ["apple", "river", "stone", "cloud", "forest", "engine", "violin", "harbor"]

@@ -37,7 +37,7 @@ from models.feature_map import FeatureMap
 from models.registry import ModelVersion
 from models.sources import FileRef, resolve_under
 from models.synthetic import write_dataset
-from tests.api import assert_error, run_job, wait_for_job
+from tests.calls import assert_error, run_job, wait_for_job
 from tests.corpus import good_image, noise_png, write_jsonl, write_many
 from tests.helpers import TINY, AppServer
 

@@ -12,7 +12,7 @@ import pytest
 
 from index import CollectionStore, FaissBackends, Modality, NewItem
 from index.vectors.reindex import build_new_index, switch_index
-from tests.api import add_texts, assert_error, search, wait_for_job
+from tests.calls import add_texts, assert_error, search, wait_for_job
 from tests.corpus import BIG
 from tests.helpers import AppServer, xmodal
 from tests.stores import D, V, normalised

@@ -17,7 +17,7 @@ import pytest
 
 from app.service.jobs.ray_engine import connect
 from index import MilvusBackends, Modality
-from tests.api import wait_for_job
+from tests.calls import wait_for_job
 from tests.corpus import write_folder, write_jsonl
 from tests.helpers import BACKENDS, AppServer, run_cli
 

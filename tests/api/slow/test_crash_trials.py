@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.api import wait_for_job
+from tests.calls import wait_for_job
 from tests.corpus import write_many
 from tests.helpers import ServerProcess, image_bytes
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from models.synthetic import write_dataset
-from tests.api import wait_for_job
+from tests.calls import wait_for_job
 from tests.helpers import AppServer
 
 

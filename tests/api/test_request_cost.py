@@ -22,7 +22,7 @@ from app.service.search.ranking import Budget, SearchSpec, rank
 from index import CollectionStore, Hit, Modality
 from index.vectors.faiss_backends import FaissBackends
 from models.errors import DeadlineExceeded
-from tests.api import assert_error, wait_until
+from tests.calls import assert_error, wait_until
 from tests.helpers import AppServer, children, store_vectors
 
 

@@ -20,7 +20,7 @@ from fastapi.routing import APIRoute
 from app.api.auth import Requirement
 from app.api.route_table import routes
 from app.service.access import ADMIN, READ, WRITE, KeyFileError, read_key_file
-from tests.api import assert_error, wait_until
+from tests.calls import assert_error, wait_until
 from tests.helpers import AppServer
 
 READER = "reader-key-of-open-0123456789"

@@ -18,7 +18,7 @@ import pytest
 from app.api.main import create_app
 from app.service.config import Settings
 from bench import load
-from tests.api import assert_error, wait_until
+from tests.calls import assert_error, wait_until
 from tests.helpers import REPO, AppServer, ServerProcess, children, image_bytes, store_vectors
 
 KEYS = ("first-key-0123456789abcdef", "second-key-0123456789abcdef")

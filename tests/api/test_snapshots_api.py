@@ -13,7 +13,7 @@ import pytest
 
 from index import CollectionStore, FaissBackends, Modality, NewItem
 from index.archives import write_archive
-from tests.api import wait_for_job
+from tests.calls import wait_for_job
 from tests.helpers import AppServer, image_bytes, xmodal
 
 

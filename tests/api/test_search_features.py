@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.api import add_texts, search
+from tests.calls import add_texts, search
 from tests.corpus import BIG, TEXTS, WORDS
 from tests.helpers import SPECS, image_bytes
 
