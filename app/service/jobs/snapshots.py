@@ -96,14 +96,16 @@ class Archives:
 
     def check_room(self, collection: str, estimate: int) -> None:
         """Refuse a snapshot beyond the collection's quota, or one the disk cannot hold."""
-        kept = self.listed(collection)
+        folder = self.folder(collection)
+        # Sizes only: no archive is opened to count its items.
+        kept = [p.stat().st_size for p in folder.glob("*.tar")] if folder.is_dir() else []
         if len(kept) >= self.max_count:
             raise Conflict(
                 f"collection {collection!r} has {len(kept)} snapshots, as many as a "
                 "collection keeps; delete one first",
                 code="snapshot_quota",
             )
-        used = sum(s.size for s in kept)
+        used = sum(kept)
         if used + estimate > self.max_bytes:
             raise Conflict(
                 f"collection {collection!r} has {used:,} bytes of snapshots and this one needs "

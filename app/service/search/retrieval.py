@@ -154,15 +154,11 @@ class Retrieval:
         ]
         # A lexical or hybrid search reads its rankings fusion_depth deep; a filter and a
         # query's words count for the rows they read, a filter shared by queries once.
-        filters: dict[Any, int] = {spec.where: 0 for _, spec in queries}
-        planned_work = []
-        for _, spec in queries:
-            f, w = filter_work(self.store, name, spec), word_work(self.store, name, spec)
-            filters[spec.where] = f
-            planned_work.append(f + w)
+        filters = {spec.where: filter_work(self.store, name, spec) for _, spec in queries}
+        words = [word_work(self.store, name, spec) for _, spec in queries]
         queries = [
-            (parts, replace(spec, work=w))
-            for (parts, spec), w in zip(queries, planned_work, strict=True)
+            (parts, replace(spec, work=filters[spec.where] + w))
+            for (parts, spec), w in zip(queries, words, strict=True)
         ]
         self.limits.check_search_hits(
             [
@@ -171,7 +167,7 @@ class Retrieval:
                 else hybrid.fusion_depth(spec, self.limits.max_k)
                 for _, spec in queries
             ]
-            + [word_work(self.store, name, spec) for _, spec in queries]
+            + words
             + list(filters.values())
         )
         # Deepening may fetch as much again as one query going to its deepest would.
