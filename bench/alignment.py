@@ -57,9 +57,7 @@ def recall(enc: ClipEncoder, fmap: FeatureMap | None, test: list[Any]) -> float:
 def tuned(base: ClipEncoder, pairs: list[Any], seed: int, epochs: int) -> ClipEncoder:
     cfg = ContrastiveConfig(epochs=epochs, batch_size=64, lr=1e-3, warmup_steps=10, seed=seed)
     model = train_contrastive(base, pictures(pairs), [s.caption for s in pairs], cfg)
-    return ClipEncoder(
-        model, base.preprocess, base.tokenizer, base.device, base.model_name, "tuned"
-    )
+    return base.with_model(model, "tuned")
 
 
 def one_seed(seed: int, cache: str) -> dict[str, dict[str, float]]:

@@ -30,7 +30,7 @@ from models.adapt.methods import check_hyperparameters
 from models.adapt.run import adapt, evaluate
 from models.encoder import load_encoder
 from models.student import DistilledEncoder
-from models.synthetic import samples
+from models.synthetic import as_file, samples
 
 
 def direct(fn: Any, *args: Any) -> Any:
@@ -44,10 +44,10 @@ def recall_rows(seed: int, cache: str) -> dict[str, dict[str, float]]:
     captions = [s.caption for s in train]
     hyper = check_hyperparameters("distill", {"seed": seed})
     student = adapt("distill", hyper, teacher, [], captions, "student").encoder
-    images, texts = pictures(test), [s.caption for s in test]
+    files, texts = [as_file(p) for p in pictures(test)], [s.caption for s in test]
     out = {}
     for name, enc in (("teacher", teacher), ("student", student)):
-        m = evaluate(enc, images, texts)
+        m = evaluate(enc, files, texts, 10_000_000)
         out[name] = {k: m[k] for k in ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r5")}
     cos = (student.encode_queries(texts) * teacher.encode_texts(texts)).sum(axis=1)
     out["student"]["cosine"] = float(cos.mean())

@@ -48,9 +48,8 @@ def timed(fn: Callable[[], object], repeats: int) -> list[float]:
 
 
 def bench_encoder(encoder: ClipEncoder, batch: int, repeats: int) -> dict[str, float]:
-    size = encoder.model.visual.image_size
-    h, w = size if isinstance(size, tuple) else (size, size)
-    pixels = torch.randn(batch, 3, h, w)
+    side = encoder.pixels.size
+    pixels = torch.randn(batch, 3, side, side)
     texts = [f"a photo of object number {i} on a table" for i in range(batch)]
     image_t = statistics.median(timed(lambda: encoder.encode_image_tensors(pixels), repeats))
     text_t = statistics.median(timed(lambda: encoder.encode_texts(texts), repeats))

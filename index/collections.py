@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
@@ -41,11 +42,13 @@ from index.errors import (
     UnknownCollection,
     UnknownItem,
 )
-from index.filter_tree import Filter, as_tree
+from index.filter_tree import Filter, Node, as_tree
 from index.garbage import ImageGarbage
 from index.live import SHADOW_PREFIX, LiveCollection
 from index.lock import lock_data_dir
 from index.search import (
+    Allowed,
+    allowed_labels,
     check_model,
     item_vector,
     items_by_label,
@@ -101,8 +104,9 @@ class CollectionStore:
             self.db, self.blobs, self.store_images = db, blobs, store_images
             self.garbage, self.backends = self.state.garbage, backends
             self.dumps = self.state.dumps
-            self.collections = self.state.collections
-            self.broken = self.state.broken
+            # What serves and what cannot, as views: only the state's writer changes them.
+            self.collections = MappingProxyType(self.state.collections)
+            self.broken = MappingProxyType(self.state.broken)
             self._writer = LockedWriter(self.state)
             self._closed = False
             self.state.drop_unfinished()
@@ -129,10 +133,10 @@ class CollectionStore:
                 "SELECT report FROM index_reports WHERE uid = ?", (uid,)
             ).fetchone()
             c.index_report = None if row is None else json.loads(row[0])
-            self.collections[name] = c
+            self.state.collections[name] = c
         except Exception as exc:
             log.error("collection %s cannot serve: %s", name, exc)
-            self.broken[name] = CollectionInfo(
+            self.state.broken[name] = CollectionInfo(
                 name,
                 spec,
                 dim,
@@ -309,12 +313,13 @@ class CollectionStore:
         k: int,
         *,
         model_version: str,
-        where: Filter | None = None,
+        where: Filter | Allowed | None = None,
         with_vectors: bool = False,
         deadline: float | None = None,
     ) -> list[list[Hit]]:
         """Best ``k`` items of modality ``target`` for each query row (``index.search``);
-        the filter's reads stop at ``deadline`` (``time.monotonic()``; ``Interrupted``)."""
+        the filter's reads stop at ``deadline`` (``time.monotonic()``; ``Interrupted``).
+        A filter several rankings share is read once beforehand (``allowed``)."""
         return search_collection(
             self.get(name),
             self.db,
@@ -323,7 +328,7 @@ class CollectionStore:
             xq,
             k,
             model_version=model_version,
-            where=as_tree(where),
+            where=_tree(where),
             with_vectors=with_vectors,
             deadline=deadline,
         )
@@ -333,12 +338,26 @@ class CollectionStore:
         name: str,
         text: str,
         depth: int,
-        where: Filter | None = None,
+        where: Filter | Allowed | None = None,
         deadline: float | None = None,
     ) -> list[Hit]:
         """The best ``depth`` texts for the words of ``text``, by BM25
         (``index.catalogue.lexical``), read until ``deadline`` at the latest."""
-        return lexical_search(self.get(name), self.db, text, depth, as_tree(where), deadline)
+        return lexical_search(self.get(name), self.db, text, depth, _tree(where), deadline)
+
+    def allowed(
+        self,
+        name: str,
+        where: Filter,
+        modalities: Sequence[Modality],
+        deadline: float | None = None,
+    ) -> Allowed | None:
+        """What ``where`` keeps of the collection's items of ``modalities``, read once for
+        the rankings of a search that share it (None: no filter)."""
+        tree = as_tree(where)
+        if tree is None:
+            return None
+        return allowed_labels(self.get(name), self.db, tree, modalities, deadline)
 
     def size(self, name: str, modality: Modality) -> int:
         """How many items of ``modality`` the collection holds (from its index: no read)."""
@@ -360,3 +379,7 @@ class CollectionStore:
         """Items by their row label (the integer ids of the clip-retrieval API)."""
         self.get(name)
         return items_by_label(self.db, name, labels)
+
+
+def _tree(where: Filter | Allowed | None) -> Node | Allowed | None:
+    return where if isinstance(where, Allowed) else as_tree(where)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -47,6 +48,53 @@ def candidates(spec: str, k: int) -> int:
     return max(k * factor, k + extra)
 
 
+@dataclass(frozen=True, eq=False)
+class Allowed:
+    """What a filter keeps of one incarnation of a collection: per modality, the sorted
+    labels of the items that pass it. Read from the catalogue once per search, it serves
+    each of the search's rankings (vector and lexical, and the deeper reads of either)."""
+
+    collection: LiveCollection
+    where: Node
+    labels: dict[Modality, np.ndarray]
+
+    def of(self, c: LiveCollection, modality: Modality) -> np.ndarray:
+        if c is not self.collection:
+            # Swapped for a re-embedded copy since the filter was read: its labels are
+            # another incarnation's. The caller embeds and searches again.
+            raise ModelMismatch(f"collection {c.name!r} moved to another model version")
+        return self.labels[modality]
+
+
+def allowed_labels(
+    c: LiveCollection,
+    db: Database,
+    where: Node,
+    modalities: Sequence[Modality],
+    deadline: float | None = None,
+) -> Allowed:
+    """The labels of ``c``'s items of ``modalities`` that pass ``where`` (read until
+    ``deadline`` at the latest)."""
+    with interrupted_at(db.reader(), deadline):
+        labels = filter_labels(db.reader(), c.name, sorted(set(modalities)), where)
+    return Allowed(c, where, labels)
+
+
+def _scope(
+    c: LiveCollection,
+    db: Database,
+    where: Node | Allowed | None,
+    modality: Modality,
+    deadline: float | None,
+) -> tuple[np.ndarray | None, Node | None]:
+    """The labels ``where`` keeps of ``modality`` (None: no filter), and its tree."""
+    if where is None:
+        return None, None
+    if not isinstance(where, Allowed):
+        where = allowed_labels(c, db, where, [modality], deadline)
+    return where.of(c, modality), where.where
+
+
 def search_collection(
     c: LiveCollection,
     db: Database,
@@ -56,21 +104,18 @@ def search_collection(
     k: int,
     *,
     model_version: str,
-    where: Node | None = None,
+    where: Node | Allowed | None = None,
     with_vectors: bool = False,
     deadline: float | None = None,
 ) -> list[list[Hit]]:
     """Best ``k`` items of modality ``target`` for each query row, best first;
-    ``where`` keeps only items whose metadata has each key equal to its value;
+    ``where`` keeps only the items that pass a filter (read once beforehand: ``Allowed``);
     ``with_vectors`` puts each hit's stored vector on it. ``is_current`` tells whether
     ``c`` still serves under its name (not swapped for a re-embedded copy)."""
     name = c.name
     check_model(c, model_version)
     index = c.sides[target].index
-    allowed = None
-    if where:
-        with interrupted_at(db.reader(), deadline):
-            allowed = filter_labels(db.reader(), name, target, where)
+    allowed, tree = _scope(c, db, where, target, deadline)
     native = allowed is not None and index.native_filters and len(allowed) > index.max_allowed
     depth = candidates(c.spec, k)
     exact = depth == k
@@ -80,7 +125,7 @@ def search_collection(
             # the query again for the version now there.
             raise ModelMismatch(f"collection {name!r} moved to another model version")
         results = c.sides[target].index.search(
-            xq, depth, allowed=None if native else allowed, where=where if native else None
+            xq, depth, allowed=None if native else allowed, where=tree if native else None
         )
         # Rows are read under the lock too, so a swap cannot delete them in between.
         wanted = sorted({int(x) for r in results for x in r.labels})
@@ -182,14 +227,15 @@ def lexical_search(
     db: Database,
     text: str,
     depth: int,
-    where: Node | None,
+    where: Node | Allowed | None,
     deadline: float | None = None,
 ) -> list[Hit]:
     """The best ``depth`` texts of the collection for the words of ``text`` by BM25
     (``index.catalogue.lexical``), best first, as hits scored by BM25 relevance."""
     conn = db.reader()
+    allowed, _ = _scope(c, db, where, Modality.TEXT, deadline)
     with interrupted_at(conn, deadline):
-        ranked = lexical_labels(conn, c.name, text, depth, where)
+        ranked = lexical_labels(conn, c.name, text, depth, allowed)
     rows = hit_rows(conn, [label for label, _ in ranked])
     hits = []
     for label, score in ranked:

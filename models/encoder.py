@@ -20,7 +20,6 @@ from PIL import Image
 
 from models.errors import ModelLoadError
 from models.fast_paths import patch_embedding_as_matmul
-from models.feature_map import FeatureMap
 from models.loading import ResolvedWeights, resolve_weights
 from models.pixels import PixelSpec
 from models.preprocess import normalise
@@ -59,8 +58,9 @@ def resolve_device(device: str) -> torch.device:
 
 @runtime_checkable
 class Encoder(Protocol):
-    """What the service asks of a model version: preprocess an image, encode image tensors
-    and texts into L2-normalised float32 rows of ``dim`` columns.
+    """What the service asks of a model version: preprocess an image (``pixels`` says how
+    large its image tower's input is), encode image tensors and texts into L2-normalised
+    float32 rows of ``dim`` columns, and count the tokens its text tower reads.
 
     ``space`` names the embedding space its vectors live in: its own version, except for a
     distilled query encoder, which writes its teacher's vectors and only encodes queries
@@ -91,8 +91,7 @@ class Encoder(Protocol):
     @property
     def separate_queries(self) -> bool: ...
 
-    @property
-    def clip(self) -> ClipEncoder: ...
+    def count_tokens(self, texts: Sequence[str]) -> int: ...
 
 
 class ClipEncoder:
@@ -137,10 +136,6 @@ class ClipEncoder:
     @property
     def space(self) -> str:
         return self.version
-
-    @property
-    def clip(self) -> ClipEncoder:
-        return self
 
     @property
     def int8_text(self) -> bool:
@@ -225,7 +220,21 @@ class ClipEncoder:
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self.encode_texts(texts)
 
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens the text tower reads: its context at most per text, start and end
+        included (what OpenAI's ``usage`` reports)."""
+        if not texts:
+            return 0
+        return int((self.tokenize(texts) != 0).sum())
+
     # --- checkpoints --------------------------------------------------------------------
+    def with_model(self, model: torch.nn.Module, version: str) -> ClipEncoder:
+        """Another version of this architecture (fine-tuned weights), with this one's
+        preprocessing, tokenizer and device."""
+        return ClipEncoder(
+            model, self.preprocess, self.tokenizer, self.device, self.model_name, version
+        )
+
     def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
         """Write the weights atomically in the layout ``XMODAL_PRETRAINED=path`` loads."""
         return save_weights(self.model, path, model_name=self.model_name)
@@ -328,49 +337,3 @@ def load_encoder(
         ", random weights" if resolved.checkpoint is None else "",
     )
     return encoder
-
-
-class MappedEncoder:
-    """A base encoder followed by a feature map (a ``linear`` or ``subspace_alignment``
-    version): the base's preprocessing and model, outputs mapped and renormalised."""
-
-    def __init__(self, base: Encoder, feature_map: FeatureMap, version: str) -> None:
-        self.base = base
-        self.feature_map = feature_map
-        self.version = version
-        self.space = version
-        self.separate_queries = base.separate_queries
-        self.model_name = base.model_name
-        self.dim = base.dim
-        self.device = base.device
-        self.pixels = base.pixels
-
-    @property
-    def device_name(self) -> str:
-        return self.base.device_name
-
-    @property
-    def clip(self) -> ClipEncoder:
-        """The OpenCLIP encoder at the bottom of the chain (what contrastive training tunes)."""
-        return self.base.clip
-
-    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
-        return self.base.preprocess_image(image)
-
-    def encode_image_tensors(self, pixels: Sequence[torch.Tensor] | torch.Tensor) -> np.ndarray:
-        return self.feature_map.apply(self.base.encode_image_tensors(pixels), "image")
-
-    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        if not images:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return self.encode_image_tensors([self.preprocess_image(im) for im in images])
-
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return self.feature_map.apply(self.base.encode_texts(texts), "text")
-
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return self.feature_map.apply(self.base.encode_queries(texts), "text")

@@ -1,6 +1,7 @@
 """Stored content encoded again: the one road from an item's stored bytes (or text) to its
 vector, the road uploads and index jobs take, so an item encoded again by the version
-that indexed it gets the vector indexing gave.
+that indexed it gets the vector indexing gave, and an evaluation measures the vectors a
+search would find.
 
 Image bytes become the model's pixels through ``models.decoding.pixels_of`` (decoded with
 the same JPEG draft, resized and cropped without torch), then ``encode_pixels`` stacks,
@@ -9,6 +10,7 @@ normalises and encodes a batch on the model's device.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -69,8 +71,23 @@ def encode_contents(
     images = [i for i, it in enumerate(items) if it.modality == "image"]
     if texts:
         out[texts] = run_model(encoder.encode_texts, [items[i].text or "" for i in texts])
-    for start in range(0, len(images), BATCH):
-        rows = images[start : start + BATCH]
-        pixels = [pixels_of(load_bytes(items[i]), encoder.pixels, max_pixels)[0] for i in rows]
-        out[rows] = run_model(encode_pixels, encoder, pixels)
+    if images:
+        files = [functools.partial(load_bytes, items[i]) for i in images]
+        out[images] = encode_image_files(encoder, files, max_pixels, run_model)
+    return out
+
+
+def encode_image_files(
+    encoder: Encoder,
+    files: Sequence[Callable[[], bytes]],
+    max_pixels: int,
+    run_model: RunModel = _direct,
+) -> np.ndarray:
+    """The vectors of image files, each read by its loader (which raises saying why it
+    cannot), decoded to pixels as uploads are and encoded in batches."""
+    out = np.empty((len(files), encoder.dim), dtype=np.float32)
+    for start in range(0, len(files), BATCH):
+        batch = files[start : start + BATCH]
+        pixels = [pixels_of(read(), encoder.pixels, max_pixels)[0] for read in batch]
+        out[start : start + len(batch)] = run_model(encode_pixels, encoder, pixels)
     return out

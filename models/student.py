@@ -18,16 +18,9 @@ import numpy as np
 import open_clip
 import torch
 from open_clip.model import _build_text_tower  # OpenCLIP's own text-tower factory
-from PIL import Image
 
-from models.encoder import (
-    ClipEncoder,
-    Encoder,
-    autocast,
-    normalised,
-    save_weights,
-    tokenize,
-)
+from models.derived import DerivedEncoder
+from models.encoder import Encoder, autocast, normalised, save_weights, tokenize
 from models.errors import InvalidParameters, ModelLoadError
 from models.loading import register_model_configs
 
@@ -101,44 +94,24 @@ class Student:
         return student.to(device)
 
 
-class DistilledEncoder:
-    """The teacher for images and stored texts, the student for queries."""
-
-    separate_queries = True
+class DistilledEncoder(DerivedEncoder):
+    """The teacher (``inner``) for images and stored texts, the student for queries."""
 
     def __init__(self, teacher: Encoder, student: Student, version: str) -> None:
         if student.embed_dim != teacher.dim:
             raise ModelLoadError(
                 f"the student writes {student.embed_dim}-d vectors; its teacher {teacher.dim}-d"
             )
-        self.teacher = teacher
+        super().__init__(teacher, version)
         self.student = student
-        self.version = version
-        self.space = teacher.space
-        self.model_name = teacher.model_name
-        self.dim = teacher.dim
-        self.device = teacher.device
-        self.pixels = teacher.pixels
 
     @property
-    def device_name(self) -> str:
-        return self.teacher.device_name
+    def space(self) -> str:
+        return self.inner.space  # the teacher's vectors
 
     @property
-    def clip(self) -> ClipEncoder:
-        return self.teacher.clip
-
-    def preprocess_image(self, image: Image.Image) -> torch.Tensor:
-        return self.teacher.preprocess_image(image)
-
-    def encode_image_tensors(self, pixels: Sequence[torch.Tensor] | torch.Tensor) -> np.ndarray:
-        return self.teacher.encode_image_tensors(pixels)
-
-    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return self.teacher.encode_images(images)
-
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self.teacher.encode_texts(texts)
+    def separate_queries(self) -> bool:
+        return True
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self.student.encode(texts)
@@ -147,4 +120,4 @@ class DistilledEncoder:
 def teacher_of(encoder: Encoder) -> Encoder:
     """What a new student learns from: the serving encoder, or its teacher if it is a
     student itself (a student of a student would learn the first one's errors)."""
-    return encoder.teacher if isinstance(encoder, DistilledEncoder) else encoder
+    return encoder.inner if isinstance(encoder, DistilledEncoder) else encoder

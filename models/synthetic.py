@@ -9,9 +9,10 @@ backgrounds, so a model tuned on one meets a real shift on the other.
 
 from __future__ import annotations
 
+import io
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -139,6 +140,14 @@ def render(sample: Sample, side: int = 64) -> Image.Image:
         )
     img.paste(colour, mask=mask)
     return img
+
+
+def as_file(image: Image.Image) -> Callable[[], bytes]:
+    """A loader of ``image`` as a PNG file's bytes: what evaluation reads of a pair."""
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    data = out.getvalue()
+    return lambda: data
 
 
 def write_dataset(

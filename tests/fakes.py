@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.encoder import ClipEncoder
 from models.pixels import PixelSpec
 
 
@@ -40,10 +39,6 @@ class FakeEncoder:
         return self.version
 
     @property
-    def clip(self) -> ClipEncoder:
-        raise TypeError("a fake encoder has no OpenCLIP model")
-
-    @property
     def device_name(self) -> str:
         return "cpu"
 
@@ -64,6 +59,9 @@ class FakeEncoder:
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         return self.encode_texts(texts)
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        return sum(len(t.split()) + 2 for t in texts)
 
     def _stack(self, seeds: list[bytes]) -> np.ndarray:
         if not seeds:

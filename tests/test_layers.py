@@ -4,6 +4,7 @@ service knows HTTP, and ``models`` and ``index`` never import ``app`` or each ot
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 
@@ -129,3 +130,30 @@ def test_no_module_imports_itself_through_others() -> None:
 def test_the_cycle_finder_finds_a_cycle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(graph) == [["a", "b", "c"]]
+
+
+def test_routes_do_not_borrow_from_each_other() -> None:
+    """Work two APIs share lives in the service: a route module imports no other."""
+    graph = module_graph(("app",))
+    found = [
+        f"{module} imports {name}"
+        for module, names in graph.items()
+        if module.startswith("app.api.routes.")
+        for name in sorted(names)
+        if name.startswith("app.api.routes.")
+    ]
+    assert found == []
+
+
+def test_only_models_read_openclip_internals() -> None:
+    """The encoder contract is what the app and the benchmarks use: nothing outside
+    ``models`` reaches for a model's towers, tokenizer or context by attribute."""
+    pattern = re.compile(r"\.model\.visual|\.tokenizer\b|\.context_length\b|getattr\(encoder")
+    found = [
+        f"{path.relative_to(REPO)}:{n}"
+        for package in ("app", "bench")
+        for path in sorted((REPO / package).rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert found == []

@@ -18,8 +18,8 @@ from pydantic import BaseModel
 
 from app.api.auth import Requirement
 from app.api.route_table import routes
-from app.api.uploads import BASE64
 from app.service.config import Settings
+from app.service.queries import BASE64
 
 DESCRIPTIONS = {
     304: "Not modified (the `If-None-Match` tag matches).",

@@ -6,9 +6,10 @@ import functools
 import typing
 from typing import Annotated, Any, Literal
 
+from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
-from index import COLLECTION_NAME
+from index import COLLECTION_NAME, Job
 from index.types import Modality
 
 ItemId = str
@@ -257,3 +258,15 @@ class EmbedResponse(BaseModel):
     vectors: list[list[float]]
     model: str
     dim: int
+
+
+class JobCreated(BaseModel):
+    id: str
+    state: str
+
+
+def accepted(job: Job, response: Response) -> JobCreated:
+    """What every route that starts a job answers: its route's 202, the job's id and
+    state, and ``Location`` naming where to poll it."""
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobCreated(id=job.id, state=job.state.value)

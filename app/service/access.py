@@ -66,6 +66,12 @@ class Grant:
 FULL = Grant(ADMIN)
 
 
+def opens(grant: Grant | None, collection: str | None) -> bool:
+    """Whether a request with ``grant`` (None: no key asked for, everything open) sees
+    ``collection``: what every listing filters by."""
+    return grant is None or grant.covers(collection)
+
+
 def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 

@@ -20,7 +20,7 @@ from app.service.metrics import Metrics
 from index import ModelMismatch
 from models.batching import DynamicBatcher
 from models.decoding import pixels_of
-from models.encoder import ClipEncoder, Encoder
+from models.encoder import Encoder
 from models.errors import ImageDecodeError, ImageTooLarge, QueueFull
 from models.preprocess import normalise
 
@@ -38,7 +38,7 @@ class PreparedImage:
 
 
 class Engine:
-    def __init__(self, encoder: ClipEncoder, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, encoder: Encoder, settings: Settings, metrics: Metrics) -> None:
         self.encoder: Encoder = encoder  # the active version: new items are embedded with it
         # Every loaded version, the active one included. During an activation the old and
         # the new version are both here, and each query is embedded with the version of
@@ -53,10 +53,9 @@ class Engine:
         )
         self._decoding = 0  # images handed to the decoding pool and not back yet
         self._default_threads = torch.get_num_threads()
-        size = getattr(encoder.model.visual, "image_size", 224)
         # Training images are kept at twice the model's input side at most: room for
         # augmentation, and no 12 MP bitmaps held in memory.
-        self.image_side = 2 * int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.image_side = 2 * encoder.pixels.size
         # Batch items are (encoding function, input): one model call per function present,
         # so two versions, or a version's queries and its stored texts, share a batch.
         self.images: DynamicBatcher[tuple[Callable[..., np.ndarray], torch.Tensor]] = self._batcher(
@@ -175,6 +174,11 @@ class Engine:
         encoder = self.encoder_of(space or self.space)
         fn = encoder.encode_queries if query else encoder.encode_texts
         return await self.texts.submit([(fn, t) for t in texts], self.settings.request_timeout_s)
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens the serving version's text tower reads for ``texts`` (tokenizer work:
+        run it off the event loop)."""
+        return self.encoders[self.version].count_tokens(texts)
 
     async def prepare_images(
         self, blobs: Sequence[bytes], names: Sequence[str] | None = None

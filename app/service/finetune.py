@@ -77,7 +77,9 @@ class FineTuner:
         return {
             "model": encoder.version,
             "source": source,
-            "metrics": evaluate(encoder, pairs.images, pairs.texts, self.run_model),
+            "metrics": evaluate(
+                encoder, pairs.files, pairs.texts, self.settings.max_image_pixels, self.run_model
+            ),
             "skipped": pairs.skipped[:20],
         }
 
@@ -119,7 +121,8 @@ class FineTuner:
         self.jobs.report(job.id, detail, done=0)
         if method in QUERY_SIDE:
             encoder = teacher_of(encoder)  # a student is measured against its teacher
-        base_metrics = evaluate(encoder, held.images, held.texts, self.run_model)
+        pixels = self.settings.max_image_pixels
+        base_metrics = evaluate(encoder, held.files, held.texts, pixels, self.run_model)
         detail["base_metrics"] = base_metrics
 
         last = time.monotonic()
@@ -162,7 +165,7 @@ class FineTuner:
         )
         detail["phase"] = "evaluating result"
         self.jobs.report(job.id, detail)
-        result_metrics = evaluate(adapted.encoder, held.images, held.texts, self.run_model)
+        result_metrics = evaluate(adapted.encoder, held.files, held.texts, pixels, self.run_model)
         metrics = {"base": base_metrics, "result": result_metrics}
         if method in QUERY_SIDE:
             detail["phase"] = "timing"

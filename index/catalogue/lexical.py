@@ -16,13 +16,11 @@ from __future__ import annotations
 import hashlib
 import re
 import sqlite3
-from typing import Any
 
-from index.catalogue.filters import labels_sql
-from index.filter_tree import Node
-from index.types import Modality
+import numpy as np
 
 MAX_TERMS = 32  # words of a query matched; more are ignored
+_ROWS_PER_READ = 1024  # ranked rows read at a time when a filter keeps some of them
 _WORD = re.compile(r"\w+")
 
 OLD_TABLE = "item_texts"  # one table for every collection, before tables per collection
@@ -131,24 +129,29 @@ def lexical_labels(
     collection: str,
     text: str,
     depth: int,
-    where: Node | None = None,
+    allowed: np.ndarray | None = None,
 ) -> list[tuple[int, float]]:
     """The best ``depth`` text items of ``collection`` for ``text`` by BM25, as (label,
-    score), best first (score: BM25 relevance, higher is better; ties by label)."""
+    score), best first (score: BM25 relevance, higher is better; ties by label);
+    ``allowed`` (sorted labels, a filter's) keeps only those."""
     expression = match_expression(text)
-    if expression is None:
+    if expression is None or (allowed is not None and not len(allowed)):
         return []
     t = table_of(collection)
-    params: list[Any] = [expression]
-    sql = f"SELECT rowid, -bm25({t}) AS score FROM {t} WHERE {t} MATCH ?"
-    if where:
-        scope = (
-            "SELECT label FROM items WHERE collection = ? AND modality = ?",
-            [collection, Modality.TEXT.value],
-        )
-        chosen, more = labels_sql(where, scope)
-        sql += f" AND rowid IN ({chosen})"
-        params += more
-    sql += " ORDER BY score DESC, rowid LIMIT ?"
-    params.append(depth)
-    return [(int(label), float(score)) for label, score in conn.execute(sql, params)]
+    sql = f"SELECT rowid, -bm25({t}) AS score FROM {t} WHERE {t} MATCH ? ORDER BY score DESC, rowid"
+    if allowed is None:
+        rows = conn.execute(f"{sql} LIMIT ?", (expression, depth)).fetchall()
+        return [(int(label), float(score)) for label, score in rows]
+    # The ranking is read best first and cut once ``depth`` allowed labels are in: the
+    # filter's rows were read once already, for every ranking of the search.
+    cursor = conn.execute(sql, (expression,))
+    out: list[tuple[int, float]] = []
+    while len(out) < depth:
+        rows = cursor.fetchmany(_ROWS_PER_READ)
+        if not rows:
+            break
+        labels = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        at = np.minimum(np.searchsorted(allowed, labels), len(allowed) - 1)
+        kept = allowed[at] == labels
+        out += [(int(r[0]), float(r[1])) for r, keep in zip(rows, kept, strict=True) if keep]
+    return out[:depth]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import random
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,15 +18,23 @@ from models.sources import FileRef, Source, open_source
 
 @dataclass
 class Pairs:
+    """Decoded pairs: ``images`` to train on (no larger than training needs), ``files``
+    to read each image's bytes again (evaluation encodes them the way indexing does)."""
+
     images: list[Image.Image] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "<id>: why", for the report
+    files: list[Callable[[], bytes]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def subset(self, rows: list[int]) -> Pairs:
-        return Pairs([self.images[i] for i in rows], [self.texts[i] for i in rows])
+        return Pairs(
+            [self.images[i] for i in rows],
+            [self.texts[i] for i in rows],
+            files=[self.files[i] for i in rows],
+        )
 
     def hold_out(self, fraction: float, seed: int) -> tuple[Pairs, Pairs]:
         """(training, evaluation): a fixed-seed ``fraction`` of the pairs, at least two, is
@@ -98,6 +108,7 @@ def load_pairs(
             else:
                 pairs.images.append(image)
                 pairs.texts.append(pair.text)
+                pairs.files.append(functools.partial(pair.image.read, max_bytes))
     return pairs
 
 

@@ -15,7 +15,8 @@ from typing import Protocol
 import numpy as np
 
 from models.adapt.run import RunModel, direct
-from models.encoder import Encoder, MappedEncoder
+from models.derived import MappedEncoder
+from models.encoder import Encoder
 from models.stored import encode_contents
 
 
@@ -48,7 +49,7 @@ def reembed(
     ``load_bytes(item)`` gives a stored image's bytes back, or raises saying why it
     cannot; they are encoded the way uploads and index jobs encode (``models.stored``)."""
     # Compared by embedding space: a distilled version writes its teacher's vectors.
-    cur_base = current.base.space if isinstance(current, MappedEncoder) else None
+    cur_base = current.inner.space if isinstance(current, MappedEncoder) else None
 
     def raw_kept() -> np.ndarray | None:
         kept = [it.raw_embedding for it in items]
@@ -57,7 +58,7 @@ def reembed(
         return np.stack([v for v in kept if v is not None])
 
     if isinstance(new, MappedEncoder):
-        base = new.base
+        base = new.inner
         raw = None
         if base.space == current.space:
             raw = np.stack([it.embedding for it in items])

@@ -33,12 +33,14 @@ from models.adapt.methods import (
     SubspaceConfig,
 )
 from models.adapt.subspace import fit_subspace_alignment
-from models.encoder import ClipEncoder, Encoder, MappedEncoder, load_encoder
+from models.derived import MappedEncoder, clip_of
+from models.encoder import Encoder, load_encoder
 from models.errors import TrainingDiverged
 from models.evaluate import retrieval_metrics
 from models.feature_map import FeatureMap
 from models.registry import ModelRegistry
 from models.sources import SourceError
+from models.stored import encode_image_files
 from models.student import STUDENT_FILE, DistilledEncoder, Student, teacher_of
 
 RunModel = Callable[..., Any]
@@ -62,14 +64,18 @@ def embed(
 
 def evaluate(
     encoder: Encoder,
-    images: Sequence[Image.Image],
+    files: Sequence[Callable[[], bytes]],
     texts: Sequence[str],
+    max_pixels: int,
     run_model: RunModel = direct,
 ) -> dict[str, float]:
-    """Recall@K both ways, mean reciprocal rank and median rank of ``encoder`` on the pairs."""
-    if len(images) < 2:
+    """Recall@K both ways, mean reciprocal rank and median rank of ``encoder`` on the
+    pairs: each image's file (read by its loader) with its caption. Images are encoded
+    from their bytes the way uploads and index jobs encode them (``models.stored``), so
+    the metrics are those of the vectors a search would find."""
+    if len(files) < 2:
         raise SourceError("evaluation needs at least two image-caption pairs")
-    xi = embed(encoder.encode_images, images, run_model)
+    xi = encode_image_files(encoder, files, max_pixels, run_model)
     xt = embed(encoder.encode_texts, texts, run_model)
     # Queries: what a text search embeds; stored texts (image-to-text): what an upload does.
     xq = embed(encoder.encode_queries, texts, run_model) if encoder.separate_queries else None
@@ -111,12 +117,12 @@ def adapt(
         unique = sorted(set(texts))
         targets = embed(teacher.encode_texts, unique, run_model)
         config = DistillConfig(**hyperparameters)
-        student = fit_distill(teacher.clip, unique, targets, config, on_step, should_stop)
+        student = fit_distill(clip_of(teacher), unique, targets, config, on_step, should_stop)
         distilled = DistilledEncoder(teacher, student, version)
         return Adapted(distilled, STUDENT_FILE, student.save, teacher.version)
     if method not in MAPS:
         # A mapped version trains the OpenCLIP model under its map, as it always did.
-        clip = encoder.clip
+        clip = clip_of(encoder)
         model = train_contrastive(
             clip,
             images,
@@ -125,9 +131,7 @@ def adapt(
             on_step=on_step,
             should_stop=should_stop,
         )
-        tuned = ClipEncoder(
-            model, clip.preprocess, clip.tokenizer, clip.device, clip.model_name, version
-        )
+        tuned = clip.with_model(model, version)
         return Adapted(tuned, "checkpoint.pt", tuned.save_checkpoint, encoder.version)
     xi = embed(encoder.encode_images, images, run_model)
     xt = embed(encoder.encode_texts, texts, run_model)

@@ -115,3 +115,39 @@ def test_what_the_lexical_modes_cannot_do_is_a_400(
     assert r.json()["error"]["code"] == "invalid_query" and says in r.json()["error"]["message"]
     r = client.post(f"/v1/collections/{collection}/search", json={"text": "x", "mode": "fuzzy"})
     assert r.status_code == 422
+
+
+@pytest.mark.both_backends
+def test_a_filtered_hybrid_search_reads_its_filter_once(
+    client: httpx.Client, collection: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The filter's rows are read once for both rankings (and any deeper read), and the
+    lexical ranking under a filter is the unfiltered one with the others left out."""
+    import index.search
+
+    items = catalogue()
+    for start in range(0, len(items), 16):
+        r = client.post(
+            f"/v1/collections/{collection}/texts", json={"items": items[start : start + 16]}
+        )
+        assert r.status_code == 200, r.text
+    reads: list[int] = []
+    real = index.search.filter_labels
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(index.search, "filter_labels", counted)
+    cut = {"colour": {"$in": ["red", "blue"]}}
+    query = "a red hiking boot XR-4416"
+    hybrid = post(client, collection, text=query, mode="hybrid", k=5, filter=cut)
+    assert len(reads) == 1
+    assert ids(hybrid) and all(
+        h["metadata"]["colour"] in ("red", "blue") for h in hybrid["results"]
+    )
+    everything = ids(post(client, collection, text=query, mode="lexical", k=100))
+    kept = ids(post(client, collection, text=query, mode="lexical", k=100, filter=cut))
+    colour = {it["id"]: it["metadata"].get("colour") for it in items}
+    assert kept == [i for i in everything if colour[i] in ("red", "blue")]
+    assert len(reads) == 2

@@ -21,7 +21,7 @@ from models.adapt.pairs import Pairs
 from models.adapt.reembed import StoredContent, reembed
 from models.adapt.run import adapt, evaluate, open_version
 from models.decoding import pixels_of
-from models.encoder import MappedEncoder
+from models.derived import MappedEncoder
 from models.errors import InvalidParameters, TrainingDiverged
 from models.evaluate import retrieval_metrics
 from models.feature_map import FeatureMap
@@ -29,6 +29,7 @@ from models.registry import ModelRegistry, ModelVersion, UnknownModel
 from models.sources import SourceError
 from models.stored import encode_pixels
 from models.student import DistilledEncoder, Student
+from models.synthetic import as_file
 from tests.fakes import FakeEncoder
 
 D = 16
@@ -104,7 +105,9 @@ def test_a_diverging_run_fails_with_its_reason_and_nan_scores_are_misses() -> No
     w = np.full((D, D), np.nan, np.float32)
     broken = MappedEncoder(FakeEncoder(dim=D), FeatureMap(w, w, nan[0], nan[0]), "x")
     with pytest.raises(TrainingDiverged, match="non-finite vectors"):
-        evaluate(broken, [image(i) for i in range(4)], [f"t{i}" for i in range(4)])
+        evaluate(
+            broken, [as_file(image(i)) for i in range(4)], [f"t{i}" for i in range(4)], MAX_PIXELS
+        )
 
 
 def test_the_cli_offers_exactly_the_methods() -> None:
@@ -118,15 +121,19 @@ def test_the_cli_offers_exactly_the_methods() -> None:
 
 # --- pairs ------------------------------------------------------------------------------------
 def test_hold_out_is_a_fixed_disjoint_split() -> None:
-    pairs = Pairs([image(i) for i in range(30)], [f"t{i}" for i in range(30)], ["x: bad"])
+    files = [as_file(image(i)) for i in range(30)]
+    pairs = Pairs([image(i) for i in range(30)], [f"t{i}" for i in range(30)], ["x: bad"], files)
     train, held = pairs.hold_out(0.2, seed=3)
     assert len(held) == 6 and len(train) == 24
+    # Each held-out caption keeps its own image's file, for evaluation.
+    assert [files.index(f) for f in held.files] == [int(t[1:]) for t in held.texts]
     assert sorted(train.texts + held.texts) == sorted(pairs.texts)
     assert train.skipped == ["x: bad"] and held.skipped == []
     again_train, again_held = pairs.hold_out(0.2, seed=3)
     assert again_held.texts == held.texts and again_train.texts == train.texts
     assert pairs.hold_out(0.2, seed=4)[1].texts != held.texts
-    assert len(Pairs([image(0)] * 5, ["a"] * 5).hold_out(0.01, seed=0)[1]) == 2  # at least two
+    five = Pairs([image(0)] * 5, ["a"] * 5, files=[as_file(image(0))] * 5)
+    assert len(five.hold_out(0.01, seed=0)[1]) == 2  # at least two
 
 
 # --- re-embedding plan ------------------------------------------------------------------------
@@ -274,10 +281,11 @@ def test_evaluation_runs_every_model_call_through_run_model() -> None:
         calls.append(fn.__name__)
         return fn(*args)
 
-    metrics = evaluate(enc, [image(i) for i in range(5)], [f"t{i}" for i in range(5)], run_model)
-    assert calls == ["encode_images", "encode_texts"] and metrics["pairs"] == 5
+    files = [as_file(image(i)) for i in range(5)]
+    metrics = evaluate(enc, files, [f"t{i}" for i in range(5)], MAX_PIXELS, run_model)
+    assert calls == ["encode_pixels", "encode_texts"] and metrics["pairs"] == 5
     with pytest.raises(SourceError, match="at least two"):
-        evaluate(enc, [image(0)], ["t0"])
+        evaluate(enc, [as_file(image(0))], ["t0"], MAX_PIXELS)
 
 
 @pytest.mark.parametrize("method", ["linear", "subspace_alignment", "cca", "adversarial"])
@@ -293,7 +301,7 @@ def test_a_mapped_version_is_stored_and_opened_over_its_base(tmp_path: Path, met
         ModelVersion("base@" + method, "fake", "base", method, adapted.artifact), adapted.write
     )
     opened = open_version(registry, "base@" + method, {"base": base}, "cpu", tmp_path)
-    assert isinstance(opened, MappedEncoder) and opened.base is base
+    assert isinstance(opened, MappedEncoder) and opened.inner is base
     np.testing.assert_allclose(
         opened.encode_texts(texts[:5]), adapted.encoder.encode_texts(texts[:5]), atol=1e-6
     )

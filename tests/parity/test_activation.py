@@ -18,9 +18,12 @@ from PIL import Image
 from index import MilvusBackends, Modality
 from index.vectors.dumps import backend_key
 from index.vectors.milvus_backend import collection_name
+from models.adapt.pairs import load_pairs
 from models.encoder import load_encoder
+from models.evaluate import retrieval_metrics
 from models.feature_map import FeatureMap
 from models.registry import ModelRegistry, ModelVersion, mean_recall
+from models.stored import encode_image_files
 from models.student import STUDENT_FILE, Student
 from models.synthetic import write_dataset
 from tests.calls import wait_for_job
@@ -175,6 +178,44 @@ def test_re_embedding_to_the_version_that_indexed_gives_the_vectors_indexing_gav
     assert {"image", "text"} <= set(kinds.values())
     for i, vector in indexed.items():
         assert np.allclose(again[i], vector, atol=1e-5), (i, kinds[i])
+
+
+def test_evaluation_measures_the_vectors_the_index_job_stored(
+    lab: tuple[AppServer, httpx.Client],
+) -> None:
+    """Evaluation takes the one road too: each pair's image is read from its file and
+    encoded as the index job encoded it (within 1e-5, photographs larger than the model's
+    input included), so the metrics ``/v1/evaluate`` reports are those of the vectors the
+    index holds."""
+    server, c = lab
+    root = server.data_dir / "import"
+    (root / "snaps").mkdir(exist_ok=True)
+    rng = np.random.default_rng(5)
+    lines = []
+    for i in range(8):
+        pixels = rng.integers(0, 256, (120 + 10 * i, 200, 3), dtype=np.uint8)
+        Image.fromarray(pixels).resize((800, 500 + 40 * i)).save(
+            root / "snaps" / f"s{i}.jpg", "JPEG", quality=85
+        )
+        lines.append({"id": f"s{i}", "image": f"snaps/s{i}.jpg", "text": f"snapshot {i}"})
+    (root / "snaps.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    c.delete("/v1/collections/snaps")
+    assert c.post("/v1/collections", json={"name": "snaps"}).status_code == 201
+    r = c.post("/v1/collections/snaps/jobs/index", json={"source": "snaps.jsonl"})
+    assert wait_for_job(c, r.json()["id"])["state"] == "succeeded"
+    vectors = stored_vectors(server, "snaps")
+    settings = server.app.state.services.settings
+    pairs = load_pairs(root, "snaps.jsonl", settings.max_upload_bytes, settings.max_image_pixels)
+    assert pairs.texts == [x["text"] for x in lines]
+    encoder = server.app.state.services.stack.engine.encoders[BASE]
+    again = encode_image_files(encoder, pairs.files, settings.max_image_pixels)
+    xi = np.stack([vectors[x["id"]] for x in lines])
+    assert np.allclose(again, xi, atol=1e-5)
+    r = c.post("/v1/evaluate", json={"source": "snaps.jsonl", "model": BASE})
+    assert r.status_code == 200, r.text
+    xt = np.stack([vectors[f"{x['id']}#text"] for x in lines])
+    expected = retrieval_metrics(xi, xt, groups=pairs.texts)
+    assert r.json()["metrics"] == pytest.approx(expected, abs=1e-9)
 
 
 def assert_backend_holds_only_live_collections(server: AppServer) -> None:

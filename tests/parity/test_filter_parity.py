@@ -118,7 +118,7 @@ def test_generated_filters_give_the_same_items_on_both_backends(stores: dict[str
         (native,) = (
             milvus.get("c").sides[Modality.TEXT].index.search(normalised(1, 9), N, where=node)
         )
-        listed = filter_labels(milvus.db.reader(), "c", Modality.TEXT, node)
+        listed = filter_labels(milvus.db.reader(), "c", [Modality.TEXT], node)[Modality.TEXT]
         assert sorted(native.labels.tolist()) == sorted(listed.tolist()), where
         nonempty += bool(expected) and len(expected) < N
     assert nonempty > 60  # the filters cut: neither everything nor nothing

@@ -13,31 +13,26 @@ and ignored: xmodal has none of those models.
 
 from __future__ import annotations
 
-import base64
-import html
 import re
 from typing import Annotated, Any
-from urllib.parse import quote
 
-import numpy as np
 from annotated_types import Ge, Le
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
-from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import ReadAccess, check_collection, grant_of
 from app.api.bodies import AnyJSONRoute
 from app.api.deps import RetrievalDep, ServicesDep, SettingsDep, StackDep
 from app.api.errors import bad_request
 from app.api.openapi import errors
-from app.api.uploads import BASE64, decode_base64
+from app.service.clip_back import Describer, default_collection, serving_collections
+from app.service.queries import BASE64, decode_base64, vector_query
 from app.service.search.ranking import SearchSpec
-from app.service.search.retrieval import Part, Query, Retrieval
-from index import Hit, Item, Modality, StoreError
-from models.errors import ModelError
+from app.service.search.retrieval import Part, Retrieval
+from app.service.threads import run_in_threadpool
+from index import Modality
 
 DEDUP = 0.94  # clip back's threshold for its deduplicate option
-THUMBNAIL = 512
 
 router = APIRouter(route_class=AnyJSONRoute, tags=["clip-retrieval"], dependencies=[ReadAccess])
 
@@ -91,12 +86,7 @@ class MetadataRequest(BaseModel):
 async def indices_list(services: ServicesDep, request: Request) -> list[str]:
     """The collections that can serve, as clip back lists its indices (those the
     presented key opens)."""
-    store = services.store
-    if store is None:
-        return []
-    infos = await run_in_threadpool(store.list_collections)
-    grant = grant_of(request)
-    return [c.name for c in infos if c.error is None and (grant is None or grant.covers(c.name))]
+    return await run_in_threadpool(serving_collections, services.store, grant_of(request))
 
 
 @router.post("/knn-service", responses=errors(400, 404, 409, 413, 415, 429, 504))
@@ -137,7 +127,7 @@ async def knn_service(
     if text is not None:
         part = Part(query=retrieval.text_query(text))
     elif embedding is not None:
-        part = Part(query=_given_vector(embedding, info.dim))
+        part = Part(query=vector_query(embedding, info.dim, "embedding_input"))
     else:
         if image is not None:
             data = decode_base64(image, settings.max_upload_bytes, "image")
@@ -146,9 +136,8 @@ async def knn_service(
             data = await run_in_threadpool(stack.images.fetch, image_url)
         part = Part(query=await retrieval.image_query(data, "image"))
     page = await retrieval.search(name, [part], spec)
-    described = await run_in_threadpool(
-        _describe_hits, services, name, page.hits[:num_images], str(request.base_url)
-    )
+    describe = Describer(retrieval.store, services.thumbnails, str(request.base_url))
+    described = await run_in_threadpool(describe.hits, name, page.hits[:num_images])
     out = []
     for i, hit in enumerate(page.hits):
         row = described[i] if i < len(described) else {}
@@ -162,103 +151,14 @@ async def metadata(
 ) -> list[dict[str, Any]]:
     """The metadata of items by their integer ids (``{}`` for an id no longer stored)."""
     name = await _collection(body.indice_name, retrieval, request)
-    base = str(request.base_url)
-
-    def look_up() -> list[dict[str, Any]]:
-        assert services.store is not None
-        items = services.store.items_by_label(name, body.ids)
-        return [
-            {"id": i, "metadata": _describe(services, name, items[i], base) if i in items else {}}
-            for i in body.ids
-        ]
-
-    return await run_in_threadpool(look_up)
+    describe = Describer(retrieval.store, services.thumbnails, str(request.base_url))
+    return await run_in_threadpool(describe.labels, name, body.ids)
 
 
 async def _collection(indice_name: str | None, retrieval: Retrieval, request: Request) -> str:
-    """The collection named, or the first that serves when none is (clip-front opened
-    without ``index=`` sends an empty name); 403 for one the presented key does not open."""
+    """The collection named (403 for one the presented key does not open), or the first
+    it opens when none is: clip-front opened without ``index=`` sends an empty name."""
     if indice_name:
         check_collection(request, indice_name)
         return indice_name
-    infos = await run_in_threadpool(retrieval.store.list_collections)
-    grant = grant_of(request)
-    serving = [c.name for c in infos if c.error is None and (grant is None or grant.covers(c.name))]
-    if not serving:
-        raise bad_request("there is no collection to search", code="invalid_query")
-    return serving[0]
-
-
-def _given_vector(values: list[float], dim: int) -> Query:
-    vector = np.asarray(values, dtype=np.float64)
-    if vector.shape != (dim,) or not np.all(np.isfinite(vector)):
-        raise bad_request(
-            f"embedding_input must be {dim} finite numbers, the collection's dimension",
-            code="invalid_query",
-        )
-    # Scaled by its largest part first: the direction is what counts, and the norm of
-    # large finite numbers (3e38 is a float32) must not overflow to infinity.
-    peak = float(np.max(np.abs(vector)))
-    if peak == 0:
-        raise bad_request("embedding_input is all zeros", code="empty_query")
-    vector /= peak
-    row = (vector / np.linalg.norm(vector)).astype(np.float32)[None, :]
-
-    async def encode(version: str) -> np.ndarray:
-        return row
-
-    return Query(Modality.TEXT, encode)
-
-
-def _describe_hits(services: Any, name: str, hits: list[Hit], base: str) -> list[dict[str, Any]]:
-    store = services.store
-    items = store.items_by_label(name, [h.label for h in hits])
-    return [
-        _describe(services, name, items[h.label], base) if h.label in items else {} for h in hits
-    ]
-
-
-def _describe(services: Any, name: str, item: Item, base: str) -> dict[str, Any]:
-    """An item as clip back's metadata: its own metadata, then caption, url and image."""
-    meta = item.metadata
-    caption = item.text if item.text is not None else meta.get("caption")
-    out: dict[str, Any] = {**meta, "xmodal_id": item.id, "caption": caption}
-    url = meta.get("url")
-    if item.content_sha256 is not None:
-        digest = item.content_sha256
-
-        def original() -> bytes:
-            return services.store.get_item_content(name, item.id)[0]
-
-        try:
-            jpeg = services.thumbnails.get(digest, THUMBNAIL, original)
-        except (StoreError, ModelError):  # deleted meanwhile, or its file unreadable
-            jpeg = None
-        if jpeg is not None:
-            out["image"] = base64.b64encode(jpeg).decode()
-        if url is None:
-            url = f"{base}v1/collections/{quote(name)}/items/{quote(item.id)}/image"
-    if url is None and item.text is not None:
-        url = caption_svg(item.id, item.text)
-    out["url"] = url
-    # What there is none of is left out, as clip back leaves out a column it lacks:
-    # clip-front reads the length of any caption it is given.
-    return {k: v for k, v in out.items() if v is not None}
-
-
-def caption_svg(item_id: str, text: str) -> str:
-    """A small picture of a text item's caption, as a data URL: clip-front draws each hit
-    from its url, hides those whose image fails and folds equal urls into one, so every
-    text hit gets its own (the id is in it)."""
-    shown = text if len(text) <= 140 else text[:139] + "\u2026"
-    lines = [shown[i : i + 28] for i in range(0, len(shown), 28)][:5]
-    rows = "".join(
-        f'<text x="8" y="{28 + 22 * n}">{html.escape(line)}</text>' for n, line in enumerate(lines)
-    )
-    svg = (
-        '<svg xmlns="http://www.w3.org/2000/svg" width="256" height="144" '
-        'font-family="sans-serif" font-size="16">'
-        f"<title>{html.escape(item_id)}</title>"
-        f'<rect width="256" height="144" fill="#f4f1ea"/>{rows}</svg>'
-    )
-    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
+    return await run_in_threadpool(default_collection, retrieval.store, grant_of(request))

@@ -14,6 +14,7 @@ from app.api.bodies import ControlJSONRoute
 from app.api.deps import EngineDep, ServicesDep, StackDep, StoreDep
 from app.api.openapi import errors
 from app.api.schemas import CollectionCreate, CollectionList, CollectionOut, RequestBody
+from app.service.access import opens
 from index import CollectionInfo, Modality
 
 router = APIRouter(
@@ -55,7 +56,7 @@ async def list_collections(store: StoreDep, request: Request) -> CollectionList:
     """Every collection, or those the presented key opens."""
     infos = await run_in_threadpool(store.list_collections)
     grant = grant_of(request)
-    shown = [i for i in infos if grant is None or grant.covers(i.name)]
+    shown = [i for i in infos if opens(grant, i.name)]
     return CollectionList(collections=[collection_out(i) for i in shown])
 
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import numpy as np
 from fastapi import APIRouter
 
 from app.api.auth import ReadAccess
@@ -9,9 +8,7 @@ from app.api.deps import EngineDep, LimitsDep
 from app.api.errors import bad_request
 from app.api.openapi import errors
 from app.api.schemas import EmbedRequest, EmbedResponse
-from app.api.uploads import decode_base64
-from app.service.engine import Engine
-from app.service.limits import Limits
+from app.service.queries import embed_base64_images
 
 router = APIRouter(
     route_class=StrictJSONRoute, prefix="/v1", tags=["embed"], dependencies=[ReadAccess]
@@ -37,17 +34,3 @@ async def embed(body: EmbedRequest, engine: EngineDep, limits: LimitsDep) -> Emb
         labels = [f"images_base64[{i}]" for i in range(len(images))]
         vectors = await embed_base64_images(engine, limits, images, labels)
     return EmbedResponse(vectors=vectors.tolist(), model=engine.space, dim=engine.dim)
-
-
-async def embed_base64_images(
-    engine: Engine, limits: Limits, images: list[str], labels: list[str]
-) -> np.ndarray:
-    """Vectors of base64 images (or data URLs) within the request limits; errors name
-    each image by its label."""
-    limits.check_files(len(images))
-    blobs = [
-        decode_base64(b, limits.max_upload_bytes, label)
-        for b, label in zip(images, labels, strict=True)
-    ]
-    prepared = await engine.prepare_images(blobs, labels)
-    return await engine.embed_prepared(prepared)

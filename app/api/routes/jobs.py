@@ -11,8 +11,8 @@ from app.api.auth import ReadAccess, WriteAccess, check_collection, grant_of
 from app.api.bodies import ControlJSONRoute
 from app.api.deps import JobsDep
 from app.api.openapi import errors
-from app.api.schemas import RequestBody
-from app.service.access import ADMIN, WRITE
+from app.api.schemas import JobCreated, RequestBody, accepted
+from app.service.access import ADMIN, WRITE, opens
 from app.service.jobs import DUPLICATES_JOB, INDEX_JOB, REINDEX_JOB, DuplicatesRunner, job_summary
 from index import Modality, UnknownJob
 from models.sources import Format
@@ -70,11 +70,6 @@ class JobOut(BaseModel):
     detail: dict[str, Any]
 
 
-class JobCreated(BaseModel):
-    id: str
-    state: str
-
-
 class JobList(BaseModel):
     jobs: list[JobOut]
 
@@ -99,8 +94,7 @@ async def start_index_job(
         "scoped": grant is not None and grant.level < ADMIN,
     }
     job = await run_in_threadpool(jobs.submit, INDEX_JOB, name, params)
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return JobCreated(id=job.id, state=job.state.value)
+    return accepted(job, response)
 
 
 @router.post(
@@ -116,8 +110,7 @@ async def start_duplicates_job(
     groups are at `GET /v1/jobs/{id}/result` once it has succeeded."""
     params = {"threshold": body.threshold, "modality": body.modality.value}
     job = await run_in_threadpool(jobs.submit, DUPLICATES_JOB, name, params)
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return JobCreated(id=job.id, state=job.state.value)
+    return accepted(job, response)
 
 
 @router.post(
@@ -134,8 +127,7 @@ async def start_reindex_job(
     (recall against exact search, latency, bytes per vector) is on the job and the
     collection. Re-index to `previous_index` to switch back."""
     job = await run_in_threadpool(jobs.submit, REINDEX_JOB, name, {"index": body.index})
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return JobCreated(id=job.id, state=job.state.value)
+    return accepted(job, response)
 
 
 @router.get(
@@ -161,7 +153,7 @@ async def list_jobs(jobs: JobsDep, request: Request) -> JobList:
     """The 100 most recent jobs, newest first (those of the key's collections)."""
     listed = await run_in_threadpool(jobs.jobs.recent)
     grant = grant_of(request)
-    shown = [j for j in listed if grant is None or grant.covers(j.collection)]
+    shown = [j for j in listed if opens(grant, j.collection)]
     return JobList(jobs=[JobOut(**job_summary(j)) for j in shown])
 
 

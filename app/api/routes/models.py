@@ -10,8 +10,7 @@ from app.api.auth import AdminAccess, ReadAccess
 from app.api.bodies import ControlJSONRoute
 from app.api.deps import EngineDep, JobsDep, StackDep
 from app.api.openapi import errors
-from app.api.routes.jobs import JobCreated
-from app.api.schemas import RequestBody
+from app.api.schemas import JobCreated, RequestBody, accepted
 from app.service.activation import ACTIVATE_JOB
 from app.service.engine import Engine
 from app.service.finetune import FINETUNE_JOB
@@ -90,8 +89,7 @@ class ModelList(BaseModel):
 async def start_finetune(body: FinetuneRequest, jobs: JobsDep, response: Response) -> JobCreated:
     """Fine-tune the serving model on pairs from the import root; poll `GET /v1/jobs/{id}`."""
     job = await run_in_threadpool(jobs.submit, FINETUNE_JOB, None, body.model_dump())
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return JobCreated(id=job.id, state=job.state.value)
+    return accepted(job, response)
 
 
 @router.post("/v1/evaluate", dependencies=[AdminAccess], responses=errors(400, 404))
@@ -172,8 +170,7 @@ async def activate_model(
     once; refused unless the version beat its base on its evaluation (or ``force``)."""
     params = {"version": version, "force": bool(body and body.force)}
     job = await run_in_threadpool(jobs.submit, ACTIVATE_JOB, None, params)
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return JobCreated(id=job.id, state=job.state.value)
+    return accepted(job, response)
 
 
 @router.post(
@@ -186,5 +183,4 @@ async def rollback_model(version: str, jobs: JobsDep, response: Response) -> Job
     """Go back to the version that was active before ``version`` (the active one)."""
     params = {"version": version, "rollback": True}
     job = await run_in_threadpool(jobs.submit, ACTIVATE_JOB, None, params)
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return JobCreated(id=job.id, state=job.state.value)
+    return accepted(job, response)

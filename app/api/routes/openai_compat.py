@@ -18,10 +18,8 @@ from app.api.bodies import StrictJSONRoute
 from app.api.deps import EngineDep, LimitsDep
 from app.api.errors import ApiError, bad_request
 from app.api.openapi import errors
-from app.api.routes.embed import embed_base64_images
 from app.service.engine import Engine
-from app.service.threads import run_in_threadpool
-from models.encoder import tokenize
+from app.service.queries import embed_inputs
 
 router = APIRouter(
     route_class=StrictJSONRoute, prefix="/v1", tags=["embed"], dependencies=[ReadAccess]
@@ -83,8 +81,7 @@ class EmbeddingsResponse(BaseModel):
 
 def served_names(engine: Engine) -> set[str]:
     """What ``model`` may name: the serving version, or its architecture's name."""
-    encoder = engine.encoders[engine.version]
-    return {engine.version, getattr(encoder, "model_name", engine.version)}
+    return {engine.version, engine.encoders[engine.version].model_name}
 
 
 @router.post("/embeddings", responses=errors(400, 404, 413, 415, 429, 504))
@@ -109,20 +106,17 @@ async def embeddings(
     inputs = [body.input] if isinstance(body.input, str) else body.input
     images = [i for i, x in enumerate(inputs) if x.startswith(IMAGE_PREFIX)]
     texts = [i for i, x in enumerate(inputs) if not x.startswith(IMAGE_PREFIX)]
-    limits.check_files(len(images))  # both limits before any work
-    limits.check_texts([inputs[i] for i in texts])
+    text_vectors, image_vectors, tokens = await embed_inputs(
+        engine,
+        limits,
+        [inputs[i] for i in texts],
+        [inputs[i] for i in images],
+        [f"input[{i}]" for i in images],
+        "input",
+    )
     vectors = np.zeros((len(inputs), engine.dim), np.float32)
-    tokens = 0
-    if texts:
-        strings = [inputs[i] for i in texts]
-        if any(not t.strip() for t in strings):
-            raise bad_request("input holds a blank text", code="empty_query")
-        vectors[texts] = await engine.embed_texts(strings)
-        tokens = await run_in_threadpool(count_tokens, engine, strings)
-    if images:
-        vectors[images] = await embed_base64_images(
-            engine, limits, [inputs[i] for i in images], [f"input[{i}]" for i in images]
-        )
+    vectors[texts] = text_vectors
+    vectors[images] = image_vectors
     data = [
         Embedding(index=i, embedding=_encoded(v, body.encoding_format))
         for i, v in enumerate(vectors)
@@ -137,13 +131,3 @@ def _encoded(vector: np.ndarray, encoding: str) -> list[float] | str:
         return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
     out: list[float] = vector.tolist()
     return out
-
-
-def count_tokens(engine: Engine, texts: list[str]) -> int:
-    """Tokens the text tower read (its context at most per text, start and end included)."""
-    encoder: Any = engine.encoders[engine.version]
-    tokenizer = getattr(encoder, "tokenizer", None)
-    if tokenizer is None:
-        return sum(len(t.split()) for t in texts)
-    ids = tokenize(tokenizer, int(getattr(encoder, "context_length", 77)), texts)
-    return int((ids != 0).sum())

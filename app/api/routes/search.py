@@ -22,9 +22,10 @@ from app.api.schemas import (
     SearchRequest,
     SearchResponse,
 )
-from app.api.uploads import decode_base64, read_upload
+from app.api.uploads import read_upload
 from app.service.config import Settings
 from app.service.errors import ServiceError
+from app.service.queries import decode_base64
 from app.service.search.ranking import SearchSpec
 from app.service.search.retrieval import Part, Retrieval
 from index import Hit, InvalidValue, Modality

@@ -18,8 +18,7 @@ from app.api.bodies import StrictJSONRoute
 from app.api.deps import JobsDep, StackDep
 from app.api.errors import ApiError
 from app.api.openapi import errors
-from app.api.routes.jobs import JobCreated
-from app.api.schemas import RequestBody
+from app.api.schemas import JobCreated, RequestBody, accepted
 from app.service.jobs.snapshots import RESTORE_JOB, SNAPSHOT_JOB, Archives
 from app.service.stack import Stack
 
@@ -68,8 +67,7 @@ async def take_snapshot(name: str, jobs: JobsDep, response: Response) -> JobCrea
     """Write the collection to one archive, as a job: its items and metadata, vectors,
     stored images, index spec and model version, with a manifest of checksums."""
     job = await run_in_threadpool(jobs.submit, SNAPSHOT_JOB, name, {})
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return JobCreated(id=job.id, state=job.state.value)
+    return accepted(job, response)
 
 
 @router.get("", responses=errors(404))
@@ -175,8 +173,7 @@ async def restore_snapshot(
         if "upload" in params:
             stack.uploads.remove(params["upload"])
         raise
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return JobCreated(id=job.id, state=job.state.value)
+    return accepted(job, response)
 
 
 def _save(upload: UploadFile, path: Any) -> None:

@@ -261,6 +261,17 @@ class Retrieval:
             for i, s in enumerate(specs)
         ]
         pages: list[Page] = [Page([], None)] * len(specs)
+        # Each filter's rows are read once, for every ranking of every query that has it.
+        needed: dict[Any, set[Modality]] = {}
+        for spec, shown in zip(asked, specs, strict=True):
+            if spec.where is not None:
+                sides = needed.setdefault(spec.where, set())
+                sides |= {Modality.TEXT} if shown.mode != "vector" else set()
+                sides |= {spec.target} if shown.mode != "lexical" and spec.target else set()
+        allowed = {
+            where: self.store.allowed(name, where, sorted(sides), deadline)
+            for where, sides in needed.items()
+        }
         groups: dict[tuple[Any, ...], list[int]] = {}
         for i, spec in enumerate(asked):
             if specs[i].mode == "lexical":
@@ -281,7 +292,7 @@ class Retrieval:
                     rows,
                     depth,
                     model_version=version,
-                    where=spec.where,
+                    where=allowed.get(spec.where),
                     with_vectors=spec.dedup is not None,
                     deadline=deadline,
                 )
@@ -300,7 +311,7 @@ class Retrieval:
             if spec.mode == "vector":
                 continue
             words = self.store.lexical(
-                name, spec.lexical_text or "", depths[i], spec.where, deadline
+                name, spec.lexical_text or "", depths[i], allowed.get(spec.where), deadline
             )
             ranking = words if spec.mode == "lexical" else hybrid.fuse([pages[i].hits, words])
             pages[i] = hybrid.page_of(ranking, spec)

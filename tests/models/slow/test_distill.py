@@ -19,14 +19,16 @@ from models.adapt.methods import (
     check_hyperparameters,
 )
 from models.adapt.run import adapt, evaluate, open_version
-from models.encoder import ClipEncoder, MappedEncoder, load_encoder
+from models.derived import MappedEncoder
+from models.encoder import ClipEncoder, load_encoder
 from models.errors import InvalidParameters, ModelLoadError
 from models.registry import ModelRegistry, ModelVersion
 from models.student import STUDENT_FILE, DistilledEncoder, Student, teacher_of
-from models.synthetic import samples
+from models.synthetic import as_file, samples
 from tests.models.splits import SEEDS, split
 
 FAST = {"epochs": 30}
+PIXELS = 10_000_000
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -134,8 +136,9 @@ def test_a_distilled_version_keeps_its_teachers_recall_on_held_out_pairs(tmp_pat
         student = adapted.encoder
         assert isinstance(student, DistilledEncoder) and adapted.base == "teacher"
         assert student.space == "teacher" and student.separate_queries
-        was, now = evaluate(teacher, ei, et), evaluate(student, ei, et)
-        raw = evaluate(base, ei, et)["t2i_r5"]
+        files = [as_file(im) for im in ei]
+        was, now = evaluate(teacher, files, et, PIXELS), evaluate(student, files, et, PIXELS)
+        raw = evaluate(base, files, et, PIXELS)["t2i_r5"]
         assert now["t2i_r5"] >= was["t2i_r5"] - 6, (seed, was["t2i_r5"], now["t2i_r5"])
         assert now["t2i_r5"] > raw + 40, (seed, raw, now["t2i_r5"])
         for k in ("i2t_r1", "i2t_r5", "i2t_r10"):
@@ -160,7 +163,7 @@ def test_a_stored_student_opens_as_the_version_over_its_teacher(
     registry.save(record, adapted.write)
     loaded = {tiny_encoder.version: tiny_encoder}
     opened = open_version(registry, "tiny@distill-1", loaded, "cpu", tmp_path)
-    assert isinstance(opened, DistilledEncoder) and opened.teacher is tiny_encoder
+    assert isinstance(opened, DistilledEncoder) and opened.inner is tiny_encoder
     assert opened.space == tiny_encoder.version and teacher_of(opened) is tiny_encoder
     np.testing.assert_array_equal(opened.encode_texts(texts), tiny_encoder.encode_texts(texts))
     np.testing.assert_allclose(
