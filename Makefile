@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install torch-cpu browser run run-tiny demo test test-quick lint format bench bench-gpu bench-ingest load clean
+.PHONY: install torch-cpu browser postgres run run-tiny demo test test-quick lint format bench bench-gpu bench-ingest load clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,12 +62,22 @@ browser:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
 
-## Lint, type-check and run the default (CPU) test suite, the browser tests included.
-test: install browser lint
+## Debian's PostgreSQL server, for the catalogue's tests: each test session starts a
+## throwaway cluster of its own (initdb, pg_ctl) on a Unix socket, as the postgres user.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    postgresql postgresql-contrib; }
+
+## Lint, type-check and run the default (CPU) test suite, the browser and PostgreSQL
+## tests included.
+test: install browser postgres lint
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 ## The quick local loop: the suite without its slow tier (folders named slow, the browser).
-test-quick: install
+test-quick: install postgres
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 lint: install

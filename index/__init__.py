@@ -3,7 +3,8 @@
 NumPy in, NumPy out; no torch and no web imports.
 """
 
-from index.catalogue.db import DB_FILE, Database
+from index.catalogue.base import Catalogue
+from index.catalogue.db import DB_FILE, SqliteDatabase
 from index.catalogue.jobs import (
     Job,
     JobFinished,
@@ -13,8 +14,10 @@ from index.catalogue.jobs import (
     Progress,
     UnknownJob,
 )
+from index.catalogue.opening import open_catalogue
 from index.collections import COLLECTION_NAME, CollectionStore
 from index.errors import (
+    CatalogueUnavailable,
     CollectionBroken,
     CollectionExists,
     DataDirInUse,
@@ -40,11 +43,14 @@ __all__ = [
     "DB_FILE",
     "BackendFactory",
     "CollectionBroken",
+    "CatalogueUnavailable",
     "CollectionExists",
     "CollectionInfo",
     "DataDirInUse",
     "CollectionStore",
-    "Database",
+    "Catalogue",
+    "SqliteDatabase",
+    "open_catalogue",
     "DimensionMismatch",
     "FaissBackends",
     "MilvusBackends",

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import re
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -27,15 +26,14 @@ from types import MappingProxyType
 import numpy as np
 
 from index.blobs import BlobStore
+from index.catalogue.base import Conn
 from index.catalogue.db import (
-    DB_FILE,
     ITEM_COLUMNS,
-    Database,
     count_items,
     item_from_row,
     stored_versions,
 )
-from index.catalogue.jobs import SCHEMA as JOBS_SCHEMA
+from index.catalogue.opening import open_catalogue
 from index.errors import (
     CollectionExists,
     DimensionMismatch,
@@ -81,6 +79,7 @@ class CollectionStore:
         backends: BackendFactory | None = None,
         store_images: bool = True,
         index_dump_every: int = 10_000,
+        database_url: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -88,8 +87,7 @@ class CollectionStore:
         try:
             self.index_dir = self.data_dir / "indexes"
             blobs = BlobStore(self.data_dir / "blobs")
-            db = Database(self.data_dir / DB_FILE)
-            db.apply(JOBS_SCHEMA)  # deleting a collection cancels its jobs
+            db = open_catalogue(self.data_dir, database_url)
             backends = backends or FaissBackends()
             backends.attach(db)
             self.state = StoreState(
@@ -234,7 +232,7 @@ class CollectionStore:
         items: Sequence[NewItem],
         vectors: np.ndarray,
         model_version: str,
-        extra: Callable[[sqlite3.Connection], None] | None = None,
+        extra: Callable[[Conn], None] | None = None,
         uid: str | None = None,
     ) -> list[str]:
         """Store ``items`` with their ``vectors`` (row i belongs to item i); an existing id

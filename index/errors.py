@@ -45,3 +45,8 @@ class InvalidFilter(StoreError):
 
 class Interrupted(StoreError):
     """A read stopped at its caller's deadline (SQLite interrupted between steps)."""
+
+
+class CatalogueUnavailable(StoreError):
+    """The catalogue's database server cannot be reached (or refused the schema): the
+    request needing it gets 503 with the reason; the next call connects again."""

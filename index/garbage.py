@@ -7,13 +7,14 @@ import logging
 from collections.abc import Callable, Sequence
 
 from index.blobs import BlobStore
-from index.catalogue.db import SQL_CHUNK, Database
+from index.catalogue.base import Catalogue
+from index.catalogue.db import SQL_CHUNK
 
 log = logging.getLogger(__name__)
 
 
 class ImageGarbage:
-    def __init__(self, db: Database, blobs: BlobStore) -> None:
+    def __init__(self, db: Catalogue, blobs: BlobStore) -> None:
         self.db = db
         self.blobs = blobs
         # Called with the digests of image files removed (the app drops their thumbnails).

@@ -15,16 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from index.catalogue.base import Catalogue
 from index.catalogue.db import (
     ITEM_COLUMNS,
     SQL_CHUNK,
-    Database,
     hit_rows,
-    interrupted_at,
     item_from_row,
 )
 from index.catalogue.filters import filter_labels
-from index.catalogue.lexical import lexical_labels
 from index.errors import ModelMismatch, UnknownItem
 from index.filter_tree import Node
 from index.live import LiveCollection
@@ -68,21 +66,22 @@ class Allowed:
 
 def allowed_labels(
     c: LiveCollection,
-    db: Database,
+    db: Catalogue,
     where: Node,
     modalities: Sequence[Modality],
     deadline: float | None = None,
 ) -> Allowed:
     """The labels of ``c``'s items of ``modalities`` that pass ``where`` (read until
     ``deadline`` at the latest)."""
-    with interrupted_at(db.reader(), deadline):
-        labels = filter_labels(db.reader(), c.name, sorted(set(modalities)), where)
+    conn = db.reader()
+    with db.deadline(conn, deadline):
+        labels = filter_labels(db, conn, c.name, sorted(set(modalities)), where)
     return Allowed(c, where, labels)
 
 
 def _scope(
     c: LiveCollection,
-    db: Database,
+    db: Catalogue,
     where: Node | Allowed | None,
     modality: Modality,
     deadline: float | None,
@@ -97,7 +96,7 @@ def _scope(
 
 def search_collection(
     c: LiveCollection,
-    db: Database,
+    db: Catalogue,
     is_current: Callable[[LiveCollection], bool],
     target: Modality,
     xq: np.ndarray,
@@ -158,7 +157,7 @@ def search_collection(
 
 
 def item_vector(
-    c: LiveCollection, db: Database, item_id: str, model_version: str
+    c: LiveCollection, db: Catalogue, item_id: str, model_version: str
 ) -> tuple[Modality, np.ndarray]:
     """The modality and stored vector of one item (the one its index holds)."""
     name = c.name
@@ -178,7 +177,7 @@ def item_vector(
     return Modality(row[0]), np.frombuffer(row[1], np.float32).copy()
 
 
-def items_by_label(db: Database, name: str, labels: Sequence[int]) -> dict[int, Item]:
+def items_by_label(db: Catalogue, name: str, labels: Sequence[int]) -> dict[int, Item]:
     """The items of collection ``name`` stored under each of ``labels`` that exists."""
     out: dict[int, Item] = {}
     unique = list(dict.fromkeys(labels))
@@ -194,7 +193,7 @@ def items_by_label(db: Database, name: str, labels: Sequence[int]) -> dict[int, 
 
 
 def vectors_after(
-    c: LiveCollection, db: Database, modality: Modality, after: int, limit: int
+    c: LiveCollection, db: Catalogue, modality: Modality, after: int, limit: int
 ) -> tuple[list[int], list[str], np.ndarray]:
     """Up to ``limit`` stored vectors of one modality with labels above ``after``, in label
     order: their labels, ids and vectors (for walking a whole collection)."""
@@ -224,7 +223,7 @@ def check_model(c: LiveCollection, model_version: str) -> None:
 
 def lexical_search(
     c: LiveCollection,
-    db: Database,
+    db: Catalogue,
     text: str,
     depth: int,
     where: Node | Allowed | None,
@@ -234,8 +233,8 @@ def lexical_search(
     (``index.catalogue.lexical``), best first, as hits scored by BM25 relevance."""
     conn = db.reader()
     allowed, _ = _scope(c, db, where, Modality.TEXT, deadline)
-    with interrupted_at(conn, deadline):
-        ranked = lexical_labels(conn, c.name, text, depth, allowed)
+    with db.deadline(conn, deadline):
+        ranked = db.lexical_labels(conn, c.name, text, depth, allowed)
     rows = hit_rows(conn, [label for label, _ in ranked])
     hits = []
     for label, score in ranked:

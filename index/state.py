@@ -9,7 +9,8 @@ import logging
 from dataclasses import dataclass, field
 
 from index.blobs import BlobStore
-from index.catalogue.db import Database, delete_rows
+from index.catalogue.base import Catalogue
+from index.catalogue.db import delete_rows
 from index.errors import CollectionBroken, UnknownCollection
 from index.garbage import ImageGarbage
 from index.live import SHADOW_PREFIX, LiveCollection
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StoreState:
-    db: Database
+    db: Catalogue
     blobs: BlobStore
     store_images: bool
     garbage: ImageGarbage
@@ -52,7 +53,7 @@ class StoreState:
                 )
             ]
             for shadow in shadows:
-                delete_rows(conn, shadow)
+                delete_rows(self.db, conn, shadow)
         for shadow in shadows:
             log.info("dropped %s, left by an unfinished activation or restore", shadow)
             self.dumps.remove_folder(shadow)

@@ -12,16 +12,16 @@ indexes under the collection's lock.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from index.blobs import sha256_hex
+from index.catalogue.base import Conn
 from index.catalogue.db import delete_rows, dumps, find_item, max_tombstone
 from index.catalogue.jobs import cancel_jobs_of
-from index.catalogue.lexical import create_lexical, move_lexical
 from index.errors import UnknownItem
 from index.live import LiveCollection, Side
 from index.state import StoreState
@@ -79,7 +79,7 @@ class LockedWriter:
                 " VALUES (?, ?, ?, ?, ?, ?)",
                 (name, uid, spec, dim, model_version, created_at),
             )
-            create_lexical(conn, name)
+            store.db.lexical_created(conn, name)
         c = store.dumps.new(name, uid, spec, dim, model_version, created_at)
         store.collections[name] = c
         return c
@@ -90,7 +90,7 @@ class LockedWriter:
         store = self.state
         c = None if name in store.broken else store.get(name)
         with store.db.locked_transaction() as conn:
-            digests = delete_rows(conn, name)
+            digests = delete_rows(store.db, conn, name)
             cancel_jobs_of(conn, name, "its collection was deleted")
         if c is None:
             del store.broken[name]
@@ -109,7 +109,7 @@ class LockedWriter:
         digests: list[str] = []
         with store.db.locked_transaction() as conn:
             for name, copy in copies.items():
-                digests += delete_rows(conn, name)
+                digests += delete_rows(store.db, conn, name)
                 for table, column in (
                     ("items", "collection"),
                     ("tombstones", "collection"),
@@ -118,7 +118,7 @@ class LockedWriter:
                     conn.execute(
                         f"UPDATE {table} SET {column} = ? WHERE {column} = ?", (name, copy)
                     )
-                move_lexical(conn, name, copy)
+                store.db.lexical_moved(conn, name, copy)
         for name, copy in copies.items():
             moved = store.collections.pop(copy)
             moved.name = name
@@ -135,7 +135,7 @@ class LockedWriter:
         items: Sequence[NewItem],
         vectors: np.ndarray,
         model_version: str,
-        extra: Callable[[sqlite3.Connection], None] | None = None,
+        extra: Callable[[Conn], None] | None = None,
     ) -> None:
         """Store ``items`` with their ``vectors`` in ``c``; an existing id is replaced.
         A non-finite vector (a model that diverged, an activation to a broken version)
@@ -159,6 +159,7 @@ class LockedWriter:
                 digests[row] = None
         replaced: list[tuple[Modality, int, str | None]] = []
         added: list[tuple[Modality, int, int]] = []  # modality, label, row in vectors
+        fields: list[tuple[int, dict[str, Any]]] = []  # label, metadata of each new row
         with store.db.locked_transaction() as conn:
             for row, (it, digest) in enumerate(zip(items, digests, strict=True)):
                 old = find_item(conn, name, it.id)
@@ -173,7 +174,7 @@ class LockedWriter:
                 cur = conn.execute(
                     "INSERT INTO items (collection, id, modality, metadata, text,"
                     " content_sha256, media_type, embedding, raw_embedding, model_version,"
-                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING label",
                     (
                         name,
                         it.id,
@@ -188,8 +189,10 @@ class LockedWriter:
                         it.created_at or now,
                     ),
                 )
-                assert cur.lastrowid is not None
-                added.append((it.modality, int(cur.lastrowid), row))
+                label = int(cur.fetchone()[0])
+                added.append((it.modality, label, row))
+                fields.append((label, it.metadata))
+            store.db.fields_written(conn, fields)
             if extra is not None:
                 extra(conn)
             tomb_mark = max_tombstone(conn)
@@ -220,11 +223,11 @@ class LockedWriter:
                 raise UnknownItem(f"item {item_id!r} is not in collection {c.name!r}")
             conn.execute("DELETE FROM items WHERE label = ?", (old[0],))
             cur = conn.execute(
-                "INSERT INTO tombstones (collection, modality, label) VALUES (?, ?, ?)",
+                "INSERT INTO tombstones (collection, modality, label) VALUES (?, ?, ?)"
+                " RETURNING seq",
                 (c.name, old[1], old[0]),
             )
-            assert cur.lastrowid is not None
-            seq = int(cur.lastrowid)
+            seq = int(cur.fetchone()[0])
 
         def change(m: Modality, side: Side) -> None:
             side.index.remove(np.array([old[0]], dtype=np.int64))

@@ -9,6 +9,7 @@ import pytest
 from app.service.jobs.ray_engine import LOOPBACK_ENV
 from models.encoder import ClipEncoder, load_encoder
 from tests.helpers import BACKENDS, AppServer
+from tests.pg import PgCluster
 
 # No test may reach the internet: point the model hub at a closed loopback port.
 os.environ["HF_ENDPOINT"] = "https://127.0.0.1:9"
@@ -46,6 +47,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames and not given:
         both = metafunc.definition.get_closest_marker("both_backends") is not None
         metafunc.parametrize("backend", BACKENDS if both else ["faiss"], scope="session")
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PgCluster]:
+    """A throwaway PostgreSQL cluster for this test process (``tests.pg``): each test that
+    needs a catalogue on it takes a fresh database (``pg.database()``)."""
+    cluster = PgCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

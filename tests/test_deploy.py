@@ -118,7 +118,7 @@ def test_the_scale_profile_wires_xmodal_to_milvus_and_ray() -> None:
     )
     assert settings.vector_backend == "milvus"
     # xmodal -> Milvus: the service name and the port Milvus serves its API on.
-    milvus_uri = urlparse(settings.milvus_target)
+    milvus_uri = urlparse(settings.milvus_target[0])
     assert milvus_uri.scheme == "http" and (milvus_uri.hostname, milvus_uri.port) == (
         "milvus",
         19530,

@@ -6,6 +6,7 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -192,6 +193,13 @@ class Settings(BaseSettings):
     )
 
     # --- storage -----------------------------------------------------------------------------
+    database_url: SecretStr | None = Field(
+        None,
+        description="The catalogue (collections, items and their metadata, texts and vectors, "
+        "jobs) on a PostgreSQL server: `postgresql://user:password@host:5432/xmodal` or "
+        "`postgresql:///xmodal?host=/run/postgresql`; unset: SQLite under the data dir "
+        "(docs/backends-and-scaling.md).",
+    )
     vector_backend: Literal["faiss", "milvus"] = Field(
         "faiss",
         description="Where vectors are searched: `faiss` (in this process) or `milvus` "
@@ -200,10 +208,9 @@ class Settings(BaseSettings):
     milvus_uri: str | None = Field(
         None,
         description="With `milvus`: a local file path ending in `.db` (Milvus Lite, embedded) "
-        "or `http://host:19530` (Milvus standalone or cluster); unset: `DATA_DIR/milvus.db`.",
-    )
-    milvus_token: SecretStr | None = Field(
-        None, description="Milvus auth token (`user:password` or an API key), if it has auth."
+        "or `http://host:19530` (Milvus standalone or cluster; with auth, "
+        "`http://user:password@host:19530`, or an API key as `http://KEY@host:19530`); "
+        "unset: `DATA_DIR/milvus.db`.",
     )
     ray_address: str | None = Field(
         None,
@@ -321,8 +328,17 @@ class Settings(BaseSettings):
         return self.import_root or self.data_dir / "import"
 
     @property
-    def milvus_target(self) -> str:
-        return self.milvus_uri or str(self.data_dir / "milvus.db")
+    def milvus_target(self) -> tuple[str, str | None]:
+        """Milvus's URI without credentials, and its token (``user:password`` or an API
+        key) from the URI's user part, if any."""
+        uri = self.milvus_uri or str(self.data_dir / "milvus.db")
+        parts = urlsplit(uri)
+        if not parts.netloc or "@" not in parts.netloc:
+            return uri, None
+        user, host = parts.netloc.rsplit("@", 1)
+        name, _, password = user.partition(":")
+        token = unquote(name) + (":" + unquote(password) if password else "")
+        return urlunsplit(parts._replace(netloc=host)), token
 
     @property
     def model_cache_dir(self) -> Path:
@@ -337,7 +353,7 @@ SECTIONS = {
     "max_batch_size": "Batching",
     "max_upload_bytes": "Limits",
     "import_root": "Batch indexing",
-    "vector_backend": "Storage and scale-out",
+    "database_url": "Storage and scale-out",
 }
 
 

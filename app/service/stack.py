@@ -25,13 +25,12 @@ from app.service.limits import Limits
 from app.service.metrics import Metrics
 from app.service.search.retrieval import Retrieval
 from index import (
-    DB_FILE,
     BackendFactory,
     CollectionStore,
-    Database,
     FaissBackends,
     JobStore,
     MilvusBackends,
+    open_catalogue,
 )
 from models.encoder import load_encoder
 from models.registry import ModelRegistry
@@ -76,11 +75,8 @@ class Stack:
 def open_store(settings: Settings) -> CollectionStore:
     backends: BackendFactory
     if settings.vector_backend == "milvus":
-        token = settings.milvus_token
-        backends = MilvusBackends(
-            settings.milvus_target,
-            token=token.get_secret_value() if token else None,
-        )
+        uri, token = settings.milvus_target
+        backends = MilvusBackends(uri, token=token)
     else:
         backends = FaissBackends(use_gpu=settings.faiss_gpu)
     return CollectionStore(
@@ -88,13 +84,19 @@ def open_store(settings: Settings) -> CollectionStore:
         backends=backends,
         store_images=settings.store_images,
         index_dump_every=settings.index_dump_every,
+        database_url=database_url(settings),
     )
 
 
 def open_job_store(settings: Settings) -> JobStore:
     """The job records alone (listing jobs needs neither indexes nor a model)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return JobStore(Database(settings.data_dir / DB_FILE))
+    return JobStore(open_catalogue(settings.data_dir, database_url(settings)))
+
+
+def database_url(settings: Settings) -> str | None:
+    url = settings.database_url
+    return url.get_secret_value() if url is not None else None
 
 
 def build_stack(

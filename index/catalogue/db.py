@@ -1,4 +1,7 @@
-"""The SQLite database: schema and its migrations, connections, transactions, row mapping.
+"""The SQLite catalogue (the default, under the data dir): schema and its migrations,
+connections, transactions; and the queries and row mapping both catalogues share
+(``index.catalogue.base`` says what a catalogue offers; PostgreSQL's is
+``index.catalogue.postgres``).
 
 Every acknowledged write is committed in WAL mode with ``synchronous=FULL`` before the
 call returns, so it survives ``kill -9`` (and power loss). One lock serialises writers
@@ -20,7 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from index.catalogue.lexical import drop_lexical, ensure_lexical
+from index.catalogue.base import Catalogue, Conn
+from index.catalogue.lexical import (
+    create_lexical,
+    drop_lexical,
+    ensure_lexical,
+    lexical_labels,
+    move_lexical,
+)
 from index.errors import Interrupted
 from index.types import Item, Modality, StoredItem, StoredVersion
 
@@ -61,6 +71,27 @@ CREATE TABLE IF NOT EXISTS index_reports (
     uid TEXT PRIMARY KEY,
     report TEXT NOT NULL
 );
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    collection TEXT,
+    params TEXT NOT NULL,
+    total INTEGER,
+    done INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    cursor INTEGER NOT NULL DEFAULT 0,
+    errors TEXT NOT NULL DEFAULT '[]',
+    message TEXT,
+    run_seconds REAL NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    detail TEXT NOT NULL DEFAULT '{}',
+    starts INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at);
 """
 
 # Every top-level metadata key of every item, typed, for filters that use an index instead
@@ -106,7 +137,11 @@ STORED_COLUMNS = (
 )
 
 
-class Database:
+class SqliteDatabase:
+    """The SQLite catalogue."""
+
+    kind = "sqlite"
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.write_lock = threading.Lock()
@@ -136,6 +171,9 @@ class Database:
         columns = {row[1] for row in self.writer.execute("PRAGMA table_info(items)")}
         if "raw_embedding" not in columns:  # a database from before mapped versions
             self.writer.execute("ALTER TABLE items ADD COLUMN raw_embedding BLOB")
+        columns = {row[1] for row in self.writer.execute("PRAGMA table_info(jobs)")}
+        if "starts" not in columns:  # a database from before starts were counted
+            self.writer.execute("ALTER TABLE jobs ADD COLUMN starts INTEGER NOT NULL DEFAULT 0")
         fields_backfill = (
             f"INSERT INTO item_fields (label, key, kind, value) SELECT items.label,"
             f" {FIELD_COLUMNS} FROM items, json_each(items.metadata)"
@@ -199,6 +237,37 @@ class Database:
                 conn.close()
             self._reader_conns.clear()
 
+    def deadline(self, conn: Conn, at: float | None) -> contextlib.AbstractContextManager[None]:
+        assert isinstance(conn, sqlite3.Connection)
+        return interrupted_at(conn, at)
+
+    # Typed metadata is written by triggers (FIELDS_SCHEMA); values compare as stored.
+    def fields_written(self, conn: Conn, rows: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        return None
+
+    def field_value(self, family: str, value: Any) -> tuple[str, Any]:
+        return "value", int(value) if isinstance(value, bool) else value
+
+    # Lexical search: a full-text table per collection (``index.catalogue.lexical``).
+    def lexical_created(self, conn: Conn, collection: str) -> None:
+        create_lexical(_sqlite(conn), collection)
+
+    def lexical_dropped(self, conn: Conn, collection: str) -> None:
+        drop_lexical(_sqlite(conn), collection)
+
+    def lexical_moved(self, conn: Conn, collection: str, copy: str) -> None:
+        move_lexical(_sqlite(conn), collection, copy)
+
+    def lexical_labels(
+        self, conn: Conn, collection: str, text: str, depth: int, allowed: np.ndarray | None
+    ) -> list[tuple[int, float]]:
+        return lexical_labels(_sqlite(conn), collection, text, depth, allowed)
+
+
+def _sqlite(conn: Conn) -> sqlite3.Connection:
+    assert isinstance(conn, sqlite3.Connection)
+    return conn
+
 
 @contextlib.contextmanager
 def interrupted_at(conn: sqlite3.Connection, deadline: float | None) -> Iterator[None]:
@@ -222,9 +291,7 @@ PROGRESS_STEPS = 2000  # virtual machine steps between deadline checks (microsec
 
 
 # --- queries shared by the collection store, its snapshots and migrations ------------------------
-def find_item(
-    conn: sqlite3.Connection, collection: str, item_id: str
-) -> tuple[int, str, str | None] | None:
+def find_item(conn: Conn, collection: str, item_id: str) -> tuple[int, str, str | None] | None:
     """The label, modality and image digest of an item, if it exists."""
     row: tuple[int, str, str | None] | None = conn.execute(
         "SELECT label, modality, content_sha256 FROM items WHERE collection = ? AND id = ?",
@@ -233,9 +300,9 @@ def find_item(
     return row
 
 
-def delete_rows(conn: sqlite3.Connection, collection: str) -> list[str]:
+def delete_rows(db: Catalogue, conn: Conn, collection: str) -> list[str]:
     """Delete a collection's rows; returns the image digests its items referred to."""
-    drop_lexical(conn, collection)
+    db.lexical_dropped(conn, collection)
     digests = [
         r[0]
         for r in conn.execute(
@@ -254,13 +321,13 @@ def delete_rows(conn: sqlite3.Connection, collection: str) -> list[str]:
     return digests
 
 
-def max_tombstone(conn: sqlite3.Connection) -> int:
+def max_tombstone(conn: Conn) -> int:
     row = conn.execute("SELECT MAX(seq) FROM tombstones").fetchone()
     return int(row[0] or 0)
 
 
 def load_vectors(
-    conn: sqlite3.Connection,
+    conn: Conn,
     collection: str,
     modality: Modality,
     dim: int,
@@ -320,7 +387,7 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def count_items(conn: sqlite3.Connection, collection: str) -> dict[Modality, int]:
+def count_items(conn: Conn, collection: str) -> dict[Modality, int]:
     counts = dict.fromkeys(Modality, 0)
     for modality, n in conn.execute(
         "SELECT modality, COUNT(*) FROM items WHERE collection = ? GROUP BY modality",
@@ -331,7 +398,7 @@ def count_items(conn: sqlite3.Connection, collection: str) -> dict[Modality, int
 
 
 def hit_rows(
-    conn: sqlite3.Connection, labels: Sequence[int], vectors: bool = False
+    conn: Conn, labels: Sequence[int], vectors: bool = False
 ) -> dict[int, tuple[Any, ...]]:
     """``(label, id, modality, metadata, text)`` of each of ``labels`` still stored, with
     the stored vector's bytes last if ``vectors``."""
@@ -346,9 +413,7 @@ def hit_rows(
     return rows
 
 
-def stored_versions(
-    conn: sqlite3.Connection, collection: str, ids: Sequence[str]
-) -> dict[str, StoredVersion]:
+def stored_versions(conn: Conn, collection: str, ids: Sequence[str]) -> dict[str, StoredVersion]:
     """What is stored under each of ``ids`` that exists."""
     out: dict[str, StoredVersion] = {}
     unique = list(dict.fromkeys(ids))

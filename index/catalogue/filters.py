@@ -11,22 +11,24 @@ whatever characters they hold.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from index.catalogue.base import Catalogue, Conn
 from index.filter_tree import All, Any_, Cond, Node, Not, kind
 from index.types import Modality
 
 _SQL_OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _KINDS = {"number": "n", "string": "s", "bool": "b", "null": "z"}
 _FIELD = "SELECT label FROM item_fields WHERE key = ?"
+# The column of item_fields a value of a family is compared in, and the value as bound.
+FieldValue = Callable[[str, Any], tuple[str, Any]]
 
 
 def filter_labels(
-    conn: sqlite3.Connection, collection: str, modalities: Sequence[Modality], where: Node
+    db: Catalogue, conn: Conn, collection: str, modalities: Sequence[Modality], where: Node
 ) -> dict[Modality, np.ndarray]:
     """The labels of the items of ``modalities`` that pass ``where``, sorted, per
     modality: one read of the filter's rows, whichever rankings use it."""
@@ -35,7 +37,7 @@ def filter_labels(
         f"SELECT label FROM items WHERE collection = ? AND modality IN ({marks})",
         [collection, *(m.value for m in modalities)],
     )
-    chosen, params = labels_sql(where, scope)
+    chosen, params = labels_sql(where, scope, db.field_value)
     sql = (
         f"SELECT label, modality FROM items WHERE collection = ? AND modality IN ({marks})"
         f" AND label IN ({chosen})"
@@ -48,20 +50,23 @@ def filter_labels(
     return out
 
 
-def labels_sql(node: Node, scope: tuple[str, list[Any]]) -> tuple[str, list[Any]]:
+def labels_sql(
+    node: Node, scope: tuple[str, list[Any]], value: FieldValue
+) -> tuple[str, list[Any]]:
     """A SELECT of the labels that pass ``node`` (among all items: the caller keeps those
     of its collection), and its parameters; ``scope`` selects the collection's labels, read
-    at most once, whatever the negations (``work``)."""
-    sql, params, complement = _sets(node)
+    at most once, whatever the negations (``work``); ``value`` gives the column a value
+    is compared in and the value as bound (the catalogue's ``field_value``)."""
+    sql, params, complement = _sets(node, value)
     if complement:  # the labels not in the set: the collection's, once, less the set
-        return f"{scope[0]} EXCEPT SELECT label FROM ({sql})", [*scope[1], *params]
+        return f"{scope[0]} EXCEPT SELECT label FROM ({sql}) AS s", [*scope[1], *params]
     return sql, params
 
 
 def work(node: Node) -> tuple[int, bool]:
     """What a filter costs to evaluate: its conditions (an index lookup each) and whether
     the collection's labels are read (once) for its negations."""
-    return _conditions(node), _sets(node)[2]
+    return _conditions(node), _sets(node, lambda family, v: ("value", v))[2]
 
 
 def _conditions(node: Node) -> int:
@@ -72,18 +77,18 @@ def _conditions(node: Node) -> int:
     return 1
 
 
-def _sets(node: Node) -> tuple[str, list[Any], bool]:
+def _sets(node: Node, value: FieldValue) -> tuple[str, list[Any], bool]:
     """``node`` as a SELECT of labels and whether it stands for their complement: a
     negation flips the flag instead of reading the collection, so ``$and`` of conditions
     and negations is the conditions' intersection less the negated ones' union, and the
     whole filter reads the collection at most once (De Morgan for ``$or``)."""
     if isinstance(node, Not):
-        sql, params, complement = _sets(node.node)
+        sql, params, complement = _sets(node.node, value)
         return sql, params, not complement
     if isinstance(node, Cond):
-        sql, params = _cond_sql(node)
+        sql, params = _cond_sql(node, value)
         return sql, params, False
-    parts = [_sets(n) for n in node.nodes]
+    parts = [_sets(n, value) for n in node.nodes]
     plain = [(sql, params) for sql, params, complement in parts if not complement]
     flipped = [(sql, params) for sql, params, complement in parts if complement]
     # A and B and not C and not D = (A INTERSECT B) EXCEPT (C UNION D), and alone
@@ -95,44 +100,39 @@ def _sets(node: Node) -> tuple[str, list[Any], bool]:
     sql, params = _joined(kept, " INTERSECT ")
     if dropped:
         more_sql, more = _joined(dropped, " UNION ")
-        sql, params = f"{sql} EXCEPT SELECT label FROM ({more_sql})", [*params, *more]
+        sql, params = f"{sql} EXCEPT SELECT label FROM ({more_sql}) AS s", [*params, *more]
     return sql, params, isinstance(node, Any_)
 
 
 def _joined(parts: list[tuple[str, list[Any]]], joiner: str) -> tuple[str, list[Any]]:
     if len(parts) == 1:
         return parts[0]
-    sql = joiner.join(f"SELECT label FROM ({p[0]})" for p in parts)
+    sql = joiner.join(f"SELECT label FROM ({p[0]}) AS s" for p in parts)
     return sql, [x for p in parts for x in p[1]]
 
 
-def _cond_sql(cond: Cond) -> tuple[str, list[Any]]:
+def _cond_sql(cond: Cond, value: FieldValue) -> tuple[str, list[Any]]:
     if cond.op == "exists":
         return _FIELD, [cond.key]
     if cond.op == "in":
         parts = []
         params: list[Any] = []
         for family in ("number", "string", "bool", "null"):
-            members = [_stored(x) for x in cond.value if kind(x) == family]
+            members = [x for x in cond.value if kind(x) == family]
             if not members:
                 continue
             if family == "null":
                 parts.append(f"{_FIELD} AND kind = 'z'")
                 params += [cond.key]
             else:
+                bound = [value(family, x) for x in members]
                 marks = ", ".join("?" * len(members))
-                parts.append(f"{_FIELD} AND kind = ? AND value IN ({marks})")
-                params += [cond.key, _KINDS[family], *members]
+                parts.append(f"{_FIELD} AND kind = ? AND {bound[0][0]} IN ({marks})")
+                params += [cond.key, _KINDS[family], *(v for _, v in bound)]
         return " UNION ".join(parts), params
-    family = _KINDS[kind(cond.value)]
-    if cond.op == "eq":
-        if family == "z":
-            return f"{_FIELD} AND kind = 'z'", [cond.key]
-        return f"{_FIELD} AND kind = ? AND value = ?", [cond.key, family, _stored(cond.value)]
-    op = _SQL_OPS[cond.op]
-    return f"{_FIELD} AND kind = ? AND value {op} ?", [cond.key, family, cond.value]
-
-
-def _stored(value: Any) -> Any:
-    """A filter value as ``item_fields.value`` holds it (booleans as 1 and 0)."""
-    return int(value) if isinstance(value, bool) else value
+    family = kind(cond.value)
+    if family == "null":  # $eq null (ranges refuse null when parsed)
+        return f"{_FIELD} AND kind = 'z'", [cond.key]
+    column, bound = value(family, cond.value)
+    op = "=" if cond.op == "eq" else _SQL_OPS[cond.op]
+    return f"{_FIELD} AND kind = ? AND {column} {op} ?", [cond.key, _KINDS[family], bound]

@@ -1,4 +1,4 @@
-"""Durable background jobs: their state lives in the same SQLite database as the items.
+"""Durable background jobs: their state lives in the same catalogue as the items.
 
 A job's progress (how far into its source it got, how many items succeeded and failed)
 is written in the same transaction as the items it stored, so after a crash the two
@@ -8,7 +8,6 @@ always agree: resuming from the recorded cursor neither repeats nor loses an ite
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from index.catalogue.db import Database
+from index.catalogue.base import Catalogue, Conn
 from index.errors import StoreError
 
 MAX_ERRORS = 100  # the first failures are kept with their reasons; the rest are counted
@@ -25,28 +24,6 @@ NO_RETURN = "past_point_of_no_return"  # in a job's detail: it can no longer be 
 # again: the server died under it each time (out of memory, most likely).
 MAX_STARTS = 3
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    state TEXT NOT NULL,
-    collection TEXT,
-    params TEXT NOT NULL,
-    total INTEGER,
-    done INTEGER NOT NULL DEFAULT 0,
-    failed INTEGER NOT NULL DEFAULT 0,
-    cursor INTEGER NOT NULL DEFAULT 0,
-    errors TEXT NOT NULL DEFAULT '[]',
-    message TEXT,
-    run_seconds REAL NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    detail TEXT NOT NULL DEFAULT '{}',
-    starts INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at);
-"""
 _COLUMNS = (
     "id, kind, state, collection, params, total, done, failed, cursor, errors, message,"
     " run_seconds, created_at, started_at, finished_at, detail, starts"
@@ -130,13 +107,8 @@ class Progress:
 
 
 class JobStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Catalogue) -> None:
         self.db = db
-        db.apply(SCHEMA)
-        with db.transaction() as conn:
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
-            if "starts" not in columns:  # a database from before starts were counted
-                conn.execute("ALTER TABLE jobs ADD COLUMN starts INTEGER NOT NULL DEFAULT 0")
 
     def create(self, kind: str, collection: str | None, params: dict[str, Any]) -> Job:
         job_id = uuid.uuid4().hex[:16]
@@ -215,7 +187,11 @@ class JobStore:
         """The server stopped the job cleanly (to resume it on the next start): that start
         does not count against it."""
         with self.db.transaction() as conn:
-            conn.execute("UPDATE jobs SET starts = MAX(starts - 1, 0) WHERE id = ?", (job_id,))
+            conn.execute(
+                "UPDATE jobs SET starts = CASE WHEN starts > 0 THEN starts - 1 ELSE 0 END"
+                " WHERE id = ?",
+                (job_id,),
+            )
 
     def set_total(self, job_id: str, total: int) -> None:
         with self.db.transaction() as conn:
@@ -242,10 +218,10 @@ class JobStore:
                 (json.dumps(detail), done, total, seconds, job_id),
             )
 
-    def recorder(self, job_id: str, progress: Progress) -> Callable[[sqlite3.Connection], None]:
+    def recorder(self, job_id: str, progress: Progress) -> Callable[[Conn], None]:
         """A statement to run inside the transaction that stores the chunk's items."""
 
-        def record(conn: sqlite3.Connection) -> None:
+        def record(conn: Conn) -> None:
             _apply(conn, job_id, progress)
 
         return record
@@ -296,7 +272,7 @@ class JobStore:
         return self.get(job_id).state
 
 
-def cancel_jobs_of(conn: sqlite3.Connection, collection: str, reason: str) -> int:
+def cancel_jobs_of(conn: Conn, collection: str, reason: str) -> int:
     """Cancel every queued or running job of ``collection`` (inside the caller's
     transaction); returns how many."""
     cur = conn.execute(
@@ -314,7 +290,7 @@ def cancel_jobs_of(conn: sqlite3.Connection, collection: str, reason: str) -> in
     return cur.rowcount
 
 
-def _apply(conn: sqlite3.Connection, job_id: str, p: Progress) -> None:
+def _apply(conn: Conn, job_id: str, p: Progress) -> None:
     row = conn.execute("SELECT errors, detail, state FROM jobs WHERE id = ?", (job_id,)).fetchone()
     if row is None:
         raise UnknownJob(f"job {job_id!r} does not exist")
@@ -329,10 +305,12 @@ def _apply(conn: sqlite3.Connection, job_id: str, p: Progress) -> None:
         for name, n in p.counts.items():
             counts[name] = counts.get(name, 0) + n
     conn.execute(
-        "UPDATE jobs SET cursor = MAX(cursor, ?), done = done + ?, failed = failed + ?,"
+        "UPDATE jobs SET cursor = CASE WHEN ? > cursor THEN ? ELSE cursor END,"
+        " done = done + ?, failed = failed + ?,"
         " errors = ?, run_seconds = run_seconds + ?, detail = ?,"
         " starts = CASE WHEN ? > cursor THEN 0 ELSE starts END WHERE id = ?",
         (
+            p.cursor,
             p.cursor,
             p.done,
             p.failed,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    from index.catalogue.db import Database
+    from index.catalogue.base import Catalogue
     from index.filter_tree import Node
     from index.types import NewItem
 
@@ -102,7 +102,7 @@ class BackendFactory(Protocol):
         """The normalised spec, or ``InvalidIndexSpec`` saying what is wrong with it."""
         ...
 
-    def attach(self, db: Database) -> None:
+    def attach(self, db: Catalogue) -> None:
         """The store's database (a backend that copies item payloads reads them there)."""
         ...
 

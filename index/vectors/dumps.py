@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from index.blobs import atomic_write
-from index.catalogue.db import Database, load_vectors, max_tombstone
+from index.catalogue.base import Catalogue
+from index.catalogue.db import load_vectors, max_tombstone
 from index.live import LiveCollection, Side
 from index.types import Modality
 from index.vectors.backend import BackendFactory, VectorBackend
@@ -42,7 +43,7 @@ def backend_key(uid: str, modality: Modality) -> str:
 
 class IndexDumps:
     def __init__(
-        self, db: Database, backends: BackendFactory, index_dir: Path, index_dump_every: int
+        self, db: Catalogue, backends: BackendFactory, index_dir: Path, index_dump_every: int
     ) -> None:
         self.db = db
         self.backends = backends

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from index.catalogue.db import SQL_CHUNK, Database, dumps
+from index.catalogue.base import Catalogue
+from index.catalogue.db import SQL_CHUNK, dumps
 from index.errors import DimensionMismatch, StoreError
 from index.filter_tree import Node
 from index.types import NewItem
@@ -201,9 +202,9 @@ class MilvusBackends:
         self._timeout = timeout
         self._client: Any = None
         self._lock = threading.Lock()
-        self.db: Database | None = None
+        self.db: Catalogue | None = None
 
-    def attach(self, db: Database) -> None:
+    def attach(self, db: Catalogue) -> None:
         """The store's database, where item payloads are read from."""
         self.db = db
 

@@ -141,7 +141,8 @@ def switch_index(
             with store.db.locked_transaction() as conn:
                 conn.execute("UPDATE collections SET index_spec = ? WHERE name = ?", (spec, name))
                 conn.execute(
-                    "INSERT OR REPLACE INTO index_reports (uid, report) VALUES (?, ?)",
+                    "INSERT INTO index_reports (uid, report) VALUES (?, ?)"
+                    " ON CONFLICT (uid) DO UPDATE SET report = excluded.report",
                     (uid, json.dumps(report)),
                 )
             c.spec = spec

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from index import CollectionStore, Interrupted, Modality, NewItem
-from index.catalogue.db import interrupted_at
 from index.catalogue.filters import labels_sql, work
 from index.filter_tree import parse
 from index.vectors.faiss_backends import FaissBackends
@@ -31,13 +30,17 @@ NEGATIONS = {
 }
 
 
+def as_stored(family: str, value: Any) -> tuple[str, Any]:
+    return "value", value
+
+
 def test_negations_read_the_collection_once_and_are_counted() -> None:
     scope = ("SELECT label FROM items WHERE collection = ? AND modality = ?", ["c", "text"])
-    sql, _ = labels_sql(parse(NEGATIONS), scope)
+    sql, _ = labels_sql(parse(NEGATIONS), scope, as_stored)
     assert sql.count("FROM items WHERE collection") == 1
     assert work(parse(NEGATIONS)) == (252, True)
     mixed = {"$or": [{"a": 1}, {"b": {"$nin": [1, 2]}}, {"c": {"$exists": False}}]}
-    sql, _ = labels_sql(parse(mixed), scope)
+    sql, _ = labels_sql(parse(mixed), scope, as_stored)
     assert sql.count("FROM items WHERE collection") == 1 and work(parse(mixed)) == (3, True)
     assert work(parse({"a": 1, "b": {"$gt": 2}})) == (2, False)
 
@@ -51,7 +54,7 @@ def test_a_read_stops_at_its_deadline(tmp_path: Path) -> None:
             "SELECT COUNT(*) FROM n WHERE i < 10000000000"
         )
         started = time.monotonic()
-        with pytest.raises(Interrupted), interrupted_at(conn, time.monotonic() + 0.2):
+        with pytest.raises(Interrupted), store.db.deadline(conn, time.monotonic() + 0.2):
             conn.execute(endless).fetchone()
         assert time.monotonic() - started < 5
         assert conn.execute("SELECT 1").fetchone() == (1,)  # the connection serves on

@@ -17,6 +17,7 @@ from index import CollectionStore, FaissBackends, MilvusBackends, Modality, NewI
 from index.catalogue.filters import filter_labels
 from index.errors import InvalidFilter
 from index.filter_tree import matches, parse
+from tests.pg import PgCluster
 from tests.stores import D, V, normalised
 
 N = 240
@@ -77,7 +78,7 @@ def a_filter(rng: random.Random, depth: int = 0) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def stores(tmp_path_factory: pytest.TempPathFactory, pg: PgCluster) -> Iterator[dict[str, Any]]:
     rng = random.Random(7)
     metas = [metadata(rng) for _ in range(N)]
     texts = [NewItem(f"t-{i}", Modality.TEXT, m, text=f"text {i}") for i, m in enumerate(metas)]
@@ -85,6 +86,10 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     opened = {
         "faiss": CollectionStore(root / "f", backends=FaissBackends(use_gpu=False)),
         "milvus": CollectionStore(root / "m", backends=MilvusBackends(str(root / "lite.db"))),
+        # The catalogue on PostgreSQL: its filters must give SQLite's answers.
+        "postgres": CollectionStore(
+            root / "p", backends=FaissBackends(use_gpu=False), database_url=pg.database()
+        ),
     }
     for store in opened.values():
         store.create_collection("c", D, V)
@@ -101,7 +106,9 @@ def ids(store: CollectionStore, where: dict[str, Any]) -> set[str]:
     return {h.id for h in hits}
 
 
-def test_generated_filters_give_the_same_items_on_both_backends(stores: dict[str, Any]) -> None:
+def test_generated_filters_give_the_same_items_on_both_backends_and_catalogues(
+    stores: dict[str, Any],
+) -> None:
     rng = random.Random(11)
     nonempty = 0
     for _ in range(160):
@@ -113,12 +120,15 @@ def test_generated_filters_give_the_same_items_on_both_backends(stores: dict[str
         expected = {f"t-{i}" for i, m in enumerate(stores["metas"]) if matches(node, m)}
         assert ids(stores["faiss"], where) == expected, where
         assert ids(stores["milvus"], where) == expected, where  # as labels found in SQLite
+        assert ids(stores["postgres"], where) == expected, where
         # Milvus's own evaluation, used for filters that keep many items, agrees too.
         milvus = stores["milvus"]
         (native,) = (
             milvus.get("c").sides[Modality.TEXT].index.search(normalised(1, 9), N, where=node)
         )
-        listed = filter_labels(milvus.db.reader(), "c", [Modality.TEXT], node)[Modality.TEXT]
+        listed = filter_labels(milvus.db, milvus.db.reader(), "c", [Modality.TEXT], node)[
+            Modality.TEXT
+        ]
         assert sorted(native.labels.tolist()) == sorted(listed.tolist()), where
         nonempty += bool(expected) and len(expected) < N
     assert nonempty > 60  # the filters cut: neither everything nor nothing

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from app.service.jobs.loop import JobContext, JobManager, JobStopped
-from index import DB_FILE, Database, JobState, JobStore
+from index import DB_FILE, JobState, JobStore, SqliteDatabase
 
 
 class Recorder:
@@ -29,7 +29,7 @@ class Recorder:
 
 @pytest.fixture
 def jobs(tmp_path: Path) -> JobStore:
-    return JobStore(Database(tmp_path / DB_FILE))
+    return JobStore(SqliteDatabase(tmp_path / DB_FILE))
 
 
 def test_stop_versus_cancel_is_decided_by_the_context(jobs: JobStore) -> None:

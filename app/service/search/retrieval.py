@@ -6,7 +6,6 @@ parse and map."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -30,6 +29,7 @@ from index import (
     NewItem,
     UnknownItem,
 )
+from index.catalogue.base import Conn
 from index.filter_tree import as_tree
 
 Encode = Callable[[str], Awaitable[np.ndarray]]  # model version -> vectors
@@ -350,7 +350,7 @@ class Retrieval:
         self,
         name: str,
         embed: Callable[[str], tuple[list[NewItem], np.ndarray]],
-        extra: Callable[[sqlite3.Connection], None] | None = None,
+        extra: Callable[[Conn], None] | None = None,
         uid: str | None = None,
     ) -> None:
         """``_add`` for a batch job's thread: ``embed`` gives the items and their vectors

@@ -1,0 +1,86 @@
+"""What the store asks of a catalogue, whichever database holds it (SQLite under the data
+dir, ``index.catalogue.db``; or PostgreSQL, ``index.catalogue.postgres``).
+
+Statements are written once, with ``?`` placeholders and the SQL both databases speak;
+the PostgreSQL connection translates the placeholders. What differs between the two (the
+schema, the typed metadata table behind filters, lexical search, stopping a read at a
+deadline) is behind the methods below, not in the callers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Cursor(Protocol):
+    rowcount: int
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def fetchmany(self, size: int = ...) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Conn(Protocol):
+    """A connection: ``sqlite3.Connection``, or ``PgConnection`` that reads like it."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, parameters: Any, /) -> Any: ...
+
+
+class Catalogue(Protocol):
+    """A catalogue's connections and transactions, and what its database does its own way."""
+
+    kind: str  # "sqlite" or "postgres"
+    write_lock: Any  # serialises this process's writers (``threading.Lock``)
+
+    @property
+    def writer(self) -> Conn: ...
+
+    def reader(self) -> Conn: ...
+
+    def read_transaction(self) -> contextlib.AbstractContextManager[Conn]: ...
+
+    def transaction(self) -> contextlib.AbstractContextManager[Conn]: ...
+
+    def locked_transaction(self) -> contextlib.AbstractContextManager[Conn]: ...
+
+    def close(self) -> None: ...
+
+    def deadline(self, conn: Conn, at: float | None) -> contextlib.AbstractContextManager[None]:
+        """Statements on ``conn`` in the block stop once ``time.monotonic()`` passes
+        ``at``: ``index.errors.Interrupted``."""
+        ...
+
+    # --- what each database keeps its own way -------------------------------------------
+    def fields_written(self, conn: Conn, rows: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """The typed metadata of newly inserted items (label, metadata), where triggers do
+        not write it."""
+        ...
+
+    def field_value(self, family: str, value: Any) -> tuple[str, Any]:
+        """The column of ``item_fields`` a filter compares a value of ``family`` with, and
+        the value as bound."""
+        ...
+
+    def lexical_created(self, conn: Conn, collection: str) -> None: ...
+
+    def lexical_dropped(self, conn: Conn, collection: str) -> None: ...
+
+    def lexical_moved(self, conn: Conn, collection: str, copy: str) -> None: ...
+
+    def lexical_labels(
+        self, conn: Conn, collection: str, text: str, depth: int, allowed: np.ndarray | None
+    ) -> list[tuple[int, float]]:
+        """The best ``depth`` text items of ``collection`` for the words of ``text``, as
+        (label, score), best first (higher is better; ties by label); ``allowed`` (sorted
+        labels) keeps only those."""
+        ...

@@ -1,0 +1,368 @@
+"""PostgreSQL as the catalogue (``XMODAL_DATABASE_URL=postgresql://...``): the tables
+SQLite holds, on a database server, answering as SQLite does.
+
+- Statements are the store's own, written once with ``?`` placeholders: ``PgConnection``
+  translates them to psycopg's and binds every value (none is pasted into SQL).
+- Every write is a transaction committed before the call returns (``synchronous_commit``
+  is PostgreSQL's default, on): an acknowledged write survives ``kill -9`` of the server
+  and a restart of PostgreSQL.
+- Typed metadata (``item_fields``) is written by the store in the item's transaction,
+  numbers as exact ``numeric`` (a float as its exact binary value, as SQLite compares a
+  real with an integer) and strings as their UTF-8 bytes (compared byte by byte, the code
+  point order SQLite's ``BINARY`` collation gives), so filters give SQLite's answers.
+- Lexical search: ``index.catalogue.pg_lexical``.
+- When the server cannot be reached, a call raises ``CatalogueUnavailable`` (503 with its
+  reason); the next call connects again, so the service recovers by itself when it is back.
+  The connection string's password never appears in a message: errors are PostgreSQL's
+  own text, which never holds it, and the URL is shown with the password masked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import psycopg
+import psycopg.errors
+
+from index.catalogue import pg_lexical
+from index.catalogue.base import Conn
+from index.errors import CatalogueUnavailable, Interrupted
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+CONNECT_TIMEOUT_S = 5
+
+# The same tables as SQLite's (index.catalogue.db), typed for PostgreSQL: REAL there is
+# a double here, BLOB bytea; item_fields keeps numbers and strings in typed columns.
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS xmodal_schema (version INTEGER NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS collections (
+        name TEXT PRIMARY KEY,
+        uid TEXT NOT NULL,
+        index_spec TEXT NOT NULL,
+        dim INTEGER NOT NULL,
+        model_version TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL)""",
+    f"""CREATE TABLE IF NOT EXISTS items (
+        label BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        collection TEXT NOT NULL,
+        id TEXT NOT NULL,
+        modality TEXT NOT NULL,
+        metadata TEXT NOT NULL,
+        text TEXT,
+        content_sha256 TEXT,
+        media_type TEXT,
+        embedding BYTEA NOT NULL,
+        raw_embedding BYTEA,
+        model_version TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        words tsvector GENERATED ALWAYS AS ({pg_lexical.DOCUMENT}) STORED,
+        UNIQUE (collection, id))""",
+    "CREATE INDEX IF NOT EXISTS items_by_modality ON items (collection, modality, label)",
+    "CREATE INDEX IF NOT EXISTS items_by_content ON items (content_sha256)",
+    "CREATE INDEX IF NOT EXISTS items_by_words ON items USING GIN (words)",
+    """CREATE TABLE IF NOT EXISTS tombstones (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        collection TEXT NOT NULL,
+        modality TEXT NOT NULL,
+        label BIGINT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS tombstones_by_collection ON tombstones (collection, modality, seq)",
+    "CREATE TABLE IF NOT EXISTS index_reports (uid TEXT PRIMARY KEY, report TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS item_fields (
+        label BIGINT NOT NULL REFERENCES items (label) ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        num NUMERIC,
+        str BYTEA)""",
+    "CREATE INDEX IF NOT EXISTS item_fields_by_num ON item_fields (key, kind, num)",
+    "CREATE INDEX IF NOT EXISTS item_fields_by_str ON item_fields (key, kind, str)",
+    "CREATE INDEX IF NOT EXISTS item_fields_by_label ON item_fields (label)",
+    """CREATE TABLE IF NOT EXISTS jobs (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        collection TEXT,
+        params TEXT NOT NULL,
+        total BIGINT,
+        done BIGINT NOT NULL DEFAULT 0,
+        failed BIGINT NOT NULL DEFAULT 0,
+        cursor BIGINT NOT NULL DEFAULT 0,
+        errors TEXT NOT NULL DEFAULT '[]',
+        message TEXT,
+        run_seconds DOUBLE PRECISION NOT NULL DEFAULT 0,
+        created_at DOUBLE PRECISION NOT NULL,
+        started_at DOUBLE PRECISION,
+        finished_at DOUBLE PRECISION,
+        detail TEXT NOT NULL DEFAULT '{}',
+        starts INTEGER NOT NULL DEFAULT 0)""",
+    "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at)",
+]
+# Upgrades in place, by the version they lead to (none yet: version 1 is the first).
+UPGRADES: dict[int, list[str]] = {}
+
+
+def masked(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+@functools.lru_cache(maxsize=4096)
+def translate(sql: str) -> str:
+    """``sql`` with SQLite's ``?`` placeholders as psycopg's ``%s`` (and a literal ``%`` as
+    ``%%``), string literals and quoted names left as they are."""
+    out: list[str] = []
+    quote = ""
+    for ch in sql:
+        if quote:
+            if ch == quote:
+                quote = ""
+            out.append("%%" if ch == "%" else ch)
+        elif ch in ("'", '"'):
+            quote = ch
+            out.append(ch)
+        elif ch == "?":
+            out.append("%s")
+        elif ch == "%":
+            out.append("%%")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _unavailable(exc: Exception) -> CatalogueUnavailable:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return CatalogueUnavailable(f"the catalogue (PostgreSQL) is unreachable: {first}")
+
+
+class PgConnection:
+    """A psycopg connection that reads like ``sqlite3.Connection``: ``execute`` with ``?``
+    placeholders, returning a cursor of tuples."""
+
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+        self.raw = raw
+
+    @property
+    def broken(self) -> bool:
+        return bool(self.raw.closed or self.raw.broken)
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
+        cur = self.raw.cursor()
+        try:
+            cur.execute(translate(sql), tuple(parameters))
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if isinstance(exc, psycopg.errors.QueryCanceled) and not self.broken:
+                raise
+            raise _unavailable(exc) from None
+        return cur
+
+    def executemany(self, sql: str, parameters: Any, /) -> Any:
+        cur = self.raw.cursor()
+        try:
+            cur.executemany(translate(sql), [tuple(p) for p in parameters])
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise _unavailable(exc) from None
+        return cur
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.raw.close()
+
+
+class PostgresDatabase:
+    """The catalogue on a PostgreSQL server: a connection per reading thread, one writer
+    serialised by ``write_lock``, a fresh connection for each read transaction."""
+
+    kind = "postgres"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.shown = masked(url)
+        self.write_lock = threading.Lock()
+        self._writer: PgConnection | None = None
+        self._readers = threading.local()
+        self._open: list[PgConnection] = []
+        self._open_lock = threading.Lock()
+        self._setup()
+
+    # --- connections --------------------------------------------------------------------
+    def _connect(self) -> PgConnection:
+        try:
+            raw = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        except psycopg.Error as exc:
+            raise _unavailable(exc) from None
+        conn = PgConnection(raw)
+        with self._open_lock:
+            self._open = [c for c in self._open if not c.broken]
+            self._open.append(conn)
+        return conn
+
+    @property
+    def writer(self) -> PgConnection:
+        if self._writer is None or self._writer.broken:
+            self._writer = self._connect()
+        return self._writer
+
+    def reader(self) -> PgConnection:
+        """This thread's connection (opened again after the server came back)."""
+        conn: PgConnection | None = getattr(self._readers, "conn", None)
+        if conn is None or conn.broken:
+            conn = self._connect()
+            self._readers.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def read_transaction(self) -> Iterator[PgConnection]:
+        """A connection of its own in one repeatable-read transaction: one consistent
+        view for as long as the block lasts, while writes go on."""
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield conn
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[PgConnection]:
+        """A durable write transaction, serialised with every other writer."""
+        with self.write_lock, self.locked_transaction() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def locked_transaction(self) -> Iterator[PgConnection]:
+        """One transaction, committed before the block's caller goes on, for a caller that
+        holds ``write_lock`` already."""
+        conn = self.writer
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        except BaseException:
+            if not conn.broken:
+                with contextlib.suppress(CatalogueUnavailable):
+                    conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._open_lock:
+            for conn in self._open:
+                conn.close()
+            self._open.clear()
+        self._writer = None
+
+    # --- schema -------------------------------------------------------------------------
+    def _setup(self) -> None:
+        """Create what is missing and upgrade an older schema in place, in one
+        transaction (the schema table's lock keeps two servers from racing)."""
+        with self.transaction() as conn:
+            pg_lexical.create_configuration(conn)
+            for statement in SCHEMA:
+                conn.execute(statement)
+            conn.execute("LOCK TABLE xmodal_schema IN EXCLUSIVE MODE")
+            row = conn.execute("SELECT version FROM xmodal_schema").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO xmodal_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+                return
+            version = int(row[0])
+            if version > SCHEMA_VERSION:
+                raise CatalogueUnavailable(
+                    f"the catalogue at {self.shown} has schema version {version}, newer than "
+                    f"this server's {SCHEMA_VERSION}: upgrade xmodal"
+                )
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in UPGRADES.get(target, []):
+                    conn.execute(statement)
+                conn.execute("UPDATE xmodal_schema SET version = ?", (target,))
+                log.info("catalogue schema upgraded to version %d", target)
+
+    # --- reads stopped at a deadline ----------------------------------------------------
+    @contextlib.contextmanager
+    def deadline(self, conn: Conn, at: float | None) -> Iterator[None]:
+        """Statements in the block stop at ``at`` (PostgreSQL's ``statement_timeout``,
+        set for the rest of the time; the server cancels the statement)."""
+        if at is None:
+            yield
+            return
+        left_ms = int((at - time.monotonic()) * 1000)
+        if left_ms <= 0:
+            raise Interrupted("the search passed its deadline while reading the catalogue")
+        conn.execute(f"SET statement_timeout = {left_ms:d}")
+        try:
+            yield
+        except psycopg.errors.QueryCanceled:
+            raise Interrupted(
+                "the search passed its deadline while reading the catalogue"
+            ) from None
+        finally:
+            with contextlib.suppress(CatalogueUnavailable):
+                conn.execute("SET statement_timeout = 0")
+
+    # --- typed metadata -----------------------------------------------------------------
+    def fields_written(self, conn: Conn, rows: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        values = [
+            (label, key, *_typed(value))
+            for label, metadata in rows
+            for key, value in metadata.items()
+        ]
+        if values:
+            conn.executemany(
+                "INSERT INTO item_fields (label, key, kind, num, str) VALUES (?, ?, ?, ?, ?)",
+                values,
+            )
+
+    def field_value(self, family: str, value: Any) -> tuple[str, Any]:
+        if family == "string":
+            return "str", value.encode("utf-8")
+        return "num", _exact(value)
+
+    # --- lexical search: a generated column of items, nothing per collection ------------
+    def lexical_created(self, conn: Conn, collection: str) -> None:
+        return None
+
+    def lexical_dropped(self, conn: Conn, collection: str) -> None:
+        return None
+
+    def lexical_moved(self, conn: Conn, collection: str, copy: str) -> None:
+        return None
+
+    def lexical_labels(
+        self, conn: Conn, collection: str, text: str, depth: int, allowed: np.ndarray | None
+    ) -> list[tuple[int, float]]:
+        return pg_lexical.labels(conn, collection, text, depth, allowed)
+
+
+def _exact(value: Any) -> int | Decimal:
+    """A JSON number (or boolean, as 0 or 1) as ``numeric`` holds it exactly."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        return Decimal(value)  # the float's exact binary value
+    return int(value)
+
+
+def _typed(value: Any) -> tuple[str, int | Decimal | None, bytes | None]:
+    """``item_fields``' kind, number and string of a top-level metadata value."""
+    if value is None:
+        return "z", None, None
+    if isinstance(value, bool):
+        return "b", int(value), None
+    if isinstance(value, (int, float)):
+        return "n", _exact(value), None
+    if isinstance(value, str):
+        return "s", None, value.encode("utf-8")
+    return "a", None, None
