@@ -11,6 +11,8 @@ from models.encoder import ClipEncoder, load_encoder
 from tests.helpers import BACKENDS, AppServer
 from tests.pg import PgCluster
 
+CATALOGUES = ["sqlite", "postgres"]
+
 # No test may reach the internet: point the model hub at a closed loopback port.
 os.environ["HF_ENDPOINT"] = "https://127.0.0.1:9"
 # A local Ray cluster started by a test listens on loopback only (before ray is imported).
@@ -47,6 +49,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend" in metafunc.fixturenames and not given:
         both = metafunc.definition.get_closest_marker("both_backends") is not None
         metafunc.parametrize("backend", BACKENDS if both else ["faiss"], scope="session")
+    if "catalogue" in metafunc.fixturenames:
+        both = metafunc.definition.get_closest_marker("both_catalogues") is not None
+        metafunc.parametrize("catalogue", CATALOGUES if both else ["sqlite"], scope="session")
 
 
 @pytest.fixture(scope="session")
@@ -61,12 +66,22 @@ def pg() -> Iterator[PgCluster]:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[AppServer]:
-    """One in-process server per vector backend for the API tests, with small limits so
-    the limit tests stay cheap."""
+def server(
+    tmp_path_factory: pytest.TempPathFactory,
+    backend: str,
+    catalogue: str,
+    request: pytest.FixtureRequest,
+) -> Iterator[AppServer]:
+    """One in-process server per vector backend and catalogue for the API tests, with
+    small limits so the limit tests stay cheap. A module marked ``both_catalogues`` runs
+    against a server whose catalogue is on PostgreSQL too."""
+    extra = {}
+    if catalogue == "postgres":
+        extra["database_url"] = request.getfixturevalue("pg").database()
     proc = AppServer(
-        tmp_path_factory.mktemp(f"server-{backend}") / "data",
+        tmp_path_factory.mktemp(f"server-{backend}-{catalogue}") / "data",
         vector_backend=backend,
+        **extra,
         max_upload_bytes=200_000,
         max_request_bytes=1_000_000,
         max_files_per_request=8,

@@ -11,6 +11,9 @@ import pytest
 
 from tests.helpers import AppServer, image_bytes, xmodal
 
+# The same answers with the catalogue on PostgreSQL (issue 37): run against both.
+pytestmark = pytest.mark.both_catalogues
+
 YEARS = {f"p{i}": 2015 + i for i in range(10)}  # p0 2015 ... p9 2024
 
 

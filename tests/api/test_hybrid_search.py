@@ -12,6 +12,9 @@ import pytest
 
 from tests.helpers import image_bytes
 
+# The same answers with the catalogue on PostgreSQL (issue 37): run against both.
+pytestmark = pytest.mark.both_catalogues
+
 COLOURS = ["red", "blue", "green", "black"]
 KINDS = ["running shoe", "hiking boot", "sandal"]
 

@@ -14,6 +14,9 @@ from tests.calls import run_job
 from tests.corpus import Corpus, write_csv, write_folder, write_jsonl, write_parquet, write_shards
 from tests.helpers import AppServer
 
+# The same answers with the catalogue on PostgreSQL (issue 37): run against both.
+pytestmark = pytest.mark.both_catalogues
+
 
 def assert_all_searchable(client: httpx.Client, collection: str, corpus: Corpus) -> None:
     for item_id, data in corpus.images.items():

@@ -16,6 +16,9 @@ from tests.calls import add_texts, search
 from tests.corpus import BIG, TEXTS, WORDS
 from tests.helpers import SPECS, image_bytes
 
+# The same answers with the catalogue on PostgreSQL (issue 37): run against both.
+pytestmark = pytest.mark.both_catalogues
+
 
 def embed(client: httpx.Client, texts: list[str]) -> np.ndarray:
     out = []

@@ -16,6 +16,9 @@ from index.archives import write_archive
 from tests.calls import wait_for_job
 from tests.helpers import AppServer, image_bytes, xmodal
 
+# The same answers with the catalogue on PostgreSQL (issue 37): run against both.
+pytestmark = pytest.mark.both_catalogues
+
 
 def searches(client: httpx.Client, name: str) -> list[list[tuple[str, float]]]:
     out = []

@@ -16,15 +16,19 @@ from index.types import StoredItem
 from index.vectors.dumps import backend_key
 from index.vectors.milvus_backend import collection_name
 from tests.parity.test_milvus import ODD, odd_items
+from tests.pg import PgCluster
 from tests.stores import D, V, items, normalised
 
 V2 = "test-model@v2"
 
 
-def open_store(root: Path, backend: str) -> CollectionStore:
+def open_store(root: Path, backend: str, url: str | None = None) -> CollectionStore:
+    """A store on ``backend`` with its catalogue in SQLite, or at ``url`` (PostgreSQL)."""
     if backend == "milvus":
-        return CollectionStore(root / "d", backends=MilvusBackends(str(root / "lite.db")))
-    return CollectionStore(root / "d", backends=FaissBackends(use_gpu=False))
+        return CollectionStore(
+            root / "d", backends=MilvusBackends(str(root / "lite.db")), database_url=url
+        )
+    return CollectionStore(root / "d", backends=FaissBackends(use_gpu=False), database_url=url)
 
 
 def answers(
@@ -56,10 +60,10 @@ def every_answer(store: CollectionStore, version: str = V) -> dict[str, Any]:
     return out
 
 
-def scenario(root: Path, backend: str) -> list[dict[str, Any]]:
+def scenario(root: Path, backend: str, url: str | None = None) -> list[dict[str, Any]]:
     """Writes, replacements and deletes, answers after each phase, a restart, then a move
     of every collection to V2 (vectors turned by a fixed rotation)."""
-    store = open_store(root, backend)
+    store = open_store(root, backend, url)
     steps = []
     try:
         store.create_collection("c", D, V)
@@ -73,7 +77,7 @@ def scenario(root: Path, backend: str) -> list[dict[str, Any]]:
         steps.append(every_answer(store))
     finally:
         store.close()
-    store = open_store(root, backend)  # a clean restart: the same answers
+    store = open_store(root, backend, url)  # a clean restart: the same answers
     try:
         steps.append(every_answer(store))
         rotation = np.linalg.qr(np.random.default_rng(5).standard_normal((D, D)))[0]
@@ -96,14 +100,19 @@ def scenario(root: Path, backend: str) -> list[dict[str, Any]]:
     return steps
 
 
-def test_both_backends_answer_the_same_through_writes_deletes_restart_and_a_move(
-    tmp_path: Path,
+def test_both_backends_and_catalogues_answer_the_same_through_writes_deletes_restart_and_a_move(
+    tmp_path: Path, pg: PgCluster
 ) -> None:
     faiss = scenario(tmp_path / "faiss", "faiss")
     milvus = scenario(tmp_path / "milvus", "milvus")
     assert len(faiss) == len(milvus) == 4
     for step, (a, b) in enumerate(zip(faiss, milvus, strict=True)):
         assert a == b, f"the backends differ after step {step}"
+    # The catalogue on PostgreSQL, under each vector backend: the same answers again.
+    for backend in ("faiss", "milvus"):
+        on_pg = scenario(tmp_path / f"{backend}-pg", backend, pg.database())
+        for step, (a, b) in enumerate(zip(faiss, on_pg, strict=True)):
+            assert a == b, f"{backend} on PostgreSQL differs from SQLite after step {step}"
     # And the answers are right: the exact ranking, computed here, after the deletes.
     first, after = faiss[0], faiss[1]
     assert first["counts"] == {Modality.TEXT: 80, Modality.IMAGE: 40}
