@@ -43,13 +43,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """API tests run on FAISS; a test marked ``both_backends`` (its answers depend on the
     vector backend) runs on Milvus Lite too. Store scenarios compared across backends are
     in tests/parity/."""
-    given = any(
-        "backend" in str(m.args[0]) for m in metafunc.definition.iter_markers("parametrize")
-    )
-    if "backend" in metafunc.fixturenames and not given:
+    named = [str(m.args[0]) for m in metafunc.definition.iter_markers("parametrize")]
+    if "backend" in metafunc.fixturenames and not any("backend" in n for n in named):
         both = metafunc.definition.get_closest_marker("both_backends") is not None
         metafunc.parametrize("backend", BACKENDS if both else ["faiss"], scope="session")
-    if "catalogue" in metafunc.fixturenames:
+    if "catalogue" in metafunc.fixturenames and not any("catalogue" in n for n in named):
         both = metafunc.definition.get_closest_marker("both_catalogues") is not None
         metafunc.parametrize("catalogue", CATALOGUES if both else ["sqlite"], scope="session")
 

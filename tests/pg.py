@@ -13,6 +13,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -72,9 +73,23 @@ class PgCluster:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
 
-    def stop_server(self) -> None:
-        """Stop PostgreSQL (fast: connections are cut), leaving its files."""
-        self._run(_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+    def password_user(self, user: str, password: str) -> str:
+        """A database owned by ``user``, who must give ``password`` (SCRAM over the socket,
+        where everyone else is trusted); its URL, the password in it."""
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE ROLE {user} LOGIN PASSWORD '{password}'")
+            conn.execute(f"CREATE DATABASE {user} OWNER {user}")
+        hba = self.data / "pg_hba.conf"
+        rules = f"local all {user} scram-sha-256\n"
+        self._run("sh", "-c", f"printf '{rules}' | cat - {hba} > {hba}.new && mv {hba}.new {hba}")
+        self._run(_bin("pg_ctl"), "-D", str(self.data), "reload")
+        time.sleep(0.5)  # the postmaster reads pg_hba.conf again on the signal
+        return f"postgresql://{user}:{password}@/{user}?host={self.socket}"
+
+    def stop_server(self, mode: str = "immediate") -> None:
+        """Stop PostgreSQL, leaving its files: ``immediate`` is a crash (no checkpoint; the
+        next start replays the write-ahead log), ``fast`` a clean stop."""
+        self._run(_bin("pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def restart_server(self) -> None:
         """Start PostgreSQL (again) on its socket, with no TCP port."""

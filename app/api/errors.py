@@ -67,6 +67,7 @@ _DOMAIN: list[tuple[type[Exception], int, str]] = [
     (index.CollectionExists, 409, "collection_exists"),
     (index.DataDirInUse, 503, "data_dir_in_use"),
     (index.BackendUnavailable, 503, "vector_backend_unavailable"),
+    (index.CatalogueUnavailable, 503, "catalogue_unavailable"),
     (index.CollectionBroken, 409, "collection_broken"),
     (index.InvalidIndexSpec, 400, "invalid_index"),
     (index.InvalidFilter, 400, "invalid_filter"),

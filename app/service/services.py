@@ -12,13 +12,14 @@ from app.service.metrics import Metrics
 from app.service.stack import Stack, build_stack, open_store
 from app.service.threads import run_in_threadpool
 from app.service.thumbnails import ThumbnailCache
-from index import CollectionStore, DataDirInUse
+from index import CatalogueUnavailable, CollectionStore, DataDirInUse
 from models.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 3600.0
 SWEEP_GRACE_S = 3600.0  # a batch job commits the images it decoded well within this
+CATALOGUE_RETRY_S = 2.0  # how often a server whose catalogue is down at start tries again
 
 
 class Services:
@@ -49,19 +50,32 @@ class Services:
 
     async def _load(self) -> None:
         try:
-            self.store = await run_in_threadpool(open_store, self.settings)
+            self.store = await self._open_store()
             self.store.garbage.on_removed.append(self.thumbnails.forget)
             stack = await run_in_threadpool(build_stack, self.settings, self.metrics, self.store)
             stack.engine.start()
             stack.jobs.start()  # picks up jobs a restart interrupted
             self.stack = stack
             encoder = stack.engine.encoder
+            self.load_error = None
             log.info("ready: model %s on %s", encoder.version, encoder.device_name)
         except Exception as exc:
             self.load_error = str(exc)
             # Load errors carry their own explanation; anything else gets its traceback.
             known = isinstance(exc, (ModelLoadError, DataDirInUse))
             log.error("start-up failed: %s", exc, exc_info=not known)
+
+    async def _open_store(self) -> CollectionStore:
+        """The store, once its catalogue answers: a database server that is down at start
+        is waited for (``/readyz`` says why meanwhile), as it is when it goes down later."""
+        while True:
+            try:
+                return await run_in_threadpool(open_store, self.settings)
+            except CatalogueUnavailable as exc:
+                if self.load_error != str(exc):
+                    log.error("waiting for the catalogue: %s", exc)
+                self.load_error = str(exc)
+                await asyncio.sleep(CATALOGUE_RETRY_S)
 
     async def _dump_loop(self) -> None:
         while True:

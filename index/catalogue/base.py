@@ -55,6 +55,10 @@ class Catalogue(Protocol):
 
     def close(self) -> None: ...
 
+    def check(self) -> None:
+        """Raise ``index.errors.CatalogueUnavailable`` when the catalogue cannot answer."""
+        ...
+
     def deadline(self, conn: Conn, at: float | None) -> contextlib.AbstractContextManager[None]:
         """Statements on ``conn`` in the block stop once ``time.monotonic()`` passes
         ``at``: ``index.errors.Interrupted``."""

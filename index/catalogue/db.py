@@ -237,6 +237,9 @@ class SqliteDatabase:
                 conn.close()
             self._reader_conns.clear()
 
+    def check(self) -> None:
+        return None  # a file in the data dir: there whenever the store is open
+
     def deadline(self, conn: Conn, at: float | None) -> contextlib.AbstractContextManager[None]:
         assert isinstance(conn, sqlite3.Connection)
         return interrupted_at(conn, at)

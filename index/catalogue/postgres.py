@@ -265,6 +265,9 @@ class PostgresDatabase:
             self._open.clear()
         self._writer = None
 
+    def check(self) -> None:
+        self.reader().execute("SELECT 1").fetchone()
+
     # --- schema -------------------------------------------------------------------------
     def _setup(self) -> None:
         """Create what is missing and upgrade an older schema in place, in one

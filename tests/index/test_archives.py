@@ -19,6 +19,7 @@ from index.archives import ArchiveError, Rules, restore_archive, write_archive
 from index.errors import CollectionExists
 from index.live import SHADOW_PREFIX
 from tests.helpers import REPO
+from tests.pg import PgCluster
 from tests.stores import CPU, D, V, normalised
 
 
@@ -237,3 +238,29 @@ write_archive(store, "c", Path({str(folder / "c.tar")!r}), slow)
         verify_archive(folder / "d.tar")
     finally:
         store.close()
+
+
+def test_an_archive_moves_between_the_catalogues_both_ways(tmp_path: Path, pg: PgCluster) -> None:
+    """Taken on a SQLite-backed store, restored on a PostgreSQL-backed one, taken there
+    and restored on SQLite again: every step answers the same ids and scores, filters and
+    lexical searches included."""
+    sqlite = CollectionStore(tmp_path / "s", backends=CPU)
+    postgres = CollectionStore(tmp_path / "p", backends=CPU, database_url=pg.database())
+    back = CollectionStore(tmp_path / "b", backends=CPU)
+    try:
+        filled(sqlite)
+        expected = answers(sqlite, "c")
+        words = [h.id for h in sqlite.lexical("c", "text 42", 20, {"tag": 'ü"q'})]
+        write_archive(sqlite, "c", tmp_path / "a.tar")
+        restore(postgres, tmp_path / "a.tar", "c")
+        assert answers(postgres, "c") == expected
+        assert {h.id for h in postgres.lexical("c", "text 42", 20, {"tag": 'ü"q'})} == set(words)
+        assert postgres.get_item("c", "t5") == sqlite.get_item("c", "t5")
+        write_archive(postgres, "c", tmp_path / "b.tar")
+        restore(back, tmp_path / "b.tar", "c")
+        assert answers(back, "c") == expected
+        assert [h.id for h in back.lexical("c", "text 42", 20, {"tag": 'ü"q'})] == words
+        assert back.get_collection("c").counts == sqlite.get_collection("c").counts
+    finally:
+        for store in (sqlite, postgres, back):
+            store.close()

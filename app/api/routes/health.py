@@ -10,6 +10,8 @@ from app.api.bodies import ControlJSONRoute
 from app.api.deps import ServicesDep
 from app.api.errors import error_response
 from app.api.openapi import errors
+from app.service.threads import run_in_threadpool
+from index import CatalogueUnavailable
 
 
 class Ready(BaseModel):
@@ -36,8 +38,13 @@ async def healthz() -> dict[str, str]:
     },
 )
 async def readyz(services: ServicesDep) -> JSONResponse:
-    """The model is loaded and the store is open (503 until then, and while stopping)."""
+    """The model is loaded, the store is open and its catalogue answers (503 until then,
+    while the catalogue's database server cannot be reached, and while stopping)."""
     if services.ready and services.stack is not None:
+        try:
+            await run_in_threadpool(services.stack.store.db.check)
+        except CatalogueUnavailable as exc:
+            return error_response(503, "catalogue_unavailable", str(exc), {"Retry-After": "5"})
         engine = services.stack.engine
         return JSONResponse(
             {"status": "ready", "model": engine.version, "device": engine.encoder.device_name}

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.calls import wait_for_job
 from tests.corpus import write_many
 from tests.helpers import ServerProcess, image_bytes
 
 KILLS = 7  # each round is a server start, about 6 s of imports here
+PG_KILLS = 3
 CORPUS = 600  # images for the batch job: enough that it spans several kills
 
 
@@ -71,14 +73,24 @@ def client_loop(
                 return  # the server is gone: whatever was in flight is not acknowledged
 
 
-def test_acknowledged_writes_and_deletes_survive_repeated_kill_9(tmp_path: Path) -> None:
+@pytest.mark.parametrize("catalogue", ["sqlite", "postgres"])
+def test_acknowledged_writes_and_deletes_survive_repeated_kill_9(
+    tmp_path: Path, catalogue: str, request: pytest.FixtureRequest
+) -> None:
+    """On either catalogue; on PostgreSQL the server process dies and PostgreSQL lives on
+    (fewer rounds: the same code paths, the catalogue's own durability on top)."""
     data = tmp_path / "data"
     write_many(data / "import", "corpus", CORPUS)
     rng = random.Random(11)
     ledgers = [Ledger() for _ in range(3)]
     job_id = None
-    for round_ in range(KILLS + 1):
-        server = ServerProcess(data, import_chunk_size=32, index_dump_every=50).start()
+    settings: dict[str, object] = {"import_chunk_size": 32, "index_dump_every": 50}
+    kills = KILLS
+    if catalogue == "postgres":
+        settings["database_url"] = request.getfixturevalue("pg").database()
+        kills = PG_KILLS
+    for round_ in range(kills + 1):
+        server = ServerProcess(data, **settings).start()
         try:
             with httpx.Client(base_url=server.url, timeout=30) as c:
                 if round_ == 0:
@@ -86,8 +98,8 @@ def test_acknowledged_writes_and_deletes_survive_repeated_kill_9(tmp_path: Path)
                     r = c.post("/v1/collections/crash/jobs/index", json={"source": "corpus"})
                     job_id = r.json()["id"]
                 else:  # what the last round acknowledged (everything at the end)
-                    check(c, ledgers, everything=round_ == KILLS)
-                if round_ == KILLS:
+                    check(c, ledgers, everything=round_ == kills)
+                if round_ == kills:
                     job = wait_for_job(c, str(job_id), timeout=300)
                     assert job["state"] == "succeeded", job
                     assert job["done"] == CORPUS and job["failed"] == 0, job

@@ -1,0 +1,90 @@
+"""A server whose catalogue is on PostgreSQL, when PostgreSQL goes away: requests that
+need it answer 503 naming the cause (no 500, no hang past the deadline), ``/readyz`` says
+so, the server serves again by itself once PostgreSQL is back, and the connection
+string's password shows up nowhere (responses, logs, metrics)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import AppServer
+from tests.pg import PgCluster
+
+PASSWORD = "Sx-9f2-never-shown"
+
+
+@pytest.fixture
+def outage(tmp_path: Path) -> Iterator[tuple[PgCluster, AppServer, httpx.Client]]:
+    cluster = PgCluster().start()  # its own: this test stops and starts it
+    server = None
+    try:
+        url = cluster.password_user("xm", PASSWORD)
+        server = AppServer(tmp_path / "data", database_url=url).start()
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            yield cluster, server, client
+    finally:
+        if server is not None:
+            server.stop()
+        cluster.stop()
+
+
+def test_a_catalogue_outage_is_a_503_and_the_server_recovers(
+    outage: tuple[PgCluster, AppServer, httpx.Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    cluster, server, c = outage
+    answers: list[httpx.Response] = []
+
+    def call(method: str, path: str, **kw: object) -> httpx.Response:
+        r = c.request(method, path, **kw)  # type: ignore[arg-type]
+        answers.append(r)
+        return r
+
+    assert call("POST", "/v1/collections", json={"name": "docs"}).status_code == 201
+    items = [
+        {"id": f"d{i}", "text": f"document number {i}", "metadata": {"i": i}} for i in range(8)
+    ]
+    assert call("POST", "/v1/collections/docs/texts", json={"items": items}).status_code == 200
+    query = {"text": "document number 3", "k": 3, "target": "text"}
+    before = call("POST", "/v1/collections/docs/search", json=query).json()["results"]
+    assert len(before) == 3, before
+
+    cluster.stop_server()
+    for method, path, body in [
+        ("POST", "/v1/collections/docs/search", query),
+        ("POST", "/v1/collections/docs/search", {**query, "filter": {"i": {"$gt": 2}}}),
+        ("POST", "/v1/collections/docs/search", {**query, "mode": "lexical"}),
+        ("POST", "/v1/collections/docs/texts", {"items": [{"id": "x", "text": "new"}]}),
+        ("GET", "/v1/collections/docs/items/d1", None),
+    ]:
+        started = time.monotonic()
+        r = call(method, path, json=body) if body else call(method, path)
+        assert r.status_code == 503, (path, r.status_code, r.text)
+        error = r.json()["error"]
+        assert error["code"] == "catalogue_unavailable" and "PostgreSQL" in error["message"]
+        assert time.monotonic() - started < 10
+    ready = call("GET", "/readyz")
+    assert ready.status_code == 503 and "PostgreSQL" in ready.json()["error"]["message"]
+
+    cluster.restart_server()
+    deadline = time.monotonic() + 20
+    while call("GET", "/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "the server did not come back with PostgreSQL"
+        time.sleep(0.2)
+    assert call("POST", "/v1/collections/docs/search", json=query).json()["results"] == before
+    more = {"items": [{"id": "d8", "text": "document number 8"}]}
+    assert call("POST", "/v1/collections/docs/texts", json=more).status_code == 200
+    assert call("GET", "/v1/collections/docs/items/d8").status_code == 200
+
+    # The password, nowhere: not in a response, a log line or the metrics.
+    answers.append(call("GET", "/metrics"))
+    for r in answers:
+        assert PASSWORD not in r.text and PASSWORD not in str(r.headers)
+    assert PASSWORD not in caplog.text
+    assert "catalogue" in caplog.text.lower() or any(r.status_code == 503 for r in answers)
