@@ -5,9 +5,10 @@ The vectors stand in for a text encoder (no trained text model is available offl
 each product's vector is its kind's centre plus noise of its own, and a query's vector is
 the product's own plus noise, so vector search lands among the right look-alikes but
 does not always put the product itself in the first ten. Texts are real words through
-the real lexical index (SQLite FTS5, BM25); half the queries carry the product's code,
-half only its description, which the look-alikes share. The three rankings come from
-the store the service uses, fused by the service's own ``fuse``.
+the real lexical index of each catalogue (SQLite's FTS5 with BM25, PostgreSQL's full-text
+search with ``ts_rank``, on a throwaway local cluster); half the queries carry the
+product's code, half only its description, which the look-alikes share. The three
+rankings come from the store the service uses, fused by the service's own ``fuse``.
 
     .venv/bin/python -m bench.hybrid [--products 5000] [--queries 400]
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from app.service.search.hybrid import fuse
+from bench.postgres import PgCluster
 from index import CollectionStore, FaissBackends, Modality, NewItem
 
 VERSION = "bench@v1"
@@ -67,6 +69,7 @@ def run(
     own: float = 0.3,
     noise: float = 3.0,
     seed: int = 0,
+    url: str | None = None,
 ) -> dict[str, float]:
     """``own``: how far a product's vector lies from its kind's centre; ``noise``: how far
     a query's vector lies from its product's (both as lengths added to unit vectors)."""
@@ -89,7 +92,9 @@ def run(
     by_code = dict.fromkeys(recall, 0)  # of the queries that carry the code
     timing = {m: 0.0 for m in recall}
     with tempfile.TemporaryDirectory() as tmp:
-        store = CollectionStore(Path(tmp) / "d", backends=FaissBackends(use_gpu=False))
+        store = CollectionStore(
+            Path(tmp) / "d", backends=FaissBackends(use_gpu=False), database_url=url
+        )
         try:
             store.create_collection("p", d, VERSION)
             items = [NewItem(f"p{i}", Modality.TEXT, {}, text=t) for i, t in enumerate(texts)]
@@ -131,17 +136,25 @@ def main() -> None:
     parser.add_argument("--products", type=int, default=5000)
     parser.add_argument("--queries", type=int, default=400)
     args = parser.parse_args()
-    r = run(args.products, args.queries)
+    cluster = PgCluster().start()
+    try:
+        results = {
+            "SQLite": run(args.products, args.queries),
+            "PostgreSQL": run(args.products, args.queries, url=cluster.database()),
+        }
+    finally:
+        cluster.stop()
     print(
-        f"| mode | Recall@10, {args.queries} queries over {args.products:,} products"
+        f"| catalogue | mode | Recall@10, {args.queries} queries over {args.products:,} products"
         " | with the code | description only | ms/query |"
     )
-    print("|---|---|---|---|---|")
-    for m in ("vector", "lexical", "hybrid"):
-        print(
-            f"| {m} | {r[f'recall_{m}']:.3f} | {r[f'recall_code_{m}']:.3f} |"
-            f" {r[f'recall_words_{m}']:.3f} | {r[f'ms_{m}']:.2f} |"
-        )
+    print("|---|---|---|---|---|---|")
+    for name, r in results.items():
+        for m in ("vector", "lexical", "hybrid"):
+            print(
+                f"| {name} | {m} | {r[f'recall_{m}']:.3f} | {r[f'recall_code_{m}']:.3f} |"
+                f" {r[f'recall_words_{m}']:.3f} | {r[f'ms_{m}']:.2f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -14,13 +14,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
 from index.blobs import sha256_hex
 from index.catalogue.base import Conn
-from index.catalogue.db import delete_rows, dumps, find_item, max_tombstone
+from index.catalogue.db import delete_rows, dumps, find_item, find_items, max_tombstone
 from index.catalogue.jobs import cancel_jobs_of
 from index.errors import UnknownItem
 from index.live import LiveCollection, Side
@@ -158,23 +157,24 @@ class LockedWriter:
                 log.warning("stored image of %r vanished before its commit", it.id)
                 digests[row] = None
         replaced: list[tuple[Modality, int, str | None]] = []
-        added: list[tuple[Modality, int, int]] = []  # modality, label, row in vectors
-        fields: list[tuple[int, dict[str, Any]]] = []  # label, metadata of each new row
+        # An id given twice in one call: the last one wins (the first would be replaced
+        # at once, in the same transaction).
+        last = {it.id: row for row, it in enumerate(items)}
+        rows = sorted(last.values())
         with store.db.locked_transaction() as conn:
-            for row, (it, digest) in enumerate(zip(items, digests, strict=True)):
-                old = find_item(conn, name, it.id)
-                if old is not None:
-                    conn.execute("DELETE FROM items WHERE label = ?", (old[0],))
-                    conn.execute(
-                        "INSERT INTO tombstones (collection, modality, label) VALUES (?, ?, ?)",
-                        (name, old[1], old[0]),
-                    )
-                    replaced.append((Modality(old[1]), int(old[0]), old[2]))
-                raw = it.raw_embedding
-                cur = conn.execute(
-                    "INSERT INTO items (collection, id, modality, metadata, text,"
-                    " content_sha256, media_type, embedding, raw_embedding, model_version,"
-                    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING label",
+            olds = find_items(conn, name, [items[r].id for r in rows])
+            if olds:
+                old = list(olds.values())
+                conn.executemany("DELETE FROM items WHERE label = ?", [(o[0],) for o in old])
+                conn.executemany(
+                    "INSERT INTO tombstones (collection, modality, label) VALUES (?, ?, ?)",
+                    [(name, o[1], o[0]) for o in old],
+                )
+                replaced += [(Modality(o[1]), o[0], o[2]) for o in old]
+            values = []
+            for row in rows:
+                it, digest, raw = items[row], digests[row], items[row].raw_embedding
+                values.append(
                     (
                         name,
                         it.id,
@@ -187,11 +187,11 @@ class LockedWriter:
                         None if raw is None else np.asarray(raw, np.float32).tobytes(),
                         model_version,
                         it.created_at or now,
-                    ),
+                    )
                 )
-                label = int(cur.fetchone()[0])
-                added.append((it.modality, label, row))
-                fields.append((label, it.metadata))
+            new = store.db.insert_items(conn, values)
+            added = [(items[r].modality, label, r) for r, label in zip(rows, new, strict=True)]
+            fields = [(label, items[r].metadata) for r, label in zip(rows, new, strict=True)]
             store.db.fields_written(conn, fields)
             if extra is not None:
                 extra(conn)

@@ -7,9 +7,9 @@ import httpx
 import pytest
 
 from app.service.jobs.ray_engine import LOOPBACK_ENV
+from bench.postgres import PgCluster
 from models.encoder import ClipEncoder, load_encoder
 from tests.helpers import BACKENDS, AppServer
-from tests.pg import PgCluster
 
 CATALOGUES = ["sqlite", "postgres"]
 

@@ -109,7 +109,8 @@ def test_the_scale_profile_wires_xmodal_to_milvus_and_ray() -> None:
     services = spec["services"]
     scale = {n for n, s in services.items() if s.get("profiles") == ["scale"]}
     assert scale == {"xmodal-scale", "ray-head", "ray-gpu-worker", "milvus", "milvus-etcd"} | {
-        "milvus-minio"
+        "milvus-minio",
+        "postgres",
     }
     api, head, worker = services["xmodal-scale"], services["ray-head"], services["ray-gpu-worker"]
     env = resolved(api["environment"])
@@ -123,6 +124,18 @@ def test_the_scale_profile_wires_xmodal_to_milvus_and_ray() -> None:
         "milvus",
         19530,
     )
+    # xmodal -> PostgreSQL: the service, its port, and the user, password and database it
+    # creates.
+    assert settings.database_url is not None
+    db = urlparse(settings.database_url.get_secret_value())
+    penv = resolved(services["postgres"]["environment"])
+    assert (db.scheme, db.hostname, db.port) == ("postgresql", "postgres", 5432)
+    assert (db.username, db.password, db.path) == (
+        penv["POSTGRES_USER"],
+        penv["POSTGRES_PASSWORD"],
+        "/" + penv["POSTGRES_DB"],
+    )
+    assert api["depends_on"]["postgres"] == {"condition": "service_healthy"}
     # Milvus -> etcd and MinIO: their service names, the ports they listen on, one key pair.
     milvus = services["milvus"]
     menv = resolved(milvus["environment"])
@@ -161,7 +174,7 @@ def test_the_scale_profile_wires_xmodal_to_milvus_and_ray() -> None:
             if how["condition"] == "service_healthy":
                 check = services[needed].get("healthcheck", {})
                 assert check and not check.get("disable"), (name, needed)
-    assert set(api["depends_on"]) == {"milvus", "ray-head", "ray-gpu-worker"}
+    assert set(api["depends_on"]) == {"postgres", "milvus", "ray-head", "ray-gpu-worker"}
     # Not the default server's data dir: two servers cannot hold one.
     assert "xmodal-data:/data" not in api["volumes"]
     assert {"xmodal-scale-data", "milvus-data"} <= set(spec["volumes"])

@@ -65,6 +65,11 @@ class Catalogue(Protocol):
         ...
 
     # --- what each database keeps its own way -------------------------------------------
+    def insert_items(self, conn: Conn, rows: Sequence[Sequence[Any]]) -> list[int]:
+        """Insert rows of ``index.catalogue.db.INSERT_ITEM``'s values; their labels, in
+        order (as few round trips to the database as it allows)."""
+        ...
+
     def fields_written(self, conn: Conn, rows: Sequence[tuple[int, dict[str, Any]]]) -> None:
         """The typed metadata of newly inserted items (label, metadata), where triggers do
         not write it."""

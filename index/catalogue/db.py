@@ -129,6 +129,11 @@ FIELD_COLUMNS = (
 )
 
 DB_FILE = "xmodal.sqlite3"
+INSERT_ITEM = (
+    "INSERT INTO items (collection, id, modality, metadata, text, content_sha256, media_type,"
+    " embedding, raw_embedding, model_version, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING label"
+)
 SQL_CHUNK = 500  # values per IN (...) query
 ITEM_COLUMNS = "id, modality, metadata, text, content_sha256, media_type, model_version, created_at"
 STORED_COLUMNS = (
@@ -244,6 +249,10 @@ class SqliteDatabase:
         assert isinstance(conn, sqlite3.Connection)
         return interrupted_at(conn, at)
 
+    def insert_items(self, conn: Conn, rows: Sequence[Sequence[Any]]) -> list[int]:
+        """Insert rows of ``INSERT_ITEM``'s columns; their labels, in order."""
+        return [int(conn.execute(INSERT_ITEM, row).fetchone()[0]) for row in rows]
+
     # Typed metadata is written by triggers (FIELDS_SCHEMA); values compare as stored.
     def fields_written(self, conn: Conn, rows: Sequence[tuple[int, dict[str, Any]]]) -> None:
         return None
@@ -301,6 +310,23 @@ def find_item(conn: Conn, collection: str, item_id: str) -> tuple[int, str, str 
         (collection, item_id),
     ).fetchone()
     return row
+
+
+def find_items(
+    conn: Conn, collection: str, ids: Sequence[str]
+) -> dict[str, tuple[int, str, str | None]]:
+    """The label, modality and image digest of each of ``ids`` that exists."""
+    out: dict[str, tuple[int, str, str | None]] = {}
+    for start in range(0, len(ids), SQL_CHUNK):
+        chunk = list(ids[start : start + SQL_CHUNK])
+        marks = ",".join("?" * len(chunk))
+        for row in conn.execute(
+            "SELECT id, label, modality, content_sha256 FROM items"
+            f" WHERE collection = ? AND id IN ({marks})",
+            [collection, *chunk],
+        ):
+            out[row[0]] = (int(row[1]), row[2], row[3])
+    return out
 
 
 def delete_rows(db: Catalogue, conn: Conn, collection: str) -> list[str]:

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.postgres import PgCluster
 from tests.helpers import AppServer
-from tests.pg import PgCluster
 
 PASSWORD = "Sx-9f2-never-shown"
 

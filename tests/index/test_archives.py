@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.postgres import PgCluster
 from index import CollectionStore, FaissBackends, MilvusBackends, Modality, NewItem
 from index.archive_check import CHUNK, verify
 from index.archives import ArchiveError, Rules, restore_archive, write_archive
 from index.errors import CollectionExists
 from index.live import SHADOW_PREFIX
 from tests.helpers import REPO
-from tests.pg import PgCluster
 from tests.stores import CPU, D, V, normalised
 
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from bench.postgres import PgCluster
 from index import CollectionStore, FaissBackends, Modality, NewItem
-from tests.pg import PgCluster
 from tests.stores import D, V, normalised
 
 TEXTS = [

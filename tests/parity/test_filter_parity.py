@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from bench.postgres import PgCluster
 from index import CollectionStore, FaissBackends, MilvusBackends, Modality, NewItem
 from index.catalogue.filters import filter_labels
 from index.errors import InvalidFilter
 from index.filter_tree import matches, parse
-from tests.pg import PgCluster
 from tests.stores import D, V, normalised
 
 N = 240

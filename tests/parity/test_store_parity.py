@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from bench.postgres import PgCluster
 from index import CollectionStore, FaissBackends, Migration, MilvusBackends, Modality
 from index.types import StoredItem
 from index.vectors.dumps import backend_key
 from index.vectors.milvus_backend import collection_name
 from tests.parity.test_milvus import ODD, odd_items
-from tests.pg import PgCluster
 from tests.stores import D, V, items, normalised
 
 V2 = "test-model@v2"

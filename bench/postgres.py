@@ -1,7 +1,7 @@
-"""A throwaway PostgreSQL cluster for the catalogue's tests, started the way an operator
-would: Debian's ``initdb`` and ``pg_ctl``, as the ``postgres`` user when the tests run as
-root (``initdb`` refuses root), in a temporary directory, listening on a Unix socket in
-that directory only (no TCP port). ``make test`` installs the package when it is missing.
+"""A throwaway PostgreSQL cluster for the catalogue's tests and benchmarks, started the
+way an operator would: Debian's ``initdb`` and ``pg_ctl``, as the ``postgres`` user when
+run as root (``initdb`` refuses root), in a temporary directory, listening on a Unix
+socket in that directory only (no TCP port). ``make postgres`` installs the package.
 """
 
 from __future__ import annotations
