@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from index.catalogue.db import (
 )
 from index.catalogue.filters import filter_labels
 from index.errors import ModelMismatch, UnknownItem
-from index.filter_tree import Node
+from index.filter_tree import Node, matches
 from index.live import LiveCollection
 from index.types import Hit, Item, Modality
 from index.vectors.faiss_specs import DEFAULT_SPEC
@@ -46,22 +47,33 @@ def candidates(spec: str, k: int) -> int:
     return max(k * factor, k + extra)
 
 
+# A filter that keeps more than this share of a collection's items (and more than
+# BROAD_MIN of them) is broad: its labels are not read out. The ranking is read as it comes
+# instead, each candidate kept if its metadata passes (``filter_tree.matches``, the
+# reference the SQL is tested against): a filter keeping 10% of 100,000 items then costs
+# about what the search does, not the 10,000 rows it would otherwise read.
+BROAD_SHARE = 0.02
+BROAD_MIN = 2000
+POST_FILTER_GROWTH = 4  # how much deeper each read of a post-filtered ranking goes
+
+
 @dataclass(frozen=True, eq=False)
 class Allowed:
     """What a filter keeps of one incarnation of a collection: per modality, the sorted
-    labels of the items that pass it. Read from the catalogue once per search, it serves
-    each of the search's rankings (vector and lexical, and the deeper reads of either)."""
+    labels of the items that pass it, or None for a broad filter (the rankings check each
+    candidate instead). Read from the catalogue once per search, it serves each of the
+    search's rankings (vector and lexical, and the deeper reads of either)."""
 
     collection: LiveCollection
     where: Node
-    labels: dict[Modality, np.ndarray]
+    labels: dict[Modality, np.ndarray] | None
 
-    def of(self, c: LiveCollection, modality: Modality) -> np.ndarray:
+    def of(self, c: LiveCollection, modality: Modality) -> np.ndarray | None:
         if c is not self.collection:
             # Swapped for a re-embedded copy since the filter was read: its labels are
             # another incarnation's. The caller embeds and searches again.
             raise ModelMismatch(f"collection {c.name!r} moved to another model version")
-        return self.labels[modality]
+        return None if self.labels is None else self.labels[modality]
 
 
 def allowed_labels(
@@ -72,10 +84,13 @@ def allowed_labels(
     deadline: float | None = None,
 ) -> Allowed:
     """The labels of ``c``'s items of ``modalities`` that pass ``where`` (read until
-    ``deadline`` at the latest)."""
+    ``deadline`` at the latest), or a broad filter's None."""
+    kinds = sorted(set(modalities))
+    size = sum(int(c.sides[m].index.ntotal) for m in kinds)
     conn = db.reader()
     with db.deadline(conn, deadline):
-        labels = filter_labels(db, conn, c.name, sorted(set(modalities)), where)
+        cap = max(BROAD_MIN, int(size * BROAD_SHARE))
+        labels = filter_labels(db, conn, c.name, kinds, where, cap)
     return Allowed(c, where, labels)
 
 
@@ -86,7 +101,8 @@ def _scope(
     modality: Modality,
     deadline: float | None,
 ) -> tuple[np.ndarray | None, Node | None]:
-    """The labels ``where`` keeps of ``modality`` (None: no filter), and its tree."""
+    """The labels ``where`` keeps of ``modality`` and its tree: (None, None) without a
+    filter, (None, tree) for a broad one."""
     if where is None:
         return None, None
     if not isinstance(where, Allowed):
@@ -115,45 +131,71 @@ def search_collection(
     check_model(c, model_version)
     index = c.sides[target].index
     allowed, tree = _scope(c, db, where, target, deadline)
-    native = allowed is not None and index.native_filters and len(allowed) > index.max_allowed
-    depth = candidates(c.spec, k)
-    exact = depth == k
-    with c.searching():
-        if not is_current(c):
-            # Swapped for a re-embedded copy since we looked it up: the caller embeds
-            # the query again for the version now there.
-            raise ModelMismatch(f"collection {name!r} moved to another model version")
-        results = c.sides[target].index.search(
-            xq, depth, allowed=None if native else allowed, where=tree if native else None
-        )
-        # Rows are read under the lock too, so a swap cannot delete them in between.
-        wanted = sorted({int(x) for r in results for x in r.labels})
-        rows = hit_rows(db.reader(), wanted, vectors=with_vectors or not exact)
+    broad = tree is not None and allowed is None
+    many = allowed is not None and len(allowed) > index.max_allowed
+    native = index.native_filters and (broad or many)  # the backend evaluates the filter
+    post = broad and not native  # each candidate checked here
     queries = np.ascontiguousarray(xq, dtype=np.float32)
-    hits: list[list[Hit]] = []
-    for q, r in zip(queries, results, strict=True):
-        found = []
-        for label, score in zip(r.labels, r.scores, strict=True):
-            row = rows.get(int(label))
-            if row is None:  # deleted between the index search and this read
-                continue
-            vector = np.frombuffer(row[5], np.float32) if len(row) > 5 else None
-            if not exact and vector is not None:
-                score = float(vector @ q)
-            found.append(
-                Hit(
-                    row[1],
-                    float(score),
-                    Modality(row[2]),
-                    json.loads(row[3]),
-                    row[4],
-                    label=int(label),
-                    vector=vector if with_vectors else None,
-                )
+    want = max(8 * k, 200) if post else k
+    while True:
+        depth = candidates(c.spec, want)
+        exact = depth == want
+        with c.searching():
+            if not is_current(c):
+                # Swapped for a re-embedded copy since we looked it up: the caller embeds
+                # the query again for the version now there.
+                raise ModelMismatch(f"collection {name!r} moved to another model version")
+            results = index.search(
+                xq, depth, allowed=None if native else allowed, where=tree if native else None
             )
-        found.sort(key=lambda h: (-h.score, h.label))
-        hits.append(found[:k])
-    return hits
+            # Rows are read under the lock too, so a swap cannot delete them in between.
+            wanted = sorted({int(x) for r in results for x in r.labels})
+            rows = hit_rows(db.reader(), wanted, vectors=with_vectors or not exact)
+        hits = [
+            _hits(r, q, rows, exact, with_vectors, tree if post else None)
+            for q, r in zip(queries, results, strict=True)
+        ]
+        # A post-filtered ranking goes deeper until each query has its k, or the index
+        # has nothing more to give.
+        if not post or all(len(h) >= k for h in hits) or depth >= index.ntotal:
+            return [h[:k] for h in hits]
+        want *= POST_FILTER_GROWTH
+
+
+def _hits(
+    r: Any,
+    q: np.ndarray,
+    rows: dict[int, tuple[Any, ...]],
+    exact: bool,
+    with_vectors: bool,
+    tree: Node | None,
+) -> list[Hit]:
+    """One query's hits from its index result and the rows read, best first (ties by
+    label); with ``tree``, only those whose metadata passes it."""
+    found = []
+    for label, score in zip(r.labels, r.scores, strict=True):
+        row = rows.get(int(label))
+        if row is None:  # deleted between the index search and this read
+            continue
+        metadata = json.loads(row[3])
+        if tree is not None and not matches(tree, metadata):
+            continue
+        vector = np.frombuffer(row[5], np.float32) if len(row) > 5 else None
+        if not exact and vector is not None:
+            score = float(vector @ q)
+        found.append(
+            Hit(
+                row[1],
+                float(score),
+                Modality(row[2]),
+                metadata,
+                row[4],
+                label=int(label),
+                vector=vector if with_vectors else None,
+            )
+        )
+    found.sort(key=lambda h: (-h.score, h.label))
+    return found
 
 
 def item_vector(
@@ -232,15 +274,22 @@ def lexical_search(
     """The best ``depth`` texts of the collection for the words of ``text`` by BM25
     (``index.catalogue.lexical``), best first, as hits scored by BM25 relevance."""
     conn = db.reader()
-    allowed, _ = _scope(c, db, where, Modality.TEXT, deadline)
-    with db.deadline(conn, deadline):
-        ranked = db.lexical_labels(conn, c.name, text, depth, allowed)
-    rows = hit_rows(conn, [label for label, _ in ranked])
-    hits = []
-    for label, score in ranked:
-        row = rows.get(label)
-        if row is not None:  # deleted between the two reads
-            hits.append(
-                Hit(row[1], score, Modality(row[2]), json.loads(row[3]), row[4], label=label)
-            )
-    return hits
+    allowed, tree = _scope(c, db, where, Modality.TEXT, deadline)
+    post = tree is not None and allowed is None
+    want = max(8 * depth, 200) if post else depth
+    while True:
+        with db.deadline(conn, deadline):
+            ranked = db.lexical_labels(conn, c.name, text, want, allowed)
+        rows = hit_rows(conn, [label for label, _ in ranked])
+        hits = []
+        for label, score in ranked:
+            row = rows.get(label)
+            if row is None:  # deleted between the two reads
+                continue
+            metadata = json.loads(row[3])
+            if post and tree is not None and not matches(tree, metadata):
+                continue
+            hits.append(Hit(row[1], score, Modality(row[2]), metadata, row[4], label=label))
+        if not post or len(hits) >= depth or len(ranked) < want:
+            return hits[:depth]
+        want *= POST_FILTER_GROWTH

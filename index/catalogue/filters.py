@@ -28,21 +28,35 @@ FieldValue = Callable[[str, Any], tuple[str, Any]]
 
 
 def filter_labels(
-    db: Catalogue, conn: Conn, collection: str, modalities: Sequence[Modality], where: Node
-) -> dict[Modality, np.ndarray]:
+    db: Catalogue,
+    conn: Conn,
+    collection: str,
+    modalities: Sequence[Modality],
+    where: Node,
+    cap: int | None = None,
+) -> dict[Modality, np.ndarray] | None:
     """The labels of the items of ``modalities`` that pass ``where``, sorted, per
-    modality: one read of the filter's rows, whichever rankings use it."""
+    modality: one read of the filter's rows, whichever rankings use it. With ``cap``,
+    None when more than ``cap`` pass (reading ``cap + 1`` rows at most)."""
     marks = ", ".join("?" * len(modalities))
     scope = (
         f"SELECT label FROM items WHERE collection = ? AND modality IN ({marks})",
         [collection, *(m.value for m in modalities)],
     )
     chosen, params = labels_sql(where, scope, db.field_value)
+    # A join, not ``label IN (...)``: the labels stream from the filter's index through
+    # the items' primary key, so a capped read stops after ``cap`` of them.
     sql = (
-        f"SELECT label, modality FROM items WHERE collection = ? AND modality IN ({marks})"
-        f" AND label IN ({chosen})"
+        f"SELECT i.label, i.modality FROM ({chosen}) AS s JOIN items AS i ON i.label = s.label"
+        f" WHERE i.collection = ? AND i.modality IN ({marks})"
     )
-    rows = conn.execute(sql, [*scope[1], *params]).fetchall()
+    params = [*params, *scope[1]]
+    if cap is not None:
+        sql += " LIMIT ?"
+        params.append(cap + 1)
+    rows = conn.execute(sql, params).fetchall()
+    if cap is not None and len(rows) > cap:
+        return None
     out = {}
     for m in modalities:
         labels = np.array([r[0] for r in rows if r[1] == m.value], dtype=np.int64)

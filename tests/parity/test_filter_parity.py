@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+import index.search
 from bench.postgres import PgCluster
 from index import CollectionStore, FaissBackends, MilvusBackends, Modality, NewItem
 from index.catalogue.filters import filter_labels
@@ -210,3 +211,39 @@ def test_an_old_milvus_collection_answers_operator_filters_through_sqlite(
         assert ids(store, {"flag": {"$ne": 1}}) == {"t-0", "t-2", "t-3"}
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("name", ["faiss", "milvus", "postgres"])
+def test_broad_filters_read_the_ranking_and_give_the_exact_top_k(
+    stores: dict[str, Any], name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With every filter treated as broad (no labels read out: FAISS checks each candidate
+    as the ranking comes, deeper until k pass; Milvus evaluates the filter itself), the
+    top k of vector and lexical searches are those of the exact ranking of the items that
+    pass, for generated filters and several k."""
+    monkeypatch.setattr(index.search, "BROAD_MIN", 0)
+    monkeypatch.setattr(index.search, "BROAD_SHARE", 0.0)
+    store: CollectionStore = stores[name]
+    rng = random.Random(23)
+    xb, xq = normalised(N, 1), normalised(3, 5)
+    checked = 0
+    for _ in range(60):
+        where = a_filter(rng)
+        try:
+            node = parse(where)
+        except InvalidFilter:
+            continue
+        passing = [i for i, m in enumerate(stores["metas"]) if matches(node, m)]
+        if not passing:
+            continue
+        for k in (1, 7, 40):
+            hits = store.search("c", Modality.TEXT, xq, k, model_version=V, where=where)
+            for q, row in zip(xq, hits, strict=True):
+                scores = xb[passing] @ q
+                order = sorted(range(len(passing)), key=lambda j: (-scores[j], passing[j]))
+                assert [h.id for h in row] == [f"t-{passing[j]}" for j in order[:k]], where
+            words = store.lexical("c", "text", k, where)
+            assert {h.id for h in words} <= {f"t-{i}" for i in passing}
+            assert len(words) == min(k, len(passing))
+        checked += 1
+    assert checked > 30
