@@ -111,6 +111,7 @@ class LockedWriter:
                 digests += delete_rows(store.db, conn, name)
                 for table, column in (
                     ("items", "collection"),
+                    ("item_fields", "collection"),
                     ("tombstones", "collection"),
                     ("collections", "name"),
                 ):
@@ -191,7 +192,10 @@ class LockedWriter:
                 )
             new = store.db.insert_items(conn, values)
             added = [(items[r].modality, label, r) for r, label in zip(rows, new, strict=True)]
-            fields = [(label, items[r].metadata) for r, label in zip(rows, new, strict=True)]
+            fields = [
+                (label, name, items[r].modality.value, items[r].metadata)
+                for r, label in zip(rows, new, strict=True)
+            ]
             store.db.fields_written(conn, fields)
             if extra is not None:
                 extra(conn)

@@ -15,6 +15,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+# A new item's typed metadata to write: label, collection, modality, metadata.
+FieldRows = tuple[int, str, str, dict[str, Any]]
+
 
 class Cursor(Protocol):
     rowcount: int
@@ -70,9 +73,9 @@ class Catalogue(Protocol):
         order (as few round trips to the database as it allows)."""
         ...
 
-    def fields_written(self, conn: Conn, rows: Sequence[tuple[int, dict[str, Any]]]) -> None:
-        """The typed metadata of newly inserted items (label, metadata), where triggers do
-        not write it."""
+    def fields_written(self, conn: Conn, rows: Sequence[FieldRows]) -> None:
+        """The typed metadata of newly inserted items (label, collection, modality,
+        metadata), where triggers do not write it."""
         ...
 
     def field_value(self, family: str, value: Any) -> tuple[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from index.catalogue.base import Catalogue, Conn
+from index.catalogue.base import Catalogue, Conn, FieldRows
 from index.catalogue.lexical import (
     create_lexical,
     drop_lexical,
@@ -97,29 +97,35 @@ CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at);
 # Every top-level metadata key of every item, typed, for filters that use an index instead
 # of parsing each item's JSON: kind n (a number), s (a string), b (a boolean, value 0 or
 # 1), z (null), a (an array or object). ``value`` has no type affinity: numbers stay
-# numbers, strings strings. Kept by triggers, in the transaction that writes the item.
+# numbers, strings strings. Each row carries its item's collection and modality, so a
+# filter reads its own collection's rows only, from the index alone. Kept by triggers, in
+# the transaction that writes the item (a swap moves them with their items).
 FIELDS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS item_fields (
     label INTEGER NOT NULL,
     key TEXT NOT NULL,
     kind TEXT NOT NULL,
-    value
+    value,
+    collection TEXT NOT NULL,
+    modality TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS item_fields_by_value ON item_fields (key, kind, value);
+CREATE INDEX IF NOT EXISTS item_fields_in_collection
+    ON item_fields (collection, modality, key, kind, value, label);
 CREATE INDEX IF NOT EXISTS item_fields_by_label ON item_fields (label);
 CREATE TRIGGER IF NOT EXISTS item_fields_added AFTER INSERT ON items BEGIN
-    INSERT INTO item_fields (label, key, kind, value) SELECT new.label, {fields}
-    FROM json_each(new.metadata);
+    INSERT INTO item_fields (label, key, kind, value, collection, modality)
+    SELECT new.label, {fields}, new.collection, new.modality FROM json_each(new.metadata);
 END;
 CREATE TRIGGER IF NOT EXISTS item_fields_removed AFTER DELETE ON items BEGIN
     DELETE FROM item_fields WHERE label = old.label;
 END;
 CREATE TRIGGER IF NOT EXISTS item_fields_changed AFTER UPDATE OF metadata ON items BEGIN
     DELETE FROM item_fields WHERE label = old.label;
-    INSERT INTO item_fields (label, key, kind, value) SELECT new.label, {fields}
-    FROM json_each(new.metadata);
+    INSERT INTO item_fields (label, key, kind, value, collection, modality)
+    SELECT new.label, {fields}, new.collection, new.modality FROM json_each(new.metadata);
 END
 """
+FIELD_TRIGGERS = ("item_fields_added", "item_fields_removed", "item_fields_changed")
 # json_each's columns as item_fields' key, kind and value.
 FIELD_COLUMNS = (
     "key, CASE type WHEN 'integer' THEN 'n' WHEN 'real' THEN 'n' WHEN 'text' THEN 's'"
@@ -180,17 +186,24 @@ class SqliteDatabase:
         if "starts" not in columns:  # a database from before starts were counted
             self.writer.execute("ALTER TABLE jobs ADD COLUMN starts INTEGER NOT NULL DEFAULT 0")
         fields_backfill = (
-            f"INSERT INTO item_fields (label, key, kind, value) SELECT items.label,"
-            f" {FIELD_COLUMNS} FROM items, json_each(items.metadata)"
+            "INSERT INTO item_fields (label, key, kind, value, collection, modality)"
+            f" SELECT items.label, {FIELD_COLUMNS}, items.collection, items.modality"
+            " FROM items, json_each(items.metadata)"
         )
         # Tables filters and lexical search read, kept by triggers: a database from before
-        # one of them gets it built from what it holds.
-        had = self.writer.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'item_fields'"
-        ).fetchone()
+        # one of them (or from before fields knew their collection) gets it built from
+        # what it holds.
+        columns = {row[1] for row in self.writer.execute("PRAGMA table_info(item_fields)")}
+        current = "collection" in columns
+        if columns and not current:
+            with self.transaction() as conn:
+                for trigger in FIELD_TRIGGERS:
+                    conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+                conn.execute("DROP INDEX IF EXISTS item_fields_by_value")
+                conn.execute("DROP TABLE item_fields")
         self.apply(FIELDS_SCHEMA.replace("{fields}", FIELD_COLUMNS))
         with self.transaction() as conn:
-            if not had:
+            if not current:
                 conn.execute(fields_backfill)
             ensure_lexical(conn)
 
@@ -254,7 +267,7 @@ class SqliteDatabase:
         return [int(conn.execute(INSERT_ITEM, row).fetchone()[0]) for row in rows]
 
     # Typed metadata is written by triggers (FIELDS_SCHEMA); values compare as stored.
-    def fields_written(self, conn: Conn, rows: Sequence[tuple[int, dict[str, Any]]]) -> None:
+    def fields_written(self, conn: Conn, rows: Sequence[FieldRows]) -> None:
         return None
 
     def field_value(self, family: str, value: Any) -> tuple[str, Any]:

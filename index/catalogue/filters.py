@@ -1,8 +1,9 @@
 """Metadata filters as SQL over ``item_fields`` (``index.filter_tree`` says what a filter
 means; ``index.catalogue.db`` keeps the table, one row per top-level key of each item, typed).
 
-Each condition is a set of labels read from the index on ``(key, kind, value)``, so a
-filter that keeps 1% of a collection reads about 1% of its rows; ``$and`` intersects the
+Each condition is a set of labels read from the index on ``(collection, modality, key,
+kind, value)``, so a filter that keeps 1% of a collection reads about 1% of its rows (and
+nothing of other collections); ``$and`` intersects the
 sets, ``$or`` unites them, a negation subtracts its set (the collection's own labels are
 read once at most, for a filter whose result is a complement). Values
 are bound as parameters, never pasted into the statement; keys are compared as stored,
@@ -12,6 +13,7 @@ whatever characters they hold.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,9 +24,33 @@ from index.types import Modality
 
 _SQL_OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _KINDS = {"number": "n", "string": "s", "bool": "b", "null": "z"}
-_FIELD = "SELECT label FROM item_fields WHERE key = ?"
 # The column of item_fields a value of a family is compared in, and the value as bound.
 FieldValue = Callable[[str, Any], tuple[str, Any]]
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Where a filter looks: one collection's items of some modalities, and how its
+    catalogue compares values (``Catalogue.field_value``)."""
+
+    collection: str
+    modalities: tuple[str, ...]
+    value: FieldValue
+
+    def _in(self) -> tuple[str, list[Any]]:
+        marks = ", ".join("?" * len(self.modalities))
+        return f"collection = ? AND modality IN ({marks})", [self.collection, *self.modalities]
+
+    def items(self) -> tuple[str, list[Any]]:
+        """Every item in scope (for a filter whose result is a complement)."""
+        where, params = self._in()
+        return f"SELECT label, modality FROM items WHERE {where}", params
+
+    def field(self) -> tuple[str, list[Any]]:
+        """The start of one condition: the scope's rows of ``item_fields``, read through
+        its index on ``(collection, modality, key, kind, value)``."""
+        where, params = self._in()
+        return f"SELECT label, modality FROM item_fields WHERE {where} AND key = ?", params
 
 
 def filter_labels(
@@ -37,23 +63,14 @@ def filter_labels(
 ) -> dict[Modality, np.ndarray] | None:
     """The labels of the items of ``modalities`` that pass ``where``, sorted, per
     modality: one read of the filter's rows, whichever rankings use it. With ``cap``,
-    None when more than ``cap`` pass (reading ``cap + 1`` rows at most)."""
-    marks = ", ".join("?" * len(modalities))
-    scope = (
-        f"SELECT label FROM items WHERE collection = ? AND modality IN ({marks})",
-        [collection, *(m.value for m in modalities)],
-    )
-    chosen, params = labels_sql(where, scope, db.field_value)
-    # A join, not ``label IN (...)``: the labels stream from the filter's index through
-    # the items' primary key, so a capped read stops after ``cap`` of them.
-    sql = (
-        f"SELECT i.label, i.modality FROM ({chosen}) AS s JOIN items AS i ON i.label = s.label"
-        f" WHERE i.collection = ? AND i.modality IN ({marks})"
-    )
-    params = [*params, *scope[1]]
+    None when more than ``cap`` pass (reading ``cap + 1`` rows at most: a condition's rows
+    stream from its index)."""
+    scope = Scope(collection, tuple(m.value for m in modalities), db.field_value)
+    chosen, params = labels_sql(where, scope)
+    sql = f"SELECT label, modality FROM ({chosen}) AS s"
     if cap is not None:
         sql += " LIMIT ?"
-        params.append(cap + 1)
+        params = [*params, cap + 1]
     rows = conn.execute(sql, params).fetchall()
     if cap is not None and len(rows) > cap:
         return None
@@ -64,23 +81,21 @@ def filter_labels(
     return out
 
 
-def labels_sql(
-    node: Node, scope: tuple[str, list[Any]], value: FieldValue
-) -> tuple[str, list[Any]]:
-    """A SELECT of the labels that pass ``node`` (among all items: the caller keeps those
-    of its collection), and its parameters; ``scope`` selects the collection's labels, read
-    at most once, whatever the negations (``work``); ``value`` gives the column a value
-    is compared in and the value as bound (the catalogue's ``field_value``)."""
-    sql, params, complement = _sets(node, value)
-    if complement:  # the labels not in the set: the collection's, once, less the set
-        return f"{scope[0]} EXCEPT SELECT label FROM ({sql}) AS s", [*scope[1], *params]
+def labels_sql(node: Node, scope: Scope) -> tuple[str, list[Any]]:
+    """A SELECT of the (label, modality) pairs in ``scope`` that pass ``node``, and its
+    parameters; the scope's items are read at most once, whatever the negations
+    (``work``)."""
+    sql, params, complement = _sets(node, scope)
+    if complement:  # the labels not in the set: the scope's, once, less the set
+        items, more = scope.items()
+        return f"{items} EXCEPT SELECT label, modality FROM ({sql}) AS s", [*more, *params]
     return sql, params
 
 
 def work(node: Node) -> tuple[int, bool]:
     """What a filter costs to evaluate: its conditions (an index lookup each) and whether
     the collection's labels are read (once) for its negations."""
-    return _conditions(node), _sets(node, lambda family, v: ("value", v))[2]
+    return _conditions(node), _sets(node, Scope("", ("",), lambda f, v: ("value", v)))[2]
 
 
 def _conditions(node: Node) -> int:
@@ -91,18 +106,19 @@ def _conditions(node: Node) -> int:
     return 1
 
 
-def _sets(node: Node, value: FieldValue) -> tuple[str, list[Any], bool]:
-    """``node`` as a SELECT of labels and whether it stands for their complement: a
-    negation flips the flag instead of reading the collection, so ``$and`` of conditions
-    and negations is the conditions' intersection less the negated ones' union, and the
-    whole filter reads the collection at most once (De Morgan for ``$or``)."""
+def _sets(node: Node, scope: Scope) -> tuple[str, list[Any], bool]:
+    """``node`` as a SELECT of (label, modality) pairs and whether it stands for their
+    complement: a negation flips the flag instead of reading the collection, so ``$and``
+    of conditions and negations is the conditions' intersection less the negated ones'
+    union, and the whole filter reads the collection at most once (De Morgan for
+    ``$or``)."""
     if isinstance(node, Not):
-        sql, params, complement = _sets(node.node, value)
+        sql, params, complement = _sets(node.node, scope)
         return sql, params, not complement
     if isinstance(node, Cond):
-        sql, params = _cond_sql(node, value)
+        sql, params = _cond_sql(node, scope)
         return sql, params, False
-    parts = [_sets(n, value) for n in node.nodes]
+    parts = [_sets(n, scope) for n in node.nodes]
     plain = [(sql, params) for sql, params, complement in parts if not complement]
     flipped = [(sql, params) for sql, params, complement in parts if complement]
     # A and B and not C and not D = (A INTERSECT B) EXCEPT (C UNION D), and alone
@@ -114,39 +130,42 @@ def _sets(node: Node, value: FieldValue) -> tuple[str, list[Any], bool]:
     sql, params = _joined(kept, " INTERSECT ")
     if dropped:
         more_sql, more = _joined(dropped, " UNION ")
-        sql, params = f"{sql} EXCEPT SELECT label FROM ({more_sql}) AS s", [*params, *more]
+        sql = f"{sql} EXCEPT SELECT label, modality FROM ({more_sql}) AS s"
+        params = [*params, *more]
     return sql, params, isinstance(node, Any_)
 
 
 def _joined(parts: list[tuple[str, list[Any]]], joiner: str) -> tuple[str, list[Any]]:
     if len(parts) == 1:
         return parts[0]
-    sql = joiner.join(f"SELECT label FROM ({p[0]}) AS s" for p in parts)
+    sql = joiner.join(f"SELECT label, modality FROM ({p[0]}) AS s" for p in parts)
     return sql, [x for p in parts for x in p[1]]
 
 
-def _cond_sql(cond: Cond, value: FieldValue) -> tuple[str, list[Any]]:
+def _cond_sql(cond: Cond, scope: Scope) -> tuple[str, list[Any]]:
+    field, params = scope.field()
+    params = [*params, cond.key]
     if cond.op == "exists":
-        return _FIELD, [cond.key]
+        return field, params
     if cond.op == "in":
         parts = []
-        params: list[Any] = []
+        bound_all: list[Any] = []
         for family in ("number", "string", "bool", "null"):
             members = [x for x in cond.value if kind(x) == family]
             if not members:
                 continue
             if family == "null":
-                parts.append(f"{_FIELD} AND kind = 'z'")
-                params += [cond.key]
+                parts.append(f"{field} AND kind = 'z'")
+                bound_all += params
             else:
-                bound = [value(family, x) for x in members]
+                bound = [scope.value(family, x) for x in members]
                 marks = ", ".join("?" * len(members))
-                parts.append(f"{_FIELD} AND kind = ? AND {bound[0][0]} IN ({marks})")
-                params += [cond.key, _KINDS[family], *(v for _, v in bound)]
-        return " UNION ".join(parts), params
+                parts.append(f"{field} AND kind = ? AND {bound[0][0]} IN ({marks})")
+                bound_all += [*params, _KINDS[family], *(v for _, v in bound)]
+        return " UNION ".join(parts), bound_all
     family = kind(cond.value)
     if family == "null":  # $eq null (ranges refuse null when parsed)
-        return f"{_FIELD} AND kind = 'z'", [cond.key]
-    column, bound = value(family, cond.value)
+        return f"{field} AND kind = 'z'", params
+    column, bound = scope.value(family, cond.value)
     op = "=" if cond.op == "eq" else _SQL_OPS[cond.op]
-    return f"{_FIELD} AND kind = ? AND {column} {op} ?", [cond.key, _KINDS[family], bound]
+    return f"{field} AND kind = ? AND {column} {op} ?", [*params, _KINDS[family], bound]

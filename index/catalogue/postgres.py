@@ -34,7 +34,7 @@ import psycopg
 import psycopg.errors
 
 from index.catalogue import pg_lexical
-from index.catalogue.base import Conn
+from index.catalogue.base import Conn, FieldRows
 from index.catalogue.db import INSERT_ITEM
 from index.errors import CatalogueUnavailable, Interrupted
 
@@ -85,9 +85,13 @@ SCHEMA = [
         key TEXT NOT NULL,
         kind TEXT NOT NULL,
         num NUMERIC,
-        str BYTEA)""",
-    "CREATE INDEX IF NOT EXISTS item_fields_by_num ON item_fields (key, kind, num)",
-    "CREATE INDEX IF NOT EXISTS item_fields_by_str ON item_fields (key, kind, str)",
+        str BYTEA,
+        collection TEXT NOT NULL,
+        modality TEXT NOT NULL)""",
+    """CREATE INDEX IF NOT EXISTS item_fields_by_num
+        ON item_fields (collection, modality, key, kind, num, label)""",
+    """CREATE INDEX IF NOT EXISTS item_fields_by_str
+        ON item_fields (collection, modality, key, kind, str, label)""",
     "CREATE INDEX IF NOT EXISTS item_fields_by_label ON item_fields (label)",
     """CREATE TABLE IF NOT EXISTS jobs (
         id TEXT PRIMARY KEY,
@@ -355,16 +359,16 @@ class PostgresDatabase:
         self._unanalysed = 0
 
     # --- typed metadata -----------------------------------------------------------------
-    def fields_written(self, conn: Conn, rows: Sequence[tuple[int, dict[str, Any]]]) -> None:
+    def fields_written(self, conn: Conn, rows: Sequence[FieldRows]) -> None:
         """Copied in (``COPY``: one stream, far fewer round trips than inserts)."""
         assert isinstance(conn, PgConnection)
         try:
             with conn.raw.cursor().copy(
-                "COPY item_fields (label, key, kind, num, str) FROM STDIN"
+                "COPY item_fields (label, key, kind, num, str, collection, modality) FROM STDIN"
             ) as copy:
-                for label, metadata in rows:
+                for label, collection, modality, metadata in rows:
                     for key, value in metadata.items():
-                        copy.write_row((label, key, *_typed(value)))
+                        copy.write_row((label, key, *_typed(value), collection, modality))
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise _unavailable(exc) from None
 

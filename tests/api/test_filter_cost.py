@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from index import CollectionStore, Interrupted, Modality, NewItem
-from index.catalogue.filters import labels_sql, work
+from index.catalogue.filters import Scope, labels_sql, work
 from index.filter_tree import parse
 from index.vectors.faiss_backends import FaissBackends
 from tests.helpers import TINY_SPACE, AppServer
@@ -34,13 +34,15 @@ def as_stored(family: str, value: Any) -> tuple[str, Any]:
     return "value", value
 
 
+SCOPE = Scope("c", ("text",), as_stored)
+
+
 def test_negations_read_the_collection_once_and_are_counted() -> None:
-    scope = ("SELECT label FROM items WHERE collection = ? AND modality = ?", ["c", "text"])
-    sql, _ = labels_sql(parse(NEGATIONS), scope, as_stored)
+    sql, _ = labels_sql(parse(NEGATIONS), SCOPE)
     assert sql.count("FROM items WHERE collection") == 1
     assert work(parse(NEGATIONS)) == (252, True)
     mixed = {"$or": [{"a": 1}, {"b": {"$nin": [1, 2]}}, {"c": {"$exists": False}}]}
-    sql, _ = labels_sql(parse(mixed), scope, as_stored)
+    sql, _ = labels_sql(parse(mixed), SCOPE)
     assert sql.count("FROM items WHERE collection") == 1 and work(parse(mixed)) == (3, True)
     assert work(parse({"a": 1, "b": {"$gt": 2}})) == (2, False)
 

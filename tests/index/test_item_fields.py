@@ -73,6 +73,34 @@ def test_a_database_from_before_the_field_index_gets_one_on_opening(tmp_path: Pa
         store.close()
 
 
+def test_fields_from_before_they_knew_their_collection_are_built_again(tmp_path: Path) -> None:
+    """A database whose item_fields has no collection (the shape before filters read
+    their own collection's rows only) gets the table built again from its items."""
+    data = tmp_path / "d"
+    store = CollectionStore(data, backends=CPU)
+    for name in ("c", "other"):
+        store.create_collection(name, D, V)
+        items = [NewItem(f"t{i}", Modality.TEXT, {"year": 2018 + i}, text="t") for i in range(6)]
+        store.upsert(name, items, normalised(6, 1), V)
+    store.close()
+    with sqlite3.connect(data / DB_FILE) as conn:  # the older shape, and its index
+        for trigger in ("item_fields_added", "item_fields_removed", "item_fields_changed"):
+            conn.execute(f"DROP TRIGGER {trigger}")
+        conn.execute("DROP TABLE item_fields")
+        conn.execute("CREATE TABLE item_fields (label INTEGER, key TEXT, kind TEXT, value)")
+        conn.execute("CREATE INDEX item_fields_by_value ON item_fields (key, kind, value)")
+        conn.execute("INSERT INTO item_fields VALUES (1, 'year', 'n', 1999)")  # stale: dropped
+    store = CollectionStore(data, backends=CPU)
+    try:
+        with sqlite3.connect(data / DB_FILE) as conn:
+            rows = conn.execute("SELECT collection, COUNT(*) FROM item_fields GROUP BY 1")
+            assert sorted(rows) == [("c", 6), ("other", 6)]
+        assert labels(store, {"year": {"$gte": 2021}}) == ["t3", "t4", "t5"]
+        assert labels(store, {"year": 1999}) == []
+    finally:
+        store.close()
+
+
 def test_the_lexical_index_follows_texts_and_is_built_for_an_older_database(
     tmp_path: Path,
 ) -> None:
