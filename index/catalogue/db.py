@@ -446,6 +446,11 @@ def hit_rows(
     the stored vector's bytes last if ``vectors``."""
     rows: dict[int, tuple[Any, ...]] = {}
     columns = "label, id, modality, metadata, text" + (", embedding" if vectors else "")
+    if getattr(conn, "array_params", False):  # PostgreSQL: the labels as one array
+        sql = f"SELECT {columns} FROM items WHERE label = ANY(?)"
+        for row in conn.execute(sql, [[int(x) for x in labels]]):
+            rows[int(row[0])] = tuple(row)
+        return rows
     for start in range(0, len(labels), SQL_CHUNK):
         chunk = list(labels[start : start + SQL_CHUNK])
         marks = ",".join("?" * len(chunk))

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 CONNECT_TIMEOUT_S = 5
-ANALYSE_EVERY = 1000  # rows inserted before the planner's statistics are refreshed
+ANALYSE_EVERY = 1000  # rows inserted before the tables are vacuumed and analysed
 
 # The same tables as SQLite's (index.catalogue.db), typed for PostgreSQL: REAL there is
 # a double here, BLOB bytea; item_fields keeps numbers and strings in typed columns.
@@ -159,6 +159,10 @@ class PgConnection:
     """A psycopg connection that reads like ``sqlite3.Connection``: ``execute`` with ``?``
     placeholders, returning a cursor of tuples."""
 
+    # A list of values binds as one array parameter (``label = ANY(?)``): no statement
+    # with hundreds of placeholders to parse and plan (``index.catalogue.db.hit_rows``).
+    array_params = True
+
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
 
@@ -269,6 +273,20 @@ class PostgresDatabase:
                     conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        if self._unanalysed >= max(ANALYSE_EVERY, self._analysed):
+            self._vacuum(conn)
+
+    def _vacuum(self, conn: PgConnection) -> None:
+        """Vacuum and analyse the items and their fields once they doubled since the last
+        time (and grew by ``ANALYSE_EVERY`` at least), after the commit (it runs outside
+        a transaction), still under the write lock. Autovacuum does the same, but only once
+        a minute: a bulk load in between would be planned as if the tables were empty (a
+        1,000-id lookup scanning the collection instead of its unique index), and read
+        every filtered row from the table instead of the index alone."""
+        conn.execute("VACUUM (ANALYZE) items")
+        conn.execute("VACUUM (ANALYZE) item_fields")
+        self._analysed += self._unanalysed
+        self._unanalysed = 0
 
     def close(self) -> None:
         with self._open_lock:
@@ -342,21 +360,8 @@ class PostgresDatabase:
                     break
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise _unavailable(exc) from None
-        self._analyse_after(conn, len(rows))
+        self._unanalysed += len(rows)  # vacuumed after the commit once they are many
         return labels
-
-    def _analyse_after(self, conn: PgConnection, added: int) -> None:
-        """Refresh the planner's statistics once the items grew by a fifth since it last
-        looked (and by ``ANALYSE_EVERY`` at least). Autovacuum does the same, but only
-        once a minute: a bulk load in between would be planned as if the tables were
-        empty (a 1,000-id lookup scanning the collection instead of its unique index)."""
-        self._unanalysed += added
-        if self._unanalysed < max(ANALYSE_EVERY, self._analysed // 5):
-            return
-        conn.execute("ANALYZE items")
-        conn.execute("ANALYZE item_fields")
-        self._analysed += self._unanalysed
-        self._unanalysed = 0
 
     # --- typed metadata -----------------------------------------------------------------
     def fields_written(self, conn: Conn, rows: Sequence[FieldRows]) -> None:

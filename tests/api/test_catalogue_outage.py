@@ -14,9 +14,12 @@ import httpx
 import pytest
 
 from bench.postgres import PgCluster
+from tests.calls import wait_for_job
+from tests.corpus import write_many
 from tests.helpers import AppServer
 
 PASSWORD = "Sx-9f2-never-shown"
+CORPUS = 160
 
 
 @pytest.fixture
@@ -25,7 +28,8 @@ def outage(tmp_path: Path) -> Iterator[tuple[PgCluster, AppServer, httpx.Client]
     server = None
     try:
         url = cluster.password_user("xm", PASSWORD)
-        server = AppServer(tmp_path / "data", database_url=url).start()
+        write_many(tmp_path / "data" / "import", "corpus", CORPUS)
+        server = AppServer(tmp_path / "data", database_url=url, import_chunk_size=8).start()
         with httpx.Client(base_url=server.url, timeout=30) as client:
             yield cluster, server, client
     finally:
@@ -55,6 +59,9 @@ def test_a_catalogue_outage_is_a_503_and_the_server_recovers(
     before = call("POST", "/v1/collections/docs/search", json=query).json()["results"]
     assert len(before) == 3, before
 
+    r = call("POST", "/v1/collections/docs/jobs/index", json={"source": "corpus"})
+    job = r.json()["id"]
+    time.sleep(0.3)  # under way, a few chunks in
     cluster.stop_server()
     for method, path, body in [
         ("POST", "/v1/collections/docs/search", query),
@@ -81,6 +88,11 @@ def test_a_catalogue_outage_is_a_503_and_the_server_recovers(
     more = {"items": [{"id": "d8", "text": "document number 8"}]}
     assert call("POST", "/v1/collections/docs/texts", json=more).status_code == 200
     assert call("GET", "/v1/collections/docs/items/d8").status_code == 200
+
+    # The index job went on once the catalogue was back: every image once.
+    finished = wait_for_job(c, job, timeout=120)
+    assert finished["state"] == "succeeded" and finished["done"] == CORPUS, finished
+    assert c.get("/v1/collections/docs").json()["counts"]["image"] == CORPUS
 
     # The password, nowhere: not in a response, a log line or the metrics.
     answers.append(call("GET", "/metrics"))

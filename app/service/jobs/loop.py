@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from app.service.errors import Busy, Failed, ServiceError
-from index import Job, JobFinished, JobState, JobStore, StoreError
+from index import CatalogueUnavailable, Job, JobFinished, JobState, JobStore, StoreError
 from models.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ class JobManager:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._cut_off: set[str] = set()  # jobs an outage of the catalogue interrupted
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -155,16 +156,27 @@ class JobManager:
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
-            for job in self.jobs.unfinished():
-                if self._stopping.is_set():
-                    return
-                try:
-                    self.run(job)
-                except Exception:  # the loop must outlive any one job
-                    log.exception("job %s crashed", job.id)
-                    self.jobs.finish(job.id, JobState.FAILED, "internal error; see the server log")
+            try:
+                self._run_unfinished()
+            except CatalogueUnavailable as exc:  # the loop outlives the catalogue's outage
+                log.warning("jobs wait for the catalogue: %s", exc)
             self._wake.wait(timeout=2.0)
             self._wake.clear()
+
+    def _run_unfinished(self) -> None:
+        for job in self.jobs.unfinished():
+            if self._stopping.is_set():
+                return
+            if job.id in self._cut_off:  # its start was cut short by an outage: not counted
+                self.jobs.stopped(job.id)
+                self._cut_off.discard(job.id)
+            try:
+                self.run(job)
+            except CatalogueUnavailable:
+                raise
+            except Exception:  # the loop must outlive any one job
+                log.exception("job %s crashed", job.id)
+                self.jobs.finish(job.id, JobState.FAILED, "internal error; see the server log")
 
     # --- running one job ------------------------------------------------------------------------
     def run(self, job: Job, on_progress: OnProgress | None = None) -> Job:
@@ -185,6 +197,13 @@ class JobManager:
             return self.jobs.get(job.id)
         except JobFinished:
             log.info("job %s: cancelled while committing; that chunk was not stored", job.id)
+        except CatalogueUnavailable as exc:
+            # Not the job's fault, and nothing can be recorded now: it stays as the
+            # catalogue has it (running, resumable from its last chunk) and is resumed
+            # once the catalogue answers again.
+            log.warning("job %s: stopped by the catalogue's outage (%s)", job.id, exc)
+            self._cut_off.add(job.id)
+            raise
         except (StoreError, ModelError, ServiceError) as exc:
             self.jobs.finish(job.id, JobState.FAILED, str(exc))
         except Exception as exc:
