@@ -186,11 +186,25 @@ class CollectionStore:
     def get_collection(self, name: str) -> CollectionInfo:
         """What a collection holds, a broken one included (with its ``error``)."""
         broken = self.broken.get(name)
-        return broken if broken is not None else self.get(name).info()
+        return broken if broken is not None else self.current(name, strict=False).info()
 
     def serving(self, name: str) -> CollectionInfo:
         """``get_collection`` for a collection about to be used: a broken one raises."""
-        return self.get(name).info()
+        return self.current(name, strict=False).info()
+
+    def current(self, name: str, strict: bool = True) -> LiveCollection:
+        """``get``, with any index that missed a change (its backend failed it, or the
+        catalogue went away around a commit) caught up from the catalogue first; if that
+        fails too, the reason is raised (``strict``) or logged (what it says of itself)."""
+        c = self.get(name)
+        behind = [m for m, side in c.sides.items() if side.lagging]
+        if behind:
+            try:
+                self.dumps.apply(c, behind, lambda m, side: None)  # catches lagging sides up
+            except Exception:
+                if strict:
+                    raise
+        return c
 
     def delete_collection(self, name: str) -> None:
         """Delete a collection, its items, its image files no other item uses, its
@@ -319,7 +333,7 @@ class CollectionStore:
         the filter's reads stop at ``deadline`` (``time.monotonic()``; ``Interrupted``).
         A filter several rankings share is read once beforehand (``allowed``)."""
         return search_collection(
-            self.get(name),
+            self.current(name),
             self.db,
             self.is_current,
             target,

@@ -11,9 +11,10 @@ indexes under the collection's lock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from index.blobs import sha256_hex
 from index.catalogue.base import Conn
 from index.catalogue.db import delete_rows, dumps, find_item, find_items, max_tombstone
 from index.catalogue.jobs import cancel_jobs_of
-from index.errors import UnknownItem
+from index.errors import CatalogueUnavailable, UnknownItem
 from index.live import LiveCollection, Side
 from index.state import StoreState
 from index.types import Modality, NewItem
@@ -51,6 +52,20 @@ def digest_of(item: NewItem) -> str | None:
     if item.content is not None and item.content_sha256 is None:
         return sha256_hex(item.content)
     return item.content_sha256
+
+
+@contextlib.contextmanager
+def uncertain(c: LiveCollection) -> Iterator[None]:
+    """A write whose catalogue went away mid-transaction may have committed before the
+    connection died (the answer to ``COMMIT`` lost): the collection's indexes then catch
+    up from whatever the catalogue holds before their next change or search
+    (``Side.lagging``), instead of guessing."""
+    try:
+        yield
+    except CatalogueUnavailable:
+        for side in c.sides.values():
+            side.lagging = True
+        raise
 
 
 class LockedWriter:
@@ -162,7 +177,7 @@ class LockedWriter:
         # at once, in the same transaction).
         last = {it.id: row for row, it in enumerate(items)}
         rows = sorted(last.values())
-        with store.db.locked_transaction() as conn:
+        with uncertain(c), store.db.locked_transaction() as conn:
             olds = find_items(conn, name, [items[r].id for r in rows])
             if olds:
                 old = list(olds.values())
@@ -221,7 +236,7 @@ class LockedWriter:
     def delete(self, c: LiveCollection, item_id: str) -> None:
         """Delete one item of ``c``."""
         store = self.state
-        with store.db.locked_transaction() as conn:
+        with uncertain(c), store.db.locked_transaction() as conn:
             old = find_item(conn, c.name, item_id)
             if old is None:
                 raise UnknownItem(f"item {item_id!r} is not in collection {c.name!r}")

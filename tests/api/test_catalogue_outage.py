@@ -14,9 +14,12 @@ import httpx
 import pytest
 
 from bench.postgres import PgCluster
+from index import CatalogueUnavailable, CollectionStore, Modality, NewItem
+from index.writes import uncertain
 from tests.calls import wait_for_job
 from tests.corpus import write_many
 from tests.helpers import AppServer
+from tests.stores import CPU, D, V, normalised
 
 PASSWORD = "Sx-9f2-never-shown"
 CORPUS = 160
@@ -100,3 +103,32 @@ def test_a_catalogue_outage_is_a_503_and_the_server_recovers(
         assert PASSWORD not in r.text and PASSWORD not in str(r.headers)
     assert PASSWORD not in caplog.text
     assert "catalogue" in caplog.text.lower() or any(r.status_code == 503 for r in answers)
+
+
+def test_a_commit_whose_answer_was_lost_is_caught_up_before_the_next_search(
+    tmp_path: Path, pg: PgCluster
+) -> None:
+    """The catalogue went away after ``COMMIT`` reached it, before its answer came back:
+    the write raised, yet its rows are there. The indexes then catch up from the
+    catalogue before the next search, rather than miss what it holds."""
+    store = CollectionStore(tmp_path / "d", backends=CPU, database_url=pg.database())
+    try:
+        store.create_collection("c", D, V)
+        store.upsert("c", [NewItem("a", Modality.TEXT, {}, text="a")], normalised(1, 1), V)
+        c = store.get("c")
+        landed = NewItem("b", Modality.TEXT, {"n": 1}, text="b")
+        with pytest.raises(CatalogueUnavailable), uncertain(c):
+            with store.db.transaction() as conn:  # what the lost commit wrote
+                row = ("c", "b", "text", '{"n":1}', "b", None, None, normalised(1, 2)[0].tobytes())
+                (label,) = store.db.insert_items(conn, [(*row, None, V, 1.0)])
+                store.db.fields_written(conn, [(label, "c", "text", landed.metadata)])
+            raise CatalogueUnavailable("the answer to COMMIT was lost")
+        assert store.get_collection("c").counts[Modality.TEXT] == 2
+        (hits,) = store.search("c", Modality.TEXT, normalised(1, 2), 2, model_version=V)
+        assert hits[0].id == "b" and hits[0].score == pytest.approx(1.0, abs=1e-5)
+        (hits,) = store.search(
+            "c", Modality.TEXT, normalised(1, 2), 2, model_version=V, where={"n": 1}
+        )
+        assert [h.id for h in hits] == ["b"]
+    finally:
+        store.close()
