@@ -83,6 +83,8 @@ class Services:
             if self.store is not None:
                 try:
                     await run_in_threadpool(self.store.dump, True)
+                except CatalogueUnavailable as exc:
+                    log.warning("periodic index dump waits for the catalogue: %s", exc)
                 except Exception:
                     log.exception("periodic index dump failed; SQLite still holds every item")
 
@@ -93,6 +95,8 @@ class Services:
         while True:  # once at start (what a killed process left), then every interval
             try:
                 await run_in_threadpool(self.sweep)
+            except CatalogueUnavailable as exc:
+                log.warning("sweeping unreferenced images waits for the catalogue: %s", exc)
             except Exception:
                 log.exception("sweeping unreferenced images failed")
             await asyncio.sleep(SWEEP_INTERVAL_S)

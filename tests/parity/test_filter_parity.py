@@ -18,7 +18,7 @@ from bench.postgres import PgCluster
 from index import CollectionStore, FaissBackends, MilvusBackends, Modality, NewItem
 from index.catalogue.filters import filter_labels
 from index.errors import InvalidFilter
-from index.filter_tree import matches, parse
+from index.filter_tree import Node, matches, parse
 from tests.stores import D, V, normalised
 
 N = 240
@@ -78,6 +78,18 @@ def a_filter(rng: random.Random, depth: int = 0) -> dict[str, Any]:
     return out
 
 
+def parsed_filters(seed: int, n: int) -> Iterator[tuple[dict[str, Any], Node]]:
+    """``n`` generated filters with their trees, less those refused (one key compared with
+    numbers and strings: refused alike, tested below)."""
+    rng = random.Random(seed)
+    for _ in range(n):
+        where = a_filter(rng)
+        try:
+            yield where, parse(where)
+        except InvalidFilter:
+            continue
+
+
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory: pytest.TempPathFactory, pg: PgCluster) -> Iterator[dict[str, Any]]:
     rng = random.Random(7)
@@ -110,14 +122,8 @@ def ids(store: CollectionStore, where: dict[str, Any]) -> set[str]:
 def test_generated_filters_give_the_same_items_on_both_backends_and_catalogues(
     stores: dict[str, Any],
 ) -> None:
-    rng = random.Random(11)
     nonempty = 0
-    for _ in range(160):
-        where = a_filter(rng)
-        try:
-            node = parse(where)
-        except InvalidFilter:
-            continue  # one key compared with numbers and strings: refused alike below
+    for where, node in parsed_filters(11, 160):
         expected = {f"t-{i}" for i, m in enumerate(stores["metas"]) if matches(node, m)}
         assert ids(stores["faiss"], where) == expected, where
         assert ids(stores["milvus"], where) == expected, where  # as labels found in SQLite
@@ -224,15 +230,9 @@ def test_broad_filters_read_the_ranking_and_give_the_exact_top_k(
     monkeypatch.setattr(index.search, "BROAD_MIN", 0)
     monkeypatch.setattr(index.search, "BROAD_SHARE", 0.0)
     store: CollectionStore = stores[name]
-    rng = random.Random(23)
     xb, xq = normalised(N, 1), normalised(3, 5)
     checked = 0
-    for _ in range(60):
-        where = a_filter(rng)
-        try:
-            node = parse(where)
-        except InvalidFilter:
-            continue
+    for where, node in parsed_filters(23, 60):
         passing = [i for i, m in enumerate(stores["metas"]) if matches(node, m)]
         if not passing:
             continue

@@ -21,3 +21,15 @@ def test_settings_are_few_and_grouped() -> None:
     names = list(Settings.model_fields)
     assert len(names) <= 46, len(names)
     assert names[0] in SECTIONS and set(SECTIONS) <= set(names)
+
+
+def test_milvus_credentials_come_from_the_uri_and_leave_it() -> None:
+    """Milvus auth (``user:password`` or an API key) rides in the URI's user part, as a
+    database URL's does; the URI handed to Milvus carries no secret."""
+    plain = Settings(milvus_uri="http://milvus:19530")
+    assert plain.milvus_target == ("http://milvus:19530", None)
+    auth = Settings(milvus_uri="https://root:Mil%40vus@milvus.internal:19530")
+    assert auth.milvus_target == ("https://milvus.internal:19530", "root:Mil@vus")
+    key = Settings(milvus_uri="https://abc123@in01.zillizcloud.com")
+    assert key.milvus_target == ("https://in01.zillizcloud.com", "abc123")
+    assert Settings(milvus_uri="/data/milvus.db").milvus_target == ("/data/milvus.db", None)
