@@ -48,6 +48,7 @@ from index.archive_check import (
     verify,
 )
 from index.blobs import fsync_dir
+from index.catalogue.base import Conn
 from index.catalogue.db import STORED_COLUMNS, stored_item_from_row
 from index.collections import COLLECTION_NAME, COLLECTION_NAME_RULE, CollectionStore
 from index.errors import CollectionExists, StoreError
@@ -182,7 +183,7 @@ def archive_estimate(store: CollectionStore, name: str) -> int:
     return int(n * c.dim * 4 + records + images + 64 * 1024)
 
 
-def _chunks(conn: Any, name: str) -> Iterator[list[StoredItem]]:
+def _chunks(conn: Conn, name: str) -> Iterator[list[StoredItem]]:
     after = -1
     while True:
         rows = conn.execute(

@@ -75,16 +75,15 @@ def duplicates(args: argparse.Namespace) -> int:
             job = client.run_job(path, params, show_progress)
             result = client.get(f"/v1/jobs/{job['id']}/result") if succeeded(job) else None
     else:
-        from app.service.jobs import DUPLICATES_JOB, DuplicatesRunner
+        from app.service.jobs import DUPLICATES_JOB
 
         with local_stack() as stack:
             job = run_local(
                 stack, stack.jobs.submit(DUPLICATES_JOB, args.collection, params), show_progress
             )
-            runner = stack.jobs.runners[DUPLICATES_JOB]
-            assert isinstance(runner, DuplicatesRunner)
             done = succeeded(job)
-            result = json.loads(runner.result_path(job["id"]).read_text()) if done else None
+            found = stack.duplicates.result_path(job["id"])
+            result = json.loads(found.read_text()) if done else None
     sys.stderr.write("\n")
     if result is None:
         print(

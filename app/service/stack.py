@@ -52,6 +52,7 @@ class Stack:
     images: ImageFetcher
     archives: Archives
     uploads: Uploads
+    duplicates: DuplicatesRunner  # where a duplicates job's result is
 
     @property
     def limits(self) -> Limits:
@@ -129,13 +130,14 @@ def build_stack(
         retrieval = Retrieval(Limits(settings), store, engine, metrics.search_batch.observe)
         archives = Archives(settings)
         restores = RestoreRunner(settings, store, job_store, engine)
+        duplicates = DuplicatesRunner(settings, store, job_store)
         jobs = JobManager(
             job_store,
             [
                 IndexRunner(settings, store, job_store, engine, retrieval),
                 FinetuneRunner(settings, job_store, engine, finetuner),
                 ActivateRunner(job_store, activator, registry),
-                DuplicatesRunner(settings, store, job_store),
+                duplicates,
                 ReindexRunner(store, job_store),
                 SnapshotRunner(archives, store, job_store),
                 restores,
@@ -166,4 +168,5 @@ def build_stack(
         images,
         archives,
         restores.uploads,
+        duplicates,
     )

@@ -9,11 +9,11 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.auth import ReadAccess, WriteAccess, check_collection, grant_of
 from app.api.bodies import ControlJSONRoute
-from app.api.deps import JobsDep
+from app.api.deps import JobsDep, StackDep
 from app.api.openapi import errors
 from app.api.schemas import JobCreated, RequestBody, accepted
 from app.service.access import ADMIN, WRITE, opens
-from app.service.jobs import DUPLICATES_JOB, INDEX_JOB, REINDEX_JOB, DuplicatesRunner, job_summary
+from app.service.jobs import DUPLICATES_JOB, INDEX_JOB, REINDEX_JOB, job_summary
 from index import Modality, UnknownJob
 from models.sources import Format
 
@@ -135,14 +135,12 @@ async def start_reindex_job(
     responses={200: {"content": {"application/json": {}}}, **errors(404)},
     response_class=FileResponse,
 )
-async def job_result(job_id: str, jobs: JobsDep, request: Request) -> FileResponse:
+async def job_result(job_id: str, jobs: JobsDep, stack: StackDep, request: Request) -> FileResponse:
     """What a finished duplicates job found: `{"collection", "modality", "threshold",
     "groups": [{"ids": [...]}]}`, largest groups first, ids in the order they were added."""
     job = await run_in_threadpool(jobs.jobs.get, job_id)
     check_collection(request, job.collection)
-    runner = jobs.runners[DUPLICATES_JOB]
-    assert isinstance(runner, DuplicatesRunner)
-    path = runner.result_path(job.id)
+    path = stack.duplicates.result_path(job.id)
     if job.kind != DUPLICATES_JOB or job.state.value != "succeeded" or not path.exists():
         raise UnknownJob(f"job {job_id!r} has no result (only a succeeded duplicates job has)")
     return FileResponse(path, media_type="application/json", filename=f"duplicates-{job.id}.json")
