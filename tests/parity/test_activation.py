@@ -61,14 +61,24 @@ def activate(c: httpx.Client, version: str, **body: Any) -> dict[str, Any]:
     return wait_for_job(c, r.json()["id"], timeout=300)
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+# Each vector backend on SQLite, and FAISS with the catalogue on PostgreSQL.
+LABS = [(b, "sqlite") for b in BACKENDS] + [("faiss", "postgres")]
+
+
+@pytest.fixture(
+    scope="module", params=LABS, ids=[b if c == "sqlite" else f"{b}-{c}" for b, c in LABS]
+)
 def lab(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[tuple[AppServer, httpx.Client]]:
+    backend, catalogue = request.param
     data = tmp_path_factory.mktemp("activation") / "data"
     write_dataset(data / "import", "train", 400, seed=0, side=32)
     write_dataset(data / "import", "gallery", 80, seed=9, side=32)
-    server = AppServer(data, vector_backend=request.param).start()
+    extra = {}
+    if catalogue == "postgres":
+        extra["database_url"] = request.getfixturevalue("pg").database()
+    server = AppServer(data, vector_backend=backend, **extra).start()
     client = httpx.Client(base_url=server.url, timeout=60)
     assert client.post("/v1/collections", json={"name": "gallery"}).status_code == 201
     job = wait_for_job(
