@@ -103,6 +103,11 @@ def stores(tmp_path_factory: pytest.TempPathFactory, pg: PgCluster) -> Iterator[
         "postgres": CollectionStore(
             root / "p", backends=FaissBackends(use_gpu=False), database_url=pg.database()
         ),
+        "milvus-postgres": CollectionStore(
+            root / "mp",
+            backends=MilvusBackends(str(root / "lite-pg.db")),
+            database_url=pg.database(),
+        ),
     }
     for store in opened.values():
         store.create_collection("c", D, V)
@@ -128,6 +133,7 @@ def test_generated_filters_give_the_same_items_on_both_backends_and_catalogues(
         assert ids(stores["faiss"], where) == expected, where
         assert ids(stores["milvus"], where) == expected, where  # as labels found in SQLite
         assert ids(stores["postgres"], where) == expected, where
+        assert ids(stores["milvus-postgres"], where) == expected, where
         # Milvus's own evaluation, used for filters that keep many items, agrees too.
         milvus = stores["milvus"]
         (native,) = (
@@ -219,7 +225,7 @@ def test_an_old_milvus_collection_answers_operator_filters_through_sqlite(
         store.close()
 
 
-@pytest.mark.parametrize("name", ["faiss", "milvus", "postgres"])
+@pytest.mark.parametrize("name", ["faiss", "milvus", "postgres", "milvus-postgres"])
 def test_broad_filters_read_the_ranking_and_give_the_exact_top_k(
     stores: dict[str, Any], name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
