@@ -49,7 +49,7 @@ from index.archive_check import (
 )
 from index.blobs import fsync_dir
 from index.catalogue.base import Conn
-from index.catalogue.db import STORED_COLUMNS, stored_item_from_row
+from index.catalogue.rows import STORED_COLUMNS, stored_item_from_row
 from index.collections import COLLECTION_NAME, COLLECTION_NAME_RULE, CollectionStore
 from index.errors import CollectionExists, StoreError
 from index.live import SHADOW_PREFIX

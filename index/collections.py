@@ -27,13 +27,8 @@ import numpy as np
 
 from index.blobs import BlobStore
 from index.catalogue.base import Conn
-from index.catalogue.db import (
-    ITEM_COLUMNS,
-    count_items,
-    item_from_row,
-    stored_versions,
-)
 from index.catalogue.opening import open_catalogue
+from index.catalogue.rows import ITEM_COLUMNS, count_items, item_from_row, stored_versions
 from index.errors import (
     CollectionExists,
     DimensionMismatch,

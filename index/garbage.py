@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from index.blobs import BlobStore
 from index.catalogue.base import Catalogue
-from index.catalogue.db import SQL_CHUNK
+from index.catalogue.rows import SQL_CHUNK
 
 log = logging.getLogger(__name__)
 

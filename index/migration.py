@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from index.catalogue.db import STORED_COLUMNS, stored_item_from_row
+from index.catalogue.rows import STORED_COLUMNS, stored_item_from_row
 from index.errors import StoreError, UnknownItem
 from index.live import SHADOW_PREFIX
 from index.types import NewItem, StoredItem

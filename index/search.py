@@ -17,13 +17,8 @@ from typing import Any
 import numpy as np
 
 from index.catalogue.base import Catalogue
-from index.catalogue.db import (
-    ITEM_COLUMNS,
-    SQL_CHUNK,
-    hit_rows,
-    item_from_row,
-)
 from index.catalogue.filters import filter_labels
+from index.catalogue.rows import ITEM_COLUMNS, SQL_CHUNK, hit_rows, item_from_row
 from index.errors import ModelMismatch, UnknownItem
 from index.filter_tree import Node, matches
 from index.live import LiveCollection

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from index.blobs import BlobStore
 from index.catalogue.base import Catalogue
-from index.catalogue.db import delete_rows
+from index.catalogue.rows import delete_rows
 from index.errors import CollectionBroken, UnknownCollection
 from index.garbage import ImageGarbage
 from index.live import SHADOW_PREFIX, LiveCollection

@@ -20,8 +20,8 @@ import numpy as np
 
 from index.blobs import sha256_hex
 from index.catalogue.base import Conn
-from index.catalogue.db import delete_rows, dumps, find_item, find_items, max_tombstone
 from index.catalogue.jobs import cancel_jobs_of
+from index.catalogue.rows import delete_rows, dumps, find_item, find_items, max_tombstone
 from index.errors import CatalogueUnavailable, UnknownItem
 from index.live import LiveCollection, Side
 from index.state import StoreState

@@ -33,88 +33,15 @@ import numpy as np
 import psycopg
 import psycopg.errors
 
-from index.catalogue import pg_lexical
+from index.catalogue import pg_lexical, pg_schema
 from index.catalogue.base import Conn, FieldRows
-from index.catalogue.db import INSERT_ITEM
+from index.catalogue.rows import INSERT_ITEM
 from index.errors import CatalogueUnavailable, Interrupted
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 CONNECT_TIMEOUT_S = 5
 ANALYSE_EVERY = 1000  # rows inserted before the tables are vacuumed and analysed
-
-# The same tables as SQLite's (index.catalogue.db), typed for PostgreSQL: REAL there is
-# a double here, BLOB bytea; item_fields keeps numbers and strings in typed columns.
-SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS xmodal_schema (version INTEGER NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS collections (
-        name TEXT PRIMARY KEY,
-        uid TEXT NOT NULL,
-        index_spec TEXT NOT NULL,
-        dim INTEGER NOT NULL,
-        model_version TEXT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL)""",
-    f"""CREATE TABLE IF NOT EXISTS items (
-        label BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        collection TEXT NOT NULL,
-        id TEXT NOT NULL,
-        modality TEXT NOT NULL,
-        metadata TEXT NOT NULL,
-        text TEXT,
-        content_sha256 TEXT,
-        media_type TEXT,
-        embedding BYTEA NOT NULL,
-        raw_embedding BYTEA,
-        model_version TEXT NOT NULL,
-        created_at DOUBLE PRECISION NOT NULL,
-        words tsvector GENERATED ALWAYS AS ({pg_lexical.DOCUMENT}) STORED,
-        UNIQUE (collection, id))""",
-    "CREATE INDEX IF NOT EXISTS items_by_modality ON items (collection, modality, label)",
-    "CREATE INDEX IF NOT EXISTS items_by_content ON items (content_sha256)",
-    "CREATE INDEX IF NOT EXISTS items_by_words ON items USING GIN (words)",
-    """CREATE TABLE IF NOT EXISTS tombstones (
-        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        collection TEXT NOT NULL,
-        modality TEXT NOT NULL,
-        label BIGINT NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS tombstones_by_collection ON tombstones (collection, modality, seq)",
-    "CREATE TABLE IF NOT EXISTS index_reports (uid TEXT PRIMARY KEY, report TEXT NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS item_fields (
-        label BIGINT NOT NULL REFERENCES items (label) ON DELETE CASCADE,
-        key TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        num NUMERIC,
-        str BYTEA,
-        collection TEXT NOT NULL,
-        modality TEXT NOT NULL)""",
-    """CREATE INDEX IF NOT EXISTS item_fields_by_num
-        ON item_fields (collection, modality, key, kind, num, label)""",
-    """CREATE INDEX IF NOT EXISTS item_fields_by_str
-        ON item_fields (collection, modality, key, kind, str, label)""",
-    "CREATE INDEX IF NOT EXISTS item_fields_by_label ON item_fields (label)",
-    """CREATE TABLE IF NOT EXISTS jobs (
-        id TEXT PRIMARY KEY,
-        kind TEXT NOT NULL,
-        state TEXT NOT NULL,
-        collection TEXT,
-        params TEXT NOT NULL,
-        total BIGINT,
-        done BIGINT NOT NULL DEFAULT 0,
-        failed BIGINT NOT NULL DEFAULT 0,
-        cursor BIGINT NOT NULL DEFAULT 0,
-        errors TEXT NOT NULL DEFAULT '[]',
-        message TEXT,
-        run_seconds DOUBLE PRECISION NOT NULL DEFAULT 0,
-        created_at DOUBLE PRECISION NOT NULL,
-        started_at DOUBLE PRECISION,
-        finished_at DOUBLE PRECISION,
-        detail TEXT NOT NULL DEFAULT '{}',
-        starts INTEGER NOT NULL DEFAULT 0)""",
-    "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at)",
-]
-# Upgrades in place, by the version they lead to (none yet: version 1 is the first).
-UPGRADES: dict[int, list[str]] = {}
 
 
 def masked(url: str) -> str:
@@ -304,21 +231,21 @@ class PostgresDatabase:
         transaction (the schema table's lock keeps two servers from racing)."""
         with self.transaction() as conn:
             pg_lexical.create_configuration(conn)
-            for statement in SCHEMA:
+            for statement in pg_schema.SCHEMA:
                 conn.execute(statement)
             conn.execute("LOCK TABLE xmodal_schema IN EXCLUSIVE MODE")
             row = conn.execute("SELECT version FROM xmodal_schema").fetchone()
             if row is None:
-                conn.execute("INSERT INTO xmodal_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+                conn.execute("INSERT INTO xmodal_schema (version) VALUES (?)", (pg_schema.VERSION,))
                 return
             version = int(row[0])
-            if version > SCHEMA_VERSION:
+            if version > pg_schema.VERSION:
                 raise CatalogueUnavailable(
                     f"the catalogue at {self.shown} has schema version {version}, newer than "
-                    f"this server's {SCHEMA_VERSION}: upgrade xmodal"
+                    f"this server's {pg_schema.VERSION}: upgrade xmodal"
                 )
-            for target in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in UPGRADES.get(target, []):
+            for target in range(version + 1, pg_schema.VERSION + 1):
+                for statement in pg_schema.UPGRADES.get(target, []):
                     conn.execute(statement)
                 conn.execute("UPDATE xmodal_schema SET version = ?", (target,))
                 log.info("catalogue schema upgraded to version %d", target)

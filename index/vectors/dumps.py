@@ -28,7 +28,7 @@ import numpy as np
 
 from index.blobs import atomic_write
 from index.catalogue.base import Catalogue
-from index.catalogue.db import load_vectors, max_tombstone
+from index.catalogue.rows import load_vectors, max_tombstone
 from index.live import LiveCollection, Side
 from index.types import Modality
 from index.vectors.backend import BackendFactory, VectorBackend

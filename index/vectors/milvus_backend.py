@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from index.catalogue.base import Catalogue
-from index.catalogue.db import SQL_CHUNK, dumps
+from index.catalogue.rows import SQL_CHUNK, dumps
 from index.errors import DimensionMismatch, StoreError
 from index.filter_tree import Node
 from index.types import NewItem

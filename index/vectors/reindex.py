@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from index.catalogue.db import load_vectors, max_tombstone
+from index.catalogue.rows import load_vectors, max_tombstone
 from index.errors import UnknownCollection
 from index.live import Side
 from index.types import Modality

@@ -7,10 +7,11 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-import index.catalogue.postgres as postgres
+import index.catalogue.pg_schema as pg_schema
 from bench.postgres import PgCluster
 from index import CatalogueUnavailable
-from index.catalogue.postgres import SCHEMA_VERSION, PostgresDatabase, masked
+from index.catalogue.pg_schema import VERSION
+from index.catalogue.postgres import PostgresDatabase, masked
 
 
 def version(url: str) -> int:
@@ -25,15 +26,15 @@ def test_the_schema_version_is_recorded_upgraded_and_refused_when_newer(
 ) -> None:
     url = pg.database()
     PostgresDatabase(url).close()
-    assert version(url) == SCHEMA_VERSION
+    assert version(url) == VERSION
     # An upgrade to the next version runs its statements once, in place.
-    monkeypatch.setattr(postgres, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    monkeypatch.setattr(pg_schema, "VERSION", VERSION + 1)
     monkeypatch.setattr(
-        postgres, "UPGRADES", {SCHEMA_VERSION + 1: ["ALTER TABLE jobs ADD COLUMN note TEXT"]}
+        pg_schema, "UPGRADES", {VERSION + 1: ["ALTER TABLE jobs ADD COLUMN note TEXT"]}
     )
     PostgresDatabase(url).close()
     PostgresDatabase(url).close()  # nothing left to do
-    assert version(url) == SCHEMA_VERSION + 1
+    assert version(url) == VERSION + 1
     monkeypatch.undo()
     with pytest.raises(CatalogueUnavailable, match="newer than this server"):
         PostgresDatabase(url)
