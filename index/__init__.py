@@ -11,6 +11,7 @@ from index.catalogue.jobs import (
     JobNotCancellable,
     JobState,
     JobStore,
+    LeaseLost,
     Progress,
     UnknownJob,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "Item",
     "Job",
     "JobFinished",
+    "LeaseLost",
     "JobNotCancellable",
     "JobState",
     "JobStore",

@@ -4,7 +4,10 @@ the store, the engine, the model registry, the jobs and the activator."""
 from __future__ import annotations
 
 import logging
+import os
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from app.service.activation import Activator, restore_active
 from app.service.advice import ADVICE_TIMEOUT_S, Advisor
@@ -95,6 +98,21 @@ def open_job_store(settings: Settings) -> JobStore:
     return JobStore(open_catalogue(settings.data_dir, database_url(settings)))
 
 
+def server_id(data_dir: Path) -> str:
+    """This server's name in the catalogue's job leases: kept in its data dir, so a
+    restarted server takes its own running jobs back at once (another server waits for
+    their lease to run out)."""
+    path = data_dir / "server-id"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        name = uuid.uuid4().hex
+        tmp = path.with_name(f".{path.name}.{name}")
+        tmp.write_text(name)
+        os.replace(tmp, path)
+        return name
+
+
 def database_url(settings: Settings) -> str | None:
     url = settings.database_url
     return url.get_secret_value() if url is not None else None
@@ -120,7 +138,7 @@ def build_stack(
             encoder.enable_int8_text()
         metrics = metrics or Metrics()
         engine = Engine(encoder, settings, metrics)
-        job_store = JobStore(store.db)
+        job_store = JobStore(store.db, owner=server_id(settings.data_dir))
         registry = ModelRegistry(settings.data_dir / "versions")
         finetuner = FineTuner(settings, registry, job_store, engine.run_model, engine.image_side)
         restored = restore_active(settings, engine, finetuner)

@@ -88,7 +88,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     finished_at REAL,
     detail TEXT NOT NULL DEFAULT '{}',
-    starts INTEGER NOT NULL DEFAULT 0
+    starts INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    lease_until REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at);
 """
@@ -173,6 +175,9 @@ class SqliteDatabase:
         columns = {row[1] for row in self.writer.execute("PRAGMA table_info(jobs)")}
         if "starts" not in columns:  # a database from before starts were counted
             self.writer.execute("ALTER TABLE jobs ADD COLUMN starts INTEGER NOT NULL DEFAULT 0")
+        if "owner" not in columns:  # a database from before jobs were leased to a server
+            self.writer.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+            self.writer.execute("ALTER TABLE jobs ADD COLUMN lease_until REAL")
         fields_backfill = (
             "INSERT INTO item_fields (label, key, kind, value, collection, modality)"
             f" SELECT items.label, {FIELD_COLUMNS}, items.collection, items.modality"

@@ -23,10 +23,11 @@ NO_RETURN = "past_point_of_no_return"  # in a job's detail: it can no longer be 
 # Starts without the job's resume point moving after which it fails instead of starting
 # again: the server died under it each time (out of memory, most likely).
 MAX_STARTS = 3
+LEASE_S = 30.0  # how long a server's claim on a running job lasts without a heartbeat
 
 _COLUMNS = (
     "id, kind, state, collection, params, total, done, failed, cursor, errors, message,"
-    " run_seconds, created_at, started_at, finished_at, detail, starts"
+    " run_seconds, created_at, started_at, finished_at, detail, starts, owner"
 )
 
 
@@ -74,6 +75,7 @@ class Job:
     finished_at: float | None
     detail: dict[str, Any]  # what a kind of job reports beyond counts (training progress)
     starts: int = 0  # times started since its resume point last moved (see MAX_STARTS)
+    owner: str | None = None  # the server that runs (or last ran) it
 
     @property
     def items_per_second(self) -> float | None:
@@ -106,9 +108,20 @@ class Progress:
     counts: Mapping[str, int] = field(default_factory=dict)
 
 
+class LeaseLost(StoreError):
+    """Another server holds the job now (this one missed its heartbeats): whatever this
+    one was about to commit for it is not stored."""
+
+
 class JobStore:
-    def __init__(self, db: Catalogue) -> None:
+    """Job records in the catalogue. A running job is leased to one server (``owner``)
+    until ``lease_until``, renewed by its heartbeat: any server may take over a job whose
+    lease ran out (its server died), and only the holder commits progress for it."""
+
+    def __init__(self, db: Catalogue, owner: str | None = None, lease_s: float = LEASE_S) -> None:
         self.db = db
+        self.owner = owner or uuid.uuid4().hex
+        self.lease_s = lease_s
 
     def create(self, kind: str, collection: str | None, params: dict[str, Any]) -> Job:
         job_id = uuid.uuid4().hex[:16]
@@ -156,41 +169,70 @@ class JobStore:
         return [_job(r) for r in rows]
 
     def start(self, job_id: str) -> bool:
-        """Queued (or interrupted while running) -> running, counting the start; False if
-        it ended meanwhile, or if it has started ``MAX_STARTS`` times without its resume
-        point moving: the server died under it each time, so it fails with that reason
-        instead of taking the server down again on every start."""
+        """Queued (or interrupted while running, its lease run out or this server's) ->
+        running, leased to this server, counting the start; False if it ended meanwhile,
+        if another server holds it, or if it has started ``MAX_STARTS`` times without its
+        resume point moving: the server died under it each time, so it fails with that
+        reason instead of taking the server down again on every start. The claim is one
+        conditional update of what was read: of two servers claiming at once, one wins."""
+        now = time.time()
         with self.db.transaction() as conn:
-            row = conn.execute("SELECT state, starts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = conn.execute(
+                "SELECT state, starts, owner, lease_until FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
             if row is None or JobState(row[0]).finished:
                 return False
-            if row[1] >= MAX_STARTS:
+            state, starts, owner, lease_until = row
+            held = lease_until is not None and lease_until > now and owner != self.owner
+            if state == JobState.RUNNING.value and held:
+                return False
+            if starts >= MAX_STARTS:
                 message = (
-                    f"the server stopped {row[1]} times while this job ran, without the job "
+                    f"the server stopped {starts} times while this job ran, without the job "
                     "getting any further (out of memory, most likely: see the server log); it "
                     "is not started again: submit it anew, with smaller settings if it ran "
                     "out of memory"
                 )
                 conn.execute(
                     "UPDATE jobs SET state = ?, message = ?, finished_at = ? WHERE id = ?",
-                    (JobState.FAILED.value, message, time.time(), job_id),
+                    (JobState.FAILED.value, message, now, job_id),
                 )
                 return False
-            conn.execute(
+            cur = conn.execute(
                 "UPDATE jobs SET state = ?, started_at = COALESCE(started_at, ?),"
-                " starts = starts + 1 WHERE id = ?",
-                (JobState.RUNNING.value, time.time(), job_id),
+                " starts = starts + 1, owner = ?, lease_until = ?"
+                " WHERE id = ? AND state = ? AND starts = ? AND COALESCE(owner, '') = ?",
+                (
+                    JobState.RUNNING.value,
+                    now,
+                    self.owner,
+                    now + self.lease_s,
+                    job_id,
+                    state,
+                    starts,
+                    owner or "",
+                ),
             )
-        return True
+            return bool(cur.rowcount == 1)
+
+    def renew(self, job_id: str) -> bool:
+        """This server's heartbeat for a job it runs: its lease extended; False if the
+        job is no longer running under this server's lease."""
+        with self.db.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = ? AND owner = ?",
+                (time.time() + self.lease_s, job_id, JobState.RUNNING.value, self.owner),
+            )
+            return bool(cur.rowcount == 1)
 
     def stopped(self, job_id: str) -> None:
         """The server stopped the job cleanly (to resume it on the next start): that start
         does not count against it."""
         with self.db.transaction() as conn:
             conn.execute(
-                "UPDATE jobs SET starts = CASE WHEN starts > 0 THEN starts - 1 ELSE 0 END"
-                " WHERE id = ?",
-                (job_id,),
+                "UPDATE jobs SET starts = CASE WHEN starts > 0 THEN starts - 1 ELSE 0 END,"
+                " lease_until = NULL WHERE id = ? AND (owner IS NULL OR owner = ?)",
+                (job_id, self.owner),
             )
 
     def set_total(self, job_id: str, total: int) -> None:
@@ -222,22 +264,23 @@ class JobStore:
         """A statement to run inside the transaction that stores the chunk's items."""
 
         def record(conn: Conn) -> None:
-            _apply(conn, job_id, progress)
+            _apply(conn, job_id, progress, self.owner)
 
         return record
 
     def advance(self, job_id: str, progress: Progress) -> None:
         """Record progress for a chunk that stored nothing (all failed or unchanged)."""
         with self.db.transaction() as conn:
-            _apply(conn, job_id, progress)
+            _apply(conn, job_id, progress, self.owner)
 
     def finish(self, job_id: str, state: JobState, message: str | None = None) -> None:
-        """End a running job, unless it was cancelled meanwhile."""
+        """End a running job, unless it was cancelled meanwhile or another server holds
+        it now."""
         with self.db.transaction() as conn:
             conn.execute(
-                "UPDATE jobs SET state = ?, message = ?, finished_at = ?"
-                " WHERE id = ? AND state = ?",
-                (state.value, message, time.time(), job_id, JobState.RUNNING.value),
+                "UPDATE jobs SET state = ?, message = ?, finished_at = ?, lease_until = NULL"
+                " WHERE id = ? AND state = ? AND (owner IS NULL OR owner = ?)",
+                (state.value, message, time.time(), job_id, JobState.RUNNING.value, self.owner),
             )
 
     def pass_point_of_no_return(self, job_id: str, detail: dict[str, Any]) -> bool:
@@ -290,13 +333,18 @@ def cancel_jobs_of(conn: Conn, collection: str, reason: str) -> int:
     return cur.rowcount
 
 
-def _apply(conn: Conn, job_id: str, p: Progress) -> None:
-    row = conn.execute("SELECT errors, detail, state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+def _apply(conn: Conn, job_id: str, p: Progress, owner: str) -> None:
+    row = conn.execute(
+        "SELECT errors, detail, state, owner FROM jobs WHERE id = ?", (job_id,)
+    ).fetchone()
     if row is None:
         raise UnknownJob(f"job {job_id!r} does not exist")
     if JobState(row[2]).finished:
         # Cancelled while the chunk was on its way: raising rolls the chunk back with it.
         raise JobFinished(f"job {job_id!r} already {row[2]}")
+    if row[3] is not None and row[3] != owner:
+        # Taken over by another server: this chunk is theirs to store, not ours.
+        raise LeaseLost(f"job {job_id!r} runs on another server now")
     errors, detail = json.loads(row[0]), json.loads(row[1])
     if p.errors and len(errors) < MAX_ERRORS:
         errors.extend(p.errors[: MAX_ERRORS - len(errors)])
@@ -342,4 +390,5 @@ def _job(row: Sequence[Any]) -> Job:
         finished_at=row[14],
         detail=json.loads(row[15]),
         starts=row[16],
+        owner=row[17],
     )

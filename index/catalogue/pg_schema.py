@@ -72,7 +72,9 @@ SCHEMA = [
         started_at DOUBLE PRECISION,
         finished_at DOUBLE PRECISION,
         detail TEXT NOT NULL DEFAULT '{}',
-        starts INTEGER NOT NULL DEFAULT 0)""",
+        starts INTEGER NOT NULL DEFAULT 0,
+        owner TEXT,
+        lease_until DOUBLE PRECISION)""",
     "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at)",
 ]
 # Upgrades in place, by the version they lead to (none yet: version 1 is the first).

@@ -5,13 +5,17 @@ its writes."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.service.jobs.loop import JobContext, JobManager, JobStopped
-from index import DB_FILE, JobState, JobStore, SqliteDatabase
+from bench.postgres import PgCluster
+from index import DB_FILE, JobState, JobStore, Progress, SqliteDatabase
+from index.catalogue.postgres import PostgresDatabase
 
 
 class Recorder:
@@ -58,3 +62,75 @@ def test_a_job_is_pinned_to_the_collection_it_was_submitted_for(jobs: JobStore) 
     assert runner.ran == []
     again = manager.submit("record", "c", {})
     assert manager.run(again).state is JobState.SUCCEEDED and runner.ran == [again.id]
+
+
+class Steps:
+    """A job of ``steps`` steps; each step commits its progress, as a chunk does, and
+    waits ``pause`` seconds. ``hang`` freezes the runner mid-step (with its heartbeat
+    stopped, a server killed with its job under way)."""
+
+    kind = "steps"
+
+    def __init__(self, name: str, pause: float = 0.05) -> None:
+        self.name = name
+        self.pause = pause
+        self.done: list[int] = []
+        self.hang = threading.Event()
+
+    def check(self, collection: str | None, params: dict[str, Any]) -> dict[str, Any]:
+        return params
+
+    def run(self, ctx: JobContext) -> None:
+        job = ctx.jobs.get(ctx.job.id)
+        for step in range(job.cursor, int(job.params["steps"])):
+            if ctx.stopping():
+                return
+            time.sleep(self.pause)
+            while self.hang.is_set():
+                time.sleep(0.05)
+            ctx.jobs.advance(job.id, Progress(cursor=step + 1, done=1))
+            self.done.append(step)
+
+
+def test_a_job_runs_once_across_servers_and_moves_when_its_server_dies(pg: PgCluster) -> None:
+    """Two servers share one catalogue on PostgreSQL: a job submitted to either is run by
+    exactly one (a lease claimed by one conditional update); when that one freezes, its
+    lease runs out and the other takes the job over from its last committed step; the
+    frozen one, thawed, commits nothing more for it."""
+    url = pg.database()
+    stores = [JobStore(PostgresDatabase(url), owner=f"server-{i}", lease_s=1.0) for i in (0, 1)]
+    runners = [Steps("a"), Steps("b")]
+    managers = [JobManager(s, [r]) for s, r in zip(stores, runners, strict=True)]
+    for m in managers:
+        m.start()
+    try:
+        first = managers[1].submit("steps", None, {"steps": 12})
+        deadline = time.monotonic() + 30
+        while stores[0].get(first.id).state is not JobState.SUCCEEDED:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        ran = sorted(runners[0].done + runners[1].done)
+        assert ran == list(range(12)) and stores[0].get(first.id).done == 12
+        # Now one freezes mid-job: the other takes over once the lease ran out.
+        runners[0].pause = runners[1].pause = 0.1
+        second = managers[0].submit("steps", None, {"steps": 30})
+        while stores[0].get(second.id).cursor < 3:
+            assert time.monotonic() < deadline + 30
+            time.sleep(0.02)
+        holder = stores[0].get(second.id).owner
+        frozen = 0 if holder == "server-0" else 1
+        runners[frozen].hang.set()
+        stores[frozen].renew = lambda job_id: False  # type: ignore[method-assign]  # no heartbeat
+        while stores[0].get(second.id).state is not JobState.SUCCEEDED:
+            assert time.monotonic() < deadline + 60
+            time.sleep(0.05)
+        job = stores[0].get(second.id)
+        assert job.owner == f"server-{1 - frozen}" and job.done == 30 and job.cursor == 30
+        runners[frozen].hang.clear()  # thawed: its next commit is refused (LeaseLost)
+        time.sleep(0.5)
+        assert stores[0].get(second.id).done == 30
+    finally:
+        for r in runners:
+            r.hang.clear()
+        for m in managers:
+            m.stop()

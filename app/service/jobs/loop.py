@@ -14,7 +14,15 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from app.service.errors import Busy, Failed, ServiceError
-from index import CatalogueUnavailable, Job, JobFinished, JobState, JobStore, StoreError
+from index import (
+    CatalogueUnavailable,
+    Job,
+    JobFinished,
+    JobState,
+    JobStore,
+    LeaseLost,
+    StoreError,
+)
 from models.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -49,8 +57,12 @@ class JobContext:
         self._on_progress = on_progress
 
     def should_stop(self) -> bool:
-        """The server is stopping or the job was cancelled: finish at the next safe point."""
-        return self._server_stopping() or self.jobs.state(self.job.id) is not JobState.RUNNING
+        """The server is stopping, the job was cancelled, or another server took it over
+        (this one missed its heartbeats): finish at the next safe point."""
+        if self._server_stopping():
+            return True
+        job = self.jobs.get(self.job.id)
+        return job.state is not JobState.RUNNING or job.owner not in (None, self.jobs.owner)
 
     def stopping(self) -> bool:
         """Whether to stop here: True when the job was cancelled (the runner returns; what
@@ -60,8 +72,11 @@ class JobContext:
 
     def interrupted(self) -> bool:
         """After work stopped on ``should_stop``: ``JobStopped`` if the server is stopping,
-        else True (cancelled)."""
-        if self.jobs.state(self.job.id) is JobState.RUNNING:
+        ``LeaseLost`` if another server runs the job now, else True (cancelled)."""
+        job = self.jobs.get(self.job.id)
+        if job.state is JobState.RUNNING:
+            if job.owner not in (None, self.jobs.owner):
+                raise LeaseLost(f"job {job.id!r} runs on another server now")
             raise JobStopped
         return True
 
@@ -121,18 +136,39 @@ class JobManager:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._cut_off: set[str] = set()  # jobs an outage of the catalogue interrupted
+        self._running: str | None = None  # the job this server runs now (its heartbeat)
+        self._heartbeat: threading.Thread | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         """Run queued jobs, beginning with any that a restart interrupted."""
         self._thread = threading.Thread(target=self._loop, daemon=True, name="xmodal-jobs")
         self._thread.start()
+        self._heartbeat = threading.Thread(
+            target=self._beat, daemon=True, name="xmodal-jobs-heartbeat"
+        )
+        self._heartbeat.start()
+
+    def _beat(self) -> None:
+        """Renew the lease of the job this server runs, three times a lease: another
+        server takes a job over only once its lease ran out (this one died)."""
+        while not self._stopping.wait(self.jobs.lease_s / 3):
+            job_id = self._running
+            if job_id is None:
+                continue
+            try:
+                if not self.jobs.renew(job_id):
+                    log.warning("job %s: its lease is no longer this server's", job_id)
+            except CatalogueUnavailable as exc:
+                log.warning("job heartbeat waits for the catalogue: %s", exc)
 
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=10)
         for runner in self.runners.values():
             if isinstance(runner, Closing):
                 runner.close()
@@ -183,6 +219,13 @@ class JobManager:
         """Run (or resume) ``job`` to its end in this thread."""
         if not self.jobs.start(job.id):
             return self.jobs.get(job.id)
+        self._running = job.id
+        try:
+            return self._run_started(job, on_progress)
+        finally:
+            self._running = None
+
+    def _run_started(self, job: Job, on_progress: OnProgress | None) -> Job:
         log.info("job %s (%s) running: %s", job.id, job.kind, job_summary(job)["params"])
         runner = self.runners.get(job.kind)
         try:
@@ -197,6 +240,10 @@ class JobManager:
             return self.jobs.get(job.id)
         except JobFinished:
             log.info("job %s: cancelled while committing; that chunk was not stored", job.id)
+        except LeaseLost:
+            # Another server took it over (this one missed its heartbeats): theirs to end.
+            log.warning("job %s: taken over by another server; stopped here", job.id)
+            return self.jobs.get(job.id)
         except CatalogueUnavailable as exc:
             # Not the job's fault, and nothing can be recorded now: it stays as the
             # catalogue has it (running, resumable from its last chunk) and is resumed
