@@ -116,4 +116,8 @@ def check_item(item_id: str, text: str | None, metadata: Any) -> None:
         raise InvalidValue(f"ids are at most 512 characters, got {len(item_id)}")
     if text is not None:
         check_text(text, f"the text of {item_id!r}")
+        if "\x00" in text:
+            # The API refuses it in any string; a source file or an archive could carry
+            # one, and PostgreSQL's text cannot hold it: refused alike on both catalogues.
+            raise InvalidValue(f"the text of {item_id!r} holds a NUL character")
     check_metadata(metadata, f"the metadata of {item_id!r}")

@@ -15,6 +15,7 @@ import pytest
 
 from bench.postgres import PgCluster
 from index import CatalogueUnavailable, CollectionStore, Modality, NewItem
+from index.values import InvalidValue
 from index.writes import uncertain
 from tests.calls import wait_for_job
 from tests.corpus import write_many
@@ -132,3 +133,18 @@ def test_a_commit_whose_answer_was_lost_is_caught_up_before_the_next_search(
         assert [h.id for h in hits] == ["b"]
     finally:
         store.close()
+
+
+def test_a_nul_in_a_text_is_refused_alike_on_both_catalogues(tmp_path: Path, pg: PgCluster) -> None:
+    """The API refuses a NUL in any string; a source file or an archive could still carry
+    one in a text, which PostgreSQL cannot store: both catalogues refuse it as a value."""
+    for url in (None, pg.database()):
+        store = CollectionStore(tmp_path / str(bool(url)), backends=CPU, database_url=url)
+        try:
+            store.create_collection("c", D, V)
+            bad = NewItem("a", Modality.TEXT, {}, text="a\x00b")
+            with pytest.raises(InvalidValue, match="NUL"):
+                store.upsert("c", [bad], normalised(1, 1), V)
+            assert store.get_collection("c").counts[Modality.TEXT] == 0
+        finally:
+            store.close()
