@@ -78,9 +78,9 @@ class Catalogue(Protocol):
         metadata), where triggers do not write it."""
         ...
 
-    def field_value(self, family: str, value: Any) -> tuple[str, Any]:
-        """The column of ``item_fields`` a filter compares a value of ``family`` with, and
-        the value as bound."""
+    def field_compare(self, family: str, op: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """How a filter compares ``item_fields`` with values of ``family`` (an SQL
+        operator, or ``IN`` for several): the condition and its parameters."""
         ...
 
     def lexical_created(self, conn: Conn, collection: str) -> None: ...

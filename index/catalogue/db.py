@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from index.catalogue.base import Conn, FieldRows
+from index.catalogue.filters import stored_compare
 from index.catalogue.lexical import (
     create_lexical,
     drop_lexical,
@@ -263,8 +264,8 @@ class SqliteDatabase:
     def fields_written(self, conn: Conn, rows: Sequence[FieldRows]) -> None:
         return None
 
-    def field_value(self, family: str, value: Any) -> tuple[str, Any]:
-        return "value", int(value) if isinstance(value, bool) else value
+    def field_compare(self, family: str, op: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return stored_compare(family, op, values)
 
     # Lexical search: a full-text table per collection (``index.catalogue.lexical``).
     def lexical_created(self, conn: Conn, collection: str) -> None:

@@ -24,18 +24,19 @@ from index.types import Modality
 
 _SQL_OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 _KINDS = {"number": "n", "string": "s", "bool": "b", "null": "z"}
-# The column of item_fields a value of a family is compared in, and the value as bound.
-FieldValue = Callable[[str, Any], tuple[str, Any]]
+# How a catalogue compares a field with values of one family: (family, SQL operator or
+# "IN", the values) -> the condition and its parameters (``Catalogue.field_compare``).
+FieldCompare = Callable[[str, str, Sequence[Any]], tuple[str, list[Any]]]
 
 
 @dataclass(frozen=True)
 class Scope:
     """Where a filter looks: one collection's items of some modalities, and how its
-    catalogue compares values (``Catalogue.field_value``)."""
+    catalogue compares values (``Catalogue.field_compare``)."""
 
     collection: str
     modalities: tuple[str, ...]
-    value: FieldValue
+    compare: FieldCompare
 
     def _in(self) -> tuple[str, list[Any]]:
         marks = ", ".join("?" * len(self.modalities))
@@ -65,7 +66,7 @@ def filter_labels(
     modality: one read of the filter's rows, whichever rankings use it. With ``cap``,
     None when more than ``cap`` pass (reading ``cap + 1`` rows at most: a condition's rows
     stream from its index)."""
-    scope = Scope(collection, tuple(m.value for m in modalities), db.field_value)
+    scope = Scope(collection, tuple(m.value for m in modalities), db.field_compare)
     chosen, params = labels_sql(where, scope)
     sql = f"SELECT label, modality FROM ({chosen}) AS s"
     if cap is not None:
@@ -95,7 +96,7 @@ def labels_sql(node: Node, scope: Scope) -> tuple[str, list[Any]]:
 def work(node: Node) -> tuple[int, bool]:
     """What a filter costs to evaluate: its conditions (an index lookup each) and whether
     the collection's labels are read (once) for its negations."""
-    return _conditions(node), _sets(node, Scope("", ("",), lambda f, v: ("value", v)))[2]
+    return _conditions(node), _sets(node, Scope("", ("",), stored_compare))[2]
 
 
 def _conditions(node: Node) -> int:
@@ -158,14 +159,22 @@ def _cond_sql(cond: Cond, scope: Scope) -> tuple[str, list[Any]]:
                 parts.append(f"{field} AND kind = 'z'")
                 bound_all += params
             else:
-                bound = [scope.value(family, x) for x in members]
-                marks = ", ".join("?" * len(members))
-                parts.append(f"{field} AND kind = ? AND {bound[0][0]} IN ({marks})")
-                bound_all += [*params, _KINDS[family], *(v for _, v in bound)]
+                condition, bound = scope.compare(family, "IN", members)
+                parts.append(f"{field} AND kind = ? AND {condition}")
+                bound_all += [*params, _KINDS[family], *bound]
         return " UNION ".join(parts), bound_all
     family = kind(cond.value)
     if family == "null":  # $eq null (ranges refuse null when parsed)
         return f"{field} AND kind = 'z'", params
-    column, bound = scope.value(family, cond.value)
     op = "=" if cond.op == "eq" else _SQL_OPS[cond.op]
-    return f"{field} AND kind = ? AND {column} {op} ?", [*params, _KINDS[family], bound]
+    condition, bound = scope.compare(family, op, [cond.value])
+    return f"{field} AND kind = ? AND {condition}", [*params, _KINDS[family], *bound]
+
+
+def stored_compare(family: str, op: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+    """SQLite's comparison: one ``value`` column without type affinity, booleans as 1 and
+    0, every value as it is."""
+    bound = [int(v) if isinstance(v, bool) else v for v in values]
+    if op == "IN":
+        return f"value IN ({', '.join('?' * len(bound))})", bound
+    return f"value {op} ?", bound

@@ -52,8 +52,10 @@ SCHEMA = [
         modality TEXT NOT NULL)""",
     """CREATE INDEX IF NOT EXISTS item_fields_by_num
         ON item_fields (collection, modality, key, kind, num, label)""",
+    # A string's first 1,000 bytes (postgres.STR_INDEXED): a B-tree entry holds 2,704
+    # bytes at most, and a long string whole would not fit.
     """CREATE INDEX IF NOT EXISTS item_fields_by_str
-        ON item_fields (collection, modality, key, kind, str, label)""",
+        ON item_fields (collection, modality, key, kind, substr(str, 1, 1000), label)""",
     "CREATE INDEX IF NOT EXISTS item_fields_by_label ON item_fields (label)",
     """CREATE TABLE IF NOT EXISTS jobs (
         id TEXT PRIMARY KEY,

@@ -37,10 +37,12 @@ from index.catalogue import pg_lexical, pg_schema
 from index.catalogue.base import Conn, FieldRows
 from index.catalogue.rows import INSERT_ITEM
 from index.errors import CatalogueUnavailable, Interrupted
+from index.values import InvalidValue
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5
+STR_INDEXED = 1000  # bytes of a metadata string the index holds (pg_schema)
 ANALYSE_EVERY = 1000  # rows inserted before the tables are vacuumed and analysed
 
 
@@ -101,19 +103,31 @@ class PgConnection:
         cur = self.raw.cursor()
         try:
             cur.execute(translate(sql), tuple(parameters))
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        except psycopg.Error as exc:
             if isinstance(exc, psycopg.errors.QueryCanceled) and not self.broken:
-                raise
-            raise _unavailable(exc) from None
+                raise  # a deadline (``PostgresDatabase.deadline``)
+            raise self.mapped(exc) from None
         return cur
 
     def executemany(self, sql: str, parameters: Any, /) -> Any:
         cur = self.raw.cursor()
         try:
             cur.executemany(translate(sql), [tuple(p) for p in parameters])
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            raise _unavailable(exc) from None
+        except psycopg.Error as exc:
+            raise self.mapped(exc) from None
         return cur
+
+    def mapped(self, exc: psycopg.Error) -> Exception:
+        """What a failed statement means to the store: the server out of reach (the
+        connection lost, or refused, or the server shutting down or out of resources),
+        a value it cannot hold (a 4xx naming it), or else PostgreSQL's own error."""
+        state = exc.sqlstate or ""
+        if self.broken or not state or state.startswith(("08", "57P", "53")):
+            return _unavailable(exc)
+        if state.startswith(("22", "54")):  # data exception, program limit exceeded
+            first = str(exc).strip().splitlines()[0]
+            return InvalidValue(f"the catalogue (PostgreSQL) cannot store a value: {first}")
+        return exc
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -285,8 +299,8 @@ class PostgresDatabase:
                 labels.append(int(cur.fetchone()[0]))  # type: ignore[index]
                 if not cur.nextset():
                     break
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            raise _unavailable(exc) from None
+        except psycopg.Error as exc:
+            raise conn.mapped(exc) from None
         self._unanalysed += len(rows)  # vacuumed after the commit once they are many
         return labels
 
@@ -301,13 +315,27 @@ class PostgresDatabase:
                 for label, collection, modality, metadata in rows:
                     for key, value in metadata.items():
                         copy.write_row((label, key, *_typed(value), collection, modality))
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            raise _unavailable(exc) from None
+        except psycopg.Error as exc:
+            raise conn.mapped(exc) from None
 
-    def field_value(self, family: str, value: Any) -> tuple[str, Any]:
-        if family == "string":
-            return "str", value.encode("utf-8")
-        return "num", _exact(value)
+    def field_compare(self, family: str, op: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        """Numbers in ``num`` (exact); strings by their first ``STR_INDEXED`` bytes, which
+        the index holds (a B-tree entry has at most 2,704 bytes: a long string whole would
+        not fit), then whole: ``prefix(str) >= prefix(v)`` holds wherever ``str > v``."""
+        if family != "string":
+            bound = [_exact(v) for v in values]
+            if op == "IN":
+                return f"num IN ({', '.join('?' * len(bound))})", bound
+            return f"num {op} ?", bound
+        raw = [v.encode("utf-8") for v in values]
+        head = f"substr(str, 1, {STR_INDEXED})"
+        cut = f"substr(?::bytea, 1, {STR_INDEXED})"
+        if op == "IN":
+            marks = ", ".join("?" * len(raw))
+            heads = ", ".join([cut] * len(raw))
+            return f"{head} IN ({heads}) AND str IN ({marks})", [*raw, *raw]
+        loose = {">": ">=", "<": "<="}.get(op, op)
+        return f"{head} {loose} {cut} AND str {op} ?", [raw[0], raw[0]]
 
     # --- lexical search: a generated column of items, nothing per collection ------------
     def lexical_created(self, conn: Conn, collection: str) -> None:

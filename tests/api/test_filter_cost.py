@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from index import CollectionStore, Interrupted, Modality, NewItem
-from index.catalogue.filters import Scope, labels_sql, work
+from index.catalogue.filters import Scope, labels_sql, stored_compare, work
 from index.filter_tree import parse
 from index.vectors.faiss_backends import FaissBackends
 from tests.helpers import TINY_SPACE, AppServer
@@ -30,11 +30,7 @@ NEGATIONS = {
 }
 
 
-def as_stored(family: str, value: Any) -> tuple[str, Any]:
-    return "value", value
-
-
-SCOPE = Scope("c", ("text",), as_stored)
+SCOPE = Scope("c", ("text",), stored_compare)
 
 
 def test_negations_read_the_collection_once_and_are_counted() -> None:

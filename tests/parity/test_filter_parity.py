@@ -24,6 +24,9 @@ from tests.stores import D, V, normalised
 N = 240
 KEYS = ["year", "tag", 'q"uote', "back\\slash", "ünï cödé", "flag", "n", "line\nbreak"]
 STRINGS = ["", "a", "b", "B", "5", "é", "ünï", 'say "hi"', "x\\y", "a b", "zz", "\u200b"]
+# Long strings that share their first thousand bytes (what PostgreSQL's index holds of a
+# string): the rest decides, and a character straddles the cut.
+STRINGS += ["L" * 1500 + "a", "L" * 1500 + "b", "L" * 999 + "é" + "z" * 3000]
 NUMBERS = [0, 1, -1, 2, 5, 5.0, 1.5, -0.5, 2020, 2023, 2024, 2**53 + 1, 2**62, -(2**63), 1e-9]
 
 
