@@ -36,6 +36,7 @@ from index.errors import (
     UnknownItem,
 )
 from index.filter_tree import Filter, Node, as_tree
+from index.follow import Follower
 from index.garbage import ImageGarbage
 from index.live import SHADOW_PREFIX, LiveCollection
 from index.lock import lock_data_dir
@@ -101,6 +102,7 @@ class CollectionStore:
             self.collections = MappingProxyType(self.state.collections)
             self.broken = MappingProxyType(self.state.broken)
             self._writer = LockedWriter(self.state)
+            self._follower = Follower(self)
             self._closed = False
             self.state.drop_unfinished()
             for row in self.db.writer.execute(
@@ -155,6 +157,11 @@ class CollectionStore:
     def dump(self, only_dirty: bool = False) -> int:
         """Write every (or every changed) index to disk; returns how many were written."""
         return self.dumps.write_all(list(self.collections.values()), only_dirty)
+
+    def follow(self) -> bool:
+        """Bring this server level with writes other servers made to a shared catalogue
+        (``index.follow``); whether anything changed."""
+        return self._follower.step()
 
     def wait_idle(self) -> None:
         """Wait for background training and compaction (tests, shutdown)."""

@@ -33,6 +33,12 @@ class StoreState:
     # Stored collections whose index cannot be built: listed, deletable, nothing else.
     broken: dict[str, CollectionInfo] = field(default_factory=dict)
 
+    @property
+    def follows(self) -> bool:
+        """Whether other servers may write to this catalogue, into indexes of their own
+        (PostgreSQL with FAISS): this server's indexes then follow the catalogue."""
+        return self.db.kind == "postgres" and not self.backends.shared
+
     def get(self, name: str) -> LiveCollection:
         c = self.collections.get(name)
         if c is None:

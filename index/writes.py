@@ -219,7 +219,10 @@ class LockedWriter:
         def change(m: Modality, side: Side) -> None:
             gone = [label for mod, label, _ in replaced if mod is m]
             side.index.remove(np.array(gone, dtype=np.int64))
-            mine = [(label, row) for mod, label, row in added if mod is m]
+            # What a follower applied already (it read the commit first) is not added again.
+            mine = [
+                (label, row) for mod, label, row in added if mod is m and label > side.label_mark
+            ]
             if mine:
                 labels = np.array([label for label, _ in mine], dtype=np.int64)
                 side.index.add(labels, vectors[[row for _, row in mine]])
@@ -228,8 +231,10 @@ class LockedWriter:
                 side.tomb_mark = max(side.tomb_mark, tomb_mark)
             side.dirty += len(gone) + len(mine)
 
+        # Other servers write too: level with the catalogue instead, in order.
+        apply = store.dumps.caught_up(c.name) if store.follows else change
         try:
-            store.dumps.apply(c, list(Modality), change)
+            store.dumps.apply(c, list(Modality), apply)
         finally:
             store.garbage.collect([d for _, _, d in replaced if d is not None])
 
@@ -253,8 +258,10 @@ class LockedWriter:
             side.tomb_mark = max(side.tomb_mark, seq)
             side.dirty += 1
 
+        # Other servers write too: level with the catalogue instead, in order.
+        apply = store.dumps.caught_up(c.name) if store.follows else change
         try:
-            store.dumps.apply(c, [Modality(old[1])], change)
+            store.dumps.apply(c, [Modality(old[1])], apply)
         finally:
             if old[2] is not None:
                 store.garbage.collect([old[2]])

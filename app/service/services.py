@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 SWEEP_INTERVAL_S = 3600.0
 SWEEP_GRACE_S = 3600.0  # a batch job commits the images it decoded well within this
 CATALOGUE_RETRY_S = 2.0  # how often a server whose catalogue is down at start tries again
+FOLLOW_INTERVAL_S = 0.5  # how often a server follows writes other servers made
 
 
 class Services:
@@ -47,6 +48,7 @@ class Services:
         self._tasks.append(loop.create_task(self._load(), name="xmodal-load"))
         self._tasks.append(loop.create_task(self._dump_loop(), name="xmodal-index-dumps"))
         self._tasks.append(loop.create_task(self._sweep_loop(), name="xmodal-sweep"))
+        self._tasks.append(loop.create_task(self._follow_loop(), name="xmodal-follow"))
 
     async def _load(self) -> None:
         try:
@@ -87,6 +89,22 @@ class Services:
                     log.warning("periodic index dump waits for the catalogue: %s", exc)
                 except Exception:
                     log.exception("periodic index dump failed; SQLite still holds every item")
+
+    async def _follow_loop(self) -> None:
+        """On a catalogue other servers write to (PostgreSQL with FAISS), bring this
+        server's collections and indexes level with it every ``FOLLOW_INTERVAL_S``."""
+        while self.store is None:
+            await asyncio.sleep(1.0)
+        if not self.store.state.follows:
+            return
+        while True:
+            await asyncio.sleep(FOLLOW_INTERVAL_S)
+            try:
+                await run_in_threadpool(self.store.follow)
+            except CatalogueUnavailable:
+                pass  # requests say so; this tries again
+            except Exception:
+                log.exception("following the catalogue failed; trying again")
 
     async def _sweep_loop(self) -> None:
         """Now and then, remove image files and thumbnails no item refers to."""

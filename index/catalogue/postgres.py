@@ -42,6 +42,7 @@ from index.values import InvalidValue
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5
+WRITE_LOCK_KEY = 0x786D6F64616C  # "xmodal": the advisory lock every writer takes
 STR_INDEXED = 1000  # bytes of a metadata string the index holds (pg_schema)
 ANALYSE_EVERY = 1000  # rows inserted before the tables are vacuumed and analysed
 
@@ -207,6 +208,10 @@ class PostgresDatabase:
         conn = self.writer
         conn.execute("BEGIN")
         try:
+            # One writer at a time across every server on this catalogue: labels and
+            # tombstones then become visible in the order they were drawn, so a follower
+            # reading past its marks misses nothing (``index.follow``).
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK_KEY,))
             yield conn
         except BaseException:
             if not conn.broken:

@@ -98,6 +98,10 @@ class VectorBackend(Protocol):
 class BackendFactory(Protocol):
     """Makes a backend's indexes: empty, built from vectors, or loaded from a snapshot."""
 
+    # Whether the indexes live outside this process, shared by every server that reaches
+    # them (Milvus), or in it (FAISS: each server keeps its own, following the catalogue).
+    shared: bool
+
     def check(self, d: int, spec: str | None) -> str:
         """The normalised spec, or ``InvalidIndexSpec`` saying what is wrong with it."""
         ...

@@ -154,6 +154,21 @@ class IndexDumps:
         index.train()
         return label_mark, tomb_mark
 
+    def caught_up(self, name: str) -> Callable[[Modality, Side], None]:
+        """A change (for ``apply``) that brings a side level with the catalogue: what a
+        follower applies, and what a write applies in place of its own change when other
+        servers write to the catalogue too (theirs first, in order, then its own)."""
+
+        def catch_up(m: Modality, side: Side) -> None:
+            before = side.label_mark, side.tomb_mark
+            side.label_mark, side.tomb_mark = self.catch_up(
+                name, m, side.index, side.label_mark, side.tomb_mark
+            )
+            if (side.label_mark, side.tomb_mark) != before:
+                side.dirty += 1
+
+        return catch_up
+
     def apply(
         self, c: LiveCollection, sides: list[Modality], change: Callable[[Modality, Side], None]
     ) -> None:

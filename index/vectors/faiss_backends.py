@@ -14,6 +14,8 @@ class FaissBackends:
     """The ``BackendFactory`` for FAISS: every index on the GPU when asked (or, by default,
     when FAISS sees one), with one ``nprobe`` for IVF indexes (None: from nlist)."""
 
+    shared = False
+
     def __init__(self, use_gpu: bool | None = None, nprobe: int | None = None) -> None:
         want_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
         self.gpu_resources: Any = new_gpu_resources() if want_gpu else None

@@ -192,6 +192,8 @@ class MilvusIndex:
 class MilvusBackends:
     """The ``BackendFactory`` for Milvus: one client for the whole store."""
 
+    shared = True
+
     def __init__(
         self, uri: str, token: str | None = None, nprobe: int | None = None, timeout: float = 10.0
     ) -> None:

@@ -1,0 +1,78 @@
+"""Following a catalogue other servers write to (PostgreSQL shared by several servers):
+what this server holds in memory (its collections, their FAISS indexes) is brought level
+with the catalogue: collections created elsewhere are opened, deleted ones dropped, ones
+replaced (a swap, a restore) opened again, and the items and deletions written elsewhere
+applied to the indexes.
+
+Writers on a PostgreSQL catalogue take one lock for their transaction
+(``PostgresDatabase.locked_transaction``), so labels and tombstone numbers become visible
+in the order they were drawn: reading what lies past an index's marks misses nothing.
+A write of this server's own, on such a catalogue, brings its collection's indexes level
+with the catalogue instead of applying its change alone (``StoreState.follows``): what
+others committed before it comes first, in order, its own change with it, and a
+deletion elsewhere is never skipped by a mark moved past it.
+Milvus is shared by every server already: only the collections are followed there.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from index.live import SHADOW_PREFIX
+from index.types import Modality
+
+if TYPE_CHECKING:
+    from index.collections import CollectionStore
+
+log = logging.getLogger(__name__)
+
+
+class Follower:
+    def __init__(self, store: CollectionStore) -> None:
+        self.store = store
+        self._seen: tuple[int, int] | None = None  # the catalogue's last label and tombstone
+
+    def step(self) -> bool:
+        """Bring this server level with the catalogue once; whether anything changed."""
+        store = self.store
+        conn = store.db.reader()
+        (last_label, last_tomb) = conn.execute(
+            "SELECT (SELECT MAX(label) FROM items), (SELECT MAX(seq) FROM tombstones)"
+        ).fetchone()
+        marks = (int(last_label or 0), int(last_tomb or 0))
+        changed = self._collections()
+        if marks != self._seen and not store.backends.shared:
+            for c in list(store.collections.values()):
+                store.dumps.apply(c, list(Modality), store.dumps.caught_up(c.name))
+            changed = True
+        self._seen = marks
+        return changed
+
+    def _collections(self) -> bool:
+        """Open, drop or reopen what other servers created, deleted or replaced."""
+        store = self.store
+        changed = False
+        with store.locked():  # no write of this server's in between, the rows read inside
+            rows = store.db.reader().execute(
+                "SELECT name, uid, index_spec, dim, model_version, created_at FROM collections"
+            ).fetchall()
+            stored = {r[0]: r for r in rows}
+            live = store.state.collections
+            for name, c in list(live.items()):
+                row = stored.get(name)
+                if row is None or row[1] != c.uid:
+                    del live[name]
+                    if not store.backends.shared:  # a shared index is its deleter's to drop
+                        c.drop_indexes()
+                    store.dumps.remove_files(name)
+                    log.info("collection %s: deleted or replaced by another server", name)
+                    changed = True
+            for name, row in stored.items():
+                if name in live or name in store.broken or name.startswith(SHADOW_PREFIX):
+                    continue
+                _, uid, spec, dim, version, created = row
+                live[name] = store.dumps.open(name, uid, spec, dim, version, created)
+                log.info("collection %s: opened, created by another server", name)
+                changed = True
+        return changed
