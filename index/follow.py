@@ -54,9 +54,13 @@ class Follower:
         store = self.store
         changed = False
         with store.locked():  # no write of this server's in between, the rows read inside
-            rows = store.db.reader().execute(
-                "SELECT name, uid, index_spec, dim, model_version, created_at FROM collections"
-            ).fetchall()
+            rows = (
+                store.db.reader()
+                .execute(
+                    "SELECT name, uid, index_spec, dim, model_version, created_at FROM collections"
+                )
+                .fetchall()
+            )
             stored = {r[0]: r for r in rows}
             live = store.state.collections
             for name, c in list(live.items()):
