@@ -102,7 +102,7 @@ class CollectionStore:
             self.collections = MappingProxyType(self.state.collections)
             self.broken = MappingProxyType(self.state.broken)
             self._writer = LockedWriter(self.state)
-            self._follower = Follower(self)
+            self._follower = Follower(self.state)
             self._closed = False
             self.state.drop_unfinished()
             for row in self.db.writer.execute(

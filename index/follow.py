@@ -17,66 +17,63 @@ Milvus is shared by every server already: only the collections are followed ther
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from index.live import SHADOW_PREFIX
+from index.state import StoreState
 from index.types import Modality
-
-if TYPE_CHECKING:
-    from index.collections import CollectionStore
 
 log = logging.getLogger(__name__)
 
 
 class Follower:
-    def __init__(self, store: CollectionStore) -> None:
-        self.store = store
+    def __init__(self, state: StoreState) -> None:
+        self.state = state
         self._seen: tuple[int, int] | None = None  # the catalogue's last label and tombstone
 
     def step(self) -> bool:
         """Bring this server level with the catalogue once; whether anything changed."""
-        store = self.store
-        conn = store.db.reader()
+        state = self.state
+        conn = state.db.reader()
         (last_label, last_tomb) = conn.execute(
             "SELECT (SELECT MAX(label) FROM items), (SELECT MAX(seq) FROM tombstones)"
         ).fetchone()
         marks = (int(last_label or 0), int(last_tomb or 0))
         changed = self._collections()
-        if marks != self._seen and not store.backends.shared:
-            for c in list(store.collections.values()):
-                store.dumps.apply(c, list(Modality), store.dumps.caught_up(c.name))
+        if marks != self._seen and not state.backends.shared:
+            for c in list(state.collections.values()):
+                state.dumps.apply(c, list(Modality), state.dumps.caught_up(c.name))
             changed = True
         self._seen = marks
         return changed
 
     def _collections(self) -> bool:
         """Open, drop or reopen what other servers created, deleted or replaced."""
-        store = self.store
+        state = self.state
         changed = False
-        with store.locked():  # no write of this server's in between, the rows read inside
+        with state.db.write_lock:  # no write of this server's in between; rows read inside
             rows = (
-                store.db.reader()
+                state.db.reader()
                 .execute(
                     "SELECT name, uid, index_spec, dim, model_version, created_at FROM collections"
                 )
                 .fetchall()
             )
             stored = {r[0]: r for r in rows}
-            live = store.state.collections
+            live = state.collections
             for name, c in list(live.items()):
                 row = stored.get(name)
                 if row is None or row[1] != c.uid:
                     del live[name]
-                    if not store.backends.shared:  # a shared index is its deleter's to drop
+                    if not state.backends.shared:  # a shared index is its deleter's to drop
                         c.drop_indexes()
-                    store.dumps.remove_files(name)
+                    state.dumps.remove_files(name)
                     log.info("collection %s: deleted or replaced by another server", name)
                     changed = True
             for name, row in stored.items():
-                if name in live or name in store.broken or name.startswith(SHADOW_PREFIX):
+                if name in live or name in state.broken or name.startswith(SHADOW_PREFIX):
                     continue
                 _, uid, spec, dim, version, created = row
-                live[name] = store.dumps.open(name, uid, spec, dim, version, created)
+                live[name] = state.dumps.open(name, uid, spec, dim, version, created)
                 log.info("collection %s: opened, created by another server", name)
                 changed = True
         return changed
