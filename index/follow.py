@@ -46,19 +46,39 @@ class Follower:
         self._seen = marks
         return changed
 
+    def _rows(self) -> dict[str, tuple[str, str, str, int, str, float]]:
+        rows = (
+            self.state.db.reader()
+            .execute(
+                "SELECT name, uid, index_spec, dim, model_version, created_at FROM collections"
+            )
+            .fetchall()
+        )
+        return {r[0]: r for r in rows}
+
+    def _differs(self, stored: dict[str, tuple[str, str, str, int, str, float]]) -> bool:
+        """Whether memory and the catalogue disagree on which collections exist."""
+        state = self.state
+        live = {name: c.uid for name, c in list(state.collections.items())}
+        for name, uid in live.items():
+            row = stored.get(name)
+            if row is None or row[1] != uid:
+                return True
+        return any(
+            name not in live and name not in state.broken and not name.startswith(SHADOW_PREFIX)
+            for name in stored
+        )
+
     def _collections(self) -> bool:
-        """Open, drop or reopen what other servers created, deleted or replaced."""
+        """Open, drop or reopen what other servers created, deleted or replaced. The
+        write lock is taken only when the catalogue disagrees with memory: a server's
+        writes do not wait on a follower that finds nothing to do."""
+        if not self._differs(self._rows()):
+            return False
         state = self.state
         changed = False
         with state.db.write_lock:  # no write of this server's in between; rows read inside
-            rows = (
-                state.db.reader()
-                .execute(
-                    "SELECT name, uid, index_spec, dim, model_version, created_at FROM collections"
-                )
-                .fetchall()
-            )
-            stored = {r[0]: r for r in rows}
+            stored = self._rows()
             live = state.collections
             for name, c in list(live.items()):
                 row = stored.get(name)
