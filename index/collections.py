@@ -31,6 +31,7 @@ from index.catalogue.opening import open_catalogue
 from index.catalogue.rows import ITEM_COLUMNS, count_items, item_from_row, stored_versions
 from index.errors import (
     CollectionExists,
+    CollectionMoved,
     DimensionMismatch,
     UnknownCollection,
     UnknownItem,
@@ -60,6 +61,7 @@ from index.writes import LockedWriter, digest_of
 
 log = logging.getLogger(__name__)
 
+DUMP_EVERY = 10_000  # an index is dumped after this many changes, besides the interval
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 COLLECTION_NAME_RULE = (
     "collection names are 1-64 characters of letters, digits, '_', '.', '-', "
@@ -74,16 +76,24 @@ class CollectionStore:
         *,
         backends: BackendFactory | None = None,
         store_images: bool = True,
-        index_dump_every: int = 10_000,
+        index_dump_every: int = DUMP_EVERY,
         database_url: str | None = None,
+        shared_dir: Path | str | None = None,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
+        """``shared_dir``: where the image files and the SQLite catalogue are, when other
+        servers reach them too (then this store follows their writes); unset, the data dir
+        holds them for this server alone. A PostgreSQL catalogue is shared either way.
+        ``progress`` hears which collection's indexes are being built, for a readiness
+        probe to show."""
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = lock_data_dir(self.data_dir)
         try:
             self.index_dir = self.data_dir / "indexes"
-            blobs = BlobStore(self.data_dir / "blobs")
-            db = open_catalogue(self.data_dir, database_url)
+            shared = Path(shared_dir) if shared_dir is not None else self.data_dir
+            blobs = BlobStore(shared / "blobs")
+            db = open_catalogue(shared, database_url)
             backends = backends or FaissBackends()
             backends.attach(db)
             self.state = StoreState(
@@ -93,6 +103,7 @@ class CollectionStore:
                 ImageGarbage(db, blobs),
                 backends,
                 IndexDumps(db, backends, self.index_dir, index_dump_every),
+                shared=db.kind == "postgres" or shared_dir is not None,
             )
             # Read-only views of the state for the store's callers (the same objects).
             self.db, self.blobs, self.store_images = db, blobs, store_images
@@ -105,9 +116,15 @@ class CollectionStore:
             self._follower = Follower(self.state)
             self._closed = False
             self.state.drop_unfinished()
-            for row in self.db.writer.execute(
+            rows = self.db.writer.execute(
                 "SELECT name, uid, index_spec, dim, model_version, created_at FROM collections"
-            ).fetchall():
+            ).fetchall()
+            for n, row in enumerate(rows, 1):
+                if progress is not None:
+                    progress(
+                        f"building indexes from the catalogue: collection {n} of {len(rows)}"
+                        f" ({row[0]})"
+                    )
                 self._open(*row)
             uids = self.db.writer.execute("SELECT uid FROM collections").fetchall()
             self.backends.prune(backend_key(uid, m) for (uid,) in uids for m in Modality)
@@ -158,10 +175,11 @@ class CollectionStore:
         """Write every (or every changed) index to disk; returns how many were written."""
         return self.dumps.write_all(list(self.collections.values()), only_dirty)
 
-    def follow(self) -> bool:
+    def follow(self, held: bool = False) -> bool:
         """Bring this server level with writes other servers made to a shared catalogue
-        (``index.follow``); whether anything changed."""
-        return self._follower.step()
+        (``index.follow``); whether anything changed. ``held``: the caller holds the
+        write lock (``locked``)."""
+        return self._follower.step(held)
 
     def wait_idle(self) -> None:
         """Wait for background training and compaction (tests, shutdown)."""
@@ -274,19 +292,39 @@ class CollectionStore:
             for it in items:
                 if it.content is not None:
                     self.blobs.put(it.content, digest_of(it))
-        with self.locked() as writer:
-            c = self.get(name)  # may have been deleted while we waited
+
+        def write(writer: LockedWriter) -> LiveCollection:
+            c = self.get(name)  # may have been deleted (or replaced) while we waited
             if uid is not None and c.uid != uid:
                 raise UnknownCollection(f"collection {name!r} was deleted (and created again)")
+            check_model(c, model_version)
             writer.upsert(c, items, vectors, model_version, extra)
+            return c
+
+        c = self._write(write)
         self.dumps.after_write(c, self.is_current)
         return [it.id for it in items]
 
     def delete_item(self, name: str, item_id: str) -> None:
-        with self.locked() as writer:
+        def delete(writer: LockedWriter) -> LiveCollection:
             c = self.get(name)
             writer.delete(c, item_id)
+            return c
+
+        c = self._write(delete)
         self.dumps.after_write(c, self.is_current)
+
+    def _write(self, write: Callable[[LockedWriter], LiveCollection]) -> LiveCollection:
+        """``write`` under the write lock; on a shared catalogue, once more after
+        following, when another server replaced or deleted the collection meanwhile (the
+        second try then sees the collection as it is, or that it is gone)."""
+        try:
+            with self.locked() as writer:
+                return write(writer)
+        except CollectionMoved:
+            self.follow()
+        with self.locked() as writer:
+            return write(writer)
 
     def get_item(self, name: str, item_id: str) -> Item:
         self.get(name)

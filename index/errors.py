@@ -50,3 +50,9 @@ class Interrupted(StoreError):
 class CatalogueUnavailable(StoreError):
     """The catalogue's database server cannot be reached (or refused the schema): the
     request needing it gets 503 with the reason; the next call connects again."""
+
+
+class CollectionMoved(StoreError):
+    """Another server replaced or deleted the collection since this one read it (a shared
+    catalogue): the write is refused before anything lands; the caller follows and tries
+    again."""

@@ -16,6 +16,7 @@ Milvus is shared by every server already: only the collections are followed ther
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from index.live import SHADOW_PREFIX
@@ -30,15 +31,16 @@ class Follower:
         self.state = state
         self._seen: tuple[int, int] | None = None  # the catalogue's last label and tombstone
 
-    def step(self) -> bool:
-        """Bring this server level with the catalogue once; whether anything changed."""
+    def step(self, held: bool = False) -> bool:
+        """Bring this server level with the catalogue once; whether anything changed.
+        ``held``: the caller holds the write lock already."""
         state = self.state
         conn = state.db.reader()
         (last_label, last_tomb) = conn.execute(
             "SELECT (SELECT MAX(label) FROM items), (SELECT MAX(seq) FROM tombstones)"
         ).fetchone()
         marks = (int(last_label or 0), int(last_tomb or 0))
-        changed = self._collections()
+        changed = self._collections(held)
         if marks != self._seen and not state.backends.shared:
             for c in list(state.collections.values()):
                 state.dumps.apply(c, list(Modality), state.dumps.caught_up(c.name))
@@ -69,7 +71,7 @@ class Follower:
             for name in stored
         )
 
-    def _collections(self) -> bool:
+    def _collections(self, held: bool) -> bool:
         """Open, drop or reopen what other servers created, deleted or replaced. The
         write lock is taken only when the catalogue disagrees with memory: a server's
         writes do not wait on a follower that finds nothing to do."""
@@ -77,7 +79,8 @@ class Follower:
             return False
         state = self.state
         changed = False
-        with state.db.write_lock:  # no write of this server's in between; rows read inside
+        lock = contextlib.nullcontext() if held else state.db.write_lock
+        with lock:  # no write of this server's in between; rows read inside
             stored = self._rows()
             live = state.collections
             for name, c in list(live.items()):

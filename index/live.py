@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 
 # No user's collection name starts with it: re-embedded copies live under it.
 SHADOW_PREFIX = "."
+MIGRATION_PREFIX = SHADOW_PREFIX + "activate."  # an activation's copies
 
 
 @dataclass

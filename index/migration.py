@@ -23,7 +23,7 @@ import numpy as np
 
 from index.catalogue.rows import STORED_COLUMNS, stored_item_from_row
 from index.errors import StoreError, UnknownItem
-from index.live import SHADOW_PREFIX
+from index.live import MIGRATION_PREFIX, SHADOW_PREFIX
 from index.types import NewItem, StoredItem
 
 if TYPE_CHECKING:
@@ -54,6 +54,9 @@ class Migration:
         self.marks: dict[str, int] = {}  # the highest label copied, per collection
         self.uids: dict[str, str] = {}  # which incarnation of each collection is copied
         self.shadows: dict[str, str] = {}
+        # One activation runs at a time (``JobStore.start``): copies of an earlier one are
+        # what a server that died mid-way left.
+        store.state.drop_unfinished(MIGRATION_PREFIX, fenced=False)
         try:
             with store.locked() as writer:
                 self._follow(writer)
@@ -79,7 +82,7 @@ class Migration:
                 continue
             if c.model_version == self.source_version:
                 # A hidden, empty copy of its configuration for the new version.
-                shadow = f"{SHADOW_PREFIX}{name}.{uuid.uuid4().hex[:8]}"
+                shadow = f"{MIGRATION_PREFIX}{name}.{uuid.uuid4().hex[:8]}"
                 uid = uuid.uuid4().hex
                 writer.add_collection(shadow, uid, c.spec, c.dim, self.version, c.created_at)
                 self.shadows[name] = shadow
@@ -109,7 +112,11 @@ class Migration:
         once the swap is done, still under the write lock (switching the model that
         embeds new items), so no write can land between the swap and the switch."""
         store = self.store
-        with store.locked() as writer:
+        # No other server's write lands from the last catch-up to the swap (exclusive):
+        # one that waited finds the collection replaced and follows before writing.
+        with store.locked() as writer, store.db.exclusive():
+            if store.state.shared:
+                store.follow(held=True)  # collections other servers made, up to now
             self._follow(writer)  # collections created or deleted up to the last moment
             for name in self.marks:
                 while self._copy_batch(name, writer):

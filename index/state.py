@@ -6,6 +6,7 @@ store's write lock; nothing else assigns into it."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from index.blobs import BlobStore
@@ -29,6 +30,9 @@ class StoreState:
     garbage: ImageGarbage
     backends: BackendFactory
     dumps: IndexDumps
+    # Whether other servers may write to this catalogue (PostgreSQL, or SQLite in a
+    # shared dir): this server then follows their writes (``index.follow``).
+    shared: bool = False
     collections: dict[str, LiveCollection] = field(default_factory=dict)
     # Stored collections whose index cannot be built: listed, deletable, nothing else.
     broken: dict[str, CollectionInfo] = field(default_factory=dict)
@@ -36,8 +40,8 @@ class StoreState:
     @property
     def follows(self) -> bool:
         """Whether other servers may write to this catalogue, into indexes of their own
-        (PostgreSQL with FAISS): this server's indexes then follow the catalogue."""
-        return self.db.kind == "postgres" and not self.backends.shared
+        (FAISS): this server's indexes then follow the catalogue."""
+        return self.shared and not self.backends.shared
 
     def get(self, name: str) -> LiveCollection:
         c = self.collections.get(name)
@@ -48,14 +52,28 @@ class StoreState:
             raise UnknownCollection(f"collection {name!r} does not exist")
         return c
 
-    def drop_unfinished(self) -> None:
+    def drop_unfinished(self, prefix: str = SHADOW_PREFIX, fenced: bool = True) -> None:
         """Hidden copies left by a migration or restore that did not finish: it starts
-        over (at start, before any collection is loaded)."""
+        over (at start, before any collection is loaded; and by an activation as it
+        starts, for the copies of one that died, ``prefix`` naming those). On a shared
+        catalogue, none while another server's activation or restore holds a live lease:
+        the copies may be its work in progress (``fenced``)."""
         with self.db.transaction() as conn:
+            if (
+                fenced
+                and self.shared
+                and conn.execute(
+                    "SELECT 1 FROM jobs WHERE state = 'running' AND kind IN ('activate', 'restore')"
+                    " AND lease_until > ?",
+                    (time.time(),),
+                ).fetchone()
+            ):
+                log.info("hidden copies kept: another server's activation or restore runs")
+                return
             shadows = [
                 r[0]
                 for r in conn.execute(
-                    "SELECT name FROM collections WHERE name LIKE ?", (SHADOW_PREFIX + "%",)
+                    "SELECT name FROM collections WHERE name LIKE ?", (prefix + "%",)
                 )
             ]
             for shadow in shadows:

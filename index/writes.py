@@ -22,7 +22,7 @@ from index.blobs import sha256_hex
 from index.catalogue.base import Conn
 from index.catalogue.jobs import cancel_jobs_of
 from index.catalogue.rows import delete_rows, dumps, find_item, find_items, max_tombstone
-from index.errors import CatalogueUnavailable, UnknownItem
+from index.errors import CatalogueUnavailable, CollectionMoved, UnknownItem
 from index.live import LiveCollection, Side
 from index.state import StoreState
 from index.types import Modality, NewItem
@@ -66,6 +66,17 @@ def uncertain(c: LiveCollection) -> Iterator[None]:
         for side in c.sides.values():
             side.lagging = True
         raise
+
+
+def still_there(state: StoreState, conn: Conn, c: LiveCollection) -> None:
+    """On a shared catalogue, inside a write's transaction: ``CollectionMoved`` unless
+    ``c`` is still the collection under its name (not replaced or deleted by another
+    server), so no write lands in a collection of another model version."""
+    if not state.shared:
+        return
+    row = conn.execute("SELECT uid FROM collections WHERE name = ?", (c.name,)).fetchone()
+    if row is None or row[0] != c.uid:
+        raise CollectionMoved(f"collection {c.name!r} was replaced or deleted by another server")
 
 
 class LockedWriter:
@@ -178,6 +189,7 @@ class LockedWriter:
         last = {it.id: row for row, it in enumerate(items)}
         rows = sorted(last.values())
         with uncertain(c), store.db.locked_transaction() as conn:
+            still_there(store, conn, c)
             olds = find_items(conn, name, [items[r].id for r in rows])
             if olds:
                 old = list(olds.values())
@@ -242,6 +254,7 @@ class LockedWriter:
         """Delete one item of ``c``."""
         store = self.state
         with uncertain(c), store.db.locked_transaction() as conn:
+            still_there(store, conn, c)
             old = find_item(conn, c.name, item_id)
             if old is None:
                 raise UnknownItem(f"item {item_id!r} is not in collection {c.name!r}")

@@ -73,6 +73,7 @@ _DOMAIN: list[tuple[type[Exception], int, str]] = [
     (index.InvalidFilter, 400, "invalid_filter"),
     (index.InvalidValue, 422, "invalid_value"),
     (index.ModelMismatch, 409, "model_mismatch"),
+    (index.CollectionMoved, 409, "collection_changed"),
     (index.UnknownJob, 404, "job_not_found"),
     (index.JobFinished, 409, "job_finished"),
     (index.JobNotCancellable, 409, "job_not_cancellable"),

@@ -146,7 +146,7 @@ def _models(args: argparse.Namespace) -> int:
         models = [
             {"version": active, "base": None, "method": "pretrained", "metrics": {}, "active": True}
         ]
-        for v in ModelRegistry(settings.data_dir / "versions").versions():
+        for v in ModelRegistry(settings.shared_root / "versions").versions():
             models.append(
                 {
                     "version": v.version,

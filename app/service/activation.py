@@ -10,63 +10,32 @@ old vectors meanwhile, and writes keep landing in the old collections. Then, und
 store's write lock, the writes made since are caught up, every copy replaces its
 original in one transaction and new items start being embedded with the new version, so
 no collection ever mixes two versions. A failure or a cancel drops the copies: the old
-version keeps serving as if nothing happened.
+version keeps serving as if nothing happened. With several servers, every one loads
+the new version before the switch, and switches with it (``app.service.cluster``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
+from app.service.cluster import ActivationError, ModelFollower
 from app.service.config import Settings
 from app.service.engine import Engine
-from app.service.errors import Conflict
-from app.service.finetune import FineTuner
 from index import CollectionStore, Job, JobStore, Migration
-from index.blobs import atomic_write
+from index.catalogue.servers import ModelState
 from index.types import StoredItem
 from models.adapt.methods import TrainingStopped
 from models.adapt.reembed import StoredContent, reembed
 from models.encoder import Encoder
-from models.errors import TrainingDiverged
+from models.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
 ACTIVATE_JOB = "activate"
-
-
-class ActivationError(Conflict):
-    """The collections cannot move to the new version (e.g. content that was not kept)."""
-
-
-@dataclass
-class ActiveModel:
-    """Which version serves, and the ones before it (for rollback), kept in the data dir."""
-
-    path: Path
-    active: str | None = None
-    history: list[str] = field(default_factory=list)
-
-    @classmethod
-    def load(cls, path: Path) -> ActiveModel:
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return cls(path)
-        return cls(path, data.get("active"), list(data.get("history", [])))
-
-    def save(self) -> None:
-        atomic_write(
-            self.path, json.dumps({"active": self.active, "history": self.history}).encode()
-        )
+__all__ = ["ACTIVATE_JOB", "ActivationError", "Activator", "restore_active"]
 
 
 class Activator:
@@ -75,15 +44,19 @@ class Activator:
         settings: Settings,
         store: CollectionStore,
         engine: Engine,
-        finetuner: FineTuner,
         jobs: JobStore,
+        follower: ModelFollower,
     ) -> None:
         self.settings = settings
         self.store = store
         self.engine = engine
-        self.finetuner = finetuner
         self.jobs = jobs
-        self.state = ActiveModel.load(settings.data_dir / "active_model.json")
+        self.follower = follower
+        self.model = follower.model
+
+    @property
+    def state(self) -> ModelState:
+        return self.model.read()
 
     def run(self, job: Job, should_stop: Callable[[], bool]) -> None:
         target = job.params["version"]
@@ -92,13 +65,14 @@ class Activator:
         if target == current.version:
             self.jobs.report(job.id, {"phase": "done", "message": f"{target} is already active"})
             return
-        new = self.finetuner.encoder_for(target, self.engine.encoders)
-        self._probe(new)
-        self.engine.add_version(new)
-        detail: dict[str, Any] = {"phase": "re-embedding", "from": current.version, "to": target}
+        detail: dict[str, Any] = {"phase": "loading", "from": current.version, "to": target}
+        self.jobs.report(job.id, detail)
         done = total = 0
         migration = None
+        self.model.update(lambda state: setattr(state, "pending", target))
         try:
+            new = self._load_everywhere(target, should_stop)
+            detail["phase"] = "re-embedding"
             if new.space != current.space:
                 # Every collection of the serving space moves, those created meanwhile too.
                 migration = Migration(
@@ -135,14 +109,19 @@ class Activator:
                 detail["message"] = f"{target} keeps {current.space}'s vectors: no re-embedding"
 
             def switch() -> None:
+                """The catalogue's active version changes with the swap, under the write
+                lock (and, for a migration, while no other server writes)."""
                 self.engine.activate(target)
-                previous = self.state.active or current.version
-                if rollback and self.state.history:
-                    self.state.history.pop()
-                else:
-                    self.state.history.append(previous)
-                self.state.active = target
-                self.state.save()
+
+                def change(state: ModelState) -> None:
+                    previous = state.active or current.version
+                    if rollback and state.history:
+                        state.history.pop()
+                    else:
+                        state.history.append(previous)
+                    state.active, state.pending = target, None
+
+                self.model.update(change, held=True)
 
             # The point of no return: from here a cancel is refused (409), and a cancel that
             # came first stops the activation here.
@@ -150,19 +129,16 @@ class Activator:
             if not self.jobs.pass_point_of_no_return(job.id, detail):
                 raise TrainingStopped
             if migration is None:
-                switch()  # writes go on meanwhile: their vectors are in the shared space
+                with self.store.locked():
+                    switch()  # writes go on meanwhile: their vectors are in the shared space
             else:
                 migration.commit(after=switch)
         except BaseException:
             if migration is not None:
                 migration.abort()
-            self.engine.drop_version(target)
+            self._abandon(target)
             raise
-        # The version just replaced stays loaded: queries that read the collection's version
-        # before the swap still embed with it (and then retry). Older ones go.
-        for version in list(self.engine.encoders):
-            if version not in (target, current.version):
-                self.engine.drop_version(version)  # never the configured model
+        self.follower.step()  # older versions go; the one just replaced stays a while
         detail["phase"] = "done"
         self.jobs.report(job.id, detail, done=total)
         log.info(
@@ -172,22 +148,28 @@ class Activator:
             len(detail["collections"]),
         )
 
-    def _probe(self, encoder: Encoder) -> None:
-        """A version whose encoders give a non-finite vector never serves: tried on a text,
-        a query and an image before anything is re-embedded (each chunk written after is
-        checked by the store as well)."""
-        side = encoder.pixels.size
-        image = Image.new("RGB", (side, side), (127, 127, 127))
-        tries = (
-            (encoder.encode_texts, ["a photo of a dog"]),
-            (encoder.encode_queries, ["a photo of a dog"]),
-            (encoder.encode_images, [image]),
-        )
-        for encode, inputs in tries:
-            if not np.isfinite(self.engine.run_model(encode, inputs)).all():
-                raise TrainingDiverged(
-                    f"{encoder.version} gives non-finite vectors: it cannot serve"
-                )
+    def _load_everywhere(self, target: str, should_stop: Callable[[], bool]) -> Encoder:
+        """``target`` loaded and tried here, then on every other live server."""
+        self.follower.step()
+        new = self.engine.encoders.get(target)
+        if new is None:
+            why = self.follower.failed.get(target, "it could not be loaded")
+            raise ActivationError(f"{target} cannot serve: {why}")
+        self.follower.wait_loaded(target, should_stop)
+        return new
+
+    def _abandon(self, target: str) -> None:
+        """After a failure or a cancel: no server keeps loading ``target`` for it."""
+
+        def change(state: ModelState) -> None:
+            if state.pending == target:
+                state.pending = None
+
+        try:
+            self.model.update(change)
+            self.follower.step()
+        except Exception:  # the job's own error says what went wrong
+            log.exception("could not withdraw %s from the catalogue", target)
 
     def _load_bytes(self, item: StoredContent) -> bytes:
         assert isinstance(item, StoredItem)
@@ -201,13 +183,16 @@ class Activator:
         return self.store.blobs.get(digest)
 
 
-def restore_active(settings: Settings, engine: Engine, finetuner: FineTuner) -> str | None:
-    """At start-up, serve the version the last activation left active, if it is not the
-    configured model. Returns that version (None: the configured model serves)."""
-    state = ActiveModel.load(settings.data_dir / "active_model.json")
-    if state.active is None or state.active == engine.version:
-        return None
-    encoder = finetuner.encoder_for(state.active, engine.encoders)
-    engine.add_version(encoder)
-    engine.activate(state.active)
-    return state.active
+def restore_active(follower: ModelFollower) -> str | None:
+    """At start-up, serve the version the catalogue names active, if it is not the
+    configured model, and load the one an activation is switching to. Returns the
+    version serving when it is not the configured model."""
+    follower.step()
+    engine = follower.engine
+    active = follower.model.read().active
+    if active is not None and engine.version != active:
+        raise ModelLoadError(
+            f"cannot serve {active}, the version last activated: "
+            f"{follower.failed.get(active, 'it could not be loaded')}"
+        )
+    return active if active != engine.configured_version else None

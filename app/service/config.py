@@ -49,9 +49,21 @@ class Settings(BaseSettings):
         "faster queries for a small loss of recall (BENCHMARKS.md); images, fine-tuning and "
         "checkpoints stay float.",
     )
-    data_dir: Path = Field(Path("./data"), description="Items, images, indexes and model cache.")
+    data_dir: Path = Field(
+        Path("./data"),
+        description="This server's own files: its indexes, thumbnails and id; with "
+        "`XMODAL_SHARED_DIR` unset, everything else too.",
+    )
+    shared_dir: Path | None = Field(
+        None,
+        description="Files every server of one service reaches: image files, model versions, "
+        "snapshots, job results, the default import folder and weights cache, and the SQLite "
+        "catalogue when `XMODAL_DATABASE_URL` is unset. Set, this server shares them with "
+        "others and follows their writes (docs/backends-and-scaling.md); unset: the data dir, "
+        "for one server alone.",
+    )
     model_cache: Path | None = Field(
-        None, description="Where downloaded weights are cached (default: `<data dir>/models`)."
+        None, description="Where downloaded weights are cached (default: `<shared dir>/models`)."
     )
 
     # --- server ------------------------------------------------------------------------------
@@ -197,7 +209,7 @@ class Settings(BaseSettings):
         None,
         description="The catalogue (collections, items and their metadata, texts and vectors, "
         "jobs) on a PostgreSQL server: `postgresql://user:password@host:5432/xmodal` or "
-        "`postgresql:///xmodal?host=/run/postgresql`; unset: SQLite under the data dir "
+        "`postgresql:///xmodal?host=/run/postgresql`; unset: SQLite under the shared dir "
         "(docs/backends-and-scaling.md).",
     )
     vector_backend: Literal["faiss", "milvus"] = Field(
@@ -210,7 +222,8 @@ class Settings(BaseSettings):
         description="With `milvus`: a local file path ending in `.db` (Milvus Lite, embedded) "
         "or `http://host:19530` (Milvus standalone or cluster; with auth, "
         "`http://user:password@host:19530`, or an API key as `http://KEY@host:19530`); "
-        "unset: `DATA_DIR/milvus.db`.",
+        "unset: `DATA_DIR/milvus.db` (one server alone: Milvus Lite's file serves one "
+        "process).",
     )
     ray_address: str | None = Field(
         None,
@@ -219,10 +232,9 @@ class Settings(BaseSettings):
     )
     store_images: bool = Field(True, description="Keep uploaded image bytes (content-addressed).")
     index_dump_interval_s: Annotated[float, Field(gt=0)] = Field(
-        60.0, description="How often changed FAISS indexes are dumped to disk."
-    )
-    index_dump_every: Annotated[int, Field(ge=1)] = Field(
-        10_000, description="Also dump an index after this many changes."
+        60.0,
+        description="How often changed FAISS indexes are dumped to disk (an index is dumped "
+        "after 10,000 changes as well).",
     )
     snapshot_bytes_per_collection: Annotated[int, Field(ge=1)] = Field(
         100 * 1024 * MiB,
@@ -323,9 +335,28 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _shared_vectors(self) -> Settings:
+        # Milvus Lite's file is opened by one process: servers sharing a catalogue would
+        # each search a Milvus of their own.
+        if self.shared_dir is not None and self.vector_backend == "milvus":
+            uri, _ = self.milvus_target
+            if not uri.startswith(("http://", "https://")):
+                raise ValueError(
+                    "with XMODAL_SHARED_DIR, XMODAL_MILVUS_URI is a Milvus server"
+                    " (http://host:19530, or `milvus-lite server`): a Milvus Lite file serves"
+                    " one process"
+                )
+        return self
+
+    @property
+    def shared_root(self) -> Path:
+        """Where what every server reaches lives: ``shared_dir``, else the data dir."""
+        return self.shared_dir or self.data_dir
+
     @property
     def import_root_dir(self) -> Path:
-        return self.import_root or self.data_dir / "import"
+        return self.import_root or self.shared_root / "import"
 
     @property
     def milvus_target(self) -> tuple[str, str | None]:
@@ -342,7 +373,7 @@ class Settings(BaseSettings):
 
     @property
     def model_cache_dir(self) -> Path:
-        return self.model_cache or self.data_dir / "models"
+        return self.model_cache or self.shared_root / "models"
 
 
 # The sections of the settings reference, each named at its first setting.

@@ -33,6 +33,7 @@ class Services:
             settings.data_dir / "thumbnails", settings.max_image_pixels
         )
         self.load_error: str | None = None
+        self.loading = "loading the model and the store"  # what start-up is doing now
         self.shutting_down = False
         self._tasks: list[asyncio.Task[None]] = []
         metrics.add_state(self.metric_state)
@@ -49,11 +50,13 @@ class Services:
         self._tasks.append(loop.create_task(self._dump_loop(), name="xmodal-index-dumps"))
         self._tasks.append(loop.create_task(self._sweep_loop(), name="xmodal-sweep"))
         self._tasks.append(loop.create_task(self._follow_loop(), name="xmodal-follow"))
+        self._tasks.append(loop.create_task(self._model_loop(), name="xmodal-model-follow"))
 
     async def _load(self) -> None:
         try:
             self.store = await self._open_store()
             self.store.garbage.on_removed.append(self.thumbnails.forget)
+            self.loading = "loading the model"
             stack = await run_in_threadpool(build_stack, self.settings, self.metrics, self.store)
             stack.engine.start()
             stack.jobs.start()  # picks up jobs a restart interrupted
@@ -72,12 +75,15 @@ class Services:
         is waited for (``/readyz`` says why meanwhile), as it is when it goes down later."""
         while True:
             try:
-                return await run_in_threadpool(open_store, self.settings)
+                return await run_in_threadpool(open_store, self.settings, self._progress)
             except CatalogueUnavailable as exc:
                 if self.load_error != str(exc):
                     log.error("waiting for the catalogue: %s", exc)
                 self.load_error = str(exc)
                 await asyncio.sleep(CATALOGUE_RETRY_S)
+
+    def _progress(self, message: str) -> None:
+        self.loading = message
 
     async def _dump_loop(self) -> None:
         while True:
@@ -91,11 +97,11 @@ class Services:
                     log.exception("periodic index dump failed; SQLite still holds every item")
 
     async def _follow_loop(self) -> None:
-        """On a catalogue other servers write to (PostgreSQL with FAISS), bring this
-        server's collections and indexes level with it every ``FOLLOW_INTERVAL_S``."""
+        """On a catalogue other servers write to, bring this server's collections (and
+        its FAISS indexes) level with it every ``FOLLOW_INTERVAL_S``."""
         while self.store is None:
             await asyncio.sleep(1.0)
-        if not self.store.state.follows:
+        if not self.store.state.shared:
             return
         while True:
             await asyncio.sleep(FOLLOW_INTERVAL_S)
@@ -105,6 +111,22 @@ class Services:
                 pass  # requests say so; this tries again
             except Exception:
                 log.exception("following the catalogue failed; trying again")
+
+    async def _model_loop(self) -> None:
+        """On a shared catalogue, the model switch as other servers make it, and this
+        server's heartbeat (apart from following writes: loading a version takes a while)."""
+        while self.stack is None:
+            await asyncio.sleep(0.5)
+        if not self.stack.store.state.shared:
+            return
+        while True:
+            await asyncio.sleep(FOLLOW_INTERVAL_S)
+            try:
+                await run_in_threadpool(self.stack.follower.step)
+            except CatalogueUnavailable:
+                pass
+            except Exception:
+                log.exception("following the model switch failed; trying again")
 
     async def _sweep_loop(self) -> None:
         """Now and then, remove image files and thumbnails no item refers to."""
@@ -136,6 +158,9 @@ class Services:
         stack = self.stack
         if stack is not None:
             stack.advisor.close()
+            if self.store is not None and self.store.state.shared:
+                with contextlib.suppress(Exception):  # its row ages out anyway
+                    await run_in_threadpool(stack.follower.servers.leave)
             # A running job stops at its next chunk boundary and resumes on the next start.
             await run_in_threadpool(stack.jobs.stop)
             await stack.engine.stop()

@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from app.service.activation import Activator, restore_active
 from app.service.advice import ADVICE_TIMEOUT_S, Advisor
+from app.service.cluster import ActiveModel, ModelFollower
 from app.service.config import Settings
 from app.service.engine import Engine
 from app.service.finetune import FineTuner
@@ -35,6 +37,7 @@ from index import (
     MilvusBackends,
     open_catalogue,
 )
+from index.catalogue.servers import Servers
 from models.encoder import load_encoder
 from models.registry import ModelRegistry
 
@@ -49,6 +52,7 @@ class Stack:
     registry: ModelRegistry
     finetuner: FineTuner
     activator: Activator
+    follower: ModelFollower  # the model switch, as other servers make it
     jobs: JobManager
     retrieval: Retrieval
     advisor: Advisor
@@ -76,7 +80,9 @@ class Stack:
         self.store.close()
 
 
-def open_store(settings: Settings) -> CollectionStore:
+def open_store(
+    settings: Settings, progress: Callable[[str], None] | None = None
+) -> CollectionStore:
     backends: BackendFactory
     if settings.vector_backend == "milvus":
         uri, token = settings.milvus_target
@@ -87,15 +93,16 @@ def open_store(settings: Settings) -> CollectionStore:
         settings.data_dir,
         backends=backends,
         store_images=settings.store_images,
-        index_dump_every=settings.index_dump_every,
         database_url=database_url(settings),
+        shared_dir=settings.shared_dir,
+        progress=progress,
     )
 
 
 def open_job_store(settings: Settings) -> JobStore:
     """The job records alone (listing jobs needs neither indexes nor a model)."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return JobStore(open_catalogue(settings.data_dir, database_url(settings)))
+    settings.shared_root.mkdir(parents=True, exist_ok=True)
+    return JobStore(open_catalogue(settings.shared_root, database_url(settings)))
 
 
 def server_id(data_dir: Path) -> str:
@@ -138,13 +145,20 @@ def build_stack(
             encoder.enable_int8_text()
         metrics = metrics or Metrics()
         engine = Engine(encoder, settings, metrics)
-        job_store = JobStore(store.db, owner=server_id(settings.data_dir))
-        registry = ModelRegistry(settings.data_dir / "versions")
+        me = server_id(settings.data_dir)
+        job_store = JobStore(store.db, owner=me)
+        registry = ModelRegistry(settings.shared_root / "versions")
         finetuner = FineTuner(settings, registry, job_store, engine.run_model, engine.image_side)
-        restored = restore_active(settings, engine, finetuner)
+        follower = ModelFollower(
+            ActiveModel(store.db, settings.data_dir / "active_model.json"),
+            Servers(store.db, me),
+            engine,
+            finetuner,
+        )
+        restored = restore_active(follower)
         if restored:
             log.info("serving %s, the version last activated", restored)
-        activator = Activator(settings, store, engine, finetuner, job_store)
+        activator = Activator(settings, store, engine, job_store, follower)
         retrieval = Retrieval(Limits(settings), store, engine, metrics.search_batch.observe)
         archives = Archives(settings)
         restores = RestoreRunner(settings, store, job_store, engine)
@@ -180,6 +194,7 @@ def build_stack(
         registry,
         finetuner,
         activator,
+        follower,
         jobs,
         retrieval,
         Advisor(store, ADVICE_TIMEOUT_S, settings.data_dir / "tmp"),

@@ -56,6 +56,12 @@ class Catalogue(Protocol):
 
     def locked_transaction(self) -> contextlib.AbstractContextManager[Conn]: ...
 
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """No other server's write transaction lands while the block runs (it spans
+        several of this one's transactions, as a model switch does); the caller holds
+        ``write_lock``."""
+        ...
+
     def close(self) -> None: ...
 
     def check(self) -> None:

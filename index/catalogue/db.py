@@ -13,6 +13,8 @@ in the same transaction as the items it stored.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -94,6 +96,20 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_until REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at);
+
+CREATE TABLE IF NOT EXISTS model_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    active TEXT,
+    history TEXT NOT NULL,
+    pending TEXT,
+    changed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS servers (
+    id TEXT PRIMARY KEY,
+    seen_at REAL NOT NULL,
+    loaded TEXT NOT NULL,
+    failed TEXT NOT NULL
+);
 """
 
 # Every top-level metadata key of every item, typed, for filters that use an index instead
@@ -147,6 +163,10 @@ class SqliteDatabase:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.write_lock = threading.Lock()
+        self._writers_fd = os.open(
+            path.with_name(path.name + ".writers"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+        )
+        self._exclusive_depth = 0
         self.writer = self._connect()
         self.apply(SCHEMA)
         self._migrate()
@@ -233,17 +253,35 @@ class SqliteDatabase:
     def locked_transaction(self) -> Iterator[sqlite3.Connection]:
         """One IMMEDIATE transaction, committed durably, for a caller that holds
         ``write_lock`` already (to keep memory and disk in step across a write)."""
-        conn = self.writer
-        conn.execute("BEGIN IMMEDIATE")
+        with self.exclusive():
+            conn = self.writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The writers' file lock, beside the database file: every write transaction
+        takes it (processes sharing the file take turns as SQLite's own lock makes them),
+        and a block that spans several transactions holds it throughout. Taken once per
+        process (the caller holds ``write_lock``), so the block's own transactions pass."""
+        if self._exclusive_depth == 0:
+            fcntl.flock(self._writers_fd, fcntl.LOCK_EX)
+        self._exclusive_depth += 1
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+            yield
+        finally:
+            self._exclusive_depth -= 1
+            if self._exclusive_depth == 0:
+                fcntl.flock(self._writers_fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
         self.writer.close()
+        os.close(self._writers_fd)
         with self._reader_conns_lock:
             for conn in self._reader_conns:
                 conn.close()

@@ -31,6 +31,11 @@ _COLUMNS = (
 )
 
 
+# Kinds of which one job runs at a time across every server (two model switches at once
+# would each move the collections the other moves).
+ONE_AT_A_TIME = frozenset({"activate"})
+
+
 class JobState(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -178,14 +183,23 @@ class JobStore:
         now = time.time()
         with self.db.transaction() as conn:
             row = conn.execute(
-                "SELECT state, starts, owner, lease_until FROM jobs WHERE id = ?", (job_id,)
+                "SELECT state, starts, owner, lease_until, kind FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
             if row is None or JobState(row[0]).finished:
                 return False
-            state, starts, owner, lease_until = row
+            state, starts, owner, lease_until, kind = row
             held = lease_until is not None and lease_until > now and owner != self.owner
             if state == JobState.RUNNING.value and held:
                 return False
+            if (
+                kind in ONE_AT_A_TIME
+                and conn.execute(
+                    "SELECT 1 FROM jobs WHERE kind = ? AND state = ? AND id <> ?"
+                    " AND lease_until > ? AND owner <> ?",
+                    (kind, JobState.RUNNING.value, job_id, now, self.owner),
+                ).fetchone()
+            ):
+                return False  # another server runs one; this one waits its turn, queued
             if starts >= MAX_STARTS:
                 message = (
                     f"the server stopped {starts} times while this job ran, without the job "

@@ -78,6 +78,19 @@ SCHEMA = [
         owner TEXT,
         lease_until DOUBLE PRECISION)""",
     "CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at)",
+    # Added tables need no new version: a server that does not know them ignores them,
+    # so servers of both releases share one catalogue during a rolling upgrade.
+    """CREATE TABLE IF NOT EXISTS model_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        active TEXT,
+        history TEXT NOT NULL,
+        pending TEXT,
+        changed_at DOUBLE PRECISION NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS servers (
+        id TEXT PRIMARY KEY,
+        seen_at DOUBLE PRECISION NOT NULL,
+        loaded TEXT NOT NULL,
+        failed TEXT NOT NULL)""",
 ]
 # Upgrades in place, by the version they lead to (none yet: version 1 is the first).
 UPGRADES: dict[int, list[str]] = {}

@@ -222,6 +222,20 @@ class PostgresDatabase:
         if self._unanalysed >= max(ANALYSE_EVERY, self._analysed):
             self._vacuum(conn)
 
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The writers' advisory lock, held by this session across the block: other
+        servers' write transactions wait; this one's own take it again at once (advisory
+        locks nest within a session)."""
+        conn = self.writer
+        conn.execute("SELECT pg_advisory_lock(?)", (WRITE_LOCK_KEY,))
+        try:
+            yield
+        finally:
+            if not conn.broken:  # a lost session has released it already
+                with contextlib.suppress(CatalogueUnavailable):
+                    conn.execute("SELECT pg_advisory_unlock(?)", (WRITE_LOCK_KEY,))
+
     def _vacuum(self, conn: PgConnection) -> None:
         """Vacuum and analyse the items and their fields once they doubled since the last
         time (and grew by ``ANALYSE_EVERY`` at least), after the commit (it runs outside

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
 from app.service.config import Settings, settings_table
 from tests.helpers import REPO
 
@@ -33,3 +38,19 @@ def test_milvus_credentials_come_from_the_uri_and_leave_it() -> None:
     key = Settings(milvus_uri="https://abc123@in01.zillizcloud.com")
     assert key.milvus_target == ("https://in01.zillizcloud.com", "abc123")
     assert Settings(milvus_uri="/data/milvus.db").milvus_target == ("/data/milvus.db", None)
+
+
+def test_a_shared_dir_holds_what_every_server_reaches(tmp_path: Path) -> None:
+    """Unset, everything lives in the data dir; set, what servers share moves there and
+    a Milvus Lite file (one process's) is refused."""
+    alone = Settings(data_dir=tmp_path / "d")
+    assert alone.shared_root == tmp_path / "d"
+    assert alone.import_root_dir == tmp_path / "d" / "import"
+    shared = Settings(data_dir=tmp_path / "d", shared_dir=tmp_path / "s")
+    assert shared.shared_root == tmp_path / "s"
+    assert shared.import_root_dir == tmp_path / "s" / "import"
+    assert shared.model_cache_dir == tmp_path / "s" / "models"
+    with pytest.raises(ValidationError, match="Milvus Lite file serves one process"):
+        Settings(shared_dir=tmp_path / "s", vector_backend="milvus")
+    server = Settings(shared_dir=tmp_path / "s", vector_backend="milvus", milvus_uri="http://m:1")
+    assert server.milvus_target == ("http://m:1", None)

@@ -49,10 +49,7 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         return JSONResponse(
             {"status": "ready", "model": engine.version, "device": engine.encoder.device_name}
         )
-    if services.shutting_down:
-        message = "shutting down"
-    else:
-        message = services.load_error or "loading the model and the store"
+    message = "shutting down" if services.shutting_down else services.load_error or services.loading
     return error_response(503, "not_ready", message, {"Retry-After": "5"})
 
 

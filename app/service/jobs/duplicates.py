@@ -30,7 +30,7 @@ class DuplicatesRunner:
     kind = DUPLICATES_JOB
 
     def __init__(self, settings: Settings, store: CollectionStore, jobs: JobStore) -> None:
-        self.results = settings.data_dir / "job-results"
+        self.results = settings.shared_root / "job-results"
         self.store = store
         self.jobs = jobs
 

@@ -60,7 +60,7 @@ class Archives:
     removed with the collection, within a quota per collection (count and bytes)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.root = settings.data_dir / "archives"
+        self.root = settings.shared_root / "archives"
         self.max_count = SNAPSHOTS_PER_COLLECTION
         self.max_bytes = settings.snapshot_bytes_per_collection
 
@@ -207,7 +207,7 @@ class RestoreRunner:
         self.store = store
         self.jobs = jobs
         self.engine = engine
-        self.uploads = Uploads(settings.data_dir)
+        self.uploads = Uploads(settings.shared_root)
         held = {
             str(j.params.get("upload"))
             for j in jobs.unfinished()

@@ -337,14 +337,15 @@ class Retrieval:
         return await self._add(name, items, encode)
 
     async def _add(self, name: str, items: Sequence[NewItem], encode: Encode) -> list[str]:
-        """Embed with the active version and store; if an activation switched the
-        collection between the two steps, embed again with the version now active."""
+        """Embed with the collection's version and store; if an activation (here or on
+        another server) switched the collection between the two steps, embed again with
+        the version it holds now."""
 
         async def once(version: str) -> list[str]:
             vectors = await encode(version)
             return await run_in_threadpool(self.store.upsert, name, items, vectors, version)
 
-        return await retry_on_switch(lambda: self.engine.space, once)
+        return await retry_on_switch(lambda: self.space_of(name), once)
 
     def add_blocking(
         self,
@@ -360,4 +361,4 @@ class Retrieval:
             items, vectors = embed(version)
             self.store.upsert(name, items, vectors, version, extra=extra, uid=uid)
 
-        retry_on_switch_blocking(lambda: self.engine.space, once)
+        retry_on_switch_blocking(lambda: self.space_of(name), once)

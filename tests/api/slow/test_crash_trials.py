@@ -84,7 +84,8 @@ def test_acknowledged_writes_and_deletes_survive_repeated_kill_9(
     rng = random.Random(11)
     ledgers = [Ledger() for _ in range(3)]
     job_id = None
-    settings: dict[str, object] = {"import_chunk_size": 32, "index_dump_every": 50}
+    # Dumps every half second: kills land between dumps and mid-dump alike.
+    settings: dict[str, object] = {"import_chunk_size": 32, "index_dump_interval_s": 0.5}
     kills = KILLS
     if catalogue == "postgres":
         settings["database_url"] = request.getfixturevalue("pg").database()

@@ -306,7 +306,7 @@ def test_concurrency_limit_answers_429_and_spares_probes(
 def test_sigterm_drains_finishes_in_flight_requests_and_snapshots(tmp_path: Path) -> None:
     store_vectors(tmp_path / "data", "many", 5000)
     server = ServerProcess(
-        tmp_path / "data", shutdown_drain_s=2, index_dump_interval_s=3600, index_dump_every=10**6
+        tmp_path / "data", shutdown_drain_s=2, index_dump_interval_s=3600
     ).start()
     assert server.proc is not None
     pid = server.proc.pid
