@@ -372,18 +372,31 @@ class CollectionStore:
         """Best ``k`` items of modality ``target`` for each query row (``index.search``);
         the filter's reads stop at ``deadline`` (``time.monotonic()``; ``Interrupted``).
         A filter several rankings share is read once beforehand (``allowed``)."""
-        return search_collection(
-            self.current(name),
-            self.db,
-            self.is_current,
-            target,
-            xq,
-            k,
-            model_version=model_version,
-            where=_tree(where),
-            with_vectors=with_vectors,
-            deadline=deadline,
+        try:
+            return search_collection(
+                self.current(name),
+                self.db,
+                self.is_current,
+                target,
+                xq,
+                k,
+                model_version=model_version,
+                where=_tree(where),
+                with_vectors=with_vectors,
+                deadline=deadline,
+                still_stored=self._still_stored if self.state.shared else None,
+            )
+        except CollectionMoved:
+            self.follow()  # then the caller embeds again for the version there now
+            raise
+
+    def _still_stored(self, c: LiveCollection) -> bool:
+        row = (
+            self.db.reader()
+            .execute("SELECT uid FROM collections WHERE name = ?", (c.name,))
+            .fetchone()
         )
+        return row is not None and row[0] == c.uid
 
     def lexical(
         self,

@@ -39,6 +39,12 @@ class ModelMismatch(StoreError):
     """The collection's vectors came from another model version than the one offered."""
 
 
+class CollectionMoved(ModelMismatch):
+    """Another server replaced or deleted the collection since this one read it (a shared
+    catalogue): the write is refused before anything lands, a search's answer is not
+    given; the caller follows and tries again (with the version it holds now)."""
+
+
 class InvalidFilter(StoreError):
     pass
 
@@ -50,9 +56,3 @@ class Interrupted(StoreError):
 class CatalogueUnavailable(StoreError):
     """The catalogue's database server cannot be reached (or refused the schema): the
     request needing it gets 503 with the reason; the next call connects again."""
-
-
-class CollectionMoved(StoreError):
-    """Another server replaced or deleted the collection since this one read it (a shared
-    catalogue): the write is refused before anything lands; the caller follows and tries
-    again."""

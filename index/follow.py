@@ -43,7 +43,7 @@ class Follower:
         changed = self._collections(held)
         if marks != self._seen and not state.backends.shared:
             for c in list(state.collections.values()):
-                state.dumps.apply(c, list(Modality), state.dumps.caught_up(c.name))
+                state.dumps.apply(c, list(Modality), state.dumps.caught_up(c))
             changed = True
         self._seen = marks
         return changed
@@ -85,13 +85,26 @@ class Follower:
             live = state.collections
             for name, c in list(live.items()):
                 row = stored.get(name)
-                if row is None or row[1] != c.uid:
-                    del live[name]
-                    if not state.backends.shared:  # a shared index is its deleter's to drop
-                        c.drop_indexes()
-                    state.dumps.remove_files(name)
-                    log.info("collection %s: deleted or replaced by another server", name)
-                    changed = True
+                if row is not None and row[1] == c.uid:
+                    continue
+                state.dumps.remove_files(name)  # the dumps of the incarnation that went
+                new = None
+                if row is not None and not name.startswith(SHADOW_PREFIX):
+                    _, uid, spec, dim, version, created = row
+                    new = state.dumps.open(name, uid, spec, dim, version, created)
+                # In-flight searches finish on the old vectors; later ones find it gone
+                # (and embed again for the version that replaced it).
+                with c.lock.write():
+                    if new is None:
+                        del live[name]
+                    else:
+                        live[name] = new
+                if not state.backends.shared:  # a shared index is its deleter's to drop
+                    c.drop_indexes()
+                log.info(
+                    "collection %s: %s by another server", name, "replaced" if new else "deleted"
+                )
+                changed = True
             for name, row in stored.items():
                 if name in live or name in state.broken or name.startswith(SHADOW_PREFIX):
                     continue

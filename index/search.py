@@ -19,7 +19,7 @@ import numpy as np
 from index.catalogue.base import Catalogue
 from index.catalogue.filters import filter_labels
 from index.catalogue.rows import ITEM_COLUMNS, SQL_CHUNK, hit_rows, item_from_row
-from index.errors import ModelMismatch, UnknownItem
+from index.errors import CollectionMoved, ModelMismatch, UnknownItem
 from index.filter_tree import Node, matches
 from index.live import LiveCollection
 from index.types import Hit, Item, Modality
@@ -118,11 +118,15 @@ def search_collection(
     where: Node | Allowed | None = None,
     with_vectors: bool = False,
     deadline: float | None = None,
+    still_stored: Callable[[LiveCollection], bool] | None = None,
 ) -> list[list[Hit]]:
     """Best ``k`` items of modality ``target`` for each query row, best first;
     ``where`` keeps only the items that pass a filter (read once beforehand: ``Allowed``);
     ``with_vectors`` puts each hit's stored vector on it. ``is_current`` tells whether
-    ``c`` still serves under its name (not swapped for a re-embedded copy)."""
+    ``c`` still serves under its name (not swapped for a re-embedded copy).
+    ``still_stored`` (a shared catalogue) tells whether the catalogue still holds ``c``
+    under its name: asked when hits' rows were gone, since another server may have
+    swapped a copy in before this one followed (``CollectionMoved``: follow, retry)."""
     name = c.name
     check_model(c, model_version)
     index = c.sides[target].index
@@ -145,20 +149,24 @@ def search_collection(
                 xq, depth, allowed=None if native else allowed, where=tree if native else None
             )
             # Rows are read under the lock too, so a swap cannot delete them in between.
+            asked: set[int] = set()
             if post and exact and tree is not None:
                 # Candidates in score order, their rows read a few at a time until k pass.
                 rows: dict[int, tuple[Any, ...]] = {}
                 hits = [
-                    _passing(r, k, rows, db, with_vectors, tree)
+                    _passing(r, k, rows, db, with_vectors, tree, asked)
                     for q, r in zip(queries, results, strict=True)
                 ]
             else:
                 wanted = sorted({int(x) for r in results for x in r.labels})
+                asked.update(wanted)
                 rows = hit_rows(db.reader(), wanted, vectors=with_vectors or not exact)
                 hits = [
                     _hits(r, q, rows, exact, with_vectors, tree if post else None)
                     for q, r in zip(queries, results, strict=True)
                 ]
+            if still_stored is not None and len(rows) < len(asked) and not still_stored(c):
+                raise CollectionMoved(f"collection {name!r} was replaced by another server")
         # A post-filtered ranking goes deeper until each query has its k, or the index
         # has nothing more to give.
         if not post or all(len(h) >= k for h in hits) or depth >= index.ntotal:
@@ -173,6 +181,7 @@ def _passing(
     db: Catalogue,
     with_vectors: bool,
     tree: Node,
+    asked: set[int],
 ) -> list[Hit]:
     """The first ``k`` candidates of an exact ranking whose metadata passes ``tree`` (and
     any tied with the k-th), reading their rows ``POST_FILTER_READ`` at a time: a broad
@@ -183,6 +192,7 @@ def _passing(
     for start in range(0, len(labels), POST_FILTER_READ):
         chunk = labels[start : start + POST_FILTER_READ]
         missing = [x for x in chunk if x not in rows]
+        asked.update(missing)
         if missing:
             rows.update(hit_rows(db.reader(), missing, vectors=with_vectors))
         scores = r.scores[start : start + POST_FILTER_READ]

@@ -244,7 +244,7 @@ class LockedWriter:
             side.dirty += len(gone) + len(mine)
 
         # Other servers write too: level with the catalogue instead, in order.
-        apply = store.dumps.caught_up(c.name) if store.follows else change
+        apply = store.dumps.caught_up(c) if store.follows else change
         try:
             store.dumps.apply(c, list(Modality), apply)
         finally:
@@ -272,7 +272,7 @@ class LockedWriter:
             side.dirty += 1
 
         # Other servers write too: level with the catalogue instead, in order.
-        apply = store.dumps.caught_up(c.name) if store.follows else change
+        apply = store.dumps.caught_up(c) if store.follows else change
         try:
             store.dumps.apply(c, [Modality(old[1])], apply)
         finally:

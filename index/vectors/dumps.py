@@ -133,28 +133,36 @@ class IndexDumps:
         label_mark: int,
         tomb_mark: int,
         present: np.ndarray | None = None,
+        uid: str | None = None,
     ) -> tuple[int, int]:
         """Apply to ``index`` the tombstones after ``tomb_mark`` and the items after
         ``label_mark``; returns the new marks. ``present``, when known, lists the labels the
-        index holds, so tombstones of rows it never saw are not applied."""
+        index holds, so tombstones of rows it never saw are not applied. With ``uid``,
+        nothing is applied unless the collection under ``name`` is still that one once
+        the rows are read (another server may have swapped a re-embedded copy in: its
+        tombstones for the old rows are not this index's to apply)."""
         conn = self.db.reader()
         tombs = conn.execute(
             "SELECT seq, label FROM tombstones WHERE collection = ? AND modality = ? AND seq > ?",
             (name, m.value, tomb_mark),
         ).fetchall()
+        labels, xb = load_vectors(conn, name, m, index.d, min_label=label_mark)
+        if uid is not None:  # read last: still this uid now means it was while reading
+            row = conn.execute("SELECT uid FROM collections WHERE name = ?", (name,)).fetchone()
+            if row is None or row[0] != uid:
+                return label_mark, tomb_mark  # the follower opens what replaced it
         gone = [label for _, label in tombs if index.persistent or label <= label_mark]
         if present is not None:
             gone = [int(x) for x in np.intersect1d(np.array(gone, dtype=np.int64), present)]
         index.remove(np.array(gone, dtype=np.int64))
         tomb_mark = max([tomb_mark, *(seq for seq, _ in tombs)])
-        labels, xb = load_vectors(conn, name, m, index.d, min_label=label_mark)
         index.add(labels, xb)
         if len(labels):
             label_mark = int(labels.max())
         index.train()
         return label_mark, tomb_mark
 
-    def caught_up(self, name: str) -> Callable[[Modality, Side], None]:
+    def caught_up(self, c: LiveCollection) -> Callable[[Modality, Side], None]:
         """A change (for ``apply``) that brings a side level with the catalogue: what a
         follower applies, and what a write applies in place of its own change when other
         servers write to the catalogue too (theirs first, in order, then its own)."""
@@ -162,7 +170,7 @@ class IndexDumps:
         def catch_up(m: Modality, side: Side) -> None:
             before = side.label_mark, side.tomb_mark
             side.label_mark, side.tomb_mark = self.catch_up(
-                name, m, side.index, side.label_mark, side.tomb_mark
+                c.name, m, side.index, side.label_mark, side.tomb_mark, uid=c.uid
             )
             if (side.label_mark, side.tomb_mark) != before:
                 side.dirty += 1
