@@ -243,6 +243,14 @@ class CollectionStore:
         return self.get(name).model_version
 
     def get(self, name: str) -> LiveCollection:
+        """The collection serving under ``name``; on a shared catalogue, one another
+        server created since this one last followed is opened here and now (a client
+        that created it through another server writes to it next)."""
+        try:
+            return self.state.get(name)
+        except UnknownCollection:
+            if not self.state.shared or not self._follower.open_one(name):
+                raise
         return self.state.get(name)
 
     def exists(self, name: str) -> bool:

@@ -48,6 +48,33 @@ class Follower:
         self._seen = marks
         return changed
 
+    def open_one(self, name: str) -> bool:
+        """Open ``name`` if the catalogue has it and memory does not (a lookup that
+        missed); whether it serves now. Never waits for the write lock (a lookup may run
+        on the event loop): when a write holds it, the next follow step opens it."""
+        if name.startswith(SHADOW_PREFIX):
+            return False
+        state = self.state
+        row = (
+            state.db.reader()
+            .execute(
+                "SELECT name, uid, index_spec, dim, model_version, created_at FROM collections"
+                " WHERE name = ?",
+                (name,),
+            )
+            .fetchone()
+        )
+        if row is None or not state.db.write_lock.acquire(blocking=False):
+            return False
+        try:
+            if name not in state.collections and name not in state.broken:
+                _, uid, spec, dim, version, created = row
+                state.collections[name] = state.dumps.open(name, uid, spec, dim, version, created)
+                log.info("collection %s: opened, created by another server", name)
+            return name in state.collections
+        finally:
+            state.db.write_lock.release()
+
     def _rows(self) -> dict[str, tuple[str, str, str, int, str, float]]:
         rows = (
             self.state.db.reader()

@@ -48,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.start()
+        if services.accept_when_ready:
+            await services.until_ready()
         try:
             yield
         finally:

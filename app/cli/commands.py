@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -59,12 +60,19 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning(
             "listening on %s without XMODAL_API_KEYS: anyone who reaches it can write", host
         )
+    if args.workers < 1:
+        raise CliError("--workers is at least 1", 2)
+    if args.workers > 1:
+        from app.cli.workers import Workers
+
+        return Workers(settings, args.workers).run()
     import uvicorn
 
     from app.api.main import create_app
     from app.api.server import DrainingServer
 
     app = create_app(settings)
+    app.state.services.accept_when_ready = args.fd is not None
     # SIGHUP reads the API keys file again (keys are never logged, only their count).
     signal.signal(signal.SIGHUP, lambda signum, frame: app.state.keys.reload())
     config = uvicorn.Config(
@@ -76,7 +84,9 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(settings.graceful_timeout_s),
     )
-    DrainingServer(config, app.state.services, settings.shutdown_drain_s).run()
+    # A worker of ``--workers`` accepts from the socket its supervisor bound.
+    sockets = None if args.fd is None else [socket.socket(fileno=args.fd)]
+    DrainingServer(config, app.state.services, settings.shutdown_drain_s).run(sockets)
     return 0
 
 

@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="bind address (default: XMODAL_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: XMODAL_PORT or 8000)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes on this port, sharing one catalogue (docs/backends-and-scaling.md)",
+    )
+    serve.add_argument("--fd", type=int, help=argparse.SUPPRESS)  # a worker's socket
     serve.set_defaults(handler="serve")
 
     index = command("index", "Build indexes from corpora on disk.")

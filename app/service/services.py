@@ -36,6 +36,9 @@ class Services:
         self.loading = "loading the model and the store"  # what start-up is doing now
         self.shutting_down = False
         self._tasks: list[asyncio.Task[None]] = []
+        # A worker of ``--workers`` shares its port with the others: it starts accepting
+        # connections once ready, so none lands on a worker still loading.
+        self.accept_when_ready = False
         metrics.add_state(self.metric_state)
 
     @property
@@ -51,6 +54,11 @@ class Services:
         self._tasks.append(loop.create_task(self._sweep_loop(), name="xmodal-sweep"))
         self._tasks.append(loop.create_task(self._follow_loop(), name="xmodal-follow"))
         self._tasks.append(loop.create_task(self._model_loop(), name="xmodal-model-follow"))
+
+    async def until_ready(self) -> None:
+        """Until ready, or told to stop (a worker whose model never loads still stops)."""
+        while not self.ready and not self.shutting_down:
+            await asyncio.sleep(0.1)
 
     async def _load(self) -> None:
         try:
