@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install torch-cpu browser postgres run run-tiny demo test test-quick lint format bench bench-gpu bench-ingest load clean
+.PHONY: install torch-cpu browser postgres nginx run run-tiny demo test test-quick lint format bench bench-gpu bench-ingest load clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,13 +71,21 @@ postgres:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
 	    postgresql postgresql-contrib; }
 
-## Lint, type-check and run the default (CPU) test suite, the browser and PostgreSQL
-## tests included.
-test: install browser postgres lint
+## nginx from Debian, for the tests of several servers behind a load balancer.
+nginx:
+	@[ -x /usr/sbin/nginx ] || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    nginx-light; }
+
+## Lint, type-check and run the default (CPU) test suite, the browser, PostgreSQL and
+## nginx tests included.
+test: install browser postgres nginx lint
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 ## The quick local loop: the suite without its slow tier (folders named slow, the browser).
-test-quick: install postgres
+test-quick: install postgres nginx
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 lint: install

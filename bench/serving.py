@@ -121,9 +121,19 @@ def tiny_env(**settings: Any) -> dict[str, str]:
 class ServerProcess:
     """``xmodal serve`` on a loopback port, with the tiny model and its own data dir."""
 
-    def __init__(self, data_dir: Path, **settings: Any) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        args: tuple[str, ...] = (),
+        port: int | None = None,
+        **settings: Any,
+    ) -> None:
+        """``args``: more for ``xmodal serve`` (``--workers 2``); ``port``: the one a server
+        killed before had (a load balancer names it)."""
         self.data_dir = data_dir
-        self.port = free_port()
+        self.port = port or free_port()
+        self.args = args
         self.env = {**os.environ, **tiny_env(data_dir=data_dir, **settings)}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"server-{self.port}.log"
@@ -136,7 +146,7 @@ class ServerProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         command = [sys.executable, "-m", "app.cli", "serve"]
-        command += ["--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--host", "127.0.0.1", "--port", str(self.port), *self.args]
         self.proc = subprocess.Popen(
             command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
         )

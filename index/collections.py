@@ -91,9 +91,10 @@ class CollectionStore:
         self._lock = lock_data_dir(self.data_dir)
         try:
             self.index_dir = self.data_dir / "indexes"
-            shared = Path(shared_dir) if shared_dir is not None else self.data_dir
-            blobs = BlobStore(shared / "blobs")
-            db = open_catalogue(shared, database_url)
+            root = Path(shared_dir) if shared_dir is not None else self.data_dir
+            blobs = BlobStore(root / "blobs")
+            db = open_catalogue(root, database_url)
+            shared = db.kind == "postgres" or shared_dir is not None
             backends = backends or FaissBackends()
             backends.attach(db)
             self.state = StoreState(
@@ -102,8 +103,8 @@ class CollectionStore:
                 store_images,
                 ImageGarbage(db, blobs),
                 backends,
-                IndexDumps(db, backends, self.index_dir, index_dump_every),
-                shared=db.kind == "postgres" or shared_dir is not None,
+                IndexDumps(db, backends, self.index_dir, index_dump_every, shared),
+                shared=shared,
             )
             # Read-only views of the state for the store's callers (the same objects).
             self.db, self.blobs, self.store_images = db, blobs, store_images

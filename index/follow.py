@@ -46,6 +46,7 @@ class Follower:
                 state.dumps.apply(c, list(Modality), state.dumps.caught_up(c))
             changed = True
         self._seen = marks
+        state.floor = marks[1]
         return changed
 
     def open_one(self, name: str) -> bool:

@@ -33,6 +33,9 @@ class StoreState:
     # Whether other servers may write to this catalogue (PostgreSQL, or SQLite in a
     # shared dir): this server then follows their writes (``index.follow``).
     shared: bool = False
+    # Every tombstone up to this one is applied to this server's indexes (a follow step
+    # completed past it): what this server tells others may be pruned.
+    floor: int = 0
     collections: dict[str, LiveCollection] = field(default_factory=dict)
     # Stored collections whose index cannot be built: listed, deletable, nothing else.
     broken: dict[str, CollectionInfo] = field(default_factory=dict)

@@ -187,3 +187,51 @@ def store_vectors(data: Path, name: str, n: int) -> None:
     items = [NewItem(f"t{i}", Modality.TEXT, {}, text=f"t{i}") for i in range(n)]
     store.upsert(name, items, xb, TINY_SPACE)
     store.close()
+
+
+class MilvusLiteServer:
+    """``milvus-lite server`` on a loopback port: one Milvus every server reaches, as a
+    Milvus standalone would be in production."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.proc: Any = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> MilvusLiteServer:
+        import shutil
+        import socket
+        import subprocess
+        import sys
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        command = shutil.which("milvus-lite", path=str(Path(sys.executable).parent))
+        assert command is not None, "milvus-lite is installed with the project"
+        self.proc = subprocess.Popen(
+            [command, "server", "--data-dir", str(self.folder / "data")]
+            + ["--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=(self.folder / "server.log").open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, (self.folder / "server.log").read_text()[-3000:]
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
+            ):
+                return self
+            time.sleep(0.1)
+        raise TimeoutError("milvus-lite server did not start listening")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except Exception:
+                self.proc.kill()

@@ -181,7 +181,8 @@ def run(data_dir: Path, port: int, pairs: int, epochs: int) -> int:
         _stop(server, signalled=False)
 
 
-STARTING = ("loading the model and the store", "shutting down")
+# What /readyz says while a server starts (its message begins so), or stops.
+STARTING = ("loading the model", "building indexes", "shutting down")
 
 
 def wait_ready(
@@ -205,7 +206,7 @@ def wait_ready(
                 why = str(r.json()["error"]["message"])
             except (ValueError, KeyError, TypeError):
                 why = f"/readyz answered {r.status_code}"
-            if why not in STARTING:  # it started, and cannot load: waiting changes nothing
+            if not why.startswith(STARTING):  # it started, and cannot load: waiting changes nothing
                 raise SystemExit(f"{who}: the server could not start: {why}")
         time.sleep(0.2)
     raise SystemExit(f"{who}: the server was not ready after {timeout_s:g} s ({why})")

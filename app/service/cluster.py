@@ -97,12 +97,20 @@ class ModelFollower:
     the active one serving, and a heartbeat saying which it holds."""
 
     def __init__(
-        self, model: ActiveModel, servers: Servers, engine: Engine, finetuner: FineTuner
+        self,
+        model: ActiveModel,
+        servers: Servers,
+        engine: Engine,
+        finetuner: FineTuner,
+        floor: Callable[[], int] = lambda: 0,
     ) -> None:
+        """``floor``: the tombstone this server's indexes have applied up to (its
+        heartbeat says so: tombstones are pruned only that far)."""
         self.model = model
         self.servers = servers
         self.engine = engine
         self.finetuner = finetuner
+        self.floor = floor
         self.failed: dict[str, str] = {}  # version -> why this server cannot load it
         self._beat_at = 0.0
         self._lock = threading.Lock()  # the follow loop and an activation step in turn
@@ -132,7 +140,7 @@ class ModelFollower:
             self.beat()
 
     def beat(self) -> None:
-        self.servers.beat(list(self.engine.encoders), self.failed)
+        self.servers.beat(list(self.engine.encoders), self.failed, self.floor())
         self._beat_at = time.monotonic()
 
     def _load(self, version: str) -> None:

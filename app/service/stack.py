@@ -154,6 +154,7 @@ def build_stack(
             Servers(store.db, me),
             engine,
             finetuner,
+            lambda: store.state.floor,
         )
         restored = restore_active(follower)
         if restored:

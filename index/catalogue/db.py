@@ -108,7 +108,14 @@ CREATE TABLE IF NOT EXISTS servers (
     id TEXT PRIMARY KEY,
     seen_at REAL NOT NULL,
     loaded TEXT NOT NULL,
-    failed TEXT NOT NULL
+    failed TEXT NOT NULL,
+    tomb_floor INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS tombstones_pruned (
+    uid TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    upto INTEGER NOT NULL,
+    PRIMARY KEY (uid, modality)
 );
 """
 

@@ -90,7 +90,15 @@ SCHEMA = [
         id TEXT PRIMARY KEY,
         seen_at DOUBLE PRECISION NOT NULL,
         loaded TEXT NOT NULL,
-        failed TEXT NOT NULL)""",
+        failed TEXT NOT NULL,
+        tomb_floor BIGINT NOT NULL DEFAULT 0)""",
+    # How far each index's tombstones were pruned: a dump older than that has missed
+    # deletes it can no longer read, and is rebuilt.
+    """CREATE TABLE IF NOT EXISTS tombstones_pruned (
+        uid TEXT NOT NULL,
+        modality TEXT NOT NULL,
+        upto BIGINT NOT NULL,
+        PRIMARY KEY (uid, modality))""",
 ]
 # Upgrades in place, by the version they lead to (none yet: version 1 is the first).
 UPGRADES: dict[int, list[str]] = {}

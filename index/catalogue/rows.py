@@ -65,12 +65,18 @@ def delete_rows(db: Catalogue, conn: Conn, collection: str) -> list[str]:
     ]
     conn.execute("DELETE FROM items WHERE collection = ?", (collection,))
     conn.execute("DELETE FROM tombstones WHERE collection = ?", (collection,))
-    conn.execute(
-        "DELETE FROM index_reports WHERE uid IN (SELECT uid FROM collections WHERE name = ?)",
-        (collection,),
-    )
+    for table in ("index_reports", "tombstones_pruned"):
+        conn.execute(
+            f"DELETE FROM {table} WHERE uid IN (SELECT uid FROM collections WHERE name = ?)",
+            (collection,),
+        )
     conn.execute("DELETE FROM collections WHERE name = ?", (collection,))
     return digests
+
+
+def max_label(conn: Conn) -> int:
+    row = conn.execute("SELECT MAX(label) FROM items").fetchone()
+    return int(row[0] or 0)
 
 
 def max_tombstone(conn: Conn) -> int:

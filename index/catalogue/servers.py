@@ -46,6 +46,16 @@ def write_model_state(conn: Conn, state: ModelState) -> None:
     )
 
 
+def prunable(conn: Conn) -> int | None:
+    """The tombstone every live server has applied (the lowest floor among them); None
+    when no server says it is alive (nothing may be pruned then)."""
+    row = conn.execute(
+        "SELECT MIN(tomb_floor), COUNT(*) FROM servers WHERE seen_at > ?",
+        (time.time() - ALIVE_S,),
+    ).fetchone()
+    return int(row[0]) if row and row[1] else None
+
+
 @dataclass(frozen=True)
 class ServerRow:
     id: str
@@ -61,13 +71,16 @@ class Servers:
         self.db = db
         self.id = server_id
 
-    def beat(self, loaded: list[str], failed: dict[str, str]) -> None:
+    def beat(self, loaded: list[str], failed: dict[str, str], floor: int) -> None:
+        """Alive, with these versions loaded (or not), and every tombstone up to
+        ``floor`` applied to this server's indexes (``tomb_floor``: what may be pruned)."""
         with self.db.transaction() as conn:
             conn.execute(
-                "INSERT INTO servers (id, seen_at, loaded, failed) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at,"
-                " loaded = excluded.loaded, failed = excluded.failed",
-                (self.id, time.time(), json.dumps(sorted(loaded)), json.dumps(failed)),
+                "INSERT INTO servers (id, seen_at, loaded, failed, tomb_floor)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+                " seen_at = excluded.seen_at, loaded = excluded.loaded,"
+                " failed = excluded.failed, tomb_floor = excluded.tomb_floor",
+                (self.id, time.time(), json.dumps(sorted(loaded)), json.dumps(failed), floor),
             )
 
     def leave(self) -> None:

@@ -129,6 +129,12 @@ class BackendFactory(Protocol):
         """An index and the ``meta`` it was saved with; raises on anything unreadable."""
         ...
 
+    def existing(self, d: int, spec: str, key: str) -> VectorBackend | None:
+        """A shared backend's index for ``key`` as another server keeps it, if there is
+        one (a server joining must not build it again: that drops what others serve);
+        None for a backend of this process's own."""
+        ...
+
     def prune(self, keys: Iterable[str]) -> None:
         """Delete what the backend keeps for any key but these (collections gone while
         the process was down)."""

@@ -28,7 +28,8 @@ import numpy as np
 
 from index.blobs import atomic_write
 from index.catalogue.base import Catalogue
-from index.catalogue.rows import load_vectors, max_tombstone
+from index.catalogue.rows import load_vectors, max_label, max_tombstone
+from index.catalogue.servers import prunable
 from index.live import LiveCollection, Side
 from index.types import Modality
 from index.vectors.backend import BackendFactory, VectorBackend
@@ -43,9 +44,17 @@ def backend_key(uid: str, modality: Modality) -> str:
 
 class IndexDumps:
     def __init__(
-        self, db: Catalogue, backends: BackendFactory, index_dir: Path, index_dump_every: int
+        self,
+        db: Catalogue,
+        backends: BackendFactory,
+        index_dir: Path,
+        index_dump_every: int,
+        shared: bool = False,
     ) -> None:
+        """``shared``: other servers keep indexes of this catalogue too; tombstones are
+        pruned only as far as every live server has applied them."""
         self.db = db
+        self.shared = shared
         self.backends = backends
         self.index_dir = index_dir
         self.index_dump_every = index_dump_every
@@ -90,12 +99,21 @@ class IndexDumps:
         for m in Modality:
             started = time.monotonic()
             index, label_mark, tomb_mark, how = self._load(c, m)
+            if index is None and self.backends.shared:
+                # Kept by the servers already serving it: this one joins, from the
+                # catalogue as it stands (what is written on from here, it applies).
+                label_mark = max_label(self.db.reader())
+                tomb_mark = max_tombstone(self.db.reader())
+                index = self.backends.existing(dim, spec, backend_key(uid, m))
+                how = "joined in the shared backend"
             if index is None:
+                # The tombstones' mark first: one drawn after it (a delete by another
+                # server while the rows are read) is applied by the next catch-up.
+                tomb_mark = max_tombstone(self.db.reader())
                 labels, xb = load_vectors(self.db.reader(), name, m, dim)
                 index = self.backends.build(dim, spec, labels, xb, key=backend_key(uid, m))
                 label_mark = int(labels.max()) if len(labels) else 0
-                tomb_mark = max_tombstone(self.db.writer)
-                how = "rebuilt from SQLite"
+                how = "rebuilt from the catalogue"
             else:
                 label_mark, tomb_mark = self.catch_up(name, m, index, label_mark, tomb_mark)
             c.sides[m] = Side(index, label_mark, tomb_mark, dirty=0 if how == "dump" else 1)
@@ -123,7 +141,19 @@ class IndexDumps:
         if meta.get("uid") != c.uid or index.spec != c.spec or index.d != c.dim:
             log.warning("index dump %s belongs to another collection or spec; rebuilding", path)
             return None, 0, 0, "stale dump"
-        return index, int(meta["label_mark"]), int(meta["tomb_mark"]), "dump"
+        tomb_mark = int(meta["tomb_mark"])
+        pruned = (
+            self.db.reader()
+            .execute(
+                "SELECT upto FROM tombstones_pruned WHERE uid = ? AND modality = ?",
+                (c.uid, m.value),
+            )
+            .fetchone()
+        )
+        if pruned is not None and int(pruned[0]) > tomb_mark:
+            log.warning("index dump %s missed deletes since pruned; rebuilding", path)
+            return None, 0, 0, "dump older than the deletes kept"
+        return index, int(meta["label_mark"]), tomb_mark, "dump"
 
     def catch_up(
         self,
@@ -157,6 +187,17 @@ class IndexDumps:
         index.remove(np.array(gone, dtype=np.int64))
         tomb_mark = max([tomb_mark, *(seq for seq, _ in tombs)])
         index.add(labels, xb)
+        if index.persistent and len(labels):
+            # A shared index: another server may have deleted one of these and removed it
+            # from the backend after they were read; sent again, it would be back. Its
+            # tombstone is committed before that removal, so it shows now.
+            late = conn.execute(
+                "SELECT label FROM tombstones WHERE collection = ? AND modality = ? AND seq > ?",
+                (name, m.value, tomb_mark),
+            ).fetchall()
+            back = np.intersect1d(np.array([r[0] for r in late], dtype=np.int64), labels)
+            if len(back):
+                index.remove(back)
         if len(labels):
             label_mark = int(labels.max())
         index.train()
@@ -223,18 +264,33 @@ class IndexDumps:
     def _write(self, c: LiveCollection, m: Modality) -> None:
         with c.lock.read():
             side = c.sides[m]
-            meta = {"uid": c.uid, "label_mark": side.label_mark, "tomb_mark": side.tomb_mark}
+            tomb_mark = side.tomb_mark
+            meta = {"uid": c.uid, "label_mark": side.label_mark, "tomb_mark": tomb_mark}
             data = side.index.to_bytes(meta)
             dirty_then = side.dirty
         atomic_write(self.path(c.name, m), data)
         with c.lock.write():
             side.dirty -= dirty_then
         with self.db.transaction() as conn:
-            # Tombstones the dump already reflects are needed by no one.
-            conn.execute(
-                "DELETE FROM tombstones WHERE collection = ? AND modality = ? AND seq <= ?",
-                (c.name, m.value, meta["tomb_mark"]),
-            )
+            # Tombstones the dump already reflects are needed by no one here; on a shared
+            # catalogue, only those every live server applied too. A server down meanwhile
+            # finds its dump older than what was pruned, and rebuilds (``_load``).
+            upto = tomb_mark
+            if self.shared:
+                floor = prunable(conn)
+                upto = 0 if floor is None else min(upto, floor)
+            if upto > 0:
+                conn.execute(
+                    "DELETE FROM tombstones WHERE collection = ? AND modality = ? AND seq <= ?",
+                    (c.name, m.value, upto),
+                )
+                conn.execute(
+                    "INSERT INTO tombstones_pruned (uid, modality, upto) VALUES (?, ?, ?)"
+                    " ON CONFLICT (uid, modality) DO UPDATE SET upto = CASE"
+                    " WHEN excluded.upto > tombstones_pruned.upto THEN excluded.upto"
+                    " ELSE tombstones_pruned.upto END",
+                    (c.uid, m.value, upto),
+                )
 
     # --- background upkeep --------------------------------------------------------------------
     def after_write(self, c: LiveCollection, current: Callable[[LiveCollection], bool]) -> None:

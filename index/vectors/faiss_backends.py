@@ -48,5 +48,8 @@ class FaissBackends:
             d, spec, labels, xb, gpu_resources=self.gpu_resources, nprobe=self.nprobe
         )
 
+    def existing(self, d: int, spec: str, key: str) -> None:
+        return None  # every process holds its own
+
     def load(self, data: bytes) -> tuple[FaissIndex, dict[str, Any]]:
         return FaissIndex.from_bytes(data, gpu_resources=self.gpu_resources, nprobe=self.nprobe)

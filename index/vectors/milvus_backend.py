@@ -283,6 +283,13 @@ class MilvusBackends:
         index.add(labels, xb)
         return index
 
+    def existing(self, d: int, spec: str, key: str) -> MilvusIndex | None:
+        name = collection_name(key)
+        if not self.client.has_collection(name):
+            return None
+        self.client.load_collection(name)
+        return MilvusIndex(self, name, d, spec)
+
     def load(self, data: bytes) -> tuple[MilvusIndex, dict[str, Any]]:
         if not data.startswith(_MAGIC):
             raise ValueError("not a Milvus watermark file")

@@ -68,6 +68,9 @@ class JobOut(BaseModel):
     started_at: float | None
     finished_at: float | None
     detail: dict[str, Any]
+    server: str | None = Field(
+        None, description="The id of the server that runs the job, or ran it last."
+    )
 
 
 class JobList(BaseModel):

@@ -302,6 +302,7 @@ def job_summary(job: Job) -> dict[str, Any]:
         "started_at": job.started_at,
         "finished_at": job.finished_at,
         "detail": job.detail,
+        "server": job.owner,  # the server that runs it, or ran it last (its id)
     }
 
 
