@@ -63,13 +63,15 @@ def floor_app() -> FastAPI:
     return app
 
 
-def serve_floor(port: int) -> None:
+def serve_floor(port: int, workers: int = 1) -> None:
     import uvicorn
 
     uvicorn.run(
-        floor_app(),
+        "bench.floor:floor_app",
+        factory=True,
         host="127.0.0.1",
         port=port,
+        workers=workers,  # processes on one port, as ``xmodal serve --workers``
         log_config=None,
         access_log=False,
         log_level="warning",
@@ -77,11 +79,13 @@ def serve_floor(port: int) -> None:
 
 
 class FloorProcess:
-    def __init__(self) -> None:
+    def __init__(self, workers: int = 1) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.floor", "--serve", str(self.port)], cwd=REPO
+            [sys.executable, "-m", "bench.floor", "--serve", str(self.port)]
+            + ["--workers", str(workers)],
+            cwd=REPO,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -158,6 +162,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--summarise", type=Path, help="print the tables of a py-spy raw file")
     parser.add_argument("--clients", default="16,64")
     parser.add_argument("--seconds", type=float, default=15.0)
@@ -166,7 +171,7 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="write a py-spy profile of xmodal here")
     args = parser.parse_args()
     if args.serve:
-        serve_floor(args.serve)
+        serve_floor(args.serve, args.workers)
         return
     if args.summarise:
         print(summarise(args.summarise))

@@ -131,3 +131,10 @@ class Nginx:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+# The compose file's proxy (profile "ha"): ``python -m bench.nginx > docker/nginx.conf``.
+COMPOSE_UPSTREAMS = ["xmodal-api-1:8000", "xmodal-api-2:8000"]
+
+if __name__ == "__main__":
+    print(config(COMPOSE_UPSTREAMS, "80"), end="")

@@ -25,6 +25,8 @@ from index.types import Modality
 
 log = logging.getLogger(__name__)
 
+OPEN_WAIT_S = 5.0
+
 
 class Follower:
     def __init__(self, state: StoreState) -> None:
@@ -51,8 +53,9 @@ class Follower:
 
     def open_one(self, name: str) -> bool:
         """Open ``name`` if the catalogue has it and memory does not (a lookup that
-        missed); whether it serves now. Never waits for the write lock (a lookup may run
-        on the event loop): when a write holds it, the next follow step opens it."""
+        missed: a collection created through another server a moment ago); whether it
+        serves now. Waits for the write lock at most ``OPEN_WAIT_S`` (the follower may be
+        opening it this moment); a name the catalogue lacks costs one read."""
         if name.startswith(SHADOW_PREFIX):
             return False
         state = self.state
@@ -65,7 +68,7 @@ class Follower:
             )
             .fetchone()
         )
-        if row is None or not state.db.write_lock.acquire(blocking=False):
+        if row is None or not state.db.write_lock.acquire(timeout=OPEN_WAIT_S):
             return False
         try:
             if name not in state.collections and name not in state.broken:

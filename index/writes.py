@@ -96,16 +96,22 @@ class LockedWriter:
     def add_collection(
         self, name: str, uid: str, spec: str, dim: int, model_version: str, created_at: float
     ) -> LiveCollection:
-        """Record a new, empty collection and serve it under ``name``."""
+        """Record a new, empty collection and serve it under ``name``. Its indexes come
+        first: a server that sees the row (a follower) finds a shared backend's index
+        there to join, instead of building one of its own over it."""
         store = self.state
-        with store.db.locked_transaction() as conn:
-            conn.execute(
-                "INSERT INTO collections (name, uid, index_spec, dim, model_version, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (name, uid, spec, dim, model_version, created_at),
-            )
-            store.db.lexical_created(conn, name)
         c = store.dumps.new(name, uid, spec, dim, model_version, created_at)
+        try:
+            with store.db.locked_transaction() as conn:
+                conn.execute(
+                    "INSERT INTO collections (name, uid, index_spec, dim, model_version,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (name, uid, spec, dim, model_version, created_at),
+                )
+                store.db.lexical_created(conn, name)
+        except BaseException:
+            c.drop_indexes()
+            raise
         store.collections[name] = c
         return c
 

@@ -107,7 +107,7 @@ def flag(command: str, name: str) -> str:
 def test_the_scale_profile_wires_xmodal_to_milvus_and_ray() -> None:
     spec = compose()
     services = spec["services"]
-    scale = {n for n, s in services.items() if s.get("profiles") == ["scale"]}
+    scale = {n for n, s in services.items() if "scale" in s.get("profiles", [])}
     assert scale == {"xmodal-scale", "ray-head", "ray-gpu-worker", "milvus", "milvus-etcd"} | {
         "milvus-minio",
         "postgres",
@@ -264,3 +264,44 @@ def test_each_variant_sets_a_torch_index_and_extras(variant: str) -> None:
     index = re.search(r"PIP_EXTRA_INDEX_URL=(\S+)", stage)
     assert index is not None
     assert index.group(1).endswith("/cpu" if variant == "cpu" else "/cu124")
+
+
+def test_the_ha_profile_puts_two_servers_behind_nginx_over_shared_state() -> None:
+    """Two API servers with a data volume each and one shared volume, one catalogue and
+    one Milvus, behind nginx configured as the failover tests run it."""
+    from bench.nginx import COMPOSE_UPSTREAMS, config
+
+    services = compose()["services"]
+    ha = {n for n, s in services.items() if "ha" in s.get("profiles", [])}
+    assert ha == {"xmodal-api-1", "xmodal-api-2", "nginx", "postgres", "milvus"} | {
+        "milvus-etcd",
+        "milvus-minio",
+    }
+    apis = [services[n] for n in ("xmodal-api-1", "xmodal-api-2")]
+    settings = []
+    for api in apis:
+        env = resolved(api["environment"])
+        settings.append(
+            Settings(**{k.removeprefix("XMODAL_").lower(): v for k, v in env.items() if v != ""})  # type: ignore[arg-type]
+        )
+        assert api["depends_on"] == {
+            "postgres": {"condition": "service_healthy"},
+            "milvus": {"condition": "service_healthy"},
+        }
+        assert "xmodal-shared:/shared" in api["volumes"]
+    a, b = settings
+    assert a.shared_dir == b.shared_dir == Path("/shared")
+    assert a.database_url is not None and b.database_url is not None
+    assert a.database_url.get_secret_value() == b.database_url.get_secret_value()
+    assert a.vector_backend == b.vector_backend == "milvus"
+    assert a.milvus_target == b.milvus_target and a.milvus_target[0].startswith("http://")
+    assert a.shutdown_drain_s > 0  # nginx moves on before the listener closes
+    data = [next(v for v in api["volumes"] if v.endswith(":/data")) for api in apis]
+    assert len(set(data)) == 2  # a data dir each: two servers cannot hold one
+    # nginx: the file it mounts is the one bench.nginx writes, naming both servers.
+    nginx = services["nginx"]
+    mount = next(v for v in nginx["volumes"] if v.endswith(":/etc/nginx/nginx.conf:ro"))
+    conf = (REPO / mount.split(":")[0]).read_text()
+    assert conf == config(COMPOSE_UPSTREAMS, "80"), "regenerate: python -m bench.nginx"
+    assert [u.split(":")[0] for u in COMPOSE_UPSTREAMS] == ["xmodal-api-1", "xmodal-api-2"]
+    assert set(nginx["depends_on"]) == {"xmodal-api-1", "xmodal-api-2"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from typing import Any
 
 from app.service.config import Settings
@@ -20,7 +21,8 @@ log = logging.getLogger(__name__)
 SWEEP_INTERVAL_S = 3600.0
 SWEEP_GRACE_S = 3600.0  # a batch job commits the images it decoded well within this
 CATALOGUE_RETRY_S = 2.0  # how often a server whose catalogue is down at start tries again
-FOLLOW_INTERVAL_S = 0.5  # how often a server follows writes other servers made
+FOLLOW_WAIT_S = 0.5  # a follower's step at least this often, notified of writes or not
+MODEL_INTERVAL_S = 0.2  # how often a server looks for a model switch
 
 
 class Services:
@@ -36,6 +38,8 @@ class Services:
         self.loading = "loading the model and the store"  # what start-up is doing now
         self.shutting_down = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
         # A worker of ``--workers`` shares its port with the others: it starts accepting
         # connections once ready, so none lands on a worker still loading.
         self.accept_when_ready = False
@@ -105,20 +109,31 @@ class Services:
                     log.exception("periodic index dump failed; SQLite still holds every item")
 
     async def _follow_loop(self) -> None:
-        """On a catalogue other servers write to, bring this server's collections (and
-        its FAISS indexes) level with it every ``FOLLOW_INTERVAL_S``."""
+        """On a catalogue other servers write to, keep this server's collections (and its
+        FAISS indexes) level with it, in a thread of its own: it wakes when another
+        server commits a write (PostgreSQL's notifications; SQLite's data version) or
+        every ``FOLLOW_WAIT_S``."""
         while self.store is None:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.2)
         if not self.store.state.shared:
             return
-        while True:
-            await asyncio.sleep(FOLLOW_INTERVAL_S)
+        thread = threading.Thread(
+            target=self._follow, args=(self.store,), daemon=True, name="xmodal-follow"
+        )
+        thread.start()
+        self._threads.append(thread)
+
+    def _follow(self, store: CollectionStore) -> None:
+        while not self._stop.is_set():
             try:
-                await run_in_threadpool(self.store.follow)
+                store.db.wait_for_writes(FOLLOW_WAIT_S)
+                if not self._stop.is_set():
+                    store.follow()
             except CatalogueUnavailable:
-                pass  # requests say so; this tries again
+                self._stop.wait(CATALOGUE_RETRY_S)  # requests say so; this tries again
             except Exception:
                 log.exception("following the catalogue failed; trying again")
+                self._stop.wait(CATALOGUE_RETRY_S)
 
     async def _model_loop(self) -> None:
         """On a shared catalogue, the model switch as other servers make it, and this
@@ -128,7 +143,7 @@ class Services:
         if not self.stack.store.state.shared:
             return
         while True:
-            await asyncio.sleep(FOLLOW_INTERVAL_S)
+            await asyncio.sleep(MODEL_INTERVAL_S)
             try:
                 await run_in_threadpool(self.stack.follower.step)
             except CatalogueUnavailable:
@@ -159,6 +174,7 @@ class Services:
 
     async def stop(self) -> None:
         self.shutting_down = True
+        self._stop.set()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -172,6 +188,8 @@ class Services:
             # A running job stops at its next chunk boundary and resumes on the next start.
             await run_in_threadpool(stack.jobs.stop)
             await stack.engine.stop()
+        for thread in self._threads:  # wakes within FOLLOW_WAIT_S
+            await run_in_threadpool(thread.join, 2 * FOLLOW_WAIT_S)
         if self.store is not None:
             await run_in_threadpool(self.store.close)
 

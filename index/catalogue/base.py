@@ -56,6 +56,11 @@ class Catalogue(Protocol):
 
     def locked_transaction(self) -> contextlib.AbstractContextManager[Conn]: ...
 
+    def wait_for_writes(self, timeout: float) -> None:
+        """Return once another connection (another server) may have committed a write,
+        or after ``timeout`` seconds: what a follower waits on between its steps."""
+        ...
+
     def exclusive(self) -> contextlib.AbstractContextManager[None]:
         """No other server's write transaction lands while the block runs (it spans
         several of this one's transactions, as a model switch does); the caller holds

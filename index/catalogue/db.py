@@ -160,6 +160,7 @@ FIELD_COLUMNS = (
 )
 
 DB_FILE = "xmodal.sqlite3"
+WRITES_POLL_S = 0.02  # how often a follower looks for other processes' commits
 
 
 class SqliteDatabase:
@@ -174,6 +175,7 @@ class SqliteDatabase:
             path.with_name(path.name + ".writers"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
         )
         self._exclusive_depth = 0
+        self._watcher: sqlite3.Connection | None = None  # one waiter: the follower thread
         self.writer = self._connect()
         self.apply(SCHEMA)
         self._migrate()
@@ -270,6 +272,19 @@ class SqliteDatabase:
                 raise
             conn.execute("COMMIT")
 
+    def wait_for_writes(self, timeout: float) -> None:
+        """SQLite's ``data_version`` changes when another connection commits: read every
+        ``WRITES_POLL_S`` on a connection of the waiter's own (cheap: no disk read)."""
+        if self._watcher is None:
+            self._watcher = self._connect()
+        watcher = self._watcher
+        seen = watcher.execute("PRAGMA data_version").fetchone()[0]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(WRITES_POLL_S)
+            if watcher.execute("PRAGMA data_version").fetchone()[0] != seen:
+                return
+
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         """The writers' file lock, beside the database file: every write transaction
@@ -288,6 +303,8 @@ class SqliteDatabase:
 
     def close(self) -> None:
         self.writer.close()
+        if self._watcher is not None:
+            self._watcher.close()
         os.close(self._writers_fd)
         with self._reader_conns_lock:
             for conn in self._reader_conns:

@@ -42,6 +42,7 @@ from index.values import InvalidValue
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5
+WRITES_CHANNEL = "xmodal_writes"  # every write transaction notifies it as it commits
 WRITE_LOCK_KEY = 0x786D6F64616C  # "xmodal": the advisory lock every writer takes
 STR_INDEXED = 1000  # bytes of a metadata string the index holds (pg_schema)
 ANALYSE_EVERY = 1000  # rows inserted before the tables are vacuumed and analysed
@@ -149,6 +150,7 @@ class PostgresDatabase:
         self._readers = threading.local()
         self._open: list[PgConnection] = []
         self._open_lock = threading.Lock()
+        self._listener: PgConnection | None = None  # one waiter: the follower thread
         self._analysed = 0  # items the planner's statistics know of (about)
         self._unanalysed = 0  # items inserted since
         self._setup()
@@ -213,6 +215,8 @@ class PostgresDatabase:
             # reading past its marks misses nothing (``index.follow``).
             conn.execute("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK_KEY,))
             yield conn
+            # Delivered at commit, to every server listening (``wait_for_writes``).
+            conn.execute(f"NOTIFY {WRITES_CHANNEL}")
         except BaseException:
             if not conn.broken:
                 with contextlib.suppress(CatalogueUnavailable):
@@ -221,6 +225,19 @@ class PostgresDatabase:
         conn.execute("COMMIT")
         if self._unanalysed >= max(ANALYSE_EVERY, self._analysed):
             self._vacuum(conn)
+
+    def wait_for_writes(self, timeout: float) -> None:
+        """Until another server's write transaction commits (a notification on
+        ``WRITES_CHANNEL``, on a connection of the waiter's own), or ``timeout``."""
+        listener = self._listener
+        if listener is None or listener.broken:
+            listener = self._listener = self._connect()
+            listener.execute(f"LISTEN {WRITES_CHANNEL}")
+        try:
+            for _ in listener.raw.notifies(timeout=timeout, stop_after=1):
+                pass
+        except psycopg.Error as exc:
+            raise _unavailable(exc) from None
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:

@@ -151,8 +151,10 @@ def test_losing_a_server_under_load_loses_nothing(
     try:
         with httpx.Client(base_url=proxy.url, timeout=30) as c:
             for name in ("live", "corpus"):
-                assert c.post("/v1/collections", json={"name": name}).status_code == 201
+                r = c.post("/v1/collections", json={"name": name})
+                assert r.status_code == 201, r.text
             r = c.post("/v1/collections/corpus/jobs/index", json={"source": "corpus"})
+            assert r.status_code == 202, r.text
             job_id = r.json()["id"]
             wait_until(lambda: c.get(f"/v1/jobs/{job_id}").json()["done"] > 0, "job started")
             owner = c.get(f"/v1/jobs/{job_id}").json()["server"]

@@ -68,7 +68,7 @@ def test_a_write_to_one_server_is_searchable_on_the_other_within_a_second(
 ) -> None:
     """Two servers on one catalogue, each with its own data dir and FAISS indexes: a
     collection created and texts written through one are found through the other within
-    the follower's interval (0.5 s) and a little more, and a delete is gone there too."""
+    a moment (the follower wakes on the commit's notification), and a delete is gone there too."""
     url = pg.database()
     servers = [AppServer(tmp_path / n, database_url=url).start() for n in ("a", "b")]
     try:
