@@ -47,11 +47,14 @@ class Sizes:
     queries: int
     clients: int
     seconds: float
+    workers: tuple[int, ...]
 
 
 SMALL_BATCH = 16
-FULL = Sizes("ViT-B-32", (256, 512, 1024), 10, 1024, 512, 20_000, 1_000_000, 512, 1000, 64, 15.0)
-SMOKE = Sizes("xmodal-tiny-vit", (8,), 2, 16, 32, 48, 5_000, 64, 50, 4, 1.0)
+FULL = Sizes(
+    "ViT-B-32", (256, 512, 1024), 10, 1024, 512, 20_000, 1_000_000, 512, 1000, 64, 15.0, (1, 4, 8)
+)
+SMOKE = Sizes("xmodal-tiny-vit", (8,), 2, 16, 32, 48, 5_000, 64, 50, 4, 1.0, (2,))
 
 
 def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
@@ -217,41 +220,52 @@ def search(s: Sizes, gpu: bool) -> dict[str, Any]:
     }
 
 
-def http(s: Sizes, device: str) -> dict[str, Any]:
-    """Text-to-image searches/s from one server process over ``vectors`` image items
-    (random vectors, stored as the service stores them), beside a no-op FastAPI endpoint
-    driven by the same clients in the same run."""
+def fill_photos(s: Sizes, data: Path, settings: dict[str, Any]) -> float:
+    """``vectors`` image items (random vectors, stored as the service stores them) in a
+    collection ``photos`` under ``data``; returns the seconds it took."""
     from app.service.config import Settings
     from app.service.stack import build_stack
+    from index import Modality, NewItem
+
+    stack = build_stack(Settings(data_dir=data, **settings))
+    started = time.perf_counter()
+    try:
+        store = stack.store
+        store.create_collection("photos", stack.engine.dim, stack.engine.space)
+        rng = np.random.default_rng(1)
+        step = 50_000
+        for lo in range(0, s.vectors, step):
+            n = min(step, s.vectors - lo)
+            xb = rng.standard_normal((n, stack.engine.dim), dtype=np.float32)
+            xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+            items = [NewItem(f"p{lo + i}", Modality.IMAGE, {"n": lo + i}) for i in range(n)]
+            store.upsert("photos", items, xb, stack.engine.space)
+    finally:
+        stack.close()
+    return time.perf_counter() - started
+
+
+def search_body(w: int, i: int) -> dict[str, Any]:
+    return {"text": f"query {w} {i}", "target": "image", "k": 10}
+
+
+def http(s: Sizes, device: str) -> dict[str, Any]:
+    """Text-to-image searches/s from one server process over ``vectors`` image items,
+    beside a no-op FastAPI endpoint driven by the same clients in the same run."""
     from bench.floor import FloorProcess
     from bench.serving import ServerProcess, drive
-    from index import Modality, NewItem
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         settings = {"model": s.model, "pretrained": "none", "device": device}
-        stack = build_stack(Settings(data_dir=data, **settings))
-        started = time.perf_counter()
-        try:
-            store = stack.store
-            store.create_collection("photos", stack.engine.dim, stack.engine.space)
-            rng = np.random.default_rng(1)
-            step = 50_000
-            for lo in range(0, s.vectors, step):
-                n = min(step, s.vectors - lo)
-                xb = rng.standard_normal((n, stack.engine.dim), dtype=np.float32)
-                xb /= np.linalg.norm(xb, axis=1, keepdims=True)
-                items = [NewItem(f"p{lo + i}", Modality.IMAGE, {"n": lo + i}) for i in range(n)]
-                store.upsert("photos", items, xb, stack.engine.space)
-        finally:
-            stack.close()
-        fill_s = time.perf_counter() - started
+        fill_s = fill_photos(s, data, settings)
         floor = FloorProcess()
         server = ServerProcess(data, **settings).start(timeout=300)
         try:
-            body = lambda w, i: {"text": f"query {w} {i}", "target": "image", "k": 10}  # noqa: E731
-            base = drive(floor.url, "/v1/collections/x/search", body, s.clients, s.seconds)
-            got = drive(server.url, "/v1/collections/photos/search", body, s.clients, s.seconds)
+            base = drive(floor.url, "/v1/collections/x/search", search_body, s.clients, s.seconds)
+            got = drive(
+                server.url, "/v1/collections/photos/search", search_body, s.clients, s.seconds
+            )
         finally:
             server.stop()
             floor.stop()
@@ -262,6 +276,80 @@ def http(s: Sizes, device: str) -> dict[str, Any]:
         "floor": base,
         "search": got,
     }
+
+
+def workers(s: Sizes, device: str) -> dict[str, Any]:
+    """``xmodal serve --workers N`` for each N of ``workers``: text-to-image searches/s
+    over the same ``vectors`` image items (an SQLite catalogue the workers share: no
+    database server on the GPU host), each beside the floor app run with N uvicorn
+    workers, and the GPU memory in use with all N loaded."""
+    from bench.floor import FloorProcess
+    from bench.serving import ServerProcess, drive
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        settings = {"model": s.model, "pretrained": "none", "device": device}
+        fill_photos(s, data, settings)
+        for n in s.workers:
+            floor = FloorProcess(workers=n)
+            try:
+                base = drive(
+                    floor.url, "/v1/collections/x/search", search_body, s.clients, s.seconds
+                )
+            finally:
+                floor.stop()
+            server = ServerProcess(data, args=("--workers", str(n)), **settings)
+            started = time.perf_counter()
+            server.start(wait=False)
+            try:
+                wait_all_ready(server, n)
+                ready_s = time.perf_counter() - started
+                got = drive(
+                    server.url, "/v1/collections/photos/search", search_body, s.clients, s.seconds
+                )
+                memory = gpu_memory_mib()
+            finally:
+                server.stop()
+            rows.append(
+                {"workers": n, "ready_s": ready_s, "floor": base, "search": got, "gpu_mib": memory}
+            )
+    return {"vectors": s.vectors, "clients": s.clients, "rows": rows}
+
+
+def wait_all_ready(server: Any, n: int, timeout: float = 600.0) -> None:
+    """Until ``n`` workers answer ``/readyz`` (each accepts only once ready: the first
+    answer comes from the first ready one, so a few more answers are asked for)."""
+    import httpx
+
+    server.wait_ready(timeout)
+    deadline = time.monotonic() + timeout
+    seen: set[str] = set()
+    while len(seen) < n and time.monotonic() < deadline:
+        with httpx.Client(timeout=5) as c:  # a new connection: any worker may take it
+            r = c.get(server.url + "/readyz")
+        if r.status_code == 200:
+            seen.add(r.json()["server"])
+        time.sleep(0.05)
+
+
+def gpu_memory_mib() -> float | None:
+    """GPU memory in use on the device (every process), from NVML via nvidia-smi."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        return float(out.stdout.split()[0])
+    except (IndexError, ValueError):
+        return None
 
 
 def table(results: dict[str, Any]) -> str:
@@ -301,6 +389,16 @@ def table(results: dict[str, Any]) -> str:
             f"{h['search']['per_s']:,.0f}/s (p50 {h['search']['p50_ms']:.1f} ms); no-op floor "
             f"{h['floor']['per_s']:,.0f}/s |"
         )
+    if "workers" in results:
+        w = results["workers"]
+        for r in w["rows"]:
+            memory = "" if r["gpu_mib"] is None else f"; GPU memory {r['gpu_mib']:,.0f} MiB"
+            lines.append(
+                f"| `--workers {r['workers']}`, text->image, {w['clients']} clients, "
+                f"{w['vectors']:,} images | {r['search']['per_s']:,.0f}/s (p50 "
+                f"{r['search']['p50_ms']:.1f} ms); no-op floor {r['floor']['per_s']:,.0f}/s; "
+                f"ready in {r['ready_s']:.0f} s{memory} |"
+            )
     for part, error in results.get("errors", {}).items():
         lines.append(f"| {part} | failed: {error.splitlines()[-1][:120]} |")
     return "\n".join(lines) + "\n"
@@ -312,7 +410,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--smoke", action="store_true", help="small sizes, any device")
     parser.add_argument("--out", default=os.environ.get("OUT", "bench-results"))
-    parser.add_argument("--parts", default="encoders,search,ingest,http")
+    parser.add_argument("--parts", default="encoders,search,ingest,http,workers")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     args = parser.parse_args(argv)
     s = SMOKE if args.smoke else FULL
@@ -331,6 +429,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "search": lambda: search(s, gpu=device.type == "cuda"),
         "ingest": lambda: ingest(s, device.type),
         "http": lambda: http(s, device.type),
+        "workers": lambda: workers(s, device.type),
     }
     for name in args.parts.split(","):
         started = time.perf_counter()

@@ -114,6 +114,7 @@ def collection(client: httpx.Client, request: pytest.FixtureRequest) -> str:
 # free, so the longest going first leaves no long file for the end, while the other
 # worker sits idle (longest processing time first).
 LONGEST_FIRST = (
+    "tests/cluster/slow/test_failover.py",
     "tests/api/slow/test_crash_trials.py",
     "tests/models/slow/test_distill.py",
     "tests/parity/slow/test_durability.py",

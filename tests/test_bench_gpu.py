@@ -25,6 +25,8 @@ def test_the_gpu_benchmark_measures_every_part_in_smoke_mode(tmp_path: Path) -> 
     http = results["http"]
     assert http["search"]["errors"] == 0 and http["search"]["requests"] > 0
     assert http["floor"]["errors"] == 0
+    (two,) = results["workers"]["rows"]  # --workers 2, both ready before it was driven
+    assert two["workers"] == 2 and two["search"]["errors"] == 0 and two["search"]["requests"] > 0
     table = (tmp_path / "gpu.md").read_text()
-    for row in ("image tower", "text tower", "index job", "exact search", "HTTP"):
+    for row in ("image tower", "text tower", "index job", "exact search", "HTTP", "--workers 2"):
         assert row in table, table

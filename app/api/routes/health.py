@@ -18,6 +18,7 @@ class Ready(BaseModel):
     status: str
     model: str
     device: str
+    server: str  # this server's id (behind a load balancer: which one answered)
 
 
 router = APIRouter(route_class=ControlJSONRoute, tags=["health"])
@@ -47,7 +48,12 @@ async def readyz(services: ServicesDep) -> JSONResponse:
             return error_response(503, "catalogue_unavailable", str(exc), {"Retry-After": "5"})
         engine = services.stack.engine
         return JSONResponse(
-            {"status": "ready", "model": engine.version, "device": engine.encoder.device_name}
+            {
+                "status": "ready",
+                "model": engine.version,
+                "device": engine.encoder.device_name,
+                "server": services.stack.follower.servers.id,
+            }
         )
     message = "shutting down" if services.shutting_down else services.load_error or services.loading
     return error_response(503, "not_ready", message, {"Retry-After": "5"})
