@@ -23,7 +23,7 @@ NO_RETURN = "past_point_of_no_return"  # in a job's detail: it can no longer be 
 # Starts without the job's resume point moving after which it fails instead of starting
 # again: the server died under it each time (out of memory, most likely).
 MAX_STARTS = 3
-LEASE_S = 15.0  # how long a server's claim on a running job lasts without a heartbeat
+LEASE_S = 10.0  # how long a server's claim on a running job lasts without a heartbeat
 
 _COLUMNS = (
     "id, kind, state, collection, params, total, done, failed, cursor, errors, message,"

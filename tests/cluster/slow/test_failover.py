@@ -23,7 +23,7 @@ from tests.calls import wait_for_job
 from tests.corpus import write_many
 from tests.helpers import MilvusLiteServer, ServerProcess, image_bytes
 
-CORPUS = 1200  # images for the batch job: it still runs when its server is killed
+CORPUS = 800  # images for the batch job: it still runs when its server is killed
 LOAD_S = 2.0  # clients run this long before the kill, and after it
 
 
