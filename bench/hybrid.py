@@ -8,7 +8,9 @@ does not always put the product itself in the first ten. Texts are real words th
 the real lexical index of each catalogue (SQLite's FTS5 with BM25, PostgreSQL's full-text
 search with ``ts_rank``, on a throwaway local cluster); half the queries carry the
 product's code, half only its description, which the look-alikes share. The three
-rankings come from the store the service uses, fused by the service's own ``fuse``.
+rankings come from the store the service uses, fused by the service's own functions:
+``hybrid`` is reciprocal rank fusion (``fusion: rrf``), ``relative`` the spread-normalised
+weighed sum (``fusion: relative``, alpha 0.5).
 
     .venv/bin/python -m bench.hybrid [--products 5000] [--queries 400]
 """
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.service.search.hybrid import fuse
+from app.service.search.hybrid import ALPHA, fuse, fuse_relative
 from bench.postgres import PgCluster
 from index import CollectionStore, FaissBackends, Modality, NewItem
 
@@ -88,7 +90,7 @@ def run(
         f"{kinds[k][2]} {kinds[k][0]} {kinds[k][1]}, code {codes[i]}" for i, k in enumerate(kind_of)
     ]
     targets = pick.sample(range(products), queries)
-    recall = {"vector": 0, "lexical": 0, "hybrid": 0}
+    recall = {"vector": 0, "lexical": 0, "hybrid": 0, "relative": 0}
     by_code = dict.fromkeys(recall, 0)  # of the queries that carry the code
     timing = {m: 0.0 for m in recall}
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,11 +113,16 @@ def run(
                 lex = store.lexical("p", text, 100)
                 end = time.perf_counter()
                 fused = fuse([vec, lex])
+                rrf_done = time.perf_counter()
+                relative = fuse_relative(vec, lex, ALPHA)
+                relative_done = time.perf_counter()
                 timing["vector"] += mid - started
                 timing["lexical"] += end - mid
-                timing["hybrid"] += time.perf_counter() - started
+                timing["hybrid"] += rrf_done - started
+                timing["relative"] += (end - started) + (relative_done - rrf_done)
                 want = f"p{t}"
-                for mode, ranking in (("vector", vec), ("lexical", lex), ("hybrid", fused)):
+                rankings = (("vector", vec), ("lexical", lex), ("hybrid", fused))
+                for mode, ranking in (*rankings, ("relative", relative)):
                     found = want in [h.id for h in ranking[:10]]
                     recall[mode] += found
                     by_code[mode] += found and n % 2 == 0
@@ -150,7 +157,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|")
     for name, r in results.items():
-        for m in ("vector", "lexical", "hybrid"):
+        for m in ("vector", "lexical", "hybrid", "relative"):
             print(
                 f"| {name} | {m} | {r[f'recall_{m}']:.3f} | {r[f'recall_code_{m}']:.3f} |"
                 f" {r[f'recall_words_{m}']:.3f} | {r[f'ms_{m}']:.2f} |"

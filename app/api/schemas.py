@@ -207,8 +207,23 @@ class SearchRequest(RequestBody):
     mode: Literal["vector", "lexical", "hybrid"] = Field(
         "vector",
         description="How texts are ranked (text searches of texts): `vector` by cosine; "
-        "`lexical` by the query's words (BM25); `hybrid` both, fused by reciprocal rank "
-        "(k = 60). Lexical and hybrid need a text in the query (docs/search.md).",
+        "`lexical` by the query's words (BM25); `hybrid` both, fused as `fusion` says. "
+        "Lexical and hybrid need a text in the query (docs/search.md).",
+    )
+    fusion: Literal["rrf", "relative"] = Field(
+        "rrf",
+        description="How `hybrid` fuses its two rankings: `rrf`, reciprocal rank fusion "
+        "(k = 60: ranks only); `relative`, each ranking's scores normalised by their spread "
+        "(mean +- 3 standard deviations onto 0..1) and weighed by `alpha`, so a lexical match "
+        "far ahead of the rest stays ahead (docs/search.md).",
+    )
+    alpha: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="With `fusion` `relative`: the vector ranking's weight, the lexical "
+        "ranking's being `1 - alpha` (default 0.5).",
     )
 
 

@@ -61,6 +61,8 @@ def spec_of(body: SearchRequest) -> SearchSpec:
         min_relative=body.min_relative,
         dedup=body.dedup,
         mode=body.mode,
+        fusion=body.fusion,
+        alpha=body.alpha,
         # The words lexical ranking matches: the query's text, or its parts' that weigh
         # towards (a negative part's words are not looked for).
         lexical_text=" ".join(t for t in texts if t) or None,

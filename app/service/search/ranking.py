@@ -69,6 +69,8 @@ class SearchSpec:
     dedup: float | None = None  # cosine at or above which two hits are near-duplicates
     exclude: frozenset[str] = field(default_factory=frozenset)  # ids left out (the query's)
     mode: str = "vector"  # vector, lexical or hybrid (``hybrid``)
+    fusion: str = "rrf"  # how hybrid fuses its rankings: rrf or relative (``hybrid``)
+    alpha: float | None = None  # the vector ranking's weight in relative fusion
     lexical_text: str | None = None  # the words lexical and hybrid modes match
     work: int = 0  # hits its filter and word matching count for (``cost.catalogue_work``)
     budget: Budget | None = field(default=None, compare=False)  # the request's, once planned

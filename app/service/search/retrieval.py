@@ -313,7 +313,7 @@ class Retrieval:
             words = self.store.lexical(
                 name, spec.lexical_text or "", depths[i], allowed.get(spec.where), deadline
             )
-            ranking = words if spec.mode == "lexical" else hybrid.fuse([pages[i].hits, words])
+            ranking = words if spec.mode == "lexical" else hybrid.fused(spec, pages[i].hits, words)
             pages[i] = hybrid.page_of(ranking, spec)
         return pages
 
