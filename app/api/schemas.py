@@ -217,6 +217,17 @@ class SearchRequest(RequestBody):
         "(mean +- 3 standard deviations onto 0..1) and weighed by `alpha`, so a lexical match "
         "far ahead of the rest stays ahead (docs/search.md).",
     )
+    group_by: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="A metadata key: answer `groups`, the best hits of each distinct value "
+        "of it (one result per product), `k` groups a page; `results` then holds the "
+        "groups' hits in order (docs/search.md).",
+    )
+    group_size: int = Field(
+        1, ge=1, le=100, description="With `group_by`: hits a group holds at most."
+    )
     alpha: float | None = Field(
         None,
         ge=0,
@@ -235,10 +246,18 @@ class SearchHit(BaseModel):
     text: str | None = None
 
 
+class SearchGroup(BaseModel):
+    value: Any = Field(description="The metadata value the group's hits share.")
+    results: list[SearchHit]
+
+
 class SearchResponse(BaseModel):
     results: list[SearchHit]
     next_offset: int | None = Field(
         None, description="`offset` of the next page; null when this page is the last."
+    )
+    groups: list[SearchGroup] | None = Field(
+        None, description="With `group_by`: the page's groups, best first."
     )
     took_ms: float
 
@@ -252,6 +271,7 @@ class BatchSearchRequest(RequestBody):
 class BatchAnswer(BaseModel):
     results: list[SearchHit]
     next_offset: int | None = None
+    groups: list[SearchGroup] | None = None
 
 
 class BatchSearchResponse(BaseModel):

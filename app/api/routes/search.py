@@ -18,6 +18,7 @@ from app.api.schemas import (
     BatchSearchRequest,
     BatchSearchResponse,
     QueryPart,
+    SearchGroup,
     SearchHit,
     SearchRequest,
     SearchResponse,
@@ -26,7 +27,7 @@ from app.api.uploads import read_upload
 from app.service.config import Settings
 from app.service.errors import ServiceError
 from app.service.queries import decode_base64
-from app.service.search.ranking import SearchSpec
+from app.service.search.ranking import Page, SearchSpec
 from app.service.search.retrieval import Part, Retrieval
 from index import Hit, InvalidValue, Modality
 
@@ -43,6 +44,12 @@ def _hits(hits: list[Hit]) -> list[SearchHit]:
         SearchHit(id=h.id, score=h.score, modality=h.modality, metadata=h.metadata, text=h.text)
         for h in hits
     ]
+
+
+def _groups(page: Page) -> list[SearchGroup] | None:
+    if page.groups is None:
+        return None
+    return [SearchGroup(value=value, results=_hits(hits)) for value, hits in page.groups]
 
 
 def _took(started: float) -> float:
@@ -63,6 +70,8 @@ def spec_of(body: SearchRequest) -> SearchSpec:
         mode=body.mode,
         fusion=body.fusion,
         alpha=body.alpha,
+        group_by=body.group_by,
+        group_size=body.group_size,
         # The words lexical ranking matches: the query's text, or its parts' that weigh
         # towards (a negative part's words are not looked for).
         lexical_text=" ".join(t for t in texts if t) or None,
@@ -115,7 +124,10 @@ async def search(
     parts = await parts_of(body, retrieval, settings)
     page = await retrieval.search(name, parts, spec)
     return SearchResponse(
-        results=_hits(page.hits), next_offset=page.next_offset, took_ms=_took(started)
+        results=_hits(page.hits),
+        next_offset=page.next_offset,
+        groups=_groups(page),
+        took_ms=_took(started),
     )
 
 
@@ -158,7 +170,10 @@ async def search_batch(
         with _naming(f"queries[{i}]: "):
             queries.append((await parts_of(q, retrieval, settings), spec))
     pages = await retrieval.search_many(name, queries)
-    answers = [BatchAnswer(results=_hits(p.hits), next_offset=p.next_offset) for p in pages]
+    answers = [
+        BatchAnswer(results=_hits(p.hits), next_offset=p.next_offset, groups=_groups(p))
+        for p in pages
+    ]
     return BatchSearchResponse(answers=answers, took_ms=_took(started))
 
 

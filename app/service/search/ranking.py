@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -71,20 +72,25 @@ class SearchSpec:
     mode: str = "vector"  # vector, lexical or hybrid (``hybrid``)
     fusion: str = "rrf"  # how hybrid fuses its rankings: rrf or relative (``hybrid``)
     alpha: float | None = None  # the vector ranking's weight in relative fusion
+    group_by: str | None = None  # a metadata key: the best hits of each value (``groups``)
+    group_size: int = 1
     lexical_text: str | None = None  # the words lexical and hybrid modes match
     work: int = 0  # hits its filter and word matching count for (``cost.catalogue_work``)
     budget: Budget | None = field(default=None, compare=False)  # the request's, once planned
 
     @property
     def needed(self) -> int:
-        """Hits the ranking must hold: the page and one more."""
-        return self.offset + self.k + 1
+        """Hits the ranking must hold: the page and one more (grouped: as many hits as
+        the page's groups hold, at best)."""
+        return (self.offset + self.k) * self.group_size + 1
 
 
 @dataclass(frozen=True)
 class Page:
     hits: list[Hit]
     next_offset: int | None
+    # With ``group_by``: each group's value and hits (``hits`` then holds them all, in order).
+    groups: list[tuple[Any, list[Hit]]] | None = None
 
 
 def cost(spec: SearchSpec) -> int:
@@ -109,7 +115,7 @@ def rank(fetch: Fetch, spec: SearchSpec, max_depth: int, hits: list[Hit] | None 
     if hits is None:
         hits = fetch(depth)
     while True:
-        ranking, ended = _ranking(hits, spec)
+        ranking, ended = ranked(hits, spec)
         exhausted = len(hits) < depth
         if ended or exhausted or depth >= max_depth:
             break
@@ -123,7 +129,7 @@ def rank(fetch: Fetch, spec: SearchSpec, max_depth: int, hits: list[Hit] | None 
     return Page(ranking[spec.offset : end], end if len(ranking) > end else None)
 
 
-def _ranking(hits: Sequence[Hit], spec: SearchSpec) -> tuple[list[Hit], bool]:
+def ranked(hits: Sequence[Hit], spec: SearchSpec) -> tuple[list[Hit], bool]:
     """The ranking these hits give, and whether a cut-off ended it (deeper hits would
     all fall below it)."""
     ranking = [h for h in hits if h.id not in spec.exclude]

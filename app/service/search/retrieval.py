@@ -15,6 +15,7 @@ import numpy as np
 from app.service.engine import Engine, PreparedImage
 from app.service.errors import Invalid, ServiceError, TooLarge
 from app.service.limits import Limits
+from app.service.search import groups as grouping
 from app.service.search import hybrid
 from app.service.search.cost import filter_work, word_work
 from app.service.search.queue import SearchQueue
@@ -162,7 +163,7 @@ class Retrieval:
         ]
         self.limits.check_search_hits(
             [
-                spec.offset + spec.k
+                (spec.offset + spec.k) * spec.group_size
                 if spec.mode == "vector"
                 else hybrid.fusion_depth(spec, self.limits.max_k)
                 for _, spec in queries
@@ -213,6 +214,7 @@ class Retrieval:
 
     def check_page(self, spec: SearchSpec) -> None:
         self.limits.check_page(spec.k, spec.offset)
+        grouping.check(spec, self.limits.max_k)
 
     async def _vector(
         self, name: str, parts: Sequence[Part], version: str
@@ -306,7 +308,10 @@ class Retrieval:
                 def deeper(depth: int, row: np.ndarray = row) -> list[Hit]:
                     return fetch(depth, row)[0]
 
-                pages[i] = rank(deeper, spec, max_depth, one)
+                if spec.group_by is not None:
+                    pages[i] = grouping.rank_groups(deeper, spec, max_depth, one)
+                else:
+                    pages[i] = rank(deeper, spec, max_depth, one)
         for i, spec in enumerate(specs):
             if spec.mode == "vector":
                 continue
