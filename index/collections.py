@@ -13,7 +13,6 @@ event loop run them in an executor.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -28,7 +27,7 @@ import numpy as np
 from index.blobs import BlobStore
 from index.catalogue.base import Conn
 from index.catalogue.opening import open_catalogue
-from index.catalogue.rows import ITEM_COLUMNS, count_items, item_from_row, stored_versions
+from index.catalogue.rows import ITEM_COLUMNS, item_from_row, stored_versions
 from index.errors import (
     CollectionExists,
     CollectionMoved,
@@ -55,7 +54,7 @@ from index.state import StoreState
 from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredVersion
 from index.values import check_item
 from index.vectors.backend import BackendFactory
-from index.vectors.dumps import IndexDumps, backend_key
+from index.vectors.dumps import IndexDumps
 from index.vectors.faiss_backends import FaissBackends
 from index.writes import LockedWriter, digest_of
 
@@ -117,49 +116,11 @@ class CollectionStore:
             self._follower = Follower(self.state)
             self._closed = False
             self.state.drop_unfinished()
-            rows = self.db.writer.execute(
-                "SELECT name, uid, index_spec, dim, model_version, created_at FROM collections"
-            ).fetchall()
-            for n, row in enumerate(rows, 1):
-                if progress is not None:
-                    progress(
-                        f"building indexes from the catalogue: collection {n} of {len(rows)}"
-                        f" ({row[0]})"
-                    )
-                self._open(*row)
-            uids = self.db.writer.execute("SELECT uid FROM collections").fetchall()
-            self.backends.prune(backend_key(uid, m) for (uid,) in uids for m in Modality)
+            self.state.load(progress)
         except BaseException:
             self.backends.close()
             os.close(self._lock)
             raise
-
-    def _open(
-        self, name: str, uid: str, spec: str, dim: int, model_version: str, created_at: float
-    ) -> None:
-        """Load one stored collection; one that cannot be built does not stop the others."""
-        try:
-            # The grammar first: a spec stored before it existed may crash FAISS outright.
-            normal = self.backends.check(dim, spec)
-            c = self.dumps.open(name, uid, normal, dim, model_version, created_at)
-            row = self.db.writer.execute(
-                "SELECT report FROM index_reports WHERE uid = ?", (uid,)
-            ).fetchone()
-            c.index_report = None if row is None else json.loads(row[0])
-            self.state.collections[name] = c
-        except Exception as exc:
-            log.error("collection %s cannot serve: %s", name, exc)
-            self.state.broken[name] = CollectionInfo(
-                name,
-                spec,
-                dim,
-                model_version,
-                created_at,
-                count_items(self.db.writer, name),
-                dict.fromkeys(Modality, False),
-                error=f"its index {spec!r} cannot be built ({exc}); delete the collection and"
-                " create it again with a supported index",
-            )
 
     def close(self) -> None:
         """Dump what changed and release everything."""
@@ -393,19 +354,11 @@ class CollectionStore:
                 where=_tree(where),
                 with_vectors=with_vectors,
                 deadline=deadline,
-                still_stored=self._still_stored if self.state.shared else None,
+                still_stored=self._follower.still_stored if self.state.shared else None,
             )
         except CollectionMoved:
             self.follow()  # then the caller embeds again for the version there now
             raise
-
-    def _still_stored(self, c: LiveCollection) -> bool:
-        row = (
-            self.db.reader()
-            .execute("SELECT uid FROM collections WHERE name = ?", (c.name,))
-            .fetchone()
-        )
-        return row is not None and row[0] == c.uid
 
     def lexical(
         self,

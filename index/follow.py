@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from index.live import SHADOW_PREFIX
+from index.live import SHADOW_PREFIX, LiveCollection
 from index.state import StoreState
 from index.types import Modality
 
@@ -50,6 +50,15 @@ class Follower:
         self._seen = marks
         state.floor = marks[1]
         return changed
+
+    def still_stored(self, c: LiveCollection) -> bool:
+        """Whether the catalogue still holds ``c`` under its name."""
+        row = (
+            self.state.db.reader()
+            .execute("SELECT uid FROM collections WHERE name = ?", (c.name,))
+            .fetchone()
+        )
+        return row is not None and row[0] == c.uid
 
     def open_one(self, name: str) -> bool:
         """Open ``name`` if the catalogue has it and memory does not (a lookup that

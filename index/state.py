@@ -5,19 +5,21 @@ store's write lock; nothing else assigns into it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from index.blobs import BlobStore
 from index.catalogue.base import Catalogue
-from index.catalogue.rows import delete_rows
+from index.catalogue.rows import count_items, delete_rows
 from index.errors import CollectionBroken, UnknownCollection
 from index.garbage import ImageGarbage
 from index.live import SHADOW_PREFIX, LiveCollection
-from index.types import CollectionInfo
+from index.types import CollectionInfo, Modality
 from index.vectors.backend import BackendFactory
-from index.vectors.dumps import IndexDumps
+from index.vectors.dumps import IndexDumps, backend_key
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,48 @@ class StoreState:
                 raise CollectionBroken(f"collection {name!r} cannot serve: {broken.error}")
             raise UnknownCollection(f"collection {name!r} does not exist")
         return c
+
+    def load(self, progress: Callable[[str], None] | None = None) -> None:
+        """Open every stored collection (at start), saying which to ``progress``; then
+        drop what the vector backend keeps of collections gone meanwhile."""
+        rows = self.db.writer.execute(
+            "SELECT name, uid, index_spec, dim, model_version, created_at FROM collections"
+        ).fetchall()
+        for n, row in enumerate(rows, 1):
+            if progress is not None:
+                progress(
+                    f"building indexes from the catalogue: collection {n} of {len(rows)} ({row[0]})"
+                )
+            self._open(*row)
+        uids = self.db.writer.execute("SELECT uid FROM collections").fetchall()
+        self.backends.prune(backend_key(uid, m) for (uid,) in uids for m in Modality)
+
+    def _open(
+        self, name: str, uid: str, spec: str, dim: int, model_version: str, created_at: float
+    ) -> None:
+        """Load one stored collection; one that cannot be built does not stop the others."""
+        try:
+            # The grammar first: a spec stored before it existed may crash FAISS outright.
+            normal = self.backends.check(dim, spec)
+            c = self.dumps.open(name, uid, normal, dim, model_version, created_at)
+            row = self.db.writer.execute(
+                "SELECT report FROM index_reports WHERE uid = ?", (uid,)
+            ).fetchone()
+            c.index_report = None if row is None else json.loads(row[0])
+            self.collections[name] = c
+        except Exception as exc:
+            log.error("collection %s cannot serve: %s", name, exc)
+            self.broken[name] = CollectionInfo(
+                name,
+                spec,
+                dim,
+                model_version,
+                created_at,
+                count_items(self.db.writer, name),
+                dict.fromkeys(Modality, False),
+                error=f"its index {spec!r} cannot be built ({exc}); delete the collection and"
+                " create it again with a supported index",
+            )
 
     def drop_unfinished(self, prefix: str = SHADOW_PREFIX, fenced: bool = True) -> None:
         """Hidden copies left by a migration or restore that did not finish: it starts

@@ -228,6 +228,13 @@ class SearchRequest(RequestBody):
     group_size: int = Field(
         1, ge=1, le=100, description="With `group_by`: hits a group holds at most."
     )
+    facets: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        None,
+        max_length=8,
+        description="Metadata keys: answer `facets`, for each its 20 most frequent values "
+        "and their counts among all the items the search's filter keeps (of its target "
+        "modality), not only the page's.",
+    )
     alpha: float | None = Field(
         None,
         ge=0,
@@ -246,6 +253,11 @@ class SearchHit(BaseModel):
     text: str | None = None
 
 
+class FacetCount(BaseModel):
+    value: Any
+    count: int
+
+
 class SearchGroup(BaseModel):
     value: Any = Field(description="The metadata value the group's hits share.")
     results: list[SearchHit]
@@ -258,6 +270,9 @@ class SearchResponse(BaseModel):
     )
     groups: list[SearchGroup] | None = Field(
         None, description="With `group_by`: the page's groups, best first."
+    )
+    facets: dict[str, list[FacetCount]] | None = Field(
+        None, description="With `facets`: per key, its most frequent values, most first."
     )
     took_ms: float
 
@@ -272,6 +287,7 @@ class BatchAnswer(BaseModel):
     results: list[SearchHit]
     next_offset: int | None = None
     groups: list[SearchGroup] | None = None
+    facets: dict[str, list[FacetCount]] | None = None
 
 
 class BatchSearchResponse(BaseModel):

@@ -61,6 +61,18 @@ class Catalogue(Protocol):
         or after ``timeout`` seconds: what a follower waits on between its steps."""
         ...
 
+    def facet_counts(
+        self,
+        conn: Conn,
+        fields: str,
+        params: Sequence[Any],
+        limit: int,
+    ) -> list[tuple[str, Any, int]]:
+        """The most frequent values among the ``item_fields`` rows ``fields`` selects
+        (its WHERE clause), most first: (kind, value as stored, count), ``limit`` at most,
+        numbers by value, strings exactly, booleans apart."""
+        ...
+
     def exclusive(self) -> contextlib.AbstractContextManager[None]:
         """No other server's write transaction lands while the block runs (it spans
         several of this one's transactions, as a model switch does); the caller holds

@@ -329,6 +329,16 @@ class SqliteDatabase:
     def field_compare(self, family: str, op: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         return stored_compare(family, op, values)
 
+    def facet_counts(
+        self, conn: Conn, fields: str, params: Sequence[Any], limit: int
+    ) -> list[tuple[str, Any, int]]:
+        rows = conn.execute(
+            f"SELECT kind, value, COUNT(*) AS n FROM item_fields WHERE {fields}"
+            " GROUP BY kind, value ORDER BY n DESC, kind, value LIMIT ?",
+            [*params, limit],
+        ).fetchall()
+        return [(k, v, int(n)) for k, v, n in rows]
+
     # Lexical search: a full-text table per collection (``index.catalogue.lexical``).
     def lexical_created(self, conn: Conn, collection: str) -> None:
         create_lexical(_sqlite(conn), collection)

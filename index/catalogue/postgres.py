@@ -373,6 +373,16 @@ class PostgresDatabase:
         loose = {">": ">=", "<": "<="}.get(op, op)
         return f"{head} {loose} {cut} AND str {op} ?", [raw[0], raw[0]]
 
+    def facet_counts(
+        self, conn: Conn, fields: str, params: Sequence[Any], limit: int
+    ) -> list[tuple[str, Any, int]]:
+        rows = conn.execute(
+            f"SELECT kind, num, str, COUNT(*) AS n FROM item_fields WHERE {fields}"
+            " GROUP BY kind, num, str ORDER BY n DESC, kind, num, str LIMIT ?",
+            [*params, limit],
+        ).fetchall()
+        return [(k, bytes(s).decode("utf-8") if k == "s" else num, int(n)) for k, num, s, n in rows]
+
     # --- lexical search: a generated column of items, nothing per collection ------------
     def lexical_created(self, conn: Conn, collection: str) -> None:
         return None

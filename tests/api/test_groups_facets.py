@@ -108,3 +108,63 @@ def test_what_grouping_cannot_ask_is_refused(
 ) -> None:
     r = client.post(f"/v1/collections/{collection}/search", json={"text": "x", **body})
     assert r.status_code == status, r.text
+
+
+@pytest.mark.both_catalogues
+def test_facets_count_every_item_the_filter_keeps(client: httpx.Client, collection: str) -> None:
+    """Counted in the catalogue over all the items the filter keeps, not the page's; values
+    as filters compare them (7 and 7.0 one value, True not 1, null and lists not counted);
+    the same on both vector backends and both catalogues."""
+    items = fill(client, collection)
+
+    def by_hand(kept: list[dict[str, Any]]) -> dict[Any, int]:
+        counts: dict[Any, int] = {}
+        for it in kept:
+            value = it["metadata"].get("product")
+            if value is None or isinstance(value, list):
+                continue
+            key = ("b", value) if isinstance(value, bool) else (type(value) is str, value)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def answered(facet: list[dict[str, Any]]) -> dict[Any, int]:
+        out = {}
+        for entry in facet:
+            value = entry["value"]
+            key = ("b", value) if isinstance(value, bool) else (type(value) is str, value)
+            out[key] = entry["count"]
+        return out
+
+    answer = search(client, collection, k=3, facets=["product", "n", "absent"])
+    assert len(answer["results"]) == 3
+    facets = answer["facets"]
+    assert answered(facets["product"]) == by_hand(items)
+    counts = [e["count"] for e in facets["product"]]
+    assert counts == sorted(counts, reverse=True)
+    assert len(facets["n"]) == 20 and all(e["count"] == 1 for e in facets["n"])  # 20 of 60
+    assert facets["absent"] == []
+    assert sum(e["count"] for e in facets["product"] if e["value"] == 7) == sum(
+        1
+        for it in items
+        if it["metadata"].get("product") in (7, 7.0)
+        and not isinstance(it["metadata"].get("product"), bool)
+    )
+    # A filter narrows the counts to what it keeps, whatever the page shows.
+    cheap = search(
+        client, collection, k=1, facets=["product"], filter={"n": {"$lt": 30, "$gte": 6}}
+    )
+    kept = [it for it in items if 6 <= it["metadata"]["n"] < 30]
+    assert answered(cheap["facets"]["product"]) == by_hand(kept)
+    broad = search(client, collection, k=1, facets=["product"], filter={"n": {"$ne": 5}})
+    assert answered(broad["facets"]["product"]) == by_hand(
+        [it for it in items if it["metadata"]["n"] != 5]
+    )
+    assert search(client, collection, k=3)["facets"] is None
+
+
+@pytest.mark.parametrize("facets", [["k"] * 9, [""], ["x" * 300], "product", [3]])
+def test_what_facets_cannot_ask_is_a_422(
+    client: httpx.Client, collection: str, facets: Any
+) -> None:
+    r = client.post(f"/v1/collections/{collection}/search", json={"text": "x", "facets": facets})
+    assert r.status_code == 422, r.text

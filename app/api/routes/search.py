@@ -17,6 +17,7 @@ from app.api.schemas import (
     BatchAnswer,
     BatchSearchRequest,
     BatchSearchResponse,
+    FacetCount,
     QueryPart,
     SearchGroup,
     SearchHit,
@@ -52,6 +53,15 @@ def _groups(page: Page) -> list[SearchGroup] | None:
     return [SearchGroup(value=value, results=_hits(hits)) for value, hits in page.groups]
 
 
+def _facets(page: Page) -> dict[str, list[FacetCount]] | None:
+    if page.facets is None:
+        return None
+    return {
+        key: [FacetCount(value=v, count=n) for v, n in counts]
+        for key, counts in page.facets.items()
+    }
+
+
 def _took(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
@@ -72,6 +82,7 @@ def spec_of(body: SearchRequest) -> SearchSpec:
         alpha=body.alpha,
         group_by=body.group_by,
         group_size=body.group_size,
+        facets=tuple(dict.fromkeys(body.facets or ())),
         # The words lexical ranking matches: the query's text, or its parts' that weigh
         # towards (a negative part's words are not looked for).
         lexical_text=" ".join(t for t in texts if t) or None,
@@ -127,6 +138,7 @@ async def search(
         results=_hits(page.hits),
         next_offset=page.next_offset,
         groups=_groups(page),
+        facets=_facets(page),
         took_ms=_took(started),
     )
 
@@ -171,7 +183,12 @@ async def search_batch(
             queries.append((await parts_of(q, retrieval, settings), spec))
     pages = await retrieval.search_many(name, queries)
     answers = [
-        BatchAnswer(results=_hits(p.hits), next_offset=p.next_offset, groups=_groups(p))
+        BatchAnswer(
+            results=_hits(p.hits),
+            next_offset=p.next_offset,
+            groups=_groups(p),
+            facets=_facets(p),
+        )
         for p in pages
     ]
     return BatchSearchResponse(answers=answers, took_ms=_took(started))

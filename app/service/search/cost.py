@@ -43,5 +43,14 @@ def word_work(store: CollectionStore, name: str, spec: SearchSpec) -> int:
     return terms * _per(store.size(name, Modality.TEXT))
 
 
+def facet_work(store: CollectionStore, name: str, spec: SearchSpec) -> int:
+    """The hits ``spec``'s facets count for: each key reads the rows of every item that
+    holds it, as a filter's condition does."""
+    if not spec.facets:
+        return 0
+    targets = [spec.target] if spec.target is not None else list(Modality)
+    return len(spec.facets) * _per(max(store.size(name, m) for m in targets))
+
+
 def _per(size: int) -> int:
     return max(1, math.ceil(size / ROWS_PER_HIT))

@@ -74,6 +74,7 @@ class SearchSpec:
     alpha: float | None = None  # the vector ranking's weight in relative fusion
     group_by: str | None = None  # a metadata key: the best hits of each value (``groups``)
     group_size: int = 1
+    facets: tuple[str, ...] = ()  # metadata keys whose most frequent values to count
     lexical_text: str | None = None  # the words lexical and hybrid modes match
     work: int = 0  # hits its filter and word matching count for (``cost.catalogue_work``)
     budget: Budget | None = field(default=None, compare=False)  # the request's, once planned
@@ -91,6 +92,8 @@ class Page:
     next_offset: int | None
     # With ``group_by``: each group's value and hits (``hits`` then holds them all, in order).
     groups: list[tuple[Any, list[Hit]]] | None = None
+    # With ``facets``: per key, its most frequent values and their counts.
+    facets: dict[str, list[tuple[Any, int]]] | None = None
 
 
 def cost(spec: SearchSpec) -> int:

@@ -17,7 +17,7 @@ from app.service.errors import Invalid, ServiceError, TooLarge
 from app.service.limits import Limits
 from app.service.search import groups as grouping
 from app.service.search import hybrid
-from app.service.search.cost import filter_work, word_work
+from app.service.search.cost import facet_work, filter_work, word_work
 from app.service.search.queue import SearchQueue
 from app.service.search.ranking import Budget, Page, SearchSpec, combine, first_depth, rank
 from app.service.threads import run_in_threadpool
@@ -31,10 +31,12 @@ from index import (
     UnknownItem,
 )
 from index.catalogue.base import Conn
+from index.facets import facet_counts
 from index.filter_tree import as_tree
 
 Encode = Callable[[str], Awaitable[np.ndarray]]  # model version -> vectors
 T = TypeVar("T")
+FACET_VALUES = 20  # the most frequent values a facet lists
 
 
 def _switched(current: Callable[[], str], tried: str) -> str | None:
@@ -156,7 +158,10 @@ class Retrieval:
         # A lexical or hybrid search reads its rankings fusion_depth deep; a filter and a
         # query's words count for the rows they read, a filter shared by queries once.
         filters = {spec.where: filter_work(self.store, name, spec) for _, spec in queries}
-        words = [word_work(self.store, name, spec) for _, spec in queries]
+        words = [
+            word_work(self.store, name, spec) + facet_work(self.store, name, spec)
+            for _, spec in queries
+        ]
         queries = [
             (parts, replace(spec, work=filters[spec.where] + w))
             for (parts, spec), w in zip(queries, words, strict=True)
@@ -320,6 +325,19 @@ class Retrieval:
             )
             ranking = words if spec.mode == "lexical" else hybrid.fused(spec, pages[i].hits, words)
             pages[i] = hybrid.page_of(ranking, spec)
+        for i, spec in enumerate(specs):
+            if spec.facets:
+                target = asked[i].target or Modality.TEXT
+                counts = facet_counts(
+                    self.store.get(name),
+                    self.store.db,
+                    target,
+                    spec.facets,
+                    as_tree(spec.where),
+                    FACET_VALUES,
+                    deadline,
+                )
+                pages[i] = replace(pages[i], facets=counts)
         return pages
 
     # --- writes -----------------------------------------------------------------------------
