@@ -18,6 +18,7 @@ from app.api.middleware import Admission, AdmissionLimits, RequestContext
 from app.api.open_cors import OpenCors
 from app.api.openapi import install_openapi
 from app.api.routes import (
+    classify,
     clip_compat,
     collections,
     embed,
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         snapshots,
         models,
         clip_compat,
+        classify,
     ):
         app.include_router(module.router)
     # The web page: static files, no build step; it only talks to the API above.

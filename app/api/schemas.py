@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
+from app.service.zero_shot import MAX_LABEL_CHARS, MAX_LABELS, MAX_TEMPLATES
 from index import COLLECTION_NAME, Job
 from index.types import Modality
 
@@ -321,3 +322,34 @@ def accepted(job: Job, response: Response) -> JobCreated:
     state, and ``Location`` naming where to poll it."""
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobCreated(id=job.id, state=job.state.value)
+
+
+# --- zero-shot labels ---------------------------------------------------------------------
+Label = Annotated[str, Field(min_length=1, max_length=MAX_LABEL_CHARS, pattern=r"\S")]
+Template = Annotated[str, Field(min_length=2, max_length=MAX_LABEL_CHARS)]
+
+
+class ClassifyRequest(RequestBody):
+    labels: list[Label] = Field(
+        min_length=1, max_length=MAX_LABELS, description="The labels to rank (distinct)."
+    )
+    image_base64: str | None = Field(None, description="The picture, base64 or a data URL.")
+    collection: str | None = Field(None, description="With `item_id`: a stored picture.")
+    item_id: str | None = Field(None, min_length=1, max_length=512)
+    templates: list[Template] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_TEMPLATES,
+        description='Prompt templates, each holding `{}` once (default: "a photo of {}.", '
+        '"a picture of {}.", "{}").',
+    )
+
+
+class LabelProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class ClassifyResponse(BaseModel):
+    labels: list[LabelProbability] = Field(description="Most probable first; they sum to 1.")
+    model: str
