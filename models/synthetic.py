@@ -100,6 +100,24 @@ def samples(n: int, seed: int, domain: Domain = "a") -> Iterator[Sample]:
         )
 
 
+def _placement(sample: Sample, side: int, rng: np.random.Generator) -> tuple[float, float, float]:
+    """The shape's centre and half-size in pixels, drawn as ``render`` draws them."""
+    cx, cy = POSITIONS[sample.position]
+    jitter = rng.uniform(-0.04, 0.04, 2)
+    r = SIZES[sample.size] * side / 2 * rng.uniform(0.9, 1.1)
+    return (cx + jitter[0]) * side, (cy + jitter[1]) * side, r
+
+
+def shape_box(sample: Sample, side: int = 64) -> tuple[float, float, float, float]:
+    """The box (left, top, right, bottom, in pixels) the shape of ``render(sample, side)``
+    is drawn in: what a map of where a picture matches can be checked against."""
+    rng = np.random.default_rng(sample.seed)
+    noise = 18.0 if sample.domain == "b" else 0.0
+    rng.normal(0.0, noise, (side, side, 3))  # the background's draws, as render takes them
+    x, y, r = _placement(sample, side, rng)
+    return x - r, y - r, x + r, y + r
+
+
 def render(sample: Sample, side: int = 64) -> Image.Image:
     domain = sample.domain
     rng = np.random.default_rng(sample.seed)
@@ -109,10 +127,7 @@ def render(sample: Sample, side: int = 64) -> Image.Image:
     img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
     mask = Image.new("L", (side, side), 0)
     draw = ImageDraw.Draw(mask)
-    cx, cy = POSITIONS[sample.position]
-    jitter = rng.uniform(-0.04, 0.04, 2)
-    r = SIZES[sample.size] * side / 2 * rng.uniform(0.9, 1.1)
-    x, y = (cx + jitter[0]) * side, (cy + jitter[1]) * side
+    x, y, r = _placement(sample, side, rng)
     if sample.shape == "circle":
         draw.ellipse([x - r, y - r, x + r, y + r], fill=255)
     elif sample.shape == "square":

@@ -22,6 +22,7 @@ from app.api.routes import (
     clip_compat,
     collections,
     embed,
+    explain,
     health,
     items,
     jobs,
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models,
         clip_compat,
         classify,
+        explain,
     ):
         app.include_router(module.router)
     # The web page: static files, no build step; it only talks to the API above.

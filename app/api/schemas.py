@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Response
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
+from app.service.explain import DEFAULT_GRID, MAX_GRID
 from app.service.zero_shot import MAX_LABEL_CHARS, MAX_LABELS, MAX_TEMPLATES
 from index import COLLECTION_NAME, Job
 from index.types import Modality
@@ -352,4 +353,30 @@ class LabelProbability(BaseModel):
 
 class ClassifyResponse(BaseModel):
     labels: list[LabelProbability] = Field(description="Most probable first; they sum to 1.")
+    model: str
+
+
+# --- why this picture -------------------------------------------------------------------
+class ExplainRequest(RequestBody):
+    item_id: str = Field(min_length=1, max_length=512, description="The stored picture.")
+    text: str | None = Field(None, min_length=1, description="The query, as a text.")
+    image_base64: str | None = Field(None, description="The query, as a picture.")
+    grid: int = Field(
+        DEFAULT_GRID,
+        ge=2,
+        le=MAX_GRID,
+        description="Regions a side: the map is grid x grid, and costs grid ** 2 + 1 "
+        "image encodings.",
+    )
+    format: Literal["json", "png"] = Field(
+        "json", description="`png`: the picture with the map over it in red."
+    )
+
+
+class ExplainResponse(BaseModel):
+    grid: list[list[float]] = Field(
+        description="Rows top to bottom: how much the picture's cosine to the query drops "
+        "when that region is hidden (higher: the region carries the match)."
+    )
+    score: float = Field(description="The picture's cosine to the query.")
     model: str

@@ -220,3 +220,33 @@ def test_zero_shot_colour_labels_of_the_tuned_model(tuned_on_a: dict[int, Tuned]
     print(f"\nzero-shot (colour, colour with default templates, shape, base) per seed: {measured}")
     assert min(m[0] for m in measured) >= 0.9, measured
     assert max(m[3] for m in measured) < 0.6, measured  # the base model guesses
+
+
+def test_the_occlusion_map_points_at_the_shape(tuned_on_a: dict[int, Tuned]) -> None:
+    """With the fine-tuned model and a held-out picture's own caption (its colour and
+    shape) as the query, the map's strongest cell (``app.service.explain``, 7 x 7) falls
+    inside the shape's box at least three times as often as a cell drawn at random would
+    (the chance rate: the share of cells whose centre lies in the box)."""
+    from app.service.explain import occluded, occlusion_map
+    from models.synthetic import shape_box
+
+    grid, side = 7, 48
+    held_out = list(samples(120, 7000, "a"))
+    centres = (np.arange(grid) + 0.5) / grid
+    rates = []
+    for run in tuned_on_a.values():
+        hits = chance = 0.0
+        for s in held_out:
+            left, top, right, bottom = (v / side for v in shape_box(s, side))
+            pixels = run.tuned.preprocess(render(s, side=side))
+            vectors = run.tuned.encode_image_tensors(occluded(pixels, grid))
+            query = run.tuned.encode_texts([s.caption])[0]
+            cells = occlusion_map(vectors, query, grid)
+            row, col = np.unravel_index(int(np.argmax(cells)), cells.shape)
+            hits += left <= centres[col] <= right and top <= centres[row] <= bottom
+            inside_x = (centres >= left) & (centres <= right)
+            inside_y = (centres >= top) & (centres <= bottom)
+            chance += inside_x.sum() * inside_y.sum() / grid**2
+        rates.append((hits / len(held_out), chance / len(held_out)))
+    print(f"\nocclusion map: strongest cell in the box, chance rate, per seed: {rates}")
+    assert all(rate >= 3 * chance for rate, chance in rates), rates
