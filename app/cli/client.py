@@ -40,6 +40,13 @@ class ApiClient:
     def post(self, path: str, body: dict[str, Any], ok: tuple[int, ...] = (200,)) -> dict[str, Any]:
         return self._json(self._send("POST", path, json=body), *ok)
 
+    def post_bytes(self, path: str, body: dict[str, Any]) -> bytes:
+        """``POST`` whose answer is a file (an image), not JSON."""
+        r = self._send("POST", path, json=body)
+        if r.status_code != 200:
+            raise CliError(api_message(r))
+        return r.content
+
     def delete(self, path: str) -> None:
         self._json(self._send("DELETE", path), 204)
 

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from app.cli import pictures
 from app.cli import search as search_command
 from app.cli import snapshot as snapshot_command
 from app.cli.client import CliError
@@ -207,6 +208,8 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "reindex": reindex,
     "index-advice": index_advice,
     "search": search_command.run,
+    "classify": pictures.classify,
+    "explain": pictures.explain,
     "snapshot": snapshot_command.run,
 }
 

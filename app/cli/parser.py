@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from app.cli.pictures import add_parsers as add_picture_parsers
 from app.cli.search import add_parser as add_search_parser
 from app.cli.snapshot import add_parser as add_snapshot_parser
 from models.adapt.methods import METHODS
@@ -190,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(handler="eval")
 
     add_search_parser(sub, Formatter)
+    add_picture_parsers(sub, Formatter)
     add_snapshot_parser(sub, Formatter)
 
     mods = command("models", "List model versions.")

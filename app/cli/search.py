@@ -31,6 +31,20 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
         choices=["vector", "lexical", "hybrid"],
         help="how texts are ranked: by vectors, by words (BM25), or both (texts only)",
     )
+    p.add_argument(
+        "--fusion",
+        choices=["rrf", "relative"],
+        help="how hybrid fuses its rankings: by rank, or by spread-normalised scores",
+    )
+    p.add_argument("--alpha", type=float, help="with --fusion relative: the vectors' weight")
+    p.add_argument("--group-by", metavar="KEY", help="the best hits of each value of KEY")
+    p.add_argument("--group-size", type=int, help="with --group-by: hits a group (default 1)")
+    p.add_argument(
+        "--facet",
+        metavar="KEY",
+        action="append",
+        help="count the most frequent values of KEY among what the filter keeps (repeatable)",
+    )
     p.add_argument("--min-score", type=float, help="leave out hits scoring below this cosine")
     p.add_argument("--json", action="store_true", help="print the API's answer as JSON")
     port = os.environ.get("XMODAL_PORT") or "8000"
@@ -52,6 +66,14 @@ def run(args: argparse.Namespace) -> int:
         body["min_score"] = args.min_score
     if args.mode:
         body["mode"] = args.mode
+    optional = {
+        "fusion": args.fusion,
+        "alpha": args.alpha,
+        "group_by": args.group_by,
+        "group_size": args.group_size,
+        "facets": args.facet,
+    }
+    body.update({k: v for k, v in optional.items() if v is not None})
     if args.filter is not None:
         try:
             body["filter"] = json.loads(args.filter)
@@ -65,12 +87,27 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(answer, ensure_ascii=False, indent=2))
         return 0
     hits = answer["results"]
-    for h in hits:
-        shown = h.get("text") or json.dumps(h.get("metadata") or {}, ensure_ascii=False)
-        print(f"{h['score']:7.3f}  {h['id']}  {shown[:100]}")
+    if answer.get("groups") is not None:
+        for group in answer["groups"]:
+            print(f"{args.group_by} = {json.dumps(group['value'], ensure_ascii=False)}")
+            for h in group["results"]:
+                print("  " + _line(h))
+    else:
+        for h in hits:
+            print(_line(h))
     if not hits:
         print("no results" + (" (min score cut them)" if args.min_score is not None else ""))
+    for key, counts in (answer.get("facets") or {}).items():
+        values = ", ".join(
+            f"{json.dumps(c['value'], ensure_ascii=False)} ({c['count']})" for c in counts
+        )
+        print(f"{key}: {values or 'no values'}")
     return 0
+
+
+def _line(h: dict[str, Any]) -> str:
+    shown = h.get("text") or json.dumps(h.get("metadata") or {}, ensure_ascii=False)
+    return f"{h['score']:7.3f}  {h['id']}  {shown[:100]}"
 
 
 def _quoted(name: str) -> str:

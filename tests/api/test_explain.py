@@ -77,3 +77,44 @@ def test_what_explain_refuses(
     )
     r = client.post(f"/v1/collections/{collection}/explain", json=body)
     assert r.status_code == status, r.text
+
+
+def test_the_cli_explains_and_classifies(
+    client: httpx.Client, collection: str, server: Any, tmp_path: Any
+) -> None:
+    """``xmodal explain`` writes the overlay and prints the grid; ``xmodal classify``
+    prints the labels the API ranks, for a file and for a stored picture."""
+    from tests.helpers import xmodal
+
+    picture = stored(client, collection)
+    out = tmp_path / "map.png"
+    run = xmodal(
+        "explain",
+        collection,
+        "pic",
+        "a blue sky",
+        "--grid",
+        "4",
+        "--png",
+        str(out),
+        "--server",
+        server.url,
+        data_dir=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    assert len(run.stdout.splitlines()) == 1 + 4 + 1  # the score, 4 rows, the file written
+    with Image.open(out) as png:
+        assert png.format == "PNG"
+    (tmp_path / "p.png").write_bytes(picture)
+    labels = ["blue", "red", "green"]
+    want = client.post(
+        "/v1/classify",
+        json={"image_base64": base64.b64encode(picture).decode(), "labels": labels},
+    ).json()["labels"]
+    for source in (["p.png"], [f"{collection}/pic", "--stored"]):
+        path = str(tmp_path / source[0]) if source[0] == "p.png" else source[0]
+        run = xmodal(
+            "classify", path, *labels, *source[1:], "--server", server.url, data_dir=tmp_path
+        )
+        assert run.returncode == 0, run.stderr
+        assert [line.split()[-1] for line in run.stdout.splitlines()] == [w["label"] for w in want]

@@ -4,6 +4,7 @@ as filters compare them; pages of groups; what grouping cannot ask is a 400."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -168,3 +169,38 @@ def test_what_facets_cannot_ask_is_a_422(
 ) -> None:
     r = client.post(f"/v1/collections/{collection}/search", json={"text": "x", "facets": facets})
     assert r.status_code == 422, r.text
+
+
+def test_the_cli_groups_and_counts(
+    client: httpx.Client, collection: str, server: Any, tmp_path: Any
+) -> None:
+    """``xmodal search --group-by --facet`` prints the groups and the counts the API gives."""
+    from tests.helpers import xmodal
+
+    fill(client, collection)
+    want = search(client, collection, k=3, group_by="product", facets=["product"])
+    run = xmodal(
+        "search",
+        collection,
+        "a thing",
+        "--target",
+        "text",
+        "-k",
+        "3",
+        "--group-by",
+        "product",
+        "--facet",
+        "product",
+        "--server",
+        server.url,
+        data_dir=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    for group in want["groups"]:
+        assert f"product = {json.dumps(group['value'])}" in lines
+        assert any(group["results"][0]["id"] in line for line in lines)
+    counts = ", ".join(
+        f"{json.dumps(c['value'])} ({c['count']})" for c in want["facets"]["product"]
+    )
+    assert f"product: {counts}" in lines
