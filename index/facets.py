@@ -1,8 +1,9 @@
 """Facets: the most frequent values of metadata keys among a collection's items of one
 modality that pass a filter, counted in the catalogue (``item_fields``), so the answer is
 the same whatever the vector backend. Values count as filters compare them: numbers by
-value (``2`` and ``2.0`` are one), strings exactly, booleans apart; null, lists and
-objects are not counted. Reads stop at the caller's deadline."""
+value (``2`` and ``2.0`` are one), strings exactly, booleans apart; a list counts each of
+its values once (labels, tags); null and objects are not counted. Reads stop at the
+caller's deadline."""
 
 from __future__ import annotations
 

@@ -199,6 +199,15 @@ class _Parser:
         return value
 
 
+def keys_of(node: Node) -> set[str]:
+    """The metadata keys a filter tests."""
+    if isinstance(node, (All, Any_)):
+        return set().union(*(keys_of(n) for n in node.nodes))
+    if isinstance(node, Not):
+        return keys_of(node.node)
+    return {node.key}
+
+
 def matches(node: Node, metadata: dict[str, Any]) -> bool:
     """Whether ``metadata`` passes ``node``: the reference the backends are tested against."""
     if isinstance(node, All):
@@ -212,8 +221,18 @@ def matches(node: Node, metadata: dict[str, Any]) -> bool:
     stored = metadata[node.key]
     if node.op == "exists":
         return True
-    if isinstance(stored, (dict, list)):
+    if isinstance(stored, list):
+        # A list holds when one of its values does (its lists and objects never do), so
+        # {"labels": "red"} keeps the items labelled red, and $ne / $nin (a negation)
+        # keep those where none is.
+        return any(_holds(node, v) for v in stored if not isinstance(v, (dict, list)))
+    if isinstance(stored, dict):
         return False
+    return _holds(node, stored)
+
+
+def _holds(node: Cond, stored: Scalar) -> bool:
+    """Whether one stored scalar passes a condition."""
     if node.op == "in":
         return any(_equal(stored, v) for v in node.value)
     if node.op == "eq":

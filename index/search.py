@@ -20,7 +20,7 @@ from index.catalogue.base import Catalogue
 from index.catalogue.filters import filter_labels
 from index.catalogue.rows import ITEM_COLUMNS, SQL_CHUNK, hit_rows, item_from_row
 from index.errors import CollectionMoved, ModelMismatch, UnknownItem
-from index.filter_tree import Node, matches
+from index.filter_tree import Node, keys_of, matches
 from index.live import LiveCollection
 from index.types import Hit, Item, Modality
 from index.vectors.faiss_specs import DEFAULT_SPEC
@@ -90,6 +90,23 @@ def allowed_labels(
     return Allowed(c, where, labels)
 
 
+def holds_lists(c: LiveCollection, db: Catalogue, tree: Node, modality: Modality) -> bool:
+    """Whether any item of ``c``'s ``modality`` holds a list (or an object) under a key
+    ``tree`` tests: one indexed read."""
+    keys = sorted(keys_of(tree))
+    marks = ", ".join("?" * len(keys))
+    row = (
+        db.reader()
+        .execute(
+            "SELECT 1 FROM item_fields WHERE collection = ? AND modality = ?"
+            f" AND key IN ({marks}) AND kind = 'a' LIMIT 1",
+            (c.name, modality.value, *keys),
+        )
+        .fetchone()
+    )
+    return row is not None
+
+
 def _scope(
     c: LiveCollection,
     db: Catalogue,
@@ -134,6 +151,9 @@ def search_collection(
     broad = tree is not None and allowed is None
     many = allowed is not None and len(allowed) > index.max_allowed
     native = index.native_filters and (broad or many)  # the backend evaluates the filter
+    if native and tree is not None and holds_lists(c, db, tree, target):
+        # Milvus's expressions cannot say "one of the list's values": checked here.
+        native, allowed, broad = False, None, True
     post = broad and not native  # each candidate checked here
     queries = np.ascontiguousarray(xq, dtype=np.float32)
     want = max(8 * k, 200) if post else k

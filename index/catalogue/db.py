@@ -121,10 +121,12 @@ CREATE TABLE IF NOT EXISTS tombstones_pruned (
 
 # Every top-level metadata key of every item, typed, for filters that use an index instead
 # of parsing each item's JSON: kind n (a number), s (a string), b (a boolean, value 0 or
-# 1), z (null), a (an array or object). ``value`` has no type affinity: numbers stay
-# numbers, strings strings. Each row carries its item's collection and modality, so a
-# filter reads its own collection's rows only, from the index alone. Kept by triggers, in
-# the transaction that writes the item (a swap moves them with their items).
+# 1), z (null), a (an array or object). A list's scalar values get a row each besides
+# (once each), so a condition holds for a list when it holds for one of its values
+# (``filter_tree.matches``). ``value`` has no type affinity: numbers stay numbers, strings
+# strings. Each row carries its item's collection and modality, so a filter reads its own
+# collection's rows only, from the index alone. Kept by triggers, in the transaction that
+# writes the item (a swap moves them with their items).
 FIELDS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS item_fields (
     label INTEGER NOT NULL,
@@ -137,27 +139,44 @@ CREATE TABLE IF NOT EXISTS item_fields (
 CREATE INDEX IF NOT EXISTS item_fields_in_collection
     ON item_fields (collection, modality, key, kind, value, label);
 CREATE INDEX IF NOT EXISTS item_fields_by_label ON item_fields (label);
-CREATE TRIGGER IF NOT EXISTS item_fields_added AFTER INSERT ON items BEGIN
+CREATE TRIGGER IF NOT EXISTS item_fields_written AFTER INSERT ON items BEGIN
     INSERT INTO item_fields (label, key, kind, value, collection, modality)
     SELECT new.label, {fields}, new.collection, new.modality FROM json_each(new.metadata);
+    INSERT INTO item_fields (label, key, kind, value, collection, modality)
+    SELECT DISTINCT new.label, {elements}, new.collection, new.modality
+    FROM json_each(new.metadata) AS f, json_each(f.value) AS e
+    WHERE f.type = 'array' AND e.type NOT IN ('array', 'object');
 END;
 CREATE TRIGGER IF NOT EXISTS item_fields_removed AFTER DELETE ON items BEGIN
     DELETE FROM item_fields WHERE label = old.label;
 END;
-CREATE TRIGGER IF NOT EXISTS item_fields_changed AFTER UPDATE OF metadata ON items BEGIN
+CREATE TRIGGER IF NOT EXISTS item_fields_rewritten AFTER UPDATE OF metadata ON items BEGIN
     DELETE FROM item_fields WHERE label = old.label;
     INSERT INTO item_fields (label, key, kind, value, collection, modality)
     SELECT new.label, {fields}, new.collection, new.modality FROM json_each(new.metadata);
+    INSERT INTO item_fields (label, key, kind, value, collection, modality)
+    SELECT DISTINCT new.label, {elements}, new.collection, new.modality
+    FROM json_each(new.metadata) AS f, json_each(f.value) AS e
+    WHERE f.type = 'array' AND e.type NOT IN ('array', 'object');
 END
 """
-FIELD_TRIGGERS = ("item_fields_added", "item_fields_removed", "item_fields_changed")
-# json_each's columns as item_fields' key, kind and value.
-FIELD_COLUMNS = (
-    "key, CASE type WHEN 'integer' THEN 'n' WHEN 'real' THEN 'n' WHEN 'text' THEN 's'"
-    " WHEN 'true' THEN 'b' WHEN 'false' THEN 'b' WHEN 'null' THEN 'z' ELSE 'a' END,"
-    " CASE type WHEN 'true' THEN 1 WHEN 'false' THEN 0 WHEN 'array' THEN NULL"
-    " WHEN 'object' THEN NULL ELSE atom END"
-)
+FIELD_TRIGGERS = ("item_fields_written", "item_fields_removed", "item_fields_rewritten")
+# The triggers of a database from before lists' values had rows of their own.
+OLD_FIELD_TRIGGERS = ("item_fields_added", "item_fields_changed")
+
+
+def _columns(key: str, of: str) -> str:
+    """json_each's columns (of the row aliased ``of``) as item_fields' key, kind, value."""
+    return (
+        f"{key}, CASE {of}type WHEN 'integer' THEN 'n' WHEN 'real' THEN 'n' WHEN 'text' THEN 's'"
+        " WHEN 'true' THEN 'b' WHEN 'false' THEN 'b' WHEN 'null' THEN 'z' ELSE 'a' END,"
+        f" CASE {of}type WHEN 'true' THEN 1 WHEN 'false' THEN 0 WHEN 'array' THEN NULL"
+        f" WHEN 'object' THEN NULL ELSE {of}atom END"
+    )
+
+
+FIELD_COLUMNS = _columns("key", "")  # a top-level value
+ELEMENT_COLUMNS = _columns("f.key", "e.")  # a value in a top-level list (f: the key's row)
 
 DB_FILE = "xmodal.sqlite3"
 WRITES_POLL_S = 0.02  # how often a follower looks for other processes' commits
@@ -213,21 +232,39 @@ class SqliteDatabase:
             f" SELECT items.label, {FIELD_COLUMNS}, items.collection, items.modality"
             " FROM items, json_each(items.metadata)"
         )
+        elements_backfill = (
+            "INSERT INTO item_fields (label, key, kind, value, collection, modality)"
+            f" SELECT DISTINCT items.label, {ELEMENT_COLUMNS}, items.collection, items.modality"
+            " FROM items, json_each(items.metadata) AS f, json_each(f.value) AS e"
+            " WHERE f.type = 'array' AND e.type NOT IN ('array', 'object')"
+        )
         # Tables filters and lexical search read, kept by triggers: a database from before
         # one of them (or from before fields knew their collection) gets it built from
         # what it holds.
         columns = {row[1] for row in self.writer.execute("PRAGMA table_info(item_fields)")}
         current = "collection" in columns
+        triggers = {
+            row[0]
+            for row in self.writer.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        }
+        lists_apart = not (triggers & set(OLD_FIELD_TRIGGERS))  # lists' values have rows
         if columns and not current:
             with self.transaction() as conn:
-                for trigger in FIELD_TRIGGERS:
+                for trigger in (*FIELD_TRIGGERS, *OLD_FIELD_TRIGGERS):
                     conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
                 conn.execute("DROP INDEX IF EXISTS item_fields_by_value")
                 conn.execute("DROP TABLE item_fields")
-        self.apply(FIELDS_SCHEMA.replace("{fields}", FIELD_COLUMNS))
+        elif not lists_apart:
+            with self.transaction() as conn:
+                for trigger in OLD_FIELD_TRIGGERS:
+                    conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
+        schema = FIELDS_SCHEMA.replace("{fields}", FIELD_COLUMNS)
+        self.apply(schema.replace("{elements}", ELEMENT_COLUMNS))
         with self.transaction() as conn:
             if not current:
                 conn.execute(fields_backfill)
+            if not current or not lists_apart:
+                conn.execute(elements_backfill)
             ensure_lexical(conn)
 
     def reader(self) -> sqlite3.Connection:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from index.catalogue import pg_lexical
 
-VERSION = 1
+VERSION = 2
 # The same tables as SQLite's (index.catalogue.db), typed for PostgreSQL: REAL there is
 # a double here, BLOB bytea; item_fields keeps numbers and strings in typed columns.
 SCHEMA = [
@@ -100,5 +100,7 @@ SCHEMA = [
         upto BIGINT NOT NULL,
         PRIMARY KEY (uid, modality))""",
 ]
-# Upgrades in place, by the version they lead to (none yet: version 1 is the first).
-UPGRADES: dict[int, list[str]] = {}
+# Upgrades in place, by the version they lead to. Version 2: a list's scalar values have
+# rows of their own in item_fields (written by ``postgres.field_rows``, which the upgrade
+# runs over the items holding a list: ``PostgresDatabase._setup``).
+UPGRADES: dict[int, list[str]] = {2: []}

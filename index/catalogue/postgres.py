@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import threading
 import time
@@ -297,6 +298,8 @@ class PostgresDatabase:
             for target in range(version + 1, pg_schema.VERSION + 1):
                 for statement in pg_schema.UPGRADES.get(target, []):
                     conn.execute(statement)
+                if target == 2:
+                    _list_values(conn)
                 conn.execute("UPDATE xmodal_schema SET version = ?", (target,))
                 log.info("catalogue schema upgraded to version %d", target)
 
@@ -349,8 +352,8 @@ class PostgresDatabase:
                 "COPY item_fields (label, key, kind, num, str, collection, modality) FROM STDIN"
             ) as copy:
                 for label, collection, modality, metadata in rows:
-                    for key, value in metadata.items():
-                        copy.write_row((label, key, *_typed(value), collection, modality))
+                    for key, _, typed in field_rows(metadata):
+                        copy.write_row((label, key, *typed, collection, modality))
         except psycopg.Error as exc:
             raise conn.mapped(exc) from None
 
@@ -408,7 +411,45 @@ def _exact(value: Any) -> int | Decimal:
     return int(value)
 
 
-def _typed(value: Any) -> tuple[str, int | Decimal | None, bytes | None]:
+Typed = tuple[str, int | Decimal | None, bytes | None]
+
+
+def _list_values(conn: PgConnection) -> None:
+    """The upgrade to schema version 2: rows for the values of the lists items hold."""
+    rows = conn.execute(
+        "SELECT label, collection, modality, metadata FROM items WHERE metadata LIKE '%[%'"
+    ).fetchall()
+    for label, collection, modality, text in rows:
+        metadata = json.loads(text)
+        for key, value, typed in field_rows(metadata):
+            if isinstance(metadata[key], list) and not isinstance(value, list):
+                conn.execute(
+                    "INSERT INTO item_fields (label, key, kind, num, str, collection, modality)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (label, key, *typed, collection, modality),
+                )
+
+
+def field_rows(metadata: dict[str, Any]) -> list[tuple[str, Any, Typed]]:
+    """``item_fields``' rows of one item: each top-level value typed, and each scalar
+    value of a top-level list once more (once each: a condition holds for a list when it
+    holds for one of its values)."""
+    out = []
+    for key, value in metadata.items():
+        out.append((key, value, _typed(value)))
+        if isinstance(value, list):
+            seen = set()
+            for element in value:
+                if isinstance(element, (list, dict)):
+                    continue
+                typed = _typed(element)
+                if typed not in seen:
+                    seen.add(typed)
+                    out.append((key, element, typed))
+    return out
+
+
+def _typed(value: Any) -> Typed:
     """``item_fields``' kind, number and string of a top-level metadata value."""
     if value is None:
         return "z", None, None

@@ -114,18 +114,19 @@ def test_what_grouping_cannot_ask_is_refused(
 @pytest.mark.both_catalogues
 def test_facets_count_every_item_the_filter_keeps(client: httpx.Client, collection: str) -> None:
     """Counted in the catalogue over all the items the filter keeps, not the page's; values
-    as filters compare them (7 and 7.0 one value, True not 1, null and lists not counted);
-    the same on both vector backends and both catalogues."""
+    as filters compare them (7 and 7.0 one value, True not 1, null not counted, a list's
+    values each once: labels count as tags); the same on both vector backends and both
+    catalogues."""
     items = fill(client, collection)
 
     def by_hand(kept: list[dict[str, Any]]) -> dict[Any, int]:
         counts: dict[Any, int] = {}
         for it in kept:
             value = it["metadata"].get("product")
-            if value is None or isinstance(value, list):
-                continue
-            key = ("b", value) if isinstance(value, bool) else (type(value) is str, value)
-            counts[key] = counts.get(key, 0) + 1
+            values = set(value) if isinstance(value, list) else {value}
+            for v in values - {None}:
+                key = ("b", v) if isinstance(v, bool) else (type(v) is str, v)
+                counts[key] = counts.get(key, 0) + 1
         return counts
 
     def answered(facet: list[dict[str, Any]]) -> dict[Any, int]:

@@ -4,14 +4,17 @@ why, rather than write rows it does not understand."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import psycopg
 import pytest
 
 import index.catalogue.pg_schema as pg_schema
 from bench.postgres import PgCluster
-from index import CatalogueUnavailable
+from index import CatalogueUnavailable, CollectionStore, Modality, NewItem
 from index.catalogue.pg_schema import VERSION
 from index.catalogue.postgres import PostgresDatabase, masked
+from tests.stores import CPU, D, V, normalised
 
 
 def version(url: str) -> int:
@@ -46,3 +49,38 @@ def test_an_unreachable_server_is_named_without_its_password() -> None:
         PostgresDatabase(url)
     assert "PostgreSQL" in str(caught.value) and "very-secret-pw" not in str(caught.value)
     assert masked(url) == "postgresql://xm:***@127.0.0.1:9/xmodal?connect_timeout=2"
+
+
+def test_the_upgrade_to_version_2_gives_lists_values_rows(pg: PgCluster, tmp_path: Path) -> None:
+    """A version 1 catalogue (a list written as one row) is upgraded in place: its lists'
+    values get rows, so conditions hold for one of a list's values there too."""
+    url = pg.database()
+    store = CollectionStore(tmp_path / "d1", backends=CPU, database_url=url)
+    store.create_collection("c", D, V)
+    metas = [{"labels": ["red", "circle"]}, {"labels": ["blue", 2.5]}, {"labels": "red"}]
+    items = [NewItem(f"t{i}", Modality.TEXT, m, text="t") for i, m in enumerate(metas)]
+    store.upsert("c", items, normalised(3, 1), V)
+    store.close()
+    with psycopg.connect(url, autocommit=True) as conn:  # as version 1 left it
+        conn.execute("DELETE FROM item_fields WHERE key = 'labels' AND kind <> 'a'")
+        conn.execute(
+            "INSERT INTO item_fields (label, key, kind, str, collection, modality)"
+            " SELECT label, 'labels', 's', convert_to('red', 'UTF8'), collection, modality"
+            " FROM items WHERE id = 't2'"
+        )
+        conn.execute("UPDATE xmodal_schema SET version = 1")
+    store = CollectionStore(tmp_path / "d2", backends=CPU, database_url=url)
+    try:
+        assert version(url) == VERSION
+
+        def found(where: dict[str, object]) -> list[str]:
+            (hits,) = store.search(
+                "c", Modality.TEXT, normalised(1, 9), 9, model_version=V, where=where
+            )
+            return sorted(h.id for h in hits)
+
+        assert found({"labels": "red"}) == ["t0", "t2"]
+        assert found({"labels": {"$gt": 2}}) == ["t1"]
+        assert found({"labels": {"$nin": ["red", "blue"]}}) == []
+    finally:
+        store.close()

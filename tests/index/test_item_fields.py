@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 from index import CollectionStore, Modality, NewItem
-from index.catalogue.db import DB_FILE
+from index.catalogue.db import DB_FILE, FIELD_TRIGGERS
 from index.catalogue.lexical import table_of
 from tests.stores import CPU, D, V, normalised
 
@@ -28,7 +28,7 @@ def test_fields_follow_writes_replacements_and_deletes(tmp_path: Path) -> None:
     store = CollectionStore(data, backends=CPU)
     try:
         store.create_collection("c", D, V)
-        meta = {"n": 2, "s": "x", "b": True, "z": None, "a": [1], 'q"k': 1.5}
+        meta = {"n": 2, "s": "x", "b": True, "z": None, "a": [1, "v", 1, [2]], 'q"k': 1.5}
         store.upsert("c", [NewItem("t1", Modality.TEXT, meta, text="one")], normalised(1, 1), V)
         ((label, *_),) = {row[:1] for row in fields(data)}
         assert fields(data) == sorted(
@@ -38,6 +38,8 @@ def test_fields_follow_writes_replacements_and_deletes(tmp_path: Path) -> None:
                 (label, "b", "b", 1),
                 (label, "z", "z", None),
                 (label, "a", "a", None),
+                (label, "a", "n", 1),  # a list's values, once each (not the list in it)
+                (label, "a", "s", "v"),
                 (label, 'q"k', "n", 1.5),
             ]
         )
@@ -62,7 +64,7 @@ def test_a_database_from_before_the_field_index_gets_one_on_opening(tmp_path: Pa
     store.upsert("c", items, normalised(6, 1), V)
     store.close()
     with sqlite3.connect(data / DB_FILE) as conn:  # as an older version left it
-        for trigger in ("item_fields_added", "item_fields_removed", "item_fields_changed"):
+        for trigger in FIELD_TRIGGERS:
             conn.execute(f"DROP TRIGGER {trigger}")
         conn.execute("DROP TABLE item_fields")
     store = CollectionStore(data, backends=CPU)
@@ -84,7 +86,7 @@ def test_fields_from_before_they_knew_their_collection_are_built_again(tmp_path:
         store.upsert(name, items, normalised(6, 1), V)
     store.close()
     with sqlite3.connect(data / DB_FILE) as conn:  # the older shape, and its index
-        for trigger in ("item_fields_added", "item_fields_removed", "item_fields_changed"):
+        for trigger in FIELD_TRIGGERS:
             conn.execute(f"DROP TRIGGER {trigger}")
         conn.execute("DROP TABLE item_fields")
         conn.execute("CREATE TABLE item_fields (label INTEGER, key TEXT, kind TEXT, value)")
@@ -157,5 +159,48 @@ def test_lexical_matching_and_statistics_are_each_collections_own(tmp_path: Path
         store.delete_collection("b")
         assert [(h.id, h.score) for h in store.lexical("a", "rare", 10)] == a
         assert store.lexical("a", "word", 10) == []
+    finally:
+        store.close()
+
+
+def test_lists_from_before_their_values_had_rows_get_them_on_opening(tmp_path: Path) -> None:
+    """A database whose triggers wrote a list as one row (the shape before a condition
+    held for one of a list's values) gets its lists' values added, and its triggers
+    replaced, once."""
+    data = tmp_path / "d"
+    store = CollectionStore(data, backends=CPU)
+    store.create_collection("c", D, V)
+    metas = [{"labels": ["red", "circle"]}, {"labels": ["blue"]}, {"labels": "red"}]
+    items = [NewItem(f"t{i}", Modality.TEXT, m, text="t") for i, m in enumerate(metas)]
+    store.upsert("c", items, normalised(3, 1), V)
+    store.close()
+    with sqlite3.connect(data / DB_FILE) as conn:  # as the version before left it
+        for trigger in FIELD_TRIGGERS:
+            conn.execute(f"DROP TRIGGER {trigger}")
+        conn.execute("DELETE FROM item_fields WHERE kind <> 'a' AND key = 'labels'")
+        conn.execute(
+            "INSERT INTO item_fields (label, key, kind, value, collection, modality)"
+            " SELECT label, 'labels', 's', 'red', collection, modality FROM items"
+            " WHERE id = 't2'"
+        )
+        conn.execute("CREATE TRIGGER item_fields_added AFTER INSERT ON items BEGIN SELECT 1; END")
+    store = CollectionStore(data, backends=CPU)
+    try:
+        assert labels(store, {"labels": "red"}) == ["t0", "t2"]
+        assert labels(store, {"labels": {"$in": ["blue", "circle"]}}) == ["t0", "t1"]
+        assert labels(store, {"labels": {"$nin": ["red"]}}) == ["t1"]
+        with sqlite3.connect(data / DB_FILE) as conn:
+            names = {
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+            }
+        assert "item_fields_added" not in names and set(FIELD_TRIGGERS) <= names
+        # New writes keep the rows, once each.
+        store.upsert(
+            "c",
+            [NewItem("t3", Modality.TEXT, {"labels": ["red", "red"]}, text="t")],
+            normalised(1, 5),
+            V,
+        )
+        assert labels(store, {"labels": "red"}) == ["t0", "t2", "t3"]
     finally:
         store.close()
