@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 # The new version's vectors for stored items (row i for item i), and for a mapped version
 # each item's vector before the map (None where there is none).
 Reembed = Callable[[Sequence[StoredItem]], tuple[np.ndarray, Sequence[np.ndarray | None]]]
+# A collection's new copies of items, given their new vectors, as they are to be written.
+Tag = Callable[[str, list[NewItem], np.ndarray], list[NewItem]]
 
 
 class Migration:
@@ -45,12 +47,16 @@ class Migration:
         version: str,
         reembed: Reembed,
         batch: int = 256,
+        tag: Tag | None = None,
     ) -> None:
+        """``tag`` rewrites the copies of a collection's items with their new vectors
+        (the pictures' tags from a label set, in the new version's space)."""
         self.store = store
         self.source_version = source_version
         self.version = version
         self.reembed = reembed
         self.batch = batch
+        self.tag = tag
         self.marks: dict[str, int] = {}  # the highest label copied, per collection
         self.uids: dict[str, str] = {}  # which incarnation of each collection is copied
         self.shadows: dict[str, str] = {}
@@ -171,6 +177,8 @@ class Migration:
             )
             for it, raw in zip(items, raws, strict=True)
         ]
+        if self.tag is not None:
+            copies = self.tag(name, copies, vectors)
         with contextlib.nullcontext(writer) if writer else self.store.locked() as held:
             shadow = held.live(self.shadows.get(name, ""))
             if shadow is None:

@@ -122,6 +122,8 @@ class LockedWriter:
         c = None if name in store.broken else store.get(name)
         with store.db.locked_transaction() as conn:
             digests = delete_rows(store.db, conn, name)
+            # Its label set too (kept by a swap, which deletes the rows of the name only).
+            conn.execute("DELETE FROM label_sets WHERE collection = ?", (name,))
             cancel_jobs_of(conn, name, "its collection was deleted")
         if c is None:
             del store.broken[name]

@@ -26,6 +26,7 @@ from app.api.routes import (
     health,
     items,
     jobs,
+    labels,
     models,
     openai_compat,
     search,
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         clip_compat,
         classify,
         explain,
+        labels,
     ):
         app.include_router(module.router)
     # The web page: static files, no build step; it only talks to the API above.

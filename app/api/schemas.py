@@ -380,3 +380,23 @@ class ExplainResponse(BaseModel):
     )
     score: float = Field(description="The picture's cosine to the query.")
     model: str
+
+
+class LabelSetIn(RequestBody):
+    labels: list[Label] = Field(
+        min_length=1, max_length=MAX_LABELS, description="The labels pictures are tagged with."
+    )
+    threshold: float = Field(
+        0.1, ge=0, le=1, allow_inf_nan=False, description="The least probability a tag has."
+    )
+    top: int = Field(3, ge=1, le=20, description="Tags a picture gets at most.")
+    templates: list[Template] | None = Field(
+        None, min_length=1, max_length=MAX_TEMPLATES, description="As for `/v1/classify`."
+    )
+
+
+class LabelSetOut(BaseModel):
+    labels: list[str]
+    threshold: float
+    top: int
+    templates: list[str] | None

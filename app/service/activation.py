@@ -24,6 +24,7 @@ from typing import Any
 from app.service.cluster import ActivationError, ModelFollower
 from app.service.config import Settings
 from app.service.engine import Engine
+from app.service.tagging import Tagger
 from index import CollectionStore, Job, JobStore, Migration
 from index.catalogue.servers import ModelState
 from index.types import StoredItem
@@ -46,12 +47,14 @@ class Activator:
         engine: Engine,
         jobs: JobStore,
         follower: ModelFollower,
+        tagger: Tagger,
     ) -> None:
         self.settings = settings
         self.store = store
         self.engine = engine
         self.jobs = jobs
         self.follower = follower
+        self.tagger = tagger
         self.model = follower.model
 
     @property
@@ -86,6 +89,9 @@ class Activator:
                         self._load_bytes,
                         self.settings.max_image_pixels,
                         self.engine.run_model,
+                    ),
+                    tag=lambda name, items, vectors: self.tagger.tagged(
+                        name, new.space, items, vectors
                     ),
                 )
                 detail["collections"] = migration.names

@@ -25,6 +25,7 @@ from app.service.jobs import (
     JobManager,
     ReindexRunner,
 )
+from app.service.jobs.retag import RetagRunner
 from app.service.jobs.snapshots import Archives, RestoreRunner, SnapshotRunner, Uploads
 from app.service.limits import Limits
 from app.service.metrics import Metrics
@@ -159,8 +160,8 @@ def build_stack(
         restored = restore_active(follower)
         if restored:
             log.info("serving %s, the version last activated", restored)
-        activator = Activator(settings, store, engine, job_store, follower)
         retrieval = Retrieval(Limits(settings), store, engine, metrics.search_batch.observe)
+        activator = Activator(settings, store, engine, job_store, follower, retrieval.tagger)
         archives = Archives(settings)
         restores = RestoreRunner(settings, store, job_store, engine)
         duplicates = DuplicatesRunner(settings, store, job_store)
@@ -172,6 +173,7 @@ def build_stack(
                 ActivateRunner(job_store, activator, registry),
                 duplicates,
                 ReindexRunner(store, job_store),
+                RetagRunner(store, job_store, retrieval.tagger),
                 SnapshotRunner(archives, store, job_store),
                 restores,
             ],

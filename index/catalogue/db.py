@@ -111,6 +111,10 @@ CREATE TABLE IF NOT EXISTS servers (
     failed TEXT NOT NULL,
     tomb_floor INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS label_sets (
+    collection TEXT PRIMARY KEY,
+    spec TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tombstones_pruned (
     uid TEXT NOT NULL,
     modality TEXT NOT NULL,

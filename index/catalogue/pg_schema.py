@@ -92,6 +92,7 @@ SCHEMA = [
         loaded TEXT NOT NULL,
         failed TEXT NOT NULL,
         tomb_floor BIGINT NOT NULL DEFAULT 0)""",
+    "CREATE TABLE IF NOT EXISTS label_sets (collection TEXT PRIMARY KEY, spec TEXT NOT NULL)",
     # How far each index's tombstones were pruned: a dump older than that has missed
     # deletes it can no longer read, and is rebuilt.
     """CREATE TABLE IF NOT EXISTS tombstones_pruned (

@@ -448,3 +448,48 @@ def test_failed_activation_leaves_the_serving_model_and_collections_untouched(
             assert c.get("/readyz").json()["model"] == linear
     finally:
         server.stop()
+
+
+def test_an_activation_tags_the_pictures_with_the_new_version(
+    lab: tuple[AppServer, httpx.Client],
+) -> None:
+    """A collection with a label set, moved to a new version, has its pictures tagged by
+    the new version's towers (the same as /v1/classify gives once it serves); a rollback
+    tags them as before."""
+    import base64
+
+    server, c = lab
+    labels = ["a red shape", "a blue shape", "a green shape", "a yellow shape"]
+    r = c.put("/v1/collections/gallery/labels", json={"labels": labels, "top": 1, "threshold": 0})
+    assert wait_for_job(c, r.json()["id"])["state"] == "succeeded"
+    pictures = [
+        h["id"]
+        for h in c.post(
+            "/v1/collections/gallery/search", json={"text": "a shape", "target": "image", "k": 5}
+        ).json()["results"]
+    ]
+
+    def agree() -> list[Any]:
+        out = []
+        for item in pictures:
+            picture = c.get(f"/v1/collections/gallery/items/{item}/image").content
+            ranked = c.post(
+                "/v1/classify",
+                json={"image_base64": base64.b64encode(picture).decode(), "labels": labels},
+            ).json()["labels"]
+            tags = c.get(f"/v1/collections/gallery/items/{item}").json()["metadata"]["labels"]
+            assert tags == [ranked[0]["label"]], (item, tags, ranked)
+            out.append(tags)
+        return out
+
+    before = agree()
+    tuned = finetune(c, "contrastive", epochs=2, lr=1e-3)
+    try:
+        assert activate(c, tuned)["state"] == "succeeded"
+        agree()
+    finally:
+        r = c.post(f"/v1/models/{tuned}/rollback")
+        assert wait_for_job(c, r.json()["id"])["state"] == "succeeded"
+        assert agree() == before
+        r = c.delete("/v1/collections/gallery/labels")
+        assert wait_for_job(c, r.json()["id"])["state"] == "succeeded"

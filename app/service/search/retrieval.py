@@ -20,6 +20,7 @@ from app.service.search import hybrid
 from app.service.search.cost import facet_work, filter_work, word_work
 from app.service.search.queue import SearchQueue
 from app.service.search.ranking import Budget, Page, SearchSpec, combine, first_depth, rank
+from app.service.tagging import Tagger
 from app.service.threads import run_in_threadpool
 from index import (
     CollectionInfo,
@@ -100,6 +101,7 @@ class Retrieval:
         self.limits = limits
         self.store = store
         self.engine = engine
+        self.tagger = Tagger(store, engine)  # a collection's label set tags its pictures
         self.searches = SearchQueue(self._rank_all, observe=observe_batch)
 
     # --- checks -----------------------------------------------------------------------------
@@ -366,7 +368,8 @@ class Retrieval:
 
         async def once(version: str) -> list[str]:
             vectors = await encode(version)
-            return await run_in_threadpool(self.store.upsert, name, items, vectors, version)
+            tagged = await run_in_threadpool(self.tagger.tagged, name, version, items, vectors)
+            return await run_in_threadpool(self.store.upsert, name, tagged, vectors, version)
 
         return await retry_on_switch(lambda: self.space_of(name), once)
 
@@ -382,6 +385,7 @@ class Retrieval:
 
         def once(version: str) -> None:
             items, vectors = embed(version)
+            items = self.tagger.tagged(name, version, items, vectors)
             self.store.upsert(name, items, vectors, version, extra=extra, uid=uid)
 
         retry_on_switch_blocking(lambda: self.space_of(name), once)
