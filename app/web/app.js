@@ -15,6 +15,7 @@ const state = {
   nextOffset: null, // of the last search's next page
   extraImage: null, // the picture of the "Combine with" part
   collections: [], // as GET /v1/collections listed them last
+  tag: null, // the label the results are narrowed to (a facet clicked), or null
 };
 
 class ApiError extends Error {}
@@ -160,6 +161,10 @@ async function search(query, offset = 0) {
   if (mode !== "vector") body.mode = mode;
   if (minScore !== "" && mode !== "lexical") body.min_score = Number(minScore);
   if ($("dedup").checked && mode === "vector") body.dedup = DEDUP;
+  // Pictures: their labels counted beside the results (a collection's label set), and
+  // the results narrowed to the one clicked.
+  if (target() === "image") body.facets = ["labels"];
+  if (state.tag !== null) body.filter = { labels: state.tag };
   const data = await apiJson(searchPath("search"), {
     method: "POST",
     headers: { "Content-Type": "application/json" },
@@ -167,6 +172,7 @@ async function search(query, offset = 0) {
   });
   const label = extra ? `${query.label} combined with ${extra.text ? `“${extra.text}”` : "a picture"}` : query.label;
   render(data, label, offset > 0, minScore === "" ? null : Number(minScore));
+  if (offset === 0) renderFacets(data.facets ? data.facets.labels || [] : []);
   if (offset === 0) remember(query);
   state.nextOffset = data.next_offset;
   $("more").hidden = data.next_offset === null;
@@ -294,6 +300,7 @@ function init() {
     radio.addEventListener("change", rerun);
   }
   $("collection").addEventListener("change", () => {
+    state.tag = null; // another collection's labels
     if (state.last) rerun();
     else showExamples().catch(fail);
   });

@@ -91,6 +91,19 @@ function render(data, label, append = false, minScore = null) {
       name.textContent = text || hit.id;
       caption.append(score, name);
       el.append(img, caption);
+      const tags = (hit.metadata || {}).labels;
+      if (Array.isArray(tags) && tags.length) {
+        const list = document.createElement("span");
+        list.className = "tags";
+        for (const tag of tags.filter((t) => typeof t === "string")) {
+          const one = document.createElement("span");
+          one.className = "tag";
+          one.textContent = tag;
+          list.append(one);
+        }
+        el.append(list);
+      }
+      if (state.last && state.last.kind === "text") el.append(whyButton(hit, img));
       el.addEventListener("click", () => searchWithItem(hit).catch(fail));
     } else {
       const text = document.createElement("span");
@@ -121,5 +134,62 @@ function render(data, label, append = false, minScore = null) {
       if (e.key === "Enter" && e.target === el) el.click();
     });
     list.append(el);
+  }
+}
+
+// "why?": the picture with the regions that carry its match with the text query in red
+// (POST .../explain, as a PNG), shown in place of its thumbnail; a second click puts the
+// thumbnail back.
+function whyButton(hit, img) {
+  const why = document.createElement("button");
+  why.type = "button";
+  why.className = "why";
+  why.textContent = "why?";
+  why.title = "Show which regions of the picture match the query";
+  why.addEventListener("click", (e) => {
+    e.stopPropagation();
+    explainTile(hit, img, why).catch(fail);
+  });
+  return why;
+}
+
+async function explainTile(hit, img, why) {
+  const tile = why.closest(".hit");
+  if (tile.classList.contains("explained")) {
+    tile.classList.remove("explained");
+    why.textContent = "why?";
+    await setThumbnail(img, hit);
+    return;
+  }
+  const response = await api(searchPath("explain"), {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ item_id: hit.id, text: state.last.text, format: "png" }),
+  });
+  const url = URL.createObjectURL(await response.blob());
+  state.urls.push(url);
+  img.src = url;
+  tile.classList.add("explained");
+  why.textContent = "picture";
+}
+
+// The labels of the pictures found (a label set's tags), with their counts over every
+// picture the search keeps: a click narrows the results to one, a second click widens
+// them again.
+function renderFacets(counts) {
+  const box = $("facets");
+  box.replaceChildren();
+  box.hidden = !counts.length && state.tag === null;
+  for (const { value, count } of counts) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "facet";
+    button.textContent = `${value} (${count})`;
+    button.setAttribute("aria-pressed", String(state.tag === value));
+    button.addEventListener("click", () => {
+      state.tag = state.tag === value ? null : value;
+      rerun();
+    });
+    box.append(button);
   }
 }

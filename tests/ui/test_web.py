@@ -4,6 +4,7 @@ server: what the page shows must be what the API answers, in the same order."""
 from __future__ import annotations
 
 import base64
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -514,3 +515,61 @@ def test_more_like_this_searches_with_the_stored_item(page: Page, site: AppServe
     assert chosen not in expected
     assert shown_ids(page, 5) == expected
     expect(page.locator("input[name=target][value=text]")).to_be_checked()
+
+
+def test_labels_facets_and_why_this_picture(page: Page, site: AppServer) -> None:
+    """Pictures with labels (a label set's tags, or given): the tiles show them, the labels
+    found are counted beside the results and a click narrows the results to one (and
+    back), and "why?" shows the picture with its map from the API in place of the
+    thumbnail."""
+    given = [["red", "circle"], ["red"], ["blue", "circle"], ["blue"], ["blue"], []]
+    with httpx.Client(base_url=site.url, timeout=60) as c:
+        c.delete("/v1/collections/tagged")
+        assert c.post("/v1/collections", json={"name": "tagged"}).status_code == 201
+        files = [("files", (f"p{i}.png", picture(i), "image/png")) for i in range(6)]
+        metadata = [json.dumps({"labels": t}) for t in given]
+        ids = [f"t-{i}" for i in range(6)]
+        r = c.post(
+            "/v1/collections/tagged/images", files=files, data={"ids": ids, "metadata": metadata}
+        )
+        assert r.status_code == 200, r.text
+        r = c.post(
+            "/v1/collections/tagged/search",
+            json={"text": "a picture", "k": 6, "facets": ["labels"]},
+        )
+        counts = r.json()["facets"]["labels"]
+        tags = {h["id"]: h["metadata"]["labels"] for h in r.json()["results"]}
+    assert [(e["value"], e["count"]) for e in counts][:1] == [("blue", 3)]
+    page.click("button[data-panel=collections-panel]")
+    expect(page.locator("#collections-body")).to_contain_text("tagged")
+    page.click("button[data-panel=search-panel]")
+    page.select_option("#collection", "tagged")
+    set_k(page, 6)
+    page.fill("#query", "a picture")
+    page.click("#search-form button")
+    shown_ids(page, 6)
+    for item, tagged in tags.items():
+        expect(page.locator(f'#results .hit[data-id="{item}"] .tag')).to_have_text(tagged)
+    assert len(tags) == 6
+    facets = page.locator("#facets .facet")
+    expect(facets).to_have_text([f"{e['value']} ({e['count']})" for e in counts])
+    facets.first.click()  # blue: three of the six
+    assert sorted(shown_ids(page, 3)) == ["t-2", "t-3", "t-4"]
+    expect(page.locator("#facets .facet").first).to_have_attribute("aria-pressed", "true")
+    page.locator("#facets .facet").first.click()
+    shown_ids(page, 6)
+    # Why this picture: the overlay the API draws replaces the thumbnail, and comes back.
+    with page.expect_response(lambda r: r.url.endswith("/explain")) as answer:
+        page.locator("#results .hit >> nth=0 >> .why").click()
+    assert answer.value.status == 200
+    assert answer.value.headers["content-type"] == "image/png"
+    tile = page.locator("#results .hit >> nth=0")
+    expect(tile).to_have_class("hit image-hit explained")
+    page.wait_for_function(
+        "() => { const img = document.querySelector('#results .hit.explained img');"
+        " return img && img.src.startsWith('blob:') && img.complete && img.naturalWidth > 0; }"
+    )
+    tile.locator(".why").click()
+    expect(tile).to_have_class("hit image-hit")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui-labels-facets.png"), full_page=True)
