@@ -59,9 +59,7 @@ def main() -> None:
     model = train_contrastive(
         base, [render(s, SIDE) for s in train], [s.caption for s in train], cfg
     )
-    tuned = ClipEncoder(
-        model, base.preprocess, base.tokenizer, base.device, base.model_name, "demo"
-    )
+    tuned = base.with_model(model, "xmodal-tiny@demo")
     trained_s = time.perf_counter() - started
     held = list(samples(200, 9000, "a"))
     images = tuned.encode_images([render(s, SIDE) for s in held])

@@ -162,7 +162,12 @@ def _apply_limits(components: dict[str, Any], settings: Settings) -> None:
     set_limits(prop("EmbedRequest", "texts"), maxItems=settings.max_texts_per_request)
     set_limits(prop("EmbedRequest", "images_base64"), maxItems=settings.max_files_per_request)
     # What the validators check that the models' own schemas leave out.
-    for model, field in (("SearchRequest", "image_base64"), ("QueryPart", "image_base64")):
+    for model, field in (
+        ("SearchRequest", "image_base64"),
+        ("QueryPart", "image_base64"),
+        ("ClassifyRequest", "image_base64"),
+        ("ExplainRequest", "image_base64"),
+    ):
         set_limits(prop(model, field), pattern=BASE64)
     set_limits(prop("KnnRequest", "image"), pattern=BASE64)
     for option in prop("EmbedRequest", "images_base64").get("anyOf", []):
@@ -184,6 +189,12 @@ def _apply_limits(components: dict[str, Any], settings: Settings) -> None:
         for field, value in model.get("properties", {}).items():
             if field == "files" and value.get("type") == "array":
                 value["minItems"] = 1
+            if field in ("labels", "templates"):  # /v1/classify/image: as the JSON body's
+                rules = prop("ClassifyRequest", field)
+                for option in rules.get("anyOf", [rules]):
+                    if option.get("type") == "array":
+                        value.pop("anyOf", None)
+                        value.update({k: v for k, v in option.items() if k != "description"})
             if field == "ids":  # what the upload route checks of each id
                 for option in value.get("anyOf", [value]):
                     if option.get("type") == "array":

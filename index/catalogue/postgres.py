@@ -25,7 +25,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -95,21 +95,39 @@ class PgConnection:
     # with hundreds of placeholders to parse and plan (``index.catalogue.db.hit_rows``).
     array_params = True
 
-    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+    def __init__(
+        self,
+        raw: psycopg.Connection[Any],
+        reconnect: Callable[[], psycopg.Connection[Any]] | None = None,
+    ) -> None:
         self.raw = raw
+        self._reconnect = reconnect
 
     @property
     def broken(self) -> bool:
         return bool(self.raw.closed or self.raw.broken)
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
+        # Outside a transaction, a connection the server dropped while it sat unused (a
+        # restart) is opened again and the statement sent once more: it never ran.
+        idle = self.raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         cur = self.raw.cursor()
         try:
             cur.execute(translate(sql), tuple(parameters))
         except psycopg.Error as exc:
             if isinstance(exc, psycopg.errors.QueryCanceled) and not self.broken:
                 raise  # a deadline (``PostgresDatabase.deadline``)
-            raise self.mapped(exc) from None
+            if not (idle and self.broken and self._reconnect is not None):
+                raise self.mapped(exc) from None
+            try:
+                self.raw = self._reconnect()
+            except psycopg.Error:
+                raise self.mapped(exc) from None
+            cur = self.raw.cursor()
+            try:
+                cur.execute(translate(sql), tuple(parameters))
+            except psycopg.Error as again:
+                raise self.mapped(again) from None
         return cur
 
     def executemany(self, sql: str, parameters: Any, /) -> Any:
@@ -157,16 +175,20 @@ class PostgresDatabase:
         self._setup()
 
     # --- connections --------------------------------------------------------------------
+    def _raw(self) -> psycopg.Connection[Any]:
+        raw = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        # Statements psycopg prepares (after five runs) are planned for their values
+        # each time: a generic plan cannot see a lexical query's words or a filter's
+        # values, and picked plans six times slower for lexical search.
+        raw.execute("SET plan_cache_mode = force_custom_plan")
+        return raw
+
     def _connect(self) -> PgConnection:
         try:
-            raw = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
-            # Statements psycopg prepares (after five runs) are planned for their values
-            # each time: a generic plan cannot see a lexical query's words or a filter's
-            # values, and picked plans six times slower for lexical search.
-            raw.execute("SET plan_cache_mode = force_custom_plan")
+            raw = self._raw()
         except psycopg.Error as exc:
             raise _unavailable(exc) from None
-        conn = PgConnection(raw)
+        conn = PgConnection(raw, self._raw)
         with self._open_lock:
             self._open = [c for c in self._open if not c.broken]
             self._open.append(conn)

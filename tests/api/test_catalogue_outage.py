@@ -90,7 +90,8 @@ def test_a_catalogue_outage_is_a_503_and_the_server_recovers(
         time.sleep(0.2)
     assert call("POST", "/v1/collections/docs/search", json=query).json()["results"] == before
     more = {"items": [{"id": "d8", "text": "document number 8"}]}
-    assert call("POST", "/v1/collections/docs/texts", json=more).status_code == 200
+    r = call("POST", "/v1/collections/docs/texts", json=more)
+    assert r.status_code == 200, r.text
     assert call("GET", "/v1/collections/docs/items/d8").status_code == 200
 
     # The index job went on once the catalogue was back: every image once.

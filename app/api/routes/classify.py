@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from app.api.auth import ReadAccess, check_collection
 from app.api.bodies import StrictJSONRoute
@@ -84,9 +86,12 @@ async def classify_upload(
     templates: Annotated[list[str] | None, Form()] = None,
 ) -> ClassifyResponse:
     """``/v1/classify`` with an uploaded picture (multipart)."""
-    checked = ClassifyRequest.model_validate(
-        {"labels": labels, "templates": templates, "image_base64": "-"}
-    )
+    try:  # the form's fields, held to the JSON body's rules (422 naming them)
+        checked = ClassifyRequest.model_validate(
+            {"labels": labels, "templates": templates, "image_base64": "-"}
+        )
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
     data = await read_upload(file, settings.max_upload_bytes)
     (prepared,) = await engine.prepare_images([data], [file.filename or "file"])
     space = engine.space

@@ -29,6 +29,9 @@ READ_ONLY_POSTS = {
     "/v1/collections/{name}/search/batch",
     "/v1/embed",
     "/v1/embeddings",
+    "/v1/classify",
+    "/v1/classify/image",
+    "/v1/collections/{name}/explain",
 }
 PATH_VALUES = {"name": "c", "item_id": "i", "job_id": "j", "version": "v", "snapshot": "s.tar"}
 
