@@ -144,25 +144,22 @@ CREATE INDEX IF NOT EXISTS item_fields_in_collection
     ON item_fields (collection, modality, key, kind, value, label);
 CREATE INDEX IF NOT EXISTS item_fields_by_label ON item_fields (label);
 CREATE TRIGGER IF NOT EXISTS item_fields_written AFTER INSERT ON items BEGIN
-    INSERT INTO item_fields (label, key, kind, value, collection, modality)
-    SELECT new.label, {fields}, new.collection, new.modality FROM json_each(new.metadata);
-    INSERT INTO item_fields (label, key, kind, value, collection, modality)
-    SELECT DISTINCT new.label, {elements}, new.collection, new.modality
-    FROM json_each(new.metadata) AS f, json_each(f.value) AS e
-    WHERE f.type = 'array' AND e.type NOT IN ('array', 'object');
-END;
+{inserts}END;
 CREATE TRIGGER IF NOT EXISTS item_fields_removed AFTER DELETE ON items BEGIN
     DELETE FROM item_fields WHERE label = old.label;
 END;
 CREATE TRIGGER IF NOT EXISTS item_fields_rewritten AFTER UPDATE OF metadata ON items BEGIN
     DELETE FROM item_fields WHERE label = old.label;
-    INSERT INTO item_fields (label, key, kind, value, collection, modality)
+{inserts}END
+"""
+# What both triggers that write an item's fields insert: its top-level values, then the
+# values of its top-level lists, once each.
+FIELD_INSERTS = """    INSERT INTO item_fields (label, key, kind, value, collection, modality)
     SELECT new.label, {fields}, new.collection, new.modality FROM json_each(new.metadata);
     INSERT INTO item_fields (label, key, kind, value, collection, modality)
     SELECT DISTINCT new.label, {elements}, new.collection, new.modality
     FROM json_each(new.metadata) AS f, json_each(f.value) AS e
     WHERE f.type = 'array' AND e.type NOT IN ('array', 'object');
-END
 """
 FIELD_TRIGGERS = ("item_fields_written", "item_fields_removed", "item_fields_rewritten")
 # The triggers of a database from before lists' values had rows of their own.
@@ -262,7 +259,8 @@ class SqliteDatabase:
             with self.transaction() as conn:
                 for trigger in OLD_FIELD_TRIGGERS:
                     conn.execute(f"DROP TRIGGER IF EXISTS {trigger}")
-        schema = FIELDS_SCHEMA.replace("{fields}", FIELD_COLUMNS)
+        schema = FIELDS_SCHEMA.replace("{inserts}", FIELD_INSERTS)
+        schema = schema.replace("{fields}", FIELD_COLUMNS)
         self.apply(schema.replace("{elements}", ELEMENT_COLUMNS))
         with self.transaction() as conn:
             if not current:
