@@ -19,6 +19,7 @@ local cluster in its own process the first time a job asks for one, bound to loo
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import threading
 import time
@@ -47,6 +48,10 @@ _LOCK = threading.Lock()
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
+log = logging.getLogger(__name__)
+LOCAL_STARTS = 2  # tries at starting the local cluster
+
+
 def ray_available() -> bool:
     """Whether Ray is installed (without importing it: importing fixes its network mode)."""
     return importlib.util.find_spec("ray") is not None
@@ -64,13 +69,23 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
             return
         if address:
             ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(
-                num_cpus=num_cpus or os.cpu_count() or 1,
-                include_dashboard=False,
-                log_to_driver=False,
-                _node_ip_address="127.0.0.1",
-            )
+            return
+        for attempt in range(1, LOCAL_STARTS + 1):
+            try:
+                ray.init(
+                    num_cpus=num_cpus or os.cpu_count() or 1,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    _node_ip_address="127.0.0.1",
+                )
+                return
+            except Exception as exc:
+                # Ray gives its raylet 30 s to register; on a host busy with other work
+                # it may not: the processes it started are stopped and it starts again.
+                if attempt == LOCAL_STARTS or "timed out during startup" not in str(exc):
+                    raise
+                log.warning("Ray's local cluster did not start (%s); starting it again", exc)
+                ray.shutdown()
 
 
 class Embedder:
