@@ -1,13 +1,11 @@
-"""Durable collections: items in SQLite (the source of truth), vectors in a vector backend.
-
-Create, list and delete collections; upsert, delete and read items; search one modality
-of a collection with optional metadata filters. Writes commit to SQLite first (see
-``index.catalogue.db``) and then update the in-memory indexes under the collection's lock, so an
-acknowledged write survives a crash and is searchable once the call returns. IndexDumps
-and recovery live in ``index.vectors.dumps``, moving to another model version in
-``index.migration``, metadata filters in ``index.catalogue.filters``, unreferenced image files in
-``index.garbage``, the data-dir lock in ``index.lock``. All methods block; callers on an
-event loop run them in an executor.
+"""Durable collections: items in the catalogue (the source of truth), vectors in a vector
+backend. Create, list and delete collections; upsert, delete and read items; search one
+modality with optional metadata filters. Writes commit to the catalogue first, then update
+the in-memory indexes under the collection's lock, so an acknowledged write survives a
+crash and is searchable once the call returns. Dumps and recovery live in
+``index.vectors.dumps``, a move to another model version in ``index.migration``, filters
+in ``index.catalogue.filters``, following other servers in ``index.follow``. All methods
+block; callers on an event loop run them in an executor.
 """
 
 from __future__ import annotations
@@ -24,9 +22,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from index.blobs import BlobStore
 from index.catalogue.base import Conn
-from index.catalogue.opening import open_catalogue
 from index.catalogue.rows import ITEM_COLUMNS, item_from_row, stored_versions
 from index.errors import (
     CollectionExists,
@@ -35,9 +31,8 @@ from index.errors import (
     UnknownCollection,
     UnknownItem,
 )
-from index.filter_tree import Filter, Node, as_tree
+from index.filter_tree import Filter, as_tree
 from index.follow import Follower
-from index.garbage import ImageGarbage
 from index.live import SHADOW_PREFIX, LiveCollection
 from index.lock import lock_data_dir
 from index.search import (
@@ -48,13 +43,13 @@ from index.search import (
     items_by_label,
     lexical_search,
     search_collection,
+    tree_of,
     vectors_after,
 )
-from index.state import StoreState
+from index.state import open_state
 from index.types import CollectionInfo, Hit, Item, Modality, NewItem, StoredVersion
 from index.values import check_item
 from index.vectors.backend import BackendFactory
-from index.vectors.dumps import IndexDumps
 from index.vectors.faiss_backends import FaissBackends
 from index.writes import LockedWriter, digest_of
 
@@ -88,26 +83,22 @@ class CollectionStore:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = lock_data_dir(self.data_dir)
+        self.index_dir = self.data_dir / "indexes"
+        self.backends = backends = backends or FaissBackends()
         try:
-            self.index_dir = self.data_dir / "indexes"
             root = Path(shared_dir) if shared_dir is not None else self.data_dir
-            blobs = BlobStore(root / "blobs")
-            db = open_catalogue(root, database_url)
-            shared = db.kind == "postgres" or shared_dir is not None
-            backends = backends or FaissBackends()
-            backends.attach(db)
-            self.state = StoreState(
-                db,
-                blobs,
-                store_images,
-                ImageGarbage(db, blobs),
+            self.state = open_state(
+                root,
+                self.index_dir,
                 backends,
-                IndexDumps(db, backends, self.index_dir, index_dump_every, shared),
-                shared=shared,
+                store_images,
+                index_dump_every,
+                database_url,
+                shared=shared_dir is not None,
             )
             # Read-only views of the state for the store's callers (the same objects).
-            self.db, self.blobs, self.store_images = db, blobs, store_images
-            self.garbage, self.backends = self.state.garbage, backends
+            self.db, self.blobs, self.store_images = self.state.db, self.state.blobs, store_images
+            self.garbage = self.state.garbage
             self.dumps = self.state.dumps
             # What serves and what cannot, as views: only the state's writer changes them.
             self.collections = MappingProxyType(self.state.collections)
@@ -351,7 +342,7 @@ class CollectionStore:
                 xq,
                 k,
                 model_version=model_version,
-                where=_tree(where),
+                where=tree_of(where),
                 with_vectors=with_vectors,
                 deadline=deadline,
                 still_stored=self._follower.still_stored if self.state.shared else None,
@@ -370,7 +361,7 @@ class CollectionStore:
     ) -> list[Hit]:
         """The best ``depth`` texts for the words of ``text``, by BM25
         (``index.catalogue.lexical``), read until ``deadline`` at the latest."""
-        return lexical_search(self.get(name), self.db, text, depth, _tree(where), deadline)
+        return lexical_search(self.get(name), self.db, text, depth, tree_of(where), deadline)
 
     def allowed(
         self,
@@ -406,7 +397,3 @@ class CollectionStore:
         """Items by their row label (the integer ids of the clip-retrieval API)."""
         self.get(name)
         return items_by_label(self.db, name, labels)
-
-
-def _tree(where: Filter | Allowed | None) -> Node | Allowed | None:
-    return where if isinstance(where, Allowed) else as_tree(where)

@@ -20,7 +20,7 @@ from index.catalogue.base import Catalogue
 from index.catalogue.filters import filter_labels
 from index.catalogue.rows import ITEM_COLUMNS, SQL_CHUNK, hit_rows, item_from_row
 from index.errors import CollectionMoved, ModelMismatch, UnknownItem
-from index.filter_tree import Node, keys_of, matches
+from index.filter_tree import Filter, Node, as_tree, keys_of, matches
 from index.live import LiveCollection
 from index.types import Hit, Item, Modality
 from index.vectors.faiss_specs import DEFAULT_SPEC
@@ -70,6 +70,11 @@ class Allowed:
             # another incarnation's. The caller embeds and searches again.
             raise ModelMismatch(f"collection {c.name!r} moved to another model version")
         return None if self.labels is None else self.labels[modality]
+
+
+def tree_of(where: Filter | Allowed | None) -> Node | Allowed | None:
+    """A filter as a search takes it: read once already (``Allowed``), or parsed."""
+    return where if isinstance(where, Allowed) else as_tree(where)
 
 
 def allowed_labels(

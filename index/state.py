@@ -10,9 +10,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from index.blobs import BlobStore
 from index.catalogue.base import Catalogue
+from index.catalogue.opening import open_catalogue
 from index.catalogue.rows import count_items, delete_rows
 from index.errors import CollectionBroken, UnknownCollection
 from index.garbage import ImageGarbage
@@ -128,3 +130,25 @@ class StoreState:
         for shadow in shadows:
             log.info("dropped %s, left by an unfinished activation or restore", shadow)
             self.dumps.remove_folder(shadow)
+
+
+def open_state(
+    root: Path,
+    index_dir: Path,
+    backends: BackendFactory,
+    store_images: bool,
+    dump_every: int,
+    database_url: str | None,
+    shared: bool,
+) -> StoreState:
+    """A store's state: image files and the SQLite catalogue under ``root`` (the shared
+    dir, or the data dir), FAISS dumps under ``index_dir``. ``shared``: other servers use
+    that root too; a PostgreSQL catalogue is shared whatever it says."""
+    blobs = BlobStore(root / "blobs")
+    db = open_catalogue(root, database_url)
+    shared = shared or db.kind == "postgres"
+    backends.attach(db)
+    dumps = IndexDumps(db, backends, index_dir, dump_every, shared)
+    return StoreState(
+        db, blobs, store_images, ImageGarbage(db, blobs), backends, dumps, shared=shared
+    )

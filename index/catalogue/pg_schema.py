@@ -52,7 +52,7 @@ SCHEMA = [
         modality TEXT NOT NULL)""",
     """CREATE INDEX IF NOT EXISTS item_fields_by_num
         ON item_fields (collection, modality, key, kind, num, label)""",
-    # A string's first 1,000 bytes (postgres.STR_INDEXED): a B-tree entry holds 2,704
+    # A string's first 1,000 bytes (pg_fields.STR_INDEXED): a B-tree entry holds 2,704
     # bytes at most, and a long string whole would not fit.
     """CREATE INDEX IF NOT EXISTS item_fields_by_str
         ON item_fields (collection, modality, key, kind, substr(str, 1, 1000), label)""",
@@ -102,6 +102,6 @@ SCHEMA = [
         PRIMARY KEY (uid, modality))""",
 ]
 # Upgrades in place, by the version they lead to. Version 2: a list's scalar values have
-# rows of their own in item_fields (written by ``postgres.field_rows``, which the upgrade
+# rows of their own in item_fields (written by ``pg_fields.field_rows``, which the upgrade
 # runs over the items holding a list: ``PostgresDatabase._setup``).
 UPGRADES: dict[int, list[str]] = {2: []}

@@ -20,139 +20,28 @@ SQLite holds, on a database server, answering as SQLite does.
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from decimal import Decimal
+from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import psycopg
 import psycopg.errors
 
-from index.catalogue import pg_lexical, pg_schema
+from index.catalogue import pg_fields, pg_lexical, pg_schema
 from index.catalogue.base import Conn, FieldRows
+from index.catalogue.pg_connection import PgConnection, masked, translate, unavailable
 from index.catalogue.rows import INSERT_ITEM
 from index.errors import CatalogueUnavailable, Interrupted
-from index.values import InvalidValue
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5
 WRITES_CHANNEL = "xmodal_writes"  # every write transaction notifies it as it commits
 WRITE_LOCK_KEY = 0x786D6F64616C  # "xmodal": the advisory lock every writer takes
-STR_INDEXED = 1000  # bytes of a metadata string the index holds (pg_schema)
 ANALYSE_EVERY = 1000  # rows inserted before the tables are vacuumed and analysed
-
-
-def masked(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-@functools.lru_cache(maxsize=4096)
-def translate(sql: str) -> str:
-    """``sql`` with SQLite's ``?`` placeholders as psycopg's ``%s`` (and a literal ``%`` as
-    ``%%``), string literals and quoted names left as they are."""
-    out: list[str] = []
-    quote = ""
-    for ch in sql:
-        if quote:
-            if ch == quote:
-                quote = ""
-            out.append("%%" if ch == "%" else ch)
-        elif ch in ("'", '"'):
-            quote = ch
-            out.append(ch)
-        elif ch == "?":
-            out.append("%s")
-        elif ch == "%":
-            out.append("%%")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def _unavailable(exc: Exception) -> CatalogueUnavailable:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return CatalogueUnavailable(f"the catalogue (PostgreSQL) is unreachable: {first}")
-
-
-class PgConnection:
-    """A psycopg connection that reads like ``sqlite3.Connection``: ``execute`` with ``?``
-    placeholders, returning a cursor of tuples."""
-
-    # A list of values binds as one array parameter (``label = ANY(?)``): no statement
-    # with hundreds of placeholders to parse and plan (``index.catalogue.db.hit_rows``).
-    array_params = True
-
-    def __init__(
-        self,
-        raw: psycopg.Connection[Any],
-        reconnect: Callable[[], psycopg.Connection[Any]] | None = None,
-    ) -> None:
-        self.raw = raw
-        self._reconnect = reconnect
-
-    @property
-    def broken(self) -> bool:
-        return bool(self.raw.closed or self.raw.broken)
-
-    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Any:
-        # Outside a transaction, a connection the server dropped while it sat unused (a
-        # restart) is opened again and the statement sent once more: it never ran.
-        idle = self.raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-        cur = self.raw.cursor()
-        try:
-            cur.execute(translate(sql), tuple(parameters))
-        except psycopg.Error as exc:
-            if isinstance(exc, psycopg.errors.QueryCanceled) and not self.broken:
-                raise  # a deadline (``PostgresDatabase.deadline``)
-            if not (idle and self.broken and self._reconnect is not None):
-                raise self.mapped(exc) from None
-            try:
-                self.raw = self._reconnect()
-            except psycopg.Error:
-                raise self.mapped(exc) from None
-            cur = self.raw.cursor()
-            try:
-                cur.execute(translate(sql), tuple(parameters))
-            except psycopg.Error as again:
-                raise self.mapped(again) from None
-        return cur
-
-    def executemany(self, sql: str, parameters: Any, /) -> Any:
-        cur = self.raw.cursor()
-        try:
-            cur.executemany(translate(sql), [tuple(p) for p in parameters])
-        except psycopg.Error as exc:
-            raise self.mapped(exc) from None
-        return cur
-
-    def mapped(self, exc: psycopg.Error) -> Exception:
-        """What a failed statement means to the store: the server out of reach (the
-        connection lost, or refused, or the server shutting down or out of resources),
-        a value it cannot hold (a 4xx naming it), or else PostgreSQL's own error."""
-        state = exc.sqlstate or ""
-        if self.broken or not state or state.startswith(("08", "57P", "53")):
-            return _unavailable(exc)
-        if state.startswith(("22", "54")):  # data exception, program limit exceeded
-            first = str(exc).strip().splitlines()[0]
-            return InvalidValue(f"the catalogue (PostgreSQL) cannot store a value: {first}")
-        return exc
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.raw.close()
 
 
 class PostgresDatabase:
@@ -187,7 +76,7 @@ class PostgresDatabase:
         try:
             raw = self._raw()
         except psycopg.Error as exc:
-            raise _unavailable(exc) from None
+            raise unavailable(exc) from None
         conn = PgConnection(raw, self._raw)
         with self._open_lock:
             self._open = [c for c in self._open if not c.broken]
@@ -260,7 +149,7 @@ class PostgresDatabase:
             for _ in listener.raw.notifies(timeout=timeout, stop_after=1):
                 pass
         except psycopg.Error as exc:
-            raise _unavailable(exc) from None
+            raise unavailable(exc) from None
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
@@ -321,7 +210,7 @@ class PostgresDatabase:
                 for statement in pg_schema.UPGRADES.get(target, []):
                     conn.execute(statement)
                 if target == 2:
-                    _list_values(conn)
+                    pg_fields.list_values(conn)
                 conn.execute("UPDATE xmodal_schema SET version = ?", (target,))
                 log.info("catalogue schema upgraded to version %d", target)
 
@@ -374,29 +263,13 @@ class PostgresDatabase:
                 "COPY item_fields (label, key, kind, num, str, collection, modality) FROM STDIN"
             ) as copy:
                 for label, collection, modality, metadata in rows:
-                    for key, _, typed in field_rows(metadata):
+                    for key, _, typed in pg_fields.field_rows(metadata):
                         copy.write_row((label, key, *typed, collection, modality))
         except psycopg.Error as exc:
             raise conn.mapped(exc) from None
 
     def field_compare(self, family: str, op: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
-        """Numbers in ``num`` (exact); strings by their first ``STR_INDEXED`` bytes, which
-        the index holds (a B-tree entry has at most 2,704 bytes: a long string whole would
-        not fit), then whole: ``prefix(str) >= prefix(v)`` holds wherever ``str > v``."""
-        if family != "string":
-            bound = [_exact(v) for v in values]
-            if op == "IN":
-                return f"num IN ({', '.join('?' * len(bound))})", bound
-            return f"num {op} ?", bound
-        raw = [v.encode("utf-8") for v in values]
-        head = f"substr(str, 1, {STR_INDEXED})"
-        cut = f"substr(?::bytea, 1, {STR_INDEXED})"
-        if op == "IN":
-            marks = ", ".join("?" * len(raw))
-            heads = ", ".join([cut] * len(raw))
-            return f"{head} IN ({heads}) AND str IN ({marks})", [*raw, *raw]
-        loose = {">": ">=", "<": "<="}.get(op, op)
-        return f"{head} {loose} {cut} AND str {op} ?", [raw[0], raw[0]]
+        return pg_fields.compare(family, op, values)
 
     def facet_counts(
         self, conn: Conn, fields: str, params: Sequence[Any], limit: int
@@ -422,63 +295,3 @@ class PostgresDatabase:
         self, conn: Conn, collection: str, text: str, depth: int, allowed: np.ndarray | None
     ) -> list[tuple[int, float]]:
         return pg_lexical.labels(conn, collection, text, depth, allowed)
-
-
-def _exact(value: Any) -> int | Decimal:
-    """A JSON number (or boolean, as 0 or 1) as ``numeric`` holds it exactly."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, float):
-        return Decimal(value)  # the float's exact binary value
-    return int(value)
-
-
-Typed = tuple[str, int | Decimal | None, bytes | None]
-
-
-def _list_values(conn: PgConnection) -> None:
-    """The upgrade to schema version 2: rows for the values of the lists items hold."""
-    rows = conn.execute(
-        "SELECT label, collection, modality, metadata FROM items WHERE metadata LIKE '%[%'"
-    ).fetchall()
-    for label, collection, modality, text in rows:
-        metadata = json.loads(text)
-        for key, value, typed in field_rows(metadata):
-            if isinstance(metadata[key], list) and not isinstance(value, list):
-                conn.execute(
-                    "INSERT INTO item_fields (label, key, kind, num, str, collection, modality)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (label, key, *typed, collection, modality),
-                )
-
-
-def field_rows(metadata: dict[str, Any]) -> list[tuple[str, Any, Typed]]:
-    """``item_fields``' rows of one item: each top-level value typed, and each scalar
-    value of a top-level list once more (once each: a condition holds for a list when it
-    holds for one of its values)."""
-    out = []
-    for key, value in metadata.items():
-        out.append((key, value, _typed(value)))
-        if isinstance(value, list):
-            seen = set()
-            for element in value:
-                if isinstance(element, (list, dict)):
-                    continue
-                typed = _typed(element)
-                if typed not in seen:
-                    seen.add(typed)
-                    out.append((key, element, typed))
-    return out
-
-
-def _typed(value: Any) -> Typed:
-    """``item_fields``' kind, number and string of a top-level metadata value."""
-    if value is None:
-        return "z", None, None
-    if isinstance(value, bool):
-        return "b", int(value), None
-    if isinstance(value, (int, float)):
-        return "n", _exact(value), None
-    if isinstance(value, str):
-        return "s", None, value.encode("utf-8")
-    return "a", None, None

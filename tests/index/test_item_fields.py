@@ -8,8 +8,9 @@ import sqlite3
 from pathlib import Path
 
 from index import CollectionStore, Modality, NewItem
-from index.catalogue.db import DB_FILE, FIELD_TRIGGERS
+from index.catalogue.db import DB_FILE
 from index.catalogue.lexical import table_of
+from index.catalogue.sqlite_schema import FIELD_TRIGGERS
 from tests.stores import CPU, D, V, normalised
 
 

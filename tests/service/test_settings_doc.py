@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.service.config import Settings, settings_table
+from app.service.config import Settings
+from app.service.settings_doc import settings_table
 from tests.helpers import REPO
 
 
@@ -13,7 +14,7 @@ def test_settings_reference_matches_the_settings_class() -> None:
     readme = (REPO / "docs" / "configuration.md").read_text()
     start, end = "<!-- settings:start -->\n", "<!-- settings:end -->"
     documented = readme[readme.index(start) + len(start) : readme.index(end)]
-    assert documented == settings_table(), "regenerate with: python -m app.service.config"
+    assert documented == settings_table(), "regenerate with: python -m app.service.settings_doc"
     for name in Settings.model_fields:
         assert f"`XMODAL_{name.upper()}`" in documented
 
@@ -21,7 +22,7 @@ def test_settings_reference_matches_the_settings_class() -> None:
 def test_settings_are_few_and_grouped() -> None:
     """At most 46 settings, each under a section an operator reads (tuning knobs nobody
     turns are constants beside the code they tune)."""
-    from app.service.config import SECTIONS
+    from app.service.settings_doc import SECTIONS
 
     names = list(Settings.model_fields)
     assert len(names) <= 46, len(names)

@@ -13,7 +13,7 @@ from app.api.bodies import StrictJSONRoute
 from app.api.deps import EngineDep, LimitsDep, RetrievalDep, SettingsDep
 from app.api.errors import bad_request
 from app.api.openapi import errors
-from app.api.schemas import ClassifyRequest, ClassifyResponse, LabelProbability
+from app.api.picture_schemas import ClassifyRequest, ClassifyResponse, LabelProbability
 from app.api.uploads import read_upload
 from app.service.engine import Engine
 from app.service.limits import Limits

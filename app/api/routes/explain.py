@@ -10,7 +10,7 @@ from app.api.bodies import StrictJSONRoute
 from app.api.deps import EngineDep, LimitsDep, RetrievalDep, SettingsDep
 from app.api.errors import bad_request
 from app.api.openapi import errors
-from app.api.schemas import ExplainRequest, ExplainResponse
+from app.api.picture_schemas import ExplainRequest, ExplainResponse
 from app.service.engine import PreparedImage
 from app.service.explain import check_grid, occluded, occlusion_map, overlay_png
 from app.service.queries import decode_base64

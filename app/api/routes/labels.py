@@ -10,7 +10,8 @@ from app.api.bodies import StrictJSONRoute
 from app.api.deps import JobsDep, LimitsDep, RetrievalDep
 from app.api.errors import ApiError
 from app.api.openapi import errors
-from app.api.schemas import JobCreated, LabelSetIn, LabelSetOut, accepted
+from app.api.picture_schemas import LabelSetIn, LabelSetOut
+from app.api.schemas import JobCreated, accepted
 from app.service.jobs.retag import RETAG_JOB
 from app.service.tagging import LabelSet, read_label_set, write_label_set
 from app.service.threads import run_in_threadpool
